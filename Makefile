@@ -1,0 +1,33 @@
+# Two commands for a newcomer: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint venv clean certs
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev,loadtest]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## Set up and run the whole demo stack in the foreground (Ctrl-C stops it).
+demo: $(STAMP)
+	$(BIN)/gateway demo --conf conf/demo
+
+## Set up and run every check: ruff, mypy --strict, the test suite.
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) var

@@ -1,0 +1,51 @@
+"""Shared fixtures: every async test runs on asyncio, asyncio+uvloop and trio."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import pytest
+
+BACKENDS = [
+    pytest.param(("asyncio", {}), id="asyncio"),
+    pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
+    pytest.param(("trio", {}), id="trio"),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
+    param: tuple[str, dict[str, Any]] = request.param
+    return param
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def _require_server(name: str, port: int) -> None:
+    """Skip without the server on a developer machine; fail in CI, where it must be up."""
+    if _port_open(port):
+        return
+    message = f"{name} is not reachable on 127.0.0.1:{port}"
+    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+        pytest.fail(f"{message} and CI=true: the scale-out backend must be tested in CI")
+    pytest.skip(f"{message}: start it to run the scale-out backend tests")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    _require_server("Redis", 6379)
+    return os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+@pytest.fixture
+def postgres_dsn() -> str:
+    _require_server("PostgreSQL", 5432)
+    return os.environ.get("POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")

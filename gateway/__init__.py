@@ -1,0 +1,1 @@
+"""The switch: listeners, pipeline, issuer links, admin. All I/O lives here."""

@@ -1,0 +1,154 @@
+"""The gateway process: wires dataset, links, pipeline, listeners and admin in one task group."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+from anyio.streams.tls import TLSListener
+
+from gateway import pki
+from gateway.admin import admin_app
+from gateway.config import GatewayConfig
+from gateway.dataset import Dataset, load_dataset
+from gateway.http import serve_asgi
+from gateway.links import IssuerPool
+from gateway.logs import get_logger
+from gateway.metrics import Metrics
+from gateway.participants import CheckDuplicate, CheckFields, FindOriginal, QueryIssuer, Route
+from gateway.pipeline import Participant
+from gateway.recent import RecentTransactions
+from gateway.routing import BinTable
+from gateway.switch import Switch, utcnow
+from gateway.terminals import TerminalServer
+from protocols.codec import Codec
+from protocols.dialects import get_dialect
+from protocols.message import Message
+
+log = get_logger("gateway.app")
+
+
+class Gateway:
+    def __init__(self, cfg: GatewayConfig, base_dir: Path, dataset: Dataset | None = None) -> None:
+        self.cfg = cfg
+        self.base_dir = base_dir
+        self.dataset = dataset or load_dataset(base_dir / cfg.data)
+        self.pki_dir = (base_dir / cfg.pki_dir).resolve()
+        self.metrics = Metrics()
+        self.codec = Codec(get_dialect("terminal"))
+        pki.ensure_pki(self.pki_dir, self.certificate_names(cfg))
+        self.pools: dict[str, IssuerPool] = {}
+        client_ctx: dict[str, Any] = {}
+        for link in cfg.links:
+            self.dataset.issuer(link.issuer)  # KeyError names an issuer missing from the data
+            if link.client_cert not in client_ctx:
+                client_ctx[link.client_cert] = pki.client_context(self.pki_dir, link.client_cert)
+            self.pools[link.issuer] = IssuerPool(
+                link,
+                Codec(get_dialect(link.dialect)),
+                client_ctx[link.client_cert],
+                clock=utcnow,
+                on_unmatched=self._on_unmatched,
+                on_state=self._on_link_state,
+            )
+        self.metrics.watch_links(lambda: [p.status() for p in self.pools.values()])
+        self.bins = BinTable((b, i.id) for i in self.dataset.issuers for b in i.bins)
+        self.recent = RecentTransactions(window=cfg.duplicate_window)
+        self.participants: list[Participant] = [
+            CheckFields(self.dataset),
+            CheckDuplicate(self.recent, self.metrics),
+            FindOriginal(self.recent),
+            Route(self.bins, self.pools),
+            QueryIssuer(cfg.acquirer_id, self.metrics),
+        ]
+        self.switch = Switch(
+            self.participants,
+            self.metrics,
+            node=cfg.node,
+            request_timeout=cfg.terminal.request_timeout,
+            log_transactions=cfg.log.transactions,
+        )
+        self.terminals = TerminalServer(
+            self.switch,
+            self.codec,
+            self.metrics,
+            max_frame=cfg.terminal.max_frame,
+            partial_timeout=cfg.terminal.partial_frame_timeout,
+            max_in_flight=cfg.terminal.max_in_flight,
+        )
+        self._ready: anyio.Event | None = None
+        self.terminal_port: int | None = None
+        self.tls_port: int | None = None
+        self.admin_port: int | None = None
+
+    @staticmethod
+    def certificate_names(cfg: GatewayConfig) -> list[str]:
+        names = {cfg.terminal.tls_cert, *(link.client_cert for link in cfg.links)}
+        return sorted(names)
+
+    def _on_unmatched(self, issuer: str, msg: Message) -> None:
+        self.metrics.late_responses.labels(issuer).inc()
+        log.warning("issuer_late_response", issuer=issuer, mti=msg.mti, rc=msg.fields.get("39"))
+
+    @property
+    def ready(self) -> bool:
+        return all(p.ready for p in self.pools.values())
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "ready": self.ready,
+            "links": [p.status() for p in self.pools.values()],
+            "recent_transactions": len(self.recent),
+        }
+
+    def _on_link_state(self, _pool: IssuerPool) -> None:
+        if self._ready is not None and self.ready:
+            self._ready.set()
+
+    async def wait_ready(self) -> None:
+        """Until every issuer has a signed-on link (the caller bounds the wait)."""
+        while not self.ready:
+            self._ready = anyio.Event()
+            await self._ready.wait()
+
+    async def run(self, *, task_status: TaskStatus[Gateway] = anyio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.cfg.terminal
+        async with anyio.create_task_group() as tg:
+            for pool in self.pools.values():
+                await tg.start(pool.run)
+            if cfg.port >= 0:
+                tcp = await anyio.create_tcp_listener(local_host=cfg.host, local_port=cfg.port)
+                self.terminal_port = _port_of(tcp)
+                tg.start_soon(self._serve, tcp, "tcp")
+            if cfg.tls_port >= 0:
+                ctx = pki.server_context(self.pki_dir, cfg.tls_cert, require_client_cert=False)
+                raw = await anyio.create_tcp_listener(local_host=cfg.host, local_port=cfg.tls_port)
+                self.tls_port = _port_of(raw)
+                tls = TLSListener(raw, ctx, standard_compatible=False, handshake_timeout=10)
+                tg.start_soon(self._serve, tls, "tls")
+            if self.cfg.admin.port >= 0:
+                app = admin_app(self.metrics, self.status)
+                self.admin_port = await tg.start(
+                    serve_asgi, app, self.cfg.admin.host, self.cfg.admin.port
+                )
+            log.info(
+                "gateway_started",
+                terminal_port=self.terminal_port,
+                tls_port=self.tls_port,
+                admin_port=self.admin_port,
+                issuers=sorted(self.pools),
+            )
+            task_status.started(self)
+
+    async def _serve(self, listener: Any, name: str) -> None:
+        async with listener:
+            await listener.serve(lambda stream: self.terminals.handle_connection(stream, name))
+
+
+def _port_of(listener: Any) -> int:
+    from anyio.abc import SocketAttribute
+
+    port: int = listener.extra(SocketAttribute.local_port)
+    return port

@@ -1,0 +1,93 @@
+"""``gateway`` command: run, check-config, certs, demo, journal."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import anyio
+
+from gateway import pki
+from gateway.conf import ConfigError
+from gateway.config import load_gateway_config
+from gateway.dataset import load_dataset
+from gateway.logs import configure
+from gateway.runtime import default_backend, run
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from gateway.app import Gateway
+
+    cfg, base = load_gateway_config(args.conf)
+    configure(cfg.log.level)
+    gateway = Gateway(cfg, base)
+
+    async def main() -> None:
+        await gateway.run()
+
+    run(main, args.backend or default_backend())
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    cfg, base = load_gateway_config(args.conf)
+    data = load_dataset(base / cfg.data)
+    issuers = {i.id for i in data.issuers}
+    missing = [link.issuer for link in cfg.links if link.issuer not in issuers]
+    if missing:
+        raise ConfigError(f"{args.conf}: links name issuers not in the dataset: {missing}")
+    print(f"{args.conf}: ok ({len(cfg.links)} issuer links, {len(data.terminals)} terminals)")
+    return 0
+
+
+def _cmd_certs(args: argparse.Namespace) -> int:
+    from gateway.app import Gateway
+
+    cfg, base = load_gateway_config(args.conf)
+    names = [*Gateway.certificate_names(cfg), *(f"issuer-{lk.issuer}" for lk in cfg.links)]
+    out = pki.ensure_pki((base / cfg.pki_dir).resolve(), names)
+    print(f"certificates in {out}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    async def main() -> int:
+        return await run_demo(args.conf)
+
+    return anyio.run(main)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["journal"]:
+        from gateway.journal.cli import run as journal_run
+
+        code: int = journal_run(argv[1:])
+        return code
+    parser = argparse.ArgumentParser(prog="gateway", description="payswitch gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+    conf = Path("conf/demo/gateway.toml")
+    p = sub.add_parser("run", help="run the gateway in the foreground")
+    p.add_argument("--conf", type=Path, default=conf)
+    p.add_argument("--backend", choices=["asyncio", "uvloop", "trio"], default=None)
+    p.set_defaults(func=_cmd_run)
+    p = sub.add_parser("check-config", help="validate the configuration and exit")
+    p.add_argument("--conf", type=Path, default=conf)
+    p.set_defaults(func=_cmd_check)
+    p = sub.add_parser("certs", help="generate the demo CA and certificates")
+    p.add_argument("--conf", type=Path, default=conf)
+    p.set_defaults(func=_cmd_certs)
+    p = sub.add_parser("demo", help="run the whole demo stack in the foreground")
+    p.add_argument("--conf", type=Path, default=Path("conf/demo"))
+    p.set_defaults(func=_cmd_demo)
+    sub.add_parser("journal", help="journal tools: verify, archive, restore, settlement")
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.func(args)
+    except ConfigError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    return result

@@ -1,0 +1,96 @@
+"""The gateway's configuration: one frozen dataclass per component, loaded from TOML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic.dataclasses import dataclass
+
+from gateway.conf import FROZEN, ConfigError, load
+
+
+@dataclass(config=FROZEN)
+class TerminalConfig:
+    host: str = "127.0.0.1"
+    """Bind address of the terminal listeners."""
+    port: int = 8583
+    """Plain TCP port (0 picks a free one; -1 disables)."""
+    tls_port: int = 8584
+    """TLS port (0 picks a free one; -1 disables)."""
+    tls_cert: str = "gateway"
+    """Certificate name in the PKI directory for the TLS listener."""
+    max_frame: int = 8192
+    """Largest accepted message, bytes."""
+    partial_frame_timeout: float = 10.0
+    """Seconds a partial frame may stall before the connection is closed."""
+    max_in_flight: int = 64
+    """Requests processed at once per connection; reading pauses beyond (back-pressure)."""
+    request_timeout: float = 30.0
+    """Overall budget for one request inside the switch, seconds."""
+
+
+@dataclass(config=FROZEN)
+class AdminConfig:
+    host: str = "127.0.0.1"
+    port: int = 9090
+    """Admin HTTP port (/healthz, /readyz, /metrics, /status); 0 picks a free one, -1 disables."""
+
+
+@dataclass(config=FROZEN)
+class LinkConfig:
+    issuer: str
+    """Issuer id from the dataset."""
+    endpoints: tuple[str, ...]
+    """host:port of the issuer host, tried in order (failover)."""
+    connections: int = 2
+    """Connections kept open to the issuer."""
+    timeout: float = 5.0
+    """Seconds to wait for an issuer answer before answering 91."""
+    echo_interval: float = 30.0
+    """Send an 0800/301 echo after this many idle seconds."""
+    sign_on_timeout: float = 5.0
+    backoff_initial: float = 0.1
+    """First reconnect delay, seconds; doubles up to backoff_max."""
+    backoff_max: float = 5.0
+    dialect: str = "terminal"
+    server_name: str = ""
+    """TLS name expected from the issuer (default: issuer-<id>)."""
+    client_cert: str = "switch"
+    """Our certificate name in the PKI directory (mutual TLS)."""
+
+
+@dataclass(config=FROZEN)
+class LogConfig:
+    level: str = "info"
+    transactions: bool = True
+    """Log one line per transaction (masked)."""
+
+
+@dataclass(config=FROZEN)
+class GatewayConfig:
+    data: str = "data.toml"
+    """Dataset file (issuers, terminals, merchants, risk), relative to this file."""
+    pki_dir: str = "../../var/certs"
+    """Directory of the CA and certificates, relative to this file."""
+    acquirer_id: str = "00000000001"
+    """Our institution id, sent in field 32 to issuers."""
+    node: int = 0
+    """Node number (0-15), part of every RRN so nodes never collide."""
+    duplicate_window: float = 86400.0
+    """Seconds a request's answer is kept for duplicate transmissions."""
+    terminal: TerminalConfig = Field(default_factory=TerminalConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
+    links: tuple[LinkConfig, ...] = ()
+    log: LogConfig = Field(default_factory=LogConfig)
+
+
+def load_gateway_config(path: Path) -> tuple[GatewayConfig, Path]:
+    """The config and the directory relative paths resolve against."""
+    cfg = load(GatewayConfig, path)
+    if not 0 <= cfg.node <= 15:
+        raise ConfigError(f"{path}: node must be 0..15")
+    ids = [link.issuer for link in cfg.links]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"{path}: an issuer has more than one [[links]] entry")
+    return cfg, path.parent

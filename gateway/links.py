@@ -1,0 +1,311 @@
+"""Issuer links over mutual TLS: connect, sign on, echo when idle, match answers, reconnect.
+
+One :class:`IssuerPool` per issuer owns several :class:`IssuerConnection` s and the issuer's
+STAN sequence (the switch reissues STANs, so two terminals' STANs never collide at the issuer).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+
+from gateway.config import LinkConfig
+from gateway.framed import FramedStream, StalledFrameError
+from gateway.logs import get_logger
+from protocols.codec import Codec
+from protocols.errors import LocalProtocolError, ProtocolError
+from protocols.keys import LinkKey, link_key
+from protocols.message import Message
+from protocols.mti import is_request, response_mti
+
+log = get_logger("gateway.links")
+
+_LINK_ERRORS = (
+    OSError,
+    anyio.EndOfStream,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    ssl.SSLError,
+    ProtocolError,
+    StalledFrameError,
+)
+
+
+class LinkUnavailable(Exception):
+    """No signed-on connection to the issuer, or the connection dropped mid-request."""
+
+
+class IssuerTimeout(Exception):
+    """The issuer did not answer within the timeout."""
+
+
+def transmission_time(now: dt.datetime) -> str:
+    return now.strftime("%m%d%H%M%S")
+
+
+@dataclass(slots=True)
+class _Pending:
+    event: anyio.Event = field(default_factory=anyio.Event)
+    response: Message | None = None
+    failed: bool = False
+
+
+class IssuerConnection:
+    """One TLS connection to an issuer host, with its own pending-request table."""
+
+    def __init__(self, pool: IssuerPool, index: int) -> None:
+        self.pool = pool
+        self.index = index
+        self.state = "down"
+        self.endpoint = ""
+        self._framed: FramedStream | None = None
+        self._pending: dict[LinkKey, _Pending] = {}
+        self._last_io = 0.0
+        self.connects = 0
+
+    @property
+    def up(self) -> bool:
+        return self.state == "up"
+
+    async def run(self) -> None:
+        cfg = self.pool.cfg
+        delay = cfg.backoff_initial
+        attempt = 0
+        while True:
+            endpoint = cfg.endpoints[(self.index + attempt) % len(cfg.endpoints)]
+            host, _, port = endpoint.rpartition(":")
+            self.endpoint = endpoint
+            self.state = "connecting"
+            signed_on = False
+            try:
+                with anyio.fail_after(cfg.sign_on_timeout):
+                    stream = await anyio.connect_tcp(
+                        host,
+                        int(port),
+                        ssl_context=self.pool.ssl_context,
+                        tls_hostname=cfg.server_name or f"issuer-{cfg.issuer}",
+                        tls_standard_compatible=False,
+                    )
+            except (*_LINK_ERRORS, TimeoutError) as exc:
+                log.warning(
+                    "link_connect_failed",
+                    issuer=cfg.issuer,
+                    conn=self.index,
+                    endpoint=endpoint,
+                    error=type(exc).__name__,
+                )
+            else:
+                self.connects += 1
+                signed_on = await self._serve(stream)
+            self.state = "down"
+            self.pool.on_state_change()
+            if signed_on:
+                delay, attempt = cfg.backoff_initial, 0
+            else:
+                attempt += 1
+            await anyio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, cfg.backoff_max)
+
+    async def _serve(self, stream: Any) -> bool:
+        cfg = self.pool.cfg
+        framed = FramedStream(stream, max_size=8192, partial_timeout=max(cfg.timeout, 5.0))
+        self._framed = framed
+        self._last_io = anyio.current_time()
+        self.state = "signing_on"
+        signed_on = False
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._read_loop, framed, tg.cancel_scope)
+                answer = await self._exchange(self.pool.network_message("001"), cfg.sign_on_timeout)
+                if answer.get("39") != "00":
+                    log.warning(
+                        "link_sign_on_refused",
+                        issuer=cfg.issuer,
+                        conn=self.index,
+                        rc=answer.get("39"),
+                    )
+                    tg.cancel_scope.cancel()
+                    return False
+                signed_on = True
+                self.state = "up"
+                self.pool.on_state_change()
+                log.info("link_up", issuer=cfg.issuer, conn=self.index, endpoint=self.endpoint)
+                tg.start_soon(self._echo_loop, tg.cancel_scope)
+        except (*_LINK_ERRORS, IssuerTimeout, LinkUnavailable) as exc:
+            log.warning("link_down", issuer=cfg.issuer, conn=self.index, error=type(exc).__name__)
+        finally:
+            self.state = "down"
+            self._framed = None
+            for pending in self._pending.values():
+                pending.failed = True
+                pending.event.set()
+            self._pending.clear()
+            with anyio.CancelScope(shield=True):
+                await anyio.aclose_forcefully(stream)
+        return signed_on
+
+    async def _read_loop(self, framed: FramedStream, scope: anyio.CancelScope) -> None:
+        codec = self.pool.codec
+        try:
+            while True:
+                frame = await framed.receive_frame()
+                self._last_io = anyio.current_time()
+                try:
+                    msg = codec.decode(frame)
+                except ProtocolError as exc:
+                    log.warning("link_bad_message", issuer=self.pool.cfg.issuer, reason=str(exc))
+                    continue
+                if is_request(msg.mti):
+                    await self._answer_peer_request(msg)
+                    continue
+                pending = self._pending.pop(link_key(msg), None)
+                if pending is None:
+                    self.pool.on_unmatched(msg)
+                else:
+                    pending.response = msg
+                    pending.event.set()
+        except _LINK_ERRORS as exc:
+            log.warning(
+                "link_read_ended",
+                issuer=self.pool.cfg.issuer,
+                conn=self.index,
+                error=type(exc).__name__,
+            )
+        finally:
+            scope.cancel()
+
+    async def _answer_peer_request(self, msg: Message) -> None:
+        # An issuer may echo us too: answer network management, refuse anything else.
+        if msg.mti != "0800" or self._framed is None:
+            log.warning("link_unexpected_request", issuer=self.pool.cfg.issuer, mti=msg.mti)
+            return
+        reply = Message(
+            response_mti(msg.mti), {k: v for k, v in msg.fields.items() if k in ("7", "11", "70")}
+        )
+        reply["39"] = "00"
+        await self._framed.send_frame(self.pool.codec.encode(reply))
+
+    async def _echo_loop(self, scope: anyio.CancelScope) -> None:
+        interval = self.pool.cfg.echo_interval
+        while True:
+            idle = anyio.current_time() - self._last_io
+            if idle < interval:
+                await anyio.sleep(interval - idle)
+                continue
+            try:
+                await self._exchange(self.pool.network_message("301"), self.pool.cfg.timeout)
+            except (IssuerTimeout, LinkUnavailable, *_LINK_ERRORS):
+                log.warning("link_echo_failed", issuer=self.pool.cfg.issuer, conn=self.index)
+                scope.cancel()
+                return
+
+    async def _exchange(self, msg: Message, timeout: float) -> Message:
+        framed = self._framed
+        if framed is None:
+            raise LinkUnavailable(self.pool.cfg.issuer)
+        key = link_key(msg)
+        if key in self._pending:
+            raise LocalProtocolError("duplicate link key in flight")
+        pending = _Pending()
+        self._pending[key] = pending
+        try:
+            await framed.send_frame(self.pool.codec.encode(msg))
+            self._last_io = anyio.current_time()
+            with anyio.move_on_after(timeout):
+                await pending.event.wait()
+        except _LINK_ERRORS as exc:
+            raise LinkUnavailable(self.pool.cfg.issuer) from exc
+        finally:
+            self._pending.pop(key, None)
+        if pending.response is not None:
+            return pending.response
+        if pending.failed:
+            raise LinkUnavailable(self.pool.cfg.issuer)
+        raise IssuerTimeout(self.pool.cfg.issuer)
+
+    async def request(self, msg: Message, timeout: float) -> Message:
+        return await self._exchange(msg, timeout)
+
+
+class IssuerPool:
+    """All connections to one issuer; hands requests to a signed-on one, round robin."""
+
+    def __init__(
+        self,
+        cfg: LinkConfig,
+        codec: Codec,
+        ssl_context: ssl.SSLContext,
+        *,
+        clock: Callable[[], dt.datetime],
+        on_unmatched: Callable[[str, Message], None] | None = None,
+        on_state: Callable[[IssuerPool], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.codec = codec
+        self.ssl_context = ssl_context
+        self.clock = clock
+        self.connections = [IssuerConnection(self, i) for i in range(cfg.connections)]
+        self._stan = random.randrange(999999)
+        self._rr = 0
+        self._on_unmatched = on_unmatched
+        self._on_state = on_state
+
+    @property
+    def issuer(self) -> str:
+        return self.cfg.issuer
+
+    def next_stan(self) -> str:
+        self._stan = self._stan % 999999 + 1
+        return f"{self._stan:06d}"
+
+    def network_message(self, code: str) -> Message:
+        return Message(
+            "0800", {"7": transmission_time(self.clock()), "11": self.next_stan(), "70": code}
+        )
+
+    @property
+    def ready(self) -> bool:
+        return any(c.up for c in self.connections)
+
+    def on_state_change(self) -> None:
+        if self._on_state is not None:
+            self._on_state(self)
+
+    def on_unmatched(self, msg: Message) -> None:
+        if self._on_unmatched is not None:
+            self._on_unmatched(self.cfg.issuer, msg)
+        else:
+            log.warning("link_unmatched_response", issuer=self.cfg.issuer, mti=msg.mti)
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as tg:
+            for conn in self.connections:
+                tg.start_soon(conn.run)
+            task_status.started()
+
+    async def request(self, msg: Message, timeout: float) -> Message:
+        conns = self.connections
+        n = len(conns)
+        for i in range(n):
+            conn = conns[(self._rr + i) % n]
+            if conn.up:
+                self._rr = (self._rr + i + 1) % n
+                return await conn.request(msg, timeout)
+        raise LinkUnavailable(self.cfg.issuer)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "issuer": self.cfg.issuer,
+            "ready": self.ready,
+            "connections": [
+                {"index": c.index, "state": c.state, "endpoint": c.endpoint, "connects": c.connects}
+                for c in self.connections
+            ],
+        }

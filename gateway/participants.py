@@ -1,0 +1,205 @@
+"""The spine's participants: check fields, duplicate check, find original, route, query issuer."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import anyio
+
+from gateway.dataset import Dataset, Merchant, Terminal
+from gateway.links import IssuerPool, IssuerTimeout, LinkUnavailable, transmission_time
+from gateway.logs import get_logger
+from gateway.metrics import Metrics
+from gateway.pipeline import BaseParticipant, Context
+from gateway.recent import RecentTransactions
+from gateway.routing import BinTable
+from protocols.keys import duplicate_key
+from protocols.message import Message
+from protocols.mti import mti_class
+from protocols.validate import card_of, check_request
+
+log = get_logger("gateway.pipeline")
+
+# Terminal fields passed on to the issuer unchanged (52 once translated, 53 and 64 never).
+ISSUER_FIELDS = ("2", "3", "4", "12", "13", "14", "22", "23", "35", "41", "42", "49", "52", "55")
+REVERSALS = frozenset({"0400", "0420"})
+
+
+class CheckFields(BaseParticipant):
+    name = "check-fields"
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.terminals: Mapping[str, Terminal] = {t.id: t for t in dataset.terminals}
+        self.merchants: Mapping[str, Merchant] = {m.id: m for m in dataset.merchants}
+
+    async def prepare(self, ctx: Context) -> str | None:
+        req = ctx.request
+        issue = check_request(req)
+        if issue is not None:
+            return ctx.decline(issue.rc, f"field {issue.field}: {issue.reason}")
+        terminal = self.terminals.get(req.fields["41"])
+        if terminal is None:
+            return ctx.decline("58", "unknown terminal")
+        ctx.terminal = terminal
+        ctx.merchant = self.merchants.get(terminal.merchant)
+        if req.mti not in REVERSALS or "2" in req.fields or "35" in req.fields:
+            ctx.pan, ctx.expiry = card_of(req)
+        return None
+
+
+class CheckDuplicate(BaseParticipant):
+    """SPEC: same 41 + 11 + 7 within 24 h gets the original answer; the issuer sees one."""
+
+    name = "check-duplicate"
+
+    def __init__(self, recent: RecentTransactions, metrics: Metrics) -> None:
+        self.recent = recent
+        self.metrics = metrics
+
+    async def prepare(self, ctx: Context) -> str | None:
+        key = duplicate_key(ctx.request)
+        entry = self.recent.get(key, ctx.received)
+        if entry is not None:
+            if not entry.done.is_set():
+                with anyio.move_on_after(max(ctx.deadline - anyio.current_time(), 0)):
+                    await entry.done.wait()
+            self.metrics.duplicates.inc()
+            if entry.response is None:
+                return ctx.decline("94", "duplicate of a request still in flight")
+            ctx.replay = entry.response
+            return "replay"
+        ctx.entry = self.recent.begin(key, ctx.received)
+        ctx.entry.pan = ctx.pan
+        return None
+
+    async def _finish(self, ctx: Context) -> None:
+        entry = ctx.entry
+        if entry is not None and not entry.done.is_set():
+            entry.response = ctx.response
+            entry.approved = ctx.approved
+            entry.done.set()
+
+    async def commit(self, ctx: Context) -> None:
+        await self._finish(ctx)
+
+    async def abort(self, ctx: Context) -> None:
+        await self._finish(ctx)
+
+
+class FindOriginal(BaseParticipant):
+    """Reversals (and completions carrying field 90) name their original in field 90."""
+
+    name = "find-original"
+
+    def __init__(self, recent: RecentTransactions) -> None:
+        self.recent = recent
+
+    async def prepare(self, ctx: Context) -> str | None:
+        req = ctx.request
+        f90 = req.fields.get("90")
+        if f90 is None:
+            return None
+        key = (f90[1], req.fields["41"], f90[4:10], f90[10:20])
+        original = self.recent.get(key, ctx.received)
+        if original is None or not original.done.is_set():
+            if req.mti in REVERSALS or req.mti == "0220":
+                return ctx.decline("25", "original not found")
+            return None
+        ctx.original = original
+        if not ctx.pan:
+            ctx.pan = original.pan
+        return None
+
+
+class Route(BaseParticipant):
+    name = "route"
+
+    def __init__(self, bins: BinTable, pools: Mapping[str, IssuerPool]) -> None:
+        self.bins = bins
+        self.pools = pools
+
+    async def prepare(self, ctx: Context) -> str | None:
+        if ctx.original is not None and ctx.request.mti in REVERSALS:
+            ctx.issuer = ctx.original.issuer
+        else:
+            ctx.issuer = self.bins.route(ctx.pan)
+        if ctx.issuer is None:
+            if ctx.request.mti in REVERSALS:
+                return None  # the original never reached an issuer: acknowledged locally
+            return ctx.decline("15", "no route for the BIN")
+        ctx.pool = self.pools.get(ctx.issuer)
+        return None
+
+
+class QueryIssuer(BaseParticipant):
+    name = "query-issuer"
+
+    def __init__(self, acquirer_id: str, metrics: Metrics) -> None:
+        self.acquirer_id = acquirer_id
+        self.metrics = metrics
+
+    def _issuer_request(self, ctx: Context, pool: IssuerPool) -> Message:
+        req = ctx.request
+        fields = {k: req.fields[k] for k in ISSUER_FIELDS if k in req.fields}
+        if "2" not in fields and "35" not in fields and ctx.pan:
+            fields["2"] = ctx.pan
+        fields["7"] = transmission_time(ctx.now)
+        fields["11"] = pool.next_stan()
+        fields["32"] = self.acquirer_id
+        fields["37"] = ctx.rrn
+        if ctx.merchant is not None:
+            fields["18"] = ctx.merchant.mcc
+        original = ctx.original
+        if original is not None and original.issuer_stan:
+            fields["37"] = original.rrn
+            fields["90"] = (
+                f"{original.issuer_mti}{original.issuer_stan}{original.issuer_time}"
+                f"{self.acquirer_id:0>11}{'0' * 11}"
+            )
+        return Message(req.mti, fields)
+
+    async def prepare(self, ctx: Context) -> str | None:
+        mti = ctx.request.mti
+        original = ctx.original
+        if mti in REVERSALS:
+            if original is None or not original.approved or original.issuer is None:
+                ctx.rc = "00"  # nothing was authorised: nothing to give back
+                return None
+            if original.reversed:
+                ctx.rc = "00"  # applied once already
+                return None
+        pool = ctx.pool
+        if pool is None:
+            return ctx.decline("91", f"no link configured for issuer {ctx.issuer}")
+        msg = self._issuer_request(ctx, pool)
+        if ctx.entry is not None:
+            ctx.entry.issuer = pool.issuer
+            ctx.entry.issuer_mti = msg.mti
+            ctx.entry.issuer_stan = msg.fields["11"]
+            ctx.entry.issuer_time = msg.fields["7"]
+            ctx.entry.rrn = ctx.rrn
+            ctx.entry.amount = int(ctx.request.fields.get("4", "0"))
+        timeout = min(pool.cfg.timeout, ctx.deadline - anyio.current_time())
+        started = anyio.current_time()
+        try:
+            answer = await pool.request(msg, max(timeout, 0.0))
+        except IssuerTimeout:
+            self.metrics.issuer_failures.labels(pool.issuer, "timeout").inc()
+            return ctx.decline("91", "issuer timed out")
+        except LinkUnavailable:
+            self.metrics.issuer_failures.labels(pool.issuer, "unavailable").inc()
+            return ctx.decline("91", "issuer unavailable")
+        self.metrics.issuer_latency.labels(pool.issuer).observe(anyio.current_time() - started)
+        ctx.issuer_response = answer
+        rc = answer.fields.get("39", "")
+        if len(rc) != 2:
+            return ctx.decline("96", "issuer answer without a valid field 39")
+        ctx.rc = rc
+        if rc == "00" and mti in REVERSALS and original is not None:
+            original.reversed = True
+        return None
+
+
+def counts_toward_limits(msg: Message) -> bool:
+    """SPEC: purchases, cash and authorizations (0100/0200, processing 00/01) count."""
+    return mti_class(msg.mti) in "12" and msg.mti[2] == "0" and msg.fields["3"][:2] in ("00", "01")

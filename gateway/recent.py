@@ -1,0 +1,61 @@
+"""Recent transactions in memory: duplicate transmissions and originals of reversals.
+
+Keyed by (MTI class, terminal, STAN, transmission date-time). Bounded in count and age; the
+durable journal answers beyond that window.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import anyio
+
+from protocols.keys import DuplicateKey
+from protocols.message import Message
+
+
+@dataclass(slots=True)
+class TxnEntry:
+    created: float
+    done: anyio.Event = field(default_factory=anyio.Event)
+    response: Message | None = None
+    issuer: str | None = None
+    issuer_mti: str = ""
+    issuer_stan: str = ""
+    issuer_time: str = ""
+    rrn: str = ""
+    amount: int = 0
+    approved: bool = False
+    reversed: bool = False
+    pan: str = field(default="", repr=False)
+
+
+class RecentTransactions:
+    def __init__(self, *, window: float, max_entries: int = 500_000) -> None:
+        self.window = window
+        self.max_entries = max_entries
+        self._entries: OrderedDict[DuplicateKey, TxnEntry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: DuplicateKey, now: float) -> TxnEntry | None:
+        entry = self._entries.get(key)
+        if entry is not None and now - entry.created > self.window:
+            return None
+        return entry
+
+    def begin(self, key: DuplicateKey, now: float) -> TxnEntry:
+        entries = self._entries
+        entry = TxnEntry(created=now)
+        entries[key] = entry
+        entries.move_to_end(key)
+        # Evict by age, then by count (oldest first).
+        while entries:
+            oldest_key, oldest = next(iter(entries.items()))
+            if len(entries) > self.max_entries or now - oldest.created > self.window:
+                del entries[oldest_key]
+            else:
+                break
+        return entry

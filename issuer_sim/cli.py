@@ -1,0 +1,51 @@
+"""``issuer-sim run --conf conf/demo/issuer-sim.toml --issuer alpha``"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from gateway import pki
+from gateway.conf import ConfigError, load
+from gateway.dataset import load_dataset
+from gateway.logs import configure
+from gateway.runtime import default_backend, run
+from issuer_sim.accounts import AccountBook
+from issuer_sim.config import IssuerSimConfig
+from issuer_sim.host import IssuerHost
+from issuer_sim.server import IssuerServer, LiveFaults
+
+
+def build_server(cfg: IssuerSimConfig, base: Path, issuer: str, port: int | None) -> IssuerServer:
+    ep = cfg.endpoint(issuer)
+    data = load_dataset(base / cfg.data)
+    book = AccountBook.from_cards(issuer, data.cards, data.issuer_behaviour.synthetic)
+    pki_dir = (base / cfg.pki_dir).resolve()
+    pki.ensure_pki(pki_dir, [f"issuer-{issuer}"])
+    ctx = pki.server_context(pki_dir, f"issuer-{issuer}", require_client_cert=True)
+    f = ep.faults or cfg.faults
+    faults = LiveFaults(f.latency_ms, f.drop_ratio, f.disconnect_after, f.apply_to_network)
+    return IssuerServer(
+        IssuerHost(book), ctx, faults=faults, bind=ep.host, port=ep.port if port is None else port
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="issuer-sim", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_p = sub.add_parser("run", help="serve one issuer on the issuer link (mutual TLS)")
+    run_p.add_argument("--conf", type=Path, default=Path("conf/demo/issuer-sim.toml"))
+    run_p.add_argument("--issuer", required=True)
+    run_p.add_argument("--port", type=int, default=None)
+    run_p.add_argument("--backend", choices=["asyncio", "uvloop", "trio"], default=None)
+    args = parser.parse_args(argv)
+    try:
+        cfg = load(IssuerSimConfig, args.conf)
+        configure(cfg.log_level)
+        server = build_server(cfg, args.conf.parent, args.issuer, args.port)
+    except (ConfigError, KeyError) as exc:
+        print(f"issuer-sim: {exc}", file=sys.stderr)
+        return 2
+    run(server.run, args.backend or default_backend())
+    return 0

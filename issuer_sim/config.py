@@ -1,0 +1,45 @@
+"""Issuer simulator configuration (one file for every simulated issuer)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic.dataclasses import dataclass
+
+from gateway.conf import FROZEN
+
+
+@dataclass(config=FROZEN)
+class Faults:
+    latency_ms: float = 0.0
+    """Added before every answer."""
+    drop_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Share of requests processed but never answered (the answer is lost)."""
+    disconnect_after: int = 0
+    """Close the connection after this many messages (0: never)."""
+    apply_to_network: bool = False
+    """Apply latency and drops to 0800 network messages too (then sign-on fails)."""
+
+
+@dataclass(config=FROZEN)
+class IssuerEndpoint:
+    id: str
+    host: str = "127.0.0.1"
+    port: int = 9583
+    faults: Faults | None = None
+    """Overrides the file-wide faults for this issuer."""
+
+
+@dataclass(config=FROZEN)
+class IssuerSimConfig:
+    data: str = "data.toml"
+    """Dataset (cards, issuers, behaviour), relative to this file."""
+    pki_dir: str = "../../var/certs"
+    issuers: tuple[IssuerEndpoint, ...] = ()
+    faults: Faults = Field(default_factory=Faults)
+    log_level: str = "info"
+
+    def endpoint(self, issuer: str) -> IssuerEndpoint:
+        for ep in self.issuers:
+            if ep.id == issuer:
+                return ep
+        raise KeyError(f"issuer {issuer!r} is not in the issuer simulator config")

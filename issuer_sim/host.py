@@ -1,0 +1,163 @@
+"""The issuer's authorisation logic: pure, one request in, one answer out.
+
+Holds (0100), completions (0220), purchases, cash, refunds and balance inquiries (0200), and
+reversals (0400/0420) applied exactly once. A retransmitted request (same MTI, STAN and
+transmission time) gets its first answer again and changes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from dataclasses import dataclass, field
+
+from issuer_sim.accounts import Account, AccountBook
+from protocols.message import Message
+from protocols.mti import response_mti
+from protocols.validate import card_of
+
+ECHO = ("2", "3", "4", "7", "11", "12", "13", "32", "37", "41", "42", "49")
+
+
+@dataclass(slots=True)
+class Posting:
+    """What a request did to an account, so a reversal can undo exactly that."""
+
+    mti: str
+    kind: str
+    pan: str = field(repr=False)
+    amount: int
+    approved: bool
+    auth_code: str = ""
+    reversed: bool = False
+
+
+def balance_field(currency: str, amount: int) -> str:
+    """SPEC field 54: account type 00, amount type 02 (available), currency, C/D, 12 digits."""
+    sign = "C" if amount >= 0 else "D"
+    return f"0002{currency}{sign}{abs(amount):012d}"
+
+
+class IssuerHost:
+    def __init__(self, book: AccountBook, *, max_records: int = 1_000_000) -> None:
+        self.book = book
+        self.max_records = max_records
+        # Insertion-ordered, so the oldest records go first when the bound is reached.
+        self.postings: dict[tuple[str, str], Posting] = {}
+        self.answers: dict[tuple[str, str, str], Message] = {}
+        self._auth = itertools.count(100001)
+        self.reversals_applied = 0
+
+    def _auth_code(self) -> str:
+        return f"{next(self._auth) % 1_000_000:06d}"
+
+    def handle(self, msg: Message, now: dt.datetime) -> Message:
+        key = (msg.mti, msg.fields.get("11", ""), msg.fields.get("7", ""))
+        previous = self.answers.get(key)
+        if previous is not None:
+            return previous
+        answer = self._handle(msg, now)
+        self.answers[key] = answer
+        if len(self.answers) > self.max_records:
+            del self.answers[next(iter(self.answers))]
+        if len(self.postings) > self.max_records:
+            del self.postings[next(iter(self.postings))]
+        return answer
+
+    def _answer(self, msg: Message, rc: str, **extra: str) -> Message:
+        fields = {k: msg.fields[k] for k in ECHO if k in msg.fields}
+        if "90" in msg.fields:
+            fields["90"] = msg.fields["90"]
+        fields.update(extra)
+        fields["39"] = rc
+        return Message(response_mti(msg.mti), fields)
+
+    def _handle(self, msg: Message, now: dt.datetime) -> Message:
+        mti = msg.mti
+        if mti == "0800":
+            return self._answer(
+                msg, "00", **({"70": msg.fields["70"]} if "70" in msg.fields else {})
+            )
+        if mti in ("0400", "0420"):
+            return self._reverse(msg)
+        if mti not in ("0100", "0200", "0220"):
+            return self._answer(msg, "12")
+        pan, expiry = card_of(msg)
+        account = self.book.find(pan)
+        kind = msg.fields.get("3", "000000")[:2]
+        amount = int(msg.fields.get("4", "0"))
+        currency = msg.fields.get("49", "156")
+        if mti == "0220":
+            return self._complete(msg, account, pan, amount)
+        rc = self._check_card(account, expiry, now)
+        if rc is None:
+            assert account is not None
+            rc = self._apply(mti, kind, account, amount, msg)
+        posting = Posting(mti, kind, pan, amount, rc == "00")
+        extra: dict[str, str] = {}
+        if rc == "00":
+            posting.auth_code = self._auth_code()
+            extra["38"] = posting.auth_code
+            assert account is not None
+            extra["54"] = balance_field(currency, account.available)
+        self.postings[(msg.fields.get("11", ""), msg.fields.get("7", ""))] = posting
+        return self._answer(msg, rc, **extra)
+
+    @staticmethod
+    def _check_card(account: Account | None, expiry: str | None, now: dt.datetime) -> str | None:
+        if account is None:
+            return "14"
+        if account.status in ("lost", "stolen"):
+            return "41"
+        if account.status != "active":
+            return "05"
+        today = now.strftime("%y%m")
+        if account.expiry < today or (expiry is not None and expiry != account.expiry):
+            return "54"
+        return None
+
+    def _apply(self, mti: str, kind: str, account: Account, amount: int, msg: Message) -> str:
+        if kind == "31":
+            return "00"
+        if kind == "20":
+            account.balance += amount
+            return "00"
+        if amount > account.available:
+            return "51"
+        if mti == "0100":
+            account.holds[f"{msg.fields.get('11')}{msg.fields.get('7')}"] = amount
+        else:
+            account.balance -= amount
+        return "00"
+
+    def _complete(self, msg: Message, account: Account | None, pan: str, amount: int) -> Message:
+        # An advice cannot be declined: release the hold it completes, then post the amount.
+        if account is None:
+            return self._answer(msg, "14")
+        f90 = msg.fields.get("90", "")
+        hold_key = f90[4:20]
+        account.holds.pop(hold_key, None)
+        account.balance -= amount
+        self.postings[(msg.fields.get("11", ""), msg.fields.get("7", ""))] = Posting(
+            "0220", "00", pan, amount, True
+        )
+        return self._answer(msg, "00")
+
+    def _reverse(self, msg: Message) -> Message:
+        f90 = msg.fields.get("90", "")
+        posting = self.postings.get((f90[4:10], f90[10:20]))
+        if posting is None:
+            return self._answer(msg, "25")
+        if posting.reversed or not posting.approved:
+            return self._answer(msg, "00")
+        account = self.book.find(posting.pan)
+        if account is not None:
+            if posting.mti == "0100":
+                account.holds.pop(f"{f90[4:10]}{f90[10:20]}", None)
+            elif posting.kind == "20":
+                account.balance -= posting.amount
+            elif posting.kind != "31":
+                account.balance += posting.amount
+        posting.reversed = True
+        self.reversals_applied += 1
+        return self._answer(msg, "00")

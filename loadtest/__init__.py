@@ -1,0 +1,1 @@
+"""Load-testing kit: terminal simulator, terminal client, generators."""

@@ -1,0 +1,95 @@
+"""ISO 8583 codec on pyiso8583 with typed errors.
+
+pyiso8583's ``DecodeError`` carries the raw message and the decoded fields (PAN included); it is
+translated here, at the boundary, into errors that name the field and the response code only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import iso8583
+
+from protocols.errors import LocalProtocolError, RemoteProtocolError
+from protocols.message import Message
+
+# Fields that may be echoed in a format-error response: none of them is sensitive.
+ECHO_SAFE = ("3", "4", "7", "11", "12", "13", "41", "42", "49")
+_BITMAPS = ("t", "p", "1", "h")
+
+
+class UndecodableError(RemoteProtocolError):
+    """Not even an MTI could be read: nothing can be answered."""
+
+
+class MessageFormatError(RemoteProtocolError):
+    """The MTI was read but a field is bad or missing: answer the response MTI with ``rc``.
+
+    ``echo`` holds the non-sensitive fields decoded before the fault, for the response.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        mti: str,
+        field: str | None,
+        rc: str = "30",
+        echo: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(reason, field=field, rc=rc)
+        self.mti = mti
+        self.echo = dict(echo or {})
+
+
+def _valid_mti(mti: object) -> bool:
+    return isinstance(mti, str) and len(mti) == 4 and mti.isdigit()
+
+
+class Codec:
+    """Encode and decode one dialect. Stateless; one instance per dialect is shared."""
+
+    __slots__ = ("spec",)
+
+    def __init__(self, spec: Mapping[str, Mapping[str, Any]]) -> None:
+        self.spec = spec
+
+    def decode(self, data: bytes) -> Message:
+        try:
+            doc, _ = iso8583.decode(data, self.spec)
+        except iso8583.DecodeError as exc:
+            partial: dict[str, str] = dict(exc.doc_dec)
+            mti = partial.get("t")
+            field = str(exc.field) if exc.field is not None else None
+            reason = _safe_reason(exc)
+            if field in _BITMAPS[:1] or not _valid_mti(mti):
+                raise UndecodableError(reason, field=field) from None
+            assert mti is not None
+            echo = {k: partial[k] for k in ECHO_SAFE if k in partial}
+            raise MessageFormatError(reason, mti=mti, field=field, echo=echo) from None
+        except Exception:  # any other library failure is still the peer's bad bytes
+            raise UndecodableError("message could not be decoded") from None
+        mti = doc.pop("t")
+        if not _valid_mti(mti):
+            raise UndecodableError("MTI is not four digits", field="t")
+        for key in ("p", "1", "h"):
+            doc.pop(key, None)
+        return Message(mti, doc)
+
+    def encode(self, msg: Message) -> bytes:
+        doc: dict[str, str] = dict(msg.fields)
+        doc["t"] = msg.mti
+        try:
+            raw, _ = iso8583.encode(doc, self.spec)
+        except iso8583.EncodeError as exc:
+            raise LocalProtocolError(
+                f"cannot encode field {exc.field}: {_safe_reason(exc)}"
+            ) from None
+        return bytes(raw)
+
+
+def _safe_reason(exc: iso8583.DecodeError | iso8583.EncodeError) -> str:
+    # pyiso8583 messages name the problem and the field, never the value; keep only that part.
+    text: str = getattr(exc, "msg", "") or "invalid data"
+    return text.split(":")[0].strip()

@@ -1,0 +1,924 @@
+"""payShield-style HSM host command codec (sans-IO), shared by hsm_sim's server and the gateway.
+
+A payload (what follows the 2-byte length; framing is the caller's, see ``protocols.framing``)
+is: a 4-character header echoed in the response (the client matches answers by it), a
+2-character command code, then the command's fields in a fixed layout. A response carries the
+same header, the command code with its second character advanced by one (``CA`` -> ``CB``), a
+2-digit error code, and the response fields only when the error code is ``00``.
+
+Field notation: ``nN`` n ASCII digits, ``nH`` n hex characters, ``nA`` n printable ASCII, ``nB``
+n raw bytes, ``KEY`` a key under the LMK or a ZMK (``U``/``X`` + 32H, see ``hsm_sim.lmk``), ``PAN;``
+12-19 digits closed by ``;``, ``PB`` a PIN block (16H, or 32H for format ``48``), ``LH:B`` a
+hex length of L characters followed by that many raw bytes. The layouts follow payShield's with
+these deliberate simplifications: PIN block format codes come before the PIN block (its length
+depends on them); the account number is ``PAN;`` (12 digits as payShield's, or the whole PAN,
+which ISO format 4 needs); in ``A1`` the check value precedes the optional key under ZMK.
+
+======  ===============================================================  ======================
+cmd     request fields                                                   response fields (00)
+======  ===============================================================  ======================
+NC      (none)                                                           16H LMK check, 9A fw
+A0      1N mode (0 generate, 1 and export), 3H key type, 1A scheme 'U',  KEY, 6H KCV, [KEY
+        [mode 1: KEY ZMK, 1A scheme under ZMK 'X'/'U']                   under ZMK]
+BU      2H key type code, 1N key length flag (1 = double), KEY           6H KCV
+A6      3H key type, KEY ZMK, KEY key under ZMK, 1A scheme 'U'           KEY, 6H KCV
+A8      3H key type, KEY ZMK, KEY key under LMK, 1A scheme under ZMK     KEY under ZMK, 6H KCV
+CA      KEY TPK, KEY ZPK, 2N max PIN length, 2N source format,           2N PIN length,
+        2N destination format, PB, PAN;                                  2N format, PB
+CC      KEY source ZPK, KEY destination ZPK, then as CA                  as CA
+G0      KEY BDK, KEY ZPK, 3H KSN descriptor, 20H KSN, 2N destination     as CA
+        format, 16H PIN block (format 0 under the DUKPT PIN key), PAN;
+EC      KEY ZPK, KEY PVK, 2N format, PB, PAN;, 1N PVKI, 4N PVV           (none)
+DA      KEY TPK, KEY PVK, 2N max PIN length, 2N format, PB, 2N check     (none)
+        length, PAN;, 16N decimalisation table, 12A validation data
+        (N = last 5 account digits), 12H offset (F-padded)
+EA      as DA with a ZPK                                                 (none)
+CW      KEY CVK, PAN;, 4N expiry (YYMM), 3N service code                 3N CVV
+CY      KEY CVK, 3N CVV, PAN;, 4N expiry, 3N service code                (none)
+M6      1N mode (0), 1N input format (0 binary), 1N algorithm (3 retail  16H MAC
+        MAC, 6 AES-CMAC), 1N padding (1, 2), 3H key type, KEY, 4H:B msg
+M8      as M6, then 16H MAC                                              (none)
+KQ      1N mode (0 verify, 1 verify + ARPC, 2 ARPC only), 1N scheme (1   [8B ARPC] (modes 1, 2)
+        EMV common session key), KEY MK-AC, 8B PAN/PSN (option A Y),
+        2B ATC, 4B UN, 2H:B transaction data, ';', 8B ARQC, 2B ARC
+======  ===============================================================  ======================
+
+Error codes (payShield): ``00`` success, ``01`` verification failure, ``04`` invalid key type,
+``10``/``11`` first/second key parity error, ``13`` LMK parity error, ``15`` invalid input data,
+``20`` PIN block not valid, ``23`` invalid PIN block format, ``24`` PIN length, ``26`` invalid key
+scheme, ``27`` key length, ``68`` command disabled or not provided by this HSM. A payload too
+short to carry a header and a command code is answered with command ``ZZ``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, ClassVar, Final
+
+from protocols.errors import LocalProtocolError, RemoteProtocolError
+
+HEADER_LENGTH: Final = 4
+UNKNOWN_COMMAND_RESPONSE: Final = "ZZ"
+
+OK: Final = "00"
+VERIFICATION_FAILURE: Final = "01"
+INVALID_KEY_TYPE: Final = "04"
+KEY_PARITY_ERROR: Final = "10"
+SECOND_KEY_PARITY_ERROR: Final = "11"
+INVALID_INPUT: Final = "15"
+INVALID_PIN_BLOCK: Final = "20"
+INVALID_PIN_BLOCK_FORMAT: Final = "23"
+PIN_LENGTH_ERROR: Final = "24"
+INVALID_KEY_SCHEME: Final = "26"
+KEY_LENGTH_ERROR: Final = "27"
+COMMAND_DISABLED: Final = "68"
+
+FORMAT_ISO0: Final = "01"
+FORMAT_ISO1: Final = "05"
+FORMAT_ISO3: Final = "47"
+FORMAT_ISO4: Final = "48"
+
+
+class HsmProtocolError(RemoteProtocolError):
+    """A malformed HSM command or response.
+
+    ``error_code`` is the payShield code to answer with; ``header`` and ``command`` are what
+    could be read (so the server can still address its error response). No data is kept.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        field: str | None = None,
+        error_code: str = INVALID_INPUT,
+        header: str = "0000",
+        command: str = UNKNOWN_COMMAND_RESPONSE,
+    ) -> None:
+        super().__init__(reason, field=field, rc="96")
+        self.error_code = error_code
+        self.header = header
+        self.command = command
+
+
+class Kind(Enum):
+    """How a field is written on the wire."""
+
+    NUMERIC = "N"
+    HEX = "H"
+    TEXT = "A"
+    BINARY = "B"
+    KEY = "KEY"
+    PAN = "PAN;"
+    VAR_BINARY = "LH:B"
+    LITERAL = "LIT"
+
+
+_DIGITS = frozenset(b"0123456789")
+_HEXB = frozenset(b"0123456789ABCDEFabcdef")
+_KEY_SCHEMES = frozenset(b"UX")
+KEY_LENGTH: Final = 33
+PAN_DELIMITER: Final = b";"
+
+LengthRule = int | Callable[[Mapping[str, Any]], int]
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One field of a layout. ``length`` may depend on fields decoded before it."""
+
+    name: str
+    kind: Kind
+    length: LengthRule = 0
+    #: For VAR_BINARY: the number of hex characters of the length prefix.
+    prefix: int = 0
+    #: Only present when this returns True for the fields decoded so far.
+    when: Callable[[Mapping[str, Any]], bool] | None = None
+    #: Present only if bytes remain (responses with an optional last field).
+    optional: bool = False
+    literal: bytes = b""
+
+    def size(self, values: Mapping[str, Any]) -> int:
+        return self.length if isinstance(self.length, int) else self.length(values)
+
+
+def _pin_block_hex(fmt_field: str) -> Callable[[Mapping[str, Any]], int]:
+    def rule(values: Mapping[str, Any]) -> int:
+        return 32 if values.get(fmt_field) == FORMAT_ISO4 else 16
+
+    return rule
+
+
+def _num(name: str, n: int) -> Field:
+    return Field(name, Kind.NUMERIC, n)
+
+
+def _hex(name: str, n: LengthRule) -> Field:
+    return Field(name, Kind.HEX, n)
+
+
+def _text(name: str, n: int) -> Field:
+    return Field(name, Kind.TEXT, n)
+
+
+def _bin(name: str, n: int, *, optional: bool = False) -> Field:
+    return Field(name, Kind.BINARY, n, optional=optional)
+
+
+def _key(name: str, **kw: Any) -> Field:
+    return Field(name, Kind.KEY, KEY_LENGTH, **kw)
+
+
+def _pan(name: str) -> Field:
+    return Field(name, Kind.PAN, 19)
+
+
+# --------------------------------------------------------------------------- messages
+
+
+class Message:
+    """Base of request and response bodies: a dataclass with a class-level layout."""
+
+    CODE: ClassVar[str]
+    LAYOUT: ClassVar[tuple[Field, ...]]
+
+
+# Requests ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnostics(Message):
+    """NC: LMK check value and firmware version."""
+
+    CODE: ClassVar[str] = "NC"
+    LAYOUT: ClassVar[tuple[Field, ...]] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateKey(Message):
+    """A0: generate a random key, optionally also exported under a ZMK (mode 1)."""
+
+    CODE: ClassVar[str] = "A0"
+    key_type: str = "001"
+    mode: str = "0"
+    key_scheme: str = "U"
+    zmk: str | None = None
+    zmk_scheme: str | None = None
+    LAYOUT: ClassVar[tuple[Field, ...]] = (
+        _num("mode", 1),
+        _hex("key_type", 3),
+        _text("key_scheme", 1),
+        _key("zmk", when=lambda v: v.get("mode") == "1"),
+        Field("zmk_scheme", Kind.TEXT, 1, when=lambda v: v.get("mode") == "1"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class KeyCheckValue(Message):
+    """BU: check value of a key under the LMK."""
+
+    CODE: ClassVar[str] = "BU"
+    key: str
+    key_type: str = "FF"
+    key_length_flag: str = "1"
+    LAYOUT: ClassVar[tuple[Field, ...]] = (
+        _hex("key_type", 2),
+        _num("key_length_flag", 1),
+        _key("key"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ImportKey(Message):
+    """A6: import a key received under a ZMK into the LMK."""
+
+    CODE: ClassVar[str] = "A6"
+    zmk: str
+    key_under_zmk: str
+    key_type: str = "001"
+    key_scheme: str = "U"
+    LAYOUT: ClassVar[tuple[Field, ...]] = (
+        _hex("key_type", 3),
+        _key("zmk"),
+        _key("key_under_zmk"),
+        _text("key_scheme", 1),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ExportKey(Message):
+    """A8: export a key from the LMK to a ZMK."""
+
+    CODE: ClassVar[str] = "A8"
+    zmk: str
+    key: str
+    key_type: str = "001"
+    key_scheme: str = "X"
+    LAYOUT: ClassVar[tuple[Field, ...]] = (
+        _hex("key_type", 3),
+        _key("zmk"),
+        _key("key"),
+        _text("key_scheme", 1),
+    )
+
+
+_PIN_TRANSLATE_TAIL: tuple[Field, ...] = (
+    _num("max_pin_length", 2),
+    _num("src_format", 2),
+    _num("dst_format", 2),
+    _hex("pin_block", _pin_block_hex("src_format")),
+    _pan("account"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TranslatePinTpkToZpk(Message):
+    """CA: translate a PIN block from a terminal PIN key to a zone PIN key."""
+
+    CODE: ClassVar[str] = "CA"
+    tpk: str
+    zpk: str
+    pin_block: str
+    account: str
+    src_format: str = FORMAT_ISO0
+    dst_format: str = FORMAT_ISO0
+    max_pin_length: str = "12"
+    LAYOUT: ClassVar[tuple[Field, ...]] = (_key("tpk"), _key("zpk"), *_PIN_TRANSLATE_TAIL)
+
+
+@dataclass(frozen=True, slots=True)
+class TranslatePinZpkToZpk(Message):
+    """CC: translate a PIN block from one zone PIN key to another."""
+
+    CODE: ClassVar[str] = "CC"
+    src_zpk: str
+    dst_zpk: str
+    pin_block: str
+    account: str
+    src_format: str = FORMAT_ISO0
+    dst_format: str = FORMAT_ISO0
+    max_pin_length: str = "12"
+    LAYOUT: ClassVar[tuple[Field, ...]] = (_key("src_zpk"), _key("dst_zpk"), *_PIN_TRANSLATE_TAIL)
+
+
+@dataclass(frozen=True, slots=True)
+class TranslatePinDukptToZpk(Message):
+    """G0: translate a PIN block from the X9.24-1 TDES DUKPT PIN key (BDK + KSN) to a ZPK."""
+
+    CODE: ClassVar[str] = "G0"
+    bdk: str
+    zpk: str
+    ksn: str
+    pin_block: str
+    account: str
+    dst_format: str = FORMAT_ISO0
+    ksn_descriptor: str = "A05"
+    LAYOUT: ClassVar[tuple[Field, ...]] = (
+        _key("bdk"),
+        _key("zpk"),
+        _hex("ksn_descriptor", 3),
+        _hex("ksn", 20),
+        _num("dst_format", 2),
+        _hex("pin_block", 16),
+        _pan("account"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyPinPvv(Message):
+    """EC: verify a PIN block under a ZPK against a Visa PVV."""
+
+    CODE: ClassVar[str] = "EC"
+    zpk: str
+    pvk: str
+    pin_block: str
+    account: str
+    pvv: str
+    pvki: str = "1"
+    pin_block_format: str = FORMAT_ISO0
+    LAYOUT: ClassVar[tuple[Field, ...]] = (
+        _key("zpk"),
+        _key("pvk"),
+        _num("pin_block_format", 2),
+        _hex("pin_block", _pin_block_hex("pin_block_format")),
+        _pan("account"),
+        _num("pvki", 1),
+        _num("pvv", 4),
+    )
+
+
+_IBM_LAYOUT_TAIL: tuple[Field, ...] = (
+    _key("pvk"),
+    _num("max_pin_length", 2),
+    _num("pin_block_format", 2),
+    _hex("pin_block", _pin_block_hex("pin_block_format")),
+    _num("check_length", 2),
+    _pan("account"),
+    _num("decimalisation_table", 16),
+    _text("validation_data", 12),
+    _hex("offset", 12),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyPinIbmTpk(Message):
+    """DA: verify a PIN block under a TPK by the IBM 3624 offset method."""
+
+    CODE: ClassVar[str] = "DA"
+    tpk: str
+    pvk: str
+    pin_block: str
+    account: str
+    offset: str
+    check_length: str = "04"
+    decimalisation_table: str = "0123456789012345"
+    validation_data: str = "NNNNNNNNNNNN"
+    pin_block_format: str = FORMAT_ISO0
+    max_pin_length: str = "12"
+    LAYOUT: ClassVar[tuple[Field, ...]] = (_key("tpk"), *_IBM_LAYOUT_TAIL)
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyPinIbmZpk(Message):
+    """EA: verify a PIN block under a ZPK by the IBM 3624 offset method."""
+
+    CODE: ClassVar[str] = "EA"
+    zpk: str
+    pvk: str
+    pin_block: str
+    account: str
+    offset: str
+    check_length: str = "04"
+    decimalisation_table: str = "0123456789012345"
+    validation_data: str = "NNNNNNNNNNNN"
+    pin_block_format: str = FORMAT_ISO0
+    max_pin_length: str = "12"
+    LAYOUT: ClassVar[tuple[Field, ...]] = (_key("zpk"), *_IBM_LAYOUT_TAIL)
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateCvv(Message):
+    """CW: generate a CVV/CVC (service code 000 for CVV2, 999 for iCVV)."""
+
+    CODE: ClassVar[str] = "CW"
+    cvk: str
+    pan: str
+    expiry: str
+    service_code: str
+    LAYOUT: ClassVar[tuple[Field, ...]] = (
+        _key("cvk"),
+        _pan("pan"),
+        _num("expiry", 4),
+        _num("service_code", 3),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyCvv(Message):
+    """CY: verify a CVV/CVC."""
+
+    CODE: ClassVar[str] = "CY"
+    cvk: str
+    cvv: str
+    pan: str
+    expiry: str
+    service_code: str
+    LAYOUT: ClassVar[tuple[Field, ...]] = (
+        _key("cvk"),
+        _num("cvv", 3),
+        _pan("pan"),
+        _num("expiry", 4),
+        _num("service_code", 3),
+    )
+
+
+MAC_RETAIL: Final = "3"
+MAC_AES_CMAC: Final = "6"
+
+_MAC_HEAD: tuple[Field, ...] = (
+    _num("mode_flag", 1),
+    _num("input_format", 1),
+    _num("algorithm", 1),
+    _num("padding", 1),
+    _hex("key_type", 3),
+    _key("key"),
+    Field("message", Kind.VAR_BINARY, prefix=4),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateMac(Message):
+    """M6: generate a MAC (ISO 9797-1 alg 3 retail MAC, or AES-CMAC) over binary data."""
+
+    CODE: ClassVar[str] = "M6"
+    key: str
+    message: bytes
+    algorithm: str = MAC_RETAIL
+    padding: str = "1"
+    key_type: str = "003"
+    mode_flag: str = "0"
+    input_format: str = "0"
+    LAYOUT: ClassVar[tuple[Field, ...]] = _MAC_HEAD
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyMac(Message):
+    """M8: verify a MAC (the left 8 bytes of the MAC, as 16 hex)."""
+
+    CODE: ClassVar[str] = "M8"
+    key: str
+    message: bytes
+    mac: str
+    algorithm: str = MAC_RETAIL
+    padding: str = "1"
+    key_type: str = "003"
+    mode_flag: str = "0"
+    input_format: str = "0"
+    LAYOUT: ClassVar[tuple[Field, ...]] = (*_MAC_HEAD, _hex("mac", 16))
+
+
+ARQC_VERIFY: Final = "0"
+ARQC_VERIFY_ARPC: Final = "1"
+ARPC_ONLY: Final = "2"
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyArqc(Message):
+    """KQ: verify an ARQC and/or generate an ARPC (method 1) with SPEC's key derivation."""
+
+    CODE: ClassVar[str] = "KQ"
+    mk_ac: str
+    pan_psn: bytes
+    atc: bytes
+    transaction_data: bytes
+    arqc: bytes
+    arc: bytes = b"00"
+    unpredictable_number: bytes = b"\x00\x00\x00\x00"
+    mode_flag: str = ARQC_VERIFY_ARPC
+    scheme_id: str = "1"
+    LAYOUT: ClassVar[tuple[Field, ...]] = (
+        _num("mode_flag", 1),
+        _num("scheme_id", 1),
+        _key("mk_ac"),
+        _bin("pan_psn", 8),
+        _bin("atc", 2),
+        _bin("unpredictable_number", 4),
+        Field("transaction_data", Kind.VAR_BINARY, prefix=2),
+        Field("delimiter", Kind.LITERAL, 1, literal=b";"),
+        _bin("arqc", 8),
+        _bin("arc", 2),
+    )
+
+
+# Responses -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DiagnosticsResult(Message):
+    CODE: ClassVar[str] = "ND"
+    lmk_check_value: str
+    firmware: str
+    LAYOUT: ClassVar[tuple[Field, ...]] = (_hex("lmk_check_value", 16), _text("firmware", 9))
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratedKey(Message):
+    CODE: ClassVar[str] = "A1"
+    key: str
+    kcv: str
+    key_under_zmk: str | None = None
+    LAYOUT: ClassVar[tuple[Field, ...]] = (
+        _key("key"),
+        _hex("kcv", 6),
+        _key("key_under_zmk", optional=True),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class KeyCheckValueResult(Message):
+    CODE: ClassVar[str] = "BV"
+    kcv: str
+    LAYOUT: ClassVar[tuple[Field, ...]] = (_hex("kcv", 6),)
+
+
+@dataclass(frozen=True, slots=True)
+class ImportedKey(Message):
+    CODE: ClassVar[str] = "A7"
+    key: str
+    kcv: str
+    LAYOUT: ClassVar[tuple[Field, ...]] = (_key("key"), _hex("kcv", 6))
+
+
+@dataclass(frozen=True, slots=True)
+class ExportedKey(Message):
+    CODE: ClassVar[str] = "A9"
+    key_under_zmk: str
+    kcv: str
+    LAYOUT: ClassVar[tuple[Field, ...]] = (_key("key_under_zmk"), _hex("kcv", 6))
+
+
+_TRANSLATED_LAYOUT: tuple[Field, ...] = (
+    _num("pin_length", 2),
+    _num("dst_format", 2),
+    _hex("pin_block", _pin_block_hex("dst_format")),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PinTranslated(Message):
+    """CB: the translated PIN block."""
+
+    CODE: ClassVar[str] = "CB"
+    pin_length: str
+    dst_format: str
+    pin_block: str
+    LAYOUT: ClassVar[tuple[Field, ...]] = _TRANSLATED_LAYOUT
+
+
+@dataclass(frozen=True, slots=True)
+class PinTranslatedZpk(Message):
+    CODE: ClassVar[str] = "CD"
+    pin_length: str
+    dst_format: str
+    pin_block: str
+    LAYOUT: ClassVar[tuple[Field, ...]] = _TRANSLATED_LAYOUT
+
+
+@dataclass(frozen=True, slots=True)
+class PinTranslatedDukpt(Message):
+    CODE: ClassVar[str] = "G1"
+    pin_length: str
+    dst_format: str
+    pin_block: str
+    LAYOUT: ClassVar[tuple[Field, ...]] = _TRANSLATED_LAYOUT
+
+
+@dataclass(frozen=True, slots=True)
+class CvvResult(Message):
+    CODE: ClassVar[str] = "CX"
+    cvv: str
+    LAYOUT: ClassVar[tuple[Field, ...]] = (_num("cvv", 3),)
+
+
+@dataclass(frozen=True, slots=True)
+class MacResult(Message):
+    CODE: ClassVar[str] = "M7"
+    mac: str
+    LAYOUT: ClassVar[tuple[Field, ...]] = (_hex("mac", 16),)
+
+
+@dataclass(frozen=True, slots=True)
+class ArpcResult(Message):
+    CODE: ClassVar[str] = "KR"
+    arpc: bytes | None = None
+    LAYOUT: ClassVar[tuple[Field, ...]] = (_bin("arpc", 8, optional=True),)
+
+
+@dataclass(frozen=True, slots=True)
+class Empty(Message):
+    """A response with no fields (verifications): its code is the response code at hand."""
+
+    CODE: ClassVar[str] = ""
+    LAYOUT: ClassVar[tuple[Field, ...]] = ()
+
+
+Request = (
+    Diagnostics
+    | GenerateKey
+    | KeyCheckValue
+    | ImportKey
+    | ExportKey
+    | TranslatePinTpkToZpk
+    | TranslatePinZpkToZpk
+    | TranslatePinDukptToZpk
+    | VerifyPinPvv
+    | VerifyPinIbmTpk
+    | VerifyPinIbmZpk
+    | GenerateCvv
+    | VerifyCvv
+    | GenerateMac
+    | VerifyMac
+    | VerifyArqc
+)
+ResponseBody = (
+    DiagnosticsResult
+    | GeneratedKey
+    | KeyCheckValueResult
+    | ImportedKey
+    | ExportedKey
+    | PinTranslated
+    | PinTranslatedZpk
+    | PinTranslatedDukpt
+    | CvvResult
+    | MacResult
+    | ArpcResult
+    | Empty
+)
+
+REQUESTS: Final[dict[str, type[Request]]] = {
+    cls.CODE: cls
+    for cls in (
+        Diagnostics,
+        GenerateKey,
+        KeyCheckValue,
+        ImportKey,
+        ExportKey,
+        TranslatePinTpkToZpk,
+        TranslatePinZpkToZpk,
+        TranslatePinDukptToZpk,
+        VerifyPinPvv,
+        VerifyPinIbmTpk,
+        VerifyPinIbmZpk,
+        GenerateCvv,
+        VerifyCvv,
+        GenerateMac,
+        VerifyMac,
+        VerifyArqc,
+    )
+}
+_BODIES: Final[dict[str, type[ResponseBody]]] = {
+    cls.CODE: cls
+    for cls in (
+        DiagnosticsResult,
+        GeneratedKey,
+        KeyCheckValueResult,
+        ImportedKey,
+        ExportedKey,
+        PinTranslated,
+        PinTranslatedZpk,
+        PinTranslatedDukpt,
+        CvvResult,
+        MacResult,
+        ArpcResult,
+    )
+}
+
+
+def response_code(command: str) -> str:
+    """The response code of a command: its second character advanced by one (``CA`` -> ``CB``)."""
+    if len(command) != 2 or not command.isascii() or not command.isalnum():
+        return UNKNOWN_COMMAND_RESPONSE
+    second = command[1]
+    if second in "Z9z":
+        return UNKNOWN_COMMAND_RESPONSE
+    return command[0] + chr(ord(second) + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class HsmResponse:
+    """A decoded response. ``body`` is set only when ``error_code`` is ``00``."""
+
+    header: str
+    code: str
+    error_code: str
+    body: ResponseBody | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error_code == OK
+
+
+# --------------------------------------------------------------------------- codec core
+
+
+def _encode_fields(msg: Message, layout: tuple[Field, ...]) -> bytes:
+    out = bytearray()
+    values: dict[str, Any] = {}
+    for f in layout:
+        value = getattr(msg, f.name, None) if f.kind is not Kind.LITERAL else f.literal
+        if f.when is not None and not f.when(values):
+            continue
+        if value is None:
+            if f.optional:
+                break
+            raise LocalProtocolError(f"{msg.CODE}: field {f.name} is required")
+        values[f.name] = value
+        out += _encode_field(f, value, values, msg.CODE)
+    return bytes(out)
+
+
+def _encode_field(f: Field, value: Any, values: Mapping[str, Any], code: str) -> bytes:
+    kind = f.kind
+    if kind in (Kind.BINARY, Kind.VAR_BINARY, Kind.LITERAL):
+        if not isinstance(value, bytes):
+            raise LocalProtocolError(f"{code}: field {f.name} must be bytes")
+        if kind is Kind.VAR_BINARY:
+            if len(value) >= 16**f.prefix:
+                raise LocalProtocolError(f"{code}: field {f.name} is too long")
+            return f"{len(value):0{f.prefix}X}".encode() + value
+        if len(value) != f.size(values):
+            raise LocalProtocolError(f"{code}: field {f.name} must be {f.size(values)} bytes")
+        return value
+    if not isinstance(value, str) or not value.isascii():
+        raise LocalProtocolError(f"{code}: field {f.name} must be ASCII text")
+    raw = value.encode()
+    problem = _text_problem(f, raw, values)
+    if problem is not None:
+        raise LocalProtocolError(f"{code}: {problem}")
+    return raw + PAN_DELIMITER if kind is Kind.PAN else raw
+
+
+def _text_problem(f: Field, raw: bytes, values: Mapping[str, Any]) -> str | None:
+    """What is wrong with a text field's raw value, or ``None``."""
+    kind = f.kind
+    if kind is Kind.PAN:
+        if not 12 <= len(raw) <= 19 or not _DIGITS.issuperset(raw):
+            return f"field {f.name} must be 12 to 19 digits"
+        return None
+    size = f.size(values)
+    if len(raw) != size:
+        return f"field {f.name} must be {size} characters"
+    if kind is Kind.NUMERIC and not _DIGITS.issuperset(raw):
+        return f"field {f.name} must be digits"
+    if kind is Kind.HEX and not _HEXB.issuperset(raw):
+        return f"field {f.name} must be hex"
+    if kind is Kind.TEXT and not all(0x20 <= b < 0x7F for b in raw):
+        return f"field {f.name} must be printable"
+    if kind is Kind.KEY and (raw[0] not in _KEY_SCHEMES or not _HEXB.issuperset(raw[1:])):
+        return f"field {f.name} must be a key ('U' or 'X' and 32 hex)"
+    return None
+
+
+def _decode_fields(
+    data: bytes, pos: int, layout: tuple[Field, ...], make_error: Callable[..., HsmProtocolError]
+) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    end = len(data)
+    for f in layout:
+        if f.when is not None and not f.when(values):
+            continue
+        if f.optional and pos == end:
+            break
+        kind = f.kind
+        if kind is Kind.VAR_BINARY:
+            prefix = data[pos : pos + f.prefix]
+            if len(prefix) != f.prefix or not _HEXB.issuperset(prefix):
+                raise make_error(f"length of field {f.name} missing or not hex", f.name)
+            n = int(prefix, 16)
+            pos += f.prefix
+            if pos + n > end:
+                raise make_error(f"field {f.name} shorter than its length", f.name)
+            values[f.name] = data[pos : pos + n]
+            pos += n
+            continue
+        if kind is Kind.PAN:
+            stop = data.find(PAN_DELIMITER, pos, pos + f.size(values) + 1)
+            if stop < 0:
+                raise make_error(f"field {f.name} not closed by ';'", f.name)
+            raw = data[pos:stop]
+            next_pos = stop + 1
+        else:
+            size = f.size(values)
+            raw = data[pos : pos + size]
+            if len(raw) != size:
+                raise make_error(f"message too short for field {f.name}", f.name)
+            next_pos = pos + size
+        if kind is Kind.LITERAL:
+            if raw != f.literal:
+                raise make_error(f"field {f.name} missing", f.name)
+        elif kind is Kind.BINARY:
+            values[f.name] = raw
+        else:
+            problem = _text_problem(f, raw, values)
+            if problem is not None:
+                raise make_error(problem, f.name)
+            values[f.name] = raw.decode("ascii")
+        pos = next_pos
+    if pos != end:
+        raise make_error("unexpected data after the last field", None)
+    return values
+
+
+def _read_prefix(payload: bytes) -> tuple[str, str]:
+    """Header and command/response code, or HsmProtocolError."""
+    head = payload[: HEADER_LENGTH + 2]
+    if len(head) < HEADER_LENGTH + 2 or not all(0x20 <= b < 0x7F for b in head):
+        header = payload[:HEADER_LENGTH]
+        safe = header.decode("ascii") if header.isascii() and len(header) == 4 else "0000"
+        raise HsmProtocolError("no header and command code", header=safe)
+    return head[:HEADER_LENGTH].decode("ascii"), head[HEADER_LENGTH:].decode("ascii")
+
+
+def check_header(header: str) -> None:
+    """Raise LocalProtocolError unless ``header`` is 4 printable ASCII characters."""
+    if len(header) != HEADER_LENGTH or not header.isascii() or not header.isprintable():
+        raise LocalProtocolError("header must be 4 printable ASCII characters")
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def encode_request(header: str, request: Request) -> bytes:
+    """The payload of a command (without the 2-byte length)."""
+    check_header(header)
+    return (header + request.CODE).encode("ascii") + _encode_fields(request, request.LAYOUT)
+
+
+def decode_request(payload: bytes) -> tuple[str, Request]:
+    """``(header, request)``; a malformed command raises :class:`HsmProtocolError`."""
+    header, code = _read_prefix(payload)
+    cls = REQUESTS.get(code)
+    if cls is None:
+        raise HsmProtocolError(
+            "unknown command", error_code=COMMAND_DISABLED, header=header, command=code
+        )
+
+    def make_error(reason: str, name: str | None) -> HsmProtocolError:
+        return HsmProtocolError(reason, field=name, header=header, command=code)
+
+    values = _decode_fields(payload, HEADER_LENGTH + 2, cls.LAYOUT, make_error)
+    values.pop("delimiter", None)
+    return header, cls(**values)
+
+
+def encode_response(header: str, code: str, error_code: str, body: Message | None = None) -> bytes:
+    """The payload of a response; ``body`` only with error code ``00``."""
+    check_header(header)
+    if len(code) != 2 or len(error_code) != 2 or not error_code.isdigit():
+        raise LocalProtocolError("response code and error code are 2 characters each")
+    out = (header + code + error_code).encode("ascii")
+    if body is not None and error_code == OK:
+        out += _encode_fields(body, body.LAYOUT)
+    return out
+
+
+def encode_error(header: str, command: str, error_code: str) -> bytes:
+    """An error response to ``command`` (header made safe if the request's was unreadable)."""
+    if len(header) != HEADER_LENGTH or not header.isascii() or not header.isprintable():
+        header = "0000"
+    return encode_response(header, response_code(command), error_code)
+
+
+def response_for(request: Request) -> type[ResponseBody]:
+    """The body class of the response to ``request`` (``Empty`` for verifications)."""
+    return _BODIES.get(response_code(request.CODE), Empty)
+
+
+def peek_header(payload: bytes) -> str | None:
+    """The header of a payload, or ``None`` when there is none (cheap, for matching)."""
+    header = payload[:HEADER_LENGTH]
+    if len(header) != HEADER_LENGTH or not all(0x20 <= b < 0x7F for b in header):
+        return None
+    return header.decode("ascii")
+
+
+def decode_response(payload: bytes) -> HsmResponse:
+    """Decode a response; a malformed one raises :class:`HsmProtocolError`."""
+    header, code = _read_prefix(payload)
+    error = payload[HEADER_LENGTH + 2 : HEADER_LENGTH + 4]
+    if len(error) != 2 or not _DIGITS.issuperset(error):
+        raise HsmProtocolError("error code missing or not 2 digits", header=header, command=code)
+    error_code = error.decode("ascii")
+    if error_code != OK:
+        if len(payload) != HEADER_LENGTH + 4:
+            raise HsmProtocolError("error response with fields", header=header, command=code)
+        return HsmResponse(header, code, error_code)
+    cls = _BODIES.get(code, Empty)
+
+    def make_error(reason: str, name: str | None) -> HsmProtocolError:
+        return HsmProtocolError(reason, field=name, header=header, command=code)
+
+    values = _decode_fields(payload, HEADER_LENGTH + 4, cls.LAYOUT, make_error)
+    return HsmResponse(header, code, error_code, cls(**values))

@@ -1,0 +1,150 @@
+"""Field checks for terminal requests (SPEC "Terminal dialect"): mandatory fields per MTI,
+content formats, Luhn. Pure functions that say which field is wrong and which code to answer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from protocols.message import Message
+
+
+@dataclass(frozen=True, slots=True)
+class FieldIssue:
+    field: str | None
+    rc: str
+    reason: str
+
+
+def _digits(n: int) -> tuple[int, int, str]:
+    return (n, n, "digits")
+
+
+# field -> (min length, max length, character class)
+_FORMATS: dict[str, tuple[int, int, str]] = {
+    "2": (12, 19, "digits"),
+    "3": _digits(6),
+    "4": _digits(12),
+    "7": _digits(10),
+    "11": _digits(6),
+    "12": _digits(6),
+    "13": _digits(4),
+    "14": _digits(4),
+    "22": _digits(3),
+    "23": _digits(3),
+    "35": (13, 37, "track2"),
+    "41": (8, 8, "text"),
+    "42": (15, 15, "text"),
+    "49": _digits(3),
+    "53": (20, 20, "hex"),
+    "70": _digits(3),
+    "90": _digits(42),
+}
+
+_PAN_OR_TRACK = ("2", "35")
+_MANDATORY: dict[str, tuple[str, ...]] = {
+    "0100": ("3", "4", "7", "11", "22", "41", "49"),
+    "0200": ("3", "4", "7", "11", "22", "41", "49"),
+    "0220": ("3", "4", "7", "11", "41", "49"),
+    "0400": ("3", "4", "7", "11", "41", "90"),
+    "0420": ("3", "4", "7", "11", "41", "90"),
+    "0800": ("7", "11", "70"),
+}
+_NEEDS_CARD = frozenset({"0100", "0200", "0220"})
+# Allowed first two digits of the processing code per MTI (SPEC table).
+_PROCESSING: dict[str, frozenset[str]] = {
+    "0100": frozenset({"00"}),
+    "0200": frozenset({"00", "01", "20", "31"}),
+    "0220": frozenset({"00"}),
+}
+NETWORK_CODES = frozenset({"001", "002", "301"})
+_HEX = frozenset("0123456789ABCDEFabcdef")
+_TRACK2 = frozenset("0123456789=D")
+
+
+def luhn_ok(pan: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(pan)):
+        d = ord(ch) - 48
+        if i % 2:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def split_track2(track2: str) -> tuple[str, str]:
+    """Track 2 equivalent ``PAN=YYMM...`` (or ``D`` separator) -> (PAN, expiry YYMM)."""
+    for sep in ("=", "D"):
+        idx = track2.find(sep)
+        if idx > 0:
+            return track2[:idx], track2[idx + 1 : idx + 5]
+    return track2, ""
+
+
+def _format_ok(value: str, rule: tuple[int, int, str]) -> bool:
+    lo, hi, kind = rule
+    if not lo <= len(value) <= hi:
+        return False
+    if kind == "digits":
+        return value.isdigit()
+    if kind == "hex":
+        return all(c in _HEX for c in value)
+    if kind == "track2":
+        return all(c in _TRACK2 for c in value) and value[0].isdigit()
+    return value.isprintable()
+
+
+def _datetime_ok(mmddhhmmss: str) -> bool:
+    mm, dd, hh, mi, ss = (int(mmddhhmmss[i : i + 2]) for i in range(0, 10, 2))
+    return 1 <= mm <= 12 and 1 <= dd <= 31 and hh < 24 and mi < 60 and ss < 60
+
+
+def check_request(msg: Message) -> FieldIssue | None:
+    """First problem with a terminal request, or ``None``. Order: MTI, presence, format,
+    processing code, card number, amount."""
+    mti = msg.mti
+    mandatory = _MANDATORY.get(mti)
+    if mandatory is None:
+        return FieldIssue("t", "12", f"MTI {mti} is not accepted from terminals")
+    fields = msg.fields
+    for number in mandatory:
+        if number not in fields:
+            return FieldIssue(number, "30", "mandatory field missing")
+    if mti in _NEEDS_CARD and not any(n in fields for n in _PAN_OR_TRACK):
+        return FieldIssue("2", "30", "neither PAN (2) nor track 2 (35) present")
+    for number, value in fields.items():
+        rule = _FORMATS.get(number)
+        if rule is not None and not _format_ok(value, rule):
+            return FieldIssue(number, "30", "bad content")
+    if "7" in fields and not _datetime_ok(fields["7"]):
+        return FieldIssue("7", "30", "not a valid MMDDhhmmss")
+    if mti == "0800":
+        if fields["70"] not in NETWORK_CODES:
+            return FieldIssue("70", "12", "unsupported network management code")
+        return None
+    allowed = _PROCESSING.get(mti)
+    if allowed is not None and fields["3"][:2] not in allowed:
+        return FieldIssue("3", "12", "processing code not allowed for this MTI")
+    if mti in _NEEDS_CARD:
+        pan = fields["2"] if "2" in fields else split_track2(fields["35"])[0]
+        if not 12 <= len(pan) <= 19 or not pan.isdigit():
+            return FieldIssue("35", "30", "bad PAN in track 2")
+        if not luhn_ok(pan):
+            return FieldIssue("2", "14", "PAN fails the Luhn check")
+        amount = int(fields["4"])
+        inquiry = fields["3"][:2] == "31"
+        if inquiry and amount != 0:
+            return FieldIssue("4", "13", "balance inquiry must carry amount zero")
+        if not inquiry and amount == 0:
+            return FieldIssue("4", "13", "amount must be positive")
+    return None
+
+
+def card_of(msg: Message) -> tuple[str, str | None]:
+    """(PAN, expiry YYMM or None) from field 2/14 or from track 2 (35)."""
+    fields = msg.fields
+    if "2" in fields:
+        return fields["2"], fields.get("14")
+    pan, expiry = split_track2(fields.get("35", ""))
+    return pan, expiry or None

@@ -1,0 +1,355 @@
+"""The risk and limits engine the pipeline calls: assess, then confirm or release; reverse.
+
+Approval path: :meth:`RiskEngine.assess` checks every rule and, for a counted request that no
+rule declines, atomically reserves its amount and count on the card's daily counters. The caller
+then :meth:`confirm`\\ s (issuer approved) or :meth:`release`\\ s (issuer declined, timed out, or
+the transaction aborted). A reversal of an approved transaction :meth:`reverse`\\ s its amount;
+its count stays consumed (the transaction did happen; a count that could be bought back by
+reversing would make the daily count limit worthless against test-and-reverse card probing).
+
+No clock reads: ``now`` comes in with every request. No clear PANs: cards are keyed hashes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+
+import anyio
+import anyio.abc
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
+
+from gateway.risk.alerts import AlertEvent, AlertHub, AlertSink, WebhookSink
+from gateway.risk.config import ConfigError, RiskConfig, load_config
+from gateway.risk.counters import (
+    CounterStore,
+    MemoryCounterStore,
+    ReserveOutcome,
+    ReserveRequest,
+    StoreError,
+)
+from gateway.risk.model import Reservation, RiskDecision, RiskInput, RuleHit
+from gateway.risk.redis_counters import RedisCounterStore
+from gateway.risk.rules import RULE_ORDER, RuleSet
+from gateway.risk.score import Scorer
+
+_ORDER = {name: i for i, name in enumerate(("counter_store", *RULE_ORDER))}
+_RESTART_ONLY = ("backend", "redis", "alerts", "memory_max_cards")
+
+
+def build_store(config: RiskConfig) -> CounterStore:
+    """The counter backend named by the config."""
+    if config.backend == "redis":
+        return RedisCounterStore.from_url(
+            config.redis.url,
+            prefix=config.redis.prefix,
+            pool_size=config.redis.pool_size,
+            timeout=config.redis.timeout_seconds,
+        )
+    return MemoryCounterStore(max_cards=config.memory_max_cards)
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    """Everything a reload replaces, behind one reference (swapped atomically)."""
+
+    config: RiskConfig
+    rules: RuleSet
+    scorer: Scorer
+
+    @classmethod
+    def build(cls, config: RiskConfig) -> _Compiled:
+        rules = RuleSet(config)
+        return cls(config=config, rules=rules, scorer=Scorer(config.score, rules.tz))
+
+
+class RiskEngine:
+    """Inline limits and risk. One per gateway process; share a Redis prefix to scale out."""
+
+    def __init__(
+        self,
+        config: RiskConfig,
+        *,
+        store: CounterStore | None = None,
+        sinks: Iterable[AlertSink] = (),
+        registry: CollectorRegistry | None = REGISTRY,
+    ) -> None:
+        self._compiled = _Compiled.build(config)
+        self.store = store if store is not None else build_store(config)
+        self.alerts = AlertHub(ring_size=config.alerts.ring_size, sinks=sinks, registry=registry)
+        self.webhook: WebhookSink | None = None
+        if config.alerts.webhook_url is not None:
+            self.webhook = WebhookSink(
+                config.alerts.webhook_url,
+                timeout=config.alerts.webhook_timeout_seconds,
+                queue_size=config.alerts.webhook_queue_size,
+                registry=registry,
+            )
+            self.alerts.add_sink(self.webhook)
+        self._decisions = Counter(
+            "payswitch_risk_decisions",
+            "Risk decisions by result (approve: go on, decline: answered by the risk stage)",
+            ["result"],
+            registry=registry,
+        )
+        self._store_errors = Counter(
+            "payswitch_risk_store_errors",
+            "Counter store calls that failed, by operation",
+            ["op"],
+            registry=registry,
+        )
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | Path,
+        *,
+        store: CounterStore | None = None,
+        sinks: Iterable[AlertSink] = (),
+        registry: CollectorRegistry | None = REGISTRY,
+    ) -> RiskEngine:
+        """Engine from a risk TOML file (:class:`ConfigError` when invalid)."""
+        return cls(load_config(path), store=store, sinks=sinks, registry=registry)
+
+    @property
+    def config(self) -> RiskConfig:
+        return self._compiled.config
+
+    # -- the approval path ------------------------------------------------------------------
+
+    async def assess(self, inp: RiskInput) -> RiskDecision:
+        """Check every rule; for a counted request that passes, hold a reservation.
+
+        ``rc`` None means go on; the decision then holds the reservation that
+        :meth:`confirm` keeps or :meth:`release` gives back.
+        """
+        compiled = self._compiled  # one read: a concurrent reload never mixes two rule sets
+        rules = compiled.rules
+        config = compiled.config
+        limits = (
+            rules.limits_for(inp.pan_prefix, inp.merchant_id, inp.currency) if inp.counts else None
+        )
+        hits = rules.list_hits(inp, limits)
+        score: int | None = None
+        reservation: Reservation | None = None
+        if inp.counts and limits is not None:
+            day, expires_at = rules.day_of(inp.now)
+            velocity = limits.velocity
+            window_s = velocity.seconds if velocity is not None else config.score.velocity_seconds
+            request = ReserveRequest(
+                card_key=inp.card_key,
+                txn_id=inp.txn_id,
+                currency=inp.currency,
+                day=day,
+                day_expires_at=expires_at,
+                now_ms=int(inp.now.timestamp() * 1000),
+                amount=inp.amount,
+                country=inp.merchant_country,
+                reserve=not any(h.action == "decline" for h in hits),
+                daily_amount_limit=limits.daily_amount,
+                daily_amount_blocks=rules.action("daily_amount") == "decline",
+                daily_count_limit=limits.daily_count,
+                daily_count_blocks=rules.action("daily_count") == "decline",
+                velocity_count=velocity.count if velocity is not None else None,
+                velocity_window_ms=window_s * 1000,
+                velocity_keep_ms=rules.velocity_keep_ms,
+                velocity_blocks=rules.action("velocity") == "decline",
+                travel_window_ms=rules.travel_window_ms,
+                travel_blocks=rules.action("impossible_travel") == "decline",
+            )
+            outcome = await self._reserve(request, hits, config)
+            if outcome is not None:
+                hits += rules.counter_hits(inp, limits, outcome)
+                if config.score.enabled:
+                    signals, score = compiled.scorer.signals(inp, outcome)
+                    hits += signals
+                    score_hit = self._score_hit(score, config)
+                    if score_hit is not None:
+                        hits.append(score_hit)
+                if outcome.reserved:
+                    reservation = Reservation(
+                        card_key=inp.card_key,
+                        currency=inp.currency,
+                        day=day,
+                        amount=inp.amount,
+                        country=inp.merchant_country,
+                        txn_id=inp.txn_id,
+                        original_time=inp.now,
+                    )
+        declines = [h for h in hits if h.action == "decline"]
+        rc = min(declines, key=lambda h: _ORDER.get(h.name, len(_ORDER))).rc if declines else None
+        if rc is not None and reservation is not None:
+            # only a score decline comes after the atomic reserve: give it back at once
+            await self._give_back(reservation, count=1, op="release")
+            reservation.state = "released"
+            reservation = None
+        decision = RiskDecision(
+            txn_id=inp.txn_id,
+            rc=rc,
+            masked_pan=inp.masked_pan,
+            hits=tuple(hits),
+            score=score,
+            reservation=reservation,
+        )
+        self._decisions.labels(result="approve" if rc is None else "decline").inc()
+        if decision.alerted:
+            self.alerts.publish(
+                AlertEvent.from_decision(
+                    decision,
+                    merchant_id=inp.merchant_id,
+                    terminal_id=inp.terminal_id,
+                    amount=inp.amount,
+                    currency=inp.currency,
+                    at=inp.now,
+                )
+            )
+        return decision
+
+    async def _reserve(
+        self, request: ReserveRequest, hits: list[RuleHit], config: RiskConfig
+    ) -> ReserveOutcome | None:
+        try:
+            # shielded: a cancelled transaction must not leave a reservation nobody knows of
+            with anyio.CancelScope(shield=True):
+                outcome = await self.store.reserve(request)
+        except StoreError:
+            self._store_errors.labels(op="reserve").inc()
+            closed = config.fail_mode == "closed"
+            hits.append(
+                RuleHit(
+                    name="counter_store",
+                    kind="error",
+                    action="decline" if closed else "alert",
+                    value="unavailable",
+                    threshold=None,
+                    rc="96" if closed else None,
+                    detail=f"fail_mode={config.fail_mode}",
+                )
+            )
+            return None
+        return outcome
+
+    @staticmethod
+    def _score_hit(score: int, config: RiskConfig) -> RuleHit | None:
+        cfg = config.score
+        if score >= cfg.decline_at:
+            action = config.actions.score
+            return RuleHit(
+                name="score",
+                kind="score",
+                action=action,
+                value=score,
+                threshold=cfg.decline_at,
+                rc=cfg.decline_rc if action == "decline" else None,
+            )
+        if score >= cfg.alert_at:
+            return RuleHit(
+                name="score", kind="score", action="alert", value=score, threshold=cfg.alert_at
+            )
+        return None
+
+    async def confirm(self, decision: RiskDecision) -> None:
+        """The issuer approved: keep the reservation, learn the card's amount and country."""
+        res = decision.reservation
+        if res is None or res.state != "held":
+            return
+        res.state = "confirmed"
+        config = self._compiled.config
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.store.record_approval(
+                    res.card_key,
+                    res.country,
+                    res.amount,
+                    config.score.profile_samples,
+                    config.profile_ttl_days * 86400,
+                )
+        except StoreError:  # the profile is best effort; the limits are already right
+            self._store_errors.labels(op="confirm").inc()
+
+    async def release(self, decision: RiskDecision) -> None:
+        """The issuer declined or timed out, or the transaction aborted: give back amount and
+        count. Idempotent; after :meth:`confirm` it voids the approval the same way."""
+        res = decision.reservation
+        if res is None or res.state == "released":
+            return
+        res.state = "released"
+        await self._give_back(res, count=1, op="release")
+
+    async def reverse(
+        self, card_key: str, amount: int, original_time: datetime, *, currency: str
+    ) -> None:
+        """A (partial) reversal of an approved transaction: give back ``amount`` on the day
+        of ``original_time``. The daily count stays consumed (see the module doc)."""
+        if amount < 0:
+            raise ValueError("reversal amount must be >= 0")
+        if original_time.tzinfo is None:
+            raise ValueError("original_time must be timezone-aware")
+        day, _ = self._compiled.rules.day_of(original_time)
+        res = Reservation(card_key, currency, day, amount, "", "", original_time)
+        await self._give_back(res, count=0, op="reverse")
+
+    async def _give_back(self, res: Reservation, *, count: int, op: str) -> None:
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.store.release(res.card_key, res.currency, res.day, res.amount, count)
+        except StoreError:  # counted and visible in metrics; the day's counters stay high
+            self._store_errors.labels(op=op).inc()
+
+    # -- operations ---------------------------------------------------------------------------
+
+    def reload(self, config: RiskConfig) -> tuple[str, ...]:
+        """Swap rules, lists, limits, overrides, actions and score atomically; counters stay.
+
+        Returns the names of restart-only settings that differ and were not applied. Raises
+        :class:`ConfigError` (the old rules stay) when the PAN hash key differs: every card key
+        and blacklist entry would change meaning.
+        """
+        current = self._compiled.config
+        if config.pan_hash_key != current.pan_hash_key:
+            raise ConfigError("pan_hash_key cannot change on reload: restart to change it")
+        compiled = _Compiled.build(config)
+        self._compiled = compiled
+        return tuple(n for n in _RESTART_ONLY if getattr(config, n) != getattr(current, n))
+
+    def reload_file(self, path: str | Path) -> tuple[str, ...]:
+        """Load, validate and apply a risk TOML file; :class:`ConfigError` keeps the old rules."""
+        return self.reload(load_config(path))
+
+    def recent_alerts(self, limit: int | None = None) -> list[dict[str, object]]:
+        """Newest first, JSON-able, masked PANs only: for the admin endpoint."""
+        return self.alerts.recent(limit)
+
+    async def usage(self, card_key: str, currency: str, now: datetime) -> tuple[int, int]:
+        """(amount in currency, count) a card has used on the local day of ``now``."""
+        day, _ = self._compiled.rules.day_of(now)
+        return await self.store.usage(card_key, currency, day)
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Background work (the webhook sender); run it in a task group the gateway owns."""
+        if self.webhook is None:
+            task_status.started()
+            await anyio.sleep_forever()
+        else:
+            await self.webhook.run(task_status=task_status)
+
+    async def aclose(self) -> None:
+        if self.webhook is not None:
+            self.webhook.close()
+        await self.store.aclose()
+
+    async def __aenter__(self) -> RiskEngine:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -1,0 +1,237 @@
+"""A small Redis client on AnyIO streams (RESP2), for the risk counters.
+
+Why not ``redis.asyncio``: it is bound to asyncio, and the gateway keeps trio support (every
+async test runs on asyncio, uvloop and trio). The counters need only a handful of commands, so a
+pooled RESP2 client with per-command timeouts is small: connections are opened lazily, a
+connection that saw any error or timeout is discarded (never returned to the pool with a reply
+half read), and Lua scripts go by EVALSHA with a fallback to EVAL on NOSCRIPT.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ssl
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+import anyio
+import anyio.abc
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+Arg = str | bytes | int | float
+
+_MAX_LINE = 64 * 1024
+_MAX_BULK = 64 * 1024 * 1024
+
+
+class RedisError(Exception):
+    """Base of the client's errors."""
+
+
+class RedisReplyError(RedisError):
+    """The server answered with an error reply (``-ERR ...``, ``-NOSCRIPT ...``)."""
+
+
+class RedisConnectionError(RedisError):
+    """Connecting, sending or receiving failed, or the server broke the protocol."""
+
+
+class RedisTimeoutError(RedisConnectionError):
+    """No complete answer within the command timeout."""
+
+
+# An error reply is a value (it may sit inside an array); execute() raises it at top level.
+RespValue = None | int | bytes | str | RedisReplyError | list["RespValue"]
+
+
+@dataclass(frozen=True, slots=True)
+class RedisAddress:
+    host: str
+    port: int
+    db: int
+    username: str | None
+    password: str | None
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> RedisAddress:
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss"):
+            raise ValueError("Redis URL must start with redis:// or rediss://")
+        path = parts.path.lstrip("/")
+        try:
+            db = int(path) if path else 0
+            port = parts.port or 6379
+        except ValueError:
+            raise ValueError("Redis URL has a bad port or database number") from None
+        return cls(
+            host=parts.hostname or "127.0.0.1",
+            port=port,
+            db=db,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            tls=parts.scheme == "rediss",
+        )
+
+
+def encode_command(args: tuple[Arg, ...]) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if isinstance(arg, bytes):
+            data = arg
+        elif isinstance(arg, float):
+            data = repr(arg).encode()
+        else:
+            data = str(arg).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+class _Connection:
+    def __init__(self, stream: anyio.abc.ByteStream) -> None:
+        self.stream = stream
+        self.reader = BufferedByteReceiveStream(stream)
+
+    async def command(self, args: tuple[Arg, ...]) -> RespValue:
+        await self.stream.send(encode_command(args))
+        return await self.read_reply()
+
+    async def read_reply(self) -> RespValue:
+        line = await self.reader.receive_until(b"\r\n", _MAX_LINE)
+        kind, rest = line[:1], line[1:]
+        if kind == b"+":
+            return rest.decode()
+        if kind == b"-":
+            return RedisReplyError(rest.decode(errors="replace"))
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            size = int(rest)
+            if size < 0:
+                return None
+            if size > _MAX_BULK:
+                raise RedisConnectionError("bulk reply too large")
+            data = await self.reader.receive_exactly(size + 2)
+            return data[:-2]
+        if kind == b"*":
+            count = int(rest)
+            if count < 0:
+                return None
+            return [await self.read_reply() for _ in range(count)]
+        raise RedisConnectionError("malformed reply from Redis")
+
+
+class LuaScript:
+    """A script with its SHA1, run by EVALSHA with a fallback to EVAL."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+
+class RedisClient:
+    """Pooled connections to one Redis database; safe to share between tasks of one loop."""
+
+    def __init__(self, url: str, *, pool_size: int = 16, timeout: float = 0.5) -> None:
+        self.address = RedisAddress.parse(url)
+        self._pool_size = pool_size
+        self._timeout = timeout
+        self._idle: list[_Connection] = []
+        self._slots: anyio.Semaphore | None = None
+        self._closed = False
+        self.connects = 0
+        self.eval_fallbacks = 0
+
+    async def _connect(self) -> _Connection:
+        addr = self.address
+        if addr.tls:
+            stream: anyio.abc.ByteStream = await anyio.connect_tcp(
+                addr.host, addr.port, ssl_context=ssl.create_default_context(), tls=True
+            )
+        else:
+            stream = await anyio.connect_tcp(addr.host, addr.port)
+        conn = _Connection(stream)
+        self.connects += 1
+        try:
+            if addr.password is not None:
+                auth: tuple[Arg, ...] = ("AUTH", addr.password)
+                if addr.username:
+                    auth = ("AUTH", addr.username, addr.password)
+                _raise_error(await conn.command(auth))
+            if addr.db:
+                _raise_error(await conn.command(("SELECT", addr.db)))
+        except BaseException:
+            await anyio.aclose_forcefully(stream)
+            raise
+        return conn
+
+    async def execute(self, *args: Arg) -> RespValue:
+        """Run one command; error replies raise :class:`RedisReplyError`."""
+        return _raise_error(await self._run(args))
+
+    async def _run(self, args: tuple[Arg, ...]) -> RespValue:
+        if self._closed:
+            raise RedisConnectionError("client is closed")
+        if self._slots is None:
+            self._slots = anyio.Semaphore(self._pool_size)
+        conn: _Connection | None = None
+        try:
+            with anyio.fail_after(self._timeout):
+                async with self._slots:
+                    conn = self._idle.pop() if self._idle else None
+                    if conn is None:
+                        conn = await self._connect()
+                    reply = await conn.command(args)
+                    if self._closed:
+                        await anyio.aclose_forcefully(conn.stream)
+                    else:
+                        self._idle.append(conn)
+                    return reply
+        except TimeoutError:
+            await _discard(conn)
+            raise RedisTimeoutError(f"Redis {args[0]!s} timed out") from None
+        except _BROKEN as exc:
+            await _discard(conn)
+            raise RedisConnectionError(f"Redis {args[0]!s}: {type(exc).__name__}") from None
+        except BaseException:
+            # cancelled mid-reply: the connection state is unknown, never reuse it
+            await _discard(conn)
+            raise
+
+    async def run_script(
+        self, script: LuaScript, keys: tuple[str, ...], args: tuple[Arg, ...]
+    ) -> RespValue:
+        """EVALSHA, and EVAL when the server does not have the script cached (NOSCRIPT)."""
+        reply = await self._run(("EVALSHA", script.sha, len(keys), *keys, *args))
+        if isinstance(reply, RedisReplyError) and str(reply).startswith("NOSCRIPT"):
+            self.eval_fallbacks += 1
+            reply = await self._run(("EVAL", script.source, len(keys), *keys, *args))
+        return _raise_error(reply)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await anyio.aclose_forcefully(conn.stream)
+
+
+_BROKEN = (
+    OSError,
+    ValueError,
+    anyio.EndOfStream,
+    anyio.BrokenResourceError,
+    anyio.IncompleteRead,
+    anyio.DelimiterNotFound,
+    RedisConnectionError,
+)
+
+
+async def _discard(conn: _Connection | None) -> None:
+    if conn is not None:
+        await anyio.aclose_forcefully(conn.stream)
+
+
+def _raise_error(reply: RespValue) -> RespValue:
+    if isinstance(reply, RedisReplyError):
+        raise reply
+    return reply

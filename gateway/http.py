@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
 
@@ -26,7 +27,8 @@ async def serve_asgi(
     """Serve until cancelled; reports the bound port (useful with port 0)."""
     sock = bind_socket(host, port)
     config = Config()
-    config.bind = [f"fd://{sock.fileno()}"]
+    # hypercorn closes the descriptor it is given: hand it a duplicate and keep ours.
+    config.bind = [f"fd://{os.dup(sock.fileno())}"]
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 1.0
@@ -52,4 +54,7 @@ async def serve_asgi(
 
 
 async def _run(serve: Any, app: Any, config: Config, stop: anyio.Event) -> None:
-    await serve(app, config, shutdown_trigger=stop.wait)
+    # Shielded: hypercorn is stopped through its shutdown trigger (graceful, bounded by
+    # graceful_timeout), never by cancellation, which its asyncio worker does not survive.
+    with anyio.CancelScope(shield=True):
+        await serve(app, config, shutdown_trigger=stop.wait)

@@ -115,5 +115,5 @@ class IssuerServer:
 
     async def _answer_later(self, framed: FramedStream, answer: Message, delay_ms: float) -> None:
         await anyio.sleep(delay_ms / 1000)
-        with contextlib.suppress(_GONE):
+        with contextlib.suppress(*_GONE):
             await framed.send_frame(self.codec.encode(answer))

@@ -49,3 +49,11 @@ def redis_url() -> str:
 def postgres_dsn() -> str:
     _require_server("PostgreSQL", 5432)
     return os.environ.get("POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from gateway import pki
+    from tests.helpers import CERT_NAMES
+
+    return pki.ensure_pki(tmp_path_factory.mktemp("pki"), CERT_NAMES)

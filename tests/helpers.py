@@ -1,0 +1,181 @@
+"""Test helpers: an async terminal on real sockets, and an in-process demo stack."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+
+from gateway import pki
+from gateway.app import Gateway
+from gateway.config import AdminConfig, GatewayConfig, LinkConfig, LogConfig, TerminalConfig
+from gateway.dataset import Dataset, load_dataset
+from gateway.framed import FramedStream
+from issuer_sim.accounts import AccountBook
+from issuer_sim.host import IssuerHost
+from issuer_sim.server import IssuerServer
+from loadtest.terminal_client import build_request
+from protocols.codec import Codec
+from protocols.dialects import get_dialect
+from protocols.message import Message
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_CONF = ROOT / "conf" / "demo"
+ISSUERS = ("alpha", "beta", "gamma")
+CERT_NAMES = ["gateway", "switch", *(f"issuer-{i}" for i in ISSUERS)]
+CODEC = Codec(get_dialect("terminal"))
+
+
+def demo_dataset() -> Dataset:
+    return load_dataset(DEMO_CONF / "data.toml")
+
+
+class AsyncTerminal:
+    """A terminal on a real socket: send requests, read answers (pipelining allowed)."""
+
+    def __init__(self, framed: FramedStream) -> None:
+        self.framed = framed
+
+    async def send(self, msg: Message) -> None:
+        await self.framed.send_frame(CODEC.encode(msg))
+
+    async def receive(self, timeout: float = 10.0) -> Message:
+        with anyio.fail_after(timeout):
+            return CODEC.decode(await self.framed.receive_frame())
+
+    async def exchange(self, msg: Message, timeout: float = 10.0) -> Message:
+        await self.send(msg)
+        return await self.receive(timeout)
+
+    async def aclose(self) -> None:
+        await self.framed.aclose()
+
+
+@asynccontextmanager
+async def terminal(port: int, *, tls: ssl.SSLContext | None = None) -> AsyncIterator[AsyncTerminal]:
+    if tls is None:
+        stream: anyio.abc.ByteStream = await anyio.connect_tcp("127.0.0.1", port)
+    else:
+        stream = await anyio.connect_tcp(
+            "127.0.0.1",
+            port,
+            ssl_context=tls,
+            tls_hostname="localhost",
+            tls_standard_compatible=False,
+        )
+    term = AsyncTerminal(FramedStream(stream, max_size=8192, partial_timeout=10.0))
+    try:
+        yield term
+    finally:
+        await term.aclose()
+
+
+def purchase(
+    pan: str,
+    amount: int,
+    *,
+    terminal_id: str = "T0000001",
+    merchant: str = "M00000000000001",
+    processing: str = "000000",
+    mti: str = "0200",
+    expiry: str | None = None,
+    stan: str | None = None,
+    transmission: str | None = None,
+    extra: dict[str, str] | None = None,
+) -> Message:
+    return build_request(
+        mti,
+        terminal=terminal_id,
+        merchant=merchant,
+        pan=pan,
+        amount=amount,
+        processing=processing,
+        expiry=expiry,
+        stan=stan,
+        transmission=transmission,
+        extra=extra,
+    )
+
+
+def reversal_of(original: Message, *, mti: str = "0400") -> Message:
+    f = original.fields
+    f90 = f"{original.mti}{f['11']}{f['7']}{'0' * 22}"
+    return build_request(
+        mti,
+        terminal=f["41"],
+        merchant=f.get("42", ""),
+        pan=f.get("2"),
+        amount=int(f["4"]),
+        processing=f["3"],
+        extra={"90": f90},
+    )
+
+
+@dataclass
+class Stack:
+    gateway: Gateway
+    issuers: dict[str, IssuerServer]
+    pki_dir: Path
+    task_group: anyio.abc.TaskGroup
+
+    @property
+    def port(self) -> int:
+        assert self.gateway.terminal_port is not None
+        return self.gateway.terminal_port
+
+    def account_balance(self, issuer: str, pan: str) -> int:
+        account = self.issuers[issuer].host.book.find(pan)
+        assert account is not None
+        return account.balance
+
+    def client_tls(self) -> ssl.SSLContext:
+        return pki.client_context(self.pki_dir, None)
+
+    async def restart_issuer(self, issuer: str) -> IssuerServer:
+        old = self.issuers[issuer]
+        new = IssuerServer(old.host, old.ssl_context, faults=old.faults, port=old.port)
+        await self.task_group.start(new.run)
+        self.issuers[issuer] = new
+        return new
+
+
+def issuer_server(issuer: str, dataset: Dataset, pki_dir: Path) -> IssuerServer:
+    book = AccountBook.from_cards(issuer, dataset.cards, dataset.issuer_behaviour.synthetic)
+    ctx = pki.server_context(pki_dir, f"issuer-{issuer}", require_client_cert=True)
+    return IssuerServer(IssuerHost(book), ctx)
+
+
+@asynccontextmanager
+async def running_stack(pki_dir: Path, *, link_timeout: float = 1.0) -> AsyncIterator[Stack]:
+    dataset = demo_dataset()
+    async with anyio.create_task_group() as tg:
+        servers: dict[str, IssuerServer] = {}
+        for issuer in ISSUERS:
+            servers[issuer] = issuer_server(issuer, dataset, pki_dir)
+            await tg.start(servers[issuer].run)
+        cfg = GatewayConfig(
+            pki_dir=str(pki_dir),
+            terminal=TerminalConfig(port=0, tls_port=0, partial_frame_timeout=0.5),
+            admin=AdminConfig(port=0),
+            links=tuple(
+                LinkConfig(
+                    issuer=i,
+                    endpoints=(f"127.0.0.1:{servers[i].port}",),
+                    timeout=link_timeout,
+                    backoff_initial=0.05,
+                    backoff_max=0.2,
+                )
+                for i in ISSUERS
+            ),
+            log=LogConfig(level="warning"),
+        )
+        gateway = Gateway(cfg, DEMO_CONF, dataset)
+        await tg.start(gateway.run)
+        with anyio.fail_after(10):
+            await gateway.wait_ready()
+        yield Stack(gateway, servers, pki_dir, tg)
+        tg.cancel_scope.cancel()

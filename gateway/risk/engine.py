@@ -36,7 +36,12 @@ from gateway.risk.redis_counters import RedisCounterStore
 from gateway.risk.rules import RULE_ORDER, RuleSet
 from gateway.risk.score import Scorer
 
-_ORDER = {name: i for i, name in enumerate(("counter_store", *RULE_ORDER))}
+# A store failure (96) ranks after the list rules, whose codes tell more, and before the
+# rules the store would have decided.
+_SPLIT = RULE_ORDER.index("single_amount") + 1
+_ORDER = {
+    name: i for i, name in enumerate((*RULE_ORDER[:_SPLIT], "counter_store", *RULE_ORDER[_SPLIT:]))
+}
 _RESTART_ONLY = ("backend", "redis", "alerts", "memory_max_cards")
 
 

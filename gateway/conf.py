@@ -35,7 +35,8 @@ def build(cls: type[T], data: dict[str, Any], source: str) -> T:
         problems = []
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            unknown = err["type"] in ("extra_forbidden", "unexpected_keyword_argument")
+            what = "unknown key" if unknown else err["msg"]
             problems.append(f"  {where}: {what}")
         raise ConfigError(f"{source}: invalid configuration\n" + "\n".join(problems)) from None
 

@@ -52,8 +52,8 @@ class Card:
 
 @dataclass(config=FROZEN)
 class Token:
-    token: str
-    pan: str
+    token: str = dataclasses.field(repr=False)
+    pan: str = dataclasses.field(repr=False)
     expiry: str
     status: Literal["active", "suspended"] = "active"
 
@@ -82,7 +82,7 @@ class Merchant:
 @dataclass(config=FROZEN)
 class QrAcquirer:
     id: str
-    api_key: str
+    api_key: str = dataclasses.field(repr=False)
     merchants: tuple[str, ...] = ()
 
 
@@ -110,7 +110,7 @@ class Dataset:
     terminals: tuple[Terminal, ...] = ()
     merchants: tuple[Merchant, ...] = ()
     qr_acquirers: tuple[QrAcquirer, ...] = ()
-    risk: dict[str, Any] = Field(default_factory=dict)
+    risk: dict[str, Any] = Field(default_factory=dict, repr=False)
     """Risk rules; validated by the risk engine's own config."""
     issuer_behaviour: IssuerBehaviour = Field(default_factory=IssuerBehaviour)
 

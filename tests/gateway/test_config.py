@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main as gateway_main
+from gateway.conf import ConfigError
+from gateway.config import load_gateway_config
+from gateway.dataset import load_dataset
+from tests.helpers import DEMO_CONF, ROOT
+
+
+def test_demo_config_loads() -> None:
+    cfg, base = load_gateway_config(DEMO_CONF / "gateway.toml")
+    assert cfg.terminal.port == 8583
+    assert cfg.terminal.tls_port == 8584
+    assert cfg.admin.port == 9090
+    assert [link.issuer for link in cfg.links] == ["alpha", "beta", "gamma"]
+    assert base == DEMO_CONF
+
+
+def test_demo_data_is_the_shared_contract() -> None:
+    shared = ROOT.parent / "shared" / "demo" / "demo.toml"
+    if not shared.exists():
+        pytest.skip("shared/demo/demo.toml is not beside this checkout")
+    assert load_dataset(shared) == load_dataset(DEMO_CONF / "data.toml")
+
+
+def test_unknown_key_is_rejected_with_its_path(tmp_path: Path) -> None:
+    conf = tmp_path / "gateway.toml"
+    conf.write_text(
+        '[terminal]\nport = 1\nprot = 2\n[[links]]\nissuer = "a"\nendpoints = []\ntimout = 3\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        load_gateway_config(conf)
+    text = str(info.value)
+    assert "terminal.prot: unknown key" in text
+    assert "links.0.timout: unknown key" in text
+
+
+def test_wrong_type_is_rejected(tmp_path: Path) -> None:
+    conf = tmp_path / "gateway.toml"
+    conf.write_text('[terminal]\nport = "eighty"\n')
+    with pytest.raises(ConfigError, match=r"terminal\.port"):
+        load_gateway_config(conf)
+
+
+def test_check_config_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert gateway_main(["check-config", "--conf", str(DEMO_CONF / "gateway.toml")]) == 0
+    assert "ok" in capsys.readouterr().out
+    bad = tmp_path / "gateway.toml"
+    bad.write_text("nonsense = 1\n")
+    assert gateway_main(["check-config", "--conf", str(bad)]) == 2
+    assert "nonsense: unknown key" in capsys.readouterr().err
+
+
+def test_keys_never_in_repr() -> None:
+    data = load_dataset(DEMO_CONF / "data.toml")
+    text = repr(data)
+    assert "6D61BA0EAED6548F1A86086208A886AB" not in text
+    assert "4761730000000011" not in text

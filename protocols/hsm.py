@@ -372,9 +372,10 @@ class VerifyPinIbmTpk(Message):
     pin_block: str
     account: str
     offset: str
+    #: 12 characters, hex digits and one ``N`` marking where the last 5 account digits go.
+    validation_data: str
     check_length: str = "04"
     decimalisation_table: str = "0123456789012345"
-    validation_data: str = "NNNNNNNNNNNN"
     pin_block_format: str = FORMAT_ISO0
     max_pin_length: str = "12"
     LAYOUT: ClassVar[tuple[Field, ...]] = (_key("tpk"), *_IBM_LAYOUT_TAIL)
@@ -390,9 +391,10 @@ class VerifyPinIbmZpk(Message):
     pin_block: str
     account: str
     offset: str
+    #: 12 characters, hex digits and one ``N`` marking where the last 5 account digits go.
+    validation_data: str
     check_length: str = "04"
     decimalisation_table: str = "0123456789012345"
-    validation_data: str = "NNNNNNNNNNNN"
     pin_block_format: str = FORMAT_ISO0
     max_pin_length: str = "12"
     LAYOUT: ClassVar[tuple[Field, ...]] = (_key("zpk"), *_IBM_LAYOUT_TAIL)
@@ -764,20 +766,24 @@ def _text_problem(f: Field, raw: bytes, values: Mapping[str, Any]) -> str | None
     """What is wrong with a text field's raw value, or ``None``."""
     kind = f.kind
     if kind is Kind.PAN:
-        if not 12 <= len(raw) <= 19 or not _DIGITS.issuperset(raw):
+        if not 12 <= len(raw) <= 19 or not raw.isdigit():
             return f"field {f.name} must be 12 to 19 digits"
         return None
-    size = f.size(values)
+    length = f.length
+    size = length if length.__class__ is int else f.size(values)
     if len(raw) != size:
         return f"field {f.name} must be {size} characters"
-    if kind is Kind.NUMERIC and not _DIGITS.issuperset(raw):
-        return f"field {f.name} must be digits"
-    if kind is Kind.HEX and not _HEXB.issuperset(raw):
-        return f"field {f.name} must be hex"
-    if kind is Kind.TEXT and not all(0x20 <= b < 0x7F for b in raw):
+    if kind is Kind.HEX:
+        if not _HEXB.issuperset(raw):
+            return f"field {f.name} must be hex"
+    elif kind is Kind.KEY:
+        if raw[0] not in _KEY_SCHEMES or not _HEXB.issuperset(raw[1:]):
+            return f"field {f.name} must be a key ('U' or 'X' and 32 hex)"
+    elif kind is Kind.NUMERIC:
+        if not raw.isdigit():
+            return f"field {f.name} must be digits"
+    elif kind is Kind.TEXT and not (raw.isascii() and raw.decode("ascii").isprintable()):
         return f"field {f.name} must be printable"
-    if kind is Kind.KEY and (raw[0] not in _KEY_SCHEMES or not _HEXB.issuperset(raw[1:])):
-        return f"field {f.name} must be a key ('U' or 'X' and 32 hex)"
     return None
 
 
@@ -810,7 +816,8 @@ def _decode_fields(
             raw = data[pos:stop]
             next_pos = stop + 1
         else:
-            size = f.size(values)
+            length = f.length
+            size = length if length.__class__ is int else f.size(values)
             raw = data[pos : pos + size]
             if len(raw) != size:
                 raise make_error(f"message too short for field {f.name}", f.name)

@@ -1,0 +1,306 @@
+"""The HSM's command processor: decoded host commands in, payShield error codes and results out.
+
+Pure and synchronous (no I/O, no clock): the server feeds it payloads, tests call it directly.
+``process`` never raises; whatever goes wrong becomes an error response. Clear keys and PINs
+live only in local variables here and are never logged.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import structlog
+
+from hsm_sim import cvv as cvv_mod
+from hsm_sim import dukpt, emv, mac, pinblock, pinverify
+from hsm_sim.errors import (
+    HsmCryptoError,
+    InvalidInputError,
+    KeySchemeError,
+    KeyTypeError,
+    PinLengthError,
+)
+from hsm_sim.lmk import Lmk, kcv_hex, parse_hex
+from protocols import hsm as proto
+from protocols.errors import LocalProtocolError
+
+log = structlog.get_logger("hsm_sim.core")
+
+DEFAULT_FIRMWARE: Final = "0007-E000"
+#: payShield key type codes the simulator accepts in A0/A6/A8 (the LMK scheme has no variants,
+#: so the type is checked for validity only).
+KEY_TYPES: Final = frozenset(
+    {"000", "001", "002", "003", "008", "009", "109", "209", "309", "402", "509"}
+)
+MAC_KEY_TYPES: Final = frozenset({"003", "008"})
+
+Result = tuple[str, proto.Message | None]
+
+
+@dataclass(frozen=True, slots=True)
+class CoreStatistics:
+    """Commands processed, by command code and by error code (no data, counts only)."""
+
+    commands: dict[str, int]
+    errors: dict[str, int]
+
+
+class HsmCore:
+    """Executes host commands with the keys under one LMK."""
+
+    def __init__(
+        self,
+        lmk: str | bytes | Lmk,
+        *,
+        firmware: str = DEFAULT_FIRMWARE,
+        disabled_commands: Iterable[str] = (),
+    ) -> None:
+        self.lmk = lmk if isinstance(lmk, Lmk) else Lmk(lmk)
+        self.firmware = firmware[:9].ljust(9)
+        self.disabled = frozenset(disabled_commands)
+        self._commands: Counter[str] = Counter()
+        self._errors: Counter[str] = Counter()
+        self._handlers: dict[type[Any], Callable[[Any], Result]] = {
+            proto.Diagnostics: self._nc,
+            proto.GenerateKey: self._a0,
+            proto.KeyCheckValue: self._bu,
+            proto.ImportKey: self._a6,
+            proto.ExportKey: self._a8,
+            proto.TranslatePinTpkToZpk: self._ca,
+            proto.TranslatePinZpkToZpk: self._cc,
+            proto.TranslatePinDukptToZpk: self._g0,
+            proto.VerifyPinPvv: self._ec,
+            proto.VerifyPinIbmTpk: self._da,
+            proto.VerifyPinIbmZpk: self._ea,
+            proto.GenerateCvv: self._cw,
+            proto.VerifyCvv: self._cy,
+            proto.GenerateMac: self._m6,
+            proto.VerifyMac: self._m8,
+            proto.VerifyArqc: self._kq,
+        }
+
+    def statistics(self) -> CoreStatistics:
+        return CoreStatistics(dict(self._commands), dict(self._errors))
+
+    # ------------------------------------------------------------------ entry points
+
+    def process(self, payload: bytes) -> bytes:
+        """One command payload in, one response payload out; never raises."""
+        try:
+            header, request = proto.decode_request(payload)
+        except proto.HsmProtocolError as exc:
+            self._count(exc.command, exc.error_code)
+            log.info(
+                "hsm.bad_command", command=exc.command, error_code=exc.error_code, reason=exc.reason
+            )
+            return proto.encode_error(exc.header, exc.command, exc.error_code)
+        error_code, body = self.execute(request)
+        code = proto.response_code(request.CODE)
+        try:
+            return proto.encode_response(header, code, error_code, body)
+        except LocalProtocolError as exc:  # a bug of ours: answer, do not crash
+            log.error("hsm.encode_failed", command=request.CODE, reason=str(exc))
+            return proto.encode_response(header, code, proto.INVALID_INPUT)
+
+    def execute(self, request: proto.Request) -> Result:
+        """``(error code, response body or None)`` for a decoded request."""
+        code = request.CODE
+        if code in self.disabled:
+            self._count(code, proto.COMMAND_DISABLED)
+            return proto.COMMAND_DISABLED, None
+        try:
+            error_code, body = self._handlers[type(request)](request)
+        except HsmCryptoError as exc:
+            error_code, body = exc.error_code, None
+        except Exception as exc:  # a bug of ours must not take the HSM down
+            log.error("hsm.command_failed", command=code, error=type(exc).__name__)
+            error_code, body = proto.INVALID_INPUT, None
+        self._count(code, error_code)
+        return error_code, body
+
+    def _count(self, command: str, error_code: str) -> None:
+        self._commands[command] += 1
+        if error_code != proto.OK:
+            self._errors[error_code] += 1
+
+    # ------------------------------------------------------------------ helpers
+
+    def _key(self, key: str, parity_error_code: str | None = proto.KEY_PARITY_ERROR) -> bytes:
+        if key[:1] != "U":
+            raise KeySchemeError("keys must be under the LMK (scheme U)")
+        return self.lmk.decrypt(key, parity_error_code=parity_error_code)
+
+    @staticmethod
+    def _pin_length_limit(value: str) -> int:
+        limit = int(value)
+        if not 4 <= limit <= 12:
+            raise PinLengthError("maximum PIN length must be 4 to 12")
+        return limit
+
+    # ------------------------------------------------------------------ key management
+
+    def _nc(self, _: proto.Diagnostics) -> Result:
+        return proto.OK, proto.DiagnosticsResult(self.lmk.check_value(8), self.firmware)
+
+    def _a0(self, req: proto.GenerateKey) -> Result:
+        if req.key_type.upper() not in KEY_TYPES:
+            raise KeyTypeError("unknown key type")
+        if req.key_scheme != "U":
+            raise KeySchemeError("key scheme under LMK must be U")
+        if req.mode not in ("0", "1"):
+            raise InvalidInputError("mode must be 0 or 1")
+        key, kcv = self.lmk.generate()
+        under_zmk = None
+        if req.mode == "1":
+            # The layout makes both present in mode 1.
+            assert req.zmk is not None
+            assert req.zmk_scheme is not None
+            under_zmk = self.lmk.export_under_zmk(req.zmk, key, req.zmk_scheme)
+        return proto.OK, proto.GeneratedKey(key, kcv, under_zmk)
+
+    def _bu(self, req: proto.KeyCheckValue) -> Result:
+        if req.key_length_flag != "1":
+            raise InvalidInputError("only double-length keys (flag 1)", error_code="05")
+        return proto.OK, proto.KeyCheckValueResult(kcv_hex(self._key(req.key)))
+
+    def _a6(self, req: proto.ImportKey) -> Result:
+        if req.key_type.upper() not in KEY_TYPES:
+            raise KeyTypeError("unknown key type")
+        if req.key_scheme != "U":
+            raise KeySchemeError("key scheme under LMK must be U")
+        key = self.lmk.import_under_zmk(req.zmk, req.key_under_zmk)
+        return proto.OK, proto.ImportedKey(key, self.lmk.kcv(key))
+
+    def _a8(self, req: proto.ExportKey) -> Result:
+        if req.key_type.upper() not in KEY_TYPES:
+            raise KeyTypeError("unknown key type")
+        under_zmk = self.lmk.export_under_zmk(req.zmk, req.key, req.key_scheme)
+        return proto.OK, proto.ExportedKey(under_zmk, self.lmk.kcv(req.key))
+
+    # ------------------------------------------------------------------ PIN translation
+
+    def _translate(
+        self,
+        src: bytes,
+        dst: bytes,
+        req: proto.TranslatePinTpkToZpk | proto.TranslatePinZpkToZpk,
+    ) -> tuple[int, bytes]:
+        return pinblock.translate_pin_block(
+            src,
+            dst,
+            parse_hex(req.pin_block, what="PIN block"),
+            req.account,
+            req.src_format,
+            req.dst_format,
+            self._pin_length_limit(req.max_pin_length),
+        )
+
+    def _ca(self, req: proto.TranslatePinTpkToZpk) -> Result:
+        src, dst = self._key(req.tpk), self._key(req.zpk, proto.SECOND_KEY_PARITY_ERROR)
+        n, block = self._translate(src, dst, req)
+        return proto.OK, proto.PinTranslated(f"{n:02d}", req.dst_format, block.hex().upper())
+
+    def _cc(self, req: proto.TranslatePinZpkToZpk) -> Result:
+        src, dst = self._key(req.src_zpk), self._key(req.dst_zpk, proto.SECOND_KEY_PARITY_ERROR)
+        n, block = self._translate(src, dst, req)
+        return proto.OK, proto.PinTranslatedZpk(f"{n:02d}", req.dst_format, block.hex().upper())
+
+    def _g0(self, req: proto.TranslatePinDukptToZpk) -> Result:
+        bdk, zpk = self._key(req.bdk), self._key(req.zpk, proto.SECOND_KEY_PARITY_ERROR)
+        pin_key = dukpt.derive_pin_key(bdk, req.ksn)
+        n, block = pinblock.translate_pin_block(
+            pin_key,
+            zpk,
+            parse_hex(req.pin_block, what="PIN block"),
+            req.account,
+            pinblock.FORMAT_ISO0,
+            req.dst_format,
+        )
+        return proto.OK, proto.PinTranslatedDukpt(f"{n:02d}", req.dst_format, block.hex().upper())
+
+    # ------------------------------------------------------------------ PIN verification
+
+    def _ec(self, req: proto.VerifyPinPvv) -> Result:
+        zpk, pvk = self._key(req.zpk), self._key(req.pvk, proto.SECOND_KEY_PARITY_ERROR)
+        pin = pinblock.decrypt_pin_block(
+            zpk, req.pin_block_format, parse_hex(req.pin_block, what="PIN block"), req.account
+        )
+        ok = pinverify.verify_visa_pvv(pvk, req.account, pin, req.pvki, req.pvv)
+        return (proto.OK if ok else proto.VERIFICATION_FAILURE), None
+
+    def _ibm(self, pin_key: bytes, req: proto.VerifyPinIbmTpk | proto.VerifyPinIbmZpk) -> Result:
+        pvk = self._key(req.pvk, proto.SECOND_KEY_PARITY_ERROR)
+        pin = pinblock.decrypt_pin_block(
+            pin_key, req.pin_block_format, parse_hex(req.pin_block, what="PIN block"), req.account
+        )
+        if len(pin) > self._pin_length_limit(req.max_pin_length):
+            raise PinLengthError("PIN longer than the maximum PIN length")
+        check_length = int(req.check_length)
+        if not 4 <= check_length <= 12:
+            raise PinLengthError("check length must be 4 to 12")
+        data = pinverify.ibm3624_validation_data(req.validation_data, req.account)
+        ok = pinverify.verify_ibm3624_offset(
+            pvk, data, req.decimalisation_table, pin, req.offset, check_length
+        )
+        return (proto.OK if ok else proto.VERIFICATION_FAILURE), None
+
+    def _da(self, req: proto.VerifyPinIbmTpk) -> Result:
+        return self._ibm(self._key(req.tpk), req)
+
+    def _ea(self, req: proto.VerifyPinIbmZpk) -> Result:
+        return self._ibm(self._key(req.zpk), req)
+
+    # ------------------------------------------------------------------ card data, MAC, EMV
+
+    def _cw(self, req: proto.GenerateCvv) -> Result:
+        value = cvv_mod.generate_cvv(self._key(req.cvk), req.pan, req.expiry, req.service_code)
+        return proto.OK, proto.CvvResult(value)
+
+    def _cy(self, req: proto.VerifyCvv) -> Result:
+        ok = cvv_mod.verify_cvv(self._key(req.cvk), req.pan, req.expiry, req.service_code, req.cvv)
+        return (proto.OK if ok else proto.VERIFICATION_FAILURE), None
+
+    def _mac(self, req: proto.GenerateMac | proto.VerifyMac) -> tuple[bytes, bytes]:
+        """(key, 8-byte MAC) for M6/M8."""
+        if req.mode_flag != "0" or req.input_format != "0":
+            raise InvalidInputError("only single-block mode 0 with binary input is supported")
+        if req.key_type not in MAC_KEY_TYPES:
+            raise KeyTypeError("MAC key must be a TAK (003) or ZAK (008)")
+        if req.algorithm == proto.MAC_RETAIL:
+            key = self._key(req.key)
+            if req.padding not in ("1", "2"):
+                raise InvalidInputError("padding method must be 1 or 2")
+            return key, mac.retail_mac(key, req.message, int(req.padding))
+        if req.algorithm == proto.MAC_AES_CMAC:
+            key = self._key(req.key, parity_error_code=None)  # AES keys carry no DES parity
+            return key, mac.aes_cmac(key, req.message)[:8]
+        raise InvalidInputError("MAC algorithm must be 3 (retail) or 6 (AES-CMAC)")
+
+    def _m6(self, req: proto.GenerateMac) -> Result:
+        _, value = self._mac(req)
+        return proto.OK, proto.MacResult(value.hex().upper())
+
+    def _m8(self, req: proto.VerifyMac) -> Result:
+        _, value = self._mac(req)
+        expected = parse_hex(req.mac, length=16, what="MAC")
+        ok = hmac.compare_digest(value, expected)
+        return (proto.OK if ok else proto.VERIFICATION_FAILURE), None
+
+    def _kq(self, req: proto.VerifyArqc) -> Result:
+        if req.scheme_id != "1":
+            raise InvalidInputError("scheme 1 (EMV common session key) only")
+        if req.mode_flag not in (proto.ARQC_VERIFY, proto.ARQC_VERIFY_ARPC, proto.ARPC_ONLY):
+            raise InvalidInputError("mode flag must be 0, 1 or 2")
+        imk = self._key(req.mk_ac)
+        sk = emv.derive_session_key(emv.icc_master_key_from_input(imk, req.pan_psn), req.atc)
+        if req.mode_flag != proto.ARPC_ONLY and not hmac.compare_digest(
+            emv.generate_ac(sk, req.transaction_data), req.arqc
+        ):
+            return proto.VERIFICATION_FAILURE, None
+        if req.mode_flag == proto.ARQC_VERIFY:
+            return proto.OK, proto.ArpcResult(None)
+        return proto.OK, proto.ArpcResult(emv.generate_arpc_method_1(sk, req.arqc, req.arc))

@@ -1,0 +1,219 @@
+"""Every host command through HsmCore.process, with the demo keys, and its error codes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from hsm_sim import dukpt, emv, mac, pinblock, pinverify, terminal
+from hsm_sim.core import HsmCore
+from hsm_sim.lmk import Lmk
+from protocols import hsm
+from tests.hsm.conftest import LMK_HEX, demo_data
+
+DATA = demo_data()
+ALPHA = DATA["issuers"][0]
+BETA = DATA["issuers"][1]
+TPK = DATA["terminals"][0]["tpk"]["key"]
+BDK = DATA["terminals"][1]["bdk"]["key"]
+TAK = DATA["terminals"][1]["tak"]["key"]
+PAN, PIN = "4761730000000011", "1234"
+LMK = Lmk(LMK_HEX)
+
+
+def u(clear_hex: str) -> str:
+    return LMK.encrypt(bytes.fromhex(clear_hex))
+
+
+@pytest.fixture
+def core() -> HsmCore:
+    return HsmCore(LMK_HEX, disabled_commands=["A8"])
+
+
+def call(core: HsmCore, request: hsm.Request, header: str = "0001") -> hsm.HsmResponse:
+    response = hsm.decode_response(core.process(hsm.encode_request(header, request)))
+    assert response.header == header
+    assert response.code == hsm.response_code(request.CODE)
+    return response
+
+
+def test_nc(core: HsmCore) -> None:
+    body = call(core, hsm.Diagnostics()).body
+    assert isinstance(body, hsm.DiagnosticsResult)
+    assert body.lmk_check_value.startswith("666EA8")
+    assert body.firmware == "0007-E000"
+
+
+def test_a0_bu_a6(core: HsmCore) -> None:
+    zmk, _ = LMK.generate()
+    r = call(core, hsm.GenerateKey(key_type="001", mode="1", zmk=zmk, zmk_scheme="X"))
+    assert isinstance(r.body, hsm.GeneratedKey)
+    assert r.body.key_under_zmk is not None
+    kcv = call(core, hsm.KeyCheckValue(key=r.body.key)).body
+    assert kcv == hsm.KeyCheckValueResult(r.body.kcv)
+    imported = call(core, hsm.ImportKey(zmk=zmk, key_under_zmk=r.body.key_under_zmk)).body
+    assert imported == hsm.ImportedKey(r.body.key, r.body.kcv)
+    assert core.process(b"0002A00ZZZU") == b"0002A115"  # key type not hex: codec error
+    assert call(core, hsm.GenerateKey(key_type="FFF")).error_code == "04"
+    assert call(core, hsm.GenerateKey(key_scheme="T")).error_code == "26"
+    assert call(core, hsm.KeyCheckValue(key=r.body.key, key_length_flag="2")).error_code == "05"
+
+
+def test_disabled_command(core: HsmCore) -> None:
+    zmk, _ = LMK.generate()
+    assert call(core, hsm.ExportKey(zmk=zmk, key=zmk)).error_code == "68"
+
+
+def test_ca_translates_tpk_to_zpk(core: HsmCore) -> None:
+    block = terminal.pin_block_under_tpk(TPK, PIN, PAN)
+    r = call(core, hsm.TranslatePinTpkToZpk(u(TPK), u(ALPHA["zpk"]["key"]), block.hex(), PAN))
+    assert isinstance(r.body, hsm.PinTranslated)
+    assert r.body.pin_length == "04"
+    zpk = bytes.fromhex(ALPHA["zpk"]["key"])
+    assert pinblock.decrypt_pin_block(zpk, "01", bytes.fromhex(r.body.pin_block), PAN) == PIN
+    # 12-digit account number form (payShield's) works the same for format 0.
+    r12 = call(
+        core, hsm.TranslatePinTpkToZpk(u(TPK), u(ALPHA["zpk"]["key"]), block.hex(), PAN[-13:-1])
+    )
+    assert r12.body == r.body
+
+
+def test_ca_to_format4_and_cc_back(core: HsmCore) -> None:
+    block = terminal.pin_block_under_tpk(TPK, PIN, PAN)
+    zpk_a, zpk_b = u(ALPHA["zpk"]["key"]), u(BETA["zpk"]["key"])
+    r = call(core, hsm.TranslatePinTpkToZpk(u(TPK), zpk_a, block.hex(), PAN, dst_format="48"))
+    assert isinstance(r.body, hsm.PinTranslated)
+    assert len(r.body.pin_block) == 32
+    r2 = call(core, hsm.TranslatePinZpkToZpk(zpk_a, zpk_b, r.body.pin_block, PAN, src_format="48"))
+    assert isinstance(r2.body, hsm.PinTranslatedZpk)
+    zpk = bytes.fromhex(BETA["zpk"]["key"])
+    assert pinblock.decrypt_pin_block(zpk, "01", bytes.fromhex(r2.body.pin_block), PAN) == PIN
+
+
+def test_pin_translation_errors(core: HsmCore) -> None:
+    block = terminal.pin_block_under_tpk(TPK, PIN, PAN).hex()
+    zpk = u(ALPHA["zpk"]["key"])
+    even = LMK.encrypt(bytes(16))
+    assert call(core, hsm.TranslatePinTpkToZpk(even, zpk, block, PAN)).error_code == "10"
+    assert call(core, hsm.TranslatePinTpkToZpk(u(TPK), even, block, PAN)).error_code == "11"
+    assert call(core, hsm.TranslatePinTpkToZpk(zpk, zpk, block, PAN)).error_code == "20"
+    long_pin = terminal.pin_block_under_tpk(TPK, "123456", PAN).hex()
+    too_long = hsm.TranslatePinTpkToZpk(u(TPK), zpk, long_pin, PAN, max_pin_length="04")
+    assert call(core, too_long).error_code == "24"
+    assert (
+        call(core, hsm.TranslatePinTpkToZpk(u(TPK), zpk, block, PAN, dst_format="99")).error_code
+        == "23"
+    )
+    x_key = "X" + u(TPK)[1:]
+    assert call(core, hsm.TranslatePinTpkToZpk(x_key, zpk, block, PAN)).error_code == "26"
+
+
+def test_g0_translates_dukpt_to_zpk(core: HsmCore) -> None:
+    ksn = "FFFF9876543210E00003"
+    block = terminal.pin_block_under_dukpt(BDK, ksn, "4321", "5413330000000019")
+    r = call(
+        core,
+        hsm.TranslatePinDukptToZpk(
+            u(BDK), u(BETA["zpk"]["key"]), ksn, block.hex(), "5413330000000019"
+        ),
+    )
+    assert isinstance(r.body, hsm.PinTranslatedDukpt)
+    zpk = bytes.fromhex(BETA["zpk"]["key"])
+    assert (
+        pinblock.decrypt_pin_block(zpk, "01", bytes.fromhex(r.body.pin_block), "5413330000000019")
+        == "4321"
+    )
+    wrong_ksn = "FFFF9876543210E00004"
+    bad = call(
+        core,
+        hsm.TranslatePinDukptToZpk(
+            u(BDK), u(BETA["zpk"]["key"]), wrong_ksn, block.hex(), "5413330000000019"
+        ),
+    )
+    assert bad.error_code == "20"
+    assert dukpt.ksn_counter(ksn) == 3
+
+
+def test_ec_verifies_pvv(core: HsmCore) -> None:
+    zpk, pvk = ALPHA["zpk"]["key"], ALPHA["pvk"]["key"]
+    pvv = pinverify.visa_pvv(bytes.fromhex(pvk), PAN, PIN, "1")
+    block = pinblock.encrypt_pin_block(bytes.fromhex(zpk), "01", PIN, PAN).hex()
+    assert call(core, hsm.VerifyPinPvv(u(zpk), u(pvk), block, PAN, pvv)).error_code == "00"
+    wrong = pinblock.encrypt_pin_block(bytes.fromhex(zpk), "01", "9999", PAN).hex()
+    assert call(core, hsm.VerifyPinPvv(u(zpk), u(pvk), wrong, PAN, pvv)).error_code == "01"
+
+
+def test_da_and_ea_verify_ibm_offset(core: HsmCore) -> None:
+    pvk = bytes.fromhex(ALPHA["pvk"]["key"])
+    table = "0123456789012345"
+    template = "5555555N"  # N: the last 5 account digits go here
+    data = pinverify.ibm3624_validation_data(template, PAN)
+    assert data == "555555500001FFFF"
+    offset = pinverify.ibm3624_offset(pvk, data, table, PIN).ljust(12, "F")
+    tpk_block = terminal.pin_block_under_tpk(TPK, PIN, PAN).hex()
+    da = hsm.VerifyPinIbmTpk(
+        u(TPK), u(ALPHA["pvk"]["key"]), tpk_block, PAN, offset, template.ljust(12, "F")
+    )
+    assert call(core, da).error_code == "00"
+    zpk = ALPHA["zpk"]["key"]
+    zpk_block = pinblock.encrypt_pin_block(bytes.fromhex(zpk), "01", PIN, PAN).hex()
+    ea = hsm.VerifyPinIbmZpk(
+        u(zpk), u(ALPHA["pvk"]["key"]), zpk_block, PAN, offset, da.validation_data
+    )
+    assert call(core, ea).error_code == "00"
+    other = pinblock.encrypt_pin_block(bytes.fromhex(zpk), "01", "1235", PAN).hex()
+    ea_bad = dataclasses.replace(ea, pin_block=other)
+    assert call(core, ea_bad).error_code == "01"
+
+
+def test_cw_cy(core: HsmCore) -> None:
+    cvk = u(ALPHA["cvk"]["key"])
+    r = call(core, hsm.GenerateCvv(cvk, PAN, "2812", "101"))
+    assert isinstance(r.body, hsm.CvvResult)
+    assert call(core, hsm.VerifyCvv(cvk, r.body.cvv, PAN, "2812", "101")).error_code == "00"
+    other = f"{(int(r.body.cvv) + 1) % 1000:03d}"
+    assert call(core, hsm.VerifyCvv(cvk, other, PAN, "2812", "101")).error_code == "01"
+
+
+def test_m6_m8_retail_and_cmac(core: HsmCore) -> None:
+    message = b"0200\x00\x01" + bytes(30)
+    r = call(core, hsm.GenerateMac(u(TAK), message))
+    assert isinstance(r.body, hsm.MacResult)
+    assert bytes.fromhex(r.body.mac) == mac.retail_mac(bytes.fromhex(TAK), message)
+    assert call(core, hsm.VerifyMac(u(TAK), message, r.body.mac)).error_code == "00"
+    assert call(core, hsm.VerifyMac(u(TAK), message + b"!", r.body.mac)).error_code == "01"
+    c = call(core, hsm.GenerateMac(u(TAK), message, algorithm="6"))
+    assert isinstance(c.body, hsm.MacResult)
+    assert bytes.fromhex(c.body.mac) == mac.aes_cmac(bytes.fromhex(TAK), message)[:8]
+    assert call(core, hsm.VerifyMac(u(TAK), message, c.body.mac, algorithm="6")).error_code == "00"
+    assert call(core, hsm.GenerateMac(u(TAK), message, algorithm="9")).error_code == "15"
+    assert call(core, hsm.GenerateMac(u(TAK), message, key_type="001")).error_code == "04"
+
+
+def test_kq_arqc_and_arpc(core: HsmCore) -> None:
+    imk = BETA["imk_ac"]["key"]
+    pan, psn, atc = "5413330000000019", "01", b"\x00\x07"
+    data = bytes(range(40))
+    arqc = terminal.compute_arqc(imk, pan, psn, atc, data)
+    y = emv.option_a_input(pan, psn)
+    r = call(core, hsm.VerifyArqc(u(imk), y, atc, data, arqc))
+    assert isinstance(r.body, hsm.ArpcResult)
+    sk = emv.derive_session_key(emv.derive_icc_master_key(bytes.fromhex(imk), pan, psn), atc)
+    assert r.body.arpc == emv.generate_arpc_method_1(sk, arqc, b"00")
+    only = call(core, hsm.VerifyArqc(u(imk), y, atc, data, arqc, mode_flag="0"))
+    assert only.body == hsm.ArpcResult(None)
+    bad = call(core, hsm.VerifyArqc(u(imk), y, atc, data + b"x", arqc))
+    assert bad.error_code == "01"
+    forced = call(core, hsm.VerifyArqc(u(imk), y, atc, data + b"x", arqc, arc=b"05", mode_flag="2"))
+    assert isinstance(forced.body, hsm.ArpcResult)
+    assert forced.body.arpc == emv.generate_arpc_method_1(sk, arqc, b"05")
+    assert call(core, hsm.VerifyArqc(u(imk), y, atc, data, arqc, scheme_id="0")).error_code == "15"
+
+
+def test_statistics_count_commands_and_errors(core: HsmCore) -> None:
+    call(core, hsm.Diagnostics())
+    core.process(b"0001QQ")
+    stats = core.statistics()
+    assert stats.commands["NC"] == 1
+    assert stats.errors["68"] == 1

@@ -322,6 +322,8 @@ def decode(payload: str) -> MerchantQr:
         raise MpmFormatError("payload format indicator (00) must come first")
     if top[-1].id != "63":
         raise MpmFormatError("CRC (63) must come last")
+    if len(top[-1].value) != 4:
+        raise MpmLengthError("CRC must have length 04", id="63")
     plain_ascii = payload.isascii() and payload.isprintable()
     objects: list[MpmObject] = []
     values: dict[str, str] = {}
@@ -413,8 +415,6 @@ def _check_values(
             len(country) == 2 and country.isascii() and country.isalpha() and country.isupper()
         ):
             raise MpmFormatError("country must be 2 uppercase letters", id="58")
-    if len(values["63"]) != 4:
-        raise MpmLengthError("CRC must have length 04", id="63")
     for id_, limit in _MAX_LEN.items():
         if id_ in values and len(values[id_]) > limit:
             raise MpmLengthError(f"longer than {limit}", id=id_)

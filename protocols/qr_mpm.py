@@ -102,6 +102,7 @@ COUNTRY_ALPHA2: Final[dict[str, str]] = {
     "840": "US",
 }
 
+_new_tuple: Final = tuple.__new__  # 3x faster than the NamedTuple constructor
 _TWO_DIGITS: Final[dict[str, int]] = {f"{n:02d}": n for n in range(100)}
 _UPPER_HEX: Final = frozenset("0123456789ABCDEF")
 _MAX_LEN: Final[dict[str, int]] = {"59": 25, "60": 15, "61": 10, "54": 13, "56": 13, "57": 5}
@@ -267,7 +268,7 @@ def _parse(text: str, container: str | None) -> list[MpmObject]:
         if id_ in seen:
             raise MpmFormatError("appears twice", id=id_)
         seen.add(id_)
-        objects.append(MpmObject(id_, text[i + 4 : j]))
+        objects.append(_new_tuple(MpmObject, (id_, text[i + 4 : j], None)))
         i = j
     return objects
 

@@ -450,3 +450,36 @@ def test_random_structures_with_valid_crc_raise_only_mpm_errors(
     payload = encode((f"{i:02d}", v) for i, v in objects)
     with contextlib.suppress(MpmError):
         decode(payload)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        EMVCO_SAMPLE,
+        build(
+            merchant_id="M00000000000001",
+            name="Demo Grocery",
+            city="Shanghai",
+            mcc="5411",
+            currency="156",
+            country="156",
+            amount_minor=12345,
+            reference_label="X1",
+        ),
+    ],
+    ids=["emvco-sample", "demo-dynamic"],
+)
+def test_every_printable_substitution_is_caught(payload: str) -> None:
+    """Exhaustive, not sampled: every position, every printable ASCII replacement."""
+    accepted = []
+    for i, original in enumerate(payload):
+        for c in map(chr, range(0x20, 0x7F)):
+            if c == original:
+                continue
+            corrupted = payload[:i] + c + payload[i + 1 :]
+            try:
+                decode(corrupted)
+            except MpmError:
+                continue
+            accepted.append((i, c))
+    assert accepted == []

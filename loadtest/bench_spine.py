@@ -119,10 +119,11 @@ def main() -> int:
                 summary["issuer_sim_cpu_us_per_txn"] = round((sims1 - sims0) / total * 1e6, 1)
                 summary["gateway_peak_rss_mib"] = round(peak_rss_kib(gw.pid) / 1024, 1)
                 results.append(summary)
+                lat = summary["latency_ms"]
                 print(
-                    f"in-flight {n:>3}: {summary['tps']:>8} TPS  p50 {summary['latency_ms']['p50']}"
-                    f" ms  p99 {summary['latency_ms']['p99']} ms  gateway "
-                    f"{summary['gateway_cpu_us_per_txn']} us/txn  codes {summary['response_codes']}",
+                    f"in-flight {n:>3}: {summary['tps']:>8} TPS  p50 {lat['p50']} ms"
+                    f"  p99 {lat['p99']} ms  gateway {summary['gateway_cpu_us_per_txn']} us/txn"
+                    f"  codes {summary['response_codes']}",
                     flush=True,
                 )
         finally:

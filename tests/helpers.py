@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,3 +179,12 @@ async def running_stack(pki_dir: Path, *, link_timeout: float = 1.0) -> AsyncIte
             await gateway.wait_ready()
         yield Stack(gateway, servers, pki_dir, tg)
         tg.cancel_scope.cancel()
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait until ``predicate()`` holds (state owned by another task), bounded in time."""
+    with anyio.fail_after(timeout):
+        while True:
+            if predicate():
+                return
+            await anyio.sleep(0.01)

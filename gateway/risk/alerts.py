@@ -148,6 +148,7 @@ class WebhookSink:
         self.url = url
         self.timeout = timeout
         self._send, self._receive = anyio.create_memory_object_stream[AlertEvent](queue_size)
+        self._running = False
         self.sent = 0
         self.failed = 0
         self.dropped = Counter(
@@ -175,6 +176,7 @@ class WebhookSink:
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Deliver queued events until cancelled (or :meth:`close` and the queue drains)."""
+        self._running = True
         async with self._receive:
             task_status.started()
             async for event in self._receive:
@@ -191,6 +193,9 @@ class WebhookSink:
                     self.failed += 1
                     self.dropped.labels(reason="post_failed").inc()
 
-    def close(self) -> None:
-        """No more events; :meth:`run` returns once the queue is drained."""
+    def close(self, *, drain: bool = True) -> None:
+        """No more events; :meth:`run` returns once the queue is drained. ``drain=False``
+        also drops what is queued when :meth:`run` never started (shutdown)."""
         self._send.close()
+        if not drain and not self._running:
+            self._receive.close()

@@ -140,6 +140,7 @@ class MemoryCounterStore:
         self._max_cards = max_cards
         self._cards: OrderedDict[str, _Card] = OrderedDict()
         self._days: dict[str, _Day] = {}
+        self._next_prune = 0
 
     def _card(self, key: str) -> _Card:
         card = self._cards.get(key)
@@ -152,8 +153,11 @@ class MemoryCounterStore:
         return card
 
     def _prune_days(self, now_s: int) -> None:
+        if now_s < self._next_prune:
+            return
         for day in [d for d, b in self._days.items() if b.expires_at < now_s]:
             del self._days[day]
+        self._next_prune = min((b.expires_at for b in self._days.values()), default=0)
 
     async def reserve(self, req: ReserveRequest) -> ReserveOutcome:
         now = req.now_ms
@@ -201,6 +205,7 @@ class MemoryCounterStore:
         if reserved:
             if bucket is None:
                 bucket = self._days[req.day] = _Day(expires_at=req.day_expires_at)
+                self._next_prune = min(self._next_prune or req.day_expires_at, req.day_expires_at)
             bucket.amounts[(req.card_key, req.currency)] = day_amount + req.amount
             bucket.counts[req.card_key] = day_count + 1
         return ReserveOutcome(

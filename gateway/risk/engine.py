@@ -100,6 +100,10 @@ class RiskEngine:
             ["result"],
             registry=registry,
         )
+        self._approved = self._decisions.labels(result="approve")
+        self._declined = self._decisions.labels(result="decline")
+        # The in-memory store never awaits, so nothing can cancel it halfway: no shield needed.
+        self._shield = not isinstance(self.store, MemoryCounterStore)
         self._store_errors = Counter(
             "payswitch_risk_store_errors",
             "Counter store calls that failed, by operation",
@@ -199,7 +203,7 @@ class RiskEngine:
             score=score,
             reservation=reservation,
         )
-        self._decisions.labels(result="approve" if rc is None else "decline").inc()
+        (self._approved if rc is None else self._declined).inc()
         if decision.alerted:
             self.alerts.publish(
                 AlertEvent.from_decision(
@@ -218,7 +222,10 @@ class RiskEngine:
     ) -> ReserveOutcome | None:
         try:
             # shielded: a cancelled transaction must not leave a reservation nobody knows of
-            with anyio.CancelScope(shield=True):
+            if self._shield:
+                with anyio.CancelScope(shield=True):
+                    outcome = await self.store.reserve(request)
+            else:
                 outcome = await self.store.reserve(request)
         except StoreError:
             self._store_errors.labels(op="reserve").inc()
@@ -264,7 +271,7 @@ class RiskEngine:
         res.state = "confirmed"
         config = self._compiled.config
         try:
-            with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=self._shield):
                 await self.store.record_approval(
                     res.card_key,
                     res.country,
@@ -299,7 +306,7 @@ class RiskEngine:
 
     async def _give_back(self, res: Reservation, *, count: int, op: str) -> None:
         try:
-            with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=self._shield):
                 await self.store.release(res.card_key, res.currency, res.day, res.amount, count)
         except StoreError:  # counted and visible in metrics; the day's counters stay high
             self._store_errors.labels(op=op).inc()
@@ -345,7 +352,7 @@ class RiskEngine:
 
     async def aclose(self) -> None:
         if self.webhook is not None:
-            self.webhook.close()
+            self.webhook.close(drain=False)
         await self.store.aclose()
 
     async def __aenter__(self) -> RiskEngine:

@@ -69,7 +69,7 @@ def _merge(base: EffectiveLimits, over: Limits, layer: str) -> EffectiveLimits:
 
 
 class RuleSet:
-    """Immutable compiled rules of one configuration."""
+    """Compiled rules of one configuration (immutable but for a one-day cache of day_of)."""
 
     def __init__(self, config: RiskConfig) -> None:
         self.config = config
@@ -96,6 +96,7 @@ class RuleSet:
             if o.velocity is not None
         ]
         self.velocity_keep_ms = max(windows) * 1000
+        self._day_cache: tuple[float, float, str, int] = (0.0, 0.0, "", 0)
         minutes = config.impossible_travel_minutes
         self.travel_window_ms = None if minutes is None else minutes * 60_000
 
@@ -119,9 +120,18 @@ class RuleSet:
 
     def day_of(self, now: datetime) -> tuple[str, int]:
         """Local calendar day (YYYYMMDD) and when its counters may be dropped (epoch s)."""
+        ts = now.timestamp()
+        start, end, day, expires_at = self._day_cache
+        if start <= ts < end:
+            return day, expires_at
         local = now.astimezone(self.tz)
+        midnight = datetime.combine(local.date(), time(0), self.tz)
         next_midnight = datetime.combine(local.date() + timedelta(days=1), time(0), self.tz)
-        return local.strftime("%Y%m%d"), int((next_midnight + DAY_GRACE).timestamp())
+        day = local.strftime("%Y%m%d")
+        expires_at = int((next_midnight + DAY_GRACE).timestamp())
+        # one day cached: all but the first request of a day skip the zone arithmetic
+        self._day_cache = (midnight.timestamp(), next_midnight.timestamp(), day, expires_at)
+        return day, expires_at
 
     def _hit(
         self,

@@ -197,3 +197,12 @@ async def test_store_down_fails_open_when_configured() -> None:
         assert decision.reservation is None
         assert decision.hits[0].action == "alert"
         assert engine.recent_alerts()[0]["rules"] == ["counter_store"]
+
+
+async def test_webhook_never_started_closes_cleanly(stores: Stores) -> None:
+    config = base_config(alerts={"webhook_url": "http://127.0.0.1:9/hook", "webhook_queue_size": 2})
+    async with stores.engine(config) as engine:
+        for i in range(3):
+            assert (await engine.assess(txn(i, mcc="7995"))).rc == "57"
+        assert engine.webhook is not None
+    assert len(engine.recent_alerts()) == 3

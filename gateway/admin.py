@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
@@ -13,8 +13,13 @@ from starlette.routing import Route
 
 from gateway.metrics import Metrics
 
+if TYPE_CHECKING:
+    from gateway.app import Gateway
 
-def admin_app(metrics: Metrics, status: Callable[[], dict[str, Any]]) -> Starlette:
+
+def admin_app(
+    metrics: Metrics, status: Callable[[], dict[str, Any]], gateway: Gateway | None = None
+) -> Starlette:
     async def healthz(_: Request) -> Response:
         return PlainTextResponse("ok\n")
 
@@ -30,8 +35,21 @@ def admin_app(metrics: Metrics, status: Callable[[], dict[str, Any]]) -> Starlet
     async def status_view(_: Request) -> Response:
         return JSONResponse(status())
 
+    async def alerts_view(_: Request) -> Response:
+        if gateway is None or gateway.risk is None:
+            return JSONResponse([])
+        return JSONResponse(gateway.risk.recent_alerts(200))
+
+    async def reload_view(_: Request) -> Response:
+        if gateway is None:
+            return JSONResponse({"reloaded": False}, status_code=404)
+        result = gateway.reload_risk()
+        return JSONResponse(result, status_code=200 if result["reloaded"] else 422)
+
     return Starlette(
         routes=[
+            Route("/alerts", alerts_view),
+            Route("/admin/reload", reload_view, methods=["POST"]),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics_view),

@@ -20,6 +20,8 @@ from gateway.metrics import Metrics
 from gateway.participants import CheckDuplicate, CheckFields, FindOriginal, QueryIssuer, Route
 from gateway.pipeline import Participant
 from gateway.recent import RecentTransactions
+from gateway.risk import RiskEngine
+from gateway.risk_stage import CheckRisk
 from gateway.routing import BinTable
 from gateway.switch import Switch, utcnow
 from gateway.terminals import TerminalServer
@@ -56,11 +58,16 @@ class Gateway:
         self.metrics.watch_links(lambda: [p.status() for p in self.pools.values()])
         self.bins = BinTable((b, i.id) for i in self.dataset.issuers for b in i.bins)
         self.recent = RecentTransactions(window=cfg.duplicate_window)
+        self.risk_path = (base_dir / cfg.risk) if cfg.risk else None
+        self.risk: RiskEngine | None = None
+        if self.risk_path is not None:
+            self.risk = RiskEngine.from_file(self.risk_path, registry=self.metrics.registry)
         self.participants: list[Participant] = [
             CheckFields(self.dataset),
             CheckDuplicate(self.recent, self.metrics),
             FindOriginal(self.recent),
             Route(self.bins, self.pools),
+            *([CheckRisk(self.risk)] if self.risk is not None else []),
             QueryIssuer(cfg.acquirer_id, self.metrics),
         ]
         self.switch = Switch(
@@ -92,6 +99,20 @@ class Gateway:
         self.metrics.late_responses.labels(issuer).inc()
         log.warning("issuer_late_response", issuer=issuer, mti=msg.mti, rc=msg.fields.get("39"))
 
+    def reload_risk(self) -> dict[str, Any]:
+        """Reload the risk rules from their file; a broken file keeps the old rules."""
+        from gateway.risk import ConfigError as RiskConfigError
+
+        if self.risk is None or self.risk_path is None:
+            return {"reloaded": False, "reason": "risk stage disabled"}
+        try:
+            ignored = self.risk.reload_file(self.risk_path)
+        except RiskConfigError as exc:
+            log.warning("risk_reload_refused", reason=str(exc))
+            return {"reloaded": False, "reason": str(exc)}
+        log.info("risk_reloaded", restart_only_ignored=list(ignored))
+        return {"reloaded": True, "restart_only_ignored": list(ignored)}
+
     @property
     def ready(self) -> bool:
         return all(p.ready for p in self.pools.values())
@@ -116,6 +137,8 @@ class Gateway:
     async def run(self, *, task_status: TaskStatus[Gateway] = anyio.TASK_STATUS_IGNORED) -> None:
         cfg = self.cfg.terminal
         async with anyio.create_task_group() as tg:
+            if self.risk is not None:
+                await tg.start(self.risk.run)
             for pool in self.pools.values():
                 await tg.start(pool.run)
             if cfg.port >= 0:
@@ -129,7 +152,7 @@ class Gateway:
                 tls = TLSListener(raw, ctx, standard_compatible=False, handshake_timeout=10)
                 tg.start_soon(self._serve, tls, "tls")
             if self.cfg.admin.port >= 0:
-                app = admin_app(self.metrics, self.status)
+                app = admin_app(self.metrics, self.status, self)
                 self.admin_port = await tg.start(
                     serve_asgi, app, self.cfg.admin.host, self.cfg.admin.port
                 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -23,8 +24,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     configure(cfg.log.level)
     gateway = Gateway(cfg, base)
 
+    async def reload_on_sighup() -> None:
+        with anyio.open_signal_receiver(signal.SIGHUP) as signals:
+            async for _ in signals:
+                gateway.reload_risk()
+
     async def main() -> None:
-        await gateway.run()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reload_on_sighup)
+            await gateway.run()
 
     run(main, args.backend or default_backend())
     return 0

@@ -77,6 +77,8 @@ class GatewayConfig:
     """Our institution id, sent in field 32 to issuers."""
     node: int = 0
     """Node number (0-15), part of every RRN so nodes never collide."""
+    risk: str = "risk.toml"
+    """Risk and limits rules (gateway.risk), relative to this file; empty disables the stage."""
     duplicate_window: float = 86400.0
     """Seconds a request's answer is kept for duplicate transmissions."""
     terminal: TerminalConfig = Field(default_factory=TerminalConfig)

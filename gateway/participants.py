@@ -21,7 +21,9 @@ from protocols.validate import card_of, check_request
 log = get_logger("gateway.pipeline")
 
 # Terminal fields passed on to the issuer unchanged (52 once translated, 53 and 64 never).
-ISSUER_FIELDS = ("2", "3", "4", "12", "13", "14", "22", "23", "35", "41", "42", "49", "52", "55")
+ISSUER_FIELDS = (
+    "2", "3", "4", "12", "13", "14", "22", "23", "35", "41", "42", "49", "52", "55", "95",
+)  # fmt: skip
 REVERSALS = frozenset({"0400", "0420"})
 
 
@@ -68,8 +70,10 @@ class CheckDuplicate(BaseParticipant):
                 return ctx.decline("94", "duplicate of a request still in flight")
             ctx.replay = entry.response
             return "replay"
-        ctx.entry = self.recent.begin(key, ctx.received)
-        ctx.entry.pan = ctx.pan
+        ctx.entry = entry = self.recent.begin(key, ctx.received)
+        entry.pan = ctx.pan
+        entry.when = ctx.now
+        entry.currency = ctx.request.fields.get("49", "")
         return None
 
     async def _finish(self, ctx: Context) -> None:
@@ -196,8 +200,19 @@ class QueryIssuer(BaseParticipant):
             return ctx.decline("96", "issuer answer without a valid field 39")
         ctx.rc = rc
         if rc == "00" and mti in REVERSALS and original is not None:
-            original.reversed = True
+            ctx.reversed_amount = reversal_amount(ctx.request, original.amount)
+            original.amount -= ctx.reversed_amount
+            original.reversed = original.amount == 0
         return None
+
+
+def reversal_amount(req: Message, original_amount: int) -> int:
+    """Field 95 (replacement amounts) makes a reversal partial: its first 12 digits are the
+    amount that stays; without it the whole remaining amount is reversed."""
+    f95 = req.fields.get("95", "")
+    if len(f95) >= 12 and f95[:12].isdigit():
+        return max(0, original_amount - int(f95[:12]))
+    return original_amount
 
 
 def counts_toward_limits(msg: Message) -> bool:

@@ -17,6 +17,7 @@ from protocols.message import Message
 if TYPE_CHECKING:
     from gateway.links import IssuerPool
     from gateway.recent import TxnEntry
+    from gateway.risk import RiskDecision
 
 
 @dataclass(slots=True)
@@ -37,6 +38,9 @@ class Context:
     entry: TxnEntry | None = None
     original: TxnEntry | None = None
     replay: Message | None = None
+    risk: RiskDecision | None = None
+    reversed_amount: int = 0
+    """Amount this reversal gave back at the issuer (0: nothing was reversed now)."""
     rc: str | None = None
     issuer_response: Message | None = None
     response: Message | None = None

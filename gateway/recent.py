@@ -6,6 +6,7 @@ durable journal answers beyond that window.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -26,6 +27,9 @@ class TxnEntry:
     issuer_time: str = ""
     rrn: str = ""
     amount: int = 0
+    currency: str = ""
+    when: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    """Wall-clock time of the request (the risk day a reversal gives back to)."""
     approved: bool = False
     reversed: bool = False
     pan: str = field(default="", repr=False)

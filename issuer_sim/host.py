@@ -150,14 +150,23 @@ class IssuerHost:
             return self._answer(msg, "25")
         if posting.reversed or not posting.approved:
             return self._answer(msg, "00")
+        # Field 95 (replacement amounts) makes it partial: its first 12 digits stay posted.
+        f95 = msg.fields.get("95", "")
+        keep = int(f95[:12]) if len(f95) >= 12 and f95[:12].isdigit() else 0
+        amount = max(0, posting.amount - keep)
         account = self.book.find(posting.pan)
         if account is not None:
             if posting.mti == "0100":
-                account.holds.pop(f"{f90[4:10]}{f90[10:20]}", None)
+                hold_key = f"{f90[4:10]}{f90[10:20]}"
+                if keep:
+                    account.holds[hold_key] = keep
+                else:
+                    account.holds.pop(hold_key, None)
             elif posting.kind == "20":
-                account.balance -= posting.amount
+                account.balance -= amount
             elif posting.kind != "31":
-                account.balance += posting.amount
-        posting.reversed = True
+                account.balance += amount
+        posting.amount -= amount
+        posting.reversed = posting.amount == 0
         self.reversals_applied += 1
         return self._answer(msg, "00")

@@ -38,6 +38,7 @@ _FORMATS: dict[str, tuple[int, int, str]] = {
     "53": (20, 20, "hex"),
     "70": _digits(3),
     "90": _digits(42),
+    "95": (42, 42, "text"),
 }
 
 _PAN_OR_TRACK = ("2", "35")

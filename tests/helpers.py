@@ -150,8 +150,16 @@ def issuer_server(issuer: str, dataset: Dataset, pki_dir: Path) -> IssuerServer:
 
 
 @asynccontextmanager
-async def running_stack(pki_dir: Path, *, link_timeout: float = 1.0) -> AsyncIterator[Stack]:
-    dataset = demo_dataset()
+async def running_stack(
+    pki_dir: Path,
+    *,
+    link_timeout: float = 1.0,
+    risk: str = "risk.toml",
+    dataset: Dataset | None = None,
+) -> AsyncIterator[Stack]:
+    """Gateway + the three issuer simulators on 127.0.0.1; ``risk`` is relative to conf/demo
+    (or absolute), empty to run without the risk stage."""
+    dataset = dataset or demo_dataset()
     async with anyio.create_task_group() as tg:
         servers: dict[str, IssuerServer] = {}
         for issuer in ISSUERS:
@@ -159,6 +167,7 @@ async def running_stack(pki_dir: Path, *, link_timeout: float = 1.0) -> AsyncIte
             await tg.start(servers[issuer].run)
         cfg = GatewayConfig(
             pki_dir=str(pki_dir),
+            risk=risk,
             terminal=TerminalConfig(port=0, tls_port=0, partial_frame_timeout=0.5),
             admin=AdminConfig(port=0),
             links=tuple(

@@ -95,14 +95,14 @@ async def test_daily_count_65(pki_dir: Path, tmp_path: Path) -> None:
 
 async def test_concurrent_purchases_exactly_fill_the_daily_limit(stack: Stack) -> None:
     # 200 purchases of 100,000 at once on one card against a 10,000,000 daily limit: the limit
-    # fits exactly 100 whatever the interleaving (velocity only counts after the limit check
-    # for this test's config, so use a config where velocity is high).
+    # fits exactly 100 whatever the interleaving (velocity and count limits raised so only
+    # the daily amount binds).
     assert stack.gateway.risk is not None
     cfg = stack.gateway.risk.config
+    assert cfg.velocity is not None
+    velocity = dataclasses.replace(cfg.velocity, count=1000)
     stack.gateway.risk.reload(
-        dataclasses.replace(
-            cfg, velocity=dataclasses.replace(cfg.velocity, count=1000), daily_count_per_card=1000
-        )
+        dataclasses.replace(cfg, velocity=velocity, daily_count_per_card=1000)
     )
     codes: list[str] = []
 

@@ -43,17 +43,17 @@ def derive_ipek(bdk: bytes, ksn: str | bytes) -> bytes:
     """Initial PIN encryption key (IPEK, the device's initial key) from the BDK and any KSN."""
     base = (int.from_bytes(parse_ksn(ksn), "big") & ~COUNTER_MASK).to_bytes(10, "big")[:8]
     left = tdes_ecb_encrypt(bdk, base)
-    right = tdes_ecb_encrypt(xor(bdk, _KEY_MASK), base)
+    right = tdes_ecb_encrypt(xor(bdk, _KEY_MASK), base, cache=False)
     return left + right
 
 
 def _non_reversible_key(key: bytes, data: bytes) -> bytes:
     """X9.24-1 non-reversible key generation process: a new 16-byte key from key and data."""
     left, right = key[:8], key[8:]
-    reg2 = xor(des_encrypt(left, xor(data, right)), right)
+    reg2 = xor(des_encrypt(left, xor(data, right), cache=False), right)
     key = xor(key, _KEY_MASK)
     left, right = key[:8], key[8:]
-    reg1 = xor(des_encrypt(left, xor(data, right)), right)
+    reg1 = xor(des_encrypt(left, xor(data, right), cache=False), right)
     return reg1 + reg2
 
 

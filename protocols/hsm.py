@@ -726,40 +726,39 @@ class HsmResponse:
 
 
 def _encode_fields(msg: Message, layout: tuple[Field, ...]) -> bytes:
-    out = bytearray()
+    out: list[bytes] = []
     values: dict[str, Any] = {}
-    for f in layout:
-        value = getattr(msg, f.name, None) if f.kind is not Kind.LITERAL else f.literal
-        if f.when is not None and not f.when(values):
+    for f, name, code, size, when, optional, valid in _compiled(layout):
+        if when is not None and not when(values):
             continue
+        if code == _K_LITERAL:
+            out.append(f.literal)
+            continue
+        value = getattr(msg, name, None)
         if value is None:
-            if f.optional:
+            if optional:
                 break
-            raise LocalProtocolError(f"{msg.CODE}: field {f.name} is required")
-        values[f.name] = value
-        out += _encode_field(f, value, values, msg.CODE)
-    return bytes(out)
-
-
-def _encode_field(f: Field, value: Any, values: Mapping[str, Any], code: str) -> bytes:
-    kind = f.kind
-    if kind in (Kind.BINARY, Kind.VAR_BINARY, Kind.LITERAL):
+            raise LocalProtocolError(f"{msg.CODE}: field {name} is required")
+        values[name] = value
+        if code in (_K_TEXT, _K_PAN):
+            raw = value.encode("ascii") if isinstance(value, str) and value.isascii() else b""
+            if size < 0:
+                size = f.size(values)
+            if not raw or not valid(raw) or (code == _K_TEXT and len(raw) != size):
+                problem = _text_problem(f, raw, values) or f"field {name} must be ASCII text"
+                raise LocalProtocolError(f"{msg.CODE}: {problem}")
+            out.append(raw + PAN_DELIMITER if code == _K_PAN else raw)
+            continue
         if not isinstance(value, bytes):
-            raise LocalProtocolError(f"{code}: field {f.name} must be bytes")
-        if kind is Kind.VAR_BINARY:
+            raise LocalProtocolError(f"{msg.CODE}: field {name} must be bytes")
+        if code == _K_VAR:
             if len(value) >= 16**f.prefix:
-                raise LocalProtocolError(f"{code}: field {f.name} is too long")
-            return f"{len(value):0{f.prefix}X}".encode() + value
-        if len(value) != f.size(values):
-            raise LocalProtocolError(f"{code}: field {f.name} must be {f.size(values)} bytes")
-        return value
-    if not isinstance(value, str) or not value.isascii():
-        raise LocalProtocolError(f"{code}: field {f.name} must be ASCII text")
-    raw = value.encode()
-    problem = _text_problem(f, raw, values)
-    if problem is not None:
-        raise LocalProtocolError(f"{code}: {problem}")
-    return raw + PAN_DELIMITER if kind is Kind.PAN else raw
+                raise LocalProtocolError(f"{msg.CODE}: field {name} is too long")
+            out.append(f"{len(value):0{f.prefix}X}".encode())
+        elif len(value) != f.size(values):
+            raise LocalProtocolError(f"{msg.CODE}: field {name} must be {f.size(values)} bytes")
+        out.append(value)
+    return b"".join(out)
 
 
 def _text_problem(f: Field, raw: bytes, values: Mapping[str, Any]) -> str | None:
@@ -787,52 +786,109 @@ def _text_problem(f: Field, raw: bytes, values: Mapping[str, Any]) -> str | None
     return None
 
 
+def _is_key(raw: bytes) -> bool:
+    return raw[:1] in (b"U", b"X") and _HEXB.issuperset(raw[1:])
+
+
+def _is_text(raw: bytes) -> bool:
+    return raw.isascii() and raw.decode("ascii").isprintable()
+
+
+def _is_pan(raw: bytes) -> bool:
+    return 12 <= len(raw) <= 19 and raw.isdigit()
+
+
+# Fast validity checks per text kind (lengths are checked by the decoder before these run).
+_VALID: Final[dict[Kind, Callable[[bytes], bool]]] = {
+    Kind.NUMERIC: bytes.isdigit,
+    Kind.HEX: _HEXB.issuperset,
+    Kind.KEY: _is_key,
+    Kind.TEXT: _is_text,
+    Kind.PAN: _is_pan,
+}
+
+
+_K_TEXT, _K_BINARY, _K_VAR, _K_PAN, _K_LITERAL = range(5)
+_Compiled = tuple[
+    Field,
+    str,
+    int,
+    int,
+    Callable[[Mapping[str, Any]], bool] | None,
+    bool,
+    Callable[[bytes], bool],
+]
+_COMPILED: dict[int, tuple[_Compiled, ...]] = {}
+
+
+def _compiled(layout: tuple[Field, ...]) -> tuple[_Compiled, ...]:
+    """A layout flattened to plain tuples: the decoder's hot loop then avoids enum hashing and
+    attribute lookups (decoding is most of the HSM's per-command cost)."""
+    compiled = _COMPILED.get(id(layout))
+    if compiled is None:
+        items = []
+        for f in layout:
+            code = {
+                Kind.BINARY: _K_BINARY,
+                Kind.VAR_BINARY: _K_VAR,
+                Kind.PAN: _K_PAN,
+                Kind.LITERAL: _K_LITERAL,
+            }.get(f.kind, _K_TEXT)
+            size = f.length if isinstance(f.length, int) else -1
+            valid = _VALID.get(f.kind, bytes.isascii)
+            items.append((f, f.name, code, size, f.when, f.optional, valid))
+        compiled = _COMPILED[id(layout)] = tuple(items)
+    return compiled
+
+
 def _decode_fields(
     data: bytes, pos: int, layout: tuple[Field, ...], make_error: Callable[..., HsmProtocolError]
 ) -> dict[str, Any]:
     values: dict[str, Any] = {}
     end = len(data)
-    for f in layout:
-        if f.when is not None and not f.when(values):
+    for f, name, code, size, when, optional, valid in _compiled(layout):
+        if when is not None and not when(values):
             continue
-        if f.optional and pos == end:
+        if optional and pos == end:
             break
-        kind = f.kind
-        if kind is Kind.VAR_BINARY:
+        if code in (_K_TEXT, _K_BINARY):
+            if size < 0:
+                size = f.size(values)
+            nxt = pos + size
+            raw = data[pos:nxt]
+            if len(raw) != size:
+                raise make_error(f"message too short for field {name}", name)
+            if code == _K_BINARY:
+                values[name] = raw
+            elif valid(raw):
+                values[name] = raw.decode("ascii")
+            else:
+                raise make_error(_text_problem(f, raw, values) or "invalid field", name)
+            pos = nxt
+        elif code == _K_PAN:
+            stop = data.find(PAN_DELIMITER, pos, pos + size + 1)
+            if stop < 0:
+                raise make_error(f"field {name} not closed by ';'", name)
+            raw = data[pos:stop]
+            if not valid(raw):
+                raise make_error(f"field {name} must be 12 to 19 digits", name)
+            values[name] = raw.decode("ascii")
+            pos = stop + 1
+        elif code == _K_VAR:
             prefix = data[pos : pos + f.prefix]
             if len(prefix) != f.prefix or not _HEXB.issuperset(prefix):
-                raise make_error(f"length of field {f.name} missing or not hex", f.name)
-            n = int(prefix, 16)
+                raise make_error(f"length of field {name} missing or not hex", name)
             pos += f.prefix
-            if pos + n > end:
-                raise make_error(f"field {f.name} shorter than its length", f.name)
-            values[f.name] = data[pos : pos + n]
-            pos += n
-            continue
-        if kind is Kind.PAN:
-            stop = data.find(PAN_DELIMITER, pos, pos + f.size(values) + 1)
-            if stop < 0:
-                raise make_error(f"field {f.name} not closed by ';'", f.name)
-            raw = data[pos:stop]
-            next_pos = stop + 1
-        else:
-            length = f.length
-            size = length if length.__class__ is int else f.size(values)
-            raw = data[pos : pos + size]
-            if len(raw) != size:
-                raise make_error(f"message too short for field {f.name}", f.name)
-            next_pos = pos + size
-        if kind is Kind.LITERAL:
-            if raw != f.literal:
-                raise make_error(f"field {f.name} missing", f.name)
-        elif kind is Kind.BINARY:
-            values[f.name] = raw
-        else:
-            problem = _text_problem(f, raw, values)
-            if problem is not None:
-                raise make_error(problem, f.name)
-            values[f.name] = raw.decode("ascii")
-        pos = next_pos
+            nxt = pos + int(prefix, 16)
+            if nxt > end:
+                raise make_error(f"field {name} shorter than its length", name)
+            values[name] = data[pos:nxt]
+            pos = nxt
+        else:  # literal
+            nxt = pos + len(f.literal)
+            if data[pos:nxt] != f.literal:
+                raise make_error(f"field {name} missing", name)
+            pos = nxt
     if pos != end:
         raise make_error("unexpected data after the last field", None)
     return values
@@ -841,7 +897,7 @@ def _decode_fields(
 def _read_prefix(payload: bytes) -> tuple[str, str]:
     """Header and command/response code, or HsmProtocolError."""
     head = payload[: HEADER_LENGTH + 2]
-    if len(head) < HEADER_LENGTH + 2 or not all(0x20 <= b < 0x7F for b in head):
+    if len(head) < HEADER_LENGTH + 2 or not _is_text(head):
         header = payload[:HEADER_LENGTH]
         safe = header.decode("ascii") if header.isascii() and len(header) == 4 else "0000"
         raise HsmProtocolError("no header and command code", header=safe)

@@ -1,0 +1,128 @@
+"""Conversions between records and table rows, shared by both backends (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from gateway.journal.chain import DATA_COLUMNS
+from gateway.journal.model import Advice, JournalEvent, NewAdvice, StoredTxn, TxnState
+from gateway.journal.protect import DataProtector
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# A prepared event: (txn_id, state, at_us, *DATA_COLUMNS), encrypted, ready to be chained.
+Prepared = tuple[Any, ...]
+
+
+def to_us(moment: datetime) -> int:
+    """Microseconds since the epoch of an aware datetime (exact integer arithmetic)."""
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def from_us(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
+
+
+def aad(purpose: str, txn_id: str) -> bytes:
+    return f"{purpose}|{txn_id}".encode()
+
+
+def advice_aad(issuer_id: str, kind: str, txn_id: str) -> bytes:
+    return f"advice|{issuer_id}|{kind}|{txn_id}".encode()
+
+
+def prepare_event(event: JournalEvent, protector: DataProtector) -> Prepared:
+    """Encrypt and hash what must not be stored in clear; clear values pass through."""
+    pan_hash = pan_masked = pan_enc = None
+    if event.pan is not None:
+        pan_hash, pan_masked, pan_enc = protector.protect_pan(event.pan, aad("pan", event.txn_id))
+    request_enc = (
+        None
+        if event.request is None
+        else protector.encrypt_fields(event.request, aad("request", event.txn_id))
+    )
+    response_enc = (
+        None
+        if event.response is None
+        else protector.encrypt_fields(event.response, aad("response", event.txn_id))
+    )
+    values = {
+        "pan_hash": pan_hash,
+        "pan_masked": pan_masked,
+        "pan_enc": pan_enc,
+        "request_enc": request_enc,
+        "response_enc": response_enc,
+    }
+    data = tuple(values[c] if c in values else getattr(event, c) for c in DATA_COLUMNS)
+    return (event.txn_id, event.state.value, to_us(event.at), *data)
+
+
+def txn_params(event_row: Sequence[Any]) -> tuple[Any, ...]:
+    """Index upsert parameters of an event row (EVENT_COLUMNS order, mac last)."""
+    seq, txn_id, state, at_us = event_row[:4]
+    return (txn_id, state, at_us, at_us, seq, *event_row[4:-1])
+
+
+def stored_txn(row: Sequence[Any], protector: DataProtector) -> StoredTxn:
+    """A ``txns`` row (TXN_COLUMNS order) with its PAN and payloads decrypted."""
+    txn_id, state, created_us, updated_us, last_seq = row[:5]
+    data = dict(zip(DATA_COLUMNS, row[5:], strict=True))
+    pan_enc, request_enc, response_enc = data["pan_enc"], data["request_enc"], data["response_enc"]
+    return StoredTxn(
+        txn_id=txn_id,
+        state=TxnState(state),
+        created_at=from_us(created_us),
+        updated_at=from_us(updated_us),
+        last_seq=last_seq,
+        mti=data["mti"],
+        processing_code=data["processing_code"],
+        amount=data["amount"],
+        currency=data["currency"],
+        terminal_id=data["terminal_id"],
+        merchant_id=data["merchant_id"],
+        stan=data["stan"],
+        transmission=data["transmission"],
+        issuer_id=data["issuer_id"],
+        rrn=data["rrn"],
+        auth_code=data["auth_code"],
+        response_code=data["response_code"],
+        orig_mti=data["orig_mti"],
+        orig_stan=data["orig_stan"],
+        orig_transmission=data["orig_transmission"],
+        note=data["note"],
+        pan_masked=data["pan_masked"],
+        pan=None if pan_enc is None else protector.reveal_pan(bytes(pan_enc), aad("pan", txn_id)),
+        request=None
+        if request_enc is None
+        else protector.decrypt_fields(bytes(request_enc), aad("request", txn_id)),
+        response=None
+        if response_enc is None
+        else protector.decrypt_fields(bytes(response_enc), aad("response", txn_id)),
+    )
+
+
+def prepare_advice(advice: NewAdvice, protector: DataProtector) -> tuple[Any, ...]:
+    """Insert parameters of an advice (issuer, kind, txn, payload, created, next attempt)."""
+    payload = protector.encrypt_fields(
+        advice.fields, advice_aad(advice.issuer_id, advice.kind, advice.txn_id)
+    )
+    created = to_us(advice.created_at)
+    due = created if advice.next_attempt_at is None else to_us(advice.next_attempt_at)
+    return (advice.issuer_id, advice.kind, advice.txn_id, payload, created, due)
+
+
+def stored_advice(row: Sequence[Any], protector: DataProtector) -> Advice:
+    advice_id, issuer_id, kind, txn_id, payload, created, due, attempts, last_error = row
+    return Advice(
+        advice_id=advice_id,
+        issuer_id=issuer_id,
+        kind=kind,
+        txn_id=txn_id,
+        created_at=from_us(created),
+        next_attempt_at=from_us(due),
+        attempts=attempts,
+        last_error=last_error,
+        fields=protector.decrypt_fields(bytes(payload), advice_aad(issuer_id, kind, txn_id)),
+    )

@@ -139,7 +139,9 @@ class JournalBase(abc.ABC):
             if committer is not None:
                 committer.close()  # drain: every queued write is committed before closing
             if tg is not None:
-                return bool(await tg.__aexit__(exc_type, exc, tb))
+                # The committer ends on its own once drained; the body's exception is not
+                # handed to the task group, so it propagates as is (not in an ExceptionGroup).
+                await tg.__aexit__(None, None, None)
             return None
         finally:
             with anyio.CancelScope(shield=True):

@@ -357,6 +357,16 @@ async def test_closed_and_invalid_use(backend: Backend) -> None:
     with pytest.raises(JournalValueError):
         JournalEvent(txn_id="t1", state=TxnState.RECEIVED, at=NOW.replace(tzinfo=None))
 
+    async def failing_body() -> None:
+        async with backend.open() as journal:
+            await journal.append(purchase("t1", "000001"))
+            raise KeyError("boom")
+
+    with pytest.raises(KeyError):  # the body's error is not wrapped in an ExceptionGroup
+        await failing_body()
+    async with backend.open() as journal:  # ... and what was appended before it is kept
+        assert await journal.get("t1") is not None
+
 
 async def test_postgres_refuses_trio(anyio_backend: tuple[str, dict[str, object]]) -> None:
     if anyio_backend[0] != "trio":

@@ -1,0 +1,114 @@
+"""``gateway journal ...`` end to end on a SQLite journal (the CLI runs on asyncio)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import anyio
+import pytest
+
+from gateway.journal import open_journal
+from gateway.journal.cli import run
+from gateway.journal.config import load_config
+from tests.journal.conftest import answered, key_table, purchase
+
+
+def _write_conf(tmp_path: Path) -> Path:
+    table = key_table()
+    lines = [
+        "[journal]",
+        f'path = "{tmp_path / "journal.sqlite3"}"',
+        'active_key_id = "k1"',
+        f'keys = [{{ id = "k1", hex = "{table["keys"][0]["hex"]}" }}]',
+        f'lookup_key = {{ hex = "{table["lookup_key"]["hex"]}" }}',
+        f'chain_key = {{ hex = "{table["chain_key"]["hex"]}" }}',
+    ]
+    conf = tmp_path / "journal.toml"
+    conf.write_text("\n".join(lines) + "\n")
+    return conf
+
+
+def _populate(conf: Path, now: datetime) -> None:
+    async def fill() -> None:
+        async with open_journal(load_config(conf)) as journal:
+            old = now - timedelta(days=3000)
+            await journal.append(purchase("old", "000001", at=old))
+            await journal.append(answered("old", "000001", at=old))
+            await journal.append(purchase("new", "000002", at=now))
+            await journal.append(answered("new", "000002", at=now))
+
+    anyio.run(fill)
+
+
+def test_cli_verify_archive_restore_settlement(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = _write_conf(tmp_path)
+    now = datetime.now(UTC)
+    _populate(conf, now)
+
+    assert run(["verify", "--conf", str(conf)]) == 0
+    assert json.loads(capsys.readouterr().out)["count"] == 4
+
+    out = tmp_path / "archive"
+    assert (
+        run(["archive", "--older-than-days", "1826", "--out", str(out), "--conf", str(conf)]) == 0
+    )
+    moved = json.loads(capsys.readouterr().out)
+    assert (moved["count"], moved["first_seq"], moved["last_seq"]) == (2, 1, 2)
+
+    assert run(["verify", "--conf", str(conf), "--archive", moved["path"]]) == 0
+    assert json.loads(capsys.readouterr().out)["ok"] is True
+
+    assert run(["settlement", "--date", now.date().isoformat(), "--conf", str(conf)]) == 0
+    totals = json.loads(capsys.readouterr().out)
+    assert totals == [
+        {
+            "day": now.date().isoformat(),
+            "issuer_id": "alpha",
+            "currency": "156",
+            "debit_count": 1,
+            "debit_amount": 1500,
+            "credit_count": 0,
+            "credit_amount": 0,
+        }
+    ]
+
+    assert run(["restore", moved["path"], "--conf", str(conf)]) == 0
+    assert json.loads(capsys.readouterr().out)["count"] == 2
+    assert run(["verify", "--conf", str(conf)]) == 0
+    assert json.loads(capsys.readouterr().out)["count"] == 4
+    assert run(["rebuild-index", "--conf", str(conf)]) == 0
+    assert json.loads(capsys.readouterr().out) == {"events_replayed": 4}
+    assert run(["saf", "--conf", str(conf)]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+
+    # A second restore of the same archive is refused with a clear message, exit 3.
+    assert run(["restore", moved["path"], "--conf", str(conf)]) == 3
+    assert "already restored" in capsys.readouterr().err
+
+
+def test_cli_reports_tampering_and_bad_usage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3
+
+    conf = _write_conf(tmp_path)
+    _populate(conf, datetime.now(UTC))
+    with sqlite3.connect(tmp_path / "journal.sqlite3") as con:
+        con.execute("UPDATE events SET response_code = '00' WHERE seq = 2")
+        con.execute("UPDATE events SET amount = 1 WHERE seq = 3")
+    assert run(["verify", "--conf", str(conf)]) == 1
+    result = json.loads(capsys.readouterr().out)
+    assert (result["ok"], result["broken_seq"]) == (False, 3)
+
+    assert run(["verify", "--conf", str(tmp_path / "missing.toml")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[journal]\ncolour = 1\n")
+    assert run(["verify", "--conf", str(bad)]) == 2
+    assert "unknown key" in capsys.readouterr().err
+    assert run(["settlement", "--date", "yesterday", "--conf", str(conf)]) == 2
+    assert run(["frobnicate"]) == 2

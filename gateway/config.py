@@ -38,6 +38,27 @@ class AdminConfig:
 
 
 @dataclass(config=FROZEN)
+class QrApiConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    """QR acquirer API port (HTTP/1.1 JSON); 0 picks a free one, -1 disables."""
+    max_body: int = 16384
+    """Largest accepted request body, bytes (413 beyond)."""
+    idempotency_window: float = 86400.0
+    """Seconds an idempotency key is remembered (a replay within it gets the first result)."""
+    max_payments: int = 1_000_000
+    """Payments kept in memory for status and refunds; the oldest go first beyond."""
+
+
+@dataclass(config=FROZEN)
+class TokenVaultConfig:
+    key_env: str = "PAYSWITCH_VAULT_KEY"
+    """Environment variable holding the vault master key (64 hex: AES-256-GCM for funding PANs,
+    HMAC for token lookup, by HKDF); unset, a random key per process (the vault is rebuilt from
+    the dataset at each start)."""
+
+
+@dataclass(config=FROZEN)
 class LinkConfig:
     issuer: str
     """Issuer id from the dataset."""
@@ -83,6 +104,8 @@ class GatewayConfig:
     """Seconds a request's answer is kept for duplicate transmissions."""
     terminal: TerminalConfig = Field(default_factory=TerminalConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
+    qr_api: QrApiConfig = Field(default_factory=QrApiConfig)
+    tokens: TokenVaultConfig = Field(default_factory=TokenVaultConfig)
     links: tuple[LinkConfig, ...] = ()
     log: LogConfig = Field(default_factory=LogConfig)
 

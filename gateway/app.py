@@ -7,9 +7,8 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
-from anyio.streams.tls import TLSListener
 
-from gateway import pki
+from gateway import fastio, pki
 from gateway.admin import admin_app
 from gateway.config import GatewayConfig
 from gateway.dataset import Dataset, load_dataset
@@ -142,15 +141,26 @@ class Gateway:
             for pool in self.pools.values():
                 await tg.start(pool.run)
             if cfg.port >= 0:
-                tcp = await anyio.create_tcp_listener(local_host=cfg.host, local_port=cfg.port)
-                self.terminal_port = _port_of(tcp)
-                tg.start_soon(self._serve, tcp, "tcp")
+                self.terminal_port = await fastio.serve(
+                    tg,
+                    self._tcp_handler,
+                    host=cfg.host,
+                    port=cfg.port,
+                    ssl_context=None,
+                    max_size=cfg.max_frame,
+                    partial_timeout=cfg.partial_frame_timeout,
+                )
             if cfg.tls_port >= 0:
                 ctx = pki.server_context(self.pki_dir, cfg.tls_cert, require_client_cert=False)
-                raw = await anyio.create_tcp_listener(local_host=cfg.host, local_port=cfg.tls_port)
-                self.tls_port = _port_of(raw)
-                tls = TLSListener(raw, ctx, standard_compatible=False, handshake_timeout=10)
-                tg.start_soon(self._serve, tls, "tls")
+                self.tls_port = await fastio.serve(
+                    tg,
+                    self._tls_handler,
+                    host=cfg.host,
+                    port=cfg.tls_port,
+                    ssl_context=ctx,
+                    max_size=cfg.max_frame,
+                    partial_timeout=cfg.partial_frame_timeout,
+                )
             if self.cfg.admin.port >= 0:
                 app = admin_app(self.metrics, self.status, self)
                 self.admin_port = await tg.start(
@@ -165,13 +175,8 @@ class Gateway:
             )
             task_status.started(self)
 
-    async def _serve(self, listener: Any, name: str) -> None:
-        async with listener:
-            await listener.serve(lambda stream: self.terminals.handle_connection(stream, name))
+    async def _tcp_handler(self, channel: fastio.FrameChannel) -> None:
+        await self.terminals.handle_connection(channel, "tcp")
 
-
-def _port_of(listener: Any) -> int:
-    from anyio.abc import SocketAttribute
-
-    port: int = listener.extra(SocketAttribute.local_port)
-    return port
+    async def _tls_handler(self, channel: fastio.FrameChannel) -> None:
+        await self.terminals.handle_connection(channel, "tls")

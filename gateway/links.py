@@ -16,8 +16,9 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
+from gateway import fastio
 from gateway.config import LinkConfig
-from gateway.framed import FramedStream, StalledFrameError
+from gateway.framed import StalledFrameError
 from gateway.logs import get_logger
 from protocols.codec import Codec
 from protocols.errors import LocalProtocolError, ProtocolError
@@ -65,7 +66,7 @@ class IssuerConnection:
         self.index = index
         self.state = "down"
         self.endpoint = ""
-        self._framed: FramedStream | None = None
+        self._framed: fastio.FrameChannel | None = None
         self._pending: dict[LinkKey, _Pending] = {}
         self._last_io = 0.0
         self.connects = 0
@@ -86,12 +87,13 @@ class IssuerConnection:
             signed_on = False
             try:
                 with anyio.fail_after(cfg.sign_on_timeout):
-                    stream = await anyio.connect_tcp(
+                    channel = await fastio.connect(
                         host,
                         int(port),
                         ssl_context=self.pool.ssl_context,
-                        tls_hostname=cfg.server_name or f"issuer-{cfg.issuer}",
-                        tls_standard_compatible=False,
+                        server_hostname=cfg.server_name or f"issuer-{cfg.issuer}",
+                        max_size=8192,
+                        partial_timeout=max(cfg.timeout, 5.0),
                     )
             except (*_LINK_ERRORS, TimeoutError) as exc:
                 log.warning(
@@ -103,7 +105,7 @@ class IssuerConnection:
                 )
             else:
                 self.connects += 1
-                signed_on = await self._serve(stream)
+                signed_on = await self._serve(channel)
             self.state = "down"
             self.pool.on_state_change()
             if signed_on:
@@ -113,9 +115,8 @@ class IssuerConnection:
             await anyio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, cfg.backoff_max)
 
-    async def _serve(self, stream: Any) -> bool:
+    async def _serve(self, framed: fastio.FrameChannel) -> bool:
         cfg = self.pool.cfg
-        framed = FramedStream(stream, max_size=8192, partial_timeout=max(cfg.timeout, 5.0))
         self._framed = framed
         self._last_io = anyio.current_time()
         self.state = "signing_on"
@@ -148,10 +149,10 @@ class IssuerConnection:
                 pending.event.set()
             self._pending.clear()
             with anyio.CancelScope(shield=True):
-                await anyio.aclose_forcefully(stream)
+                await framed.aclose()
         return signed_on
 
-    async def _read_loop(self, framed: FramedStream, scope: anyio.CancelScope) -> None:
+    async def _read_loop(self, framed: fastio.FrameChannel, scope: anyio.CancelScope) -> None:
         codec = self.pool.codec
         try:
             while True:

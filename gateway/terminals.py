@@ -5,9 +5,9 @@ from __future__ import annotations
 import ssl
 
 import anyio
-from anyio.abc import ByteStream, SocketAttribute
 
-from gateway.framed import FramedStream, StalledFrameError
+from gateway.fastio import FrameChannel
+from gateway.framed import StalledFrameError
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
 from gateway.switch import Switch
@@ -38,18 +38,17 @@ class TerminalServer:
         self.partial_timeout = partial_timeout
         self.max_in_flight = max_in_flight
 
-    async def handle_connection(self, stream: ByteStream, listener_name: str) -> None:
+    async def handle_connection(self, channel: FrameChannel, listener_name: str) -> None:
         """The connection's driver loop: the only code awaiting this terminal's bytes."""
         gauge = self.metrics.connections.labels(listener_name)
         gauge.inc()
-        peer = _peer(stream)
-        framed = FramedStream(stream, max_size=self.max_frame, partial_timeout=self.partial_timeout)
+        peer = channel.peer
         in_flight = anyio.Semaphore(self.max_in_flight)
         try:
             async with anyio.create_task_group() as tg:
                 while True:
                     try:
-                        frame = await framed.receive_frame()
+                        frame = await channel.receive_frame()
                     except anyio.EndOfStream:
                         break
                     except FramingError as exc:
@@ -63,16 +62,16 @@ class TerminalServer:
                     except (*_GONE, ssl.SSLError):
                         break
                     await in_flight.acquire()  # back-pressure: stop reading when full
-                    tg.start_soon(self._process, framed, frame, in_flight, peer)
+                    tg.start_soon(self._process, channel, frame, in_flight, peer)
         except Exception:
             log.exception("terminal_connection_failed", peer=peer)
         finally:
             gauge.dec()
             with anyio.CancelScope(shield=True):
-                await anyio.aclose_forcefully(stream)
+                await channel.aclose()
 
     async def _process(
-        self, framed: FramedStream, frame: bytes, in_flight: anyio.Semaphore, peer: str
+        self, channel: FrameChannel, frame: bytes, in_flight: anyio.Semaphore, peer: str
     ) -> None:
         try:
             try:
@@ -92,18 +91,10 @@ class TerminalServer:
             except LocalProtocolError:
                 log.exception("response_encode_failed", mti=resp.mti)
                 data = self.codec.encode(Message(resp.mti, {"39": "96"}))
-            await framed.send_frame(data)
+            await channel.send_frame(data)
         except _GONE:
             pass  # the terminal went away; its answer has nowhere to go
         except Exception:
             log.exception("terminal_request_failed", peer=peer)
         finally:
             in_flight.release()
-
-
-def _peer(stream: ByteStream) -> str:
-    try:
-        address = stream.extra(SocketAttribute.remote_address)
-        return f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
-    except Exception:
-        return "?"

@@ -9,10 +9,10 @@ import ssl
 from dataclasses import dataclass
 
 import anyio
-from anyio.abc import ByteStream, SocketAttribute, TaskStatus
-from anyio.streams.tls import TLSListener
+from anyio.abc import TaskStatus
 
-from gateway.framed import FramedStream, StalledFrameError
+from gateway import fastio
+from gateway.framed import StalledFrameError
 from gateway.logs import get_logger
 from issuer_sim.host import IssuerHost
 from protocols.codec import Codec
@@ -56,26 +56,26 @@ class IssuerServer:
         self._scope: anyio.CancelScope | None = None
 
     async def run(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
-        raw = await anyio.create_tcp_listener(local_host=self.bind, local_port=self.port)
-        self.port = raw.extra(SocketAttribute.local_port)
-        listener = (
-            TLSListener(raw, self.ssl_context, standard_compatible=False)
-            if self.ssl_context is not None
-            else raw
-        )
         with anyio.CancelScope() as scope:
             self._scope = scope
-            async with listener:
+            async with anyio.create_task_group() as tg:
+                self.port = await fastio.serve(
+                    tg,
+                    self._connection,
+                    host=self.bind,
+                    port=self.port,
+                    ssl_context=self.ssl_context,
+                    max_size=8192,
+                    partial_timeout=30.0,
+                )
                 log.info("issuer_sim_started", issuer=self.host.book.issuer, port=self.port)
                 task_status.started(self.port)
-                await listener.serve(self._connection)
 
     def stop(self) -> None:
         if self._scope is not None:
             self._scope.cancel()
 
-    async def _connection(self, stream: ByteStream) -> None:
-        framed = FramedStream(stream, max_size=8192, partial_timeout=30.0)
+    async def _connection(self, framed: fastio.FrameChannel) -> None:
         count = 0
         try:
             async with anyio.create_task_group() as tg:
@@ -111,9 +111,11 @@ class IssuerServer:
             log.exception("issuer_sim_connection_failed")
         finally:
             with anyio.CancelScope(shield=True):
-                await anyio.aclose_forcefully(stream)
+                await framed.aclose()
 
-    async def _answer_later(self, framed: FramedStream, answer: Message, delay_ms: float) -> None:
+    async def _answer_later(
+        self, framed: fastio.FrameChannel, answer: Message, delay_ms: float
+    ) -> None:
         await anyio.sleep(delay_ms / 1000)
         with contextlib.suppress(*_GONE):
             await framed.send_frame(self.codec.encode(answer))

@@ -188,3 +188,15 @@ def test_config_rejects_unknown_keys_and_hides_key_material() -> None:
     )
     with pytest.raises(JournalConfigError, match="active_key_id"):
         resolve_keys(two, {})
+
+
+def test_demo_configuration_loads() -> None:
+    from pathlib import Path
+
+    from gateway.journal import load_config
+
+    conf = Path(__file__).resolve().parents[2] / "conf" / "demo" / "journal.toml"
+    config = load_config(conf)
+    assert config.backend == "sqlite"
+    assert config.retention_days == 1826
+    assert resolve_keys(config, {}).protector.active_key_id == "demo-2026a"

@@ -82,6 +82,20 @@ class LinkConfig:
 
 
 @dataclass(config=FROZEN)
+class HsmConfig:
+    endpoints: tuple[str, ...] = ("127.0.0.1:1500",)
+    """host:port of the HSMs (payShield host commands), tried in order (failover); empty
+    disables the HSM: PIN transactions, MAC terminals and MAC issuer links are then answered
+    96."""
+    connections: int = Field(default=2, ge=1)
+    """Persistent, pipelined connections kept to the active HSM."""
+    timeout: float = Field(default=1.0, gt=0)
+    """Seconds one HSM command may take before the next HSM is tried (96 when none answers)."""
+    connect_timeout: float = Field(default=1.0, gt=0)
+    """Seconds to wait for a connection to an HSM."""
+
+
+@dataclass(config=FROZEN)
 class LogConfig:
     level: str = "info"
     transactions: bool = True
@@ -107,6 +121,7 @@ class GatewayConfig:
     qr_api: QrApiConfig = Field(default_factory=QrApiConfig)
     tokens: TokenVaultConfig = Field(default_factory=TokenVaultConfig)
     links: tuple[LinkConfig, ...] = ()
+    hsm: HsmConfig = Field(default_factory=HsmConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
 

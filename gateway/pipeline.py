@@ -29,6 +29,10 @@ class Context:
     now: dt.datetime
     """Wall-clock time of the request, UTC."""
     rrn: str
+    raw: bytes = field(default=b"", repr=False)
+    """The request as received (the terminal's MAC covers these bytes)."""
+    pin_block: str | None = field(default=None, repr=False)
+    """Field 52 re-encrypted under the issuer's ZPK (hex); the only PIN block sent on."""
     terminal: Terminal | None = None
     merchant: Merchant | None = None
     pan: str = field(default="", repr=False)

@@ -12,18 +12,21 @@ from gateway import fastio, pki
 from gateway.admin import admin_app
 from gateway.config import GatewayConfig
 from gateway.dataset import Dataset, load_dataset
+from gateway.emv_check import CheckEmv
 from gateway.http import serve_asgi
 from gateway.links import IssuerPool
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
 from gateway.participants import CheckDuplicate, CheckFields, FindOriginal, QueryIssuer, Route
 from gateway.pipeline import Participant
+from gateway.qr import QrService, qr_app, with_virtual_terminals
 from gateway.recent import RecentTransactions
 from gateway.risk import RiskEngine
 from gateway.risk_stage import CheckRisk
 from gateway.routing import BinTable
 from gateway.switch import Switch, utcnow
 from gateway.terminals import TerminalServer
+from gateway.tokens import Detokenize, PanCipher, TokenVault
 from protocols.codec import Codec
 from protocols.dialects import get_dialect
 from protocols.message import Message
@@ -35,7 +38,8 @@ class Gateway:
     def __init__(self, cfg: GatewayConfig, base_dir: Path, dataset: Dataset | None = None) -> None:
         self.cfg = cfg
         self.base_dir = base_dir
-        self.dataset = dataset or load_dataset(base_dir / cfg.data)
+        # QR acquirers enter the pipeline from virtual terminals (gateway/qr/terminals.py).
+        self.dataset = with_virtual_terminals(dataset or load_dataset(base_dir / cfg.data))
         self.pki_dir = (base_dir / cfg.pki_dir).resolve()
         self.metrics = Metrics()
         self.codec = Codec(get_dialect("terminal"))
@@ -61,9 +65,13 @@ class Gateway:
         self.risk: RiskEngine | None = None
         if self.risk_path is not None:
             self.risk = RiskEngine.from_file(self.risk_path, registry=self.metrics.registry)
+        self.pan_cipher = PanCipher.from_env(cfg.tokens.key_env)
+        self.tokens = TokenVault(self.pan_cipher, self.dataset.tokens)
         self.participants: list[Participant] = [
             CheckFields(self.dataset),
+            CheckEmv(),
             CheckDuplicate(self.recent, self.metrics),
+            Detokenize(self.tokens),
             FindOriginal(self.recent),
             Route(self.bins, self.pools),
             *([CheckRisk(self.risk)] if self.risk is not None else []),
@@ -84,10 +92,18 @@ class Gateway:
             partial_timeout=cfg.terminal.partial_frame_timeout,
             max_in_flight=cfg.terminal.max_in_flight,
         )
+        self.qr = QrService(
+            self.dataset,
+            self.switch.handle,
+            self.pan_cipher,
+            idempotency_window=cfg.qr_api.idempotency_window,
+            max_payments=cfg.qr_api.max_payments,
+        )
         self._ready: anyio.Event | None = None
         self.terminal_port: int | None = None
         self.tls_port: int | None = None
         self.admin_port: int | None = None
+        self.qr_port: int | None = None
 
     @staticmethod
     def certificate_names(cfg: GatewayConfig) -> list[str]:
@@ -166,11 +182,16 @@ class Gateway:
                 self.admin_port = await tg.start(
                     serve_asgi, app, self.cfg.admin.host, self.cfg.admin.port
                 )
+            qr_cfg = self.cfg.qr_api
+            if qr_cfg.port >= 0:
+                qr = qr_app(self.qr, max_body=qr_cfg.max_body)
+                self.qr_port = await tg.start(serve_asgi, qr, qr_cfg.host, qr_cfg.port)
             log.info(
                 "gateway_started",
                 terminal_port=self.terminal_port,
                 tls_port=self.tls_port,
                 admin_port=self.admin_port,
+                qr_port=self.qr_port,
                 issuers=sorted(self.pools),
             )
             task_status.started(self)

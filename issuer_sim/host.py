@@ -12,6 +12,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from issuer_sim.accounts import Account, AccountBook
+from issuer_sim.emv import EmvAuthenticator
 from protocols.message import Message
 from protocols.mti import response_mti
 from protocols.validate import card_of
@@ -39,8 +40,16 @@ def balance_field(currency: str, amount: int) -> str:
 
 
 class IssuerHost:
-    def __init__(self, book: AccountBook, *, max_records: int = 1_000_000) -> None:
+    def __init__(
+        self,
+        book: AccountBook,
+        *,
+        max_records: int = 1_000_000,
+        emv: EmvAuthenticator | None = None,
+    ) -> None:
         self.book = book
+        # ARQC verification (field 55); without an IMK-AC every cryptogram is declined 05.
+        self.emv = emv or EmvAuthenticator(book.issuer, None)
         self.max_records = max_records
         # Insertion-ordered, so the oldest records go first when the bound is reached.
         self.postings: dict[tuple[str, str], Posting] = {}
@@ -90,6 +99,9 @@ class IssuerHost:
         if mti == "0220":
             return self._complete(msg, account, pan, amount)
         rc = self._check_card(account, expiry, now)
+        chip = self.emv.authenticate(msg, account) if account is not None else None
+        if rc is None and chip is not None:
+            rc = chip.rc  # None when the ARQC verified
         if rc is None:
             assert account is not None
             rc = self._apply(mti, kind, account, amount, msg)
@@ -100,6 +112,9 @@ class IssuerHost:
             extra["38"] = posting.auth_code
             assert account is not None
             extra["54"] = balance_field(currency, account.available)
+        issuer_data = chip.issuer_data(rc) if chip is not None else None
+        if issuer_data is not None:
+            extra["55"] = issuer_data  # tag 91: ARPC || ARC
         self.postings[(msg.fields.get("11", ""), msg.fields.get("7", ""))] = posting
         return self._answer(msg, rc, **extra)
 

@@ -12,10 +12,18 @@ import anyio
 
 from gateway import pki
 from gateway.app import Gateway
-from gateway.config import AdminConfig, GatewayConfig, LinkConfig, LogConfig, TerminalConfig
+from gateway.config import (
+    AdminConfig,
+    GatewayConfig,
+    LinkConfig,
+    LogConfig,
+    QrApiConfig,
+    TerminalConfig,
+)
 from gateway.dataset import Dataset, load_dataset
 from gateway.framed import FramedStream
 from issuer_sim.accounts import AccountBook
+from issuer_sim.emv import EmvAuthenticator
 from issuer_sim.host import IssuerHost
 from issuer_sim.server import IssuerServer
 from loadtest.terminal_client import build_request
@@ -127,6 +135,12 @@ class Stack:
         assert self.gateway.terminal_port is not None
         return self.gateway.terminal_port
 
+    @property
+    def qr_url(self) -> str:
+        """Base URL of the QR acquirer API."""
+        assert self.gateway.qr_port is not None
+        return f"http://127.0.0.1:{self.gateway.qr_port}"
+
     def account_balance(self, issuer: str, pan: str) -> int:
         account = self.issuers[issuer].host.book.find(pan)
         assert account is not None
@@ -146,7 +160,7 @@ class Stack:
 def issuer_server(issuer: str, dataset: Dataset, pki_dir: Path) -> IssuerServer:
     book = AccountBook.from_cards(issuer, dataset.cards, dataset.issuer_behaviour.synthetic)
     ctx = pki.server_context(pki_dir, f"issuer-{issuer}", require_client_cert=True)
-    return IssuerServer(IssuerHost(book), ctx)
+    return IssuerServer(IssuerHost(book, emv=EmvAuthenticator.for_issuer(dataset, issuer)), ctx)
 
 
 @asynccontextmanager
@@ -170,6 +184,7 @@ async def running_stack(
             risk=risk,
             terminal=TerminalConfig(port=0, tls_port=0, partial_frame_timeout=0.5),
             admin=AdminConfig(port=0),
+            qr_api=QrApiConfig(port=0),
             links=tuple(
                 LinkConfig(
                     issuer=i,

@@ -1,0 +1,191 @@
+"""The QR acquirer API over HTTP (SPEC "QR acquirer API"): Starlette on AnyIO, served by
+hypercorn through :func:`gateway.http.serve_asgi` on the gateway's own event loop (asyncio,
+uvloop or trio), so a QR payment enters the same ``Switch`` in the same process as a terminal's.
+
+Order of checks for a POST: authentication (401), body size and type (413, 415), JSON and model
+validation (400, 422), merchant known and in the acquirer's scope (422, 403), idempotency key
+(a replay gets the first answer; a different body 409), then the QR code itself (422). Every
+error is a problem document; an unexpected exception is logged and answered with a 500 problem
+that says nothing of its cause.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.logs import get_logger
+from gateway.qr import problems as p
+from gateway.qr.models import MpmRequest, PaymentRequest, RefundRequest
+from gateway.qr.problems import Problem
+from gateway.qr.service import QrService, StoredResponse
+
+log = get_logger("gateway.qr.api")
+
+JSON = "application/json"
+M = TypeVar("M", bound=BaseModel)
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def qr_app(service: QrService, *, max_body: int = 16384) -> ASGIApp:
+    """The ASGI application (wrapped so that nothing, ever, escapes as a bare 500)."""
+
+    async def create_payment(request: Request) -> Response:
+        acquirer = service.authenticate(request.headers.get("authorization"))
+        body = await _parse(request, PaymentRequest, max_body)
+        stored, replayed = await service.pay(acquirer, body)
+        return _stored(stored, replayed)
+
+    async def get_payment(request: Request) -> Response:
+        acquirer = service.authenticate(request.headers.get("authorization"))
+        payment = service.payment(acquirer, request.path_params["payment_id"])
+        return Response(payment.view().model_dump_json(), media_type=JSON)
+
+    async def create_refund(request: Request) -> Response:
+        acquirer = service.authenticate(request.headers.get("authorization"))
+        body = await _parse(request, RefundRequest, max_body)
+        stored, replayed = await service.refund(acquirer, request.path_params["payment_id"], body)
+        return _stored(stored, replayed)
+
+    async def create_mpm(request: Request) -> Response:
+        acquirer = service.authenticate(request.headers.get("authorization"))
+        body = await _parse(request, MpmRequest, max_body)
+        view = service.generate_mpm(acquirer, body)
+        return Response(view.model_dump_json(), media_type=JSON)
+
+    app = Starlette(
+        routes=[
+            Route("/v1/qr/payments", _guarded(create_payment), methods=["POST"]),
+            Route("/v1/qr/payments/{payment_id}", _guarded(get_payment), methods=["GET"]),
+            Route("/v1/qr/payments/{payment_id}/refund", _guarded(create_refund), methods=["POST"]),
+            Route("/v1/qr/mpm", _guarded(create_mpm), methods=["POST"]),
+        ],
+        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+    )
+    return _SwallowErrors(app)
+
+
+def _guarded(endpoint: Endpoint) -> Endpoint:
+    async def guarded(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except Problem as problem:
+            return problem.response(request.url.path)
+        except Exception:
+            log.exception("qr_api_error", path=request.url.path, method=request.method)
+            return _internal(request.url.path)
+
+    return guarded
+
+
+async def _parse(request: Request, model: type[M], limit: int) -> M:
+    content_type = request.headers.get("content-type", "")
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media and media != JSON and not media.endswith("+json"):
+        raise Problem(p.UNSUPPORTED_MEDIA_TYPE, f"got {media}; send {JSON}")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise Problem(p.PAYLOAD_TOO_LARGE, f"the body may hold at most {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Problem(p.PAYLOAD_TOO_LARGE, f"the body may hold at most {limit} bytes")
+        chunks.append(chunk)
+    try:
+        return model.model_validate_json(b"".join(chunks))
+    except ValidationError as exc:
+        raise _validation_problem(exc) from None
+
+
+def _validation_problem(exc: ValidationError) -> Problem:
+    # Without the input values: they may hold a card number.
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    if any(e["type"] == "json_invalid" for e in errors):
+        return Problem(p.INVALID_JSON, "the body must be one JSON object")
+    listed = [
+        {
+            "field": ".".join(str(part) for part in e["loc"]) or None,
+            "type": e["type"],
+            "msg": e["msg"],
+        }
+        for e in errors
+    ]
+    summary = "; ".join(f"{item['field'] or 'body'}: {item['msg']}" for item in listed)
+    return Problem(p.VALIDATION, summary, errors=listed)
+
+
+def _stored(stored: StoredResponse, replayed: bool) -> Response:
+    headers = {"Idempotent-Replayed": "true" if replayed else "false"}
+    if stored.location is not None:
+        headers["Location"] = stored.location
+    return Response(stored.body, status_code=stored.status, media_type=JSON, headers=headers)
+
+
+def _internal(path: str | None) -> Response:
+    return Problem(p.INTERNAL, "the request could not be processed; it has been logged").response(
+        path
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    path = request.url.path
+    if exc.status_code == 404:
+        return Problem(p.NOT_FOUND, f"no resource at {path}").response(path)
+    if exc.status_code == 405:
+        allow = (exc.headers or {}).get("Allow", "")
+        return Problem(
+            p.METHOD_NOT_ALLOWED,
+            f"{request.method} is not allowed here" + (f"; allowed: {allow}" if allow else ""),
+            headers={"Allow": allow} if allow else None,
+        ).response(path)
+    generic = p.ProblemType(f"http-{exc.status_code}", "HTTP error", exc.status_code)
+    return Problem(generic, str(exc.detail)).response(path)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.error("qr_api_unhandled", path=request.url.path, error=type(exc).__name__)
+    return _internal(request.url.path)
+
+
+class _SwallowErrors:
+    """Starlette answers an unhandled exception (with :func:`_internal_error`) and then re-raises
+    it for the server to log; it has been logged already, so stop it here. If nothing was sent
+    yet, answer the 500 problem document ourselves."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            if started:
+                return
+            log.exception("qr_api_failure", path=scope.get("path"))
+            response = _internal(scope.get("path"))
+            await response(scope, receive, send)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.app, name)

@@ -1,0 +1,401 @@
+"""The QR acquirer API's logic, without HTTP: authenticate, decode the QR code, route the payment
+through the switch as an ISO 8583 0200 with 22 = 031, keep the result, refund.
+
+A payment passes through exactly the pipeline a card does (``Switch.handle``: field checks,
+duplicate check, detokenization, routing, risk and limits, issuer), from the virtual terminal of
+its acquirer and merchant (:mod:`gateway.qr.terminals`). Once a request is handed to the switch
+it runs to its end even if the HTTP client goes away, so its result is always recorded under its
+idempotency key and a retry can never charge twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import itertools
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Final, TypeVar
+
+import anyio
+import orjson
+
+from gateway.dataset import Dataset, Merchant, QrAcquirer
+from gateway.logs import get_logger
+from gateway.qr import problems as p
+from gateway.qr.models import MpmRequest, MpmView, PaymentRequest, RefundRequest
+from gateway.qr.problems import Problem
+from gateway.qr.store import IdempotencyConflict, IdempotencyStore, Payment, PaymentStore, Refund
+from gateway.qr.terminals import virtual_terminals
+from gateway.tokens import PanCipher
+from protocols import emv, qr_cpm, qr_mpm
+from protocols.message import Message
+from protocols.redact import mask_pan
+
+log = get_logger("gateway.qr")
+
+Handler = Callable[[Message], Awaitable[Message | None]]
+A = TypeVar("A")
+QR_ENTRY_MODE: Final = "031"
+# Currency of a merchant's country, for POST /v1/qr/mpm without a currency.
+COUNTRY_CURRENCY: Final[Mapping[str, str]] = {
+    "156": "156",  # CN: CNY
+    "344": "344",  # HK: HKD
+    "446": "446",  # MO: MOP
+    "392": "392",  # JP: JPY
+    "410": "410",  # KR: KRW
+    "702": "702",  # SG: SGD
+    "826": "826",  # GB: GBP
+    "840": "840",  # US: USD
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """What an idempotent POST answered first: replayed as is."""
+
+    status: int
+    body: bytes
+    location: str | None = None
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class QrService:
+    def __init__(
+        self,
+        dataset: Dataset,
+        handler: Handler,
+        cipher: PanCipher,
+        *,
+        idempotency_window: float = 86400.0,
+        max_payments: int = 1_000_000,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        self.handler = handler
+        self.cipher = cipher
+        self.clock = clock
+        self.merchants: dict[str, Merchant] = {m.id: m for m in dataset.merchants}
+        # API keys are looked up by digest: the clear keys are not kept.
+        self._acquirers: dict[bytes, QrAcquirer] = {
+            hashlib.sha256(a.api_key.encode()).digest(): a for a in dataset.qr_acquirers
+        }
+        self.terminals = {k: t.id for k, t in virtual_terminals(dataset).items()}
+        self.payments = PaymentStore(max_payments=max_payments)
+        self.idempotency: IdempotencyStore[StoredResponse] = IdempotencyStore(
+            window=idempotency_window
+        )
+        self._stan = itertools.count(secrets.randbelow(999_999))
+
+    # Authentication and scope ------------------------------------------------------------------
+
+    def authenticate(self, authorization: str | None) -> QrAcquirer:
+        challenge = {"WWW-Authenticate": 'Bearer realm="payswitch-qr"'}
+        if not authorization:
+            raise Problem(p.UNAUTHORIZED, "send Authorization: Bearer <api key>", headers=challenge)
+        scheme, _, key = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise Problem(p.UNAUTHORIZED, "the Bearer scheme is required", headers=challenge)
+        acquirer = self._acquirers.get(hashlib.sha256(key.strip().encode()).digest())
+        if acquirer is None:
+            raise Problem(
+                p.UNAUTHORIZED,
+                "API key not recognised",
+                headers={"WWW-Authenticate": 'Bearer realm="payswitch-qr", error="invalid_token"'},
+            )
+        return acquirer
+
+    def merchant_in_scope(self, acquirer: QrAcquirer, merchant_id: str) -> Merchant:
+        merchant = self.merchants.get(merchant_id)
+        if merchant is None:
+            raise Problem(p.UNKNOWN_MERCHANT, f"merchant {merchant_id} is not known to the switch")
+        if merchant_id not in acquirer.merchants or (acquirer.id, merchant_id) not in (
+            self.terminals
+        ):
+            raise Problem(
+                p.MERCHANT_NOT_ALLOWED,
+                f"merchant {merchant_id} is not in acquirer {acquirer.id}'s list",
+            )
+        return merchant
+
+    # Payments ----------------------------------------------------------------------------------
+
+    async def pay(self, acquirer: QrAcquirer, req: PaymentRequest) -> tuple[StoredResponse, bool]:
+        """Idempotent: ``(response, replayed)``."""
+        self.merchant_in_scope(acquirer, req.merchant_id)
+        body = req.model_dump(exclude={"idempotency_key"})
+        fingerprint = self._fingerprint("payment", body)
+        return await self._idempotent(acquirer, req.idempotency_key, fingerprint, self._pay, req)
+
+    async def _pay(self, acquirer: QrAcquirer, req: PaymentRequest) -> StoredResponse:
+        extra: dict[str, str] = {}
+        if req.kind == "cpm":
+            pan = self._consumer_presented(req, extra)
+        else:
+            self._merchant_presented(req)
+            assert req.payer_pan is not None  # the model requires it for MPM
+            pan = req.payer_pan
+        terminal = self.terminals[(acquirer.id, req.merchant_id)]
+        payment_id = "qrp_" + secrets.token_hex(12)
+        msg = self._request(
+            "000000", pan, req.amount, req.currency, terminal, req.merchant_id, extra
+        )
+        started = anyio.current_time()
+        answer = await self._route(msg)
+        rc, auth_code, rrn = _outcome(answer)
+        payment = Payment(
+            payment_id=payment_id,
+            acquirer=acquirer.id,
+            merchant_id=req.merchant_id,
+            terminal_id=terminal,
+            kind=req.kind,
+            amount=req.amount,
+            currency=req.currency,
+            status="approved" if rc == "00" else "declined",
+            response_code=rc,
+            auth_code=auth_code,
+            rrn=rrn,
+            created_at=_rfc3339(self.clock()),
+            sealed_pan=self.cipher.seal(pan, payment_id.encode()),
+            masked_pan=mask_pan(pan),
+        )
+        self.payments.add(payment)
+        log.info(
+            "qr_payment",
+            payment_id=payment_id,
+            acquirer=acquirer.id,
+            merchant=req.merchant_id,
+            kind=req.kind,
+            pan=payment.masked_pan,
+            amount=req.amount,
+            rc=rc,
+            rrn=rrn,
+            ms=round((anyio.current_time() - started) * 1000, 3),
+        )
+        body = payment.view().model_dump_json().encode()
+        return StoredResponse(201, body, f"/v1/qr/payments/{payment_id}")
+
+    def _consumer_presented(self, req: PaymentRequest, extra: dict[str, str]) -> str:
+        text = req.qr.strip()
+        try:
+            base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise Problem(p.QR_NOT_BASE64, "the consumer-presented payload is not base64") from None
+        try:
+            qr = qr_cpm.decode(text)
+        except qr_cpm.CpmError as exc:
+            raise Problem(p.for_qr_code(exc.code), exc.reason) from None
+        if qr.expiry is not None:
+            extra["14"] = qr.expiry
+        if qr.pan_sequence is not None:
+            extra["23"] = f"{qr.pan_sequence:03d}"
+        if len(qr.emv):
+            if "9F26" in qr.emv:
+                missing = emv.missing_tags(qr.emv, ("9F27", *emv.ARQC_TAGS))
+                if missing:
+                    raise Problem(p.QR_MISSING, f"cryptogram data lacks tags {' '.join(missing)}")
+            extra["55"] = qr.emv.encode().hex().upper()
+        return qr.pan
+
+    @staticmethod
+    def _merchant_presented(req: PaymentRequest) -> None:
+        try:
+            qr = qr_mpm.decode(req.qr)
+        except qr_mpm.MpmError as exc:
+            raise Problem(p.for_qr_code(exc.code), exc.reason) from None
+        named = qr.merchant_id()
+        if named != req.merchant_id:
+            raise Problem(
+                p.MERCHANT_MISMATCH,
+                "the QR code does not name this merchant"
+                if named is not None
+                else "the QR code carries no merchant account of this switch",
+            )
+        if qr.currency != req.currency:
+            raise Problem(
+                p.CURRENCY_MISMATCH, f"the QR code is in currency {qr.currency}, not {req.currency}"
+            )
+        if qr.amount_minor is not None and qr.amount_minor != req.amount:
+            raise Problem(
+                p.AMOUNT_MISMATCH,
+                f"the dynamic QR code is for {qr.amount_minor}, the request for {req.amount}",
+            )
+
+    # Status and refunds ------------------------------------------------------------------------
+
+    def payment(self, acquirer: QrAcquirer, payment_id: str) -> Payment:
+        payment = self.payments.get(acquirer.id, payment_id)
+        if payment is None:
+            raise Problem(p.NOT_FOUND, f"no payment {payment_id}")
+        return payment
+
+    async def refund(
+        self, acquirer: QrAcquirer, payment_id: str, req: RefundRequest
+    ) -> tuple[StoredResponse, bool]:
+        payment = self.payment(acquirer, payment_id)
+        fingerprint = self._fingerprint(f"refund:{payment_id}", {"amount": req.amount})
+        return await self._idempotent(
+            acquirer, req.idempotency_key, fingerprint, self._refund, (payment, req)
+        )
+
+    async def _refund(
+        self, acquirer: QrAcquirer, args: tuple[Payment, RefundRequest]
+    ) -> StoredResponse:
+        payment, req = args
+        if payment.status != "approved":
+            raise Problem(p.NOT_REFUNDABLE, f"payment {payment.payment_id} was declined")
+        if req.amount > payment.remaining:
+            raise Problem(
+                p.REFUND_EXCEEDS,
+                f"{payment.remaining} is left to refund",
+                remaining=payment.remaining,
+            )
+        payment.reserved += req.amount
+        try:
+            pan = self.cipher.open(payment.sealed_pan, payment.payment_id.encode())
+            msg = self._request(
+                "200000",
+                pan,
+                req.amount,
+                payment.currency,
+                payment.terminal_id,
+                payment.merchant_id,
+                {},
+            )
+            answer = await self._route(msg)
+        finally:
+            payment.reserved -= req.amount
+        rc, auth_code, rrn = _outcome(answer)
+        refund = Refund(
+            refund_id="qrr_" + secrets.token_hex(12),
+            payment_id=payment.payment_id,
+            amount=req.amount,
+            currency=payment.currency,
+            status="approved" if rc == "00" else "declined",
+            response_code=rc,
+            auth_code=auth_code,
+            rrn=rrn,
+            created_at=_rfc3339(self.clock()),
+        )
+        if rc == "00":
+            payment.refunded += req.amount
+        payment.refunds.append(refund)
+        log.info(
+            "qr_refund",
+            payment_id=payment.payment_id,
+            refund_id=refund.refund_id,
+            acquirer=acquirer.id,
+            amount=req.amount,
+            rc=rc,
+            rrn=rrn,
+        )
+        return StoredResponse(201, refund.view().model_dump_json().encode())
+
+    # Merchant-presented QR generation ----------------------------------------------------------
+
+    def generate_mpm(self, acquirer: QrAcquirer, req: MpmRequest) -> MpmView:
+        merchant = self.merchant_in_scope(acquirer, req.merchant_id)
+        currency = req.currency or COUNTRY_CURRENCY.get(merchant.country)
+        if currency is None:
+            raise Problem(
+                p.CURRENCY_UNKNOWN, f"give a currency: none known for country {merchant.country}"
+            )
+        if currency not in qr_mpm.CURRENCY_EXPONENTS:
+            raise Problem(p.CURRENCY_UNKNOWN, f"currency {currency} is not supported for QR")
+        reference = secrets.token_hex(5).upper() if req.amount is not None else None
+        payload = qr_mpm.build(
+            merchant_id=merchant.id,
+            name=merchant.name[:25],
+            city=merchant.city[:15],
+            mcc=merchant.mcc,
+            currency=currency,
+            country=merchant.country,
+            amount_minor=req.amount,
+            reference_label=reference,
+        )
+        return MpmView(
+            qr=payload,
+            crc=payload[-4:],
+            merchant_id=merchant.id,
+            dynamic=req.amount is not None,
+            amount=req.amount,
+            currency=currency,
+            reference=reference,
+        )
+
+    # Helpers -----------------------------------------------------------------------------------
+
+    def _fingerprint(self, operation: str, body: Mapping[str, object]) -> bytes:
+        # Keyed: the body may hold a card number, and a plain hash of one is easy to reverse.
+        canonical = orjson.dumps({"op": operation, "body": body}, option=orjson.OPT_SORT_KEYS)
+        return self.cipher.lookup_key(canonical.decode())
+
+    async def _idempotent(
+        self,
+        acquirer: QrAcquirer,
+        key: str,
+        fingerprint: bytes,
+        operation: Callable[[QrAcquirer, A], Awaitable[StoredResponse]],
+        arg: A,
+    ) -> tuple[StoredResponse, bool]:
+        try:
+            return await self.idempotency.run(
+                (acquirer.id, key), fingerprint, lambda: operation(acquirer, arg)
+            )
+        except IdempotencyConflict:
+            raise Problem(
+                p.IDEMPOTENCY_CONFLICT,
+                "this idempotency key was used with a different request",
+            ) from None
+
+    def _request(
+        self,
+        processing: str,
+        pan: str,
+        amount: int,
+        currency: str,
+        terminal: str,
+        merchant: str,
+        extra: Mapping[str, str],
+    ) -> Message:
+        now = self.clock()
+        fields = {
+            "2": pan,
+            "3": processing,
+            "4": f"{amount:012d}",
+            "7": now.strftime("%m%d%H%M%S"),
+            "11": f"{next(self._stan) % 999_999 + 1:06d}",
+            "12": now.strftime("%H%M%S"),
+            "13": now.strftime("%m%d"),
+            "22": QR_ENTRY_MODE,
+            "41": terminal,
+            "42": merchant,
+            "49": currency,
+            **extra,
+        }
+        return Message("0200", fields)
+
+    async def _route(self, msg: Message) -> Message | None:
+        # Shielded: once the switch has it, the transaction completes and is recorded, even if
+        # the HTTP client disconnects (the switch bounds it with its own request timeout).
+        answer: Message | None = None
+        with anyio.CancelScope(shield=True):
+            answer = await self.handler(msg)
+        return answer  # noqa: RET504 (a return inside the scope: mypy sees a missing return)
+
+
+def _outcome(answer: Message | None) -> tuple[str, str | None, str]:
+    if answer is None:
+        return "96", None, ""
+    rc = answer.fields.get("39", "96")
+    auth = answer.fields.get("38") if rc == "00" else None
+    return rc, auth, answer.fields.get("37", "")
+
+
+def _rfc3339(when: dt.datetime) -> str:
+    return when.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

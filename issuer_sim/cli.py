@@ -13,6 +13,7 @@ from gateway.logs import configure
 from gateway.runtime import default_backend, run
 from issuer_sim.accounts import AccountBook
 from issuer_sim.config import IssuerSimConfig
+from issuer_sim.emv import EmvAuthenticator
 from issuer_sim.host import IssuerHost
 from issuer_sim.server import IssuerServer, LiveFaults
 
@@ -26,8 +27,9 @@ def build_server(cfg: IssuerSimConfig, base: Path, issuer: str, port: int | None
     ctx = pki.server_context(pki_dir, f"issuer-{issuer}", require_client_cert=True)
     f = ep.faults or cfg.faults
     faults = LiveFaults(f.latency_ms, f.drop_ratio, f.disconnect_after, f.apply_to_network)
+    host = IssuerHost(book, emv=EmvAuthenticator.for_issuer(data, issuer))
     return IssuerServer(
-        IssuerHost(book), ctx, faults=faults, bind=ep.host, port=ep.port if port is None else port
+        host, ctx, faults=faults, bind=ep.host, port=ep.port if port is None else port
     )
 
 

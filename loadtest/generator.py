@@ -1,37 +1,83 @@
-"""Closed-loop async load: N requests in flight over C pipelined terminal connections.
+"""High-rate async load generator: open loop (fixed arrival rate) or closed loop (N in flight).
 
-Each connection keeps its share of requests outstanding; answers are matched by STAN, so
-latency is measured per request even when answers come back out of order.
+* Closed loop: ``in_flight`` requests outstanding, spread over ``connections`` pipelined
+  terminal connections; a new request leaves as soon as an answer (or a timeout) frees a slot.
+  Latency is measured from the moment the request is sent.
+* Open loop (``rate`` > 0): request *i* is due at ``start + i / rate`` and is sent then,
+  whatever happened to earlier requests; when the generator falls behind (a stall of its own
+  loop, a full socket) the late requests leave in a burst. Latency is measured from the
+  *scheduled* time, so a stall shows up in the percentiles instead of being hidden
+  (coordinated omission). ``max_in_flight`` bounds memory: arrivals beyond it are not sent
+  and are counted as errors.
+
+Answers are matched per connection by STAN (field 11). Only requests sent (open loop:
+scheduled) inside the measurement window, after ``warmup``, are counted; they may complete
+during the drain after the window. The mix, the cards and the keys come from
+:mod:`loadtest.mix`; QR items go to the HTTP API (:mod:`loadtest.qr_client`).
 """
 
 from __future__ import annotations
 
-import itertools
+import contextlib
 import random
 import ssl
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import anyio
+import anyio.abc
+import anyio.lowlevel
 
-from gateway.framed import FramedStream
-from loadtest.stats import RunStats
-from loadtest.terminal_client import build_request, transmission_now
-from protocols.codec import Codec
+from gateway.framed import FramedStream, StalledFrameError
+from loadtest.mix import (
+    ISO_KINDS,
+    MixError,
+    Txn,
+    TxnFactory,
+    Weighted,
+    fresh_pan,
+    load_data,
+    parse_mix,
+)
+from loadtest.qr_client import QrClient
+from loadtest.stats import Progress, RunStats
+from loadtest.wire import LeanCodec, WireError
 from protocols.dialects import get_dialect
+from protocols.errors import ProtocolError
 from protocols.message import Message
-from protocols.validate import luhn_ok
 
-CODEC = Codec(get_dialect("terminal"))
+__all__ = [
+    "ClosedLoop",
+    "GeneratorError",
+    "LoadConfig",
+    "LoadGenerator",
+    "synthetic_pan",
+]
+
+_GONE = (
+    anyio.EndOfStream,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    OSError,
+    ssl.SSLError,
+    ProtocolError,
+    StalledFrameError,
+)
+_ANSWER_FIELDS = ("11", "39")
+# Latency clock: uvloop's loop time (anyio.current_time) only has millisecond resolution.
+_now = time.perf_counter
 
 
 def synthetic_pan(prefix: str, rnd: random.Random) -> str:
     """A Luhn-valid 16-digit PAN in a synthetic load-test range."""
-    body = prefix + "".join(rnd.choice("0123456789") for _ in range(15 - len(prefix)))
-    for check in "0123456789":
-        if luhn_ok(body + check):
-            return body + check
-    raise AssertionError("unreachable: one check digit always fits")
+    return fresh_pan(prefix, rnd)
+
+
+class GeneratorError(Exception):
+    """The run cannot start (nothing to send, gateway unreachable)."""
 
 
 @dataclass(frozen=True)
@@ -40,96 +86,418 @@ class LoadConfig:
     port: int = 8583
     connections: int = 4
     in_flight: int = 16
+    """Closed loop: requests outstanding in total (spread over the connections)."""
+    rate: float = 0.0
+    """Open loop when > 0: arrivals per second."""
     duration: float = 10.0
     warmup: float = 1.0
+    mix: str = "magstripe=1"
+    """Kinds and weights (see loadtest.mix), or a scenario name: plain, pin, mixed."""
     terminal: str = "T0000001"
-    merchant: str = "M00000000000001"
-    prefixes: tuple[str, ...] = ("5413339", "4761739")
+    prefixes: tuple[str, ...] = ()
+    """Synthetic ranges to use (empty: all of the dataset's)."""
     amount: int = 100
+    amount_max: int = 0
+    """Amounts are drawn from amount..amount_max (0: always ``amount``)."""
+    timeout: float = 10.0
+    """An unanswered request counts as a timeout error after this many seconds."""
+    drain: float = 5.0
+    """After the window, wait at most this long for outstanding answers."""
+    max_in_flight: int = 20_000
+    """Open loop: arrivals beyond this many outstanding requests are not sent (errors)."""
     tls: ssl.SSLContext | None = None
+    tls_hostname: str = "localhost"
+    qr_url: str = "http://127.0.0.1:8080"
+    """Base URL of the QR acquirer API; empty: the qr item is unavailable."""
+    data: Path | None = None
+    """Dataset with keys, terminals and synthetic ranges (default conf/demo/data.toml)."""
+    seed: int | None = None
 
 
-RequestFactory = Callable[[str, str], Message]
+@dataclass(slots=True)
+class _Pending:
+    kind: str
+    t0: float
+    measured: bool
+    original: Message | None
 
 
-class ClosedLoop:
-    def __init__(self, cfg: LoadConfig, factory: RequestFactory | None = None) -> None:
-        self.cfg = cfg
-        self.stats = RunStats()
-        self._stan = itertools.count(random.randrange(999999))
-        self._rnd = random.Random()
-        self._factory = factory or self._purchase
-        self._measuring = False
+@dataclass(eq=False)
+class _Conn:
+    framed: FramedStream
+    pending: dict[str, _Pending] = field(default_factory=dict)
+    alive: bool = True
+    outbox: list[bytes] = field(default_factory=list)
+    """Frames waiting for the writer: one socket write carries all of them."""
+    wake: anyio.Event = field(default_factory=anyio.Event)
 
-    def _purchase(self, stan: str, transmission: str) -> Message:
-        cfg = self.cfg
-        pan = synthetic_pan(self._rnd.choice(cfg.prefixes), self._rnd)
-        return build_request(
-            "0200",
-            terminal=cfg.terminal,
-            merchant=cfg.merchant,
-            pan=pan,
-            amount=cfg.amount,
-            stan=stan,
-            transmission=transmission,
-        )
 
-    def _next_stan(self) -> str:
-        return f"{next(self._stan) % 999999 + 1:06d}"
+class LoadGenerator:
+    """One run of the generator; :meth:`run` returns the statistics."""
 
-    async def run(self, progress: Callable[[RunStats, float], None] | None = None) -> RunStats:
-        cfg = self.cfg
-        per_conn = max(1, cfg.in_flight // cfg.connections)
-        async with anyio.create_task_group() as tg:
-            for _ in range(cfg.connections):
-                tg.start_soon(self._connection, per_conn)
-            await anyio.sleep(cfg.warmup)
-            self._measuring = True
-            started = anyio.current_time()
-            end = started + cfg.duration
-            while (now := anyio.current_time()) < end:
-                await anyio.sleep(min(1.0, end - now))
-                if progress is not None:
-                    progress(self.stats, anyio.current_time() - started)
-            self.stats.elapsed = anyio.current_time() - started
-            self._measuring = False
-            tg.cancel_scope.cancel()
-        return self.stats
-
-    async def _connection(self, per_conn: int) -> None:
-        cfg = self.cfg
-        if cfg.tls is None:
-            stream: anyio.abc.ByteStream = await anyio.connect_tcp(cfg.host, cfg.port)
-        else:
-            stream = await anyio.connect_tcp(
-                cfg.host,
-                cfg.port,
-                ssl_context=cfg.tls,
-                tls_hostname="localhost",
-                tls_standard_compatible=False,
-            )
-        framed = FramedStream(stream, max_size=8192, partial_timeout=30.0)
-        window = anyio.Semaphore(per_conn)
-        sent: dict[str, float] = {}
-        async with framed.stream, anyio.create_task_group() as tg:
-            tg.start_soon(self._reader, framed, window, sent)
-            while True:
-                await window.acquire()
-                stan = self._next_stan()
-                msg = self._factory(stan, transmission_now())
-                sent[stan] = anyio.current_time()
-                await framed.send_frame(CODEC.encode(msg))
-
-    async def _reader(
-        self, framed: FramedStream, window: anyio.Semaphore, sent: dict[str, float]
+    def __init__(
+        self,
+        cfg: LoadConfig,
+        factory: TxnFactory | None = None,
+        *,
+        qr: QrClient | None = None,
     ) -> None:
+        self.cfg = cfg
+        self.rnd = random.Random(cfg.seed)
+        self.factory = factory or TxnFactory(
+            load_data(cfg.data),
+            terminal=cfg.terminal,
+            prefixes=cfg.prefixes,
+            amount=(cfg.amount, max(cfg.amount, cfg.amount_max)),
+            rnd=self.rnd,
+        )
+        self.weights = parse_mix(cfg.mix)
+        self.stats = RunStats()
+        self.codec = LeanCodec(get_dialect("terminal"))
+        self.in_flight = 0
+        self.scheduled = 0
+        """Open loop: arrivals due so far (sent or not)."""
+        self.late_max = 0.0
+        """Open loop: the largest delay between a request's due time and its sending."""
+        self._qr = qr
+        self._conns: list[_Conn] = []
+        self._rr = 0
+        self._window = (float("inf"), float("inf"))
+        self._all_dead = anyio.Event()
+        self._draining = False
+        self._idle = anyio.Event()
+        self._slots: anyio.Semaphore | None = None
+        """Closed loop: one slot per request allowed in flight."""
+        self._draw = Weighted(self.weights)
+        self._fallback = Weighted({k: w for k, w in self.weights.items() if k != "reversal"})
+        self._reversals = "reversal" in self.weights
+
+    @property
+    def open_loop(self) -> bool:
+        return self.cfg.rate > 0
+
+    # -- setup ------------------------------------------------------------------------
+
+    async def _check_prerequisites(self) -> None:
+        """Drop the mix items that cannot run, saying why; fail when nothing is left."""
+        for kind in list(self.weights):
+            why = self.factory.missing(kind)
+            if why is None and kind == "qr":
+                if self._qr is None:
+                    why = "no QR API URL given"
+                else:
+                    why = await self._qr.probe()
+            if why is not None:
+                self.stats.unavailable[kind] = why
+        iso = [k for k in self.weights if k in ISO_KINDS and k not in self.stats.unavailable]
+        if iso:
+            try:
+                await self._connect_all()
+            except (OSError, ssl.SSLError) as exc:
+                why = f"gateway not reachable at {self.cfg.host}:{self.cfg.port} ({exc})"
+                for kind in iso:
+                    self.stats.unavailable[kind] = why
+        usable = {k: w for k, w in self.weights.items() if k not in self.stats.unavailable}
+        if not set(usable) - {"reversal"}:
+            reasons = "; ".join(f"{k}: {v}" for k, v in self.stats.unavailable.items())
+            raise GeneratorError(f"nothing to send: {reasons}")
+        self.weights = usable
+        self._draw = Weighted(usable)
+        self._fallback = Weighted({k: w for k, w in usable.items() if k != "reversal"})
+        self._reversals = "reversal" in usable
+
+    async def _connect_all(self) -> None:
+        cfg = self.cfg
+        for _ in range(cfg.connections):
+            if cfg.tls is None:
+                stream: anyio.abc.ByteStream = await anyio.connect_tcp(cfg.host, cfg.port)
+            else:
+                stream = await anyio.connect_tcp(
+                    cfg.host,
+                    cfg.port,
+                    ssl_context=cfg.tls,
+                    tls_hostname=cfg.tls_hostname,
+                    tls_standard_compatible=False,
+                )
+            framed = FramedStream(stream, max_size=8192, partial_timeout=30.0)
+            self._conns.append(_Conn(framed))
+
+    # -- the run ----------------------------------------------------------------------
+
+    async def run(self, progress: Callable[[str], None] | None = None) -> RunStats:
+        cfg = self.cfg
+        stats = self.stats
+        stats.info = {
+            "mode": "open-loop" if self.open_loop else "closed-loop",
+            "rate": cfg.rate if self.open_loop else None,
+            "in_flight": None if self.open_loop else cfg.in_flight,
+            "connections": cfg.connections,
+            "warmup_s": cfg.warmup,
+            "mix": dict(self.weights),
+        }
+        await self._check_prerequisites()
+        stats.info["mix"] = dict(self.weights)
+        try:
+            async with anyio.create_task_group() as tg:
+                for conn in self._conns:
+                    tg.start_soon(self._reader, conn)
+                    tg.start_soon(self._writer, conn)
+                tg.start_soon(self._sweeper)
+                start = _now()
+                window_start = start + cfg.warmup
+                end = window_start + cfg.duration
+                self._window = (window_start, end)
+                if progress is not None:
+                    tg.start_soon(self._progress, progress, start, window_start, end)
+                async with anyio.create_task_group() as senders:
+                    if self.open_loop:
+                        senders.start_soon(self._schedule, tg, start, end)
+                    else:
+                        self._slots = anyio.Semaphore(max(1, cfg.in_flight))
+                        senders.start_soon(self._closed_sender, tg)
+                    with anyio.move_on_after(max(0.0, end - _now())):
+                        if self._conns:
+                            await self._all_dead.wait()
+                        else:  # QR only
+                            await anyio.sleep_forever()
+                    senders.cancel_scope.cancel()
+                stopped = _now()
+                stats.elapsed = max(0.0, min(end, stopped) - window_start)
+                self._draining = True
+                if self.in_flight > 0:
+                    with anyio.move_on_after(min(cfg.drain, cfg.timeout)):
+                        await self._idle.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            for conn in self._conns:
+                for p in conn.pending.values():
+                    if p.measured:
+                        stats.error("unanswered at end", p.kind)
+                conn.pending.clear()
+                with anyio.CancelScope(shield=True):
+                    await conn.framed.aclose()
+        if self.open_loop:
+            stats.info["scheduled"] = self.scheduled
+            stats.info["late_max_ms"] = round(self.late_max * 1000, 3)
+        return stats
+
+    async def _progress(
+        self, emit: Callable[[str], None], start: float, window_start: float, end: float
+    ) -> None:
+        meter = Progress(self.stats, last_time=window_start)
+        tick = start + 1.0
         while True:
-            frame = await framed.receive_frame()
-            now = anyio.current_time()
-            msg = CODEC.decode(frame)
-            started = sent.pop(msg.fields.get("11", ""), None)
-            window.release()
-            if started is None:
-                self.stats.errors["unmatched"] += 1
-            elif self._measuring:
-                self.stats.record(now - started, msg.fields.get("39", "??"))
+            await anyio.sleep(max(0.0, tick - _now()))
+            now = _now()
+            if now < window_start:
+                emit(f"warm-up   in flight {self.in_flight}")
+            else:
+                label = f"{min(now, end) - window_start:5.1f}s" if now <= end + 0.5 else "drain"
+                emit(meter.line(now, self.in_flight, label=label))
+            tick += 1.0
+
+    def _measured(self, t0: float) -> bool:
+        lo, hi = self._window
+        return lo <= t0 < hi
+
+    def _next_txn(self) -> Txn | None:
+        kind = self._draw.draw(self.rnd)
+        try:
+            if kind == "reversal":
+                original = self.factory.take_original()
+                if original is not None:
+                    return self.factory.reversal(original)
+                kind = self._fallback.draw(self.rnd)
+            return self.factory.build(kind)
+        except (MixError, ValueError, ProtocolError) as exc:
+            self.stats.error(f"build failed: {type(exc).__name__}", kind)
+            return None
+
+    async def _schedule(self, tg: anyio.abc.TaskGroup, start: float, end: float) -> None:
+        interval = 1.0 / self.cfg.rate
+        i = 0
+        while True:
+            due = start + i * interval
+            if due >= end:
+                return
+            now = _now()
+            if due > now:
+                await anyio.sleep(due - now)
+                now = _now()
+            # Everything due by now leaves, in schedule order (a burst after a stall).
+            while due <= now and due < end:
+                i += 1
+                self.scheduled += 1
+                self.late_max = max(self.late_max, now - due)
+                self._dispatch(tg, due)
+                due = start + i * interval
+
+    def _dispatch(self, tg: anyio.abc.TaskGroup, due: float) -> None:
+        measured = self._measured(due)
+        if self.in_flight >= self.cfg.max_in_flight:
+            if measured:
+                self.stats.error("not sent: max in flight", self._draw.draw(self.rnd))
+            return
+        txn = self._next_txn()
+        if txn is None:
+            return
+        if txn.kind == "qr":
+            self.in_flight += 1
+            tg.start_soon(self._qr_payment, txn, due, measured)
+            return
+        conn = self._pick()
+        if conn is None:
+            if measured:
+                self.stats.error("not sent: no connection", txn.kind)
+            return
+        self._send(conn, txn, due, measured)
+
+    def _pick(self) -> _Conn | None:
+        conns = self._conns
+        for _ in range(len(conns)):
+            self._rr = (self._rr + 1) % len(conns)
+            conn = conns[self._rr]
+            if conn.alive:
+                return conn
+        return None
+
+    async def _closed_sender(self, tg: anyio.abc.TaskGroup) -> None:
+        slots = self._slots
+        assert slots is not None
+        while True:
+            # Take every free slot without yielding, so the writer sends them in one write.
+            try:
+                slots.acquire_nowait()
+            except anyio.WouldBlock:
+                await slots.acquire()
+            t0 = _now()
+            if t0 >= self._window[1]:
+                slots.release()
+                return
+            measured = self._measured(t0)
+            txn = self._next_txn()
+            if txn is None:
+                slots.release()
+                await anyio.lowlevel.checkpoint()
+                continue
+            if txn.kind == "qr":
+                self.in_flight += 1
+                tg.start_soon(self._qr_payment, txn, t0, measured)
+                continue
+            conn = self._pick()
+            if conn is None:
+                slots.release()
+                if measured:
+                    self.stats.error("not sent: no connection", txn.kind)
+                await anyio.sleep(0.01)
+                continue
+            self._send(conn, txn, t0, measured)
+
+    def _send(self, conn: _Conn, txn: Txn, t0: float, measured: bool) -> None:
+        original = txn.original if self._reversals else None
+        conn.pending[txn.stan] = _Pending(txn.kind, t0, measured, original)
+        self.in_flight += 1
+        payload = txn.payload
+        conn.outbox.append(len(payload).to_bytes(2, "big") + payload)
+        conn.wake.set()
+
+    async def _writer(self, conn: _Conn) -> None:
+        """The connection's only sender: whatever queued up since the last write leaves in
+        one write (a syscall per message costs more than the generator's own work)."""
+        stream = conn.framed.stream
+        with contextlib.suppress(*_GONE):
+            while True:
+                await conn.wake.wait()
+                conn.wake = anyio.Event()
+                data = b"".join(conn.outbox)
+                conn.outbox.clear()
+                await stream.send(data)
+        # On failure the reader sees the connection end and fails what is pending.
+
+    def _finish(self) -> None:
+        self.in_flight -= 1
+        if self._slots is not None:
+            self._slots.release()
+        if self._draining and self.in_flight <= 0:
+            self._idle.set()
+
+    async def _reader(self, conn: _Conn) -> None:
+        stats = self.stats
+        peek = self.codec.peek
+        pending = conn.pending
+        try:
+            while True:
+                frame = await conn.framed.receive_frame()
+                now = _now()
+                try:
+                    _, fields = peek(frame, _ANSWER_FIELDS)
+                except WireError:
+                    # Its request cannot be told: it will also end as a timeout.
+                    stats.error("undecodable answer", "-")
+                    continue
+                p = pending.pop(fields.get("11", ""), None)
+                if p is None:
+                    stats.error("unmatched answer", "-")
+                    continue
+                self._finish()
+                rc = fields.get("39", "??")
+                if p.measured:
+                    stats.record(now - p.t0, rc, p.kind)
+                if p.original is not None and rc == "00":
+                    self.factory.note_approved(p.original)
+        except _GONE:
+            pass
+        finally:
+            conn.alive = False
+            for p in pending.values():
+                self._finish()
+                if p.measured:
+                    stats.error("connection lost", p.kind)
+            pending.clear()
+            if not any(c.alive for c in self._conns):
+                self._all_dead.set()
+
+    async def _sweeper(self) -> None:
+        timeout = self.cfg.timeout
+        tick = min(0.1, timeout / 4)
+        while True:
+            await anyio.sleep(tick)
+            limit = _now() - timeout
+            for conn in self._conns:
+                pending = conn.pending
+                while pending:
+                    stan = next(iter(pending))
+                    p = pending[stan]
+                    if p.t0 > limit:
+                        break
+                    del pending[stan]
+                    self._finish()
+                    if p.measured:
+                        self.stats.error("timeout", p.kind)
+
+    async def _qr_payment(self, txn: Txn, t0: float, measured: bool) -> None:
+        assert self._qr is not None
+        assert txn.qr_body is not None
+        try:
+            rc, error = await self._qr.pay(txn.qr_body)
+        finally:
+            self._finish()
+        if not measured:
+            return
+        if rc is not None:
+            self.stats.record(_now() - t0, rc, "qr")
+        else:
+            self.stats.error(error or "qr error", "qr")
+
+
+# The spine's name for the closed-loop generator (bench_spine and older callers).
+ClosedLoop = LoadGenerator
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """One line for a finished run (used by the bench)."""
+    lat = summary["latency_ms"]
+    return (
+        f"{summary['tps']:>9} TPS  p50 {lat['p50']} ms  p90 {lat['p90']} ms  p99 {lat['p99']} ms"
+        f"  p99.9 {lat['p99.9']} ms  errors {summary['error_count']}"
+    )

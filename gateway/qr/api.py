@@ -12,7 +12,7 @@ that says nothing of its cause.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
@@ -160,8 +160,9 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 
 class _SwallowErrors:
     """Starlette answers an unhandled exception (with :func:`_internal_error`) and then re-raises
-    it for the server to log; it has been logged already, so stop it here. If nothing was sent
-    yet, answer the 500 problem document ourselves."""
+    it for the server to log; it has been logged already, so stop it here once the answer is
+    complete. If nothing was sent yet, answer the 500 problem document ourselves; if an answer
+    was cut short, let the server abort the connection rather than pass it off as whole."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -170,22 +171,23 @@ class _SwallowErrors:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
+        started = completed = False
 
         async def tracking_send(message: Message) -> None:
-            nonlocal started
+            nonlocal started, completed
             if message["type"] == "http.response.start":
                 started = True
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                completed = True
             await send(message)
 
         try:
             await self.app(scope, receive, tracking_send)
         except Exception:
-            if started:
+            if completed:
                 return
+            if started:
+                raise
             log.exception("qr_api_failure", path=scope.get("path"))
             response = _internal(scope.get("path"))
             await response(scope, receive, send)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.app, name)

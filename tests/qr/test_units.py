@@ -1,0 +1,266 @@
+"""QR API units without sockets: problem types, the ISO messages a payment becomes, virtual
+terminals, the idempotency store, and the property that no input makes the API answer 500."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.dataset import Terminal
+from gateway.qr import problems
+from gateway.qr.api import _SwallowErrors, qr_app
+from gateway.qr.service import QrService
+from gateway.qr.store import IdempotencyConflict, IdempotencyStore, Payment, PaymentStore
+from gateway.qr.terminals import virtual_terminals, with_virtual_terminals
+from gateway.tokens import PanCipher
+from protocols import qr_cpm, qr_mpm
+from protocols.message import Message
+from tests.helpers import demo_dataset
+
+KEY = "demo-qr-acquirer-key-0001"
+WALLET = "6250940000000019"
+
+
+class FakeSwitch:
+    """Approves everything and remembers what it was asked."""
+
+    def __init__(self) -> None:
+        self.seen: list[Message] = []
+
+    async def handle(self, msg: Message) -> Message | None:
+        self.seen.append(msg)
+        fields: dict[str, str] = {
+            k: msg.fields[k] for k in ("2", "3", "4", "11", "41") if k in msg.fields
+        }
+        fields.update({"37": "RRN000000001", "38": "123456", "39": "00"})
+        return Message("0210", fields)
+
+
+def service(switch: FakeSwitch | None = None) -> QrService:
+    fake = switch or FakeSwitch()
+    return QrService(with_virtual_terminals(demo_dataset()), fake.handle, PanCipher(bytes(32)))
+
+
+def client(svc: QrService) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=qr_app(svc)),
+        base_url="http://qr",
+        headers={"Authorization": f"Bearer {KEY}"},
+    )
+
+
+def body(qr: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "qr": qr,
+        "amount": 1250,
+        "currency": "156",
+        "merchant_id": "M00000000000001",
+        "idempotency_key": "k1",
+    } | extra
+
+
+# Problem types -------------------------------------------------------------------------------
+
+
+def _subclasses(cls: type[Any]) -> set[type[Any]]:
+    out: set[type[Any]] = set()
+    for sub in cls.__subclasses__():
+        out |= {sub, *_subclasses(sub)}
+    return out
+
+
+def test_every_codec_error_code_has_a_problem_type() -> None:
+    codes = {c.code for c in _subclasses(qr_cpm.CpmError) | _subclasses(qr_mpm.MpmError)}
+    assert codes <= problems.known_qr_codes()
+    for code in codes:
+        assert problems.for_qr_code(code).status == 422
+
+
+def test_problem_types_are_unique_and_documented() -> None:
+    slugs = [t.slug for t in problems.ALL]
+    assert len(slugs) == len(set(slugs))
+    assert all(t.uri.startswith(problems.PROBLEM_BASE) and t.title for t in problems.ALL)
+    doc = problems.Problem(problems.REFUND_EXCEEDS, "5 left", remaining=5).document("/x")
+    assert doc == {
+        "type": problems.PROBLEM_BASE + "refund-exceeds-remaining",
+        "title": problems.REFUND_EXCEEDS.title,
+        "status": 422,
+        "detail": "5 left",
+        "instance": "/x",
+        "remaining": 5,
+    }
+
+
+# Payments become ISO 8583 0200 with 22 = 031 -------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_payment_and_refund_messages() -> None:
+    switch = FakeSwitch()
+    svc = service(switch)
+    qr = qr_cpm.build(aid="A000000333010101", pan=WALLET, expiry="3012", pan_sequence=2)
+    async with client(svc) as http:
+        paid = await http.post("/v1/qr/payments", json=body(qr))
+        assert paid.status_code == 201
+        pid = paid.json()["payment_id"]
+        refund = await http.post(
+            f"/v1/qr/payments/{pid}/refund", json={"amount": 50, "idempotency_key": "r"}
+        )
+        assert refund.status_code == 201
+    pay_msg, refund_msg = switch.seen
+    assert pay_msg.mti == refund_msg.mti == "0200"
+    assert pay_msg.fields["22"] == refund_msg.fields["22"] == "031"
+    assert pay_msg.fields["41"] == refund_msg.fields["41"] == "Q0100001"
+    assert pay_msg.fields["42"] == "M00000000000001"
+    assert (pay_msg.fields["3"], pay_msg.fields["4"]) == ("000000", "000000001250")
+    assert (refund_msg.fields["3"], refund_msg.fields["4"]) == ("200000", "000000000050")
+    assert pay_msg.fields["2"] == refund_msg.fields["2"] == WALLET
+    assert (pay_msg.fields["14"], pay_msg.fields["23"]) == ("3012", "002")
+    assert pay_msg.fields["11"] != refund_msg.fields["11"]
+    # What the service keeps: sealed and masked card numbers only.
+    stored = svc.payments.get("QRACQ01", pid)
+    assert stored is not None
+    assert WALLET not in repr(stored)
+    assert WALLET.encode() not in stored.sealed_pan
+    assert stored.masked_pan == "625094******0019"
+
+
+def test_virtual_terminals() -> None:
+    data = demo_dataset()
+    terminals = virtual_terminals(data)
+    assert {k: t.id for k, t in terminals.items()} == {
+        ("QRACQ01", "M00000000000001"): "Q0100001",
+        ("QRACQ01", "M00000000000009"): "Q0100002",
+    }
+    extended = with_virtual_terminals(data)
+    assert with_virtual_terminals(extended) == extended
+    assert {t.id for t in extended.terminals} >= {"Q0100001", "Q0100002", "T0000001"}
+    clash = Terminal(id="Q0100001", merchant="M00000000000003")
+    with pytest.raises(ValueError, match="reserved"):
+        with_virtual_terminals(dataclasses.replace(data, terminals=(*data.terminals, clash)))
+
+
+# Stores --------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_idempotency_store() -> None:
+    store: IdempotencyStore[str] = IdempotencyStore(window=3600)
+    calls: list[str] = []
+
+    async def op(value: str) -> str:
+        calls.append(value)
+        return value
+
+    assert await store.run(("a", "k"), b"f1", lambda: op("one")) == ("one", False)
+    assert await store.run(("a", "k"), b"f1", lambda: op("two")) == ("one", True)
+    with pytest.raises(IdempotencyConflict):
+        await store.run(("a", "k"), b"f2", lambda: op("three"))
+    assert await store.run(("b", "k"), b"f2", lambda: op("four")) == ("four", False)
+
+    async def failing() -> str:
+        raise RuntimeError("bad input")
+
+    with pytest.raises(RuntimeError):
+        await store.run(("a", "k2"), b"f1", failing)
+    assert await store.run(("a", "k2"), b"f9", lambda: op("five")) == ("five", False)
+    assert calls == ["one", "four", "five"]
+
+    expired: IdempotencyStore[str] = IdempotencyStore(window=0.0)
+    await expired.run(("a", "k"), b"f1", lambda: op("old"))
+    await anyio.sleep(0.01)
+    assert await expired.run(("a", "k"), b"f2", lambda: op("new")) == ("new", False)
+
+
+def test_payment_store_is_bounded_and_scoped() -> None:
+    store = PaymentStore(max_payments=2)
+    for n in range(3):
+        store.add(
+            Payment(
+                payment_id=f"p{n}",
+                acquirer="A",
+                merchant_id="M",
+                terminal_id="Q0100001",
+                kind="cpm",
+                amount=1,
+                currency="156",
+                status="approved",
+                response_code="00",
+                auth_code="000001",
+                rrn="R",
+                created_at="now",
+                sealed_pan=b"",
+                masked_pan="",
+            )
+        )
+    assert len(store) == 2
+    assert store.get("A", "p0") is None
+    assert store.get("A", "p2") is not None
+    assert store.get("B", "p2") is None
+
+
+# Never a 500 for bad input -------------------------------------------------------------------
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=8,
+)
+_fields = st.sampled_from(
+    ["qr", "amount", "currency", "merchant_id", "idempotency_key", "payer_pan", "x"]
+)
+_values = st.one_of(
+    _json,
+    st.sampled_from(["000201", "hQVDUFYwMQ==", "156", "M00000000000001", WALLET, "", "0" * 600]),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    payload=st.one_of(
+        st.dictionaries(_fields, _values, max_size=7).map(lambda d: json.dumps(d).encode()),
+        st.binary(max_size=64),
+        _json.map(lambda v: json.dumps(v).encode()),
+    ),
+    path=st.sampled_from(["/v1/qr/payments", "/v1/qr/mpm", "/v1/qr/payments/qrp_x/refund"]),
+)
+def test_no_input_gives_a_500(payload: bytes, path: str) -> None:
+    async def main() -> None:
+        async with client(service()) as http:
+            resp = await http.post(path, content=payload)
+        assert resp.status_code < 500, resp.text
+        if resp.status_code >= 400:
+            assert resp.headers["content-type"] == problems.MEDIA_TYPE
+
+    anyio.run(main)
+
+
+@pytest.mark.anyio
+async def test_errors_escaping_starlette_still_answer_a_problem() -> None:
+    async def crashing(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("before any byte was sent")
+
+    async def half_sent(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise RuntimeError("after the start")
+
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=_SwallowErrors(crashing)), base_url="http://qr"
+    ) as http:
+        resp = await http.get("/anything")
+    assert resp.status_code == 500
+    assert resp.json()["type"] == problems.INTERNAL.uri
+    assert "before" not in resp.text
+    # An answer cut short is not passed off as whole: the server gets the error (and aborts).
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=_SwallowErrors(half_sent)), base_url="http://qr"
+    ) as http:
+        with pytest.raises(RuntimeError, match="after the start"):
+            await http.get("/anything")

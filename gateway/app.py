@@ -13,7 +13,9 @@ from gateway.admin import admin_app
 from gateway.config import GatewayConfig
 from gateway.dataset import Dataset, load_dataset
 from gateway.emv_check import CheckEmv
+from gateway.hsm_client import HsmClient, HsmError
 from gateway.http import serve_asgi
+from gateway.keys import load_keys
 from gateway.links import IssuerPool
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
@@ -24,6 +26,7 @@ from gateway.recent import RecentTransactions
 from gateway.risk import RiskEngine
 from gateway.risk_stage import CheckRisk
 from gateway.routing import BinTable
+from gateway.security import IssuerLinkMac, SecurityMetrics, TranslatePin, VerifyMac
 from gateway.switch import Switch, utcnow
 from gateway.terminals import TerminalServer
 from gateway.tokens import Detokenize, PanCipher, TokenVault
@@ -67,15 +70,30 @@ class Gateway:
             self.risk = RiskEngine.from_file(self.risk_path, registry=self.metrics.registry)
         self.pan_cipher = PanCipher.from_env(cfg.tokens.key_env)
         self.tokens = TokenVault(self.pan_cipher, self.dataset.tokens)
+        # Keys under the LMK, once (gateway/keys.py); the HSM does every PIN and MAC operation.
+        self.keys = load_keys(self.dataset)
+        self.security_metrics = SecurityMetrics(self.metrics.registry)
+        self.hsm: HsmClient | None = None
+        if cfg.hsm.endpoints:
+            self.hsm = HsmClient(
+                cfg.hsm.endpoints,
+                connections=cfg.hsm.connections,
+                timeout=cfg.hsm.timeout,
+                connect_timeout=cfg.hsm.connect_timeout,
+                histogram=self.security_metrics.hsm_latency,
+            )
+        security = (self.hsm, self.keys, self.security_metrics)
         self.participants: list[Participant] = [
             CheckFields(self.dataset),
             CheckEmv(),
             CheckDuplicate(self.recent, self.metrics),
+            VerifyMac(*security),
             Detokenize(self.tokens),
             FindOriginal(self.recent),
             Route(self.bins, self.pools),
             *([CheckRisk(self.risk)] if self.risk is not None else []),
-            QueryIssuer(cfg.acquirer_id, self.metrics),
+            TranslatePin(*security),
+            QueryIssuer(cfg.acquirer_id, self.metrics, IssuerLinkMac(*security)),
         ]
         self.switch = Switch(
             self.participants,
@@ -137,7 +155,34 @@ class Gateway:
             "ready": self.ready,
             "links": [p.status() for p in self.pools.values()],
             "recent_transactions": len(self.recent),
+            "hsm": self._hsm_status(),
         }
+
+    def _hsm_status(self) -> dict[str, Any] | None:
+        if self.hsm is None:
+            return None
+        st = self.hsm.statistics()
+        return {
+            "endpoint": st.active_endpoint,
+            "connections": st.connections,
+            "requests": st.requests,
+            "timeouts": st.timeouts,
+            "errors": st.by_error_code,
+            "p50_ms": round(st.latency_p50_ms, 3),
+            "p99_ms": round(st.latency_p99_ms, 3),
+        }
+
+    async def _check_hsm(self, hsm: HsmClient) -> None:
+        """At start: is the HSM there, and does it hold the LMK our keys are under?"""
+        try:
+            diag = await hsm.diagnostics()
+        except HsmError as exc:
+            log.warning("hsm_not_reachable", endpoints=list(self.cfg.hsm.endpoints), error=str(exc))
+            return
+        if self.keys.lmk_kcv and not diag.lmk_check_value.upper().startswith(self.keys.lmk_kcv):
+            log.error("hsm_lmk_mismatch", expected_kcv=self.keys.lmk_kcv)
+            return
+        log.info("hsm_ready", endpoint=hsm.statistics().active_endpoint, firmware=diag.firmware)
 
     def _on_link_state(self, _pool: IssuerPool) -> None:
         if self._ready is not None and self.ready:
@@ -154,6 +199,9 @@ class Gateway:
         async with anyio.create_task_group() as tg:
             if self.risk is not None:
                 await tg.start(self.risk.run)
+            if self.hsm is not None:
+                await tg.start(self.hsm.run)
+                tg.start_soon(self._check_hsm, self.hsm)
             for pool in self.pools.values():
                 await tg.start(pool.run)
             if cfg.port >= 0:

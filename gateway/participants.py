@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Protocol
 
 import anyio
 
@@ -20,9 +21,10 @@ from protocols.validate import card_of, check_request
 
 log = get_logger("gateway.pipeline")
 
-# Terminal fields passed on to the issuer unchanged (52 once translated, 53 and 64 never).
+# Terminal fields passed on to the issuer unchanged; 52 only as translated by the HSM
+# (Context.pin_block), 53 and 64 never.
 ISSUER_FIELDS = (
-    "2", "3", "4", "12", "13", "14", "22", "23", "35", "41", "42", "49", "52", "55", "95",
+    "2", "3", "4", "12", "13", "14", "22", "23", "35", "41", "42", "48", "49", "55", "95",
 )  # fmt: skip
 REVERSALS = frozenset({"0400", "0420"})
 
@@ -135,12 +137,25 @@ class Route(BaseParticipant):
         return None
 
 
+class IssuerMessageHook(Protocol):
+    """Security of the issuer link (gateway.security.IssuerLinkMac): ``seal`` runs on the
+    complete request before it is sent, ``check_answer`` on the answer before it is used; a
+    response code from either stops the transaction with that code."""
+
+    async def seal(self, ctx: Context, pool: IssuerPool, msg: Message) -> str | None: ...
+
+    async def check_answer(self, ctx: Context, pool: IssuerPool, answer: Message) -> str | None: ...
+
+
 class QueryIssuer(BaseParticipant):
     name = "query-issuer"
 
-    def __init__(self, acquirer_id: str, metrics: Metrics) -> None:
+    def __init__(
+        self, acquirer_id: str, metrics: Metrics, hook: IssuerMessageHook | None = None
+    ) -> None:
         self.acquirer_id = acquirer_id
         self.metrics = metrics
+        self.hook = hook
 
     def _issuer_request(self, ctx: Context, pool: IssuerPool) -> Message:
         req = ctx.request
@@ -153,6 +168,8 @@ class QueryIssuer(BaseParticipant):
         fields["37"] = ctx.rrn
         if ctx.merchant is not None:
             fields["18"] = ctx.merchant.mcc
+        if ctx.pin_block is not None:
+            fields["52"] = ctx.pin_block
         original = ctx.original
         if original is not None and original.issuer_stan:
             fields["37"] = original.rrn
@@ -176,6 +193,8 @@ class QueryIssuer(BaseParticipant):
         if pool is None:
             return ctx.decline("91", f"no link configured for issuer {ctx.issuer}")
         msg = self._issuer_request(ctx, pool)
+        if self.hook is not None and (rc := await self.hook.seal(ctx, pool, msg)) is not None:
+            return rc
         if ctx.entry is not None:
             ctx.entry.issuer = pool.issuer
             ctx.entry.issuer_mti = msg.mti
@@ -189,11 +208,17 @@ class QueryIssuer(BaseParticipant):
             answer = await pool.request(msg, max(timeout, 0.0))
         except IssuerTimeout:
             self.metrics.issuer_failures.labels(pool.issuer, "timeout").inc()
+            ctx.issuer_failure = "timeout"  # the journal stage queues the 0420
             return ctx.decline("91", "issuer timed out")
         except LinkUnavailable:
             self.metrics.issuer_failures.labels(pool.issuer, "unavailable").inc()
+            ctx.issuer_failure = "unavailable"  # it may have been sent: reversed too
             return ctx.decline("91", "issuer unavailable")
         self.metrics.issuer_latency.labels(pool.issuer).observe(anyio.current_time() - started)
+        if self.hook is not None:
+            rc = await self.hook.check_answer(ctx, pool, answer)
+            if rc is not None:
+                return rc
         ctx.issuer_response = answer
         rc = answer.fields.get("39", "")
         if len(rc) != 2:

@@ -48,8 +48,10 @@ class Switch:
         self.clock = clock
         self._rrn = RrnGenerator(node, time.time_ns() // 1000)
 
-    async def handle(self, req: Message) -> Message | None:
-        """The answer to a terminal request, or ``None`` for what has no answer."""
+    async def handle(self, req: Message, raw: bytes = b"") -> Message | None:
+        """The answer to a terminal request, or ``None`` for what has no answer.
+
+        ``raw`` is the request as received, for the terminal MAC check."""
         mti = req.mti
         if not is_request(mti):
             log.warning("terminal_sent_response", mti=mti)
@@ -58,7 +60,7 @@ class Switch:
         if mti == "0800":
             resp = self._network(req)
         else:
-            resp = await self._transaction(req, started)
+            resp = await self._transaction(req, started, raw)
         self.metrics.observe_transaction(
             mti, resp.fields.get("39", ""), anyio.current_time() - started
         )
@@ -83,7 +85,7 @@ class Switch:
         resp["39"] = "00" if req.fields.get("70") in ("001", "002", "301") else "12"
         return resp
 
-    async def _transaction(self, req: Message, started: float) -> Message:
+    async def _transaction(self, req: Message, started: float, raw: bytes = b"") -> Message:
         now = self.clock()
         ctx = Context(
             request=req,
@@ -91,6 +93,7 @@ class Switch:
             deadline=started + self.request_timeout,
             now=now,
             rrn=self._rrn.next(int(now.timestamp() * 1_000_000)),
+            raw=raw,
         )
         ran: list[Participant] = []
         rc: str | None = None

@@ -108,7 +108,7 @@ class TerminalServer:
                 log.warning("terminal_undecodable", peer=peer, reason=str(exc))
                 return
             else:
-                resp = await self.switch.handle(req)
+                resp = await self.switch.handle(req, frame)
             if resp is None:
                 return
             try:

@@ -15,13 +15,16 @@ from issuer_sim.accounts import AccountBook
 from issuer_sim.config import IssuerSimConfig
 from issuer_sim.emv import EmvAuthenticator
 from issuer_sim.host import IssuerHost
+from issuer_sim.pin import IssuerSecurity
 from issuer_sim.server import IssuerServer, LiveFaults
 
 
 def build_server(cfg: IssuerSimConfig, base: Path, issuer: str, port: int | None) -> IssuerServer:
     ep = cfg.endpoint(issuer)
     data = load_dataset(base / cfg.data)
-    book = AccountBook.from_cards(issuer, data.cards, data.issuer_behaviour.synthetic)
+    # PIN, CVV2 and link MAC keys under the dataset's LMK; PINs become PVVs here.
+    security = IssuerSecurity.from_dataset(data, issuer)
+    book = AccountBook.from_cards(issuer, data.cards, data.issuer_behaviour.synthetic, security)
     pki_dir = (base / cfg.pki_dir).resolve()
     pki.ensure_pki(pki_dir, [f"issuer-{issuer}"])
     ctx = pki.server_context(pki_dir, f"issuer-{issuer}", require_client_cert=True)

@@ -61,11 +61,17 @@ class IssuerHost:
         return f"{next(self._auth) % 1_000_000:06d}"
 
     def handle(self, msg: Message, now: dt.datetime) -> Message:
+        security = self.book.security
+        if security is not None and (bad_mac := security.check_mac(msg)) is not None:
+            # Not remembered: a retransmission with the right MAC is processed normally.
+            return security.seal(self._answer(msg, bad_mac))
         key = (msg.mti, msg.fields.get("11", ""), msg.fields.get("7", ""))
         previous = self.answers.get(key)
         if previous is not None:
             return previous
         answer = self._handle(msg, now)
+        if security is not None:
+            security.seal(answer)
         self.answers[key] = answer
         if len(self.answers) > self.max_records:
             del self.answers[next(iter(self.answers))]
@@ -99,6 +105,9 @@ class IssuerHost:
         if mti == "0220":
             return self._complete(msg, account, pan, amount)
         rc = self._check_card(account, expiry, now)
+        if rc is None:
+            assert account is not None
+            rc = self._check_cardholder(msg, account, pan)
         chip = self.emv.authenticate(msg, account) if account is not None else None
         if rc is None and chip is not None:
             rc = chip.rc  # None when the ARQC verified
@@ -117,6 +126,21 @@ class IssuerHost:
             extra["55"] = issuer_data  # tag 91: ARPC || ARC
         self.postings[(msg.fields.get("11", ""), msg.fields.get("7", ""))] = posting
         return self._answer(msg, rc, **extra)
+
+    def _check_cardholder(self, msg: Message, account: Account, pan: str) -> str | None:
+        """PIN (field 52) and, on manual entry, CVV2 (field 48): see issuer_sim/pin.py."""
+        pin_block = msg.fields.get("52")
+        manual = msg.fields.get("22", "")[:2] == "01"
+        if pin_block is None and not manual:
+            return None
+        security = self.book.security
+        if security is None:
+            return "96"  # no keys to verify a PIN or CVV2 with
+        if pin_block is not None:
+            rc = security.check_pin(account, pan, pin_block)
+            if rc is not None:
+                return rc
+        return security.check_cvv2(account, pan, msg.fields.get("48")) if manual else None
 
     @staticmethod
     def _check_card(account: Account | None, expiry: str | None, now: dt.datetime) -> str | None:

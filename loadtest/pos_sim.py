@@ -9,6 +9,18 @@
 from the demo IMK-AC of the card's issuer, or of the funding card's issuer for a token), sends
 22 = 071 and 23, and verifies the ARPC in the answer's tag 91. The card's ATC is kept in
 ``var/pos-sim-atc.json`` (by masked PAN) so that each run uses a higher one, as a card does.
+
+PINs and MACs, as the terminal's PIN pad would do them with its keys from the dataset:
+
+    pos-sim purchase --terminal T0000001 --pan 4761730000000011 --amount 1250 --pin 1234
+    pos-sim purchase --terminal T0000002 --pan 4761730000000011 --amount 1250 --pin 1234
+
+``--pin`` adds field 52, ISO format 0 under the terminal's TPK, or under the DUKPT key of the
+next KSN for a DUKPT terminal (sent in field 53). The KSN is ``--ksn`` when given, else the one
+after the last used, kept in ``var/pos-sim-ksn.json`` per terminal (starting from the ANSI test
+KSN ``FFFF9876543210E00000``). A terminal with ``mac_required`` gets its field 64 MAC under the
+TAK (``--mac none`` leaves it out, ``--mac bad`` sends a wrong one). ``--cvv2`` sends a manual
+entry (22 = 011) with the CVV2 in field 48 (subelement 92).
 """
 
 from __future__ import annotations
@@ -22,10 +34,15 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.dataset import Dataset, load_dataset
+from gateway.dataset import Dataset, Terminal, load_dataset
+from gateway.security import mac_field, mac_input
 from hsm_sim import emv as hsm_emv
+from hsm_sim import terminal as pinpad
+from issuer_sim.pin import field48_cvv2
 from loadtest.terminal_client import TerminalClient, build_request
 from protocols import emv
+from protocols.codec import Codec
+from protocols.dialects import get_dialect
 from protocols.message import Message
 from protocols.redact import mask_pan, redact_fields
 
@@ -177,6 +194,87 @@ def _next_atc(state: Path, card: SimulatedCard) -> int:
     return atc
 
 
+# PIN pad: PIN blocks, DUKPT KSNs and the MAC ----------------------------------------------------
+
+INITIAL_KSN = "FFFF9876543210E00000"
+"""The demo DUKPT terminals' initial KSN (ANSI X9.24-1 test KSN, counter 0)."""
+CODEC = Codec(get_dialect("terminal"))
+
+
+def terminal_of(data: Dataset, terminal_id: str) -> Terminal:
+    for terminal in data.terminals:
+        if terminal.id == terminal_id:
+            return terminal
+    raise KeyError(f"terminal {terminal_id} is not in the dataset")
+
+
+def add_pin_block(
+    request: Message, terminal: Terminal, pin: str, pan: str, ksn: str | None = None
+) -> None:
+    """Field 52 (and 53 for DUKPT) as the terminal's PIN pad builds them (test keys only)."""
+    if terminal.key_mode == "dukpt":
+        if terminal.bdk is None or ksn is None:
+            raise ValueError(f"terminal {terminal.id}: DUKPT needs a BDK and a KSN")
+        block = pinpad.pin_block_under_dukpt(terminal.bdk.key, ksn, pin, pan)
+        request.fields["53"] = ksn.upper()
+    else:
+        if terminal.tpk is None:
+            raise ValueError(f"terminal {terminal.id} has no TPK")
+        block = pinpad.pin_block_under_tpk(terminal.tpk.key, pin, pan)
+    request.fields["52"] = block.hex().upper()
+
+
+def add_mac(request: Message, tak: str, *, wrong: bool = False) -> None:
+    """The MAC field (64; 128 with a secondary bitmap) over the encoded request, TAK in clear."""
+    mac = bytearray(pinpad.retail_mac(tak, mac_input(CODEC, request)))
+    if wrong:
+        mac[-1] ^= 0x01
+    request.fields[mac_field(request.fields)] = mac.hex().upper()
+
+
+def next_ksn_for(state: Path, terminal_id: str, initial: str = INITIAL_KSN) -> str:
+    """The KSN after the last one this terminal used (kept in ``state`` across runs)."""
+    try:
+        used = json.loads(state.read_text())
+    except (OSError, ValueError):
+        used = {}
+    ksn = pinpad.next_ksn(used.get(terminal_id, initial))
+    used[terminal_id] = ksn
+    try:
+        state.parent.mkdir(parents=True, exist_ok=True)
+        state.write_text(json.dumps(used, indent=1))
+    except OSError:
+        pass
+    return ksn
+
+
+def secure(args: argparse.Namespace, request: Message) -> str | None:
+    """Add the PIN block, CVV2 and MAC the options ask for; an error message, or None."""
+    if args.cvv2 is not None:
+        request.fields["48"] = field48_cvv2(args.cvv2)
+        if args.entry_mode is None:
+            request.fields["22"] = "011"
+    if args.pin is None and args.mac == "none":
+        return None
+    try:
+        terminal = terminal_of(load_dataset(args.data), args.terminal)
+    except Exception as exc:
+        if args.pin is None:
+            return None  # no keys known: send as is (the gateway says whether a MAC was due)
+        return f"no keys for terminal {args.terminal} in {args.data}: {exc}"
+    if args.pin is not None and args.pan:
+        ksn = None
+        if terminal.key_mode == "dukpt":
+            ksn = args.ksn or next_ksn_for(args.ksn_state, terminal.id)
+        try:
+            add_pin_block(request, terminal, args.pin, args.pan, ksn)
+        except Exception as exc:  # a bad PIN or KSN: say so, never echo it
+            return f"cannot build the PIN block: {type(exc).__name__}"
+    if terminal.mac_required and args.mac != "none" and terminal.tak is not None:
+        add_mac(request, terminal.tak.key, wrong=args.mac == "bad")
+    return None
+
+
 def build(args: argparse.Namespace) -> Message:
     command = args.command
     mti = MTI[command]
@@ -206,7 +304,7 @@ def build(args: argparse.Namespace) -> Message:
         processing=PROCESSING[command],
         expiry=args.expiry,
         currency=args.currency,
-        entry_mode=args.entry_mode,
+        entry_mode=args.entry_mode or "021",
         stan=args.stan,
         transmission=args.transmission,
         extra=extra,
@@ -232,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--expiry", default=None)
     parser.add_argument("--amount", type=int, default=1250)
     parser.add_argument("--currency", default="156")
-    parser.add_argument("--entry-mode", default="021")
+    parser.add_argument(
+        "--entry-mode", default=None, help="field 22 (default 021; 011 with --cvv2)"
+    )
     parser.add_argument("--stan", default=None)
     parser.add_argument("--transmission", default=None, help="field 7, MMDDhhmmss (UTC)")
     parser.add_argument("--original-stan", default=None)
@@ -241,6 +341,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=Path("conf/demo/data.toml"))
     parser.add_argument("--atc", type=int, default=None, help="contactless: the card's ATC")
     parser.add_argument("--atc-state", type=Path, default=Path("var/pos-sim-atc.json"))
+    parser.add_argument("--pin", default=None, help="PIN entered: adds field 52 (and 53)")
+    parser.add_argument("--ksn", default=None, help="DUKPT KSN (20 hex) instead of the next one")
+    parser.add_argument("--ksn-state", type=Path, default=Path("var/pos-sim-ksn.json"))
+    parser.add_argument("--cvv2", default=None, help="manual entry with this CVV2 (field 48)")
+    parser.add_argument(
+        "--mac",
+        choices=["auto", "none", "bad"],
+        default="auto",
+        help="field 64 of mac_required terminals: computed (auto), left out, or wrong",
+    )
     args = parser.parse_args(argv)
     request = build(args)
     card: SimulatedCard | None = None
@@ -260,6 +370,10 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         icc = card.icc_data(args.amount, currency=args.currency, country=country)
         request.fields.update({"22": "071", "23": f"0{card.psn}", "55": icc.encode().hex().upper()})
+    problem = secure(args, request)  # last: the MAC covers everything above
+    if problem is not None:
+        print(f"pos-sim: {problem}", file=sys.stderr)
+        return 2
     try:
         with TerminalClient(args.host, args.port, tls_ca=args.tls_ca) as client:
             response = client.exchange(request)
@@ -269,6 +383,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     print(f"request  {request.mti}  stan={request.fields.get('11')} time={request.fields.get('7')}")
+    if "52" in request.fields:
+        ksn = request.fields.get("53")
+        print(f"  PIN block sent under {'DUKPT, KSN ' + ksn if ksn else 'the TPK'}")
+    if "64" in request.fields or "128" in request.fields:
+        print(f"  MAC sent ({'wrong on purpose' if args.mac == 'bad' else 'TAK'})")
     print(f"response {response.mti}")
     for key, value in sorted(redact_fields(response.fields).items(), key=lambda kv: int(kv[0])):
         print(f"  {key:>3} {NAMES.get(key, ''):<20} {value}")

@@ -15,6 +15,7 @@ from gateway.app import Gateway
 from gateway.config import (
     AdminConfig,
     GatewayConfig,
+    HsmConfig,
     LinkConfig,
     LogConfig,
     QrApiConfig,
@@ -22,9 +23,12 @@ from gateway.config import (
 )
 from gateway.dataset import Dataset, load_dataset
 from gateway.framed import FramedStream
+from hsm_sim.config import HsmConfig as HsmServerConfig
+from hsm_sim.server import HsmServer
 from issuer_sim.accounts import AccountBook
 from issuer_sim.emv import EmvAuthenticator
 from issuer_sim.host import IssuerHost
+from issuer_sim.pin import IssuerSecurity
 from issuer_sim.server import IssuerServer
 from loadtest.terminal_client import build_request
 from protocols.codec import Codec
@@ -123,12 +127,40 @@ def reversal_of(original: Message, *, mti: str = "0400") -> Message:
     )
 
 
+class InProcessHsm:
+    """hsm_sim's server on 127.0.0.1 that a test can stop and start again on the same port."""
+
+    def __init__(self, lmk: str) -> None:
+        self.lmk = lmk
+        self.port = 0
+        self.server: HsmServer | None = None
+        self._scope: anyio.CancelScope | None = None
+
+    async def start(self, tg: anyio.abc.TaskGroup) -> int:
+        self.server = HsmServer(HsmServerConfig(lmk=self.lmk, port=self.port))
+        self.port = await tg.start(self._serve, self.server)
+        return self.port
+
+    async def _serve(self, server: HsmServer, *, task_status: anyio.abc.TaskStatus[int]) -> None:
+        with anyio.CancelScope() as scope:
+            self._scope = scope
+            await server.serve(task_status=task_status)
+
+    def stop(self) -> None:
+        """Close the listener and every connection (as a crashed HSM would)."""
+        if self._scope is not None:
+            self._scope.cancel()
+            self._scope = None
+
+
 @dataclass
 class Stack:
     gateway: Gateway
     issuers: dict[str, IssuerServer]
     pki_dir: Path
     task_group: anyio.abc.TaskGroup
+    hsm: InProcessHsm | None = None
+    """The in-process HSM simulator the gateway uses (None: the gateway has no HSM)."""
 
     @property
     def port(self) -> int:
@@ -158,7 +190,10 @@ class Stack:
 
 
 def issuer_server(issuer: str, dataset: Dataset, pki_dir: Path) -> IssuerServer:
-    book = AccountBook.from_cards(issuer, dataset.cards, dataset.issuer_behaviour.synthetic)
+    security = IssuerSecurity.from_dataset(dataset, issuer)
+    book = AccountBook.from_cards(
+        issuer, dataset.cards, dataset.issuer_behaviour.synthetic, security
+    )
     ctx = pki.server_context(pki_dir, f"issuer-{issuer}", require_client_cert=True)
     return IssuerServer(IssuerHost(book, emv=EmvAuthenticator.for_issuer(dataset, issuer)), ctx)
 
@@ -170,11 +205,17 @@ async def running_stack(
     link_timeout: float = 1.0,
     risk: str = "risk.toml",
     dataset: Dataset | None = None,
+    hsm: bool = True,
 ) -> AsyncIterator[Stack]:
     """Gateway + the three issuer simulators on 127.0.0.1; ``risk`` is relative to conf/demo
-    (or absolute), empty to run without the risk stage."""
+    (or absolute), empty to run without the risk stage. With ``hsm`` (and an ``[hsm]`` LMK
+    in the dataset) an HSM simulator runs in-process on a free port for the gateway."""
     dataset = dataset or demo_dataset()
     async with anyio.create_task_group() as tg:
+        hsm_sim = None
+        if hsm and dataset.hsm is not None:
+            hsm_sim = InProcessHsm(dataset.hsm.lmk.key)
+            await hsm_sim.start(tg)
         servers: dict[str, IssuerServer] = {}
         for issuer in ISSUERS:
             servers[issuer] = issuer_server(issuer, dataset, pki_dir)
@@ -195,13 +236,14 @@ async def running_stack(
                 )
                 for i in ISSUERS
             ),
+            hsm=HsmConfig(endpoints=(f"127.0.0.1:{hsm_sim.port}",) if hsm_sim else ()),
             log=LogConfig(level="warning"),
         )
         gateway = Gateway(cfg, DEMO_CONF, dataset)
         await tg.start(gateway.run)
         with anyio.fail_after(10):
             await gateway.wait_ready()
-        yield Stack(gateway, servers, pki_dir, tg)
+        yield Stack(gateway, servers, pki_dir, tg, hsm_sim)
         tg.cancel_scope.cancel()
 
 

@@ -1,0 +1,120 @@
+"""The switch's working keys, held only in their HSM form (``U`` + 32 hex under the LMK).
+
+Demo and tests: the dataset carries clear test keys (``demo.toml``); :func:`load_keys` checks
+each against its check value and encrypts it under the demo LMK of the dataset's ``[hsm]``
+once, at start. Nothing but the LMK form is kept afterwards, and no clear key is ever sent to
+the HSM or logged.
+
+Production: keys would arrive already under the LMK (printed at a key ceremony, or imported
+from a ZMK with the HSM's ``A6``) and the gateway would read that form as it is; a dataset key
+given as ``U`` + 32 hex is taken unchanged here for that reason, and then no clear LMK is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from gateway.conf import ConfigError
+from gateway.dataset import Dataset, KeySpec
+from hsm_sim.errors import HsmCryptoError
+from hsm_sim.lmk import Lmk, kcv_hex, parse_clear_key
+
+
+class KeyLoadError(ConfigError):
+    """A key of the dataset is unusable; the message names the key, never its value."""
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalKeys:
+    """A terminal's keys under the LMK (``None`` where the terminal has none)."""
+
+    terminal: str
+    key_mode: str
+    """``tpk`` (fixed PIN key) or ``dukpt`` (ANSI X9.24-1 TDES DUKPT from the BDK)."""
+    mac_required: bool = False
+    tpk: str | None = field(default=None, repr=False)
+    bdk: str | None = field(default=None, repr=False)
+    tak: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerKeys:
+    """The switch's side of an issuer link: the PIN and MAC zone keys under the LMK."""
+
+    issuer: str
+    zpk: str | None = field(default=None, repr=False)
+    zak: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyStore:
+    lmk_kcv: str
+    """Check value (6 hex) of the LMK these keys are under; compared with the HSM's at start."""
+    terminals: Mapping[str, TerminalKeys] = field(default_factory=dict)
+    issuers: Mapping[str, IssuerKeys] = field(default_factory=dict)
+
+    def terminal(self, terminal_id: str) -> TerminalKeys | None:
+        return self.terminals.get(terminal_id)
+
+    def issuer(self, issuer_id: str) -> IssuerKeys | None:
+        return self.issuers.get(issuer_id)
+
+
+def key_under_lmk(lmk: Lmk | None, spec: KeySpec | None, name: str) -> str | None:
+    """One dataset key in its LMK form, after checking its KCV when it is given in clear."""
+    if spec is None:
+        return None
+    value = spec.key.strip()
+    if value[:1] in ("U", "u") and len(value) == 33:
+        return "U" + value[1:].upper()  # already under the LMK (the production case)
+    if lmk is None:
+        raise KeyLoadError(f"{name}: a clear key needs the LMK of the dataset's [hsm]")
+    try:
+        clear = parse_clear_key(value, what=name)
+    except HsmCryptoError:
+        raise KeyLoadError(f"{name}: must be 32 hex characters") from None
+    if spec.kcv and kcv_hex(clear) != spec.kcv.upper():
+        raise KeyLoadError(f"{name}: key check value does not match the dataset's kcv")
+    return lmk.encrypt(clear)
+
+
+def dataset_lmk(dataset: Dataset) -> Lmk | None:
+    """The demo LMK of the dataset's ``[hsm]`` (checked against its kcv), ``None`` without one."""
+    if dataset.hsm is None:
+        return None
+    try:
+        lmk = Lmk(parse_clear_key(dataset.hsm.lmk.key.strip(), what="hsm.lmk"))
+    except HsmCryptoError:
+        raise KeyLoadError("hsm.lmk: not a usable double-length key") from None
+    if dataset.hsm.lmk.kcv and lmk.check_value() != dataset.hsm.lmk.kcv.upper():
+        raise KeyLoadError("hsm.lmk: key check value does not match the dataset's kcv")
+    return lmk
+
+
+def load_keys(dataset: Dataset) -> KeyStore:
+    """Every terminal and issuer key of the dataset under the LMK (see the module doc)."""
+    lmk = dataset_lmk(dataset)
+    lmk_kcv = lmk.check_value() if lmk is not None else ""
+    terminals: dict[str, TerminalKeys] = {}
+    for t in dataset.terminals:
+        keys = TerminalKeys(
+            terminal=t.id,
+            key_mode=t.key_mode,
+            mac_required=t.mac_required,
+            tpk=key_under_lmk(lmk, t.tpk, f"terminal {t.id} tpk"),
+            bdk=key_under_lmk(lmk, t.bdk, f"terminal {t.id} bdk"),
+            tak=key_under_lmk(lmk, t.tak, f"terminal {t.id} tak"),
+        )
+        if t.mac_required and keys.tak is None:
+            raise KeyLoadError(f"terminal {t.id}: mac_required without a tak")
+        terminals[t.id] = keys
+    issuers = {
+        i.id: IssuerKeys(
+            issuer=i.id,
+            zpk=key_under_lmk(lmk, i.zpk, f"issuer {i.id} zpk"),
+            zak=key_under_lmk(lmk, i.zak, f"issuer {i.id} zak"),
+        )
+        for i in dataset.issuers
+    }
+    return KeyStore(lmk_kcv=lmk_kcv, terminals=terminals, issuers=issuers)

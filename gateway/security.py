@@ -1,0 +1,287 @@
+"""PIN and MAC security on the transaction path, every operation through the HSM.
+
+Participants (see ``Gateway`` for their place in the pipeline):
+
+* :class:`VerifyMac` (after the duplicate check): terminals with ``mac_required`` must send a
+  MAC; ISO 9797-1 MAC algorithm 3 (padding method 1) under the terminal's TAK over the message
+  as received without its last 8 bytes. A missing or wrong MAC is declined ``63``.
+* :class:`TranslatePin` (after the risk stage, before the issuer): field 52 is re-encrypted by
+  the HSM from the terminal's TPK (``CA``) or from the DUKPT key of the KSN in field 53 (``G0``)
+  to the issuer's ZPK, ISO format 0. Only the translated block goes on (``Context.pin_block``);
+  field 53 never leaves the switch.
+* :class:`IssuerLinkMac`, the issuer-message hook of ``QueryIssuer``: on the links of issuers
+  with a ZAK, the MAC is added to each request once it is complete, and checked on answers that
+  carry one.
+
+Where the MAC goes: field 64 when the message has no secondary bitmap; with fields 65-128
+present (a reversal's field 90, for example) ISO 8583:1987 puts it in field 128 instead. Either
+way it is the last 8 bytes of the encoded message, and the MAC covers everything before them.
+
+Response codes: ``63`` for a terminal MAC that is missing or wrong. When the HSM cannot be
+reached or refuses a command (a PIN block that does not decrypt, a key parity error, ...), the
+switch cannot do its own part of the transaction: ``96`` (system malfunction), with the cause
+logged. ``91`` is kept for what SPEC gives it, an issuer that is unavailable or timed out. A
+gateway without HSM (empty ``[hsm] endpoints``) answers ``96`` to whatever needs one, so that
+no untranslated PIN block and no un-MACed message can ever be sent on.
+
+Nothing logged here carries a PAN, a PIN block, a MAC or a key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from gateway.hsm_client import HsmClient, HsmCommandError, HsmUnavailableError
+from gateway.keys import KeyStore
+from gateway.logs import get_logger
+from gateway.pipeline import BaseParticipant, Context
+from protocols.codec import Codec
+from protocols.errors import ProtocolError
+from protocols.message import Message
+from protocols.validate import card_of
+
+if TYPE_CHECKING:
+    from gateway.links import IssuerPool
+
+log = get_logger("gateway.security")
+
+MAC_LENGTH = 8
+PIN_MTIS = frozenset({"0100", "0200"})
+"""Requests whose PIN block is translated and sent on (advices and reversals carry none)."""
+HSM_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+# ----------------------------------------------------------------------------- pure helpers
+
+
+def mac_field(fields: Mapping[str, str]) -> str:
+    """``"64"``, or ``"128"`` when the message has a secondary bitmap (fields 65-127)."""
+    return "128" if any(64 < int(k) < 128 for k in fields if k.isdigit()) else "64"
+
+
+def mac_input(codec: Codec, msg: Message) -> bytes:
+    """What the MAC of ``msg`` covers: its encoding with the MAC field set, minus the MAC.
+
+    The MAC field is the last one encoded, so this is the encoding with 8 placeholder bytes,
+    without its last 8 bytes. Decoding and re-encoding with the same dialect is exact, so for a
+    received message this equals the bytes on the wire before the MAC.
+    """
+    fields = dict(msg.fields)
+    fields[mac_field(fields)] = "00" * MAC_LENGTH
+    return codec.encode(Message(msg.mti, fields))[:-MAC_LENGTH]
+
+
+def received_mac(raw: bytes, msg: Message) -> tuple[bytes, bytes] | None:
+    """(data, MAC) of a message as received, or ``None`` when it carries no MAC where it must.
+
+    The MAC field must be the last 8 bytes of ``raw``; anything else counts as no MAC.
+    """
+    value = msg.fields.get(mac_field(msg.fields))
+    if value is None or len(value) != 2 * MAC_LENGTH or len(raw) <= MAC_LENGTH:
+        return None
+    try:
+        mac = bytes.fromhex(value)
+    except ValueError:
+        return None
+    if raw[-MAC_LENGTH:] != mac:
+        return None
+    return raw[:-MAC_LENGTH], mac
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+class SecurityMetrics:
+    """HSM latency by command and the outcome of each security check."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.hsm_latency = Histogram(
+            "switch_hsm_seconds",
+            "HSM command round trip",
+            ["command"],
+            buckets=HSM_BUCKETS,
+            registry=registry,
+        )
+        self.checks = Counter(
+            "switch_security_checks",
+            "Security checks on the transaction path by outcome",
+            ["check", "outcome"],
+            registry=registry,
+        )
+
+    def count(self, check: str, outcome: str) -> None:
+        self.checks.labels(check, outcome).inc()
+
+
+# ----------------------------------------------------------------------------- participants
+
+
+class _HsmStage(BaseParticipant):
+    check = "hsm"
+
+    def __init__(
+        self, hsm: HsmClient | None, keys: KeyStore, metrics: SecurityMetrics | None = None
+    ) -> None:
+        self.hsm = hsm
+        self.keys = keys
+        self.metrics = metrics or SecurityMetrics()
+
+    def _fail(self, ctx: Context, rc: str, outcome: str, reason: str, **info: Any) -> str:
+        """Decline with ``rc``, count the outcome and log why (``info`` must be harmless)."""
+        self.metrics.count(self.check, outcome)
+        level = log.warning if rc == "96" else log.info
+        level(
+            f"{self.check}_declined",
+            rc=rc,
+            reason=reason,
+            rrn=ctx.rrn,
+            terminal=ctx.request.fields.get("41"),
+            **info,
+        )
+        return ctx.decline(rc, f"{self.check}: {reason}")
+
+    def _hsm_failed(self, ctx: Context, exc: Exception) -> str:
+        if isinstance(exc, HsmCommandError):
+            return self._fail(
+                ctx,
+                "96",
+                "hsm_error",
+                "HSM refused the command",
+                command=exc.command,
+                hsm_error=exc.error_code,
+            )
+        return self._fail(ctx, "96", "hsm_unavailable", "HSM unavailable")
+
+
+class VerifyMac(_HsmStage):
+    """SPEC: field 64 of ``mac_required`` terminals; missing or wrong -> 63."""
+
+    name = "verify-mac"
+    check = "terminal_mac"
+
+    async def prepare(self, ctx: Context) -> str | None:
+        terminal = ctx.terminal
+        if terminal is None or not terminal.mac_required:
+            return None
+        keys = self.keys.terminal(terminal.id)
+        if keys is None or keys.tak is None:
+            return self._fail(ctx, "96", "no_key", "no TAK for this terminal")
+        found = received_mac(ctx.raw, ctx.request)
+        if found is None:
+            return self._fail(ctx, "63", "missing", "MAC missing")
+        if self.hsm is None:
+            return self._fail(ctx, "96", "hsm_disabled", "no HSM configured")
+        data, mac = found
+        try:
+            ok = await self.hsm.verify_mac(keys.tak, data, mac)
+        except (HsmUnavailableError, HsmCommandError) as exc:
+            return self._hsm_failed(ctx, exc)
+        if not ok:
+            return self._fail(ctx, "63", "wrong", "MAC does not verify")
+        self.metrics.count(self.check, "ok")
+        return None
+
+
+class TranslatePin(_HsmStage):
+    """Field 52 from the terminal's key to the issuer's ZPK (TPK: ``CA``; DUKPT: ``G0``)."""
+
+    name = "translate-pin"
+    check = "pin_translation"
+
+    async def prepare(self, ctx: Context) -> str | None:
+        req = ctx.request
+        block_hex = req.fields.get("52")
+        if block_hex is None or req.mti not in PIN_MTIS or ctx.issuer is None:
+            return None
+        if self.hsm is None:
+            return self._fail(ctx, "96", "hsm_disabled", "PIN block but no HSM configured")
+        terminal = self.keys.terminal(req.fields.get("41", ""))
+        issuer = self.keys.issuer(ctx.issuer)
+        if terminal is None:
+            return self._fail(ctx, "96", "no_key", "no keys for this terminal")
+        if issuer is None or issuer.zpk is None:
+            return self._fail(ctx, "96", "no_key", "no ZPK for this issuer", issuer=ctx.issuer)
+        try:
+            block = bytes.fromhex(block_hex)
+            # The PIN block was formed with the PAN the terminal read (before any detokenizing).
+            pan, _ = card_of(req)
+        except (ValueError, ProtocolError, KeyError):
+            return self._fail(ctx, "30", "format", "PIN block or PAN unusable")
+        try:
+            if terminal.key_mode == "dukpt":
+                ksn = req.fields.get("53")
+                if ksn is None:
+                    return self._fail(ctx, "30", "format", "DUKPT PIN block without KSN (53)")
+                if terminal.bdk is None:
+                    return self._fail(ctx, "96", "no_key", "no BDK for this terminal")
+                result = await self.hsm.translate_pin_dukpt_to_zpk(
+                    terminal.bdk, issuer.zpk, ksn, block, pan
+                )
+            else:
+                if terminal.tpk is None:
+                    return self._fail(ctx, "96", "no_key", "no TPK for this terminal")
+                result = await self.hsm.translate_pin_tpk_to_zpk(
+                    terminal.tpk, issuer.zpk, block, pan
+                )
+        except (HsmUnavailableError, HsmCommandError) as exc:
+            return self._hsm_failed(ctx, exc)
+        ctx.pin_block = result.pin_block.hex().upper()
+        self.metrics.count(self.check, "ok")
+        return None
+
+
+class IssuerLinkMac(_HsmStage):
+    """QueryIssuer's issuer-message hook: MAC (ZAK, via ``M6``/``M8``) on links that use one.
+
+    Requests get the MAC once complete; answers are checked when they carry one (re-encoding
+    a decoded answer gives its bytes back exactly, so the MAC covers what the issuer sent).
+    """
+
+    name = "issuer-mac"
+    check = "issuer_mac"
+
+    def _zak(self, issuer: str) -> str | None:
+        keys = self.keys.issuer(issuer)
+        return keys.zak if keys is not None else None
+
+    async def seal(self, ctx: Context, pool: IssuerPool, msg: Message) -> str | None:
+        """Add the MAC to ``msg``; a response code when it cannot be done (nothing is sent)."""
+        zak = self._zak(pool.issuer)
+        if zak is None:
+            return None
+        if self.hsm is None:
+            return self._fail(ctx, "96", "hsm_disabled", "issuer link MAC but no HSM configured")
+        try:
+            mac = await self.hsm.generate_mac(zak, mac_input(pool.codec, msg))
+        except (HsmUnavailableError, HsmCommandError) as exc:
+            return self._hsm_failed(ctx, exc)
+        msg.fields[mac_field(msg.fields)] = mac.hex().upper()
+        self.metrics.count(self.check, "generated")
+        return None
+
+    async def check_answer(self, ctx: Context, pool: IssuerPool, answer: Message) -> str | None:
+        """``None`` when the answer may be used; ``96`` when its MAC does not verify."""
+        zak = self._zak(pool.issuer)
+        value = answer.fields.get(mac_field(answer.fields))
+        if zak is None or value is None:
+            return None
+        if self.hsm is None:
+            return self._fail(ctx, "96", "hsm_disabled", "issuer answer MAC but no HSM")
+        try:
+            mac = bytes.fromhex(value)
+            data = mac_input(pool.codec, answer)
+        except (ValueError, ProtocolError):
+            return self._fail(ctx, "96", "answer_wrong", "issuer answer MAC unusable")
+        try:
+            ok = await self.hsm.verify_mac(zak, data, mac)
+        except (HsmUnavailableError, HsmCommandError) as exc:
+            return self._hsm_failed(ctx, exc)
+        if not ok:
+            return self._fail(
+                ctx, "96", "answer_wrong", "issuer answer MAC does not verify", issuer=pool.issuer
+            )
+        self.metrics.count(self.check, "verified")
+        return None

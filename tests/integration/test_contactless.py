@@ -7,6 +7,7 @@ import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import pyemv
 import pytest
 
@@ -14,10 +15,11 @@ from gateway.emv_check import CheckEmv
 from gateway.pipeline import Context
 from issuer_sim.accounts import Account
 from issuer_sim.emv import EmvAuthenticator
+from loadtest import pos_sim
 from loadtest.pos_sim import SimulatedCard, card_for
 from protocols import emv
 from protocols.message import Message
-from tests.helpers import Stack, demo_dataset, purchase, running_stack, terminal
+from tests.helpers import DEMO_CONF, Stack, demo_dataset, purchase, running_stack, terminal
 
 NFC = "N0000001"
 NFC_MERCHANT = "M00000000000002"
@@ -253,3 +255,34 @@ async def test_declined_with_valid_arqc_carries_arc_3035(stack: Stack) -> None:
     ok, note = card.check_issuer_auth(icc, resp.get("55"))
     assert ok, note
     assert resp["55"].endswith("3035")
+
+
+@pytest.mark.anyio
+async def test_pos_sim_contactless_command(
+    stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pan = BETA_CARDS[0]
+    argv = [
+        "contactless",
+        "--port",
+        str(stack.port),
+        "--terminal",
+        NFC,
+        "--pan",
+        pan,
+        "--amount",
+        "1250",
+        "--data",
+        str(DEMO_CONF / "data.toml"),
+        "--atc-state",
+        str(tmp_path / "atc.json"),
+    ]
+    before = stack.account_balance("beta", pan)
+    for _ in range(2):  # the second run takes the next ATC from the state file
+        assert await anyio.to_thread.run_sync(pos_sim.main, argv) == 0
+        out = capsys.readouterr().out
+        assert "response_code        00" in out
+        assert "card: ARPC verified, ARC 3030" in out
+        assert pan not in out
+    assert stack.account_balance("beta", pan) == before - 2500
+    assert "541333******0019/01" in (tmp_path / "atc.json").read_text()

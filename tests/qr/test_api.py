@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,11 @@ import pytest
 
 from gateway.dataset import QrAcquirer
 from gateway.qr.problems import MEDIA_TYPE, PROBLEM_BASE
+from loadtest import qr_sim
 from loadtest.pos_sim import card_for
 from protocols import qr_cpm
 from protocols.message import Message
-from tests.helpers import Stack, demo_dataset, running_stack
+from tests.helpers import DEMO_CONF, Stack, demo_dataset, running_stack
 
 pytestmark = pytest.mark.anyio
 
@@ -423,3 +425,41 @@ async def test_internal_error_is_a_problem_without_traceback(
 
 
 JSON = "application/json"
+
+
+# qr-sim -----------------------------------------------------------------------------------------
+
+
+async def test_qr_sim_commands(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["--url", stack.qr_url, "--data", str(DEMO_CONF / "data.toml")]
+
+    async def run(*argv: str) -> tuple[int, dict[str, Any]]:
+        rc = await anyio.to_thread.run_sync(qr_sim.main, [*argv, *common])
+        out = capsys.readouterr().out
+        body: dict[str, Any] = json.loads(out[out.index("{") :]) if "{" in out else {}
+        return rc, body
+
+    rc, paid = await run("cpm", "--pan", WALLET, "--amount", "1250")
+    assert (rc, paid["status"], paid["kind"]) == (0, "approved", "cpm")
+    rc, body = await run("refund", paid["payment_id"], "--amount", "250")
+    assert (rc, body["status"]) == (0, "approved")
+    rc, body = await run("status", paid["payment_id"])
+    assert (rc, body["refunded_amount"]) == (0, 250)
+    rc, body = await run("mpm", "--payer-pan", WALLET_2, "--amount", "990")
+    assert (rc, body["status"], body["kind"]) == (0, "approved", "mpm")
+    rc, body = await run("mpm", "--payer-pan", WALLET_2, "--amount", "10", "--static")
+    assert (rc, body["status"]) == (0, "approved")
+    rc, body = await run("cpm", "--pan", LOW, "--amount", "500", "--track2")
+    assert (rc, body["response_code"]) == (1, "51")
+    rc, body = await run("cpm", "--pan", "5413330000000027", "--amount", "75", "--cryptogram")
+    assert (rc, body["status"]) == (0, "approved")
+    assert stack.issuers["beta"].host.emv.verified == 1
+    rc, body = await run("qr", "--merchant", CASINO, "--amount", "100")
+    assert rc == 0
+    assert body["dynamic"] is True
+    rc, body = await run("status", "qrp_nothing")
+    assert (rc, body["status"]) == (1, 404)
+    rc = await anyio.to_thread.run_sync(
+        qr_sim.main, ["status", "qrp_x", "--url", "http://127.0.0.1:9", "--api-key", "k"]
+    )
+    assert rc == 2

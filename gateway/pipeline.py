@@ -46,6 +46,15 @@ class Context:
     reversed_amount: int = 0
     """Amount this reversal gave back at the issuer (0: nothing was reversed now)."""
     rc: str | None = None
+    issuer_request: Message | None = None
+    """What went to the issuer, once journaled as sent (a timeout reverses it)."""
+    issuer_failure: str | None = None
+    """``timeout`` or ``unavailable`` when the issuer gave no answer."""
+    stood_in: bool = False
+    """Approved by stand-in processing (gateway.standin); ``advice`` is its 0120."""
+    advice: Message | None = None
+    """An advice to store and forward with this transaction's journal record (0120 of a
+    stand-in, 0420 of a reversal acknowledged locally)."""
     issuer_response: Message | None = None
     response: Message | None = None
     reasons: list[str] = field(default_factory=list)

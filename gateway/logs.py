@@ -6,7 +6,7 @@ import logging
 import re
 import sys
 from collections.abc import Mapping, MutableMapping
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import orjson
 import structlog
@@ -69,6 +69,17 @@ def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mutab
     return event
 
 
+class _Stdout:
+    """``sys.stdout`` looked up at every write: structlog caches loggers on first use, and
+    stdout may be replaced later (test capture, daemonisation)."""
+
+    def write(self, data: bytes) -> None:
+        sys.stdout.buffer.write(data)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
 def configure(level: str = "info", *, stream: Any = None) -> None:
     structlog.configure(
         processors=[
@@ -82,7 +93,7 @@ def configure(level: str = "info", *, stream: Any = None) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.BytesLoggerFactory(stream or sys.stdout.buffer),
+        logger_factory=structlog.BytesLoggerFactory(stream or cast(BinaryIO, _Stdout())),
         cache_logger_on_first_use=True,
     )
 

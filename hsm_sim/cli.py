@@ -15,7 +15,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TextIO, cast
 
 import anyio
 import anyio.abc
@@ -29,6 +29,16 @@ from hsm_sim.server import HsmServer
 log = structlog.get_logger("hsm_sim.cli")
 
 
+class _Stderr:
+    """``sys.stderr`` looked up at every write (loggers are cached on first use)."""
+
+    def write(self, text: str) -> None:
+        sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def _configure_logging(level: str) -> None:
     structlog.configure(
         processors=[
@@ -39,7 +49,7 @@ def _configure_logging(level: str) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(cast(TextIO, _Stderr())),
         cache_logger_on_first_use=True,
     )
 

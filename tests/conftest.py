@@ -57,3 +57,12 @@ def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from tests.helpers import CERT_NAMES
 
     return pki.ensure_pki(tmp_path_factory.mktemp("pki"), CERT_NAMES)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog() -> Any:
+    """A test that configures logging (a CLI run in-process) must not leak it to the next."""
+    import structlog
+
+    yield
+    structlog.reset_defaults()

@@ -38,8 +38,9 @@ def write_conf(tmp: Path, ports: dict[str, int], gw_port: int, admin: int) -> No
     demo = ROOT / "conf" / "demo"
     pki = (ROOT / "var" / "certs").resolve()
     (tmp / "gateway.toml").write_text(
-        f'data = "{demo / "data.toml"}"\npki_dir = "{pki}"\n'
+        f'data = "{demo / "data.toml"}"\npki_dir = "{pki}"\nrisk = "{demo / "risk.toml"}"\n'
         f"[terminal]\nport = {gw_port}\ntls_port = -1\n[admin]\nport = {admin}\n"
+        "[qr_api]\nport = -1\n[hsm]\nendpoints = []\n"
         '[log]\nlevel = "warning"\ntransactions = false\n'
         + "".join(
             f'[[links]]\nissuer = "{i}"\nendpoints = ["127.0.0.1:{p}"]\nconnections = 2\n'
@@ -102,7 +103,12 @@ def main() -> int:
             for n in args.in_flight:
                 conns = min(args.connections, n)
                 cfg = LoadConfig(
-                    port=gw_port, connections=conns, in_flight=n, duration=args.duration, warmup=1.0
+                    port=gw_port,
+                    connections=conns,
+                    in_flight=n,
+                    duration=args.duration,
+                    warmup=1.0,
+                    prefixes=("5413339",),  # beta: no issuer-link MAC, so no HSM on this path
                 )
                 loop = ClosedLoop(cfg)
                 cpu0 = cpu_seconds(gw.pid)

@@ -163,7 +163,8 @@ class LoadGenerator:
         self._conns: list[_Conn] = []
         self._rr = 0
         self._window = (float("inf"), float("inf"))
-        self._all_dead = anyio.Event()
+        self._stop = anyio.Event()
+        """Set when the schedule is done or every connection is gone."""
         self._draining = False
         self._idle = anyio.Event()
         self._slots: anyio.Semaphore | None = None
@@ -255,11 +256,11 @@ class LoadGenerator:
                     else:
                         self._slots = anyio.Semaphore(max(1, cfg.in_flight))
                         senders.start_soon(self._closed_sender, tg)
-                    with anyio.move_on_after(max(0.0, end - _now())):
-                        if self._conns:
-                            await self._all_dead.wait()
-                        else:  # QR only
-                            await anyio.sleep_forever()
+                    # The open-loop schedule ends by itself (its last arrival is due just
+                    # before the end); the margin only guards against a stuck scheduler.
+                    margin = 1.0 if self.open_loop else 0.0
+                    with anyio.move_on_after(max(0.0, end - _now()) + margin):
+                        await self._stop.wait()
                     senders.cancel_scope.cancel()
                 stopped = _now()
                 stats.elapsed = max(0.0, min(end, stopped) - window_start)
@@ -319,6 +320,7 @@ class LoadGenerator:
         while True:
             due = start + i * interval
             if due >= end:
+                self._stop.set()
                 return
             now = _now()
             if due > now:
@@ -455,7 +457,7 @@ class LoadGenerator:
                     stats.error("connection lost", p.kind)
             pending.clear()
             if not any(c.alive for c in self._conns):
-                self._all_dead.set()
+                self._stop.set()
 
     async def _sweeper(self) -> None:
         timeout = self.cfg.timeout

@@ -175,13 +175,13 @@ class _ClosedPort:
 
 
 def qr_app() -> Starlette:
-    """A tiny stand-in for the QR API: approves even amounts, declines odd ones with 51."""
+    """A tiny stand-in for the QR API: approves even amounts, declines odd ones with 61."""
 
     async def pay(request: Request) -> JSONResponse:
         if request.headers.get("authorization") != "Bearer demo-qr-acquirer-key-0001":
             return JSONResponse({"type": "unauthorized"}, status_code=401)
         body = await request.json()
-        rc = "00" if body["amount"] % 2 == 0 else "51"
+        rc = "00" if body["amount"] % 2 == 0 else "61"
         if not (body.get("qr") and body.get("idempotency_key") and body.get("merchant_id")):
             return JSONResponse({"type": "bad-request"}, status_code=400)
         return JSONResponse(
@@ -208,6 +208,6 @@ async def test_qr_items_go_through_the_http_api() -> None:
             stats = await LoadGenerator(cfg, factory, qr=qr).run()
     assert stats.unavailable == {}
     assert stats.count > 0
-    assert set(stats.codes) <= {"00", "51"}
+    assert set(stats.codes) <= {"00", "61"}
     assert sum(stats.codes.values()) == stats.by_kind["qr"].codes.total()
     assert stats.errors == {}

@@ -23,7 +23,8 @@ def percentile(sorted_values: list[float], q: float) -> float:
     """Nearest-rank percentile of already sorted values (q in 0..100); NaN when empty."""
     if not sorted_values:
         return math.nan
-    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    # The epsilon keeps float noise from bumping the rank (99.9 / 100 * 1000 = 999.0000000001).
+    rank = max(1, math.ceil(q * len(sorted_values) / 100 - 1e-9))
     return sorted_values[rank - 1]
 
 

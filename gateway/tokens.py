@@ -141,6 +141,14 @@ class DetokenizedMessage(Message):
     presented: Message | None = None
 
 
+def presented(msg: Message) -> Message:
+    """The request as the terminal sent it (token in field 2), also once detokenized: what a
+    PIN block was formed with and a MAC computed over."""
+    if isinstance(msg, DetokenizedMessage) and msg.presented is not None:
+        return msg.presented
+    return msg
+
+
 class Detokenize(BaseParticipant):
     """Token -> funding PAN before risk and routing; the answer echoes the token."""
 

@@ -13,7 +13,7 @@ import structlog
 
 from gateway.dataset import Token
 from gateway.pipeline import Context
-from gateway.tokens import Detokenize, PanCipher, TokenVault, VaultKeyError
+from gateway.tokens import Detokenize, PanCipher, TokenVault, VaultKeyError, presented
 from loadtest.pos_sim import card_for
 from protocols.message import Message
 from tests.helpers import Stack, demo_dataset, purchase, reversal_of, running_stack, terminal
@@ -103,6 +103,8 @@ async def test_detokenize_maps_then_restores_the_token() -> None:
     assert ctx.request.fields["2"] == FUNDING  # what risk, routing and the issuer see
     assert "14" not in ctx.request.fields  # the token's expiry is not the card's
     assert req.fields["2"] == TOKEN  # the terminal's message itself is untouched
+    assert presented(ctx.request) is req
+    assert presented(req) is req
     assert logs == [
         {
             "event": "detokenized",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +11,24 @@ from anyio.abc import TaskStatus
 
 from gateway import fastio, pki
 from gateway.admin import admin_app
+from gateway.conf import ConfigError
 from gateway.config import GatewayConfig
 from gateway.dataset import Dataset, load_dataset
+from gateway.draining import DrainingSwitch
 from gateway.emv_check import CheckEmv
 from gateway.hsm_client import HsmClient, HsmCommandError, HsmError
 from gateway.http import serve_asgi
+from gateway.journal import Journal, JournalConfig, JournalConfigError, open_journal
+from gateway.journal import load_config as load_journal_config
+from gateway.journal_stage import (
+    JournalCheckDuplicate,
+    JournalFindOriginal,
+    JournalIssuerHook,
+    JournalReceive,
+    JournalRuntime,
+    JournalStage,
+    recover_in_flight,
+)
 from gateway.keys import load_keys
 from gateway.links import IssuerPool
 from gateway.logs import get_logger
@@ -26,8 +40,10 @@ from gateway.recent import RecentTransactions
 from gateway.risk import RiskEngine
 from gateway.risk_stage import CheckRisk
 from gateway.routing import BinTable
+from gateway.saf import SafMetrics, SafService
 from gateway.security import IssuerLinkMac, SecurityMetrics, TranslatePin, VerifyMac
-from gateway.switch import Switch, utcnow
+from gateway.standin import StandIn
+from gateway.switch import utcnow
 from gateway.terminals import TerminalServer
 from gateway.tokens import Detokenize, PanCipher, TokenVault
 from protocols.codec import Codec
@@ -83,19 +99,54 @@ class Gateway:
                 histogram=self.security_metrics.hsm_latency,
             )
         security = (self.hsm, self.keys, self.security_metrics)
+        # Journal, store-and-forward, stand-in and crash recovery (gateway/journal_stage.py).
+        self.journal_config: JournalConfig | None = None
+        if cfg.journal:
+            try:
+                self.journal_config = load_journal_config(base_dir / cfg.journal)
+            except JournalConfigError as exc:
+                raise ConfigError(str(exc)) from None
+        self.journal_runtime = JournalRuntime(cfg.acquirer_id, cfg.saf, window=cfg.duplicate_window)
+        self.journal: Journal | None = None
+        self.saf: SafService | None = None
+        self.saf_metrics = SafMetrics(self.metrics.registry)
+        self.link_hook = IssuerLinkMac(*security)
+        rt, started = self.journal_runtime, set[str]()
+        journaled = self.journal_config is not None
+        query = QueryIssuer(
+            cfg.acquirer_id,
+            self.metrics,
+            JournalIssuerHook(rt, started, self.link_hook) if journaled else self.link_hook,
+        )
+        self.standin: StandIn | None = None
+        if journaled:
+            self.standin = StandIn(
+                cfg.standin,
+                rt,
+                query,
+                self.dataset,
+                hsm=self.hsm,
+                keys=self.keys,
+                acquirer_id=cfg.acquirer_id,
+            )
         self.participants: list[Participant] = [
+            *([JournalStage(rt, started, self.pools)] if journaled else []),
             CheckFields(self.dataset),
             CheckEmv(),
-            CheckDuplicate(self.recent, self.metrics),
+            JournalCheckDuplicate(self.recent, self.metrics, rt)
+            if journaled
+            else CheckDuplicate(self.recent, self.metrics),
             VerifyMac(*security),
             Detokenize(self.tokens),
-            FindOriginal(self.recent),
+            JournalFindOriginal(self.recent, rt) if journaled else FindOriginal(self.recent),
             Route(self.bins, self.pools),
+            *([JournalReceive(rt, started)] if journaled else []),
             *([CheckRisk(self.risk)] if self.risk is not None else []),
             TranslatePin(*security),
-            QueryIssuer(cfg.acquirer_id, self.metrics, IssuerLinkMac(*security)),
+            *([self.standin] if self.standin is not None else []),
+            query,
         ]
-        self.switch = Switch(
+        self.switch = DrainingSwitch(
             self.participants,
             self.metrics,
             node=cfg.node,
@@ -122,6 +173,13 @@ class Gateway:
         self.tls_port: int | None = None
         self.admin_port: int | None = None
         self.qr_port: int | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._front: anyio.CancelScope | None = None
+        self._saf_scope: anyio.CancelScope | None = None
+        self.recovered = 0
+        """Transactions found in flight at start (a crash) and reversed."""
+        self.stopped: anyio.Event | None = None
+        """Set once ``run`` has ended and the journal is closed."""
 
     @staticmethod
     def certificate_names(cfg: GatewayConfig) -> list[str]:
@@ -131,6 +189,8 @@ class Gateway:
     def _on_unmatched(self, issuer: str, msg: Message) -> None:
         self.metrics.late_responses.labels(issuer).inc()
         log.warning("issuer_late_response", issuer=issuer, mti=msg.mti, rc=msg.fields.get("39"))
+        if self.saf is not None:
+            self.saf.late_answer(issuer, msg)  # a late approval is reversed (0420 via SAF)
 
     def reload_risk(self) -> dict[str, Any]:
         """Reload the risk rules from their file; a broken file keeps the old rules."""
@@ -156,6 +216,20 @@ class Gateway:
             "links": [p.status() for p in self.pools.values()],
             "recent_transactions": len(self.recent),
             "hsm": self._hsm_status(),
+            "journal": None
+            if self.journal_config is None
+            else {
+                "backend": self.journal_config.backend,
+                "open": self.journal is not None,
+                "recovered_at_start": self.recovered,
+                "saf_delivered": {}
+                if self.saf is None
+                else {i: s.delivered for i, s in self.saf.senders.items()},
+                "stand_in_approved": self.standin.approved if self.standin else 0,
+                "breakers": self.standin.status() if self.standin else {},
+            },
+            "in_flight": self.switch.in_flight,
+            "draining": self.switch.draining,
         }
 
     def _hsm_status(self) -> dict[str, Any] | None:
@@ -194,7 +268,9 @@ class Gateway:
             return
         log.info("hsm_ready", endpoint=hsm.statistics().active_endpoint, firmware=diag.firmware)
 
-    def _on_link_state(self, _pool: IssuerPool) -> None:
+    def _on_link_state(self, pool: IssuerPool) -> None:
+        if self.saf is not None:
+            self.saf.link_state_changed(pool)
         if self._ready is not None and self.ready:
             self._ready.set()
 
@@ -205,8 +281,41 @@ class Gateway:
             await self._ready.wait()
 
     async def run(self, *, task_status: TaskStatus[Gateway] = anyio.TASK_STATUS_IGNORED) -> None:
-        cfg = self.cfg.terminal
+        opener: AbstractAsyncContextManager[Journal | None] = nullcontext(None)
+        if self.journal_config is not None:
+            opener = open_journal(self.journal_config)
+        self.stopped = stopped = anyio.Event()
+        # The journal closes last: every write queued by the pipeline is flushed first.
+        try:
+            async with opener as journal:
+                self.journal = journal
+                self.journal_runtime.attach(journal)
+                try:
+                    await self._run(journal, task_status)
+                finally:
+                    self.journal_runtime.attach(None)
+                    self.journal = None
+                    self.saf = None
+        finally:
+            stopped.set()
+
+    async def _run(self, journal: Journal | None, task_status: TaskStatus[Gateway]) -> None:
         async with anyio.create_task_group() as tg:
+            self._tg = tg
+            if journal is not None:
+                # Before any traffic: what a crash left with the issuer is reversed.
+                self.recovered = await recover_in_flight(
+                    journal, self.pools, acquirer_id=self.cfg.acquirer_id, now=utcnow()
+                )
+                self.saf = SafService(
+                    self.journal_runtime,
+                    journal,
+                    self.pools,
+                    self.cfg.saf,
+                    self.saf_metrics,
+                    hook=self.link_hook,
+                    clock=utcnow,
+                )
             if self.risk is not None:
                 await tg.start(self.risk.run)
             if self.hsm is not None:
@@ -214,36 +323,14 @@ class Gateway:
                 tg.start_soon(self._check_hsm, self.hsm)
             for pool in self.pools.values():
                 await tg.start(pool.run)
-            if cfg.port >= 0:
-                self.terminal_port = await fastio.serve(
-                    tg,
-                    self._tcp_handler,
-                    host=cfg.host,
-                    port=cfg.port,
-                    ssl_context=None,
-                    max_size=cfg.max_frame,
-                    partial_timeout=cfg.partial_frame_timeout,
-                )
-            if cfg.tls_port >= 0:
-                ctx = pki.server_context(self.pki_dir, cfg.tls_cert, require_client_cert=False)
-                self.tls_port = await fastio.serve(
-                    tg,
-                    self._tls_handler,
-                    host=cfg.host,
-                    port=cfg.tls_port,
-                    ssl_context=ctx,
-                    max_size=cfg.max_frame,
-                    partial_timeout=cfg.partial_frame_timeout,
-                )
+            if self.saf is not None:
+                self._saf_scope = await tg.start(self._run_saf, self.saf)
+            self._front = await tg.start(self._serve_front)
             if self.cfg.admin.port >= 0:
                 app = admin_app(self.metrics, self.status, self)
                 self.admin_port = await tg.start(
                     serve_asgi, app, self.cfg.admin.host, self.cfg.admin.port
                 )
-            qr_cfg = self.cfg.qr_api
-            if qr_cfg.port >= 0:
-                qr = qr_app(self.qr, max_body=qr_cfg.max_body)
-                self.qr_port = await tg.start(serve_asgi, qr, qr_cfg.host, qr_cfg.port)
             log.info(
                 "gateway_started",
                 terminal_port=self.terminal_port,
@@ -251,11 +338,82 @@ class Gateway:
                 admin_port=self.admin_port,
                 qr_port=self.qr_port,
                 issuers=sorted(self.pools),
+                journal=self.journal_config.backend if self.journal_config else None,
+                recovered=self.recovered,
             )
             task_status.started(self)
 
+    async def _run_saf(
+        self, saf: SafService, *, task_status: TaskStatus[anyio.CancelScope]
+    ) -> None:
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                await tg.start(saf.run)
+                task_status.started(scope)
+
+    async def _serve_front(self, *, task_status: TaskStatus[anyio.CancelScope]) -> None:
+        """Terminal listeners and the QR API, with their connections: stopped first."""
+        cfg = self.cfg.terminal
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                if cfg.port >= 0:
+                    self.terminal_port = await fastio.serve(
+                        tg,
+                        self._tcp_handler,
+                        host=cfg.host,
+                        port=cfg.port,
+                        ssl_context=None,
+                        max_size=cfg.max_frame,
+                        partial_timeout=cfg.partial_frame_timeout,
+                    )
+                if cfg.tls_port >= 0:
+                    ctx = pki.server_context(self.pki_dir, cfg.tls_cert, require_client_cert=False)
+                    self.tls_port = await fastio.serve(
+                        tg,
+                        self._tls_handler,
+                        host=cfg.host,
+                        port=cfg.tls_port,
+                        ssl_context=ctx,
+                        max_size=cfg.max_frame,
+                        partial_timeout=cfg.partial_frame_timeout,
+                    )
+                qr_cfg = self.cfg.qr_api
+                if qr_cfg.port >= 0:
+                    qr = qr_app(self.qr, max_body=qr_cfg.max_body)
+                    self.qr_port = await tg.start(serve_asgi, qr, qr_cfg.host, qr_cfg.port)
+                task_status.started(scope)
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Graceful stop (SIGTERM): refuse new transactions, let those in flight finish (at
+        most ``grace`` s), close the listeners, stop the SAF senders, sign off every issuer
+        link, then end ``run`` (which flushes and closes the journal)."""
+        grace = self.cfg.shutdown_grace if grace is None else grace
+        log.info("gateway_stopping", in_flight=self.switch.in_flight, grace=grace)
+        left = await self.switch.drain(grace)
+        if self._front is not None:
+            self._front.cancel()
+        if self._saf_scope is not None:
+            self._saf_scope.cancel()
+        with anyio.move_on_after(max(grace, 1.0)):
+            async with anyio.create_task_group() as tg:
+                for pool in self.pools.values():
+                    tg.start_soon(pool.sign_off)
+        log.info("gateway_stopped", abandoned=left)
+        self.abort()
+
+    def abort(self) -> None:
+        """End ``run`` now (cancels everything; the journal still flushes what is queued)."""
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+
     async def _tcp_handler(self, channel: fastio.FrameChannel) -> None:
+        if self.switch.draining:
+            await channel.aclose()  # stopping: no new terminal connections
+            return
         await self.terminals.handle_connection(channel, "tcp")
 
     async def _tls_handler(self, channel: fastio.FrameChannel) -> None:
+        if self.switch.draining:
+            await channel.aclose()
+            return
         await self.terminals.handle_connection(channel, "tls")

@@ -14,7 +14,7 @@ from gateway.conf import ConfigError
 from gateway.config import load_gateway_config
 from gateway.dataset import load_dataset
 from gateway.logs import configure
-from gateway.runtime import default_backend, run
+from gateway.runtime import default_backend
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -29,12 +29,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
             async for _ in signals:
                 gateway.reload_risk()
 
+    async def stop_on_signal() -> None:
+        # SIGTERM/SIGINT: graceful (drain, sign off, flush the journal); a second one: now.
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                break
+            async with anyio.create_task_group() as stopping:
+                stopping.start_soon(gateway.shutdown)
+                async for _ in signals:
+                    stopping.cancel_scope.cancel()
+                    break
+            gateway.abort()
+
     async def main() -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(reload_on_sighup)
+            tg.start_soon(stop_on_signal)
             await gateway.run()
+            tg.cancel_scope.cancel()
 
-    run(main, args.backend or default_backend())
+    backend = args.backend or default_backend()
+    if backend == "uvloop":
+        anyio.run(main, backend="asyncio", backend_options={"use_uvloop": True})
+    else:
+        anyio.run(main, backend=backend)
     return 0
 
 
@@ -93,9 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_cmd_demo)
     sub.add_parser("journal", help="journal tools: verify, archive, restore, settlement")
     args = parser.parse_args(argv)
+    from gateway.risk import ConfigError as RiskConfigError
+
     try:
         result: int = args.func(args)
-    except ConfigError as exc:
+    except (ConfigError, RiskConfigError) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
     return result

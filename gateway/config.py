@@ -96,6 +96,45 @@ class HsmConfig:
 
 
 @dataclass(config=FROZEN)
+class SafConfig:
+    """Store-and-forward of advices (0420 reversals, 0120 stand-in advices) to issuers."""
+
+    timeout: float = Field(default=5.0, gt=0)
+    """Seconds to wait for the issuer's 0430/0130 before the advice is retried."""
+    reversal_delay: float = Field(default=0.5, ge=0)
+    """Seconds before a timeout's 0420 is first sent (a late answer may arrive first)."""
+    poll_interval: float = Field(default=1.0, gt=0)
+    """Seconds between queue scans when nothing wakes the sender (restart, other nodes)."""
+    backoff_base: float = Field(default=0.5, gt=0)
+    """First retry delay, seconds; doubles per failed attempt up to backoff_max."""
+    backoff_max: float = Field(default=60.0, gt=0)
+    alert_age: float = Field(default=300.0, gt=0)
+    """Alert (log + counter) while the oldest queued advice of an issuer is older, seconds."""
+
+
+@dataclass(config=FROZEN)
+class StandInLimit:
+    issuer: str
+    """Issuer id from the dataset; issuers without an entry get no stand-in (91)."""
+    max_amount: int = Field(default=50_000, ge=0)
+    """Most a card may spend in stand-in per UTC day, minor units."""
+    max_count: int = Field(default=3, ge=0)
+    """Most stand-in approvals per card per UTC day."""
+
+
+@dataclass(config=FROZEN)
+class StandInConfig:
+    """Stand-in processing while an issuer is down or failing (needs the journal)."""
+
+    enabled: bool = True
+    failure_threshold: int = Field(default=5, ge=1)
+    """Consecutive issuer timeouts/unavailable links that open the circuit breaker."""
+    cooldown: float = Field(default=10.0, gt=0)
+    """Seconds the breaker stays open before one request probes the issuer again."""
+    limits: tuple[StandInLimit, ...] = ()
+
+
+@dataclass(config=FROZEN)
 class LogConfig:
     level: str = "info"
     transactions: bool = True
@@ -116,12 +155,19 @@ class GatewayConfig:
     """Risk and limits rules (gateway.risk), relative to this file; empty disables the stage."""
     duplicate_window: float = 86400.0
     """Seconds a request's answer is kept for duplicate transmissions."""
+    journal: str = ""
+    """Journal and store-and-forward config (gateway.journal TOML), relative to this file;
+    empty runs without a journal (no SAF, no stand-in, no crash recovery)."""
+    shutdown_grace: float = Field(default=10.0, ge=0)
+    """On SIGTERM: seconds in-flight requests get to finish before links sign off."""
     terminal: TerminalConfig = Field(default_factory=TerminalConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     qr_api: QrApiConfig = Field(default_factory=QrApiConfig)
     tokens: TokenVaultConfig = Field(default_factory=TokenVaultConfig)
     links: tuple[LinkConfig, ...] = ()
     hsm: HsmConfig = Field(default_factory=HsmConfig)
+    saf: SafConfig = Field(default_factory=SafConfig)
+    standin: StandInConfig = Field(default_factory=StandInConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
 

@@ -339,6 +339,23 @@ class IssuerPool:
                 return await conn.request(msg, timeout)
         raise LinkUnavailable(self.cfg.issuer)
 
+    async def sign_off(self, timeout: float = 1.0) -> None:
+        """Graceful shutdown: 0800/002 on every signed-on connection, which then takes no
+        more requests (errors and silence are ignored: we are leaving anyway)."""
+
+        async def one(conn: IssuerConnection) -> None:
+            try:
+                await conn.request(self.network_message("002"), timeout)
+            except (IssuerTimeout, LinkUnavailable, *_LINK_ERRORS):
+                pass
+            conn.state = "signed_off"
+
+        async with anyio.create_task_group() as tg:
+            for conn in self.connections:
+                if conn.up:
+                    tg.start_soon(one, conn)
+        self.on_state_change()
+
     def status(self) -> dict[str, Any]:
         return {
             "issuer": self.cfg.issuer,

@@ -56,6 +56,7 @@ class IssuerHost:
         self.answers: dict[tuple[str, str, str], Message] = {}
         self._auth = itertools.count(100001)
         self.reversals_applied = 0
+        self.advices_applied = 0
 
     def _auth_code(self) -> str:
         return f"{next(self._auth) % 1_000_000:06d}"
@@ -95,6 +96,8 @@ class IssuerHost:
             )
         if mti in ("0400", "0420"):
             return self._reverse(msg)
+        if mti == "0120":
+            return self._stand_in_advice(msg)
         if mti not in ("0100", "0200", "0220"):
             return self._answer(msg, "12")
         pan, expiry = card_of(msg)
@@ -180,6 +183,27 @@ class IssuerHost:
         self.postings[(msg.fields.get("11", ""), msg.fields.get("7", ""))] = Posting(
             "0220", "00", pan, amount, True
         )
+        return self._answer(msg, "00")
+
+    def _stand_in_advice(self, msg: Message) -> Message:
+        """0120: the switch approved in stand-in; an advice cannot be declined, so it is
+        posted as the request it stands for (field 90's MTI: 0100 holds, 0200 debits) even
+        beyond the balance, under its own STAN and time (what a reversal names)."""
+        pan, _ = card_of(msg)
+        account = self.book.find(pan)
+        if account is None:
+            return self._answer(msg, "14")
+        original_mti = msg.fields.get("90", "0200")[:4]
+        kind = msg.fields.get("3", "000000")[:2]
+        amount = int(msg.fields.get("4", "0"))
+        stan, when = msg.fields.get("11", ""), msg.fields.get("7", "")
+        if original_mti == "0100":
+            account.holds[f"{stan}{when}"] = amount
+        elif kind in ("00", "01"):
+            account.balance -= amount
+        posting = Posting(original_mti, kind, pan, amount, True, self._auth_code())
+        self.postings[(stan, when)] = posting
+        self.advices_applied += 1
         return self._answer(msg, "00")
 
     def _reverse(self, msg: Message) -> Message:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -19,6 +20,8 @@ from gateway.config import (
     LinkConfig,
     LogConfig,
     QrApiConfig,
+    SafConfig,
+    StandInConfig,
     TerminalConfig,
 )
 from gateway.dataset import Dataset, load_dataset
@@ -161,6 +164,31 @@ class Stack:
     task_group: anyio.abc.TaskGroup
     hsm: InProcessHsm | None = None
     """The in-process HSM simulator the gateway uses (None: the gateway has no HSM)."""
+    replicas: dict[str, list[IssuerServer]] = field(default_factory=dict)
+    """Further endpoints of an issuer (same books), after ``issuers[issuer]``."""
+    gateway_scope: anyio.CancelScope | None = None
+
+    async def stop_gateway(self, *, graceful: bool = False) -> None:
+        """Stop the gateway: ``graceful`` as on SIGTERM, else cancelled mid-flight (what a
+        crash leaves in the journal, except that queued journal writes are flushed)."""
+        if graceful:
+            await self.gateway.shutdown(grace=2.0)
+        if self.gateway_scope is not None:
+            self.gateway_scope.cancel()
+            self.gateway_scope = None
+        stopped = self.gateway.stopped
+        if stopped is not None:
+            with anyio.fail_after(10):
+                await stopped.wait()
+
+    async def start_gateway(self, *, wait_ready: bool = True) -> Gateway:
+        """A new gateway instance with the same config (same journal file): a restart."""
+        self.gateway = Gateway(self.gateway.cfg, DEMO_CONF, self.gateway.dataset)
+        self.gateway_scope = await self.task_group.start(_run_gateway, self.gateway)
+        if wait_ready:
+            with anyio.fail_after(10):
+                await self.gateway.wait_ready()
+        return self.gateway
 
     @property
     def port(self) -> int:
@@ -206,10 +234,18 @@ async def running_stack(
     risk: str = "risk.toml",
     dataset: Dataset | None = None,
     hsm: bool = True,
+    journal: str | Path = "",
+    saf: SafConfig | None = None,
+    standin: StandInConfig | None = None,
+    replicas: dict[str, int] | None = None,
+    connections: int = 2,
+    **gateway_options: Any,
 ) -> AsyncIterator[Stack]:
     """Gateway + the three issuer simulators on 127.0.0.1; ``risk`` is relative to conf/demo
     (or absolute), empty to run without the risk stage. With ``hsm`` (and an ``[hsm]`` LMK
-    in the dataset) an HSM simulator runs in-process on a free port for the gateway."""
+    in the dataset) an HSM simulator runs in-process on a free port for the gateway.
+    ``journal`` names a journal TOML (absolute, or relative to conf/demo; empty: none);
+    ``replicas`` adds endpoints per issuer (simulators sharing the issuer's books)."""
     dataset = dataset or demo_dataset()
     async with anyio.create_task_group() as tg:
         hsm_sim = None
@@ -217,9 +253,16 @@ async def running_stack(
             hsm_sim = InProcessHsm(dataset.hsm.lmk.key)
             await hsm_sim.start(tg)
         servers: dict[str, IssuerServer] = {}
+        extra: dict[str, list[IssuerServer]] = {}
         for issuer in ISSUERS:
             servers[issuer] = issuer_server(issuer, dataset, pki_dir)
             await tg.start(servers[issuer].run)
+            extra[issuer] = []
+            for _ in range((replicas or {}).get(issuer, 0)):
+                first = servers[issuer]
+                replica = IssuerServer(first.host, first.ssl_context)
+                await tg.start(replica.run)
+                extra[issuer].append(replica)
         cfg = GatewayConfig(
             pki_dir=str(pki_dir),
             risk=risk,
@@ -229,7 +272,10 @@ async def running_stack(
             links=tuple(
                 LinkConfig(
                     issuer=i,
-                    endpoints=(f"127.0.0.1:{servers[i].port}",),
+                    endpoints=tuple(
+                        f"127.0.0.1:{server.port}" for server in [servers[i], *extra[i]]
+                    ),
+                    connections=connections,
                     timeout=link_timeout,
                     backoff_initial=0.05,
                     backoff_max=0.2,
@@ -238,13 +284,26 @@ async def running_stack(
             ),
             hsm=HsmConfig(endpoints=(f"127.0.0.1:{hsm_sim.port}",) if hsm_sim else ()),
             log=LogConfig(level="warning"),
+            journal=str(journal),
+            saf=saf or SafConfig(),
+            standin=standin or StandInConfig(),
+            **gateway_options,
         )
         gateway = Gateway(cfg, DEMO_CONF, dataset)
-        await tg.start(gateway.run)
+        scope = await tg.start(_run_gateway, gateway)
         with anyio.fail_after(10):
             await gateway.wait_ready()
-        yield Stack(gateway, servers, pki_dir, tg, hsm_sim)
+        yield Stack(gateway, servers, pki_dir, tg, hsm_sim, extra, scope)
         tg.cancel_scope.cancel()
+
+
+async def _run_gateway(
+    gateway: Gateway, *, task_status: anyio.abc.TaskStatus[anyio.CancelScope]
+) -> None:
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            await tg.start(gateway.run)
+            task_status.started(scope)
 
 
 async def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> None:

@@ -1,0 +1,298 @@
+"""Stand-in processing: answer for an issuer that is down or failing, within limits, and tell
+it afterwards (0120 advices through store-and-forward).
+
+:class:`StandIn` sits right before ``QueryIssuer``. For each issuer it keeps a
+:class:`~gateway.breaker.CircuitBreaker` fed with the outcome of every issuer attempt. When the
+issuer has no signed-on link or the breaker is open:
+
+* purchases, cash and authorizations (0100/0200, processing code 00/01) are approved if the
+  card stays within the stand-in limits of its issuer (count and amount per card per UTC day,
+  ``[[standin.limits]]``; counted from the journal, so a restart does not reset them), the card
+  is not expired, and a PIN, when there is one, verifies at the HSM (Visa PVV with the
+  issuer's PVK and the PVV of track 2). A PIN that cannot be verified (no PVK, no track 2, no
+  HSM) is declined ``91``; a wrong one ``55``. Beyond the limits, or for an issuer without
+  limits, ``91``. The approval is journaled ``stood_in`` together with its 0120;
+* a reversal of an approved original is acknowledged ``00`` and forwarded as a 0420 advice —
+  as is any reversal of a stood-in original, which must reach the issuer after its 0120.
+
+Everything else goes to ``QueryIssuer`` as before (which answers ``91`` when it cannot send).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+
+import anyio
+
+from gateway.breaker import CircuitBreaker
+from gateway.config import StandInConfig, StandInLimit
+from gateway.dataset import Dataset
+from gateway.hsm_client import HsmClient, HsmError
+from gateway.journal import JournalError, TxnState
+from gateway.journal_stage import STAND_IN_NOTE, JournalRuntime
+from gateway.keys import KeyLoadError, KeyStore, dataset_lmk, key_under_lmk
+from gateway.links import IssuerPool
+from gateway.logs import get_logger
+from gateway.participants import REVERSALS, QueryIssuer, reversal_amount
+from gateway.pipeline import BaseParticipant, Context
+from protocols.message import Message
+from protocols.redact import mask_pan
+from protocols.validate import card_of
+
+log = get_logger("gateway.standin")
+
+STAND_IN_MTIS = frozenset({"0100", "0200"})
+STAND_IN_KINDS = frozenset({"00", "01"})
+_NOT_IN_ADVICE = ("35", "52", "53", "55", "64", "128")
+
+
+def pvv_from_track2(track2: str | None) -> tuple[str, str] | None:
+    """(PVKI, PVV) from Visa track 2 discretionary data: ``PAN=YYMM SSS K PPPP ...``."""
+    if not track2:
+        return None
+    for separator in ("=", "D", "d"):
+        if separator in track2:
+            rest = track2.split(separator, 1)[1]
+            break
+    else:
+        return None
+    data = rest[7:12]  # after expiry (4) and service code (3)
+    if len(data) != 5 or not data.isdigit():
+        return None
+    return data[0], data[1:]
+
+
+@dataclass(slots=True)
+class _Usage:
+    count: int = 0
+    amount: int = 0
+
+
+class StandIn(BaseParticipant):
+    name = "stand-in"
+
+    def __init__(
+        self,
+        cfg: StandInConfig,
+        runtime: JournalRuntime,
+        query: QueryIssuer,
+        dataset: Dataset,
+        *,
+        hsm: HsmClient | None = None,
+        keys: KeyStore | None = None,
+        acquirer_id: str = "00000000001",
+    ) -> None:
+        self.cfg = cfg
+        self.runtime = runtime
+        self.query = query
+        self.hsm = hsm
+        self.keys = keys
+        self.acquirer_id = acquirer_id
+        self.limits: Mapping[str, StandInLimit] = {lim.issuer: lim for lim in cfg.limits}
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self.pvks: dict[str, str] = {}
+        try:
+            lmk = dataset_lmk(dataset)
+            for issuer in dataset.issuers:
+                pvk = key_under_lmk(lmk, issuer.pvk, f"issuer {issuer.id} pvk")
+                if pvk is not None:
+                    self.pvks[issuer.id] = pvk
+        except KeyLoadError as exc:
+            log.warning("standin_no_pvk", reason=str(exc))  # PINs then decline 91 in stand-in
+        self._usage: dict[tuple[str, bytes], _Usage] = {}
+        self._card_key = os.urandom(32)
+        self._lock = anyio.Lock()
+        self._auth = itertools.count(1)
+        self._attempts: set[str] = set()
+        self.approved = 0
+
+    def breaker(self, issuer: str) -> CircuitBreaker:
+        breaker = self.breakers.get(issuer)
+        if breaker is None:
+            breaker = self.breakers[issuer] = CircuitBreaker(
+                self.cfg.failure_threshold, self.cfg.cooldown
+            )
+        return breaker
+
+    def status(self) -> dict[str, object]:
+        now = anyio.current_time()
+        return {
+            issuer: {"state": b.state(now), "failures": b.failures, "opens": b.opens}
+            for issuer, b in self.breakers.items()
+        }
+
+    # -- pipeline ---------------------------------------------------------------------------
+
+    async def prepare(self, ctx: Context) -> str | None:
+        pool, issuer = ctx.pool, ctx.issuer
+        if pool is None or issuer is None or self.runtime.journal is None:
+            return None
+        breaker = self.breaker(issuer)
+        now = anyio.current_time()
+        mti = ctx.request.mti
+        if mti in REVERSALS:
+            down = not pool.ready or breaker.state(now) == "open"
+            return self._reversal(ctx, pool, down)
+        if mti not in STAND_IN_MTIS:
+            return None
+        if pool.ready and breaker.allow(now):
+            self._attempts.add(ctx.rrn)
+            return None
+        return await self._stand_in(ctx, pool, issuer)
+
+    async def commit(self, ctx: Context) -> None:
+        self._observe(ctx)
+
+    async def abort(self, ctx: Context) -> None:
+        self._observe(ctx)
+
+    def _observe(self, ctx: Context) -> None:
+        """Feed the breaker with what the issuer attempt (if any) showed."""
+        issuer = ctx.issuer
+        if issuer is None:
+            return
+        attempted = ctx.rrn in self._attempts
+        self._attempts.discard(ctx.rrn)
+        breaker = self.breaker(issuer)
+        if ctx.issuer_failure is not None:
+            before = breaker.opens
+            breaker.failure(anyio.current_time())
+            if breaker.opens != before:
+                log.warning("issuer_breaker_open", issuer=issuer, failures=breaker.failures)
+        elif ctx.issuer_response is not None and not ctx.stood_in:
+            if breaker.opened_at is not None:
+                log.info("issuer_breaker_closed", issuer=issuer)
+            breaker.success()
+        elif attempted:
+            breaker.release_probe()
+
+    # -- reversals --------------------------------------------------------------------------
+
+    def _reversal(self, ctx: Context, pool: IssuerPool, down: bool) -> str | None:
+        original = ctx.original
+        if original is None or not original.approved or original.issuer is None:
+            return None  # QueryIssuer acknowledges it locally
+        if original.reversed:
+            return None
+        if not down and original.issuer_mti != "0120":
+            return None  # the issuer is there: a real-time 0400
+        msg = self.query._issuer_request(ctx, pool)
+        msg.mti = "0420"
+        for k in _NOT_IN_ADVICE:
+            msg.fields.pop(k, None)
+        if "2" not in msg.fields and original.pan:
+            msg.fields["2"] = original.pan
+        ctx.advice = msg
+        ctx.reversed_amount = reversal_amount(ctx.request, original.amount)
+        original.amount -= ctx.reversed_amount
+        original.reversed = original.amount == 0
+        log.info("reversal_forwarded_as_advice", issuer=original.issuer, rrn=ctx.rrn)
+        return "00"
+
+    # -- stand-in approvals -----------------------------------------------------------------
+
+    async def _stand_in(self, ctx: Context, pool: IssuerPool, issuer: str) -> str | None:
+        limit = self.limits.get(issuer)
+        fields = ctx.request.fields
+        if not self.cfg.enabled or limit is None:
+            return ctx.decline("91", "issuer unavailable, no stand-in for it")
+        if fields.get("3", "")[:2] not in STAND_IN_KINDS:
+            return ctx.decline("91", "issuer unavailable, not a stand-in transaction")
+        amount = int(fields.get("4", "0"))
+        if ctx.expiry is not None and ctx.expiry < ctx.now.strftime("%y%m"):
+            return ctx.decline("54", "stand-in: expired card")
+        if "52" in fields:
+            rc = await self._verify_pin(ctx, issuer)
+            if rc is not None:
+                return rc
+        async with self._lock:
+            try:
+                usage = await self._usage_of(ctx.pan, ctx.now)
+            except JournalError as exc:
+                log.error("journal_read_failed", stage="stand-in", error=str(exc))
+                return ctx.decline("91", "issuer unavailable, stand-in limits unknown")
+            if usage.count + 1 > limit.max_count or usage.amount + amount > limit.max_amount:
+                log.info(
+                    "stand_in_declined",
+                    issuer=issuer,
+                    pan=mask_pan(ctx.pan),
+                    count=usage.count,
+                    amount=usage.amount,
+                )
+                return ctx.decline("91", "issuer unavailable, beyond stand-in limits")
+            usage.count += 1
+            usage.amount += amount
+        advice = self.query._issuer_request(ctx, pool)
+        advice.mti = "0120"
+        for k in _NOT_IN_ADVICE:
+            advice.fields.pop(k, None)
+        advice.fields["2"] = ctx.pan
+        # Field 90 of the advice: the MTI it stands for, then its own STAN and time (the key
+        # the issuer posts it under, and a later reversal names).
+        advice.fields["90"] = (
+            f"{ctx.request.mti}{advice.fields['11']}{advice.fields['7']}"
+            f"{self.acquirer_id:0>11}{'0' * 11}"
+        )
+        auth = f"S{next(self._auth) % 100000:05d}"
+        ctx.stood_in = True
+        ctx.advice = advice
+        ctx.issuer_response = Message("0210", {"38": auth, "39": "00"})
+        entry = ctx.entry
+        if entry is not None:
+            entry.issuer = issuer
+            entry.issuer_mti = "0120"
+            entry.issuer_stan = advice.fields["11"]
+            entry.issuer_time = advice.fields["7"]
+            entry.rrn = ctx.rrn
+            entry.amount = amount
+        self.approved += 1
+        log.warning("stand_in_approved", issuer=issuer, rrn=ctx.rrn, pan=mask_pan(ctx.pan))
+        return "00"
+
+    async def _usage_of(self, pan: str, now: datetime) -> _Usage:
+        day = now.astimezone(UTC).date()
+        key = (day.isoformat(), hmac.new(self._card_key, pan.encode(), hashlib.sha256).digest())
+        usage = self._usage.get(key)
+        if usage is not None:
+            return usage
+        usage = _Usage()
+        journal = self.runtime.journal
+        if journal is not None:
+            start = datetime.combine(day, time(0), tzinfo=UTC)
+            for txn in await journal.find_by_pan(pan, start, start + timedelta(days=1), limit=1000):
+                if (
+                    txn.note == STAND_IN_NOTE
+                    and txn.response_code == "00"
+                    and txn.state != TxnState.REVERSED
+                ):
+                    usage.count += 1
+                    usage.amount += txn.amount or 0
+        for old in [k for k in self._usage if k[0] != key[0]]:
+            del self._usage[old]  # yesterday's counters
+        self._usage[key] = usage
+        return usage
+
+    async def _verify_pin(self, ctx: Context, issuer: str) -> str | None:
+        pvk = self.pvks.get(issuer)
+        issuer_keys = self.keys.issuer(issuer) if self.keys is not None else None
+        zpk = issuer_keys.zpk if issuer_keys is not None else None
+        found = pvv_from_track2(ctx.request.fields.get("35"))
+        block = ctx.pin_block
+        if self.hsm is None or pvk is None or zpk is None or found is None or block is None:
+            return ctx.decline("91", "issuer unavailable, PIN cannot be verified in stand-in")
+        pvki, pvv = found
+        try:
+            pan, _ = card_of(ctx.request)
+            ok = await self.hsm.verify_pin_pvv(zpk, pvk, bytes.fromhex(block), pan, pvv, pvki=pvki)
+        except (HsmError, ValueError) as exc:
+            log.warning("stand_in_pin_unverified", issuer=issuer, error=type(exc).__name__)
+            return ctx.decline("91", "issuer unavailable, PIN cannot be verified in stand-in")
+        if not ok:
+            return ctx.decline("55", "stand-in: incorrect PIN")
+        return None

@@ -1,0 +1,189 @@
+"""Stand-in over real sockets: approvals within limits while the issuer is down, declines beyond,
+PIN verified at the HSM (PVV from track 2), the circuit breaker, 0120 advices delivered when
+the issuer is back, and failover between two endpoints of one issuer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import anyio
+import pytest
+
+from gateway.config import SafConfig, StandInConfig, StandInLimit
+from gateway.journal import TxnState
+from hsm_sim.issuer import derive_pvv
+from loadtest.pos_sim import add_pin_block, terminal_of
+from protocols.message import Message
+from tests.helpers import (
+    Stack,
+    demo_dataset,
+    eventually,
+    purchase,
+    reversal_of,
+    running_stack,
+    terminal,
+)
+from tests.integration.journal_support import saf_depth, txn, write_conf
+
+pytestmark = pytest.mark.anyio
+
+PAN = "4761730000000011"  # alpha, PIN 1234
+OTHER = "4761730000000060"  # alpha
+FAST_SAF = SafConfig(reversal_delay=0.05, poll_interval=0.1, backoff_base=0.05, backoff_max=0.3)
+LIMITS = StandInConfig(
+    failure_threshold=2,
+    cooldown=0.5,
+    limits=(StandInLimit(issuer="alpha", max_amount=5000, max_count=2),),
+)
+
+
+@pytest.fixture
+async def stack(pki_dir: Path, tmp_path: Path) -> AsyncIterator[Stack]:
+    async with running_stack(
+        pki_dir,
+        link_timeout=0.3,
+        risk="",
+        journal=write_conf(tmp_path),
+        saf=FAST_SAF,
+        standin=LIMITS,
+    ) as s:
+        yield s
+
+
+async def until(predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    with anyio.fail_after(timeout):
+        while not await predicate():  # noqa: ASYNC110 - polls the journal, no event to wait on
+            await anyio.sleep(0.02)
+
+
+async def _alpha_down(stack: Stack) -> None:
+    stack.issuers["alpha"].stop()
+    await eventually(lambda: not stack.gateway.pools["alpha"].ready)
+
+
+async def _saf_empty(stack: Stack) -> bool:
+    return await saf_depth(stack.gateway, "alpha") == 0
+
+
+async def test_stand_in_within_limits_then_advices_after_return(stack: Stack) -> None:
+    alpha = stack.issuers["alpha"]
+    before = {pan: stack.account_balance("alpha", pan) for pan in (PAN, OTHER)}
+    await _alpha_down(stack)
+    async with terminal(stack.port) as term:
+        first = await term.exchange(purchase(PAN, 1000))
+        second = await term.exchange(purchase(PAN, 1500))
+        third = await term.exchange(purchase(PAN, 100))  # a third one: beyond the count
+        big = await term.exchange(purchase(OTHER, 6000))  # beyond the amount
+        refund = await term.exchange(purchase(OTHER, 100, processing="200000"))
+    assert [r["39"] for r in (first, second, third, big, refund)] == ["00", "00", "91", "91", "91"]
+    assert first["38"].startswith("S")
+    assert (await txn(stack.gateway, first["37"])).state == TxnState.STOOD_IN
+    assert await saf_depth(stack.gateway, "alpha") == 2
+    assert stack.account_balance("alpha", PAN) == before[PAN]  # the issuer knows nothing yet
+
+    await stack.restart_issuer("alpha")
+    await until(lambda: _saf_empty(stack))
+    assert stack.issuers["alpha"].host.advices_applied == 2
+    assert stack.issuers["alpha"].by_mti.get("0120") == 2
+    assert stack.account_balance("alpha", PAN) == before[PAN] - 2500
+    assert stack.account_balance("alpha", OTHER) == before[OTHER]
+    stored = await txn(stack.gateway, first["37"])
+    assert (stored.state, stored.response_code, stored.note) == (TxnState.ADVISED, "00", "stand_in")
+    assert alpha.host is stack.issuers["alpha"].host  # the same books across the restart
+
+
+async def test_stand_in_limits_survive_a_restart(stack: Stack) -> None:
+    await _alpha_down(stack)
+    async with terminal(stack.port) as term:
+        assert (await term.exchange(purchase(PAN, 2000)))["39"] == "00"
+        assert (await term.exchange(purchase(PAN, 2000)))["39"] == "00"
+    await stack.stop_gateway(graceful=True)
+    await stack.start_gateway(wait_ready=False)  # alpha is still down
+    async with terminal(stack.port) as term:
+        resp = await term.exchange(purchase(PAN, 100))
+    assert resp["39"] == "91"  # the count of the day came from the journal
+
+
+async def test_reversal_of_a_stood_in_original_goes_after_its_advice(stack: Stack) -> None:
+    before = stack.account_balance("alpha", PAN)
+    await _alpha_down(stack)
+    req = purchase(PAN, 1200)
+    async with terminal(stack.port) as term:
+        assert (await term.exchange(req))["39"] == "00"
+        rev = await term.exchange(reversal_of(req))
+    assert (rev.mti, rev["39"]) == ("0410", "00")
+    assert await saf_depth(stack.gateway, "alpha") == 2  # the 0120, then the 0420
+    server = await stack.restart_issuer("alpha")
+    await until(lambda: _saf_empty(stack))
+    assert (server.host.advices_applied, server.host.reversals_applied) == (1, 1)
+    assert stack.account_balance("alpha", PAN) == before
+
+
+async def test_breaker_opens_after_timeouts_and_closes_after_a_probe(stack: Stack) -> None:
+    alpha = stack.issuers["alpha"]
+    alpha.faults.drop_ratio = 1.0
+    async with terminal(stack.port) as term:
+        for amount in (10, 11):
+            assert (await term.exchange(purchase(OTHER, amount)))["39"] == "91"
+        sent = alpha.by_mti.get("0200", 0)
+        stood = await term.exchange(purchase(PAN, 12))  # open: answered without the issuer
+        assert stood["39"] == "00"
+        assert alpha.by_mti.get("0200", 0) == sent
+        assert stack.gateway.standin is not None
+        assert stack.gateway.standin.breaker("alpha").state(anyio.current_time()) == "open"
+        alpha.faults.drop_ratio = 0.0
+        await anyio.sleep(0.6)  # the cool-down
+        probe = await term.exchange(purchase(OTHER, 13))
+        assert probe["39"] == "00"
+        assert alpha.by_mti.get("0200", 0) == sent + 1
+        assert stack.gateway.standin.breaker("alpha").state(anyio.current_time()) == "closed"
+    await until(lambda: _saf_empty(stack))  # two 0420s and the 0120
+
+
+def _track2_request(pan: str, pin: str, amount: int) -> Message:
+    data = demo_dataset()
+    pvk = next(i.pvk for i in data.issuers if i.id == "alpha")
+    assert pvk is not None
+    pvv = derive_pvv(pvk.key, pan, "1234", "1")
+    req = purchase(pan, amount)
+    del req.fields["2"]
+    req.fields["35"] = f"{pan}=28121011{pvv}00000"
+    add_pin_block(req, terminal_of(data, "T0000001"), pin, pan)
+    return req
+
+
+async def test_stand_in_verifies_the_pin_at_the_hsm(stack: Stack) -> None:
+    await _alpha_down(stack)
+    async with terminal(stack.port) as term:
+        good = await term.exchange(_track2_request(PAN, "1234", 100))
+        wrong = await term.exchange(_track2_request(PAN, "9999", 100))
+        no_pvv = purchase(PAN, 100)
+        add_pin_block(no_pvv, terminal_of(demo_dataset(), "T0000001"), "1234", PAN)
+        unverifiable = await term.exchange(no_pvv)
+    assert (good["39"], wrong["39"], unverifiable["39"]) == ("00", "55", "91")
+
+
+async def test_failover_to_the_second_endpoint(pki_dir: Path, tmp_path: Path) -> None:
+    async with running_stack(
+        pki_dir,
+        link_timeout=0.5,
+        risk="",
+        journal=write_conf(tmp_path),
+        saf=FAST_SAF,
+        standin=LIMITS,
+        replicas={"alpha": 1},
+    ) as stack:
+        before = stack.account_balance("alpha", PAN)
+        primary, replica = stack.issuers["alpha"], stack.replicas["alpha"][0]
+        primary.stop()  # the first endpoint dies; the links move to the second
+        pool = stack.gateway.pools["alpha"]
+        await eventually(
+            lambda: all(c.up and c.endpoint.endswith(f":{replica.port}") for c in pool.connections)
+        )
+        async with terminal(stack.port) as term:
+            resp = await term.exchange(purchase(PAN, 321))
+        assert resp["39"] == "00"
+        assert not resp["38"].startswith("S")  # the issuer answered, not stand-in
+        assert replica.by_mti.get("0200") == 1
+        assert stack.account_balance("alpha", PAN) == before - 321

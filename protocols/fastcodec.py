@@ -1,0 +1,543 @@
+"""A faster ISO 8583 codec with exactly :class:`protocols.codec.Codec`'s behaviour.
+
+:class:`Codec` runs pyiso8583, which spends most of its ~23 us per message on per-field spec
+dict lookups, partial-result bookkeeping and generality we do not use. :class:`FastCodec`
+compiles the spec once into tuples and then decodes/encodes with slicing, ``bytes.hex``,
+``binascii.a2b_hex`` and one loop over the fields present.
+
+Every message takes the *fast path* first: it checks only what it must to know the input is
+valid and bails out (never raises) on anything odd. A refused input is then replayed on the
+*exact path*, a line-by-line transcription of pyiso8583's decoder/encoder for the supported
+subset, which raises the same error as ``Codec`` (class, field, reason, MTI, echo). Valid input
+never reaches the exact path; invalid input pays for both, which is still cheaper than pyiso8583.
+
+Supported spec subset (anything else raises :class:`UnsupportedSpecError`, and the caller keeps
+:class:`Codec`; :func:`best_codec` does that): no header (``h`` max_len 0), ASCII MTI, binary
+primary and secondary bitmaps, fields 2-128 with ``data_enc`` ASCII or ``b`` (hex text in
+:class:`Message`), fixed length or ASCII length prefixes of 1-4 digits counted in bytes.
+
+Errors never carry raw bytes or field values other than the ``ECHO_SAFE`` echo, and are raised
+outside any ``except`` block so that no library exception (which may hold the raw message) hangs
+off ``__context__``.
+"""
+
+from __future__ import annotations
+
+import codecs
+from binascii import a2b_hex
+from collections.abc import Mapping
+from typing import Any
+
+from protocols.codec import ECHO_SAFE, Codec, MessageFormatError, UndecodableError
+from protocols.errors import LocalProtocolError
+from protocols.message import Message
+
+__all__ = ["FastCodec", "UnsupportedSpecError", "best_codec"]
+
+# Field spec compiled to a tuple: (key, length-prefix digits, max_len, binary data).
+_Field = tuple[str, int, int, bool]
+# Encoder plan entry: the field plus the shared table of its ASCII length prefixes.
+_EncField = tuple[str, int, int, bool, tuple[str, ...]]
+
+# Bounded memo of per-bitmap plans: real traffic has a handful of shapes; random input must not
+# grow memory, so past the limit plans are computed and not stored.
+_PLAN_CACHE_MAX = 512
+_BIT1 = 1 << 127  # field 1 (secondary bitmap present) in the 128-bit combined bitmap
+_BAD_LENGTH = 1 << 30  # what the length table answers for anything but len_type digits
+_PREFIXES: dict[int, tuple[str, ...]] = {}
+# Cached plan of a message shape the fast path cannot take (a field missing from the spec).
+_NO_PLAN: tuple[_Field, ...] = (("", -1, -1, False),)
+_NO_ENC_PLAN: tuple[str, tuple[_EncField, ...]] = ("", ())
+
+
+class UnsupportedSpecError(LocalProtocolError):
+    """The spec uses a pyiso8583 feature FastCodec does not implement: use :class:`Codec`."""
+
+
+def best_codec(spec: Mapping[str, Mapping[str, Any]]) -> FastCodec | Codec:
+    """A :class:`FastCodec` for ``spec`` when it supports it, else the reference :class:`Codec`."""
+    try:
+        return FastCodec(spec)
+    except UnsupportedSpecError:
+        return Codec(spec)
+
+
+def _prefix_table(digits: int) -> tuple[str, ...]:
+    """Length prefixes of ``digits`` ASCII digits, indexed by length (shared by all codecs)."""
+    table = _PREFIXES.get(digits)
+    if table is None:
+        table = tuple(f"{n:0{digits}d}" for n in range(10**digits))
+        _PREFIXES[digits] = table
+    return table
+
+
+def _is_ascii_codec(name: object) -> bool:
+    if not isinstance(name, str) or name == "b":
+        return False
+    try:
+        return codecs.lookup(name).name == "ascii"
+    except LookupError:
+        return False
+
+
+def _compile_field(key: str, fspec: Mapping[str, Any]) -> _Field:
+    def unsupported(what: str) -> UnsupportedSpecError:
+        return UnsupportedSpecError(f"FastCodec: field {key}: {what}; use Codec")
+
+    data_enc = fspec.get("data_enc")
+    len_type = fspec.get("len_type")
+    max_len = fspec.get("max_len")
+    if data_enc != "b" and not _is_ascii_codec(data_enc):
+        raise unsupported(f"data encoding {data_enc!r} (only ascii and b)")
+    if type(len_type) is not int or not 0 <= len_type <= 4:
+        raise unsupported(f"length type {len_type!r} (only 0-4 digits)")
+    if type(max_len) is not int or max_len < 0:
+        raise unsupported(f"max_len {max_len!r}")
+    if fspec.get("len_count", "bytes") != "bytes":
+        raise unsupported("length counted in nibbles")
+    # pyiso8583 reads len_enc only for variable-length fields.
+    if len_type and not _is_ascii_codec(fspec.get("len_enc")):
+        raise unsupported(f"length encoding {fspec.get('len_enc')!r} (only ascii)")
+    return (key, len_type, max_len, data_enc == "b")
+
+
+def _valid_mti(mti: object) -> bool:
+    return isinstance(mti, str) and len(mti) == 4 and mti.isdigit()
+
+
+def _field_numbers(raw: bytes, offset: int) -> list[int]:
+    """Numbers of the bits set in a bitmap, as pyiso8583 numbers them (1 = leftmost)."""
+    value = int.from_bytes(raw, "big")
+    width = len(raw) * 8
+    return [offset + i for i in range(1, width + 1) if value >> (width - i) & 1]
+
+
+class FastCodec:
+    """Encode and decode one dialect like :class:`Codec`, faster. Stateless apart from a bounded
+    memo of bitmap plans; one instance per dialect is shared."""
+
+    __slots__ = ("_by_number", "_dec_plans", "_enc_bits", "_enc_plans", "_lengths", "spec")
+
+    def __init__(self, spec: Mapping[str, Mapping[str, Any]]) -> None:
+        self.spec = spec
+        header = spec.get("h")
+        if header is None or not isinstance(header.get("max_len"), int):
+            raise UnsupportedSpecError("FastCodec: spec has no 'h' entry; use Codec")
+        if header["max_len"] > 0:
+            raise UnsupportedSpecError("FastCodec: message headers are not supported; use Codec")
+        if "t" not in spec or not _is_ascii_codec(spec["t"].get("data_enc")):
+            raise UnsupportedSpecError("FastCodec: only an ASCII MTI is supported; use Codec")
+        for key in ("p", "1"):
+            if key not in spec or spec[key].get("data_enc") != "b":
+                raise UnsupportedSpecError(
+                    f"FastCodec: bitmap {key!r} must be binary ('b'); use Codec"
+                )
+        by_number: dict[int, _Field] = {}
+        for key, fspec in spec.items():
+            if not isinstance(key, str) or not key.isdigit() or key in ("1", "65"):
+                continue  # h/t/p handled above; 65 is the tertiary-bitmap bit, never a field
+            number = int(key)
+            if key != str(number) or number > 128:
+                raise UnsupportedSpecError(
+                    f"FastCodec: spec key {key!r} (tertiary bitmap or odd key); use Codec"
+                )
+            by_number[number] = _compile_field(key, fspec)
+        self._by_number = by_number
+        # Encoder: canonical key -> bit in the 128-bit combined bitmap (field n at bit 128 - n).
+        self._enc_bits = {key: 1 << (128 - n) for n, (key, *_rest) in by_number.items()}
+        self._dec_plans: dict[bytes, tuple[_Field, ...]] = {}
+        self._enc_plans: dict[tuple[str, ...], tuple[str, tuple[_EncField, ...]]] = {}
+        # Decoder: exactly-n-digit length prefix -> its value, for the widths the spec uses.
+        self._lengths = {
+            p.encode("ascii"): n
+            for width in {f[1] for f in by_number.values() if f[1]}
+            for n, p in enumerate(_prefix_table(width))
+        }
+
+    # ------------------------------------------------------------------ decode
+
+    def decode(self, data: bytes | bytearray) -> Message:
+        msg = self._decode_fast(data)
+        if msg is None:  # outside any except block: no library exception in __context__
+            return self._decode_exact(data)
+        return msg
+
+    def _decode_plan(self, bitmap: bytes) -> tuple[_Field, ...]:
+        """Fields present, ascending, for a primary (+ secondary without bit 65) bitmap."""
+        value = int.from_bytes(bitmap, "big")
+        width = len(bitmap) * 8
+        by_number = self._by_number
+        plan: list[_Field] = []
+        for n in range(2, width + 1):
+            if value >> (width - n) & 1:
+                entry = by_number.get(n)
+                if entry is None:
+                    return _NO_PLAN  # not in the spec: the exact path reports it
+                plan.append(entry)
+        return tuple(plan)
+
+    def _decode_fast(self, data: bytes | bytearray) -> Message | None:
+        """The message when ``data`` is a valid message, else ``None`` (never raises)."""
+        if type(data) is not bytes:
+            if not isinstance(data, bytearray):
+                return None
+            data = bytes(data)
+        if len(data) < 12 or not data[:4].isdigit():
+            return None
+        if data[4] < 0x80:
+            bitmap = data[4:12]
+            pos = 12
+        elif len(data) >= 20 and data[12] < 0x80:  # secondary bitmap, no tertiary (bit 65)
+            bitmap = data[4:20]
+            pos = 20
+        else:
+            return None
+        plans = self._dec_plans
+        plan = plans.get(bitmap)
+        if plan is None:
+            plan = self._decode_plan(bitmap)
+            if len(plans) < _PLAN_CACHE_MAX:
+                plans[bitmap] = plan
+        if plan is _NO_PLAN:
+            return None
+        # ASCII fields are sliced from one latin-1 decoding of the whole message (one C pass,
+        # one object per field); that they are really ASCII is checked once, at the end.
+        text = data.decode("latin-1")
+        length_of = self._lengths.get
+        out: dict[str, str] = {}
+        for key, len_type, max_len, binary in plan:
+            if len_type:
+                # Exactly len_type ASCII digits, else _BAD_LENGTH (> any max_len).
+                size = length_of(data[pos : pos + len_type], _BAD_LENGTH)
+                if size > max_len:
+                    return None
+                pos += len_type
+                end = pos + size
+            else:
+                end = pos + max_len
+            if binary:
+                out[key] = data[pos:end].hex().upper()
+            else:
+                out[key] = text[pos:end]
+            pos = end
+        # A short field leaves pos past the end; hex text is ASCII, so one check covers
+        # every ASCII field.
+        if pos != len(data) or not "".join(out.values()).isascii():
+            return None
+        return Message(text[:4], out)
+
+    def _decode_exact(self, data: bytes | bytearray) -> Message:
+        """pyiso8583 ``decode`` + ``Codec.decode`` step by step: same result or same error."""
+        if isinstance(data, bytes | bytearray):
+            data = bytes(data)
+        else:
+            raise UndecodableError("message could not be decoded")
+        partial: dict[str, str] = {"t": ""}
+        head = data[0:4]
+        if len(head) != 4:
+            raise _decode_error(partial, "t", f"Field data is {len(head)} bytes, expecting 4")
+        mti = _ascii_or_none(head)
+        if mti is None:
+            raise _decode_error(partial, "t", "Failed to decode field, invalid data")
+        partial["t"] = mti
+
+        field = "p"
+        partial["p"] = ""
+        raw = data[4:12]
+        if len(raw) != 8:
+            raise _decode_error(partial, "p", f"Field data is {len(raw)} bytes, expecting 8")
+        partial["p"] = raw.hex().upper()
+        numbers = set(_field_numbers(raw, 0))
+        pos = 12
+        if 1 in numbers:
+            field = "1"
+            partial["1"] = ""
+            raw = data[pos : pos + 8]
+            if len(raw) != 8:
+                raise _decode_error(partial, "1", f"Field data is {len(raw)} bytes, expecting 8")
+            partial["1"] = raw.hex().upper()
+            numbers.update(_field_numbers(raw, 64))
+            numbers.remove(1)
+            pos += 8
+        if 65 in numbers:  # tertiary bitmap, appended to field "1" as pyiso8583 does
+            raw = data[pos : pos + 8]
+            if len(raw) != 8:
+                reason = f"Field data is {8 + len(raw)} bytes, expecting 16"
+                raise _decode_error(partial, field, reason)
+            partial[field] += raw.hex().upper()
+            numbers.update(_field_numbers(raw, 128))
+            numbers.remove(65)
+            pos += 8
+
+        by_number = self._by_number
+        for number in sorted(numbers):
+            entry = by_number.get(number)
+            if entry is None:  # pyiso8583: KeyError on the spec, which Codec maps to this
+                raise UndecodableError("message could not be decoded")
+            field, len_type, max_len, binary = entry
+            partial[field] = ""
+            prefix = data[pos : pos + len_type]
+            if len(prefix) != len_type:
+                reason = f"Field length is {len(prefix)} bytes wide, expecting {len_type}"
+                raise _decode_error(partial, field, reason)
+            if len_type == 0:
+                size = max_len
+            else:
+                text = _ascii_or_none(prefix)
+                if text is None:
+                    reason = "Failed to decode field length, invalid data"
+                    raise _decode_error(partial, field, reason)
+                parsed = _int_or_none(text)  # int() as pyiso8583 calls it: " 9", "+9", "-0"...
+                if parsed is None:
+                    reason = "Failed to decode field length, non-numeric data"
+                    raise _decode_error(partial, field, reason)
+                size = parsed
+                if size > max_len:
+                    reason = f"Field data is {size} bytes, larger than maximum {max_len}"
+                    raise _decode_error(partial, field, reason)
+            pos += len_type
+            if size == 0:
+                continue
+            chunk = data[pos : pos + size]
+            if len(chunk) != size:
+                reason = f"Field data is {len(chunk)} bytes, expecting {size}"
+                raise _decode_error(partial, field, reason)
+            if binary:
+                partial[field] = chunk.hex().upper()
+            else:
+                value = _ascii_or_none(chunk)
+                if value is None:
+                    raise _decode_error(partial, field, "Failed to decode field, invalid data")
+                partial[field] = value
+            pos += size
+        if pos != len(data):
+            raise _decode_error(partial, field, "Extra data after last field")
+
+        if not _valid_mti(mti):
+            raise UndecodableError("MTI is not four digits", field="t")
+        for key in ("t", "p", "1"):
+            partial.pop(key, None)
+        return Message(mti, partial)
+
+    # ------------------------------------------------------------------ encode
+
+    def encode(self, msg: Message) -> bytes:
+        raw = self._encode_fast(msg)
+        if raw is None:  # outside any except block, as for decode
+            return self._encode_exact(msg)
+        return raw
+
+    def _encode_plan(self, keys: tuple[str, ...]) -> tuple[str, tuple[_EncField, ...]]:
+        """Bitmap bytes and fields in wire order for a message with these keys; ``_NO_ENC_PLAN``
+        when a key is not a field of the spec written canonically (the exact path handles it)."""
+        bits_of = self._enc_bits
+        bits = 0
+        for key in keys:
+            bit = bits_of.get(key)
+            if bit is not None:
+                bits |= bit
+            elif key in ("1", "65") or (isinstance(key, str) and not key.isnumeric()):
+                continue  # pyiso8583 drops "1"/"65" and ignores non-numeric keys ("t", "p")
+            else:
+                return _NO_ENC_PLAN
+        if bits & ((1 << 64) - 1):
+            bits |= _BIT1
+            bitmap = bits.to_bytes(16, "big").decode("latin-1")
+        else:
+            bitmap = (bits >> 64).to_bytes(8, "big").decode("latin-1")
+        by_number = self._by_number
+        plan = tuple(
+            (*by_number[n], _prefix_table(by_number[n][1]))
+            for n in range(2, 129)
+            if bits >> (128 - n) & 1
+        )
+        return bitmap, plan
+
+    def _encode_fast(self, msg: Message) -> bytes | None:
+        """The encoded message when ``msg`` is valid, else ``None`` (never raises)."""
+        fields = msg.fields
+        try:
+            keys = tuple(fields)
+            plans = self._enc_plans
+            compiled = plans.get(keys)
+            if compiled is None:
+                compiled = self._encode_plan(keys)
+                if len(plans) < _PLAN_CACHE_MAX:
+                    plans[keys] = compiled
+            if compiled is _NO_ENC_PLAN:
+                return None
+            bitmap, plan = compiled
+            mti = msg.mti
+            if len(mti) != 4 or not mti.isascii():
+                return None
+            # Built as latin-1 text and encoded once: ASCII values go in as they are (checked
+            # ASCII, so their length is their byte length), binary ones as latin-1 characters.
+            parts = [mti, bitmap]
+            append = parts.append
+            for key, len_type, max_len, binary, prefixes in plan:
+                value = fields[key]
+                if binary:
+                    value = a2b_hex(value).decode("latin-1")
+                elif not value.isascii():
+                    return None
+                size = len(value)
+                if len_type:
+                    if size > max_len:
+                        return None
+                    append(prefixes[size])  # IndexError: prefix too narrow, exact path says so
+                elif size != max_len:
+                    return None
+                append(value)
+            return "".join(parts).encode("latin-1")
+        except Exception:  # any oddity (types, hex) is replayed on the exact path
+            return None
+
+    def _encode_exact(self, msg: Message) -> bytes:
+        """pyiso8583 ``encode`` + ``Codec.encode`` step by step: same bytes or the same
+        LocalProtocolError. Where pyiso8583 itself crashes (a KeyError or ValueError that
+        Codec lets escape) this raises LocalProtocolError instead."""
+        doc: dict[Any, Any] = dict(msg.fields)
+        doc["t"] = msg.mti
+        doc.pop("1", None)
+        doc.pop("65", None)
+
+        mti = _encode_ascii(doc["t"])
+        if mti is None:
+            raise _encode_error("t", "Failed to encode field, invalid data")
+        if len(mti) != 4:
+            raise _encode_error("t", f"Field data is {len(mti)} bytes, expecting 4")
+
+        odd_keys = [k for k in doc if not isinstance(k, str)]
+        if odd_keys:
+            raise _encode_error("p", f"Dictionary contains invalid fields {odd_keys}")
+        numbers: set[int] = set()
+        for key in doc:
+            if key.isnumeric():
+                number = _int_or_none(key)
+                if number is None:  # pyiso8583 raises a bare ValueError here
+                    raise _encode_error("p", "Dictionary contains a field key that is not a number")
+                numbers.add(number)
+        outside = sorted(numbers.difference(range(1, 193)))
+        if outside:
+            raise _encode_error("p", f"Dictionary contains fields outside of 1-192 range {outside}")
+        tertiary = numbers.intersection(range(129, 193))
+        if tertiary:
+            numbers.add(65)
+        secondary = numbers.intersection(range(65, 129))
+        if secondary:
+            numbers.add(1)
+
+        parts = [mti, _bitmap(numbers.intersection(range(1, 65)), 0)]
+        if 1 in numbers:
+            parts.append(_bitmap(secondary, 64))
+            numbers.remove(1)
+        if 65 in numbers:
+            parts.append(_bitmap(tertiary, 128))
+            numbers.remove(65)
+
+        for number in sorted(numbers):
+            key = str(number)
+            entry = self._by_number.get(number)
+            if entry is None:  # pyiso8583 raises a bare KeyError on the spec
+                raise _encode_error(key, "Field is not in the dialect")
+            if key not in doc:  # pyiso8583 raises a bare KeyError (key written as "02", "٢")
+                raise _encode_error(key, "Field key is not written as a plain number")
+            _, len_type, max_len, binary = entry
+            value = doc[key]
+            if binary:
+                data = _unhex_or_none(value)
+                if data is None:
+                    length = _len_or_none(value)
+                    if length is None:  # pyiso8583 raises a bare TypeError
+                        raise _encode_error(key, "Failed to encode field, non-hex data")
+                    if length % 2 == 1:
+                        raise _encode_error(key, "Failed to encode field, odd-length hex data")
+                    raise _encode_error(key, "Failed to encode field, non-hex data")
+            else:
+                data = _encode_ascii(value)
+                if data is None:
+                    raise _encode_error(key, "Failed to encode field, invalid data")
+            size = len(data)
+            if len_type == 0:
+                if size != max_len:
+                    raise _encode_error(key, f"Field data is {size} bytes, expecting {max_len}")
+                parts.append(data)
+                continue
+            if size > max_len:
+                reason = f"Field data is {size} bytes, larger than maximum {max_len}"
+                raise _encode_error(key, reason)
+            prefix = b"%0*d" % (len_type, size)
+            if len(prefix) > len_type:
+                reason = (
+                    "Failed to encode field length, field length does not fit into configured"
+                    " field size"
+                )
+                raise _encode_error(key, reason)
+            parts.append(prefix)
+            parts.append(data)
+        return b"".join(parts)
+
+
+# ---------------------------------------------------------------------- helpers of the exact path
+# Each returns None instead of raising, so that the caller raises its own error outside the
+# except block (no library exception, which may hold raw data, chained in __context__).
+
+
+def _decode_error(
+    partial: dict[str, str], field: str, reason: str
+) -> UndecodableError | MessageFormatError:
+    """What Codec makes of pyiso8583's DecodeError at ``field`` with ``partial`` decoded."""
+    mti = partial.get("t")
+    if field == "t" or not _valid_mti(mti):
+        return UndecodableError(reason, field=field)
+    assert mti is not None
+    echo = {k: partial[k] for k in ECHO_SAFE if k in partial}
+    return MessageFormatError(reason, mti=mti, field=field, echo=echo)
+
+
+def _encode_error(field: str, reason: str) -> LocalProtocolError:
+    # Codec's text: pyiso8583's message up to its first colon.
+    return LocalProtocolError(f"cannot encode field {field}: {reason.split(':')[0].strip()}")
+
+
+def _bitmap(numbers: set[int], offset: int) -> bytes:
+    value = 0
+    for number in numbers:
+        value |= 1 << (63 - (number - 1 - offset))
+    return value.to_bytes(8, "big")
+
+
+def _ascii_or_none(raw: bytes) -> str | None:
+    try:
+        return raw.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+
+
+def _encode_ascii(value: Any) -> bytes | None:
+    try:
+        data = value.encode("ascii")
+    except Exception:  # pyiso8583 maps any failure to "invalid data"
+        return None
+    return data if isinstance(data, bytes) else None
+
+
+def _unhex_or_none(value: Any) -> bytes | None:
+    try:
+        return a2b_hex(value)
+    except Exception:  # binascii.Error, ValueError (non-ASCII), TypeError
+        return None
+
+
+def _len_or_none(value: Any) -> int | None:
+    try:
+        return len(value)
+    except TypeError:
+        return None
+
+
+def _int_or_none(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None

@@ -1,0 +1,453 @@
+"""FastCodec is a drop-in for Codec: same bytes, same messages, same errors (class, field,
+reason, MTI, echo) on the terminal dialect, checked against pyiso8583 through Codec."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from protocols import bench_codec, fastcodec
+from protocols.codec import Codec, MessageFormatError, UndecodableError
+from protocols.dialects import get_dialect
+from protocols.errors import LocalProtocolError, ProtocolError
+from protocols.fastcodec import FastCodec, UnsupportedSpecError, best_codec
+from protocols.message import Message
+
+SPEC = get_dialect("terminal")
+REF = Codec(SPEC)
+FAST = FastCodec(SPEC)
+PAN = "4761730000000011"
+FIELDS = [n for n in range(2, 129) if n != 65]  # 65 is the tertiary-bitmap bit, not a field
+PRINTABLE = st.characters(min_codepoint=0x20, max_codepoint=0x7E)
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def sample() -> Message:
+    """The SPEC's 0200: the fields of tests/protocols/test_codec.py's sample and a few more."""
+    return Message(
+        "0200",
+        {
+            "2": PAN,
+            "3": "000000",
+            "4": "000000001250",
+            "7": "1127101500",
+            "11": "000123",
+            "12": "101500",
+            "13": "1127",
+            "14": "2912",
+            "18": "5411",
+            "22": "051",
+            "23": "001",
+            "25": "00",
+            "32": "123456",
+            "41": "T0000002",
+            "42": "M00000000000001",
+            "43": "PAYSWITCH DEMO MERCHANT   SHANGHAI    CN",
+            "49": "156",
+            "52": "0123456789ABCDEF",
+            "53": "FFFF9876543210E00001",
+            "55": "9F2608AABBCCDDEEFF00119F3602001C",
+            "64": "0011223344556677",
+            "90": "0200000123112710150000000000001" + "0" * 11,
+        },
+    )
+
+
+# ---------------------------------------------------------------- outcomes compared field by field
+
+
+def decode_outcome(codec: Codec | FastCodec, raw: bytes) -> tuple[Any, ...]:
+    try:
+        msg = codec.decode(raw)
+    except MessageFormatError as exc:
+        return ("format", exc.field, exc.reason, exc.mti, exc.rc, exc.echo, str(exc))
+    except UndecodableError as exc:
+        return ("undecodable", exc.field, exc.reason, exc.rc, str(exc))
+    return ("ok", msg.mti, msg.fields, list(msg.fields))
+
+
+def encode_outcome(codec: Codec | FastCodec, msg: Message) -> tuple[Any, ...]:
+    try:
+        return ("ok", codec.encode(msg))
+    except LocalProtocolError as exc:
+        return ("local", str(exc))
+
+
+def assert_same_decode(raw: bytes) -> tuple[Any, ...]:
+    expected = decode_outcome(REF, raw)
+    got = decode_outcome(FAST, raw)
+    assert got == expected
+    # The fast path alone: it may refuse (None) but never accept wrongly.
+    fast = FAST._decode_fast(raw)
+    if fast is not None:
+        assert ("ok", fast.mti, fast.fields, list(fast.fields)) == expected
+    return got
+
+
+def assert_same_encode(msg: Message) -> tuple[Any, ...]:
+    expected = encode_outcome(REF, msg)
+    got = encode_outcome(FAST, msg)
+    assert got == expected
+    fast = FAST._encode_fast(msg)
+    if fast is not None:
+        assert ("ok", fast) == expected
+    return got
+
+
+# ---------------------------------------------------------------- strategies
+
+
+def spec_of(number: int) -> tuple[bool, int, int]:
+    f = SPEC[str(number)]
+    return f["data_enc"] == "b", f["len_type"], f["max_len"]
+
+
+@st.composite
+def field_value(draw: st.DrawFn, number: int) -> str:
+    binary, len_type, max_len = spec_of(number)
+    if len_type:
+        # Mostly short values (quick), sometimes up to the maximum.
+        cap = draw(st.sampled_from([min(max_len, 24), max_len]))
+        size = draw(st.integers(0, cap))
+    else:
+        size = max_len
+    if binary:
+        return draw(st.binary(min_size=size, max_size=size)).hex().upper()
+    return draw(st.text(PRINTABLE, min_size=size, max_size=size))
+
+
+@st.composite
+def valid_messages(draw: st.DrawFn) -> Message:
+    mti = draw(st.text(alphabet="0123456789", min_size=4, max_size=4))
+    numbers = draw(
+        st.one_of(
+            st.sets(st.sampled_from(FIELDS), max_size=24),
+            st.sets(st.sampled_from([n for n in FIELDS if n < 65]), max_size=24),
+        )
+    )
+    return Message(mti, {str(n): draw(field_value(n)) for n in sorted(numbers)})
+
+
+@st.composite
+def corrupted(draw: st.DrawFn) -> bytes:
+    """A valid message truncated, extended, or with bytes overwritten, inserted or deleted."""
+    raw = bytearray(REF.encode(draw(st.one_of(valid_messages(), st.just(sample())))))
+    for _ in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(["cut", "tail", "set", "insert", "delete", "bitmap"]))
+        at = draw(st.integers(0, max(len(raw) - 1, 0)))
+        if kind == "cut":
+            del raw[at:]
+        elif kind == "tail":
+            raw += draw(st.binary(min_size=1, max_size=4))
+        elif kind == "set" and raw:
+            raw[at] = draw(st.sampled_from([0x00, 0x20, 0x2B, 0x2D, 0x30, 0x39, 0x5F, 0x80, 0xFF]))
+        elif kind == "insert":
+            raw[at:at] = draw(st.binary(min_size=1, max_size=3))
+        elif kind == "delete":
+            del raw[at : at + draw(st.integers(1, 3))]
+        elif kind == "bitmap" and len(raw) > 4:
+            raw[draw(st.integers(4, min(len(raw), 20) - 1))] ^= 1 << draw(st.integers(0, 7))
+    return bytes(raw)
+
+
+@st.composite
+def random_shaped(draw: st.DrawFn) -> bytes:
+    """Digits MTI, a random bitmap (secondary, bit 65, fields 129+ included) and random bytes."""
+    mti = draw(st.sampled_from([b"0200", b"0800", b"02A0", b"\xff200"]))
+    bitmap = draw(st.binary(min_size=8, max_size=24))
+    tail = draw(
+        st.one_of(st.binary(max_size=80), st.text("0123456789", max_size=80).map(str.encode))
+    )
+    return mti + bitmap + tail
+
+
+ODD_KEYS = ["1", "65", "t", "p", "h", "x", "-2", " 3", "01", "065", "0", "129", "193", "٣", "½"]
+ODD_VALUES = ["", "é", "00 11", "0G", "ABC", "abcdef0123456789", "1" * 300, "A" * 2000]
+
+
+@st.composite
+def invalid_messages(draw: st.DrawFn) -> Message:
+    """A valid message with a bad value, an odd key or an odd MTI."""
+    msg = draw(st.one_of(valid_messages(), st.just(sample())))
+    fields = dict(msg.fields)
+    mti = msg.mti
+    for _ in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(["value", "key", "mti"]))
+        if kind == "value":
+            key = str(draw(st.sampled_from(FIELDS)))
+            fields[key] = draw(
+                st.one_of(st.sampled_from(ODD_VALUES), st.text(max_size=30), field_value(int(key)))
+            )
+        elif kind == "key":
+            fields[draw(st.sampled_from(ODD_KEYS))] = draw(st.sampled_from(["00", "1", "AB"]))
+        else:
+            mti = draw(st.sampled_from(["020", "02000", "02é0", "ABCD", ""]))
+    return Message(mti, fields)
+
+
+# ---------------------------------------------------------------- properties
+
+
+@SETTINGS
+@given(valid_messages())
+def test_valid_messages_encode_and_decode_like_pyiso8583(msg: Message) -> None:
+    raw = FAST.encode(msg)
+    assert raw == REF.encode(msg)
+    assert FAST.decode(raw) == REF.decode(raw) == msg
+    assert list(FAST.decode(raw).fields) == sorted(msg.fields, key=int)
+    # Both paths on their own: valid messages take the fast one, the exact one agrees.
+    assert FAST._encode_fast(msg) == raw == FAST._encode_exact(msg)
+    assert FAST._decode_fast(raw) == msg == FAST._decode_exact(raw)
+
+
+@SETTINGS
+@given(st.binary(max_size=64))
+def test_random_bytes_fail_like_pyiso8583(blob: bytes) -> None:
+    assert_same_decode(blob)
+
+
+@SETTINGS
+@given(random_shaped())
+def test_random_bitmaps_and_bodies_fail_like_pyiso8583(blob: bytes) -> None:
+    assert_same_decode(blob)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(corrupted())
+def test_corrupted_messages_fail_like_pyiso8583(raw: bytes) -> None:
+    assert_same_decode(raw)
+
+
+@SETTINGS
+@given(st.data())
+def test_every_truncation_fails_like_pyiso8583(data: st.DataObject) -> None:
+    raw = REF.encode(sample())
+    cut = data.draw(st.integers(0, len(raw) - 1))
+    outcome = assert_same_decode(raw[:cut])
+    assert outcome[0] != "ok"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(invalid_messages())
+def test_invalid_messages_encode_like_pyiso8583(msg: Message) -> None:
+    try:
+        expected = encode_outcome(REF, msg)
+    except (KeyError, ValueError, TypeError):
+        # pyiso8583 crashes on some keys ("01" alone, "٣", "½", fields 129+) and Codec lets the
+        # bare exception out; FastCodec raises the typed error instead (a deliberate difference).
+        with pytest.raises(LocalProtocolError):
+            FAST.encode(msg)
+        return
+    assert encode_outcome(FAST, msg) == expected
+
+
+# ---------------------------------------------------------------- hand-written regressions
+
+
+def test_sample_round_trip_and_wire_bytes() -> None:
+    msg = sample()
+    raw = FAST.encode(msg)
+    assert raw == REF.encode(msg)
+    assert raw[:4] == b"0200"
+    assert raw[4] & 0x80  # field 90 needs the secondary bitmap
+    assert FAST.decode(raw) == msg
+
+
+def test_errors_carry_no_raw_bytes_pan_or_chained_exception() -> None:
+    raw = FAST.encode(sample())
+    with pytest.raises(MessageFormatError) as info:
+        FAST.decode(raw[:-3])
+    err = info.value
+    assert (err.mti, err.field, err.rc) == ("0200", "90", "30")
+    assert err.echo["11"] == "000123"
+    assert PAN not in str(err)
+    assert PAN not in repr(err.echo)
+    assert err.__cause__ is None
+    assert err.__context__ is None
+    bad = raw.replace(PAN.encode(), PAN[:-1].encode() + b"\xff")
+    with pytest.raises(MessageFormatError) as info:
+        FAST.decode(bad)
+    assert info.value.field == "2"
+    assert info.value.__context__ is None
+    with pytest.raises(LocalProtocolError) as local:
+        FAST.encode(Message("0200", {**sample().fields, "2": PAN + "é"}))
+    assert PAN not in str(local.value)
+    assert local.value.__context__ is None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"02",
+        b"AB00" + b"\x00" * 8,
+        b"0200",
+        b"0200\x00\x00\x00",
+        b"0200" + b"\x00" * 8,  # no fields at all: valid
+        b"0200" + b"\x00" * 8 + b"X",  # extra data after the bitmap (field "p")
+        b"0200\x80" + b"\x00" * 7 + b"\x00" * 8,  # empty secondary bitmap: valid
+        b"0200\x80" + b"\x00" * 7 + b"\x00" * 8 + b"X",  # extra data (field "1")
+        b"0200\x80" + b"\x00" * 7 + b"\x80" + b"\x00" * 7 + b"\x00" * 8,  # bit 65, zero tertiary
+        b"0200\x80" + b"\x00" * 7 + b"\x80" + b"\x00" * 7 + b"\x00" * 3,  # short tertiary
+        b"0200\x80" + b"\x00" * 7 + b"\x80" + b"\x00" * 7 + b"\x80" + b"\x00" * 7,  # field 129
+        b"0200\x40" + b"\x00" * 7 + b"-0",  # int("-0") == 0: an empty PAN
+        b"0200\x40" + b"\x00" * 7 + b" 4" + b"1234",  # int(" 4")
+        b"0200\x40" + b"\x00" * 7 + b"+4" + b"1234",
+        b"0200\x40" + b"\x00" * 7 + b"-4" + b"1234",  # negative length
+        b"0200\x40" + b"\x00" * 7 + b"20" + b"1" * 20,  # larger than maximum 19
+        b"0200\x40" + b"\x00" * 7 + b"4\xff" + b"1234",
+        b"0200\x40" + b"\x00" * 7 + b"4",
+        b"0200" + b"\x00" * 4 + b"\x10" + b"\x00" * 3 + b"-99" + b"x" * 120,  # LLL field 36
+        b"0200\x00\x00\x00\x00\x00\x00\x10\x00" + b"0" * 8 + b"extra",  # field 52 then extra
+        b"02A0" + b"\x00" * 8,  # MTI not digits
+        b"02A0\x40" + b"\x00" * 7 + b"99",  # MTI not digits and a bad field
+        b"0\xff00" + b"\x00" * 8,
+    ],
+)
+def test_edge_cases_match(raw: bytes) -> None:
+    assert_same_decode(raw)
+
+
+def test_input_types() -> None:
+    raw = REF.encode(sample())
+    # pyiso8583 takes bytearray too (Codec's annotation says bytes only).
+    assert FAST.decode(bytearray(raw)) == REF.decode(bytearray(raw)) == sample()  # type: ignore[arg-type]
+    assert FAST._decode_fast(bytearray(raw)) == sample()
+    for odd in (memoryview(raw), raw.decode("latin-1")):
+        with pytest.raises(UndecodableError):
+            REF.decode(odd)  # type: ignore[arg-type]
+        with pytest.raises(UndecodableError):
+            FAST.decode(odd)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"2": PAN, "1": "whatever", "65": "ignored"},  # pyiso8583 drops 1 and 65
+        {"2": PAN, "t": "0800", "p": "x", "h": "x", "x": "1", "-3": "1"},  # ignored keys
+        {"01": "x", "2": PAN},  # "01" alone: pyiso8583 KeyError (checked by the property too)
+        {"01": "x", "1": "y", "2": PAN},
+        {"3": "000000", "03": "x"},  # "03" dedups with "3": a secondary-free message
+        {"2": PAN, "065": "x", "70": "301"},  # bit 65 forced on: a zero tertiary bitmap
+        {"52": "0123456789abcdef"},  # lower-case hex is accepted, decoded upper-case
+        {"52": "01234567 89ABCDEF"[:16]},
+        {"52": "0123456789ABCDE"},  # odd length
+        {"52": "0123456789ABCDEG"},  # non-hex
+        {"52": "0123456789ABCDEF00"},  # wrong fixed length
+        {"55": "00" * 256},  # larger than maximum
+        {"55": ""},
+        {"2": ""},
+        {"2": "é"},
+        {"4": "12"},
+        {"0": "1"},
+        {"193": "1"},
+        {"129": "1"},
+    ],
+)
+def test_encode_edge_cases_match(fields: dict[str, str]) -> None:
+    msg = Message("0200", fields)
+    try:
+        expected = encode_outcome(REF, msg)
+    except (KeyError, ValueError, TypeError):
+        with pytest.raises(LocalProtocolError):
+            FAST.encode(msg)
+        return
+    assert encode_outcome(FAST, msg) == expected
+
+
+@pytest.mark.parametrize("mti", ["020", "02000", "02é0", "", "ABCD"])
+def test_encode_mti_like_codec(mti: str) -> None:
+    # Codec does not check that the MTI is digits on encode; neither does FastCodec.
+    assert_same_encode(Message(mti, {"11": "000001"}))
+
+
+def test_non_string_values_and_keys_are_local_errors() -> None:
+    for fields in ({"11": 123}, {"52": 123}, {11: "000001"}):
+        msg = Message("0200", fields)  # type: ignore[arg-type]
+        with pytest.raises(LocalProtocolError):
+            FAST.encode(msg)
+    with pytest.raises(LocalProtocolError):
+        FAST.encode(Message(200, {"11": "000001"}))  # type: ignore[arg-type]
+
+
+def test_plan_memo_is_bounded() -> None:
+    codec = FastCodec(SPEC)
+    for n in range(3 * fastcodec._PLAN_CACHE_MAX):
+        with pytest.raises(ProtocolError):
+            codec.decode(b"0200" + n.to_bytes(8, "big") + b"?")
+    assert len(codec._dec_plans) <= fastcodec._PLAN_CACHE_MAX
+    for n in range(3 * fastcodec._PLAN_CACHE_MAX):
+        codec.encode(Message("0800", {"11": "000001", f"x{n}": "ignored"}))
+    assert len(codec._enc_plans) <= fastcodec._PLAN_CACHE_MAX
+
+
+# ---------------------------------------------------------------- supported spec subset
+
+
+def copy_spec() -> dict[str, dict[str, Any]]:
+    return {key: dict(field) for key, field in SPEC.items()}
+
+
+def variant(**changes: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    spec = copy_spec()
+    for key, change in changes.items():
+        spec.setdefault(key, {}).update(change)
+    return spec
+
+
+@pytest.mark.parametrize(
+    ("spec", "what"),
+    [
+        (variant(h={"max_len": 4}), "headers"),
+        (variant(t={"data_enc": "b"}), "MTI"),
+        (variant(p={"data_enc": "ascii"}), "bitmap"),
+        (variant(**{"1": {"data_enc": "ascii"}}), "bitmap"),
+        (variant(**{"2": {"data_enc": "cp500"}}), "data encoding"),
+        (variant(**{"2": {"len_enc": "bcd"}}), "length encoding"),
+        (variant(**{"2": {"len_enc": "b"}}), "length encoding"),
+        (variant(**{"2": {"len_count": "nibbles"}}), "nibbles"),
+        (variant(**{"2": {"len_type": 5}}), "length type"),
+        (variant(**{"130": {"data_enc": "ascii", "len_type": 0, "max_len": 1}}), "tertiary"),
+    ],
+)
+def test_unsupported_specs_are_refused(spec: dict[str, dict[str, Any]], what: str) -> None:
+    with pytest.raises(UnsupportedSpecError, match=what):
+        FastCodec(spec)
+    assert type(best_codec(spec)) is Codec
+
+
+def test_supported_variants_still_match() -> None:
+    # len_enc of a fixed field is never read by pyiso8583; "US-ASCII" is the ascii codec.
+    spec = variant(**{"3": {"len_enc": "b"}, "2": {"data_enc": "US-ASCII"}})
+    assert type(best_codec(spec)) is FastCodec
+    ref, fast = Codec(spec), FastCodec(spec)
+    msg = sample()
+    assert fast.encode(msg) == ref.encode(msg)
+    assert fast.decode(ref.encode(msg)) == msg
+    # A field missing from the spec: pyiso8583 raises KeyError, Codec says undecodable.
+    spec = copy_spec()
+    del spec["70"]
+    ref, fast = Codec(spec), FastCodec(spec)
+    raw = REF.encode(Message("0800", {"11": "000001", "70": "301"}))
+    assert decode_outcome(fast, raw) == decode_outcome(ref, raw)
+    with pytest.raises(LocalProtocolError):
+        fast.encode(Message("0800", {"70": "301"}))
+
+
+def test_bench_measures_both_codecs_on_the_sample() -> None:
+    ticks = iter(range(10**6))
+    result = bench_codec.measure(lambda: float(next(ticks)), runs=2, number=3)
+    assert set(result["us_per_message"]) == {
+        "Codec decode",
+        "FastCodec decode",
+        "Codec encode",
+        "FastCodec encode",
+    }
+    assert all(v > 0 for v in result["us_per_message"].values())
+    assert set(result["ratio"]) == {"decode", "encode"}
+    msg = bench_codec.sample_0200()
+    assert len(msg.fields) == 22
+    assert FAST.decode(REF.encode(msg)) == msg

@@ -23,7 +23,8 @@ from collections.abc import Mapping
 
 from gateway.journal.errors import JournalValueError
 
-DROPPED_FIELDS = frozenset({"35", "36", "45", "52", "53"})
+# 48 carries the CVV2 (subelement 92) on manual entry: never stored.
+DROPPED_FIELDS = frozenset({"35", "36", "45", "48", "52", "53"})
 SENSITIVE_EMV_TAGS = frozenset({"56", "57", "99", "9F1F", "9F20", "9F6B"})
 
 _KEY = re.compile(r"^(t|p|[1-9][0-9]{0,2})$")  # no leading zeros: "035" must not dodge "35"

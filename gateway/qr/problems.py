@@ -69,6 +69,9 @@ NOT_REFUNDABLE: Final = ProblemType(
 REFUND_EXCEEDS: Final = ProblemType(
     "refund-exceeds-remaining", "Refund exceeds the amount left to refund", 422
 )
+QR_ALREADY_PAID: Final = ProblemType(
+    "qr-already-paid", "This dynamic QR code is paid or being paid", 409
+)
 INTERNAL: Final = ProblemType("internal-error", "Internal error", 500)
 
 ALL: Final[tuple[ProblemType, ...]] = tuple(

@@ -16,6 +16,7 @@ import datetime as dt
 import hashlib
 import itertools
 import secrets
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Final, TypeVar
@@ -91,6 +92,10 @@ class QrService:
             window=idempotency_window
         )
         self._stan = itertools.count(secrets.randbelow(999_999))
+        # Dynamic codes this API issued (reference in 62/05) -> "open", "paying" or the payment
+        # id that paid it: a dynamic code is for one payment, whatever the idempotency key.
+        self._issued: OrderedDict[str, str] = OrderedDict()
+        self._max_issued = max_payments
 
     # Authentication and scope ------------------------------------------------------------------
 
@@ -136,8 +141,9 @@ class QrService:
         extra: dict[str, str] = {}
         if req.kind == "cpm":
             pan = self._consumer_presented(req, extra)
+            reference = None
         else:
-            self._merchant_presented(req)
+            reference = self._merchant_presented(req)
             assert req.payer_pan is not None  # the model requires it for MPM
             pan = req.payer_pan
         terminal = self.terminals[(acquirer.id, req.merchant_id)]
@@ -146,8 +152,15 @@ class QrService:
             "000000", pan, req.amount, req.currency, terminal, req.merchant_id, extra
         )
         started = anyio.current_time()
-        answer = await self._route(msg)
-        rc, auth_code, rrn = _outcome(answer)
+        if reference is not None:
+            self._issued[reference] = "paying"
+        rc = "96"
+        try:
+            answer = await self._route(msg)
+            rc, auth_code, rrn = _outcome(answer)
+        finally:
+            if reference is not None:
+                self._issued[reference] = payment_id if rc == "00" else "open"
         payment = Payment(
             payment_id=payment_id,
             acquirer=acquirer.id,
@@ -202,8 +215,8 @@ class QrService:
             extra["55"] = qr.emv.encode().hex().upper()
         return qr.pan
 
-    @staticmethod
-    def _merchant_presented(req: PaymentRequest) -> None:
+    def _merchant_presented(self, req: PaymentRequest) -> str | None:
+        """Checks the code against the request; the reference of a dynamic code we issued."""
         try:
             qr = qr_mpm.decode(req.qr)
         except qr_mpm.MpmError as exc:
@@ -225,6 +238,12 @@ class QrService:
                 p.AMOUNT_MISMATCH,
                 f"the dynamic QR code is for {qr.amount_minor}, the request for {req.amount}",
             )
+        reference = qr.additional_data.get("05") if qr.dynamic else None
+        if reference is None or reference not in self._issued:
+            return None
+        if self._issued[reference] != "open":
+            raise Problem(p.QR_ALREADY_PAID, "a dynamic QR code pays once; ask for a new one")
+        return reference
 
     # Status and refunds ------------------------------------------------------------------------
 
@@ -308,6 +327,10 @@ class QrService:
         if currency not in qr_mpm.CURRENCY_EXPONENTS:
             raise Problem(p.CURRENCY_UNKNOWN, f"currency {currency} is not supported for QR")
         reference = secrets.token_hex(5).upper() if req.amount is not None else None
+        if reference is not None:
+            self._issued[reference] = "open"
+            while len(self._issued) > self._max_issued:
+                self._issued.popitem(last=False)
         payload = qr_mpm.build(
             merchant_id=merchant.id,
             name=merchant.name[:25],

@@ -151,6 +151,23 @@ async def test_refund_and_reversal_of_a_suspended_token_go_through() -> None:
 
 
 @pytest.mark.anyio
+async def test_token_in_track_2() -> None:
+    req = purchase(TOKEN, 100)
+    del req.fields["2"]
+    req.fields["35"] = f"{TOKEN}=29121010000000000"
+    ctx = Context(req, 0.0, 30.0, NOW, "RRN000000002")
+    ctx.pan, ctx.expiry = TOKEN, "2912"
+    step = Detokenize(vault())
+    assert await step.prepare(ctx) is None
+    assert ctx.request.fields["2"] == FUNDING
+    assert "35" not in ctx.request.fields  # the token's track data stays here
+    ctx.response = Message("0210", {"2": FUNDING, "39": "00"})
+    await step.abort(ctx)
+    assert "2" not in ctx.response.fields  # nothing echoed that the terminal did not send
+    assert ctx.request.fields["35"].startswith(TOKEN)
+
+
+@pytest.mark.anyio
 async def test_not_a_token_goes_on_unchanged() -> None:
     req = purchase(FUNDING, 100)
     ctx = context(req)

@@ -178,6 +178,21 @@ async def test_mpm_dynamic_and_static_payments(stack: Stack, api: httpx.AsyncCli
     assert_problem(await api.post("/v1/qr/payments", json=wrong), 422, "merchant-mismatch")
 
 
+async def test_dynamic_code_pays_once(stack: Stack, api: httpx.AsyncClient) -> None:
+    qr = (await api.post("/v1/qr/mpm", json={"merchant_id": GROCERY, "amount": 640})).json()["qr"]
+    # A declined attempt leaves the code open...
+    low = await api.post("/v1/qr/payments", json=payment(qr, 640, "d1", payer_pan=LOW))
+    assert low.json()["response_code"] == "51"
+    paid = await api.post("/v1/qr/payments", json=payment(qr, 640, "d2", payer_pan=WALLET_2))
+    assert paid.json()["status"] == "approved"
+    # ...an approved one closes it, whatever the idempotency key; a replay still answers.
+    again = await api.post("/v1/qr/payments", json=payment(qr, 640, "d3", payer_pan=WALLET))
+    assert_problem(again, 409, "qr-already-paid")
+    replay = await api.post("/v1/qr/payments", json=payment(qr, 640, "d2", payer_pan=WALLET_2))
+    assert replay.json() == paid.json()
+    assert issuer_requests(stack, "gamma") == 2
+
+
 async def test_qr_payment_passes_the_risk_rules(stack: Stack, api: httpx.AsyncClient) -> None:
     body = payment(cpm(WALLET), 100, "casino-1") | {"merchant_id": CASINO}
     resp = await api.post("/v1/qr/payments", json=body)

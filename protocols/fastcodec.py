@@ -54,7 +54,7 @@ class UnsupportedSpecError(LocalProtocolError):
     """The spec uses a pyiso8583 feature FastCodec does not implement: use :class:`Codec`."""
 
 
-def best_codec(spec: Mapping[str, Mapping[str, Any]]) -> FastCodec | Codec:
+def best_codec(spec: Mapping[str, Mapping[str, Any]]) -> Codec:
     """A :class:`FastCodec` for ``spec`` when it supports it, else the reference :class:`Codec`."""
     try:
         return FastCodec(spec)
@@ -112,14 +112,17 @@ def _field_numbers(raw: bytes, offset: int) -> list[int]:
     return [offset + i for i in range(1, width + 1) if value >> (width - i) & 1]
 
 
-class FastCodec:
-    """Encode and decode one dialect like :class:`Codec`, faster. Stateless apart from a bounded
-    memo of bitmap plans; one instance per dialect is shared."""
+class FastCodec(Codec):
+    """Encode and decode one dialect like :class:`Codec`, faster.
 
-    __slots__ = ("_by_number", "_dec_plans", "_enc_bits", "_enc_plans", "_lengths", "spec")
+    A subclass so that it drops in wherever a ``Codec`` is expected. The spec is compiled at
+    construction (later changes to the spec mapping are not seen). Stateless apart from a
+    bounded memo of message shapes; one instance per dialect is shared."""
+
+    __slots__ = ("_by_number", "_dec_plans", "_enc_bits", "_enc_plans", "_lengths")
 
     def __init__(self, spec: Mapping[str, Mapping[str, Any]]) -> None:
-        self.spec = spec
+        super().__init__(spec)
         header = spec.get("h")
         if header is None or not isinstance(header.get("max_len"), int):
             raise UnsupportedSpecError("FastCodec: spec has no 'h' entry; use Codec")

@@ -22,7 +22,7 @@ FAST = FastCodec(SPEC)
 PAN = "4761730000000011"
 FIELDS = [n for n in range(2, 129) if n != 65]  # 65 is the tertiary-bitmap bit, not a field
 PRINTABLE = st.characters(min_codepoint=0x20, max_codepoint=0x7E)
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def sample() -> Message:
@@ -59,7 +59,7 @@ def sample() -> Message:
 # ---------------------------------------------------------------- outcomes compared field by field
 
 
-def decode_outcome(codec: Codec | FastCodec, raw: bytes) -> tuple[Any, ...]:
+def decode_outcome(codec: Codec, raw: bytes) -> tuple[Any, ...]:
     try:
         msg = codec.decode(raw)
     except MessageFormatError as exc:
@@ -69,7 +69,7 @@ def decode_outcome(codec: Codec | FastCodec, raw: bytes) -> tuple[Any, ...]:
     return ("ok", msg.mti, msg.fields, list(msg.fields))
 
 
-def encode_outcome(codec: Codec | FastCodec, msg: Message) -> tuple[Any, ...]:
+def encode_outcome(codec: Codec, msg: Message) -> tuple[Any, ...]:
     try:
         return ("ok", codec.encode(msg))
     except LocalProtocolError as exc:
@@ -215,7 +215,7 @@ def test_random_bitmaps_and_bodies_fail_like_pyiso8583(blob: bytes) -> None:
     assert_same_decode(blob)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(corrupted())
 def test_corrupted_messages_fail_like_pyiso8583(raw: bytes) -> None:
     assert_same_decode(raw)
@@ -230,7 +230,7 @@ def test_every_truncation_fails_like_pyiso8583(data: st.DataObject) -> None:
     assert outcome[0] != "ok"
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(invalid_messages())
 def test_invalid_messages_encode_like_pyiso8583(msg: Message) -> None:
     try:
@@ -423,6 +423,7 @@ def test_supported_variants_still_match() -> None:
     # len_enc of a fixed field is never read by pyiso8583; "US-ASCII" is the ascii codec.
     spec = variant(**{"3": {"len_enc": "b"}, "2": {"data_enc": "US-ASCII"}})
     assert type(best_codec(spec)) is FastCodec
+    assert isinstance(FAST, Codec)  # drops in wherever a Codec is expected
     ref, fast = Codec(spec), FastCodec(spec)
     msg = sample()
     assert fast.encode(msg) == ref.encode(msg)

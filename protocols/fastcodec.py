@@ -108,8 +108,13 @@ def _valid_mti(mti: object) -> bool:
 def _field_numbers(raw: bytes, offset: int) -> list[int]:
     """Numbers of the bits set in a bitmap, as pyiso8583 numbers them (1 = leftmost)."""
     value = int.from_bytes(raw, "big")
-    width = len(raw) * 8
-    return [offset + i for i in range(1, width + 1) if value >> (width - i) & 1]
+    top = offset + len(raw) * 8 + 1
+    numbers = []
+    while value:  # one turn per set bit, highest bit (lowest field number) first
+        high = value.bit_length()
+        numbers.append(top - high)
+        value ^= 1 << (high - 1)
+    return numbers
 
 
 class FastCodec(Codec):

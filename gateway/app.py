@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from contextlib import AbstractAsyncContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -46,8 +48,8 @@ from gateway.standin import StandIn
 from gateway.switch import utcnow
 from gateway.terminals import TerminalServer
 from gateway.tokens import Detokenize, PanCipher, TokenVault
-from protocols.codec import Codec
 from protocols.dialects import get_dialect
+from protocols.fastcodec import best_codec
 from protocols.message import Message
 
 log = get_logger("gateway.app")
@@ -61,7 +63,7 @@ class Gateway:
         self.dataset = with_virtual_terminals(dataset or load_dataset(base_dir / cfg.data))
         self.pki_dir = (base_dir / cfg.pki_dir).resolve()
         self.metrics = Metrics()
-        self.codec = Codec(get_dialect("terminal"))
+        self.codec = best_codec(get_dialect("terminal"))
         pki.ensure_pki(self.pki_dir, self.certificate_names(cfg))
         self.pools: dict[str, IssuerPool] = {}
         client_ctx: dict[str, Any] = {}
@@ -71,7 +73,7 @@ class Gateway:
                 client_ctx[link.client_cert] = pki.client_context(self.pki_dir, link.client_cert)
             self.pools[link.issuer] = IssuerPool(
                 link,
-                Codec(get_dialect(link.dialect)),
+                best_codec(get_dialect(link.dialect)),
                 client_ctx[link.client_cert],
                 clock=utcnow,
                 on_unmatched=self._on_unmatched,
@@ -106,6 +108,12 @@ class Gateway:
                 self.journal_config = load_journal_config(base_dir / cfg.journal)
             except JournalConfigError as exc:
                 raise ConfigError(str(exc)) from None
+            if cfg.workers > 1 and self.journal_config.backend == "sqlite":
+                # One SQLite file per worker process (one writer each); PostgreSQL is shared.
+                path = Path(self.journal_config.path)
+                self.journal_config = dataclasses.replace(
+                    self.journal_config, path=str(path.with_stem(f"{path.stem}-node{cfg.node}"))
+                )
         self.journal_runtime = JournalRuntime(cfg.acquirer_id, cfg.saf, window=cfg.duplicate_window)
         self.journal: Journal | None = None
         self.saf: SafService | None = None
@@ -354,6 +362,7 @@ class Gateway:
     async def _serve_front(self, *, task_status: TaskStatus[anyio.CancelScope]) -> None:
         """Terminal listeners and the QR API, with their connections: stopped first."""
         cfg = self.cfg.terminal
+        reuse_port = self.cfg.workers > 1  # worker processes share the listening ports
         with anyio.CancelScope() as scope:
             async with anyio.create_task_group() as tg:
                 if cfg.port >= 0:
@@ -365,6 +374,7 @@ class Gateway:
                         ssl_context=None,
                         max_size=cfg.max_frame,
                         partial_timeout=cfg.partial_frame_timeout,
+                        reuse_port=reuse_port,
                     )
                 if cfg.tls_port >= 0:
                     ctx = pki.server_context(self.pki_dir, cfg.tls_cert, require_client_cert=False)
@@ -376,11 +386,17 @@ class Gateway:
                         ssl_context=ctx,
                         max_size=cfg.max_frame,
                         partial_timeout=cfg.partial_frame_timeout,
+                        reuse_port=reuse_port,
                     )
                 qr_cfg = self.cfg.qr_api
                 if qr_cfg.port >= 0:
                     qr = qr_app(self.qr, max_body=qr_cfg.max_body)
-                    self.qr_port = await tg.start(serve_asgi, qr, qr_cfg.host, qr_cfg.port)
+                    self.qr_port = await tg.start(
+                        functools.partial(serve_asgi, reuse_port=reuse_port),
+                        qr,
+                        qr_cfg.host,
+                        qr_cfg.port,
+                    )
                 task_status.started(scope)
 
     async def shutdown(self, grace: float | None = None) -> None:

@@ -22,6 +22,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     cfg, base = load_gateway_config(args.conf)
     configure(cfg.log.level)
+    if args.worker is None and cfg.workers > 1:
+        from gateway.workers import supervise
+
+        anyio.run(supervise, args.conf, cfg.workers, args.backend)
+        return 0
+    if args.worker is not None:
+        from gateway.workers import worker_config
+
+        cfg = worker_config(cfg, args.worker)
     gateway = Gateway(cfg, base)
 
     async def reload_on_sighup() -> None:
@@ -99,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("run", help="run the gateway in the foreground")
     p.add_argument("--conf", type=Path, default=conf)
     p.add_argument("--backend", choices=["asyncio", "uvloop", "trio"], default=None)
+    p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_run)
     p = sub.add_parser("check-config", help="validate the configuration and exit")
     p.add_argument("--conf", type=Path, default=conf)

@@ -149,8 +149,12 @@ class GatewayConfig:
     """Directory of the CA and certificates, relative to this file."""
     acquirer_id: str = "00000000001"
     """Our institution id, sent in field 32 to issuers."""
+    workers: int = Field(default=1, ge=1, le=32)
+    """Gateway worker processes on this machine (SO_REUSEPORT on the terminal and QR ports;
+    admin port and node number + worker index). Exact limits across workers need the Redis
+    risk backend; the journal is PostgreSQL or one SQLite file per worker."""
     node: int = 0
-    """Node number (0-15), part of every RRN so nodes never collide."""
+    """Node number (0-35), the last RRN digit so nodes never collide; worker I uses node+I."""
     risk: str = "risk.toml"
     """Risk and limits rules (gateway.risk), relative to this file; empty disables the stage."""
     duplicate_window: float = 86400.0
@@ -174,8 +178,8 @@ class GatewayConfig:
 def load_gateway_config(path: Path) -> tuple[GatewayConfig, Path]:
     """The config and the directory relative paths resolve against."""
     cfg = load(GatewayConfig, path)
-    if not 0 <= cfg.node <= 15:
-        raise ConfigError(f"{path}: node must be 0..15")
+    if cfg.node < 0 or cfg.node + cfg.workers - 1 > 35:
+        raise ConfigError(f"{path}: node + workers - 1 must stay within 0..35 (RRN node digit)")
     ids = [link.issuer for link in cfg.links]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"{path}: an issuer has more than one [[links]] entry")

@@ -235,10 +235,12 @@ async def serve(
     ssl_context: ssl.SSLContext | None,
     max_size: int,
     partial_timeout: float,
+    reuse_port: bool = False,
 ) -> int:
     """Listen and serve each connection with ``handler`` in ``tg``; returns the bound port.
 
-    The listener lives until ``tg`` is cancelled.
+    The listener lives until ``tg`` is cancelled. ``reuse_port`` lets several worker
+    processes listen on one port (SO_REUSEPORT: the kernel spreads connections).
     """
     if fast_path():
         loop = asyncio.get_running_loop()
@@ -253,6 +255,7 @@ async def serve(
             ssl=ssl_context,
             backlog=4096,
             reuse_address=True,
+            reuse_port=reuse_port or None,
             ssl_handshake_timeout=10.0 if ssl_context is not None else None,
         )
         bound: int = server.sockets[0].getsockname()[1]
@@ -261,7 +264,9 @@ async def serve(
 
     from anyio.streams.tls import TLSListener
 
-    raw = await anyio.create_tcp_listener(local_host=host, local_port=port, backlog=4096)
+    raw = await anyio.create_tcp_listener(
+        local_host=host, local_port=port, backlog=4096, reuse_port=reuse_port
+    )
     bound = raw.extra(SocketAttribute.local_port)
     listener: Any = (
         TLSListener(raw, ssl_context, standard_compatible=False, handshake_timeout=10)

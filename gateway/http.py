@@ -12,9 +12,11 @@ from anyio.abc import TaskStatus
 from hypercorn.config import Config
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
+def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.listen(1024)
     sock.setblocking(False)
@@ -22,10 +24,15 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 async def serve_asgi(
-    app: Any, host: str, port: int, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED
+    app: Any,
+    host: str,
+    port: int,
+    *,
+    reuse_port: bool = False,
+    task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until cancelled; reports the bound port (useful with port 0)."""
-    sock = bind_socket(host, port)
+    sock = bind_socket(host, port, reuse_port=reuse_port)
     config = Config()
     # hypercorn closes the descriptor it is given: hand it a duplicate and keep ours.
     config.bind = [f"fd://{os.dup(sock.fileno())}"]

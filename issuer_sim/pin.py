@@ -42,6 +42,7 @@ from hsm_sim.lmk import Lmk, resolve_key
 from protocols.codec import Codec
 from protocols.dialects import get_dialect
 from protocols.errors import ProtocolError
+from protocols.fastcodec import best_codec
 from protocols.message import Message
 
 if TYPE_CHECKING:
@@ -97,7 +98,7 @@ class IssuerSecurity:
     pin_storage_key: str = dataclasses.field(default="", repr=False)
     """Key (under the LMK) of the PIN blocks synthetic ranges keep their PIN in; random."""
     codec: Codec = dataclasses.field(
-        default_factory=lambda: Codec(get_dialect("terminal")), repr=False
+        default_factory=lambda: best_codec(get_dialect("terminal")), repr=False
     )
 
     def __post_init__(self) -> None:

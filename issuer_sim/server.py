@@ -15,9 +15,9 @@ from gateway import fastio
 from gateway.framed import StalledFrameError
 from gateway.logs import get_logger
 from issuer_sim.host import IssuerHost
-from protocols.codec import Codec
 from protocols.dialects import get_dialect
 from protocols.errors import ProtocolError
+from protocols.fastcodec import best_codec
 from protocols.message import Message
 
 log = get_logger("issuer_sim")
@@ -50,7 +50,7 @@ class IssuerServer:
         self.faults = faults or LiveFaults()
         self.bind = bind
         self.port = port
-        self.codec = Codec(get_dialect("terminal"))
+        self.codec = best_codec(get_dialect("terminal"))
         self.received = 0
         self.by_mti: dict[str, int] = {}
         self._scope: anyio.CancelScope | None = None

@@ -11,7 +11,7 @@ from typing import Any
 
 import iso8583
 
-from protocols.errors import LocalProtocolError, RemoteProtocolError
+from protocols.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from protocols.message import Message
 
 # Fields that may be echoed in a format-error response: none of them is sensitive.
@@ -56,6 +56,10 @@ class Codec:
         self.spec = spec
 
     def decode(self, data: bytes) -> Message:
+        # The typed error is raised outside the ``except`` block: pyiso8583's DecodeError
+        # holds the raw bytes and the decoded fields (PAN included) and must not survive as
+        # the new error's ``__context__``.
+        failure: ProtocolError | None = None
         try:
             doc, _ = iso8583.decode(data, self.spec)
         except iso8583.DecodeError as exc:
@@ -64,12 +68,15 @@ class Codec:
             field = str(exc.field) if exc.field is not None else None
             reason = _safe_reason(exc)
             if field in _BITMAPS[:1] or not _valid_mti(mti):
-                raise UndecodableError(reason, field=field) from None
-            assert mti is not None
-            echo = {k: partial[k] for k in ECHO_SAFE if k in partial}
-            raise MessageFormatError(reason, mti=mti, field=field, echo=echo) from None
+                failure = UndecodableError(reason, field=field)
+            else:
+                assert mti is not None
+                echo = {k: partial[k] for k in ECHO_SAFE if k in partial}
+                failure = MessageFormatError(reason, mti=mti, field=field, echo=echo)
         except Exception:  # any other library failure is still the peer's bad bytes
-            raise UndecodableError("message could not be decoded") from None
+            failure = UndecodableError("message could not be decoded")
+        if failure is not None:
+            raise failure
         mti = doc.pop("t")
         if not _valid_mti(mti):
             raise UndecodableError("MTI is not four digits", field="t")

@@ -119,3 +119,10 @@ def test_mti_helpers() -> None:
     assert not is_request("0110")
     with pytest.raises(LocalProtocolError):
         response_mti("0210")
+
+
+def test_errors_do_not_chain_the_library_error() -> None:
+    raw = CODEC.encode(sample())
+    with pytest.raises(MessageFormatError) as info:
+        CODEC.decode(raw[:-3])
+    assert info.value.__context__ is None  # pyiso8583's DecodeError holds raw bytes and PAN

@@ -14,18 +14,24 @@ from anyio.abc import Process
 
 from gateway import pki
 from gateway.conf import load
-from gateway.config import load_gateway_config
+from gateway.config import GatewayConfig, load_gateway_config
 from issuer_sim.config import IssuerSimConfig
 
 
-def _banner(gw_port: int, tls_port: int, admin_port: int, issuers: list[str]) -> str:
+def _banner(cfg: GatewayConfig, issuers: list[str]) -> str:
+    t = cfg.terminal
     return f"""
 payswitch demo is starting
-  terminals   tcp 127.0.0.1:{gw_port}   tls 127.0.0.1:{tls_port}
-  admin       http://127.0.0.1:{admin_port}/readyz  /metrics  /status
-  issuers     {", ".join(issuers)}
+  terminals   tcp 127.0.0.1:{t.port}   tls 127.0.0.1:{t.tls_port}
+  QR API      http://127.0.0.1:{cfg.qr_api.port}/v1/qr/payments
+  admin       http://127.0.0.1:{cfg.admin.port}/readyz  /metrics  /status  /alerts
+  issuers     {", ".join(issuers)} (issuer-sim), HSM 127.0.0.1:1500 (hsm-sim)
+  logs        JSON lines below, PANs masked
 try it:
   .venv/bin/pos-sim purchase --terminal T0000001 --pan 4761730000000011 --amount 1250
+  .venv/bin/pos-sim purchase --terminal T0000002 --pan 4761730000000011 --amount 1250 --pin 1234
+  .venv/bin/pos-sim contactless --terminal N0000001 --pan 5413330000000019 --amount 1250
+  .venv/bin/qr-sim --help
 Ctrl-C stops everything.
 """
 
@@ -48,12 +54,7 @@ async def run_demo(conf_dir: Path) -> int:
         commands.insert(0, [str(bindir / "hsm-sim"), "run", "--conf", str(hsm_conf)])
     commands.append([str(bindir / "gateway"), "run", "--conf", str(conf_dir / "gateway.toml")])
     print(
-        _banner(
-            gw_cfg.terminal.port,
-            gw_cfg.terminal.tls_port,
-            gw_cfg.admin.port,
-            [ep.id for ep in sim_cfg.issuers],
-        ),
+        _banner(gw_cfg, [ep.id for ep in sim_cfg.issuers]),
         flush=True,
     )
     procs: list[Process] = []

@@ -13,7 +13,8 @@ import structlog
 
 from protocols.redact import mask_pan, redact_fields
 
-_PAN_RUN = re.compile(r"(?<!\d)\d{13,19}(?!\d)")
+# A PAN in free text: 13-19 digits standing alone (not inside an id like M00000000000001).
+_PAN_RUN = re.compile(r"(?<![0-9A-Za-z])\d{13,19}(?![0-9A-Za-z])")
 _SECRET_KEYS = frozenset(
     {
         "pin",

@@ -1,8 +1,9 @@
 """Several gateway worker processes on one machine (use every core).
 
 ``workers = N`` in the gateway config makes ``gateway run`` a supervisor: it starts N
-``gateway run --worker I`` children. Every worker listens on the same terminal and QR ports
-with SO_REUSEPORT (the kernel spreads connections), has its own admin port (base + I), its own
+``gateway run --worker I`` children. Every worker listens on the same terminal ports with
+SO_REUSEPORT (the kernel spreads connections; worker 0 alone serves the QR API, whose payment
+and idempotency stores are per process), has its own admin port (base + I), its own
 node number (base + I, so RRNs never collide) and its own issuer links. Limits stay exact
 across workers only with shared counters (risk backend ``redis``); the journal is shared
 (PostgreSQL) or one SQLite file per worker. The supervisor restarts a worker that dies and
@@ -37,7 +38,12 @@ def worker_config(cfg: GatewayConfig, index: int) -> GatewayConfig:
     admin = cfg.admin
     if admin.port > 0:
         admin = dataclasses.replace(admin, port=admin.port + index)
-    return dataclasses.replace(cfg, node=node, admin=admin)
+    qr_api = cfg.qr_api
+    if index > 0:
+        # QR payments and idempotency keys live in the serving process: one worker serves
+        # the QR API so a retried payment always meets its first attempt.
+        qr_api = dataclasses.replace(qr_api, port=-1)
+    return dataclasses.replace(cfg, node=node, admin=admin, qr_api=qr_api)
 
 
 async def supervise(conf: Path, workers: int, backend: str | None) -> None:

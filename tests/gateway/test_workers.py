@@ -15,9 +15,10 @@ def test_worker_config_offsets_node_and_admin_port() -> None:
         (5, 19091),
         (6, 19092),
     ]
-    # The terminal and QR ports stay shared (SO_REUSEPORT).
+    # The terminal ports stay shared (SO_REUSEPORT); worker 0 alone serves the QR API.
     assert worker_config(cfg, 2).terminal == cfg.terminal
-    assert worker_config(cfg, 2).qr_api == cfg.qr_api
+    assert worker_config(cfg, 0).qr_api == cfg.qr_api
+    assert worker_config(cfg, 1).qr_api.port == -1
 
 
 def test_worker_config_bounds() -> None:

@@ -16,7 +16,7 @@ import pytest
 from tests.helpers import ROOT
 
 BIN = Path(sys.executable).parent
-PORTS = (8583, 8584, 9090, 9583, 9584, 9585)
+PORTS = (8583, 8584, 8080, 9090, 9583, 9584, 9585, 1500)
 
 
 def _in_use(port: int) -> bool:

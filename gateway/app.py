@@ -315,6 +315,7 @@ class Gateway:
                 self.recovered = await recover_in_flight(
                     journal, self.pools, acquirer_id=self.cfg.acquirer_id, now=utcnow()
                 )
+                await self.journal_runtime.load_known(utcnow(), self.recent.max_entries)
                 self.saf = SafService(
                     self.journal_runtime,
                     journal,

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import re
+import sqlite3
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -131,6 +132,8 @@ class JournalRuntime:
         self.window = window
         self.journal: Journal | None = None
         self.opened_at = 0.0
+        self.known: set[DuplicateKey] | None = None
+        """Duplicate keys in the journal at start (SQLite), or None: unknown, always ask."""
         self._wake: dict[str, anyio.Event] = {}
         self.late: OrderedDict[tuple[str, str, str], str] = OrderedDict()
         """(issuer, STAN, transmission) of timed-out requests -> their transaction id."""
@@ -138,18 +141,38 @@ class JournalRuntime:
     def attach(self, journal: Journal | None) -> None:
         self.journal = journal
         self.opened_at = anyio.current_time()
+        self.known = None
 
-    def memory_is_complete(self, recent: RecentTransactions) -> bool:
-        """True when the in-memory level alone knows every request of the duplicate window:
-        this process has run longer than the window on SQLite (a single node) and nothing
-        was evicted for space. Otherwise misses are asked of the journal."""
+    async def load_known(self, now: dt.datetime, limit: int) -> None:
+        """SQLite (one node): the duplicate keys the journal holds for the window, read once
+        at start from the index's clear columns (terminal, STAN, field 7, MTI class; never
+        card data). Requests since start are all in memory, so a memory miss needs the
+        journal only for a key in this set. PostgreSQL (other nodes write too): unknown."""
         journal = self.journal
-        return (
-            journal is not None
-            and journal.config.backend == "sqlite"
-            and anyio.current_time() - self.opened_at > self.window
-            and len(recent) < recent.max_entries
-        )
+        if journal is None or journal.config.backend != "sqlite":
+            return
+        since = int((now - dt.timedelta(seconds=self.window)).timestamp() * 1_000_000)
+        path = journal.config.path
+
+        def read() -> set[DuplicateKey] | None:
+            con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                rows = con.execute(
+                    "SELECT substr(mti, 2, 1), terminal_id, stan, transmission FROM txns "
+                    "WHERE created_us >= ? AND mti IS NOT NULL LIMIT ?",
+                    (since, limit + 1),
+                ).fetchall()
+            finally:
+                con.close()
+            if len(rows) > limit:
+                return None  # too many to hold: ask the journal on every miss
+            return {(r[0], r[1] or "", r[2] or "", r[3] or "") for r in rows}
+
+        self.known = await anyio.to_thread.run_sync(read)
+
+    def may_know(self, key: DuplicateKey) -> bool:
+        """Can the journal know ``key`` when memory does not? (False only when certain.)"""
+        return self.known is None or key in self.known
 
     # -- SAF wake-ups ----------------------------------------------------------------------
 
@@ -470,10 +493,12 @@ class JournalCheckDuplicate(CheckDuplicate):
     async def prepare(self, ctx: Context) -> str | None:
         journal = self.runtime.journal
         key = duplicate_key(ctx.request)
+        if len(self.recent) >= self.recent.max_entries:
+            self.runtime.known = None  # memory evicts: it no longer holds every new key
         if (
             journal is not None
             and self.recent.get(key, ctx.received) is None
-            and not self.runtime.memory_is_complete(self.recent)
+            and self.runtime.may_know(key)
         ):
             f = ctx.request.fields
             try:

@@ -121,6 +121,8 @@ class SafSender:
         now = self.clock()
         try:
             await self._observe(now)
+            if not self.pool.ready:
+                return self.cfg.poll_interval  # woken when a link comes up
             queue = await self.journal.next_due(self.issuer, _FAR_FUTURE, _BATCH)
         except JournalError as exc:
             log.error("saf_journal_failed", issuer=self.issuer, error=str(exc))

@@ -55,6 +55,7 @@ from gateway import pki
 from gateway.dataset import Dataset, load_dataset
 from gateway.framed import FramedStream
 from gateway.journal import TxnState, load_config, open_journal
+from gateway.logs import configure
 from hsm_sim.config import load_config as load_hsm_config
 from hsm_sim.server import HsmServer
 from issuer_sim.accounts import AccountBook
@@ -444,12 +445,12 @@ async def chaos(args: argparse.Namespace, work: Path) -> int:
                     await anyio.sleep(rnd.uniform(0.3, 1.2))
                     roll = rnd.random()
                     issuer = rnd.choice(ISSUERS)
-                    if roll < 0.25:
-                        faults.start_soon(issuers.kill_for, issuer, rnd.uniform(0.3, 2.5))
-                    elif roll < 0.4:
+                    if roll < 0.35:
+                        faults.start_soon(issuers.kill_for, issuer, rnd.uniform(1.0, 4.0))
+                    elif roll < 0.5:
                         slow = partial(issuers.fault_for, issuer, 1.5, latency=1500, drop=0)
                         faults.start_soon(slow)
-                    elif roll < 0.5:
+                    elif roll < 0.6:
                         lossy = partial(issuers.fault_for, issuer, 1.0, latency=0, drop=0.5)
                         faults.start_soon(lossy)
                     await gateway.kill()
@@ -509,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.kills < 1 or args.workers < 1:
         parser.error("--rounds, --kills and --workers must be at least 1")
+    configure("warning")
     work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     for stale in work.glob("journal.sqlite3*"):

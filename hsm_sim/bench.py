@@ -1,7 +1,9 @@
-"""Benchmark: CA (TPK -> ZPK PIN translation) per second through hsm_sim with the HsmClient.
+"""Benchmark: CA (TPK -> ZPK) or G0 (DUKPT -> ZPK) PIN translations per second through hsm_sim
+with the HsmClient.
 
-    python -m hsm_sim.bench [--requests 20000] [--concurrency 64] [--connections 2]
-                            [--backend asyncio|trio] [--server subprocess|inprocess|HOST:PORT]
+    python -m hsm_sim.bench [--command CA|G0] [--requests 20000] [--concurrency 64]
+                            [--connections 2] [--backend asyncio|trio]
+                            [--server subprocess|inprocess|HOST:PORT]
 
 By default the server runs as a separate ``hsm-sim`` process on a free loopback port (as in
 production: the HSM is another process), the client pipelines ``concurrency`` outstanding
@@ -30,13 +32,22 @@ from hsm_sim.server import HsmServer
 DEMO_LMK = "ECC25208B6FD2023E9767A5489BC9415"
 DEMO_TPK = "6D61BA0EAED6548F1A86086208A886AB"
 DEMO_ZPK = "A179FDC85E70C4FDFE015486024654A7"
+DEMO_BDK = "0123456789ABCDEFFEDCBA9876543210"  # ANSI X9.24 test BDK (terminal T0000002)
+INITIAL_KSN = "FFFF9876543210E00000"
 PAN = "4761730000000011"
 
 
 async def _drive(endpoint: str, args: argparse.Namespace) -> tuple[float, HsmClient]:
     lmk = Lmk(DEMO_LMK)
     tpk, zpk = lmk.encrypt(bytes.fromhex(DEMO_TPK)), lmk.encrypt(bytes.fromhex(DEMO_ZPK))
+    bdk = lmk.encrypt(bytes.fromhex(DEMO_BDK))
     blocks = [terminal.pin_block_under_tpk(DEMO_TPK, f"{i:04d}", PAN) for i in range(100)]
+    ksns, dukpt_blocks = [], []
+    ksn = INITIAL_KSN
+    for i in range(100):
+        ksn = terminal.next_ksn(ksn)
+        ksns.append(ksn)
+        dukpt_blocks.append(terminal.pin_block_under_dukpt(DEMO_BDK, ksn, f"{i:04d}", PAN))
     remaining = args.requests
     async with HsmClient([endpoint], connections=args.connections, timeout=10.0) as hsm:
         await hsm.diagnostics()  # connect and warm up before the clock starts
@@ -46,7 +57,11 @@ async def _drive(endpoint: str, args: argparse.Namespace) -> tuple[float, HsmCli
             i = offset
             while remaining > 0:
                 remaining -= 1
-                await hsm.translate_pin_tpk_to_zpk(tpk, zpk, blocks[i % 100], PAN)
+                if args.command == "G0":
+                    k = i % 100
+                    await hsm.translate_pin_dukpt_to_zpk(bdk, zpk, ksns[k], dukpt_blocks[k], PAN)
+                else:
+                    await hsm.translate_pin_tpk_to_zpk(tpk, zpk, blocks[i % 100], PAN)
                 i += 1
 
         started = time.perf_counter()
@@ -68,7 +83,8 @@ async def _bench_inprocess(args: argparse.Namespace) -> tuple[float, HsmClient]:
 def _report(args: argparse.Namespace, where: str, elapsed: float, hsm: HsmClient) -> None:
     stats = hsm.statistics()
     print(
-        f"CA translations: {args.requests} in {elapsed:.2f} s = {args.requests / elapsed:,.0f}/s "
+        f"{args.command} translations: {args.requests} in {elapsed:.2f} s = "
+        f"{args.requests / elapsed:,.0f}/s "
         f"(server {where}, client {args.backend}, {args.connections} connections, "
         f"{args.concurrency} in flight; latency p50 {stats.latency_p50_ms:.2f} ms, "
         f"p99 {stats.latency_p99_ms:.2f} ms; timeouts {stats.timeouts})",
@@ -78,6 +94,7 @@ def _report(args: argparse.Namespace, where: str, elapsed: float, hsm: HsmClient
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hsm-bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--command", choices=("CA", "G0"), default="CA")
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--connections", type=int, default=2)

@@ -29,6 +29,7 @@ import dataclasses
 import datetime as dt
 import re
 import sqlite3
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -552,7 +553,7 @@ class JournalFindOriginal(FindOriginal):
         if entry is not None and not entry.done.is_set():
             # The terminal gave up on an original we are still waiting for: reverse its
             # outcome rather than answer 25.
-            with anyio.move_on_after(max(ctx.deadline - anyio.current_time(), 0)):
+            with anyio.move_on_after(max(ctx.deadline - time.monotonic(), 0)):
                 await entry.done.wait()
         journal = self.runtime.journal
         if entry is None and journal is not None:

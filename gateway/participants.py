@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -65,7 +66,7 @@ class CheckDuplicate(BaseParticipant):
         entry = self.recent.get(key, ctx.received)
         if entry is not None:
             if not entry.done.is_set():
-                with anyio.move_on_after(max(ctx.deadline - anyio.current_time(), 0)):
+                with anyio.move_on_after(max(ctx.deadline - time.monotonic(), 0)):
                     await entry.done.wait()
             self.metrics.duplicates.inc()
             if entry.response is None:
@@ -202,8 +203,8 @@ class QueryIssuer(BaseParticipant):
             ctx.entry.issuer_time = msg.fields["7"]
             ctx.entry.rrn = ctx.rrn
             ctx.entry.amount = int(ctx.request.fields.get("4", "0"))
-        timeout = min(pool.cfg.timeout, ctx.deadline - anyio.current_time())
-        started = anyio.current_time()
+        timeout = min(pool.cfg.timeout, ctx.deadline - time.monotonic())
+        started = time.monotonic()
         try:
             answer = await pool.request(msg, max(timeout, 0.0))
         except IssuerTimeout:
@@ -214,7 +215,7 @@ class QueryIssuer(BaseParticipant):
             self.metrics.issuer_failures.labels(pool.issuer, "unavailable").inc()
             ctx.issuer_failure = "unavailable"  # it may have been sent: reversed too
             return ctx.decline("91", "issuer unavailable")
-        self.metrics.issuer_latency.labels(pool.issuer).observe(anyio.current_time() - started)
+        self.metrics.issuer_latency.labels(pool.issuer).observe(time.monotonic() - started)
         if self.hook is not None:
             rc = await self.hook.check_answer(ctx, pool, answer)
             if rc is not None:

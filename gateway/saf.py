@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import random
+import time
 from collections.abc import Callable, Mapping
 
 import anyio
@@ -184,7 +185,7 @@ class SafSender:
     async def _send(self, msg: Message) -> Message | str:
         """The issuer's answer, or why there is none."""
         if self.hook is not None:
-            now = anyio.current_time()
+            now = time.monotonic()
             ctx = Context(
                 request=msg, received=now, deadline=now + self.cfg.timeout, now=self.clock(), rrn=""
             )

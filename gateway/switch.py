@@ -6,8 +6,6 @@ import datetime as dt
 import time
 from collections.abc import Callable, Sequence
 
-import anyio
-
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
 from gateway.pipeline import Context, Participant
@@ -56,14 +54,12 @@ class Switch:
         if not is_request(mti):
             log.warning("terminal_sent_response", mti=mti)
             return None
-        started = anyio.current_time()
+        started = time.monotonic()
         if mti == "0800":
             resp = self._network(req)
         else:
             resp = await self._transaction(req, started, raw)
-        self.metrics.observe_transaction(
-            mti, resp.fields.get("39", ""), anyio.current_time() - started
-        )
+        self.metrics.observe_transaction(mti, resp.fields.get("39", ""), time.monotonic() - started)
         return resp
 
     def format_error_response(self, exc: MessageFormatError) -> Message | None:
@@ -130,7 +126,7 @@ class Switch:
                 terminal=req.fields.get("41"),
                 issuer=ctx.issuer,
                 reasons=ctx.reasons or None,
-                ms=round((anyio.current_time() - started) * 1000, 3),
+                ms=round((time.monotonic() - started) * 1000, 3),
             )
         return ctx.response
 

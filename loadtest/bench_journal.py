@@ -64,15 +64,11 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
             conf.write_text(f'journal = "{journal_conf(tmp, extra)}"\n' + conf.read_text())
         sim_conf = str(tmp / "issuer-sim.toml")
         procs = [
-            subprocess.Popen(
-                [str(BIN / "issuer-sim"), "run", "--conf", sim_conf, "--issuer", i]
-            )
+            subprocess.Popen([str(BIN / "issuer-sim"), "run", "--conf", sim_conf, "--issuer", i])
             for i in ports
         ]
         time.sleep(1.0)
-        gw = subprocess.Popen(
-            [str(BIN / "gateway"), "run", "--conf", str(tmp / "gateway.toml")]
-        )
+        gw = subprocess.Popen([str(BIN / "gateway"), "run", "--conf", str(tmp / "gateway.toml")])
         try:
             _wait_ready(admin)
             cfg = LoadConfig(

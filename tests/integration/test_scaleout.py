@@ -1,8 +1,10 @@
-"""Two gateway processes sharing one Redis: limits stay exact across them (issues 5 and 7)."""
+"""Two gateway processes sharing one Redis and one PostgreSQL: limits and books stay exact
+across them (issues 5 and 7)."""
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import signal
 import socket
 import subprocess
@@ -13,10 +15,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
+import asyncpg
 import httpx
 import pytest
 from anyio.abc import Process
 
+from gateway.journal import SettlementTotal, open_journal
+from gateway.journal import load_config as load_journal_config
 from hsm_sim.config import load_config as load_hsm_config
 from hsm_sim.server import HsmServer
 from issuer_sim.server import IssuerServer
@@ -41,12 +46,19 @@ def free_port() -> int:
 
 
 def write_gateway_conf(
-    tmp: Path, name: str, issuers: dict[str, int], pki_dir: Path, risk: Path, hsm: int
+    tmp: Path,
+    name: str,
+    issuers: dict[str, int],
+    pki_dir: Path,
+    risk: Path,
+    hsm: int,
+    journal: Path,
 ) -> tuple[Path, int, int]:
     port, admin = free_port(), free_port()
     conf = tmp / f"{name}.toml"
     conf.write_text(
         f'data = "{DEMO_CONF / "data.toml"}"\npki_dir = "{pki_dir}"\nrisk = "{risk}"\n'
+        f'journal = "{journal}"\n'
         f"node = {1 if name == 'gw1' else 2}\n"
         f"[terminal]\nport = {port}\ntls_port = -1\n[admin]\nport = {admin}\n"
         f'[qr_api]\nport = -1\n[hsm]\nendpoints = ["127.0.0.1:{hsm}"]\n'
@@ -92,9 +104,43 @@ async def gateway_process(conf: Path, admin: int) -> AsyncIterator[Process]:
         await proc.aclose()
 
 
-async def test_two_gateway_processes_share_limits_exactly(
-    redis_url: str, pki_dir: Path, tmp_path: Path
+def write_journal_conf(tmp: Path, dsn: str, schema: str) -> Path:
+    text = (DEMO_CONF / "journal.toml").read_text()
+    text = text.replace('backend = "sqlite"', 'backend = "postgres"')
+    text = text.replace('path = "var/journal.sqlite3"', f'dsn = "{dsn}"\nschema = "{schema}"')
+    assert 'backend = "postgres"' in text
+    conf = tmp / "journal.toml"
+    conf.write_text(text)
+    return conf
+
+
+async def journal_books(conf: Path) -> list[SettlementTotal]:
+    async with open_journal(load_journal_config(conf)) as journal:
+        assert (await journal.verify()).ok
+        return await journal.settlement(dt.datetime.now(dt.UTC).date())
+
+
+async def drop_schema(dsn: str, schema: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+@pytest.mark.postgres
+async def test_two_gateway_processes_share_limits_and_books_exactly(
+    redis_url: str, postgres_dsn: str, pki_dir: Path, tmp_path: Path
 ) -> None:
+    schema = f"scaleout_{uuid.uuid4().hex[:12]}"
+    journal = write_journal_conf(tmp_path, postgres_dsn, schema)
+    try:
+        await _run_two_gateways(redis_url, pki_dir, tmp_path, journal)
+    finally:
+        await drop_schema(postgres_dsn, schema)
+
+
+async def _run_two_gateways(redis_url: str, pki_dir: Path, tmp_path: Path, journal: Path) -> None:
     prefix = f"payswitch:test:{uuid.uuid4().hex}:"
     text = (DEMO_CONF / "risk.toml").read_text()
     text = text.replace('backend = "memory"', 'backend = "redis"')
@@ -120,8 +166,9 @@ async def test_two_gateway_processes_share_limits_exactly(
         hsm_cfg = dataclasses.replace(load_hsm_config(DEMO_CONF / "hsm.toml"), port=0)
         hsm_port = await tg.start(HsmServer(hsm_cfg).serve)
         ports = {i: s.port for i, s in servers.items()}
-        conf1, port1, admin1 = write_gateway_conf(tmp_path, "gw1", ports, pki_dir, risk, hsm_port)
-        conf2, port2, admin2 = write_gateway_conf(tmp_path, "gw2", ports, pki_dir, risk, hsm_port)
+        common = (ports, pki_dir, risk, hsm_port, journal)
+        conf1, port1, admin1 = write_gateway_conf(tmp_path, "gw1", *common)
+        conf2, port2, admin2 = write_gateway_conf(tmp_path, "gw2", *common)
         before = servers["alpha"].host.book.find(RICH)
         assert before is not None
         opening = before.balance
@@ -143,4 +190,9 @@ async def test_two_gateway_processes_share_limits_exactly(
     # 10,000,000 daily limit / 100,000 per purchase: exactly 100 fit, whichever process.
     assert codes.count("00") == 100, sorted(set(codes))
     assert codes.count("61") == 100
-    assert opening - servers["alpha"].host.book.find(RICH).balance == 100 * 100_000  # type: ignore[union-attr]
+    after = servers["alpha"].host.book.find(RICH)
+    assert after is not None
+    assert opening - after.balance == 100 * 100_000
+    # The shared journal's books agree with the issuer's, whichever process answered.
+    books = [t for t in await journal_books(journal) if t.issuer_id == "alpha"]
+    assert [(t.debit_count, t.debit_amount) for t in books] == [(100, 100 * 100_000)]

@@ -72,7 +72,36 @@ def _cmd_check(args: argparse.Namespace) -> int:
     missing = [link.issuer for link in cfg.links if link.issuer not in issuers]
     if missing:
         raise ConfigError(f"{args.conf}: links name issuers not in the dataset: {missing}")
-    print(f"{args.conf}: ok ({len(cfg.links)} issuer links, {len(data.terminals)} terminals)")
+    # Every file the gateway reads at start is validated here, without side effects.
+    from gateway.journal import JournalConfigError
+    from gateway.journal import load_config as load_journal_config
+    from gateway.keys import load_keys
+    from gateway.risk import load_config as load_risk_config
+
+    parts = [f"{len(cfg.links)} issuer links", f"{len(data.terminals)} terminals"]
+    load_keys(data)
+    if cfg.risk:
+        risk = load_risk_config(base / cfg.risk)
+        parts.append(f"risk on {risk.backend}")
+    if cfg.journal:
+        try:
+            journal = load_journal_config(base / cfg.journal)
+        except JournalConfigError as exc:
+            raise ConfigError(str(exc)) from None
+        parts.append(f"journal on {journal.backend}")
+        if cfg.workers > 1 and journal.backend == "sqlite":
+            print(
+                f"{args.conf}: warning: {cfg.workers} workers with SQLite keep one journal per "
+                "worker: duplicates and stand-in counts are per worker (use PostgreSQL)",
+                file=sys.stderr,
+            )
+    if cfg.workers > 1 and cfg.risk and risk.backend == "memory":
+        print(
+            f"{args.conf}: warning: {cfg.workers} workers with in-memory risk counters: "
+            "limits are per worker (use the Redis backend)",
+            file=sys.stderr,
+        )
+    print(f"{args.conf}: ok ({', '.join(parts)})")
     return 0
 
 

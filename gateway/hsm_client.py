@@ -19,6 +19,7 @@ Errors: :class:`HsmUnavailableError` when no endpoint answered in time (answer `
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import statistics as _stats
 import time
@@ -30,6 +31,7 @@ from typing import Any, Literal, Self, TypeVar
 
 import anyio
 import anyio.abc
+import sniffio
 import structlog
 
 from protocols import hsm as proto
@@ -117,11 +119,47 @@ class HsmClientStatistics:
 
 
 class _Pending:
-    __slots__ = ("event", "payload")
+    """One command awaiting its answer. On asyncio a bare future with a ``call_later``
+    timeout (no AnyIO primitive per command: this is on every PIN and MAC transaction); on
+    trio an AnyIO event under ``move_on_after``."""
 
-    def __init__(self) -> None:
-        self.event = anyio.Event()
+    __slots__ = ("event", "future", "payload")
+
+    def __init__(self, fast: bool) -> None:
         self.payload: bytes | None = None
+        self.future: asyncio.Future[None] | None = None
+        self.event: anyio.Event | None = None
+        if fast:
+            self.future = asyncio.get_running_loop().create_future()
+        else:
+            self.event = anyio.Event()
+
+    def set(self) -> None:
+        if self.future is not None:
+            if not self.future.done():
+                self.future.set_result(None)
+        elif self.event is not None:
+            self.event.set()
+
+    async def wait(self, timeout: float) -> bool:
+        """True when answered (or the connection was lost), False at the timeout."""
+        future = self.future
+        if future is None:
+            assert self.event is not None
+            with anyio.move_on_after(timeout):
+                await self.event.wait()
+            return self.event.is_set()
+        handle = asyncio.get_running_loop().call_later(timeout, _expire, future)
+        try:
+            await future
+        finally:
+            handle.cancel()
+        return self.payload is not None
+
+
+def _expire(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class _Connection:
@@ -135,6 +173,7 @@ class _Connection:
         self.closed = False
         self._outbox: list[bytes] = []
         self._wakeup = anyio.Event()
+        self._fast = sniffio.current_async_library() == "asyncio"
         self._next = 0
 
     def _header(self) -> str:
@@ -146,20 +185,23 @@ class _Connection:
                 return header
         raise HsmUnavailableError("too many requests in flight on one HSM connection")
 
-    async def call(self, request: proto.Request) -> bytes:
+    async def call(self, request: proto.Request, timeout: float) -> bytes:
+        """The answer's frame; ``TimeoutError`` when none came within ``timeout``."""
         if self.closed:
             raise _ConnectionLostError
         header = self._header()
         frame = encode_frame(proto.encode_request(header, request), _MAX_FRAME)
-        pending = _Pending()
+        pending = _Pending(self._fast)
         self.pending[header] = pending
         self._outbox.append(frame)
         self._wakeup.set()
         try:
-            await pending.event.wait()
+            answered = await pending.wait(timeout)
         finally:
             if pending.payload is None:
                 self.pending.pop(header, None)
+        if not answered:
+            raise TimeoutError
         if pending.payload is None or pending.payload == b"":
             raise _ConnectionLostError
         return pending.payload
@@ -175,7 +217,7 @@ class _Connection:
             self.closed = True
             for pending in self.pending.values():
                 pending.payload = b""  # connection lost
-                pending.event.set()
+                pending.set()
             self.pending.clear()
             self.client._forget(self)
             with anyio.CancelScope(shield=True):
@@ -216,7 +258,7 @@ class _Connection:
                         log.warning("hsm.unmatched_response", header=header)
                         continue
                     pending.payload = frame
-                    pending.event.set()
+                    pending.set()
             except FramingError as exc:
                 return f"framing error: {exc.reason}"
 
@@ -429,8 +471,7 @@ class HsmClient:
         for _ in range(len(self.endpoints) + 1):
             conn = await self._connection()
             try:
-                with anyio.fail_after(self.timeout):
-                    payload = await conn.call(request)
+                payload = await conn.call(request, self.timeout)
             except TimeoutError:
                 self._timeouts += 1
                 if len(self.endpoints) == 1:

@@ -15,7 +15,6 @@ rehashing the index (``rebuild_index`` after changing it), which is why it has i
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 from collections.abc import Mapping
@@ -38,7 +37,7 @@ class DecryptionError(JournalError):
 class DataProtector:
     """Encrypts payloads and PANs, hashes PANs for lookups. Holds key material: never log it."""
 
-    __slots__ = ("_active_id", "_aead", "_lookup_key")
+    __slots__ = ("_active", "_active_id", "_aead", "_header", "_lookup_key")
 
     def __init__(self, keys: Mapping[str, bytes], active_key_id: str, lookup_key: bytes) -> None:
         if active_key_id not in keys:
@@ -54,6 +53,10 @@ class DataProtector:
             raise JournalConfigError("the lookup key must be at least 32 bytes")
         self._aead = aead
         self._active_id = active_key_id
+        # Fixed per active key: the blob header and the cipher object (built once, not per call).
+        active_id = active_key_id.encode("ascii")
+        self._header = bytes([_VERSION, len(active_id)]) + active_id
+        self._active = aead[active_key_id]
         self._lookup_key = lookup_key
 
     def __repr__(self) -> str:
@@ -64,10 +67,8 @@ class DataProtector:
         return self._active_id
 
     def encrypt(self, plaintext: bytes, aad: bytes) -> bytes:
-        key_id = self._active_id.encode("ascii")
         nonce = os.urandom(_NONCE)
-        sealed = self._aead[self._active_id].encrypt(nonce, plaintext, aad)
-        return bytes([_VERSION, len(key_id)]) + key_id + nonce + sealed
+        return self._header + nonce + self._active.encrypt(nonce, plaintext, aad)
 
     def decrypt(self, blob: bytes, aad: bytes) -> bytes:
         if len(blob) < 2 or blob[0] != _VERSION:
@@ -104,7 +105,7 @@ class DataProtector:
     def pan_hash(self, pan: str) -> str:
         """Keyed hash of the PAN for lookups (hex). Equal PANs hash equal under one key."""
         check_pan(pan)
-        return hmac.new(self._lookup_key, b"pan:" + pan.encode(), hashlib.sha256).hexdigest()
+        return hmac.digest(self._lookup_key, b"pan:" + pan.encode(), "sha256").hex()
 
     def protect_pan(self, pan: str, aad: bytes) -> tuple[str, str, bytes]:
         """(lookup hash, masked PAN, ciphertext) of a PAN."""

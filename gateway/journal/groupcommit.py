@@ -1,10 +1,13 @@
 """Group commit: many concurrent writers, one transaction per batch, each caller released
 only when its own record is committed.
 
-Writers put an :class:`Op` on a bounded memory channel and wait on the op's event. A single
+Writers put an :class:`Op` on a bounded queue and wait until it is marked finished. A single
 committer task takes whatever is queued (up to ``max_batch``), optionally waits ``max_delay``
 for more, and hands the batch to the backend's ``commit`` (one database transaction, one
-fsync). While that commit runs, new records pile up and form the next batch, so under load
+fsync). Each finished batch sets one shared event (then replaced by a fresh one): a record
+costs a deque append and a wait, not an event and a channel checkpoint of its own.
+
+While that commit runs, new records pile up and form the next batch, so under load
 the cost of an fsync is shared by everyone who arrived during the previous one.
 
 If a batch fails, each op is retried alone, so one bad record fails only its own writer.
@@ -13,14 +16,13 @@ Ops marked ``exclusive`` (archive, restore, rebuild) always run in a batch of th
 
 from __future__ import annotations
 
-import contextlib
+from collections import deque
 from collections.abc import Awaitable, Callable
 from enum import Enum, auto
 from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from gateway.journal.errors import JournalClosedError, JournalError, JournalWriteError
 from gateway.journal.model import JournalStatistics
@@ -37,7 +39,7 @@ class OpKind(Enum):
 class Op:
     """One write waiting for its batch. ``result`` is set by the backend's commit."""
 
-    __slots__ = ("args", "done", "durable", "error", "exclusive", "kind", "result")
+    __slots__ = ("args", "durable", "error", "exclusive", "finished", "kind", "result")
 
     def __init__(
         self, kind: OpKind, args: Any, *, durable: bool = True, exclusive: bool = False
@@ -46,7 +48,7 @@ class Op:
         self.args = args
         self.durable = durable
         self.exclusive = exclusive
-        self.done = anyio.Event()
+        self.finished = False
         self.result: Any = None
         self.error: BaseException | None = None
 
@@ -61,10 +63,11 @@ class GroupCommitter:
         self._commit = commit
         self._max_batch = max_batch
         self._max_delay = max_delay
-        send, receive = anyio.create_memory_object_stream[Op](queue_size)
-        self._send: MemoryObjectSendStream[Op] = send
-        self._receive: MemoryObjectReceiveStream[Op] = receive
-        self._held: Op | None = None
+        self._queue_size = queue_size
+        self._queue: deque[Op] = deque()
+        self._closed = False
+        self._wake: anyio.Event | None = None  # set when the idle committer has work
+        self._batch_done: anyio.Event | None = None  # set (and replaced) after each batch
         self._ops = self._batches = self._largest = self._failed = 0
 
     def statistics(self) -> JournalStatistics:
@@ -72,11 +75,17 @@ class GroupCommitter:
 
     async def submit(self, op: Op) -> Any:
         """Queue ``op`` and wait until its batch is committed; its result or an error."""
-        try:
-            await self._send.send(op)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            raise JournalClosedError("the journal is closed") from None
-        await op.done.wait()
+        while True:
+            if self._closed or self._batch_done is None:
+                raise JournalClosedError("the journal is closed")
+            if len(self._queue) < self._queue_size:
+                break
+            await self._batch_done.wait()  # back-pressure: a full queue waits for a batch
+        self._queue.append(op)
+        if self._wake is not None:
+            self._wake.set()
+        while not op.finished:
+            await self._batch_done.wait()  # the committer replaces it before setting it
         if op.error is not None:
             if isinstance(op.error, JournalError):  # our own typed errors pass as they are
                 raise op.error
@@ -87,63 +96,87 @@ class GroupCommitter:
 
     def close(self) -> None:
         """No new ops; the committer drains what is queued, then returns."""
-        self._send.close()
+        self._closed = True
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _wait_for_work(self, timeout: float | None) -> None:
+        self._wake = anyio.Event()
+        try:
+            if timeout is None:
+                await self._wake.wait()
+            else:
+                with anyio.move_on_after(timeout):
+                    await self._wake.wait()
+        finally:
+            self._wake = None
 
     async def _next_batch(self) -> list[Op] | None:
-        first = self._held
-        self._held = None
-        if first is None:
-            try:
-                first = await self._receive.receive()
-            except anyio.EndOfStream:
+        queue = self._queue
+        while not queue:
+            if self._closed:
                 return None
-        batch = [first]
-        if first.exclusive:
-            return batch
-        deadline = anyio.current_time() + self._max_delay
-        while len(batch) < self._max_batch:
-            op: Op | None = None
-            try:
-                op = self._receive.receive_nowait()
-            except anyio.WouldBlock:
+            await self._wait_for_work(None)
+        if self._max_delay > 0 and not queue[0].exclusive:
+            deadline = anyio.current_time() + self._max_delay
+            while len(queue) < self._max_batch and not self._closed:
                 remaining = deadline - anyio.current_time()
                 if remaining <= 0:
                     break
-                with anyio.move_on_after(remaining), contextlib.suppress(anyio.EndOfStream):
-                    op = await self._receive.receive()
-            except anyio.EndOfStream:
-                pass
-            if op is None:
-                break
-            if op.exclusive:
-                self._held = op
-                break
-            batch.append(op)
+                await self._wait_for_work(remaining)
+        first = queue.popleft()
+        batch = [first]
+        if first.exclusive:
+            return batch
+        while queue and len(batch) < self._max_batch and not queue[0].exclusive:
+            batch.append(queue.popleft())
         return batch
+
+    def _finish(self, batch: list[Op]) -> None:
+        for op in batch:
+            op.finished = True
+        done, self._batch_done = self._batch_done, anyio.Event()
+        if done is not None:
+            done.set()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """The committer loop; returns after :meth:`close` once the queue is drained."""
+        self._batch_done = anyio.Event()
         task_status.started()
-        async with self._receive:
+        try:
             while (batch := await self._next_batch()) is not None:
                 await self._run_batch(batch)
+        finally:
+            # Cancelled or done: nothing queued waits for a committer that is gone.
+            self._closed = True
+            left = list(self._queue)
+            self._queue.clear()
+            for op in left:
+                op.error = JournalClosedError("the journal is closed")
+            self._finish(left)
 
     async def _run_batch(self, batch: list[Op]) -> None:
         self._batches += 1
         self._ops += len(batch)
         self._largest = max(self._largest, len(batch))
         try:
-            await self._commit(batch)
-        except Exception as exc:
-            self._failed += 1
-            if len(batch) == 1:
-                batch[0].error = exc
-            else:
-                for op in batch:  # isolate the bad record: retry each alone
-                    op.result = None
-                    try:
-                        await self._commit([op])
-                    except Exception as single:
-                        op.error = single
-        for op in batch:
-            op.done.set()
+            try:
+                await self._commit(batch)
+            except Exception as exc:
+                self._failed += 1
+                if len(batch) == 1:
+                    batch[0].error = exc
+                else:
+                    for op in batch:  # isolate the bad record: retry each alone
+                        op.result = None
+                        try:
+                            await self._commit([op])
+                        except Exception as single:
+                            op.error = single
+        except BaseException:
+            for op in batch:  # cancelled mid-commit: no writer may take it as committed
+                if op.error is None:
+                    op.error = JournalClosedError("the journal closed during the write")
+            raise
+        finally:
+            self._finish(batch)

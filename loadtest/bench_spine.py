@@ -53,6 +53,23 @@ def write_conf(tmp: Path, ports: dict[str, int], gw_port: int, admin: int) -> No
     )
 
 
+def spawn_stack(tmp: Path, backend: str) -> tuple[list[subprocess.Popen[bytes]], int, int]:
+    """Issuer simulators and a gateway (last in the list) on free ports; (procs, port, admin)."""
+    from gateway import pki
+
+    names = ["gateway", "switch", "issuer-alpha", "issuer-beta", "issuer-gamma"]
+    pki.ensure_pki(ROOT / "var" / "certs", names)
+    ports = {"alpha": free_port(), "beta": free_port(), "gamma": free_port()}
+    gw_port, admin = free_port(), free_port()
+    write_conf(tmp, ports, gw_port, admin)
+    sim = [str(BIN / "issuer-sim"), "run", "--conf", str(tmp / "issuer-sim.toml")]
+    procs = [subprocess.Popen([*sim, "--issuer", i, "--backend", backend]) for i in ports]
+    time.sleep(1.0)
+    gw = [str(BIN / "gateway"), "run", "--conf", str(tmp / "gateway.toml"), "--backend", backend]
+    procs.append(subprocess.Popen(gw))
+    return procs, gw_port, admin
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=float, default=10.0)
@@ -60,44 +77,10 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--backend", default="uvloop")
     args = parser.parse_args()
-    from gateway import pki
-
-    pki.ensure_pki(
-        ROOT / "var" / "certs", ["gateway", "switch", "issuer-alpha", "issuer-beta", "issuer-gamma"]
-    )
-    ports = {"alpha": free_port(), "beta": free_port(), "gamma": free_port()}
-    gw_port, admin = free_port(), free_port()
     results = []
     with tempfile.TemporaryDirectory() as tmpdir:
-        tmp = Path(tmpdir)
-        write_conf(tmp, ports, gw_port, admin)
-        procs = [
-            subprocess.Popen(
-                [
-                    str(BIN / "issuer-sim"),
-                    "run",
-                    "--conf",
-                    str(tmp / "issuer-sim.toml"),
-                    "--issuer",
-                    i,
-                    "--backend",
-                    args.backend,
-                ]
-            )
-            for i in ports
-        ]
-        time.sleep(1.0)
-        gw = subprocess.Popen(
-            [
-                str(BIN / "gateway"),
-                "run",
-                "--conf",
-                str(tmp / "gateway.toml"),
-                "--backend",
-                args.backend,
-            ]
-        )
-        procs.append(gw)
+        procs, gw_port, admin = spawn_stack(Path(tmpdir), args.backend)
+        gw = procs[-1]
         try:
             _wait_ready(admin)
             for n in args.in_flight:

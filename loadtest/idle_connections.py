@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import resource
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 import anyio
 import orjson
 
-from loadtest.bench_spine import BIN, ROOT, _wait_ready, free_port, write_conf
+from loadtest.bench_spine import _wait_ready, spawn_stack
 from loadtest.generator import ClosedLoop, LoadConfig
 
 
@@ -50,33 +49,10 @@ def main() -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if args.connections + 100 > hard:
         raise SystemExit(f"need {args.connections + 100} file descriptors, the limit is {hard}")
-    from gateway import pki
-
-    pki.ensure_pki(
-        ROOT / "var" / "certs", ["gateway", "switch", "issuer-alpha", "issuer-beta", "issuer-gamma"]
-    )
-    ports = {"alpha": free_port(), "beta": free_port(), "gamma": free_port()}
-    gw_port, admin = free_port(), free_port()
     result: dict[str, object] = {"connections": args.connections}
     with tempfile.TemporaryDirectory() as tmpdir:
-        tmp = Path(tmpdir)
-        write_conf(tmp, ports, gw_port, admin)
-        procs = [
-            subprocess.Popen(
-                [
-                    str(BIN / "issuer-sim"),
-                    "run",
-                    "--conf",
-                    str(tmp / "issuer-sim.toml"),
-                    "--issuer",
-                    i,
-                ]
-            )
-            for i in ports
-        ]
-        time.sleep(1.0)
-        gw = subprocess.Popen([str(BIN / "gateway"), "run", "--conf", str(tmp / "gateway.toml")])
-        procs.append(gw)
+        procs, gw_port, admin = spawn_stack(Path(tmpdir), "uvloop")
+        gw = procs[-1]
         socks: list[socket.socket] = []
         try:
             _wait_ready(admin)

@@ -81,6 +81,33 @@ def txn_params(event_row: Sequence[Any]) -> tuple[Any, ...]:
     return (txn_id, state, at_us, at_us, seq, *event_row[4:-1])
 
 
+def upsert_groups(event_rows: Sequence[Sequence[Any]]) -> list[tuple[tuple[bool, ...], list[Any]]]:
+    """Index upserts of event rows grouped by shape (which data columns are set), each with
+    only its set columns: ``[(present, [params, ...]), ...]`` in an order that applies each
+    transaction's events in sequence (shapes are merged only when no transaction repeats)."""
+    groups: dict[tuple[bool, ...], list[Any]] = {}
+    ordered: list[tuple[tuple[bool, ...], list[Any]]] = []
+    merge = len({row[1] for row in event_rows}) == len(event_rows)
+    last: tuple[bool, ...] | None = None
+    for row in event_rows:
+        seq, txn_id, state, at_us = row[0], row[1], row[2], row[3]
+        data = row[4:-1]
+        present = tuple(v is not None for v in data)
+        params = (txn_id, state, at_us, at_us, seq, *(v for v in data if v is not None))
+        if merge:
+            bucket = groups.get(present)
+            if bucket is None:
+                bucket = groups[present] = []
+                ordered.append((present, bucket))
+            bucket.append(params)
+        elif present == last:
+            ordered[-1][1].append(params)
+        else:
+            ordered.append((present, [params]))
+        last = present
+    return ordered
+
+
 def stored_txn(row: Sequence[Any], protector: DataProtector) -> StoredTxn:
     """A ``txns`` row (TXN_COLUMNS order) with its PAN and payloads decrypted."""
     txn_id, state, created_us, updated_us, last_seq = row[:5]

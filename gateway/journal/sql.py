@@ -74,6 +74,7 @@ class Sql:
             f"INSERT INTO {p}txns AS t ({tcols}) VALUES ({', '.join('?' * len(TXN_COLUMNS))}) "
             f"ON CONFLICT (txn_id) DO UPDATE SET {updates}"
         )
+        self._partial_upserts: dict[tuple[bool, ...], str] = {}
         lock = " FOR UPDATE" if dialect == "postgres" else ""
         self.get_state = self._q(f"SELECT seq, mac, tag FROM {p}chain_state WHERE name = ?{lock}")
         self.read_state = self._q(f"SELECT seq, mac, tag FROM {p}chain_state WHERE name = ?")
@@ -171,6 +172,32 @@ class Sql:
         depth = f"SELECT issuer_id, COUNT(*), MIN(created_us) FROM {p}advices"
         self.depth_all = self._q(f"{depth} GROUP BY issuer_id ORDER BY issuer_id")
         self.depth_one = self._q(f"{depth} WHERE issuer_id = ? GROUP BY issuer_id")
+
+    def partial_upsert(self, present: tuple[bool, ...]) -> str:
+        """The index upsert of an event that sets only the data columns flagged in ``present``
+        (``DATA_COLUMNS`` order): the same result as :attr:`upsert_txn` for an event whose
+        other columns are None, but an update leaves the untouched columns, and the indexes
+        over them, alone (fewer B-tree writes and dirty pages per commit). Cached per shape.
+        """
+        sql = self._partial_upserts.get(present)
+        if sql is None:
+            cols = [c for c, set_ in zip(DATA_COLUMNS, present, strict=True) if set_]
+            names = ", ".join(("txn_id", "state", "created_us", "updated_us", "last_seq", *cols))
+            updates = ", ".join(
+                [
+                    "state = excluded.state",
+                    "updated_us = excluded.updated_us",
+                    "last_seq = excluded.last_seq",
+                    *(f"{c} = excluded.{c}" for c in cols),
+                ]
+            )
+            sql = self._q(
+                f"INSERT INTO {self.prefix}txns AS t ({names}) "
+                f"VALUES ({', '.join('?' * (5 + len(cols)))}) "
+                f"ON CONFLICT (txn_id) DO UPDATE SET {updates}"
+            )
+            self._partial_upserts[present] = sql
+        return sql
 
     def _q(self, sql: str) -> str:
         if self.dialect == "sqlite":

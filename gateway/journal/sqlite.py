@@ -23,7 +23,7 @@ from gateway.journal.archive import ArchiveInfo, read_rows
 from gateway.journal.base import JournalBase, Reader
 from gateway.journal.errors import JournalClosedError, JournalStateError
 from gateway.journal.groupcommit import Op, OpKind
-from gateway.journal.rows import txn_params
+from gateway.journal.rows import txn_params, upsert_groups
 from gateway.journal.sql import Sql
 
 _CHUNK = 2000
@@ -187,7 +187,8 @@ class SqliteJournal(JournalBase):
                 rows.append((*values, mac))
                 op.result = seq
             con.executemany(sql.insert_event, rows)
-            con.executemany(sql.upsert_txn, [txn_params(row) for row in rows])
+            for present, params in upsert_groups(rows):
+                con.executemany(sql.partial_upsert(present), params)
             con.execute(sql.set_state, (seq, mac, self._chain.tag("head", seq, mac), "head"))
         for op in ops:
             if op.kind is OpKind.APPEND:

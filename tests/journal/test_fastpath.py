@@ -17,6 +17,7 @@ from gateway.journal.groupcommit import GroupCommitter, Op, OpKind
 from gateway.journal.protect import DataProtector
 from gateway.journal.rows import aad, from_us, prepare_event, to_us
 from gateway.journal.sensitive import strip_sensitive
+from tests.journal.conftest import NOW, PAN, Backend, answered, purchase
 
 # Computed with the first implementation (a Python list of hex-converted values through
 # orjson, hmac.new): journals and archives written by it must keep verifying.
@@ -165,3 +166,35 @@ async def test_group_commit_exclusive_ops_run_alone_and_cancel_fails_waiters() -
         await anyio.sleep(0.02)
         inner.cancel_scope.cancel()  # the committer dies mid-commit
     assert len(errors) == 1  # op 5: never reported as committed
+
+
+@pytest.mark.anyio
+async def test_partial_upserts_build_the_same_index_as_a_rebuild(backend: Backend) -> None:
+    """Batches mixing shapes, and one transaction twice in a batch, index like the replay."""
+    async with backend.open() as journal:
+
+        async def life(i: int) -> None:
+            tid, stan = f"p{i}", f"{i:06d}"
+            await journal.append(purchase(tid, stan), durable=False)
+            await journal.append(JournalEvent(txn_id=tid, state=TxnState.SENT_TO_ISSUER, at=NOW))
+            await journal.append(answered(tid, stan, rc="00" if i % 2 else "05"))
+
+        async def twice() -> None:  # two writers on one transaction: same batch, in order
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(journal.append, purchase("d1", "999999"))
+                tg.start_soon(journal.append, answered("d1", "999999"))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(40):
+                tg.start_soon(life, i)
+            tg.start_soon(twice)
+        before = [await journal.get(f"p{i}") for i in range(40)]
+        dup = await journal.get("d1")
+        assert journal.statistics().largest_batch > 1
+        await backend.tamper("DELETE FROM txns")
+        assert await journal.rebuild_index() == 122
+        assert [await journal.get(f"p{i}") for i in range(40)] == before
+        assert await journal.get("d1") == dup
+        assert dup is not None
+        assert dup.response_code == "00"
+        assert dup.pan == PAN

@@ -9,7 +9,8 @@ Participants and hooks (their place in the pipeline is set in ``Gateway``):
   a successful reversal. If an approval cannot be journaled the terminal gets ``96``, never an
   approval the books do not hold.
 * :class:`JournalReceive` (after routing): ``received``, not synced (losing it on power failure
-  loses nothing: nothing was sent yet).
+  loses nothing: nothing was sent yet); PostgreSQL only (other nodes must see the request in
+  progress), on SQLite the first record is ``sent_to_issuer`` or the outcome.
 * :class:`JournalIssuerHook` wraps ``QueryIssuer``'s issuer-message hook: ``sent_to_issuer`` is
   committed durably *before* the message leaves; a crash from then on is reversed at start
   (:func:`recover_in_flight`). If the journal cannot take it, nothing is sent (``96``).
@@ -227,7 +228,15 @@ def request_event(ctx: Context, state: TxnState, **extra: object) -> JournalEven
 
 
 class JournalReceive(BaseParticipant):
-    """``received``: the request passed the checks and is routed (not synced)."""
+    """``received``: the request passed the checks and is routed (not synced).
+
+    PostgreSQL only: there another node may see the request in progress (a repeat sent to
+    it must not be processed twice). On SQLite one node holds every request in progress in
+    memory, and a repeat of one a crash left ``received`` is processed anew anyway, so the
+    record would change nothing: the transaction's first record is written by whichever
+    comes first, ``sent_to_issuer`` (durable, before the message leaves) or the outcome,
+    with everything ``received`` would have held. One record (and fsync share) less.
+    """
 
     name = "journal-receive"
 
@@ -237,7 +246,7 @@ class JournalReceive(BaseParticipant):
 
     async def prepare(self, ctx: Context) -> str | None:
         journal = self.runtime.journal
-        if journal is None:
+        if journal is None or journal.config.backend == "sqlite":
             return None
         try:
             await journal.append(request_event(ctx, TxnState.RECEIVED), durable=False)

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import orjson
 
+from gateway.journal.keyed import HmacSha256
 from gateway.journal.model import VerifyResult
 
 GENESIS = bytes(32)
@@ -73,20 +74,20 @@ def canonical(values: Sequence[object]) -> bytes:
 class Chain:
     """MACs and chain-state tags under the chain key (key material: never log it)."""
 
-    __slots__ = ("_key",)
+    __slots__ = ("_hmac",)
 
     def __init__(self, key: bytes) -> None:
-        self._key = key
+        self._hmac = HmacSha256(key)
 
     def __repr__(self) -> str:
         return "Chain(<key>)"
 
     def mac(self, prev_mac: bytes, values: Sequence[object]) -> bytes:
-        return hmac.digest(self._key, bytes(prev_mac) + canonical(values), "sha256")
+        return self._hmac.digest(bytes(prev_mac) + canonical(values))
 
     def tag(self, name: str, seq: int, mac: bytes) -> bytes:
         message = _DOMAIN + name.encode() + b"\x00" + seq.to_bytes(8, "big") + bytes(mac)
-        return hmac.digest(self._key, message, "sha256")
+        return self._hmac.digest(message)
 
     def tag_ok(self, name: str, seq: int, mac: bytes, tag: bytes) -> bool:
         return hmac.compare_digest(self.tag(name, seq, mac), bytes(tag))

@@ -13,7 +13,7 @@ import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 
 from gateway.journal.errors import JournalValueError
@@ -47,6 +47,25 @@ _MTI = re.compile(r"^[0-9]{4}$")
 def _check_digits(name: str, value: str | None, lengths: tuple[int, ...]) -> None:
     if value is not None and (len(value) not in lengths or not _DIGITS.match(value)):
         raise JournalValueError(f"{name} must be {'/'.join(map(str, lengths))} digits")
+
+
+def _is_digits(value: str, length: int) -> bool:
+    """Exactly ``length`` ASCII digits (``isdigit`` alone accepts other scripts' digits)."""
+    return len(value) == length and value.isascii() and value.isdigit()
+
+
+# (field, exact length) of the all-digit fields of an event.
+_DIGIT_FIELDS = (
+    ("mti", 4),
+    ("orig_mti", 4),
+    ("processing_code", 6),
+    ("currency", 3),
+    ("stan", 6),
+    ("orig_stan", 6),
+    ("transmission", 10),
+    ("orig_transmission", 10),
+)
+_TEXT_FIELDS = ("terminal_id", "merchant_id", "issuer_id", "rrn", "auth_code", "note")
 
 
 def _check_aware(name: str, value: datetime) -> None:
@@ -96,29 +115,25 @@ class JournalEvent:
     response: Mapping[str, str] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if not _ID.match(self.txn_id):
+        # Runs for every record on the event loop: plain string tests rather than regexes,
+        # and the digit/text checks only for the fields this event sets.
+        if not _ID.fullmatch(self.txn_id):
             raise JournalValueError("txn_id must be 1-64 chars of letters, digits, '._:-'")
-        if not isinstance(self.state, TxnState):
+        if type(self.state) is not TxnState:
             try:
                 object.__setattr__(self, "state", TxnState(self.state))
             except ValueError:
                 raise JournalValueError("state is not a TxnState") from None
-        _check_aware("at", self.at)
-        for name in ("mti", "orig_mti"):
+        if self.at.tzinfo is not UTC:
+            _check_aware("at", self.at)
+        for name, length in _DIGIT_FIELDS:
             value = getattr(self, name)
-            if value is not None and not _MTI.match(value):
-                raise JournalValueError(f"{name} must be 4 digits")
-        _check_digits("processing_code", self.processing_code, (6,))
-        _check_digits("currency", self.currency, (3,))
-        _check_digits("stan", self.stan, (6,))
-        _check_digits("orig_stan", self.orig_stan, (6,))
-        _check_digits("transmission", self.transmission, (10,))
-        _check_digits("orig_transmission", self.orig_transmission, (10,))
-        if self.amount is not None and (
-            isinstance(self.amount, bool) or not 0 <= self.amount < 10**12
-        ):
+            if value is not None and not _is_digits(value, length):
+                raise JournalValueError(f"{name} must be {length} digits")
+        amount = self.amount
+        if amount is not None and (type(amount) is not int or not 0 <= amount < 10**12):
             raise JournalValueError("amount must be 0 <= amount < 10**12 minor units")
-        for name in ("terminal_id", "merchant_id", "issuer_id", "rrn", "auth_code", "note"):
+        for name in _TEXT_FIELDS:
             value = getattr(self, name)
             if value is not None and (len(value) > 64 or not value.isprintable()):
                 raise JournalValueError(f"{name} must be at most 64 printable chars")
@@ -126,10 +141,10 @@ class JournalEvent:
             raise JournalValueError("response_code must be 2 chars")
         if self.pan is not None:
             check_pan(self.pan)
-        for name in ("request", "response"):
-            payload = getattr(self, name)
-            if payload is not None:
-                object.__setattr__(self, name, strip_sensitive(payload))
+        if self.request is not None:
+            object.__setattr__(self, "request", strip_sensitive(self.request))
+        if self.response is not None:
+            object.__setattr__(self, "response", strip_sensitive(self.response))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -15,7 +15,6 @@ rehashing the index (``rebuild_index`` after changing it), which is why it has i
 
 from __future__ import annotations
 
-import hmac
 import os
 from collections.abc import Mapping
 
@@ -24,6 +23,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.journal.errors import JournalConfigError, JournalError
+from gateway.journal.keyed import HmacSha256
 from gateway.journal.sensitive import check_pan, mask_pan
 
 _VERSION = 1
@@ -37,7 +37,7 @@ class DecryptionError(JournalError):
 class DataProtector:
     """Encrypts payloads and PANs, hashes PANs for lookups. Holds key material: never log it."""
 
-    __slots__ = ("_active", "_active_id", "_aead", "_header", "_lookup_key")
+    __slots__ = ("_active", "_active_id", "_aead", "_header", "_lookup")
 
     def __init__(self, keys: Mapping[str, bytes], active_key_id: str, lookup_key: bytes) -> None:
         if active_key_id not in keys:
@@ -57,7 +57,7 @@ class DataProtector:
         active_id = active_key_id.encode("ascii")
         self._header = bytes([_VERSION, len(active_id)]) + active_id
         self._active = aead[active_key_id]
-        self._lookup_key = lookup_key
+        self._lookup = HmacSha256(lookup_key)
 
     def __repr__(self) -> str:
         return f"DataProtector(key_ids={sorted(self._aead)}, active={self._active_id!r})"
@@ -105,7 +105,7 @@ class DataProtector:
     def pan_hash(self, pan: str) -> str:
         """Keyed hash of the PAN for lookups (hex). Equal PANs hash equal under one key."""
         check_pan(pan)
-        return hmac.digest(self._lookup_key, b"pan:" + pan.encode(), "sha256").hex()
+        return self._lookup.digest(b"pan:" + pan.encode()).hex()
 
     def protect_pan(self, pan: str, aad: bytes) -> tuple[str, str, bytes]:
         """(lookup hash, masked PAN, ciphertext) of a PAN."""

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hmac
 import os
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import anyio
 import pytest
@@ -14,6 +15,7 @@ from gateway.journal import JournalEvent, JournalValueError, TxnState
 from gateway.journal.chain import DATA_COLUMNS, Chain, canonical
 from gateway.journal.errors import JournalClosedError, JournalWriteError
 from gateway.journal.groupcommit import GroupCommitter, Op, OpKind
+from gateway.journal.keyed import HmacSha256
 from gateway.journal.protect import DataProtector
 from gateway.journal.rows import aad, from_us, prepare_event, to_us
 from gateway.journal.sensitive import strip_sensitive
@@ -198,3 +200,38 @@ async def test_partial_upserts_build_the_same_index_as_a_rebuild(backend: Backen
         assert dup is not None
         assert dup.response_code == "00"
         assert dup.pan == PAN
+
+
+@given(st.binary(min_size=0, max_size=150), st.binary(max_size=300))
+def test_keyed_hmac_equals_the_standard_library(key: bytes, message: bytes) -> None:
+    assert HmacSha256(key).digest(message) == hmac.digest(key, message, "sha256")
+    assert repr(HmacSha256(key)) == "HmacSha256(<key>)"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"stan": "00012\n"},
+        {"stan": "00012\u0663"},  # an Arabic-Indic digit
+        {"mti": "200"},
+        {"amount": True},
+        {"amount": 1.5},
+        {"amount": 10**12},
+        {"amount": -1},
+        {"txn_id": "T1\n"},
+        {"at": datetime(2026, 3, 14)},
+        {"request": {"35\n": "track"}},
+        {"response": {"39": 0}},
+    ],
+)
+def test_event_checks_stay_strict(bad: dict[str, object]) -> None:
+    values: dict[str, object] = {"txn_id": "T1", "state": TxnState.RECEIVED, "at": NOW, **bad}
+    with pytest.raises(JournalValueError):
+        JournalEvent(**values)  # type: ignore[arg-type]
+
+
+def test_event_accepts_other_time_zones_and_state_strings() -> None:
+    east = datetime(2026, 3, 14, 20, tzinfo=UTC).astimezone(timezone(timedelta(hours=8)))
+    event = JournalEvent(txn_id="T1", state="answered", at=east, amount=0)  # type: ignore[arg-type]
+    assert event.state is TxnState.ANSWERED
+    assert to_us(event.at) == to_us(datetime(2026, 3, 14, 20, tzinfo=UTC))

@@ -217,8 +217,9 @@ def request_event(ctx: Context, state: TxnState, **extra: object) -> JournalEven
         "issuer_id": ctx.issuer,
         "rrn": ctx.rrn,
         "pan": ctx.pan or None,
-        "request": payload(ctx.request),
     }
+    if "request" not in extra:  # the caller's payload (e.g. the issuer message) wins
+        values["request"] = payload(ctx.request)
     if len(f90) >= 20:
         values["orig_mti"] = _digits(f90[:4], 4)
         values["orig_stan"] = _digits(f90[4:10], 6)
@@ -284,8 +285,7 @@ class JournalIssuerHook:
                 request=sent,
             )
         else:
-            event = request_event(ctx, TxnState.SENT_TO_ISSUER, issuer_id=pool.issuer)
-            event = dataclasses.replace(event, request=sent)
+            event = request_event(ctx, TxnState.SENT_TO_ISSUER, issuer_id=pool.issuer, request=sent)
         try:
             await journal.append(event)
         except JournalError as exc:

@@ -98,6 +98,15 @@ class JournalBase(abc.ABC):
     @abc.abstractmethod
     def _read(self) -> AbstractAsyncContextManager[Reader]: ...
 
+    async def _fetchone(self, sql: str, *params: Any) -> Sequence[Any] | None:
+        """One statement's first row (a lone statement sees one snapshot on its own)."""
+        async with self._read() as reader:
+            return await reader.fetchone(sql, *params)
+
+    async def _fetchall(self, sql: str, *params: Any) -> list[Sequence[Any]]:
+        async with self._read() as reader:
+            return await reader.fetchall(sql, *params)
+
     @abc.abstractmethod
     def _archive_commit_op(self, prev: tuple[int, bytes], new: tuple[int, bytes]) -> Any:
         """CUSTOM op body: check the anchor is ``prev``, delete up to ``new``, move it."""
@@ -216,13 +225,11 @@ class JournalBase(abc.ABC):
 
     async def _one_txn(self, sql: str, *params: Any) -> StoredTxn | None:
         self._require()
-        async with self._read() as reader:
-            return self._txn(await reader.fetchone(sql, *params))
+        return self._txn(await self._fetchone(sql, *params))
 
     async def _txns(self, sql: str, *params: Any) -> list[StoredTxn]:
         self._require()
-        async with self._read() as reader:
-            rows = await reader.fetchall(sql, *params)
+        rows = await self._fetchall(sql, *params)
         return [stored_txn(row, self._protector) for row in rows]
 
     async def get(self, txn_id: str) -> StoredTxn | None:
@@ -299,10 +306,9 @@ class JournalBase(abc.ABC):
         """Approved, not reversed 02xx totals per issuer and currency created on ``day`` (UTC)."""
         start = datetime.combine(day, time(0), tzinfo=UTC)
         self._require()
-        async with self._read() as reader:
-            rows = await reader.fetchall(
-                self._sql.settlement, to_us(start), to_us(start + timedelta(days=1))
-            )
+        rows = await self._fetchall(
+            self._sql.settlement, to_us(start), to_us(start + timedelta(days=1))
+        )
         return [
             SettlementTotal(day, r[0], r[1], int(r[2]), int(r[3]), int(r[4]), int(r[5]))
             for r in rows
@@ -311,21 +317,18 @@ class JournalBase(abc.ABC):
     async def next_due(self, issuer_id: str, now: datetime, limit: int = 100) -> list[Advice]:
         """Advices of ``issuer_id`` due at ``now``, oldest first (FIFO by advice id)."""
         self._require()
-        async with self._read() as reader:
-            rows = await reader.fetchall(self._sql.next_due, issuer_id, to_us(now), limit)
+        rows = await self._fetchall(self._sql.next_due, issuer_id, to_us(now), limit)
         return [stored_advice(row, self._protector) for row in rows]
 
     async def get_advice(self, advice_id: int) -> Advice | None:
         self._require()
-        async with self._read() as reader:
-            row = await reader.fetchone(self._sql.get_advice, advice_id)
+        row = await self._fetchone(self._sql.get_advice, advice_id)
         return None if row is None else stored_advice(row, self._protector)
 
     async def saf_depth(self, issuer_id: str) -> SafDepth:
         """Queued advices of one issuer and the creation time of the oldest."""
         self._require()
-        async with self._read() as reader:
-            row = await reader.fetchone(self._sql.depth_one, issuer_id)
+        row = await self._fetchone(self._sql.depth_one, issuer_id)
         if row is None:
             return SafDepth(issuer_id, 0, None)
         return SafDepth(issuer_id, int(row[1]), from_us(row[2]))
@@ -333,8 +336,7 @@ class JournalBase(abc.ABC):
     async def saf_depths(self) -> list[SafDepth]:
         """Depth per issuer with anything queued (for /metrics)."""
         self._require()
-        async with self._read() as reader:
-            rows = await reader.fetchall(self._sql.depth_all)
+        rows = await self._fetchall(self._sql.depth_all)
         return [SafDepth(r[0], int(r[1]), from_us(r[2])) for r in rows]
 
     # -- integrity, retention ---------------------------------------------------------------

@@ -247,6 +247,31 @@ class SqliteJournal(JournalBase):
 
     # -- reads ------------------------------------------------------------------------------
 
+    async def _lone(self, call: Callable[[sqlite3.Connection], Any]) -> Any:
+        """One statement on a pooled reader in one worker-thread hop: in autocommit mode a
+        lone SELECT is its own read transaction (one snapshot), so it needs no BEGIN/COMMIT
+        round trips of its own (SAF polls, duplicate and original lookups)."""
+        send, receive = self._pool_send, self._pool_receive
+        if self._writer is None or send is None or receive is None:
+            raise JournalClosedError("the journal is closed")
+        con = await receive.receive()
+        try:
+            return await anyio.to_thread.run_sync(call, con)
+        finally:
+            send.send_nowait(con)
+
+    async def _fetchone(self, sql: str, *params: Any) -> Sequence[Any] | None:
+        row: Sequence[Any] | None = await self._lone(
+            lambda con: con.execute(sql, params).fetchone()
+        )
+        return row
+
+    async def _fetchall(self, sql: str, *params: Any) -> list[Sequence[Any]]:
+        rows: list[Sequence[Any]] = await self._lone(
+            lambda con: con.execute(sql, params).fetchall()
+        )
+        return rows
+
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[Reader]:
         send, receive = self._pool_send, self._pool_receive

@@ -14,7 +14,7 @@ from gateway.conf import ConfigError
 from gateway.config import load_gateway_config
 from gateway.dataset import load_dataset
 from gateway.logs import configure
-from gateway.runtime import default_backend
+from gateway.runtime import default_backend, tune_gc
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -32,6 +32,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         cfg = worker_config(cfg, args.worker)
     gateway = Gateway(cfg, base)
+    tune_gc(cfg.gc_threshold)
 
     async def reload_on_sighup() -> None:
         with anyio.open_signal_receiver(signal.SIGHUP) as signals:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -29,6 +30,16 @@ def run(main: Callable[[], Awaitable[Any]], backend: str = "asyncio") -> None:
         anyio.run(supervised, backend="asyncio", backend_options={"use_uvloop": True})
     else:
         anyio.run(supervised, backend=backend)
+
+
+def tune_gc(threshold: tuple[int, int, int]) -> None:
+    """After start-up: freeze what exists (config, dataset, keys, modules: never garbage) and
+    collect less often. A full collection walks every live object; with the recent-transaction
+    window and journal state that took tens of ms and set the p99 (measured with the spine
+    bench at 64 in flight: p99 213 -> 90 ms, TPS +25 %)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*threshold)
 
 
 def default_backend() -> str:

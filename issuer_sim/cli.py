@@ -10,7 +10,7 @@ from gateway import pki
 from gateway.conf import ConfigError, load
 from gateway.dataset import load_dataset
 from gateway.logs import configure
-from gateway.runtime import default_backend, run
+from gateway.runtime import default_backend, run, tune_gc
 from issuer_sim.accounts import AccountBook
 from issuer_sim.config import IssuerSimConfig
 from issuer_sim.emv import EmvAuthenticator
@@ -52,5 +52,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, KeyError) as exc:
         print(f"issuer-sim: {exc}", file=sys.stderr)
         return 2
+    tune_gc((50_000, 50, 1_000))  # see gateway.runtime.tune_gc
     run(server.run, args.backend or default_backend())
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from itertools import compress, repeat
+from operator import is_not
 from typing import Any
 
 from gateway.journal.chain import DATA_COLUMNS
@@ -92,8 +94,8 @@ def upsert_groups(event_rows: Sequence[Sequence[Any]]) -> list[tuple[tuple[bool,
     for row in event_rows:
         seq, txn_id, state, at_us = row[0], row[1], row[2], row[3]
         data = row[4:-1]
-        present = tuple(v is not None for v in data)
-        params = (txn_id, state, at_us, at_us, seq, *(v for v in data if v is not None))
+        present = tuple(map(is_not, data, repeat(None)))  # C loops: this runs per record
+        params = (txn_id, state, at_us, at_us, seq, *compress(data, present))
         if merge:
             bucket = groups.get(present)
             if bucket is None:

@@ -11,8 +11,10 @@ processes, closed-loop purchases on beta's synthetic range), once per journal mo
   = 1``): what group commit saves;
 * ``off``: SQLite ``synchronous=OFF`` (no fsync at all): the cost of the writes themselves.
 
-Prints TPS, latency, gateway CPU per transaction, and journal records per second (events
-counted in the database afterwards).
+Prints TPS, latency, gateway CPU per transaction, and journal records per second and per
+transaction (events counted in the database afterwards). To compare two versions of the code
+on this noisy machine, alternate runs of both (``PYTHONPATH`` pointing at an exported tree,
+run from inside it) rather than comparing with an older figure.
 """
 
 from __future__ import annotations
@@ -105,6 +107,7 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
             con.close()
             result["journal_records"] = events
             result["journal_records_per_s"] = round(events / (cfg.duration + cfg.warmup))
+            result["journal_records_per_txn"] = round(events / max(total, 1.0), 2)
     return result
 
 
@@ -127,7 +130,8 @@ def main() -> int:
             f"{mode:>14}: {result['tps']:>8} TPS  p50 {result['latency_ms']['p50']} ms  "
             f"p99 {result['latency_ms']['p99']} ms  gateway "
             f"{result['gateway_cpu_us_per_txn']} us/txn  "
-            f"journal {result.get('journal_records_per_s', 0)} records/s",
+            f"journal {result.get('journal_records_per_s', 0)} records/s "
+            f"({result.get('journal_records_per_txn', 0)}/txn)",
             flush=True,
         )
     print(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())

@@ -48,8 +48,18 @@ class IssuerTimeout(Exception):
     """The issuer did not answer within the timeout."""
 
 
+_last_second: list[tuple[int, str]] = [(-1, "")]
+
+
 def transmission_time(now: dt.datetime) -> str:
-    return now.strftime("%m%d%H%M%S")
+    """Field 7, MMDDhhmmss: formatted once per second (strftime is on every request)."""
+    second = int(now.timestamp())
+    cached = _last_second[0]
+    if cached[0] == second:
+        return cached[1]
+    text = now.strftime("%m%d%H%M%S")
+    _last_second[0] = (second, text)
+    return text
 
 
 class _Pending:

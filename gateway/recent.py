@@ -16,10 +16,37 @@ from protocols.keys import DuplicateKey
 from protocols.message import Message
 
 
+class Done:
+    """An ``anyio.Event`` made only when someone waits: every transaction has one, almost
+    none is ever waited on (only a duplicate arriving while its original is in flight), and
+    creating an AnyIO event costs an async-library lookup."""
+
+    __slots__ = ("_event", "_flag")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._event: anyio.Event | None = None
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        self._flag = True
+        if self._event is not None:
+            self._event.set()
+
+    async def wait(self) -> None:
+        if self._flag:
+            return
+        if self._event is None:
+            self._event = anyio.Event()
+        await self._event.wait()
+
+
 @dataclass(slots=True)
 class TxnEntry:
     created: float
-    done: anyio.Event = field(default_factory=anyio.Event)
+    done: Done = field(default_factory=Done)
     response: Message | None = None
     issuer: str | None = None
     issuer_mti: str = ""

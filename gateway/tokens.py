@@ -14,7 +14,6 @@ answer echoes the token it sent. A PAN that is not a token goes on unchanged.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import secrets
@@ -74,7 +73,7 @@ class PanCipher:
 
     def lookup_key(self, pan: str) -> bytes:
         """Keyed hash of a card number or token: a dictionary key that reveals nothing."""
-        return hmac.new(self._mac_key, pan.encode("ascii"), hashlib.sha256).digest()
+        return hmac.digest(self._mac_key, pan.encode("ascii"), "sha256")  # one-shot, in C
 
     def seal(self, pan: str, aad: bytes = b"") -> bytes:
         nonce = secrets.token_bytes(_NONCE)

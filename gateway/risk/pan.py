@@ -11,7 +11,6 @@ command line, which ends up in shell history and ``ps``) and prints their card k
 from __future__ import annotations
 
 import argparse
-import hashlib
 import hmac
 import os
 import sys
@@ -28,7 +27,7 @@ def card_key(pan: str, key: bytes) -> str:
         raise PanError("PAN must be 12-19 digits")
     if len(key) < 16:
         raise PanError("card key HMAC key must be at least 16 bytes")
-    return hmac.new(key, pan.encode("ascii"), hashlib.sha256).hexdigest()
+    return hmac.digest(key, pan.encode("ascii"), "sha256").hex()  # one-shot, in C
 
 
 def mask_pan(pan: str) -> str:

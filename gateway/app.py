@@ -93,11 +93,14 @@ class Gateway:
         self.security_metrics = SecurityMetrics(self.metrics.registry)
         self.hsm: HsmClient | None = None
         if cfg.hsm.endpoints:
+            hsm_tls = pki.client_context(self.pki_dir, cfg.hsm.client_cert) if cfg.hsm.tls else None
             self.hsm = HsmClient(
                 cfg.hsm.endpoints,
                 connections=cfg.hsm.connections,
                 timeout=cfg.hsm.timeout,
                 connect_timeout=cfg.hsm.connect_timeout,
+                ssl_context=hsm_tls,
+                tls_hostname=cfg.hsm.server_name if cfg.hsm.tls else None,
                 histogram=self.security_metrics.hsm_latency,
             )
         security = (self.hsm, self.keys, self.security_metrics)
@@ -192,6 +195,8 @@ class Gateway:
     @staticmethod
     def certificate_names(cfg: GatewayConfig) -> list[str]:
         names = {cfg.terminal.tls_cert, *(link.client_cert for link in cfg.links)}
+        if cfg.hsm.tls:
+            names.add(cfg.hsm.client_cert)
         return sorted(names)
 
     def _on_unmatched(self, issuer: str, msg: Message) -> None:

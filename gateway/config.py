@@ -93,6 +93,11 @@ class HsmConfig:
     """Seconds one HSM command may take before the next HSM is tried (96 when none answers)."""
     connect_timeout: float = Field(default=1.0, gt=0)
     """Seconds to wait for a connection to an HSM."""
+    tls: bool = False
+    """Mutual TLS to the HSM (TLS 1.2+), certificates from the PKI directory: the HSM's name must
+    be ``server_name``; the gateway presents ``client_cert`` (put it in the HSM's allow-list)."""
+    server_name: str = "hsm"
+    client_cert: str = "switch"
 
 
 @dataclass(config=FROZEN)

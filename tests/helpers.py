@@ -27,6 +27,7 @@ from gateway.config import (
 from gateway.dataset import Dataset, load_dataset
 from gateway.framed import FramedStream
 from hsm_sim.config import HsmConfig as HsmServerConfig
+from hsm_sim.config import TlsConfig as HsmTlsConfig
 from hsm_sim.server import HsmServer
 from issuer_sim.accounts import AccountBook
 from issuer_sim.emv import EmvAuthenticator
@@ -41,7 +42,7 @@ from protocols.message import Message
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONF = ROOT / "conf" / "demo"
 ISSUERS = ("alpha", "beta", "gamma")
-CERT_NAMES = ["gateway", "switch", *(f"issuer-{i}" for i in ISSUERS)]
+CERT_NAMES = ["gateway", "switch", "hsm", *(f"issuer-{i}" for i in ISSUERS)]
 CODEC = Codec(get_dialect("terminal"))
 
 
@@ -133,14 +134,15 @@ def reversal_of(original: Message, *, mti: str = "0400") -> Message:
 class InProcessHsm:
     """hsm_sim's server on 127.0.0.1 that a test can stop and start again on the same port."""
 
-    def __init__(self, lmk: str) -> None:
+    def __init__(self, lmk: str, tls: HsmTlsConfig | None = None) -> None:
         self.lmk = lmk
+        self.tls = tls
         self.port = 0
         self.server: HsmServer | None = None
         self._scope: anyio.CancelScope | None = None
 
     async def start(self, tg: anyio.abc.TaskGroup) -> int:
-        self.server = HsmServer(HsmServerConfig(lmk=self.lmk, port=self.port))
+        self.server = HsmServer(HsmServerConfig(lmk=self.lmk, port=self.port, tls=self.tls))
         self.port = await tg.start(self._serve, self.server)
         return self.port
 
@@ -234,6 +236,7 @@ async def running_stack(
     risk: str = "risk.toml",
     dataset: Dataset | None = None,
     hsm: bool = True,
+    hsm_tls: HsmTlsConfig | None = None,
     journal: str | Path = "",
     saf: SafConfig | None = None,
     standin: StandInConfig | None = None,
@@ -250,7 +253,7 @@ async def running_stack(
     async with anyio.create_task_group() as tg:
         hsm_sim = None
         if hsm and dataset.hsm is not None:
-            hsm_sim = InProcessHsm(dataset.hsm.lmk.key)
+            hsm_sim = InProcessHsm(dataset.hsm.lmk.key, hsm_tls)
             await hsm_sim.start(tg)
         servers: dict[str, IssuerServer] = {}
         extra: dict[str, list[IssuerServer]] = {}
@@ -282,7 +285,10 @@ async def running_stack(
                 )
                 for i in ISSUERS
             ),
-            hsm=HsmConfig(endpoints=(f"127.0.0.1:{hsm_sim.port}",) if hsm_sim else ()),
+            hsm=HsmConfig(
+                endpoints=(f"127.0.0.1:{hsm_sim.port}",) if hsm_sim else (),
+                tls=hsm_tls is not None,
+            ),
             log=LogConfig(level="warning"),
             journal=str(journal),
             saf=saf or SafConfig(),

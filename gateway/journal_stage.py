@@ -376,15 +376,23 @@ class JournalStage(BaseParticipant):
             ctx.approved
             and ctx.request.mti in REVERSALS
             and original is not None
-            and original.reversed
             and original.rrn
             and ctx.reversed_amount
         ):
             # The original first: a crash before the reversal's own record leaves that one
             # ``sent_to_issuer``, and recovery repeats it as an 0420 (applied once). The other
             # order could lose the reversal from the books while the issuer applied it.
+            # A partial reversal (field 95) leaves the original approved for what remains:
+            # settlement then counts that amount, not the original one.
             await journal.append(
                 JournalEvent(txn_id=original.rrn, state=TxnState.REVERSED, at=ctx.now)
+                if original.reversed
+                else JournalEvent(
+                    txn_id=original.rrn,
+                    state=TxnState.ANSWERED,
+                    at=ctx.now,
+                    amount=original.amount,
+                )
             )
         durable = ctx.approved
         await journal.append(self._event(ctx, first, TxnState.ANSWERED, **outcome), durable=durable)

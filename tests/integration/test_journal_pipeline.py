@@ -248,3 +248,25 @@ async def test_journal_verify_catches_an_edited_record(
     report = orjson.loads(bad.stdout)
     assert report["ok"] is False
     assert report["broken_seq"] == seq
+
+
+async def test_partial_reversal_leaves_the_rest_in_the_books(stack: Stack) -> None:
+    journal = stack.gateway.journal
+    assert journal is not None
+    before = stack.account_balance("alpha", PAN)
+    async with terminal(stack.port) as term:
+        req = purchase(PAN, 1000)
+        resp = await term.exchange(req)
+        assert resp["39"] == "00"
+        partial = reversal_of(req)
+        partial["95"] = f"{400:012d}" + "0" * 30  # 400 stays posted: 600 is given back
+        assert (await term.exchange(partial))["39"] == "00"
+        assert stack.account_balance("alpha", PAN) == before - 400
+        day = (await txn(stack.gateway, resp["37"])).created_at.date()
+        [books] = [t for t in await journal.settlement(day) if t.issuer_id == "alpha"]
+        assert (books.debit_count, books.debit_amount) == (1, 400)
+        # The rest reversed too: the original leaves the books.
+        assert (await term.exchange(reversal_of(req)))["39"] == "00"
+    assert stack.account_balance("alpha", PAN) == before
+    assert (await txn(stack.gateway, resp["37"])).state == TxnState.REVERSED
+    assert [t for t in await journal.settlement(day) if t.issuer_id == "alpha"] == []

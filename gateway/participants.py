@@ -17,7 +17,6 @@ from gateway.recent import RecentTransactions
 from gateway.routing import BinTable
 from protocols.keys import duplicate_key
 from protocols.message import Message
-from protocols.mti import mti_class
 from protocols.validate import card_of, check_request
 
 log = get_logger("gateway.pipeline")
@@ -239,8 +238,3 @@ def reversal_amount(req: Message, original_amount: int) -> int:
     if len(f95) >= 12 and f95[:12].isdigit():
         return max(0, original_amount - int(f95[:12]))
     return original_amount
-
-
-def counts_toward_limits(msg: Message) -> bool:
-    """SPEC: purchases, cash and authorizations (0100/0200, processing 00/01) count."""
-    return mti_class(msg.mti) in "12" and msg.mti[2] == "0" and msg.fields["3"][:2] in ("00", "01")

@@ -46,7 +46,7 @@ import orjson
 from loadtest.cli import backend_args, run_generator
 from loadtest.generator import LoadConfig
 from loadtest.mix import SCENARIOS
-from loadtest.procstat import cpu_seconds, peak_rss_kib
+from loadtest.procstat import cpu_seconds, free_port, peak_rss_kib
 from loadtest.stats import RunStats, format_report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,13 +61,6 @@ class BenchError(Exception):
 
 
 # -- configuration rewriting ------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def relocate(doc: Any, base: Path, ports: Mapping[int, int], key: str = "") -> Any:

@@ -31,9 +31,9 @@ from typing import Any
 import anyio
 import orjson
 
-from loadtest.bench_spine import BIN, ROOT, _wait_ready, free_port, write_conf
+from loadtest.bench_spine import BIN, ROOT, _wait_ready, write_conf
 from loadtest.generator import ClosedLoop, LoadConfig
-from loadtest.procstat import cpu_seconds
+from loadtest.procstat import cpu_seconds, free_port
 
 MODES = {
     "none": None,

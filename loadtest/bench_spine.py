@@ -10,7 +10,6 @@ percentiles and the gateway's CPU microseconds per transaction for each in-fligh
 from __future__ import annotations
 
 import argparse
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,17 +20,10 @@ import anyio
 import orjson
 
 from loadtest.generator import ClosedLoop, LoadConfig
-from loadtest.procstat import cpu_seconds, peak_rss_kib
+from loadtest.procstat import cpu_seconds, free_port, peak_rss_kib
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def write_conf(tmp: Path, ports: dict[str, int], gw_port: int, admin: int) -> None:

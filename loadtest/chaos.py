@@ -37,7 +37,6 @@ import itertools
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -64,6 +63,7 @@ from issuer_sim.host import IssuerHost
 from issuer_sim.pin import IssuerSecurity
 from issuer_sim.server import IssuerServer
 from loadtest.generator import synthetic_pan
+from loadtest.procstat import free_port
 from loadtest.terminal_client import build_request
 from protocols.codec import Codec
 from protocols.dialects import get_dialect
@@ -78,13 +78,6 @@ MERCHANT = "M00000000000001"
 ISSUERS = ("alpha", "beta", "gamma")
 GAMMA_CARDS = ("6250940000000019",)
 _GONE = (OSError, anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 # -- the terminals' view ------------------------------------------------------------------------

@@ -1,8 +1,10 @@
-"""CPU time and peak RSS of a process from /proc (Linux), for per-transaction CPU figures."""
+"""CPU time and peak RSS of a process from /proc (Linux), for per-transaction CPU figures, and
+free loopback ports for the processes a benchmark starts."""
 
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -19,3 +21,11 @@ def peak_rss_kib(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     return 0
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (the process that binds it may still race)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port

@@ -27,6 +27,7 @@ from typing import Final, NamedTuple, TypeAlias
 
 from protocols.emv_tags import TAGS, tag_info
 from protocols.errors import LocalProtocolError, RemoteProtocolError
+from protocols.redact import mask_pan
 
 __all__ = [
     "ARQC_TAGS",
@@ -453,11 +454,8 @@ def bcd_encode(number: int, length: int) -> bytes:
 RedactedTlv: TypeAlias = "dict[str, str | RedactedTlv]"
 
 
-def mask_pan_digits(pan: str) -> str:
-    """First 6 / last 4 of a PAN; anything shorter than 13 digits is hidden entirely."""
-    if len(pan) < 13:
-        return "*" * len(pan)
-    return f"{pan[:6]}{'*' * (len(pan) - 10)}{pan[-4:]}"
+mask_pan_digits = mask_pan
+"""First 6 / last 4 of a PAN (the one rule, :func:`protocols.redact.mask_pan`)."""
 
 
 def _hidden(value: bytes) -> str:

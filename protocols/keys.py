@@ -22,8 +22,3 @@ def link_key(msg: Message) -> LinkKey:
     """SPEC issuer link: responses match requests by STAN (11) plus transmission date-time (7)."""
     f = msg.fields
     return (f.get("11", ""), f.get("7", ""))
-
-
-def original_key(field90: str, terminal_id: str) -> tuple[str, str, str]:
-    """Field 90 (original data elements): original MTI (4), STAN (6), transmission (10), ..."""
-    return (terminal_id, field90[4:10], field90[10:20])

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from gateway.journal.errors import JournalConfigError, JournalError
 from gateway.journal.keyed import HmacSha256
 from gateway.journal.sensitive import check_pan
+from protocols import redact
 
 _VERSION = 1
 _NONCE = 12
@@ -111,7 +112,7 @@ class DataProtector:
         """(lookup hash, masked PAN, ciphertext) of a PAN."""
         check_pan(pan)  # once, not once per derived value
         digits = pan.encode("ascii")
-        masked = pan[:6] + "*" * (len(pan) - 10) + pan[-4:]  # as mask_pan
+        masked = redact.mask_pan(pan)
         return self._lookup.digest(b"pan:" + digits).hex(), masked, self.encrypt(digits, aad)
 
     def reveal_pan(self, blob: bytes, aad: bytes) -> str:

@@ -22,6 +22,7 @@ import re
 from collections.abc import Mapping
 
 from gateway.journal.errors import JournalValueError
+from protocols import redact
 
 # 48 carries the CVV2 (subelement 92) on manual entry: never stored.
 DROPPED_FIELDS = frozenset({"35", "36", "45", "48", "52", "53"})
@@ -42,7 +43,7 @@ def check_pan(pan: str) -> None:
 def mask_pan(pan: str) -> str:
     """First 6 and last 4 digits, the rest as ``*`` (PCI DSS display rule)."""
     check_pan(pan)
-    return pan[:6] + "*" * (len(pan) - 10) + pan[-4:]
+    return redact.mask_pan(pan)
 
 
 class _TlvError(Exception):

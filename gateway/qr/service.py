@@ -25,6 +25,7 @@ import anyio
 import orjson
 
 from gateway.dataset import Dataset, Merchant, QrAcquirer
+from gateway.links import transmission_time
 from gateway.logs import get_logger
 from gateway.qr import problems as p
 from gateway.qr.models import MpmRequest, MpmView, PaymentRequest, RefundRequest
@@ -391,7 +392,7 @@ class QrService:
             "2": pan,
             "3": processing,
             "4": f"{amount:012d}",
-            "7": now.strftime("%m%d%H%M%S"),
+            "7": transmission_time(now),
             "11": f"{next(self._stan) % 999_999 + 1:06d}",
             "12": now.strftime("%H%M%S"),
             "13": now.strftime("%m%d"),

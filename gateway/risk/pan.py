@@ -16,6 +16,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from protocols.redact import mask_pan as mask_pan  # re-exported: the one masking rule
+
 
 class PanError(ValueError):
     """A value that is not a PAN (the message never repeats the value)."""
@@ -28,13 +30,6 @@ def card_key(pan: str, key: bytes) -> str:
     if len(key) < 16:
         raise PanError("card key HMAC key must be at least 16 bytes")
     return hmac.digest(key, pan.encode("ascii"), "sha256").hex()  # one-shot, in C
-
-
-def mask_pan(pan: str) -> str:
-    """First 6 and last 4 digits at most; short values are hidden entirely."""
-    if len(pan) < 13:
-        return "*" * len(pan)
-    return f"{pan[:6]}{'*' * (len(pan) - 10)}{pan[-4:]}"
 
 
 def looks_clear(value: str) -> bool:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -25,6 +24,7 @@ from gateway.journal import load_config as load_journal_config
 from hsm_sim.config import load_config as load_hsm_config
 from hsm_sim.server import HsmServer
 from issuer_sim.server import IssuerServer
+from loadtest.procstat import free_port
 from tests.helpers import DEMO_CONF, ISSUERS, demo_dataset, issuer_server, purchase, terminal
 
 BIN = Path(sys.executable).parent
@@ -36,13 +36,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.redis]
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"  # the gateways are separate processes; the test side needs one backend
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def write_gateway_conf(

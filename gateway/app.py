@@ -235,6 +235,7 @@ class Gateway:
                 "backend": self.journal_config.backend,
                 "open": self.journal is not None,
                 "recovered_at_start": self.recovered,
+                "writes": self._journal_writes(),
                 "saf_delivered": {}
                 if self.saf is None
                 else {i: s.delivered for i, s in self.saf.senders.items()},
@@ -243,6 +244,19 @@ class Gateway:
             },
             "in_flight": self.switch.in_flight,
             "draining": self.switch.draining,
+        }
+
+    def _journal_writes(self) -> dict[str, Any] | None:
+        """Group-commit counters: records per batch is what durability costs per record."""
+        if self.journal is None:
+            return None
+        st = self.journal.statistics()
+        return {
+            "ops": st.ops,
+            "batches": st.batches,
+            "mean_batch": round(st.ops / max(1, st.batches), 1),
+            "largest_batch": st.largest_batch,
+            "failed_batches": st.failed_batches,
         }
 
     def _hsm_status(self) -> dict[str, Any] | None:

@@ -399,6 +399,19 @@ def _load_config(args: argparse.Namespace, port: int, **kw: Any) -> LoadConfig:
     return replace(base, **kw)
 
 
+def _journal_writes(admin_port: int) -> dict[str, Any] | None:
+    """The gateway's group-commit counters (``/status``), or None without a journal."""
+    import httpx
+
+    try:
+        body = httpx.get(f"http://127.0.0.1:{admin_port}/status", timeout=2).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    journal = body.get("journal") or {}
+    writes: dict[str, Any] | None = journal.get("writes")
+    return writes
+
+
 def _series(label: str, stack: Stack, args: argparse.Namespace, cfg: LoadConfig) -> dict[str, Any]:
     if args.warmup > 0:
         print(f"-- {label}: warm-up {args.warmup:g} s", flush=True)
@@ -412,6 +425,12 @@ def _series(label: str, stack: Stack, args: argparse.Namespace, cfg: LoadConfig)
         print(f"-- {label}: run {i + 1}/{args.repeat}, {cfg.duration:g} s", flush=True)
         summary, procs = measure(stack, cfg, args.backend, progress=not args.quiet)
         _print_run(summary, procs)
+        if stack.admin_port and (writes := _journal_writes(stack.admin_port)) is not None:
+            print(
+                f"journal since start: {writes['ops']} records in {writes['batches']} commits"
+                f" (mean {writes['mean_batch']}, largest {writes['largest_batch']})",
+                flush=True,
+            )
         runs.append({"summary": summary, "processes": procs})
     med = _median_of(runs)
     _print_median(label, med)

@@ -247,7 +247,7 @@ def start_stack(
 
     # Files the configs name by default (risk.toml, ...) resolve next to the rewritten ones.
     for entry in conf.iterdir():
-        if entry.name not in ("gateway.toml", "issuer-sim.toml", "hsm.toml"):
+        if entry.name not in ("gateway.toml", "issuer-sim.toml", "hsm.toml", "journal.toml"):
             (tmp / entry.name).symlink_to(entry.resolve())
     gw_doc.setdefault("pki_dir", str(stack.pki_dir))
     sim_doc.setdefault("pki_dir", str(stack.pki_dir))
@@ -257,8 +257,15 @@ def start_stack(
     (tmp / "issuer-sim.toml").write_text(dump_toml(sim))
     gw = relocate(gw_doc, conf, ports)
     gw.setdefault("log", {}).update(level="warning", transactions=log_transactions)
-    if isinstance(gw.get("journal"), dict) and "path" in gw["journal"]:
-        gw["journal"]["path"] = str(tmp / "journal.sqlite3")  # a fresh journal per bench
+    journal_file = gw.get("journal")
+    if isinstance(journal_file, str) and journal_file:
+        # A fresh journal per bench: a file that grows across runs makes each run slower
+        # (deeper B-trees, page-cache misses) and the figures incomparable.
+        jdoc = tomllib.loads((conf / journal_file).read_text())
+        if jdoc.get("journal", {}).get("backend", "sqlite") == "sqlite":
+            jdoc["journal"]["path"] = str(tmp / "journal.sqlite3")
+        (tmp / "journal.toml").write_text(dump_toml(jdoc))
+        gw["journal"] = "journal.toml"
     (tmp / "gateway.toml").write_text(dump_toml(gw))
     stack.terminal_port = ports[8583]
     stack.admin_port = ports[9090]

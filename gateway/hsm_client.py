@@ -9,7 +9,8 @@ sent again to the next. Keys are passed as the ``U`` + 32 hex form under the HSM
 (:func:`hsm_sim.lmk.encrypt_under_lmk` makes them from the demo's clear test keys).
 
 Lifecycle: ``async with HsmClient([...]) as hsm:`` or ``await tg.start(hsm.run)``. Nothing
-logged here carries keys, PIN blocks or PANs.
+logged here carries keys, PIN blocks or PANs. The connections themselves (an asyncio Protocol
+on asyncio and uvloop, AnyIO streams on trio) are in :mod:`gateway.hsm_transport`.
 
 Errors: :class:`HsmUnavailableError` when no endpoint answered in time (answer ``91``/``96``),
 :class:`HsmCommandError` when the HSM refused a command (``error_code`` as in payShield, e.g.
@@ -19,29 +20,27 @@ Errors: :class:`HsmUnavailableError` when no endpoint answered in time (answer `
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 import statistics as _stats
-import time
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from time import perf_counter
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 
 import anyio
 import anyio.abc
-import sniffio
 import structlog
 
+from gateway import hsm_transport
+from gateway.hsm_transport import ConnectionLostError, HeadersExhaustedError, HsmConnection
 from protocols import hsm as proto
-from protocols.errors import FramingError, ProtocolError
-from protocols.framing import Framer, encode_frame
+from protocols.errors import ProtocolError
 
 log = structlog.get_logger("gateway.hsm_client")
 
 _T = TypeVar("_T")
-_MAX_FRAME = 0xFFFF
 _LATENCY_WINDOW = 4096
 
 
@@ -60,10 +59,6 @@ class HsmCommandError(HsmError):
         super().__init__(f"HSM refused {command}: error {error_code}")
         self.command = command
         self.error_code = error_code
-
-
-class _ConnectionLostError(Exception):
-    """The connection closed with the request in flight (retried on another connection)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,151 +113,6 @@ class HsmClientStatistics:
     latency_max_ms: float
 
 
-class _Pending:
-    """One command awaiting its answer. On asyncio a bare future with a ``call_later``
-    timeout (no AnyIO primitive per command: this is on every PIN and MAC transaction); on
-    trio an AnyIO event under ``move_on_after``."""
-
-    __slots__ = ("event", "future", "payload")
-
-    def __init__(self, fast: bool) -> None:
-        self.payload: bytes | None = None
-        self.future: asyncio.Future[None] | None = None
-        self.event: anyio.Event | None = None
-        if fast:
-            self.future = asyncio.get_running_loop().create_future()
-        else:
-            self.event = anyio.Event()
-
-    def set(self) -> None:
-        if self.future is not None:
-            if not self.future.done():
-                self.future.set_result(None)
-        elif self.event is not None:
-            self.event.set()
-
-    async def wait(self, timeout: float) -> bool:
-        """True when answered (or the connection was lost), False at the timeout."""
-        future = self.future
-        if future is None:
-            assert self.event is not None
-            with anyio.move_on_after(timeout):
-                await self.event.wait()
-            return self.event.is_set()
-        handle = asyncio.get_running_loop().call_later(timeout, _expire, future)
-        try:
-            await future
-        finally:
-            handle.cancel()
-        return self.payload is not None
-
-
-def _expire(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-class _Connection:
-    """One persistent connection: a writer that batches, a reader that matches by header."""
-
-    def __init__(self, client: HsmClient, index: int, stream: anyio.abc.ByteStream) -> None:
-        self.client = client
-        self.index = index
-        self.stream = stream
-        self.pending: dict[str, _Pending] = {}
-        self.closed = False
-        self._outbox: list[bytes] = []
-        self._wakeup = anyio.Event()
-        self._fast = sniffio.current_async_library() == "asyncio"
-        self._next = 0
-
-    def _header(self) -> str:
-        # 4 hex digits, skipping headers still in flight on this connection.
-        for _ in range(0x10000):
-            self._next = (self._next + 1) & 0xFFFF
-            header = f"{self._next:04X}"
-            if header not in self.pending:
-                return header
-        raise HsmUnavailableError("too many requests in flight on one HSM connection")
-
-    async def call(self, request: proto.Request, timeout: float) -> bytes:
-        """The answer's frame; ``TimeoutError`` when none came within ``timeout``."""
-        if self.closed:
-            raise _ConnectionLostError
-        header = self._header()
-        frame = encode_frame(proto.encode_request(header, request), _MAX_FRAME)
-        pending = _Pending(self._fast)
-        self.pending[header] = pending
-        self._outbox.append(frame)
-        self._wakeup.set()
-        try:
-            answered = await pending.wait(timeout)
-        finally:
-            if pending.payload is None:
-                self.pending.pop(header, None)
-        if not answered:
-            raise TimeoutError
-        if pending.payload is None or pending.payload == b"":
-            raise _ConnectionLostError
-        return pending.payload
-
-    async def run(self) -> None:
-        reason = "closed"
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._writer)
-                reason = await self._reader()
-                tg.cancel_scope.cancel()
-        finally:
-            self.closed = True
-            for pending in self.pending.values():
-                pending.payload = b""  # connection lost
-                pending.set()
-            self.pending.clear()
-            self.client._forget(self)
-            with anyio.CancelScope(shield=True):
-                await self.stream.aclose()
-            log.info(
-                "hsm.disconnected", endpoint=str(self.client.endpoints[self.index]), reason=reason
-            )
-
-    async def _writer(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup = anyio.Event()
-            data = b"".join(self._outbox)
-            self._outbox.clear()
-            try:
-                await self.stream.send(data)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                await self.stream.aclose()
-                return
-
-    async def _reader(self) -> str:
-        framer = Framer(_MAX_FRAME)
-        while True:
-            try:
-                data = await self.stream.receive()
-            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                return "closed by peer"
-            except (OSError, ssl.SSLError) as exc:
-                return f"read error: {type(exc).__name__}"
-            framer.feed(data)
-            try:
-                while (frame := framer.next_frame()) is not None:
-                    header = proto.peek_header(frame)
-                    pending = self.pending.pop(header, None) if header is not None else None
-                    if pending is None:
-                        # A late answer to a request that timed out, or a broken peer.
-                        self.client._unmatched += 1
-                        log.warning("hsm.unmatched_response", header=header)
-                        continue
-                    pending.payload = frame
-                    pending.set()
-            except FramingError as exc:
-                return f"framing error: {exc.reason}"
-
-
 class HsmClient:
     """Pooled, pipelined, failing-over client of one or more HSMs (see the module doc)."""
 
@@ -299,7 +149,7 @@ class HsmClient:
         self._histogram = histogram
         self._labelled = "command" in getattr(histogram, "_labelnames", ())
         self._tg: anyio.abc.TaskGroup | None = None
-        self._pools: list[list[_Connection]] = [[] for _ in self.endpoints]
+        self._pools: list[list[HsmConnection]] = [[] for _ in self.endpoints]
         self._down_until = [float("-inf")] * len(self.endpoints)
         self._active: int | None = None
         self._last_active: int | None = None
@@ -317,6 +167,7 @@ class HsmClient:
         self._by_error: Counter[str] = Counter()
         self._latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
         self._latency_total = 0.0
+        self._metrics: dict[str, Any] = {}  # histogram child per command
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -367,7 +218,7 @@ class HsmClient:
             connects=self._connects,
             connect_failures=self._connect_failures,
             unmatched_responses=self._unmatched,
-            in_flight=sum(len(c.pending) for pool in self._pools for c in pool),
+            in_flight=sum(c.in_flight() for pool in self._pools for c in pool),
             connections=sum(len(pool) for pool in self._pools),
             active_endpoint=None if self._active is None else str(self.endpoints[self._active]),
             by_command=dict(self._by_command),
@@ -380,10 +231,17 @@ class HsmClient:
 
     # ------------------------------------------------------------------ connections
 
-    def _forget(self, conn: _Connection) -> None:
+    def connection_closed(self, conn: HsmConnection, reason: str) -> None:
+        """A connection ended (its own task reports it): forget it."""
         pool = self._pools[conn.index]
         if conn in pool:
             pool.remove(conn)
+        log.info("hsm.disconnected", endpoint=str(self.endpoints[conn.index]), reason=reason)
+
+    def unmatched_response(self, header: str | None) -> None:
+        """A late answer to a command that timed out, or a broken peer."""
+        self._unmatched += 1
+        log.warning("hsm.unmatched_response", header=header)
 
     def _order(self) -> list[int]:
         """Endpoint indexes to try: those not marked down, in order; else all, in order."""
@@ -396,8 +254,7 @@ class HsmClient:
         if self._active == index:
             self._active = None
         for conn in list(self._pools[index]):
-            conn.closed = True
-            self._tg_start(conn.stream.aclose)
+            conn.close()
         log.warning("hsm.endpoint_down", endpoint=str(self.endpoints[index]), reason=why)
 
     def _tg_start(self, fn: Any) -> None:
@@ -405,27 +262,24 @@ class HsmClient:
             raise HsmUnavailableError("HsmClient is not running (use 'async with' or run())")
         self._tg.start_soon(fn)
 
-    async def _connect(self, index: int) -> _Connection:
+    async def _connect(self, index: int) -> HsmConnection:
         endpoint = self.endpoints[index]
         with anyio.fail_after(self.connect_timeout):
-            if self._ssl is not None:
-                stream: anyio.abc.ByteStream = await anyio.connect_tcp(
-                    endpoint.host,
-                    endpoint.port,
-                    ssl_context=self._ssl,
-                    tls_hostname=self._tls_hostname or endpoint.host,
-                    tls_standard_compatible=False,
-                )
-            else:
-                stream = await anyio.connect_tcp(endpoint.host, endpoint.port)
-        conn = _Connection(self, index, stream)
+            conn = await hsm_transport.connect(
+                self,
+                index,
+                endpoint.host,
+                endpoint.port,
+                ssl_context=self._ssl,
+                server_hostname=self._tls_hostname or endpoint.host,
+            )
         self._pools[index].append(conn)
         self._connects += 1
         self._tg_start(conn.run)
         log.info("hsm.connected", endpoint=str(endpoint))
         return conn
 
-    async def _connection(self) -> _Connection:
+    async def _connection(self) -> HsmConnection:
         """A live connection to the active endpoint, connecting or failing over as needed."""
         if self._tg is None:
             raise HsmUnavailableError("HsmClient is not running (use 'async with' or run())")
@@ -464,38 +318,62 @@ class HsmClient:
         Tries each endpoint at most once, each attempt bounded by ``timeout``; raises
         :class:`HsmUnavailableError` when none answered.
         """
+        code = request.CODE
         self._requests += 1
-        self._by_command[request.CODE] += 1
-        started = time.perf_counter()  # the loop clock is too coarse on uvloop
+        self._by_command[code] += 1
+        started = perf_counter()  # the loop clock is too coarse on uvloop
+        body = proto.encode_request_body(request)  # once, whichever connection sends it
         # One attempt per endpoint, plus one for a connection that dropped under the request.
         for _ in range(len(self.endpoints) + 1):
-            conn = await self._connection()
+            conn = self._current() or await self._connection()
             try:
-                payload = await conn.call(request, self.timeout)
+                payload = await conn.call(body, self.timeout)
             except TimeoutError:
                 self._timeouts += 1
                 if len(self.endpoints) == 1:
                     break
                 self._mark_down(conn.index, "request timed out")
                 continue
-            except _ConnectionLostError:
+            except ConnectionLostError:
                 continue
+            except HeadersExhaustedError:
+                raise HsmUnavailableError(
+                    "too many requests in flight on one HSM connection"
+                ) from None
             try:
                 response = proto.decode_response(payload)
             except ProtocolError as exc:
-                log.error("hsm.bad_response", command=request.CODE, reason=str(exc))
-                raise HsmCommandError(request.CODE, proto.INVALID_INPUT) from None
-            self._record(request.CODE, response.error_code, time.perf_counter() - started)
+                log.error("hsm.bad_response", command=code, reason=str(exc))
+                raise HsmCommandError(code, proto.INVALID_INPUT) from None
+            self._record(code, response.error_code, perf_counter() - started)
             return response
-        raise HsmUnavailableError(f"no HSM answered {request.CODE}")
+        raise HsmUnavailableError(f"no HSM answered {code}")
+
+    def _current(self) -> HsmConnection | None:
+        """The next open connection of a full pool to the active endpoint (the hot path), or
+        ``None`` when :meth:`_connection` must connect, fail over or tidy up."""
+        active = self._active
+        if active is None or self._tg is None:
+            return None
+        pool = self._pools[active]
+        size = len(pool)
+        if size < self.connections:
+            return None
+        self._rr = rr = (self._rr + 1) % size
+        conn = pool[rr]
+        return None if conn.closed else conn
 
     def _record(self, command: str, error_code: str, seconds: float) -> None:
         self._answered += 1
         self._latencies.append(seconds)
         if error_code != proto.OK:
             self._by_error[error_code] += 1
-        if self._histogram is not None:
-            metric = self._histogram.labels(command=command) if self._labelled else self._histogram
+        histogram = self._histogram
+        if histogram is not None:
+            metric = self._metrics.get(command)
+            if metric is None:
+                metric = histogram.labels(command=command) if self._labelled else histogram
+                self._metrics[command] = metric
             metric.observe(seconds)
 
     async def _body(self, request: proto.Request, body_type: type[_T]) -> _T:

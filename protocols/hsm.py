@@ -916,7 +916,13 @@ def check_header(header: str) -> None:
 def encode_request(header: str, request: Request) -> bytes:
     """The payload of a command (without the 2-byte length)."""
     check_header(header)
-    return (header + request.CODE).encode("ascii") + _encode_fields(request, request.LAYOUT)
+    return header.encode("ascii") + encode_request_body(request)
+
+
+def encode_request_body(request: Request) -> bytes:
+    """A command's payload without its header (command code and fields): what a client
+    encodes once and sends under a fresh header on whichever connection it uses."""
+    return request.CODE.encode("ascii") + _encode_fields(request, request.LAYOUT)
 
 
 def decode_request(payload: bytes) -> tuple[str, Request]:

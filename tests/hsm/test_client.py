@@ -192,6 +192,91 @@ async def test_failover_on_timeout_and_unavailable_when_all_fail() -> None:
             await nowhere.diagnostics()
 
 
+async def test_connection_lost_under_a_request_is_retried_on_a_new_connection() -> None:
+    core = HsmCore(LMK_HEX)
+    accepted = 0
+
+    async def first_drops(stream: anyio.abc.SocketStream) -> None:
+        nonlocal accepted
+        accepted += 1
+        framer = Framer()
+        if accepted == 1:
+            await stream.receive()  # the request arrives; the connection dies under it
+            return
+        async for data in stream:
+            framer.feed(data)
+            while (frame := framer.next_frame()) is not None:
+                await stream.send(encode_frame(core.process(frame)))
+
+    async with (
+        fake_peer(first_drops) as port,
+        HsmClient([("127.0.0.1", port)], connections=1) as hsm,
+    ):
+        assert (await hsm.diagnostics()).lmk_check_value.startswith("666EA8")
+        stats = hsm.statistics()
+        assert stats.connects == 2
+        assert stats.timeouts == 0
+        assert stats.in_flight == 0
+
+
+async def test_timeouts_of_pipelined_requests_and_late_answers() -> None:
+    core = HsmCore(LMK_HEX)
+
+    async def late(stream: anyio.abc.SocketStream) -> None:
+        framer = Framer()
+        frames: list[bytes] = []
+        while len(frames) < 3:
+            framer.feed(await stream.receive())
+            while (frame := framer.next_frame()) is not None:
+                frames.append(frame)
+        await anyio.sleep(0.4)  # after the client's timeout: unmatched, counted, not fatal
+        await stream.send(b"".join(encode_frame(core.process(f)) for f in frames))
+        async for data in stream:
+            framer.feed(data)
+            while (frame := framer.next_frame()) is not None:
+                await stream.send(encode_frame(core.process(frame)))
+
+    async with (
+        fake_peer(late) as port,
+        HsmClient([("127.0.0.1", port)], connections=1, timeout=0.2) as hsm,
+    ):
+        failed = 0
+
+        async def one() -> None:
+            nonlocal failed
+            with pytest.raises(HsmUnavailableError):
+                await hsm.diagnostics()
+            failed += 1
+
+        started = anyio.current_time()
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(one)
+        assert failed == 3
+        assert 0.15 < anyio.current_time() - started < 0.35
+        assert hsm.statistics().timeouts == 3
+        assert hsm.statistics().in_flight == 0
+        await anyio.sleep(0.4)
+        assert hsm.statistics().unmatched_responses == 3
+        # The connection stays usable (one endpoint: never marked down for a timeout).
+        assert (await hsm.diagnostics()).firmware == "0007-E000"
+
+
+async def test_a_cancelled_caller_leaves_nothing_in_flight() -> None:
+    async def silent(stream: anyio.abc.SocketStream) -> None:
+        async for _ in stream:
+            pass
+
+    async with fake_peer(silent) as mute, HsmClient([("127.0.0.1", mute)], timeout=5) as hsm:
+        with anyio.move_on_after(0.1) as scope:
+            await hsm.diagnostics()
+        assert scope.cancelled_caught
+        stats = hsm.statistics()
+        assert stats.in_flight == 0
+        assert stats.timeouts == 0
+        assert stats.connections == 2
+
+
 async def test_run_inside_a_task_group() -> None:
     async with running_server() as first:
         port = first.port or 0

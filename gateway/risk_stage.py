@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from gateway.logs import get_logger
 from gateway.pipeline import BaseParticipant, Context
-from gateway.risk import RiskEngine, RiskInput, card_key, kind_from_iso
+from gateway.risk import RiskEngine, RiskInput, kind_from_iso
+from gateway.risk.pan import CardKeyer
 from protocols.redact import mask_pan
 
 log = get_logger("gateway.risk")
@@ -19,10 +20,8 @@ class CheckRisk(BaseParticipant):
 
     def __init__(self, engine: RiskEngine) -> None:
         self.engine = engine
-        self._key = engine.config.pan_key()
-
-    def card_key(self, pan: str) -> str:
-        return card_key(pan, self._key)
+        # the HMAC key schedule once, not per card key (the key cannot change on reload)
+        self.card_key = CardKeyer(engine.config.pan_key())
 
     async def prepare(self, ctx: Context) -> str | None:
         req = ctx.request

@@ -28,6 +28,20 @@ class TxnKind(enum.StrEnum):
 
 _COUNTED = frozenset({TxnKind.PURCHASE, TxnKind.CASH, TxnKind.AUTHORIZATION})
 
+# (MTI, processing type) -> (kind, counts); every other 0220 is a completion, the rest OTHER
+_KINDS: dict[tuple[str, str], tuple[TxnKind, bool]] = {
+    (mti, ptype): (kind, kind in _COUNTED)
+    for mti, ptype, kind in (
+        ("0100", "00", TxnKind.AUTHORIZATION),
+        ("0200", "00", TxnKind.PURCHASE),
+        ("0200", "01", TxnKind.CASH),
+        ("0200", "20", TxnKind.REFUND),
+        ("0200", "31", TxnKind.BALANCE_INQUIRY),
+    )
+}
+_COMPLETION = (TxnKind.COMPLETION, False)
+_OTHER = (TxnKind.OTHER, False)
+
 
 def kind_from_iso(mti: str, processing_code: str) -> tuple[TxnKind, bool]:
     """Kind and ``counts`` flag of a request (SPEC: 0100/0200 with processing code 00 or 01).
@@ -35,20 +49,10 @@ def kind_from_iso(mti: str, processing_code: str) -> tuple[TxnKind, bool]:
     Reversals (04xx) and network messages (08xx) never reach :meth:`RiskEngine.assess`; they
     map to ``OTHER`` and do not count.
     """
-    ptype = processing_code[:2]
-    kind = TxnKind.OTHER
-    if mti == "0100" and ptype == "00":
-        kind = TxnKind.AUTHORIZATION
-    elif mti == "0200":
-        kind = {
-            "00": TxnKind.PURCHASE,
-            "01": TxnKind.CASH,
-            "20": TxnKind.REFUND,
-            "31": TxnKind.BALANCE_INQUIRY,
-        }.get(ptype, TxnKind.OTHER)
-    elif mti == "0220":
-        kind = TxnKind.COMPLETION
-    return kind, kind in _COUNTED
+    found = _KINDS.get((mti, processing_code[:2]))
+    if found is not None:
+        return found
+    return _COMPLETION if mti == "0220" else _OTHER
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +170,8 @@ class RiskDecision:
     @property
     def alerted(self) -> bool:
         """Something worth an alert event: a rule that fired, or a score alert."""
-        return any(h.kind != "signal" for h in self.hits)
+        hits = self.hits
+        return bool(hits) and any(h.kind != "signal" for h in hits)
 
     def to_log(self) -> dict[str, object]:
         """JSON-able, for journal and logs (masked PAN only, never the card key)."""

@@ -18,6 +18,17 @@ from protocols.mti import response_mti
 from protocols.validate import card_of
 
 ECHO = ("2", "3", "4", "7", "11", "12", "13", "32", "37", "41", "42", "49")
+_RESPONSE_MTI: dict[str, str] = {}
+"""Request MTI -> response MTI, filled as they are seen (a handful)."""
+
+
+def _response_mti(mti: str) -> str:
+    answer = _RESPONSE_MTI.get(mti)
+    if answer is None:
+        answer = response_mti(mti)  # raises for an MTI that has no response, every time
+        if len(_RESPONSE_MTI) < 256:
+            _RESPONSE_MTI[mti] = answer
+    return answer
 
 
 @dataclass(slots=True)
@@ -57,6 +68,8 @@ class IssuerHost:
         self._auth = itertools.count(100001)
         self.reversals_applied = 0
         self.advices_applied = 0
+        self._month: tuple[int, int, str] = (0, 0, "")
+        """(year, month, "YYMM") of the last request: expiry checks format it once a month."""
 
     def _auth_code(self) -> str:
         return f"{next(self._auth) % 1_000_000:06d}"
@@ -80,20 +93,20 @@ class IssuerHost:
             del self.postings[next(iter(self.postings))]
         return answer
 
-    def _answer(self, msg: Message, rc: str, **extra: str) -> Message:
-        fields = {k: msg.fields[k] for k in ECHO if k in msg.fields}
-        if "90" in msg.fields:
-            fields["90"] = msg.fields["90"]
-        fields.update(extra)
+    def _answer(self, msg: Message, rc: str, extra: dict[str, str] | None = None) -> Message:
+        request = msg.fields
+        fields = {k: request[k] for k in ECHO if k in request}
+        if "90" in request:
+            fields["90"] = request["90"]
+        if extra:
+            fields.update(extra)
         fields["39"] = rc
-        return Message(response_mti(msg.mti), fields)
+        return Message(_response_mti(msg.mti), fields)
 
     def _handle(self, msg: Message, now: dt.datetime) -> Message:
         mti = msg.mti
         if mti == "0800":
-            return self._answer(
-                msg, "00", **({"70": msg.fields["70"]} if "70" in msg.fields else {})
-            )
+            return self._answer(msg, "00", {"70": msg.fields["70"]} if "70" in msg.fields else None)
         if mti in ("0400", "0420"):
             return self._reverse(msg)
         if mti == "0120":
@@ -111,7 +124,12 @@ class IssuerHost:
         if rc is None:
             assert account is not None
             rc = self._check_cardholder(msg, account, pan)
-        chip = self.emv.authenticate(msg, account) if account is not None else None
+        # authenticate() answers None without field 55: skip the call for most requests.
+        chip = (
+            self.emv.authenticate(msg, account)
+            if account is not None and "55" in msg.fields
+            else None
+        )
         if rc is None and chip is not None:
             rc = chip.rc  # None when the ARQC verified
         if rc is None:
@@ -128,7 +146,7 @@ class IssuerHost:
         if issuer_data is not None:
             extra["55"] = issuer_data  # tag 91: ARPC || ARC
         self.postings[(msg.fields.get("11", ""), msg.fields.get("7", ""))] = posting
-        return self._answer(msg, rc, **extra)
+        return self._answer(msg, rc, extra)
 
     def _check_cardholder(self, msg: Message, account: Account, pan: str) -> str | None:
         """PIN (field 52) and, on manual entry, CVV2 (field 48): see issuer_sim/pin.py."""
@@ -145,15 +163,19 @@ class IssuerHost:
                 return rc
         return security.check_cvv2(account, pan, msg.fields.get("48")) if manual else None
 
-    @staticmethod
-    def _check_card(account: Account | None, expiry: str | None, now: dt.datetime) -> str | None:
+    def _check_card(
+        self, account: Account | None, expiry: str | None, now: dt.datetime
+    ) -> str | None:
         if account is None:
             return "14"
         if account.status in ("lost", "stolen"):
             return "41"
         if account.status != "active":
             return "05"
-        today = now.strftime("%y%m")
+        year, month, today = self._month
+        if now.month != month or now.year != year:
+            today = now.strftime("%y%m")
+            self._month = (now.year, now.month, today)
         if account.expiry < today or (expiry is not None and expiry != account.expiry):
             return "54"
         return None

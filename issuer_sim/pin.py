@@ -33,12 +33,13 @@ from typing import TYPE_CHECKING
 
 from gateway.dataset import Dataset, SyntheticRange
 from gateway.keys import dataset_lmk, key_under_lmk
-from gateway.security import MAC_LENGTH, mac_field, mac_input
+from gateway.security import MAC_LENGTH
 from hsm_sim import issuer as core
 from hsm_sim import pinblock as _pinblock
 from hsm_sim import terminal as _terminal
 from hsm_sim.errors import HsmCryptoError
 from hsm_sim.lmk import Lmk, resolve_key
+from issuer_sim.linkmac import LinkMac, link_mac_field
 from protocols.codec import Codec
 from protocols.dialects import get_dialect
 from protocols.errors import ProtocolError
@@ -99,6 +100,14 @@ class IssuerSecurity:
     """Key (under the LMK) of the PIN blocks synthetic ranges keep their PIN in; random."""
     codec: Codec = dataclasses.field(
         default_factory=lambda: best_codec(get_dialect("terminal")), repr=False
+    )
+    _link: LinkMac | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    _link_for: tuple[object, ...] = dataclasses.field(
+        default=(), init=False, repr=False, compare=False
+    )
+    """What ``_link`` was built from (ZAK, LMK, codec): rebuilt when one of them changes."""
+    _sealed: tuple[Message, bytes] | None = dataclasses.field(
+        default=None, init=False, repr=False, compare=False
     )
 
     def __post_init__(self) -> None:
@@ -197,16 +206,26 @@ class IssuerSecurity:
     def _maced(self, msg: Message) -> bool:
         return self.zak is not None and msg.mti[1:2] in MACED_CLASSES
 
+    def _link_mac(self) -> LinkMac:
+        """The ZAK's MAC contexts, built once (a MAC is two per transaction on this link)."""
+        assert self.zak is not None
+        source = (self.zak, self.lmk, self.codec)
+        link = self._link
+        if link is None or self._link_for != source:
+            link = self._link = LinkMac(self.codec, resolve_key(self.zak, self.lmk))
+            self._link_for = source
+        return link
+
     def check_mac(self, msg: Message) -> str | None:
         """``None`` when the request's MAC is right (or the link uses none), else ``63``."""
         if not self._maced(msg):
             return None
-        assert self.zak is not None
-        value = msg.fields.get(mac_field(msg.fields))
+        value = msg.fields.get(field := link_mac_field(msg.fields))
         if value is None or len(value) != 2 * MAC_LENGTH:
             return "63"
         try:
-            expected = _terminal.retail_mac(self.zak, mac_input(self.codec, msg), lmk=self.lmk)
+            link = self._link_mac()
+            expected = link.mac(link.data(msg, field))
             return None if hmac.compare_digest(expected, bytes.fromhex(value)) else "63"
         except (ValueError, ProtocolError, HsmCryptoError):
             return "63"
@@ -214,10 +233,18 @@ class IssuerSecurity:
     def seal(self, answer: Message) -> Message:
         """``answer`` with its MAC added, on a MACed link (unchanged otherwise)."""
         if self._maced(answer):
-            assert self.zak is not None
-            mac = _terminal.retail_mac(self.zak, mac_input(self.codec, answer), lmk=self.lmk)
-            answer.fields[mac_field(answer.fields)] = mac.hex().upper()
+            frame = self._link_mac().seal(answer, link_mac_field(answer.fields))
+            self._sealed = (answer, frame)
         return answer
+
+    def take_encoded(self, answer: Message) -> bytes | None:
+        """The encoding of ``answer`` when it is the message sealed last (sealing encodes it
+        anyway), else ``None``; handed out once."""
+        sealed = self._sealed
+        if sealed is None or sealed[0] is not answer:
+            return None
+        self._sealed = None
+        return sealed[1]
 
 
 def without_pins(ranges: Iterable[SyntheticRange]) -> tuple[SyntheticRange, ...]:

@@ -100,7 +100,7 @@ class IssuerServer:
                     elif faulty and faults.latency_ms:
                         tg.start_soon(self._answer_later, framed, answer, faults.latency_ms)
                     else:
-                        await framed.send_frame(self.codec.encode(answer))
+                        await framed.send_frame(self._encode(answer))
                     if faults.disconnect_after and count >= faults.disconnect_after:
                         log.info("issuer_sim_disconnect", after=count)
                         break
@@ -113,9 +113,18 @@ class IssuerServer:
             with anyio.CancelScope(shield=True):
                 await framed.aclose()
 
+    def _encode(self, answer: Message) -> bytes:
+        # A MACed answer was encoded when it was sealed: reuse those bytes.
+        security = self.host.book.security
+        if security is not None and security.codec.spec is self.codec.spec:
+            frame = security.take_encoded(answer)
+            if frame is not None:
+                return frame
+        return self.codec.encode(answer)
+
     async def _answer_later(
         self, framed: fastio.FrameChannel, answer: Message, delay_ms: float
     ) -> None:
         await anyio.sleep(delay_ms / 1000)
         with contextlib.suppress(*_GONE):
-            await framed.send_frame(self.codec.encode(answer))
+            await framed.send_frame(self._encode(answer))

@@ -16,8 +16,8 @@ Counters:
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
 
 
 class StoreError(Exception):
@@ -50,14 +50,47 @@ class ReserveRequest:
     travel_window_ms: int | None = None
     travel_blocks: bool = True
 
+    @property
+    def plan(self) -> ReservePlan:
+        return ReservePlan(
+            self.daily_amount_limit,
+            self.daily_amount_blocks,
+            self.daily_count_limit,
+            self.daily_count_blocks,
+            self.velocity_count,
+            self.velocity_window_ms,
+            self.velocity_keep_ms,
+            self.velocity_blocks,
+            self.travel_window_ms,
+            self.travel_blocks,
+        )
 
-@dataclass(frozen=True, slots=True)
-class Profile:
-    """Running statistics of a card's approved amounts."""
+
+class ReservePlan(NamedTuple):
+    """The limits half of a :class:`ReserveRequest`: fixed per rule set and limit layers, so
+    the engine builds it once per configuration instead of once per transaction."""
+
+    daily_amount_limit: int | None
+    daily_amount_blocks: bool
+    daily_count_limit: int | None
+    daily_count_blocks: bool
+    velocity_count: int | None
+    velocity_window_ms: int
+    velocity_keep_ms: int
+    velocity_blocks: bool
+    travel_window_ms: int | None
+    travel_blocks: bool
+
+
+class Profile(NamedTuple):
+    """Running statistics of a card's approved amounts (a tuple: cheap to build per approval)."""
 
     n: int = 0
     mean: float = 0.0
     var: float = 0.0
+
+
+_NO_PROFILE = Profile()
 
 
 def update_profile(profile: Profile, amount: int, samples: int) -> Profile:
@@ -70,11 +103,10 @@ def update_profile(profile: Profile, amount: int, samples: int) -> Profile:
     a = 1.0 / n
     diff = amount - profile.mean
     incr = a * diff
-    return Profile(n=n, mean=profile.mean + incr, var=(1.0 - a) * (profile.var + diff * incr))
+    return Profile(n, profile.mean + incr, (1.0 - a) * (profile.var + diff * incr))
 
 
-@dataclass(frozen=True, slots=True)
-class ReserveOutcome:
+class ReserveOutcome(NamedTuple):
     reserved: bool
     attempts: int
     """attempts in the velocity window, this one included"""
@@ -114,27 +146,35 @@ class CounterStore(Protocol):
     async def aclose(self) -> None: ...
 
 
-@dataclass(slots=True)
 class _Card:
-    attempts: list[tuple[int, str]] = field(default_factory=list)
-    """(time ms, txn id), in insertion order; pruned by time on each reserve"""
-    members: set[str] = field(default_factory=set)
-    seen: dict[str, int] = field(default_factory=dict)
-    """merchant country -> last time (ms) within the travel window"""
-    profile: Profile = field(default_factory=Profile)
-    countries: set[str] = field(default_factory=set)
+    __slots__ = ("attempts", "countries", "profile", "seen")
+
+    def __init__(self) -> None:
+        self.attempts: dict[str, int] = {}
+        """txn id -> time (ms), in insertion order (a retried id moves to the end, as ZADD
+        moves its score); pruned by time on each reserve"""
+        self.seen: dict[str, int] = {}
+        """merchant country -> last time (ms) within the travel window"""
+        self.profile = _NO_PROFILE
+        self.countries: set[str] = set()
 
 
-@dataclass(slots=True)
 class _Day:
-    expires_at: int
-    amounts: dict[tuple[str, str], int] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
+    __slots__ = ("amounts", "counts", "expires_at")
+
+    def __init__(self, expires_at: int) -> None:
+        self.expires_at = expires_at
+        self.amounts: dict[tuple[str, str], int] = {}
+        self.counts: dict[str, int] = {}
 
 
 class MemoryCounterStore:
     """Counters in this process. Exact under concurrency because no method awaits: each runs
-    to completion within one scheduling step of the event loop."""
+    to completion within one scheduling step of the event loop.
+
+    The ``*_now`` methods are the same operations as plain calls: the engine uses them
+    directly (no coroutine per step) when the store is exactly this class.
+    """
 
     def __init__(self, *, max_cards: int = 1_000_000) -> None:
         self._max_cards = max_cards
@@ -143,13 +183,14 @@ class MemoryCounterStore:
         self._next_prune = 0
 
     def _card(self, key: str) -> _Card:
-        card = self._cards.get(key)
+        cards = self._cards
+        card = cards.get(key)
         if card is None:
-            card = self._cards[key] = _Card()
-            if len(self._cards) > self._max_cards:
-                self._cards.popitem(last=False)
+            card = cards[key] = _Card()
+            if len(cards) > self._max_cards:
+                cards.popitem(last=False)
         else:
-            self._cards.move_to_end(key)
+            cards.move_to_end(key)
         return card
 
     def _prune_days(self, now_s: int) -> None:
@@ -160,71 +201,119 @@ class MemoryCounterStore:
         self._next_prune = min((b.expires_at for b in self._days.values()), default=0)
 
     async def reserve(self, req: ReserveRequest) -> ReserveOutcome:
-        now = req.now_ms
-        card = self._card(req.card_key)
+        return self.reserve_now(
+            req.card_key,
+            req.txn_id,
+            req.currency,
+            req.day,
+            req.day_expires_at,
+            req.now_ms,
+            req.amount,
+            req.country,
+            req.reserve,
+            req.plan,
+        )
+
+    def reserve_now(
+        self,
+        card_key: str,
+        txn_id: str,
+        currency: str,
+        day: str,
+        day_expires_at: int,
+        now: int,
+        amount: int,
+        country: str,
+        reserve: bool,
+        plan: ReservePlan,
+    ) -> ReserveOutcome:
+        """:meth:`reserve` with the request's fields as arguments (see :class:`ReserveRequest`)."""
+        (
+            amount_limit,
+            amount_blocks,
+            count_limit,
+            count_blocks,
+            velocity_count,
+            velocity_window_ms,
+            keep_ms,
+            velocity_blocks,
+            travel_window_ms,
+            travel_blocks,
+        ) = plan
+        card = self._card(card_key)
         attempts = 0
-        if req.velocity_keep_ms > 0:
-            cutoff = now - req.velocity_keep_ms
-            if card.attempts and min(t for t, _ in card.attempts) <= cutoff:
-                kept = [(t, m) for t, m in card.attempts if t > cutoff]
-                card.members.difference_update(m for t, m in card.attempts if t <= cutoff)
-                card.attempts = kept
-            if req.txn_id in card.members:  # same member: its time moves (as ZADD does)
-                card.attempts = [(t, m) for t, m in card.attempts if m != req.txn_id]
-            card.attempts.append((now, req.txn_id))
-            card.members.add(req.txn_id)
-            win = now - req.velocity_window_ms
-            attempts = sum(1 for t, _ in card.attempts if t > win)
+        if keep_ms > 0:
+            times = card.attempts
+            if times:
+                cutoff = now - keep_ms
+                if min(times.values()) <= cutoff:
+                    times = card.attempts = {m: t for m, t in times.items() if t > cutoff}
+                times.pop(txn_id, None)  # same member: its time moves (as ZADD does)
+                times[txn_id] = now
+                win = now - velocity_window_ms
+                attempts = sum(1 for t in times.values() if t > win)
+            else:
+                times[txn_id] = now
+                attempts = 1 if velocity_window_ms > 0 else 0
         travel_country: str | None = None
         travel_at = 0
-        if req.travel_window_ms is not None:
-            cutoff = now - req.travel_window_ms
-            for country, t in list(card.seen.items()):
-                if t <= cutoff:
-                    del card.seen[country]
-                elif country != req.country and (travel_country is None or t > travel_at):
-                    travel_country, travel_at = country, t
-            if now > card.seen.get(req.country, 0):
-                card.seen[req.country] = now
-        self._prune_days(now // 1000)
-        bucket = self._days.get(req.day)
-        day_amount = bucket.amounts.get((req.card_key, req.currency), 0) if bucket else 0
-        day_count = bucket.counts.get(req.card_key, 0) if bucket else 0
-        amount_exceeded = (
-            req.daily_amount_limit is not None and day_amount + req.amount > req.daily_amount_limit
+        if travel_window_ms is not None:
+            seen = card.seen
+            if seen:
+                cutoff = now - travel_window_ms
+                for other, t in list(seen.items()):
+                    if t <= cutoff:
+                        del seen[other]
+                    elif other != country and (travel_country is None or t > travel_at):
+                        travel_country, travel_at = other, t
+                if now > seen.get(country, 0):
+                    seen[country] = now
+            elif now > 0:
+                seen[country] = now
+        if now // 1000 >= self._next_prune:
+            self._prune_days(now // 1000)
+        bucket = self._days.get(day)
+        akey = (card_key, currency)
+        if bucket is not None:
+            day_amount = bucket.amounts.get(akey, 0)
+            day_count = bucket.counts.get(card_key, 0)
+        else:
+            day_amount = day_count = 0
+        amount_exceeded = amount_limit is not None and day_amount + amount > amount_limit
+        count_exceeded = count_limit is not None and day_count + 1 > count_limit
+        velocity_exceeded = velocity_count is not None and attempts > velocity_count
+        reserved = reserve and not (
+            (amount_exceeded and amount_blocks)
+            or (count_exceeded and count_blocks)
+            or (velocity_exceeded and velocity_blocks)
+            or (travel_country is not None and travel_blocks)
         )
-        count_exceeded = req.daily_count_limit is not None and day_count + 1 > req.daily_count_limit
-        velocity_exceeded = req.velocity_count is not None and attempts > req.velocity_count
-        blocked = (
-            (amount_exceeded and req.daily_amount_blocks)
-            or (count_exceeded and req.daily_count_blocks)
-            or (velocity_exceeded and req.velocity_blocks)
-            or (travel_country is not None and req.travel_blocks)
-        )
-        reserved = req.reserve and not blocked
         if reserved:
             if bucket is None:
-                bucket = self._days[req.day] = _Day(expires_at=req.day_expires_at)
-                self._next_prune = min(self._next_prune or req.day_expires_at, req.day_expires_at)
-            bucket.amounts[(req.card_key, req.currency)] = day_amount + req.amount
-            bucket.counts[req.card_key] = day_count + 1
+                bucket = self._days[day] = _Day(day_expires_at)
+                self._next_prune = min(self._next_prune or day_expires_at, day_expires_at)
+            bucket.amounts[akey] = day_amount + amount
+            bucket.counts[card_key] = day_count + 1
         return ReserveOutcome(
-            reserved=reserved,
-            attempts=attempts,
-            day_amount=day_amount,
-            day_count=day_count,
-            amount_exceeded=amount_exceeded,
-            count_exceeded=count_exceeded,
-            velocity_exceeded=velocity_exceeded,
-            travel_country=travel_country,
-            travel_age_ms=now - travel_at if travel_country is not None else 0,
-            profile=card.profile,
-            country_known=req.country in card.countries,
+            reserved,
+            attempts,
+            day_amount,
+            day_count,
+            amount_exceeded,
+            count_exceeded,
+            velocity_exceeded,
+            travel_country,
+            now - travel_at if travel_country is not None else 0,
+            card.profile,
+            country in card.countries,
         )
 
     async def release(
         self, card_key: str, currency: str, day: str, amount: int, count: int
     ) -> None:
+        self.release_now(card_key, currency, day, amount, count)
+
+    def release_now(self, card_key: str, currency: str, day: str, amount: int, count: int) -> None:
         bucket = self._days.get(day)
         if bucket is None:
             return
@@ -237,6 +326,9 @@ class MemoryCounterStore:
     async def record_approval(
         self, card_key: str, country: str, amount: int, samples: int, ttl_seconds: int
     ) -> None:
+        self.record_approval_now(card_key, country, amount, samples)
+
+    def record_approval_now(self, card_key: str, country: str, amount: int, samples: int) -> None:
         card = self._card(card_key)
         card.profile = update_profile(card.profile, amount, samples)
         card.countries.add(country)

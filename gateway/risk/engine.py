@@ -33,7 +33,7 @@ from gateway.risk.counters import (
 )
 from gateway.risk.model import Reservation, RiskDecision, RiskInput, RuleHit
 from gateway.risk.redis_counters import RedisCounterStore
-from gateway.risk.rules import RULE_ORDER, RuleSet
+from gateway.risk.rules import RULE_ORDER, EffectiveLimits, RuleSet
 from gateway.risk.score import Scorer
 
 # A store failure (96) ranks after the list rules, whose codes tell more, and before the
@@ -104,6 +104,9 @@ class RiskEngine:
         self._declined = self._decisions.labels(result="decline")
         # The in-memory store never awaits, so nothing can cancel it halfway: no shield needed.
         self._shield = not isinstance(self.store, MemoryCounterStore)
+        # Exactly the in-memory store (not a subclass that may override its coroutines): the
+        # approval path calls its plain methods, without a coroutine or a cancel scope per step.
+        self._memory = self.store if type(self.store) is MemoryCounterStore else None
         self._store_errors = Counter(
             "payswitch_risk_store_errors",
             "Counter store calls that failed, by operation",
@@ -135,76 +138,120 @@ class RiskEngine:
         ``rc`` None means go on; the decision then holds the reservation that
         :meth:`confirm` keeps or :meth:`release` gives back.
         """
+        if self._memory is not None:
+            return self._assess_now(inp, self._memory)
         compiled = self._compiled  # one read: a concurrent reload never mixes two rule sets
         rules = compiled.rules
-        config = compiled.config
-        limits = (
-            rules.limits_for(inp.pan_prefix, inp.merchant_id, inp.currency) if inp.counts else None
-        )
+        if not inp.counts:
+            hits = rules.list_hits(inp, None)
+            return self._decide(inp, hits, None, None, _rc(hits))
+        limits, plan = rules.resolve(inp.pan_prefix, inp.merchant_id, inp.currency)
         hits = rules.list_hits(inp, limits)
+        now = inp.now
+        ts = now.timestamp()
+        day, expires_at = rules.day_at(ts, now)
+        request = ReserveRequest(
+            inp.card_key,
+            inp.txn_id,
+            inp.currency,
+            day,
+            expires_at,
+            int(ts * 1000),
+            inp.amount,
+            inp.merchant_country,
+            not _declines(hits),
+            *plan,
+        )
+        outcome = await self._reserve(request, hits, compiled.config)
         score: int | None = None
         reservation: Reservation | None = None
-        if inp.counts and limits is not None:
-            day, expires_at = rules.day_of(inp.now)
-            velocity = limits.velocity
-            window_s = velocity.seconds if velocity is not None else config.score.velocity_seconds
-            request = ReserveRequest(
-                card_key=inp.card_key,
-                txn_id=inp.txn_id,
-                currency=inp.currency,
-                day=day,
-                day_expires_at=expires_at,
-                now_ms=int(inp.now.timestamp() * 1000),
-                amount=inp.amount,
-                country=inp.merchant_country,
-                reserve=not any(h.action == "decline" for h in hits),
-                daily_amount_limit=limits.daily_amount,
-                daily_amount_blocks=rules.action("daily_amount") == "decline",
-                daily_count_limit=limits.daily_count,
-                daily_count_blocks=rules.action("daily_count") == "decline",
-                velocity_count=velocity.count if velocity is not None else None,
-                velocity_window_ms=window_s * 1000,
-                velocity_keep_ms=rules.velocity_keep_ms,
-                velocity_blocks=rules.action("velocity") == "decline",
-                travel_window_ms=rules.travel_window_ms,
-                travel_blocks=rules.action("impossible_travel") == "decline",
-            )
-            outcome = await self._reserve(request, hits, config)
-            if outcome is not None:
-                hits += rules.counter_hits(inp, limits, outcome)
-                if config.score.enabled:
-                    signals, score = compiled.scorer.signals(inp, outcome)
-                    hits += signals
-                    score_hit = self._score_hit(score, config)
-                    if score_hit is not None:
-                        hits.append(score_hit)
-                if outcome.reserved:
-                    reservation = Reservation(
-                        card_key=inp.card_key,
-                        currency=inp.currency,
-                        day=day,
-                        amount=inp.amount,
-                        country=inp.merchant_country,
-                        txn_id=inp.txn_id,
-                        original_time=inp.now,
-                    )
-        declines = [h for h in hits if h.action == "decline"]
-        rc = min(declines, key=lambda h: _ORDER.get(h.name, len(_ORDER))).rc if declines else None
+        if outcome is not None:
+            score, reservation = self._judge(compiled, inp, limits, outcome, hits, day)
+        rc = _rc(hits)
         if rc is not None and reservation is not None:
             # only a score decline comes after the atomic reserve: give it back at once
             await self._give_back(reservation, count=1, op="release")
             reservation.state = "released"
             reservation = None
-        decision = RiskDecision(
-            txn_id=inp.txn_id,
-            rc=rc,
-            masked_pan=inp.masked_pan,
-            hits=tuple(hits),
-            score=score,
-            reservation=reservation,
+        return self._decide(inp, hits, score, reservation, rc)
+
+    def _assess_now(self, inp: RiskInput, store: MemoryCounterStore) -> RiskDecision:
+        """:meth:`assess` on the in-memory store: the same steps, none of them awaiting."""
+        compiled = self._compiled
+        rules = compiled.rules
+        if not inp.counts:
+            hits = rules.list_hits(inp, None)
+            return self._decide(inp, hits, None, None, _rc(hits))
+        limits, plan = rules.resolve(inp.pan_prefix, inp.merchant_id, inp.currency)
+        hits = rules.list_hits(inp, limits)
+        now = inp.now
+        ts = now.timestamp()
+        day, expires_at = rules.day_at(ts, now)
+        outcome = store.reserve_now(
+            inp.card_key,
+            inp.txn_id,
+            inp.currency,
+            day,
+            expires_at,
+            int(ts * 1000),
+            inp.amount,
+            inp.merchant_country,
+            not _declines(hits),
+            plan,
         )
+        score, reservation = self._judge(compiled, inp, limits, outcome, hits, day)
+        rc = _rc(hits)
+        if rc is not None and reservation is not None:
+            # only a score decline comes after the atomic reserve: give it back at once
+            store.release_now(inp.card_key, inp.currency, day, inp.amount, 1)
+            reservation.state = "released"
+            reservation = None
+        return self._decide(inp, hits, score, reservation, rc)
+
+    def _judge(
+        self,
+        compiled: _Compiled,
+        inp: RiskInput,
+        limits: EffectiveLimits,
+        outcome: ReserveOutcome,
+        hits: list[RuleHit],
+        day: str,
+    ) -> tuple[int | None, Reservation | None]:
+        """Add the counter rules' and the score's hits; the reservation the store made."""
+        hits += compiled.rules.counter_hits(inp, limits, outcome)
+        score: int | None = None
+        config = compiled.config
+        if config.score.enabled:
+            signals, score = compiled.scorer.signals(inp, outcome)
+            hits += signals
+            score_hit = self._score_hit(score, config)
+            if score_hit is not None:
+                hits.append(score_hit)
+        if not outcome.reserved:
+            return score, None
+        reservation = Reservation(
+            inp.card_key,
+            inp.currency,
+            day,
+            inp.amount,
+            inp.merchant_country,
+            inp.txn_id,
+            inp.now,
+        )
+        return score, reservation
+
+    def _decide(
+        self,
+        inp: RiskInput,
+        hits: list[RuleHit],
+        score: int | None,
+        reservation: Reservation | None,
+        rc: str | None,
+    ) -> RiskDecision:
+        """The decision, counted and (when something fired) published as an alert event."""
+        decision = RiskDecision(inp.txn_id, rc, inp.masked_pan, tuple(hits), score, reservation)
         (self._approved if rc is None else self._declined).inc()
-        if decision.alerted:
+        if hits and decision.alerted:
             self.alerts.publish(
                 AlertEvent.from_decision(
                     decision,
@@ -270,6 +317,11 @@ class RiskEngine:
             return
         res.state = "confirmed"
         config = self._compiled.config
+        if self._memory is not None:
+            self._memory.record_approval_now(
+                res.card_key, res.country, res.amount, config.score.profile_samples
+            )
+            return
         try:
             with anyio.CancelScope(shield=self._shield):
                 await self.store.record_approval(
@@ -301,13 +353,20 @@ class RiskEngine:
         if original_time.tzinfo is None:
             raise ValueError("original_time must be timezone-aware")
         day, _ = self._compiled.rules.day_of(original_time)
-        res = Reservation(card_key, currency, day, amount, "", "", original_time)
-        await self._give_back(res, count=0, op="reverse")
+        await self._release(card_key, currency, day, amount, 0, "reverse")
 
     async def _give_back(self, res: Reservation, *, count: int, op: str) -> None:
+        await self._release(res.card_key, res.currency, res.day, res.amount, count, op)
+
+    async def _release(
+        self, card_key: str, currency: str, day: str, amount: int, count: int, op: str
+    ) -> None:
+        if self._memory is not None:
+            self._memory.release_now(card_key, currency, day, amount, count)
+            return
         try:
             with anyio.CancelScope(shield=self._shield):
-                await self.store.release(res.card_key, res.currency, res.day, res.amount, count)
+                await self.store.release(card_key, currency, day, amount, count)
         except StoreError:  # counted and visible in metrics; the day's counters stay high
             self._store_errors.labels(op=op).inc()
 
@@ -365,3 +424,17 @@ class RiskEngine:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _declines(hits: list[RuleHit]) -> bool:
+    return bool(hits) and any(h.action == "decline" for h in hits)
+
+
+def _rc(hits: list[RuleHit]) -> str | None:
+    """The code of the first declining hit in precedence order; None: go on."""
+    if not hits:
+        return None
+    declines = [h for h in hits if h.action == "decline"]
+    if not declines:
+        return None
+    return min(declines, key=lambda h: _ORDER.get(h.name, len(_ORDER))).rc

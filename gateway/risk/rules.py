@@ -19,7 +19,7 @@ from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from gateway.risk.config import Action, Limits, RiskConfig, Velocity
-from gateway.risk.counters import ReserveOutcome
+from gateway.risk.counters import ReserveOutcome, ReservePlan
 from gateway.risk.model import RiskInput, RuleHit, TxnKind
 
 RULE_RC: dict[str, str] = {
@@ -69,7 +69,8 @@ def _merge(base: EffectiveLimits, over: Limits, layer: str) -> EffectiveLimits:
 
 
 class RuleSet:
-    """Compiled rules of one configuration (immutable but for a one-day cache of day_of)."""
+    """Compiled rules of one configuration (immutable but for its caches: the day of
+    :meth:`day_of` and the limits resolved per override combination)."""
 
     def __init__(self, config: RiskConfig) -> None:
         self.config = config
@@ -89,6 +90,8 @@ class RuleSet:
         self._by_currency = {o.currency: o for o in config.currency_limits}
         self._by_merchant = {o.merchant_id: o for o in config.merchant_limits}
         self._by_prefix = {o.prefix: o for o in config.card_ranges}
+        # longest first: the first prefix length that matches wins
+        self._prefix_lengths = tuple(sorted({len(p) for p in self._by_prefix}, reverse=True))
         windows = [config.score.velocity_seconds if config.score.enabled else 0]
         windows += [
             o.velocity.seconds
@@ -99,28 +102,77 @@ class RuleSet:
         self._day_cache: tuple[float, float, str, int] = (0.0, 0.0, "", 0)
         minutes = config.impossible_travel_minutes
         self.travel_window_ms = None if minutes is None else minutes * 60_000
+        # Per-rule decisions read on every request, resolved once per configuration.
+        self._decline = {rule: self.action(rule) == "decline" for rule in RULE_RC}
+        self._rule_hit_base = {rule: (self.action(rule), RULE_RC[rule]) for rule in RULE_RC}
+        # (currency, merchant, prefix) override keys that applied -> limits and reserve plan;
+        # bounded by the combinations the configuration can produce.
+        self._resolved: dict[
+            tuple[str | None, str | None, str | None], tuple[EffectiveLimits, ReservePlan]
+        ] = {}
 
     def action(self, rule: str) -> Action:
         action: Action = getattr(self.actions, rule)
         return action
 
+    def blocks(self, rule: str) -> bool:
+        """The rule's action is ``decline``."""
+        return self._decline[rule]
+
     def limits_for(self, pan_prefix: str, merchant_id: str, currency: str) -> EffectiveLimits:
+        return self.resolve(pan_prefix, merchant_id, currency)[0]
+
+    def resolve(
+        self, pan_prefix: str, merchant_id: str, currency: str
+    ) -> tuple[EffectiveLimits, ReservePlan]:
+        """Effective limits of a counted request and the counter store's plan for them."""
+        cur = currency if currency in self._by_currency else None
+        mer = merchant_id if merchant_id in self._by_merchant else None
+        rng: str | None = None
+        if self._prefix_lengths:
+            by_prefix = self._by_prefix
+            for n in self._prefix_lengths:
+                if n <= len(pan_prefix) and pan_prefix[:n] in by_prefix:
+                    rng = pan_prefix[:n]
+                    break
+        key = (cur, mer, rng)
+        found = self._resolved.get(key)
+        if found is None:
+            found = self._resolved[key] = self._build(cur, mer, rng)
+        return found
+
+    def _build(
+        self, currency: str | None, merchant_id: str | None, prefix: str | None
+    ) -> tuple[EffectiveLimits, ReservePlan]:
         limits = self._base
-        over: Limits | None = self._by_currency.get(currency)
-        if over is not None:
-            limits = _merge(limits, over, f"currency:{currency}")
-        over = self._by_merchant.get(merchant_id)
-        if over is not None:
-            limits = _merge(limits, over, f"merchant:{merchant_id}")
-        for n in range(len(pan_prefix), 0, -1):
-            over = self._by_prefix.get(pan_prefix[:n])
-            if over is not None:
-                return _merge(limits, over, f"range:{pan_prefix[:n]}")
-        return limits
+        if currency is not None:
+            limits = _merge(limits, self._by_currency[currency], f"currency:{currency}")
+        if merchant_id is not None:
+            limits = _merge(limits, self._by_merchant[merchant_id], f"merchant:{merchant_id}")
+        if prefix is not None:
+            limits = _merge(limits, self._by_prefix[prefix], f"range:{prefix}")
+        velocity = limits.velocity
+        window_s = velocity.seconds if velocity is not None else self.config.score.velocity_seconds
+        plan = ReservePlan(
+            daily_amount_limit=limits.daily_amount,
+            daily_amount_blocks=self._decline["daily_amount"],
+            daily_count_limit=limits.daily_count,
+            daily_count_blocks=self._decline["daily_count"],
+            velocity_count=velocity.count if velocity is not None else None,
+            velocity_window_ms=window_s * 1000,
+            velocity_keep_ms=self.velocity_keep_ms,
+            velocity_blocks=self._decline["velocity"],
+            travel_window_ms=self.travel_window_ms,
+            travel_blocks=self._decline["impossible_travel"],
+        )
+        return limits, plan
 
     def day_of(self, now: datetime) -> tuple[str, int]:
         """Local calendar day (YYYYMMDD) and when its counters may be dropped (epoch s)."""
-        ts = now.timestamp()
+        return self.day_at(now.timestamp(), now)
+
+    def day_at(self, ts: float, now: datetime) -> tuple[str, int]:
+        """:meth:`day_of` for a caller that already has ``now.timestamp()``."""
         start, end, day, expires_at = self._day_cache
         if start <= ts < end:
             return day, expires_at
@@ -140,15 +192,8 @@ class RuleSet:
         threshold: int | float | str | None,
         detail: str | None = None,
     ) -> RuleHit:
-        return RuleHit(
-            name=rule,
-            kind="rule",
-            action=self.action(rule),
-            value=value,
-            threshold=threshold,
-            rc=RULE_RC[rule],
-            detail=detail,
-        )
+        action, rc = self._rule_hit_base[rule]
+        return RuleHit(rule, "rule", action, value, threshold, rc, 0, detail)
 
     def list_hits(self, inp: RiskInput, limits: EffectiveLimits | None) -> list[RuleHit]:
         """Stateless rules: lists, MCC and (for counted requests) the single-amount limit."""
@@ -159,7 +204,7 @@ class RuleSet:
             hits.append(self._hit("terminal_blacklist", inp.terminal_id, "blacklist"))
         if inp.merchant_id in self._merchants:
             hits.append(self._hit("merchant_blacklist", inp.merchant_id, "blacklist"))
-        if inp.kind != TxnKind.REFUND and inp.mcc in self._mccs:
+        if inp.mcc in self._mccs and inp.kind != TxnKind.REFUND:
             hits.append(self._hit("blocked_mcc", inp.mcc, "blocked_mccs"))
         if (
             limits is not None

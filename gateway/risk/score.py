@@ -22,9 +22,7 @@ from gateway.risk.model import RiskInput, RuleHit
 def _signal(
     name: str, value: int | float | str, threshold: int | float | str, points: int
 ) -> RuleHit:
-    return RuleHit(
-        name=name, kind="signal", action="signal", value=value, threshold=threshold, points=points
-    )
+    return RuleHit(name, "signal", "signal", value, threshold, None, points)
 
 
 def is_night(hour: int, start: int, end: int) -> bool:
@@ -37,33 +35,48 @@ class Scorer:
     def __init__(self, config: ScoreConfig, tz: ZoneInfo) -> None:
         self.config = config
         self.tz = tz
+        # per-configuration work done once; a signal with no points is never reported
+        self._std_floor = float(config.amount_std_floor)
+        self._night_hours = frozenset(
+            h for h in range(24) if is_night(h, config.night_start_hour, config.night_end_hour)
+        )
+        self._night_window = f"{config.night_start_hour:02d}-{config.night_end_hour:02d}"
+        self._mcc_points = {mcc: p for mcc, p in config.mcc_points.items() if p > 0}
 
     def signals(self, inp: RiskInput, outcome: ReserveOutcome) -> tuple[list[RuleHit], int]:
         cfg = self.config
         hits: list[RuleHit] = []
+        points = 0
         profile = outcome.profile
         if profile.n >= cfg.amount_min_samples:
-            spread = max(math.sqrt(max(profile.var, 0.0)), float(cfg.amount_std_floor))
+            spread = max(math.sqrt(max(profile.var, 0.0)), self._std_floor)
             z = (inp.amount - profile.mean) / spread
-            if z >= cfg.amount_z:
+            if z >= cfg.amount_z and cfg.amount_points > 0:
                 hits.append(
                     _signal("amount_deviation", round(z, 2), cfg.amount_z, cfg.amount_points)
                 )
+                points += cfg.amount_points
         home = inp.card_country
-        has_history = profile.n > 0
         if (
             not outcome.country_known
             and inp.merchant_country != home
-            and (has_history or home is not None)
+            and (profile.n > 0 or home is not None)
+            and cfg.new_country_points > 0
         ):
             hits.append(
                 _signal("new_country", inp.merchant_country, "known", cfg.new_country_points)
             )
-        local = inp.now.astimezone(self.tz)
-        if is_night(local.hour, cfg.night_start_hour, cfg.night_end_hour):
-            window = f"{cfg.night_start_hour:02d}-{cfg.night_end_hour:02d}"
-            hits.append(_signal("night_time", local.strftime("%H:%M"), window, cfg.night_points))
-        if outcome.attempts >= cfg.velocity_attempts:
+            points += cfg.new_country_points
+        if cfg.night_points > 0:
+            local = inp.now.astimezone(self.tz)
+            if local.hour in self._night_hours:
+                hits.append(
+                    _signal(
+                        "night_time", local.strftime("%H:%M"), self._night_window, cfg.night_points
+                    )
+                )
+                points += cfg.night_points
+        if outcome.attempts >= cfg.velocity_attempts and cfg.velocity_points > 0:
             hits.append(
                 _signal(
                     "velocity_attempts",
@@ -72,8 +85,9 @@ class Scorer:
                     cfg.velocity_points,
                 )
             )
-        mcc_points = cfg.mcc_points.get(inp.mcc, 0)
-        if mcc_points > 0:
+            points += cfg.velocity_points
+        mcc_points = self._mcc_points.get(inp.mcc)
+        if mcc_points is not None:
             hits.append(_signal("mcc_risk", inp.mcc, "mcc_points", mcc_points))
-        hits = [h for h in hits if h.points > 0]
-        return hits, min(100, sum(h.points for h in hits))
+            points += mcc_points
+        return hits, min(100, points)

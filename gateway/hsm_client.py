@@ -359,6 +359,12 @@ class HsmClient:
         size = len(pool)
         if size < self.connections:
             return None
+        conn = pool[self._rr % size]
+        if conn.batching() and not conn.closed:
+            # Join the write this connection makes at the end of the loop iteration: one
+            # syscall (and one wake-up of the HSM) for several commands. The next iteration's
+            # commands go to the next connection.
+            return conn
         self._rr = rr = (self._rr + 1) % size
         conn = pool[rr]
         return None if conn.closed else conn

@@ -54,6 +54,10 @@ class HsmConnection(Protocol):
 
     def in_flight(self) -> int: ...
 
+    def batching(self) -> bool:
+        """Commands wait to leave in this loop iteration's write: another joins them free."""
+        ...
+
     async def call(self, body: bytes, timeout: float) -> bytes:
         """Send ``body`` (command code and fields) under a fresh header; the answer's payload.
 
@@ -137,6 +141,9 @@ class ProtocolConnection(asyncio.Protocol):
 
     def in_flight(self) -> int:
         return len(self.pending)
+
+    def batching(self) -> bool:
+        return bool(self._out)
 
     # -- asyncio callbacks ------------------------------------------------------------------
 
@@ -280,6 +287,9 @@ class StreamConnection:
 
     def in_flight(self) -> int:
         return len(self.pending)
+
+    def batching(self) -> bool:
+        return bool(self._outbox)
 
     async def call(self, body: bytes, timeout: float) -> bytes:
         if self.closed:

@@ -728,7 +728,7 @@ class HsmResponse:
 def _encode_fields(msg: Message, layout: tuple[Field, ...]) -> bytes:
     out: list[bytes] = []
     values: dict[str, Any] = {}
-    for f, name, code, size, when, optional, valid in _compiled(layout):
+    for f, name, code, size, when, optional, valid, cache in _compiled(layout):
         if when is not None and not when(values):
             continue
         if code == _K_LITERAL:
@@ -740,6 +740,9 @@ def _encode_fields(msg: Message, layout: tuple[Field, ...]) -> bytes:
                 break
             raise LocalProtocolError(f"{msg.CODE}: field {name} is required")
         values[name] = value
+        if cache is not None and (raw := cache.get(value)) is not None:
+            out.append(raw)  # checked when first seen
+            continue
         if code in (_K_TEXT, _K_PAN):
             raw = value.encode("ascii") if isinstance(value, str) and value.isascii() else b""
             if size < 0:
@@ -747,7 +750,11 @@ def _encode_fields(msg: Message, layout: tuple[Field, ...]) -> bytes:
             if not raw or not valid(raw) or (code == _K_TEXT and len(raw) != size):
                 problem = _text_problem(f, raw, values) or f"field {name} must be ASCII text"
                 raise LocalProtocolError(f"{msg.CODE}: {problem}")
-            out.append(raw + PAN_DELIMITER if code == _K_PAN else raw)
+            if code == _K_PAN:
+                raw += PAN_DELIMITER
+            elif cache is not None and len(cache) < _CACHE_SIZE:
+                cache[value] = raw
+            out.append(raw)
             continue
         if not isinstance(value, bytes):
             raise LocalProtocolError(f"{msg.CODE}: field {name} must be bytes")
@@ -817,7 +824,35 @@ _Compiled = tuple[
     Callable[[Mapping[str, Any]], bool] | None,
     bool,
     Callable[[bytes], bool],
+    dict[str, bytes] | None,
 ]
+# Fields whose checked encoding is remembered (value -> bytes, at most _CACHE_SIZE each): keys
+# under the LMK and command parameters, which repeat on every command. Never card or PIN data
+# (PAN, PIN block, CVV, PVV, offsets, KSN, MAC), whose values do not repeat or must not linger.
+_CACHED_FIELDS: Final = frozenset(
+    {
+        "mode",
+        "mode_flag",
+        "input_format",
+        "algorithm",
+        "padding",
+        "key_type",
+        "key_scheme",
+        "zmk_scheme",
+        "key_length_flag",
+        "max_pin_length",
+        "src_format",
+        "dst_format",
+        "pin_block_format",
+        "ksn_descriptor",
+        "check_length",
+        "decimalisation_table",
+        "scheme_id",
+        "pvki",
+        "pin_length",
+    }
+)
+_CACHE_SIZE: Final = 4096
 _COMPILED: dict[int, tuple[_Compiled, ...]] = {}
 
 
@@ -836,7 +871,11 @@ def _compiled(layout: tuple[Field, ...]) -> tuple[_Compiled, ...]:
             }.get(f.kind, _K_TEXT)
             size = f.length if isinstance(f.length, int) else -1
             valid = _VALID.get(f.kind, bytes.isascii)
-            items.append((f, f.name, code, size, f.when, f.optional, valid))
+            cached = (
+                code == _K_TEXT and size >= 0 and (f.kind is Kind.KEY or f.name in _CACHED_FIELDS)
+            )
+            cache: dict[str, bytes] | None = {} if cached else None
+            items.append((f, f.name, code, size, f.when, f.optional, valid, cache))
         compiled = _COMPILED[id(layout)] = tuple(items)
     return compiled
 
@@ -846,7 +885,7 @@ def _decode_fields(
 ) -> dict[str, Any]:
     values: dict[str, Any] = {}
     end = len(data)
-    for f, name, code, size, when, optional, valid in _compiled(layout):
+    for f, name, code, size, when, optional, valid, _ in _compiled(layout):
         if when is not None and not when(values):
             continue
         if optional and pos == end:
@@ -975,11 +1014,16 @@ def peek_header(payload: bytes) -> str | None:
 
 def decode_response(payload: bytes) -> HsmResponse:
     """Decode a response; a malformed one raises :class:`HsmProtocolError`."""
-    header, code = _read_prefix(payload)
-    error = payload[HEADER_LENGTH + 2 : HEADER_LENGTH + 4]
-    if len(error) != 2 or not _DIGITS.issuperset(error):
+    head = payload[: HEADER_LENGTH + 4]
+    # The usual case in one decode: printable header and code, then two ASCII digits.
+    if len(head) == HEADER_LENGTH + 4 and head.isascii() and head[HEADER_LENGTH + 2 :].isdigit():
+        text = head.decode("ascii")
+        if not text.isprintable():
+            _read_prefix(payload)  # raises: no printable header and command code
+        header, code, error_code = text[:HEADER_LENGTH], text[HEADER_LENGTH:-2], text[-2:]
+    else:
+        header, code = _read_prefix(payload)
         raise HsmProtocolError("error code missing or not 2 digits", header=header, command=code)
-    error_code = error.decode("ascii")
     if error_code != OK:
         if len(payload) != HEADER_LENGTH + 4:
             raise HsmProtocolError("error response with fields", header=header, command=code)

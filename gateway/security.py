@@ -57,20 +57,29 @@ HSM_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.
 # ----------------------------------------------------------------------------- pure helpers
 
 
+_SECONDARY = frozenset(str(n) for n in range(65, 128))
+_CANONICAL = frozenset(str(n) for n in range(129))
+
+
 def mac_field(fields: Mapping[str, str]) -> str:
     """``"64"``, or ``"128"`` when the message has a secondary bitmap (fields 65-127)."""
+    if not _SECONDARY.isdisjoint(fields):
+        return "128"
+    if _CANONICAL.issuperset(fields):
+        return "64"  # the usual case, decided by two set operations in C
     return "128" if any(64 < int(k) < 128 for k in fields if k.isdigit()) else "64"
 
 
-def mac_input(codec: Codec, msg: Message) -> bytes:
+def mac_input(codec: Codec, msg: Message, field: str | None = None) -> bytes:
     """What the MAC of ``msg`` covers: its encoding with the MAC field set, minus the MAC.
 
-    The MAC field is the last one encoded, so this is the encoding with 8 placeholder bytes,
-    without its last 8 bytes. Decoding and re-encoding with the same dialect is exact, so for a
-    received message this equals the bytes on the wire before the MAC.
+    The MAC field (``field``, found from the message when not given) is the last one encoded,
+    so this is the encoding with 8 placeholder bytes, without its last 8 bytes. Decoding and
+    re-encoding with the same dialect is exact, so for a received message this equals the
+    bytes on the wire before the MAC.
     """
     fields = dict(msg.fields)
-    fields[mac_field(fields)] = "00" * MAC_LENGTH
+    fields[field or mac_field(fields)] = "00" * MAC_LENGTH
     return codec.encode(Message(msg.mti, fields))[:-MAC_LENGTH]
 
 
@@ -112,8 +121,14 @@ class SecurityMetrics:
             registry=registry,
         )
 
+        self._children: dict[tuple[str, str], Any] = {}
+
     def count(self, check: str, outcome: str) -> None:
-        self.checks.labels(check, outcome).inc()
+        # labels() costs more than inc(): keep each child (a handful of check/outcome pairs).
+        child = self._children.get((check, outcome))
+        if child is None:
+            child = self._children[check, outcome] = self.checks.labels(check, outcome)
+        child.inc()
 
 
 # ----------------------------------------------------------------------------- participants
@@ -254,25 +269,27 @@ class IssuerLinkMac(_HsmStage):
             return None
         if self.hsm is None:
             return self._fail(ctx, "96", "hsm_disabled", "issuer link MAC but no HSM configured")
+        field = mac_field(msg.fields)
         try:
-            mac = await self.hsm.generate_mac(zak, mac_input(pool.codec, msg))
+            mac = await self.hsm.generate_mac(zak, mac_input(pool.codec, msg, field))
         except (HsmUnavailableError, HsmCommandError) as exc:
             return self._hsm_failed(ctx, exc)
-        msg.fields[mac_field(msg.fields)] = mac.hex().upper()
+        msg.fields[field] = mac.hex().upper()
         self.metrics.count(self.check, "generated")
         return None
 
     async def check_answer(self, ctx: Context, pool: IssuerPool, answer: Message) -> str | None:
         """``None`` when the answer may be used; ``96`` when its MAC does not verify."""
         zak = self._zak(pool.issuer)
-        value = answer.fields.get(mac_field(answer.fields))
+        field = mac_field(answer.fields)
+        value = answer.fields.get(field)
         if zak is None or value is None:
             return None
         if self.hsm is None:
             return self._fail(ctx, "96", "hsm_disabled", "issuer answer MAC but no HSM")
         try:
             mac = bytes.fromhex(value)
-            data = mac_input(pool.codec, answer)
+            data = mac_input(pool.codec, answer, field)
         except (ValueError, ProtocolError):
             return self._fail(ctx, "96", "answer_wrong", "issuer answer MAC unusable")
         try:

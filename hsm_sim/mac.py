@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import cmac
 from cryptography.hazmat.primitives.ciphers import algorithms
 
 from hsm_sim.errors import InvalidInputError, KeyLengthError
-from hsm_sim.tdes import des_decrypt, des_encrypt, tdes_cbc_encrypt, xor
+from hsm_sim.tdes import des_decrypt, des_encrypt, tdes_cbc_last_block
 
 
 def pad_method_1(data: bytes, block: int = 8) -> bytes:
@@ -42,13 +42,9 @@ def retail_mac(key: bytes, data: bytes, padding: int = 1) -> bytes:
     else:
         raise InvalidInputError("padding method must be 1 or 2")
     k1, k2 = key[:8], key[8:]
-    # CBC-MAC of all blocks but the last with single DES K1 (TDES-CBC with K1K1K1 is exactly
-    # that), then the final block through the full TDES output transformation.
-    chain = bytes(8)
-    head, last = padded[:-8], padded[-8:]
-    if head:
-        chain = tdes_cbc_encrypt(k1, bytes(8), head)[-8:]
-    chain = des_encrypt(k1, xor(chain, last))
+    # CBC-MAC of every block with single DES K1 (TDES-CBC with K1K1K1 is exactly that), then
+    # the final output transformation: decrypt under K2, encrypt under K1.
+    chain = tdes_cbc_last_block(k1, padded)
     return des_encrypt(k1, des_decrypt(k2, chain))
 
 

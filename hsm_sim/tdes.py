@@ -8,6 +8,7 @@ independent cross-checks in the tests, not on the hot path). Single DES is TDES 
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
@@ -82,6 +83,35 @@ def des_encrypt(key8: bytes, block: bytes, *, cache: bool = True) -> bytes:
 def des_decrypt(key8: bytes, block: bytes) -> bytes:
     """Single DES decrypt of one block (TDES with K1K1K1)."""
     return tdes_ecb_decrypt(key8[:8], block)
+
+
+def tdes_cbc_last_block(key: bytes, data: bytes) -> bytes:
+    """The last block of TDES-CBC encrypting ``data`` (whole blocks, at least one) from a zero
+    IV: the chaining value of a CBC-MAC.
+
+    One encryptor per key and thread lives on (as the ECB contexts above): a CBC context
+    carries on from its last output block, so XOR-ing that block into the first input block
+    makes each call start from a zero IV again. ~2 us for a 200-byte message instead of ~8 us
+    to build a context.
+    """
+    if not data:
+        raise InvalidInputError("CBC-MAC of no data")
+    _check_blocks(data, 8)
+    key24 = expand_tdes_key(key)
+    cache: dict[bytes, list[Any]] | None = getattr(_local, "cbc", None)
+    if cache is None:
+        cache = _local.cbc = {}
+    entry = cache.get(key24)
+    if entry is None:
+        if len(cache) >= _MAX_CACHED_KEYS:
+            cache.clear()
+        cipher = Cipher(TripleDES(key24), modes.CBC(ZERO_BLOCK))
+        entry = cache[key24] = [cipher.encryptor(), 0]
+    context, chain = entry
+    first = (int.from_bytes(data[:8], "big") ^ chain).to_bytes(8, "big")
+    last: bytes = context.update(first + data[8:])[-8:]
+    entry[1] = int.from_bytes(last, "big")
+    return last
 
 
 def tdes_cbc_encrypt(key: bytes, iv: bytes, data: bytes) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 
 import psec
 import pyemv
@@ -23,7 +24,13 @@ from hsm_sim.errors import (
     PinLengthError,
 )
 from hsm_sim.lmk import Lmk, decrypt_under_lmk, encrypt_under_lmk, kcv_hex, resolve_key
-from hsm_sim.tdes import adjust_odd_parity, has_odd_parity, tdes_ecb_encrypt
+from hsm_sim.tdes import (
+    adjust_odd_parity,
+    has_odd_parity,
+    tdes_cbc_encrypt,
+    tdes_cbc_last_block,
+    tdes_ecb_encrypt,
+)
 from tests.hsm.conftest import LMK_HEX, demo_data, demo_keys
 
 TEST_KEY = bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")
@@ -270,6 +277,43 @@ def test_retail_mac_agrees_with_psec_and_pyemv(key: bytes, data: bytes) -> None:
     assert mac.verify_retail_mac(key, data, m1)
     assert mac.verify_retail_mac(key, data, m1[:4])
     assert not mac.verify_retail_mac(key, data + b"x", m1)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    calls=st.lists(
+        st.tuples(st.sampled_from([TEST_KEY, TEST_KEY[:8], TEST_KEY[8:] * 2]), st.binary()),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_cbc_last_block_restarts_from_a_zero_iv_on_every_call(
+    calls: list[tuple[bytes, bytes]],
+) -> None:
+    # One live context per key: interleaved keys and lengths must each start afresh.
+    for key, raw in calls:
+        data = mac.pad_method_1(raw)
+        assert tdes_cbc_last_block(key, data) == tdes_cbc_encrypt(key, bytes(8), data)[-8:]
+
+
+def test_cbc_last_block_per_thread() -> None:
+    data = os.urandom(64)
+    expected = tdes_cbc_encrypt(TEST_KEY, bytes(8), data)[-8:]
+    results: list[bytes] = []
+
+    def work() -> None:
+        results.extend(tdes_cbc_last_block(TEST_KEY, data) for _ in range(200))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [expected] * 800
+    with pytest.raises(InvalidInputError):
+        tdes_cbc_last_block(TEST_KEY, b"")
+    with pytest.raises(InvalidInputError):
+        tdes_cbc_last_block(TEST_KEY, b"1234567")
 
 
 def test_aes_cmac_rfc4493() -> None:

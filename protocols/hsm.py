@@ -728,7 +728,7 @@ class HsmResponse:
 def _encode_fields(msg: Message, layout: tuple[Field, ...]) -> bytes:
     out: list[bytes] = []
     values: dict[str, Any] = {}
-    for f, name, code, size, when, optional, valid, cache in _compiled(layout):
+    for f, name, code, size, when, optional, valid, cache, _ in _compiled(layout):
         if when is not None and not when(values):
             continue
         if code == _K_LITERAL:
@@ -825,8 +825,10 @@ _Compiled = tuple[
     bool,
     Callable[[bytes], bool],
     dict[str, bytes] | None,
+    dict[bytes, str] | None,
 ]
-# Fields whose checked encoding is remembered (value -> bytes, at most _CACHE_SIZE each): keys
+# Fields whose checked encoding and decoding are remembered (value <-> bytes, at most
+# _CACHE_SIZE each way): keys
 # under the LMK and command parameters, which repeat on every command. Never card or PIN data
 # (PAN, PIN block, CVV, PVV, offsets, KSN, MAC), whose values do not repeat or must not linger.
 _CACHED_FIELDS: Final = frozenset(
@@ -875,7 +877,8 @@ def _compiled(layout: tuple[Field, ...]) -> tuple[_Compiled, ...]:
                 code == _K_TEXT and size >= 0 and (f.kind is Kind.KEY or f.name in _CACHED_FIELDS)
             )
             cache: dict[str, bytes] | None = {} if cached else None
-            items.append((f, f.name, code, size, f.when, f.optional, valid, cache))
+            decoded: dict[bytes, str] | None = {} if cached else None
+            items.append((f, f.name, code, size, f.when, f.optional, valid, cache, decoded))
         compiled = _COMPILED[id(layout)] = tuple(items)
     return compiled
 
@@ -885,7 +888,7 @@ def _decode_fields(
 ) -> dict[str, Any]:
     values: dict[str, Any] = {}
     end = len(data)
-    for f, name, code, size, when, optional, valid, _ in _compiled(layout):
+    for f, name, code, size, when, optional, valid, _, decoded in _compiled(layout):
         if when is not None and not when(values):
             continue
         if optional and pos == end:
@@ -899,8 +902,12 @@ def _decode_fields(
                 raise make_error(f"message too short for field {name}", name)
             if code == _K_BINARY:
                 values[name] = raw
+            elif decoded is not None and (text := decoded.get(raw)) is not None:
+                values[name] = text  # checked when first seen
             elif valid(raw):
-                values[name] = raw.decode("ascii")
+                values[name] = text = raw.decode("ascii")
+                if decoded is not None and len(decoded) < _CACHE_SIZE:
+                    decoded[raw] = text
             else:
                 raise make_error(_text_problem(f, raw, values) or "invalid field", name)
             pos = nxt

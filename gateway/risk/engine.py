@@ -166,7 +166,7 @@ class RiskEngine:
         score: int | None = None
         reservation: Reservation | None = None
         if outcome is not None:
-            score, reservation = self._judge(compiled, inp, limits, outcome, hits, day)
+            score, reservation = self._judge(compiled, inp, limits, outcome, hits, day, ts)
         rc = _rc(hits)
         if rc is not None and reservation is not None:
             # only a score decline comes after the atomic reserve: give it back at once
@@ -199,7 +199,7 @@ class RiskEngine:
             not _declines(hits),
             plan,
         )
-        score, reservation = self._judge(compiled, inp, limits, outcome, hits, day)
+        score, reservation = self._judge(compiled, inp, limits, outcome, hits, day, ts)
         rc = _rc(hits)
         if rc is not None and reservation is not None:
             # only a score decline comes after the atomic reserve: give it back at once
@@ -216,13 +216,14 @@ class RiskEngine:
         outcome: ReserveOutcome,
         hits: list[RuleHit],
         day: str,
+        ts: float,
     ) -> tuple[int | None, Reservation | None]:
         """Add the counter rules' and the score's hits; the reservation the store made."""
         hits += compiled.rules.counter_hits(inp, limits, outcome)
         score: int | None = None
         config = compiled.config
         if config.score.enabled:
-            signals, score = compiled.scorer.signals(inp, outcome)
+            signals, score = compiled.scorer.signals(inp, outcome, ts)
             hits += signals
             score_hit = self._score_hit(score, config)
             if score_hit is not None:

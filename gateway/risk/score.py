@@ -12,6 +12,7 @@ Signals (each reported with its measured value and threshold):
 from __future__ import annotations
 
 import math
+from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from gateway.risk.config import ScoreConfig
@@ -42,8 +43,14 @@ class Scorer:
         )
         self._night_window = f"{config.night_start_hour:02d}-{config.night_end_hour:02d}"
         self._mcc_points = {mcc: p for mcc, p in config.mcc_points.items() if p > 0}
+        # Local time of the last second seen: offsets and zone transitions are whole seconds,
+        # so hour and minute are the same for every instant of one UTC second.
+        self._second: tuple[float, datetime | None] = (-1.0, None)
 
-    def signals(self, inp: RiskInput, outcome: ReserveOutcome) -> tuple[list[RuleHit], int]:
+    def signals(
+        self, inp: RiskInput, outcome: ReserveOutcome, ts: float | None = None
+    ) -> tuple[list[RuleHit], int]:
+        """Signals that fired and the score; ``ts`` is ``inp.now.timestamp()`` when known."""
         cfg = self.config
         hits: list[RuleHit] = []
         points = 0
@@ -68,7 +75,11 @@ class Scorer:
             )
             points += cfg.new_country_points
         if cfg.night_points > 0:
-            local = inp.now.astimezone(self.tz)
+            second = (inp.now.timestamp() if ts is None else ts) // 1
+            cached, local = self._second
+            if cached != second or local is None:
+                local = inp.now.astimezone(self.tz)
+                self._second = (second, local)
             if local.hour in self._night_hours:
                 hits.append(
                     _signal(

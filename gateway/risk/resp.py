@@ -16,7 +16,6 @@ from urllib.parse import unquote, urlsplit
 
 import anyio
 import anyio.abc
-from anyio.streams.buffered import BufferedByteReceiveStream
 
 Arg = str | bytes | int | float
 
@@ -87,38 +86,72 @@ def encode_command(args: tuple[Arg, ...]) -> bytes:
     return b"".join(out)
 
 
+def parse_reply(buf: bytes, pos: int = 0) -> tuple[RespValue, int] | None:
+    """One RESP2 reply from ``buf[pos:]`` and the offset after it; None while incomplete.
+
+    Sans-IO, so a reply that arrived in one read is parsed without a suspension per line.
+    """
+    end = buf.find(b"\r\n", pos)
+    if end < 0:
+        if len(buf) - pos >= _MAX_LINE:
+            raise anyio.DelimiterNotFound(_MAX_LINE)
+        return None
+    kind = buf[pos : pos + 1]
+    rest = buf[pos + 1 : end]
+    after = end + 2
+    if kind == b"$":
+        size = int(rest)
+        if size < 0:
+            return None, after
+        if size > _MAX_BULK:
+            raise RedisConnectionError("bulk reply too large")
+        if len(buf) < after + size + 2:
+            return None
+        return buf[after : after + size], after + size + 2
+    if kind == b":":
+        return int(rest), after
+    if kind == b"*":
+        count = int(rest)
+        if count < 0:
+            return None, after
+        items: list[RespValue] = []
+        for _ in range(count):
+            parsed = parse_reply(buf, after)
+            if parsed is None:
+                return None
+            item, after = parsed
+            items.append(item)
+        return items, after
+    if kind == b"+":
+        return rest.decode(), after
+    if kind == b"-":
+        return RedisReplyError(rest.decode(errors="replace")), after
+    raise RedisConnectionError("malformed reply from Redis")
+
+
 class _Connection:
     def __init__(self, stream: anyio.abc.ByteStream) -> None:
         self.stream = stream
-        self.reader = BufferedByteReceiveStream(stream)
+        self._buffer = b""
+        """received bytes not yet parsed (a reply usually arrives in one read)"""
 
     async def command(self, args: tuple[Arg, ...]) -> RespValue:
         await self.stream.send(encode_command(args))
         return await self.read_reply()
 
     async def read_reply(self) -> RespValue:
-        line = await self.reader.receive_until(b"\r\n", _MAX_LINE)
-        kind, rest = line[:1], line[1:]
-        if kind == b"+":
-            return rest.decode()
-        if kind == b"-":
-            return RedisReplyError(rest.decode(errors="replace"))
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            size = int(rest)
-            if size < 0:
-                return None
-            if size > _MAX_BULK:
-                raise RedisConnectionError("bulk reply too large")
-            data = await self.reader.receive_exactly(size + 2)
-            return data[:-2]
-        if kind == b"*":
-            count = int(rest)
-            if count < 0:
-                return None
-            return [await self.read_reply() for _ in range(count)]
-        raise RedisConnectionError("malformed reply from Redis")
+        while True:
+            if self._buffer:
+                parsed = parse_reply(self._buffer)
+                if parsed is not None:
+                    value, end = parsed
+                    self._buffer = self._buffer[end:]
+                    return value
+            try:
+                chunk = await self.stream.receive()
+            except anyio.EndOfStream as exc:
+                raise anyio.IncompleteRead from exc
+            self._buffer = self._buffer + chunk if self._buffer else chunk
 
 
 class LuaScript:
@@ -177,7 +210,12 @@ class RedisClient:
         conn: _Connection | None = None
         try:
             with anyio.fail_after(self._timeout):
-                async with self._slots:
+                slots = self._slots
+                try:  # a free slot costs no extra trip through the event loop
+                    slots.acquire_nowait()
+                except anyio.WouldBlock:
+                    await slots.acquire()
+                try:
                     conn = self._idle.pop() if self._idle else None
                     if conn is None:
                         conn = await self._connect()
@@ -187,6 +225,8 @@ class RedisClient:
                     else:
                         self._idle.append(conn)
                     return reply
+                finally:
+                    slots.release()
         except TimeoutError:
             await _discard(conn)
             raise RedisTimeoutError(f"Redis {args[0]!s} timed out") from None

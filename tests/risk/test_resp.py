@@ -16,6 +16,7 @@ from gateway.risk.resp import (
     RedisReplyError,
     RedisTimeoutError,
     encode_command,
+    parse_reply,
 )
 
 pytestmark = pytest.mark.anyio
@@ -116,3 +117,29 @@ async def test_connection_refused() -> None:
     client = RedisClient(f"redis://127.0.0.1:{port}", timeout=2.0)
     with pytest.raises(RedisConnectionError, match="PING"):
         await client.execute("PING")
+
+
+REPLIES: list[tuple[bytes, object]] = [
+    (b"+OK\r\n", "OK"),
+    (b":-12\r\n", -12),
+    (b"$-1\r\n", None),
+    (b"$4\r\na\r\nb\r\n", b"a\r\nb"),
+    (b"*-1\r\n", None),
+    (b"*0\r\n", []),
+    (b"*3\r\n$1\r\nk\r\n*2\r\n:1\r\n$0\r\n\r\n$-1\r\n", [b"k", [1, b""], None]),
+]
+
+
+@pytest.mark.parametrize(("wire", "value"), REPLIES)
+def test_parse_reply_whole_or_incomplete(wire: bytes, value: object) -> None:
+    for cut in range(len(wire)):  # every split a read can make: incomplete until the end
+        assert parse_reply(wire[:cut]) is None
+    assert parse_reply(wire + b"+next\r\n") == (value, len(wire))
+    error = parse_reply(b"-ERR no\r\n")
+    assert error is not None
+    assert isinstance(error[0], RedisReplyError)
+    assert str(error[0]) == "ERR no"
+    with pytest.raises(RedisConnectionError, match="malformed"):
+        parse_reply(b"?x\r\n")
+    with pytest.raises(ValueError, match="invalid literal"):
+        parse_reply(b":12x\r\n")

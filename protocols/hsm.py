@@ -55,6 +55,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
+from operator import attrgetter
 from typing import Any, ClassVar, Final
 
 from protocols.errors import LocalProtocolError, RemoteProtocolError
@@ -726,46 +727,63 @@ class HsmResponse:
 
 
 def _encode_fields(msg: Message, layout: tuple[Field, ...]) -> bytes:
+    compiled, plan = _plan(layout)
     out: list[bytes] = []
     values: dict[str, Any] = {}
-    for f, name, code, size, when, optional, valid, cache, _ in _compiled(layout):
-        if when is not None and not when(values):
-            continue
-        if code == _K_LITERAL:
-            out.append(f.literal)
-            continue
-        value = getattr(msg, name, None)
-        if value is None:
-            if optional:
-                break
-            raise LocalProtocolError(f"{msg.CODE}: field {name} is required")
-        values[name] = value
-        if cache is not None and (raw := cache.get(value)) is not None:
-            out.append(raw)  # checked when first seen
-            continue
-        if code in (_K_TEXT, _K_PAN):
-            raw = value.encode("ascii") if isinstance(value, str) and value.isascii() else b""
-            if size < 0:
-                size = f.size(values)
-            if not raw or not valid(raw) or (code == _K_TEXT and len(raw) != size):
-                problem = _text_problem(f, raw, values) or f"field {name} must be ASCII text"
-                raise LocalProtocolError(f"{msg.CODE}: {problem}")
-            if code == _K_PAN:
-                raw += PAN_DELIMITER
-            elif cache is not None and len(cache) < _CACHE_SIZE:
-                cache[value] = raw
+    for step in plan:
+        if isinstance(step, int):
+            raw = _encode_field(msg, compiled[step], values)
+            if raw is None:
+                break  # an optional last field left out
             out.append(raw)
             continue
-        if not isinstance(value, bytes):
-            raise LocalProtocolError(f"{msg.CODE}: field {name} must be bytes")
-        if code == _K_VAR:
-            if len(value) >= 16**f.prefix:
-                raise LocalProtocolError(f"{msg.CODE}: field {name} is too long")
-            out.append(f"{len(value):0{f.prefix}X}".encode())
-        elif len(value) != f.size(values):
-            raise LocalProtocolError(f"{msg.CODE}: field {name} must be {f.size(values)} bytes")
-        out.append(value)
+        run = step
+        vals = run.getter(msg)
+        try:
+            raw = run.encoded.get(vals)
+        except TypeError:  # an unhashable value: the field by field path says what is wrong
+            raw = None
+        if raw is None:
+            raw = b"".join([_encode_field(msg, compiled[i], values) or b"" for i in run.indexes])
+            if len(run.encoded) < _CACHE_SIZE:
+                run.encoded[vals] = raw
+        elif run.needed:
+            values.update(zip(run.names, vals, strict=True))
+        out.append(raw)
     return b"".join(out)
+
+
+def _encode_field(msg: Message, entry: _Compiled, values: dict[str, Any]) -> bytes | None:
+    """One field's bytes (``b""`` when its condition leaves it out, ``None`` for an absent
+    optional field); ``values`` gets the field's value for the rules of later fields."""
+    f, name, code, size, when, optional, valid = entry
+    if when is not None and not when(values):
+        return b""
+    if code == _K_LITERAL:
+        return f.literal
+    value = getattr(msg, name, None)
+    if value is None:
+        if optional:
+            return None
+        raise LocalProtocolError(f"{msg.CODE}: field {name} is required")
+    values[name] = value
+    if code in (_K_TEXT, _K_PAN):
+        raw = value.encode("ascii") if isinstance(value, str) and value.isascii() else b""
+        if size < 0:
+            size = f.size(values)
+        if not raw or not valid(raw) or (code == _K_TEXT and len(raw) != size):
+            problem = _text_problem(f, raw, values) or f"field {name} must be ASCII text"
+            raise LocalProtocolError(f"{msg.CODE}: {problem}")
+        return raw + PAN_DELIMITER if code == _K_PAN else raw
+    if not isinstance(value, bytes):
+        raise LocalProtocolError(f"{msg.CODE}: field {name} must be bytes")
+    if code == _K_VAR:
+        if len(value) >= 16**f.prefix:
+            raise LocalProtocolError(f"{msg.CODE}: field {name} is too long")
+        return f"{len(value):0{f.prefix}X}".encode() + value
+    if len(value) != f.size(values):
+        raise LocalProtocolError(f"{msg.CODE}: field {name} must be {f.size(values)} bytes")
+    return value
 
 
 def _text_problem(f: Field, raw: bytes, values: Mapping[str, Any]) -> str | None:
@@ -824,13 +842,10 @@ _Compiled = tuple[
     Callable[[Mapping[str, Any]], bool] | None,
     bool,
     Callable[[bytes], bool],
-    dict[str, bytes] | None,
-    dict[bytes, str] | None,
 ]
-# Fields whose checked encoding and decoding are remembered (value <-> bytes, at most
-# _CACHE_SIZE each way): keys
-# under the LMK and command parameters, which repeat on every command. Never card or PIN data
-# (PAN, PIN block, CVV, PVV, offsets, KSN, MAC), whose values do not repeat or must not linger.
+# Fields whose checked encoding and decoding are remembered: keys under the LMK and command
+# parameters, which repeat on every command. Never card or PIN data (PAN, PIN block, CVV, PVV,
+# offsets, KSN, MAC), whose values do not repeat or must not linger in memory.
 _CACHED_FIELDS: Final = frozenset(
     {
         "mode",
@@ -855,89 +870,156 @@ _CACHED_FIELDS: Final = frozenset(
     }
 )
 _CACHE_SIZE: Final = 4096
-_COMPILED: dict[int, tuple[_Compiled, ...]] = {}
 
 
-def _compiled(layout: tuple[Field, ...]) -> tuple[_Compiled, ...]:
-    """A layout flattened to plain tuples: the decoder's hot loop then avoids enum hashing and
-    attribute lookups (decoding is most of the HSM's per-command cost)."""
-    compiled = _COMPILED.get(id(layout))
-    if compiled is None:
-        items = []
-        for f in layout:
-            code = {
-                Kind.BINARY: _K_BINARY,
-                Kind.VAR_BINARY: _K_VAR,
-                Kind.PAN: _K_PAN,
-                Kind.LITERAL: _K_LITERAL,
-            }.get(f.kind, _K_TEXT)
-            size = f.length if isinstance(f.length, int) else -1
-            valid = _VALID.get(f.kind, bytes.isascii)
-            cached = (
-                code == _K_TEXT and size >= 0 and (f.kind is Kind.KEY or f.name in _CACHED_FIELDS)
-            )
-            cache: dict[str, bytes] | None = {} if cached else None
-            decoded: dict[bytes, str] | None = {} if cached else None
-            items.append((f, f.name, code, size, f.when, f.optional, valid, cache, decoded))
-        compiled = _COMPILED[id(layout)] = tuple(items)
-    return compiled
+class _Run:
+    """Consecutive fixed-size text fields of a layout whose values repeat (keys, parameters):
+    their bytes are checked once per distinct set of values, then looked up (encoding: the
+    values' tuple -> bytes; decoding: bytes -> the values' tuple; at most _CACHE_SIZE each)."""
+
+    __slots__ = ("decoded", "encoded", "getter", "indexes", "names", "needed", "size")
+
+    def __init__(self, compiled: tuple[_Compiled, ...], indexes: list[int], needed: bool) -> None:
+        self.indexes = tuple(indexes)
+        self.names = tuple(compiled[i][1] for i in indexes)
+        self.size = sum(compiled[i][3] for i in indexes)
+        getter = attrgetter(*self.names)
+        self.getter: Callable[[Any], tuple[Any, ...]] = (
+            getter if len(self.names) > 1 else lambda msg: (getter(msg),)
+        )
+        #: Whether later fields' rules (``when``, lengths) read these values.
+        self.needed = needed
+        self.encoded: dict[tuple[Any, ...], bytes] = {}
+        self.decoded: dict[bytes, tuple[str, ...]] = {}
+
+
+_Plan = tuple[tuple[_Compiled, ...], tuple[int | _Run, ...]]
+_COMPILED: dict[int, _Plan] = {}
+
+
+def _plan(layout: tuple[Field, ...]) -> _Plan:
+    """A layout flattened to plain tuples (the hot loops then avoid enum hashing and attribute
+    lookups), and the steps to encode or decode it: single fields and :class:`_Run` s."""
+    planned = _COMPILED.get(id(layout))
+    if planned is not None:
+        return planned
+    items: list[_Compiled] = []
+    for f in layout:
+        code = {
+            Kind.BINARY: _K_BINARY,
+            Kind.VAR_BINARY: _K_VAR,
+            Kind.PAN: _K_PAN,
+            Kind.LITERAL: _K_LITERAL,
+        }.get(f.kind, _K_TEXT)
+        size = f.length if isinstance(f.length, int) else -1
+        valid = _VALID.get(f.kind, bytes.isascii)
+        items.append((f, f.name, code, size, f.when, f.optional, valid))
+    compiled = tuple(items)
+    needed = any(f.when is not None or not isinstance(f.length, int) for f in layout)
+    steps: list[int | _Run] = []
+    run: list[int] = []
+    for i, (f, name, code, size, when, optional, _) in enumerate(compiled):
+        if (
+            code == _K_TEXT
+            and size >= 0
+            and when is None
+            and not optional
+            and (f.kind is Kind.KEY or name in _CACHED_FIELDS)
+        ):
+            run.append(i)
+            continue
+        if run:
+            steps.append(_Run(compiled, run, needed))
+            run = []
+        steps.append(i)
+    if run:
+        steps.append(_Run(compiled, run, needed))
+    planned = _COMPILED[id(layout)] = (compiled, tuple(steps))
+    return planned
 
 
 def _decode_fields(
     data: bytes, pos: int, layout: tuple[Field, ...], make_error: Callable[..., HsmProtocolError]
 ) -> dict[str, Any]:
+    compiled, plan = _plan(layout)
     values: dict[str, Any] = {}
     end = len(data)
-    for f, name, code, size, when, optional, valid, _, decoded in _compiled(layout):
-        if when is not None and not when(values):
+    for step in plan:
+        if isinstance(step, int):
+            nxt = _decode_field(data, pos, end, compiled[step], values, make_error)
+            if nxt < 0:
+                break  # an optional last field left out (pos is at the end)
+            pos = nxt
             continue
-        if optional and pos == end:
-            break
-        if code in (_K_TEXT, _K_BINARY):
-            if size < 0:
-                size = f.size(values)
-            nxt = pos + size
-            raw = data[pos:nxt]
-            if len(raw) != size:
-                raise make_error(f"message too short for field {name}", name)
-            if code == _K_BINARY:
-                values[name] = raw
-            elif decoded is not None and (text := decoded.get(raw)) is not None:
-                values[name] = text  # checked when first seen
-            elif valid(raw):
-                values[name] = text = raw.decode("ascii")
-                if decoded is not None and len(decoded) < _CACHE_SIZE:
-                    decoded[raw] = text
-            else:
-                raise make_error(_text_problem(f, raw, values) or "invalid field", name)
+        run = step
+        nxt = pos + run.size
+        raw = data[pos:nxt]
+        known = run.decoded.get(raw)
+        if known is not None:
+            values.update(zip(run.names, known, strict=True))
             pos = nxt
-        elif code == _K_PAN:
-            stop = data.find(PAN_DELIMITER, pos, pos + size + 1)
-            if stop < 0:
-                raise make_error(f"field {name} not closed by ';'", name)
-            raw = data[pos:stop]
-            if not valid(raw):
-                raise make_error(f"field {name} must be 12 to 19 digits", name)
-            values[name] = raw.decode("ascii")
-            pos = stop + 1
-        elif code == _K_VAR:
-            prefix = data[pos : pos + f.prefix]
-            if len(prefix) != f.prefix or not _HEXB.issuperset(prefix):
-                raise make_error(f"length of field {name} missing or not hex", name)
-            pos += f.prefix
-            nxt = pos + int(prefix, 16)
-            if nxt > end:
-                raise make_error(f"field {name} shorter than its length", name)
-            values[name] = data[pos:nxt]
-            pos = nxt
-        else:  # literal
-            nxt = pos + len(f.literal)
-            if data[pos:nxt] != f.literal:
-                raise make_error(f"field {name} missing", name)
-            pos = nxt
+            continue
+        for i in run.indexes:
+            pos = _decode_field(data, pos, end, compiled[i], values, make_error)
+        if len(run.decoded) < _CACHE_SIZE:
+            run.decoded[raw] = tuple(values[name] for name in run.names)
     if pos != end:
         raise make_error("unexpected data after the last field", None)
     return values
+
+
+def _decode_field(
+    data: bytes,
+    pos: int,
+    end: int,
+    entry: _Compiled,
+    values: dict[str, Any],
+    make_error: Callable[..., HsmProtocolError],
+) -> int:
+    """Decode one field at ``pos`` into ``values``; the position after it (-1 for an absent
+    optional last field)."""
+    f, name, code, size, when, optional, valid = entry
+    if when is not None and not when(values):
+        return pos
+    if optional and pos == end:
+        return -1
+    if code in (_K_TEXT, _K_BINARY):
+        if size < 0:
+            size = f.size(values)
+        nxt = pos + size
+        raw = data[pos:nxt]
+        if len(raw) != size:
+            raise make_error(f"message too short for field {name}", name)
+        if code == _K_BINARY:
+            values[name] = raw
+        elif valid(raw):
+            values[name] = raw.decode("ascii")
+        else:
+            raise make_error(_text_problem(f, raw, values) or "invalid field", name)
+        return nxt
+    if code == _K_PAN:
+        stop = data.find(PAN_DELIMITER, pos, pos + size + 1)
+        if stop < 0:
+            raise make_error(f"field {name} not closed by ';'", name)
+        raw = data[pos:stop]
+        if not valid(raw):
+            raise make_error(f"field {name} must be 12 to 19 digits", name)
+        values[name] = raw.decode("ascii")
+        return stop + 1
+    if code == _K_VAR:
+        prefix = data[pos : pos + f.prefix]
+        if len(prefix) != f.prefix or not _HEXB.issuperset(prefix):
+            raise make_error(f"length of field {name} missing or not hex", name)
+        pos += f.prefix
+        nxt = pos + int(prefix, 16)
+        if nxt > end:
+            raise make_error(f"field {name} shorter than its length", name)
+        values[name] = data[pos:nxt]
+        return nxt
+    nxt = pos + len(f.literal)  # literal
+    if data[pos:nxt] != f.literal:
+        raise make_error(f"field {name} missing", name)
+    return nxt
 
 
 def _read_prefix(payload: bytes) -> tuple[str, str]:

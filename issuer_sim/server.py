@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import random
@@ -14,6 +15,7 @@ from anyio.abc import TaskStatus
 from gateway import fastio
 from gateway.framed import StalledFrameError
 from gateway.logs import get_logger
+from issuer_sim.connection import MAX_FRAME, PARTIAL_TIMEOUT, LinkConnection
 from issuer_sim.host import IssuerHost
 from protocols.dialects import get_dialect
 from protocols.errors import ProtocolError
@@ -53,11 +55,18 @@ class IssuerServer:
         self.codec = best_codec(get_dialect("terminal"))
         self.received = 0
         self.by_mti: dict[str, int] = {}
+        self.partial_timeout = PARTIAL_TIMEOUT
+        """A partial frame waiting longer than this (s) for its next bytes closes the link."""
+        self.live: set[LinkConnection] = set()
+        """Open connections on asyncio (closed when the server stops)."""
         self._scope: anyio.CancelScope | None = None
 
     async def run(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         with anyio.CancelScope() as scope:
             self._scope = scope
+            if fastio.fast_path():
+                await self._run_protocol(task_status)
+                return
             async with anyio.create_task_group() as tg:
                 self.port = await fastio.serve(
                     tg,
@@ -65,17 +74,70 @@ class IssuerServer:
                     host=self.bind,
                     port=self.port,
                     ssl_context=self.ssl_context,
-                    max_size=8192,
-                    partial_timeout=30.0,
+                    max_size=MAX_FRAME,
+                    partial_timeout=self.partial_timeout,
                 )
                 log.info("issuer_sim_started", issuer=self.host.book.issuer, port=self.port)
                 task_status.started(self.port)
+
+    async def _run_protocol(self, task_status: TaskStatus[int]) -> None:
+        """asyncio and uvloop: requests served in ``data_received`` (issuer_sim.connection)."""
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: LinkConnection(self),
+            self.bind,
+            self.port,
+            ssl=self.ssl_context,
+            backlog=4096,
+            reuse_address=True,
+            ssl_handshake_timeout=10.0 if self.ssl_context is not None else None,
+        )
+        try:
+            self.port = server.sockets[0].getsockname()[1]
+            log.info("issuer_sim_started", issuer=self.host.book.issuer, port=self.port)
+            task_status.started(self.port)
+            await anyio.sleep_forever()
+        finally:
+            server.close()
+            for conn in list(self.live):
+                conn.close()
 
     def stop(self) -> None:
         if self._scope is not None:
             self._scope.cancel()
 
+    def serve_frame(self, frame: bytes) -> tuple[Message | None, float] | None:
+        """Decode and answer one request: ``None`` when it cannot be decoded (logged), else
+        the answer (``None`` when the drop fault loses it) and the delay before sending it
+        (latency fault, ms; 0: now)."""
+        faults = self.faults
+        try:
+            msg = self.codec.decode(frame)
+        except ProtocolError as exc:
+            log.warning("issuer_sim_bad_message", reason=str(exc))
+            return None
+        self.received += 1
+        by_mti = self.by_mti
+        by_mti[msg.mti] = by_mti.get(msg.mti, 0) + 1
+        answer = self.host.handle(msg, dt.datetime.now(dt.UTC))
+        faulty = msg.mti != "0800" or faults.apply_to_network
+        if faulty and faults.drop_ratio and random.random() < faults.drop_ratio:
+            return None, 0.0  # processed, but the answer is lost
+        if faulty and faults.latency_ms:
+            return answer, faults.latency_ms
+        return answer, 0.0
+
+    def encode(self, answer: Message) -> bytes:
+        # A MACed answer was encoded when it was sealed: reuse those bytes.
+        security = self.host.book.security
+        if security is not None and security.codec.spec is self.codec.spec:
+            frame = security.take_encoded(answer)
+            if frame is not None:
+                return frame
+        return self.codec.encode(answer)
+
     async def _connection(self, framed: fastio.FrameChannel) -> None:
+        """Trio: one connection over the frame channel (asyncio: LinkConnection)."""
         count = 0
         try:
             async with anyio.create_task_group() as tg:
@@ -85,23 +147,17 @@ class IssuerServer:
                     except (*_GONE, ProtocolError, StalledFrameError, ssl.SSLError):
                         break
                     count += 1
-                    faults = self.faults
-                    try:
-                        msg = self.codec.decode(frame)
-                    except ProtocolError as exc:
-                        log.warning("issuer_sim_bad_message", reason=str(exc))
+                    served = self.serve_frame(frame)
+                    if served is None:
                         continue
-                    self.received += 1
-                    self.by_mti[msg.mti] = self.by_mti.get(msg.mti, 0) + 1
-                    answer = self.host.handle(msg, dt.datetime.now(dt.UTC))
-                    faulty = msg.mti != "0800" or faults.apply_to_network
-                    if faulty and faults.drop_ratio and random.random() < faults.drop_ratio:
-                        pass  # processed, but the answer is lost
-                    elif faulty and faults.latency_ms:
-                        tg.start_soon(self._answer_later, framed, answer, faults.latency_ms)
-                    else:
-                        await framed.send_frame(self._encode(answer))
-                    if faults.disconnect_after and count >= faults.disconnect_after:
+                    answer, delay_ms = served
+                    if answer is not None:
+                        if delay_ms:
+                            tg.start_soon(self._answer_later, framed, answer, delay_ms)
+                        else:
+                            await framed.send_frame(self.encode(answer))
+                    disconnect_after = self.faults.disconnect_after
+                    if disconnect_after and count >= disconnect_after:
                         log.info("issuer_sim_disconnect", after=count)
                         break
                 tg.cancel_scope.cancel()
@@ -113,18 +169,9 @@ class IssuerServer:
             with anyio.CancelScope(shield=True):
                 await framed.aclose()
 
-    def _encode(self, answer: Message) -> bytes:
-        # A MACed answer was encoded when it was sealed: reuse those bytes.
-        security = self.host.book.security
-        if security is not None and security.codec.spec is self.codec.spec:
-            frame = security.take_encoded(answer)
-            if frame is not None:
-                return frame
-        return self.codec.encode(answer)
-
     async def _answer_later(
         self, framed: fastio.FrameChannel, answer: Message, delay_ms: float
     ) -> None:
         await anyio.sleep(delay_ms / 1000)
         with contextlib.suppress(*_GONE):
-            await framed.send_frame(self._encode(answer))
+            await framed.send_frame(self.encode(answer))

@@ -1,0 +1,165 @@
+"""One issuer-link connection on asyncio and uvloop: requests are served inside
+``data_received``.
+
+The issuer host is synchronous, so nothing here needs a task: each frame that arrives is
+decoded, answered and encoded on the spot, and the answers to one read leave in one write. The
+frame channel of :mod:`gateway.fastio` (a queue, a waiter future and a task wake-up per read,
+a coroutine and a ``call_soon`` per answer) cost the simulator more than the host's own work at
+the gateway's batch sizes. Trio keeps that channel (:meth:`IssuerServer._connection`).
+
+Same rules as the channel path: a header announcing more than ``MAX_FRAME`` bytes, or a partial
+frame without new bytes for the server's ``partial_timeout`` seconds, closes the connection
+after the frames before it are answered; zero-length frames are keep-alives; delayed answers
+(latency fault) die with their connection; while the peer does not read its answers, its
+requests are not read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from typing import TYPE_CHECKING, cast
+
+from gateway.logs import get_logger
+from protocols.framing import encode_frame
+from protocols.message import Message
+
+if TYPE_CHECKING:
+    from issuer_sim.server import IssuerServer
+
+log = get_logger("issuer_sim")
+
+MAX_FRAME = 8192
+PARTIAL_TIMEOUT = 30.0
+
+
+class LinkConnection(asyncio.Protocol):
+    def __init__(self, server: IssuerServer) -> None:
+        self.server = server
+        self._transport: asyncio.Transport | None = None
+        self._buf = b""
+        self._count = 0
+        """Frames received (decodable or not): what ``disconnect_after`` counts."""
+        self._closing = False
+        self._stall: asyncio.TimerHandle | None = None
+        self._later: set[asyncio.TimerHandle] = set()
+
+    # -- asyncio callbacks --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
+        self._transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.server.live.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        buf = self._buf + data if self._buf else data
+        size_all = len(buf)
+        pos = 0
+        out: list[bytes] = []
+        close = False
+        server = self.server
+        try:
+            while size_all - pos >= 2:
+                size = (buf[pos] << 8) | buf[pos + 1]
+                if size > MAX_FRAME:
+                    close = True  # the stream cannot be resynchronised
+                    break
+                end = pos + 2 + size
+                if end > size_all:
+                    break
+                frame = buf[pos + 2 : end]
+                pos = end
+                if not size:
+                    continue  # keep-alive
+                self._count += 1
+                served = server.serve_frame(frame)
+                if served is None:
+                    continue  # undecodable, logged
+                answer, delay_ms = served
+                if answer is not None:
+                    if delay_ms:
+                        self._answer_later(answer, delay_ms)
+                    else:
+                        out.append(encode_frame(server.encode(answer), MAX_FRAME))
+                disconnect_after = server.faults.disconnect_after
+                if disconnect_after and self._count >= disconnect_after:
+                    log.info("issuer_sim_disconnect", after=self._count)
+                    close = True
+                    break
+        except Exception:
+            log.exception("issuer_sim_connection_failed")
+            close = True
+        self._buf = buf[pos:] if pos < size_all else b""
+        transport = self._transport
+        if out and transport is not None and not transport.is_closing():
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if close:
+            self.close()
+            return
+        self._watch_partial()
+
+    def eof_received(self) -> bool:
+        return False  # the peer is done: close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self._cancel_timers()
+        self.server.live.discard(self)
+
+    def pause_writing(self) -> None:
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None and not self._closing:
+            self._transport.resume_reading()
+
+    # -- ours ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._closing = True
+        self._cancel_timers()
+        if self._transport is not None:
+            self._transport.close()
+
+    def _cancel_timers(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+        for handle in self._later:
+            handle.cancel()
+        self._later.clear()
+
+    def _watch_partial(self) -> None:
+        """Restart the stall timer while part of a frame waits (new bytes restart it)."""
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+        if self._buf:
+            loop = asyncio.get_running_loop()
+            self._stall = loop.call_later(self.server.partial_timeout, self.close)
+
+    def _answer_later(self, answer: Message, delay_ms: float) -> None:
+        loop = asyncio.get_running_loop()
+        handle: asyncio.TimerHandle
+
+        def send() -> None:
+            self._later.discard(handle)
+            transport = self._transport
+            if self._closing or transport is None or transport.is_closing():
+                return
+            try:
+                transport.write(encode_frame(self.server.encode(answer), MAX_FRAME))
+            except Exception:
+                log.exception("issuer_sim_connection_failed")
+                self.close()
+
+        handle = loop.call_later(delay_ms / 1000, send)
+        self._later.add(handle)

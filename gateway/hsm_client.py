@@ -327,7 +327,15 @@ class HsmClient:
         for _ in range(len(self.endpoints) + 1):
             conn = self._current() or await self._connection()
             try:
-                payload = await conn.call(body, self.timeout)
+                header, waiter = conn.send(body, self.timeout)
+            except ConnectionLostError:
+                continue
+            except HeadersExhaustedError:
+                raise HsmUnavailableError(
+                    "too many requests in flight on one HSM connection"
+                ) from None
+            try:
+                payload = await waiter
             except TimeoutError:
                 self._timeouts += 1
                 if len(self.endpoints) == 1:
@@ -336,10 +344,9 @@ class HsmClient:
                 continue
             except ConnectionLostError:
                 continue
-            except HeadersExhaustedError:
-                raise HsmUnavailableError(
-                    "too many requests in flight on one HSM connection"
-                ) from None
+            except BaseException:
+                conn.discard(header, waiter)  # cancelled: nothing must stay behind
+                raise
             try:
                 response = proto.decode_response(payload)
             except ProtocolError as exc:
@@ -382,36 +389,23 @@ class HsmClient:
                 self._metrics[command] = metric
             metric.observe(seconds)
 
-    async def _body(self, request: proto.Request, body_type: type[_T]) -> _T:
-        response = await self.request(request)
-        if not response.ok:
-            raise HsmCommandError(request.CODE, response.error_code)
-        if not isinstance(response.body, body_type):
-            raise HsmCommandError(request.CODE, proto.INVALID_INPUT)
-        return response.body
-
-    async def _verify(self, request: proto.Request) -> bool:
-        response = await self.request(request)
-        if response.error_code == proto.VERIFICATION_FAILURE:
-            return False
-        if not response.ok:
-            raise HsmCommandError(request.CODE, response.error_code)
-        return True
-
     # ------------------------------------------------------------------ commands
 
     async def diagnostics(self) -> proto.DiagnosticsResult:
         """NC: the LMK check value (16 hex) and firmware string: a cheap health check."""
-        return await self._body(proto.Diagnostics(), proto.DiagnosticsResult)
+        request = proto.Diagnostics()
+        return _body(request, await self.request(request), proto.DiagnosticsResult)
 
     async def generate_key(self, key_type: str = "001") -> tuple[str, str]:
         """A0: a new random key: (key under the LMK, KCV)."""
-        body = await self._body(proto.GenerateKey(key_type=key_type), proto.GeneratedKey)
+        request = proto.GenerateKey(key_type=key_type)
+        body = _body(request, await self.request(request), proto.GeneratedKey)
         return body.key, body.kcv
 
     async def key_check_value(self, key: str) -> str:
         """BU: the 6-hex check value of a key under the LMK."""
-        return (await self._body(proto.KeyCheckValue(key=key), proto.KeyCheckValueResult)).kcv
+        request = proto.KeyCheckValue(key=key)
+        return _body(request, await self.request(request), proto.KeyCheckValueResult).kcv
 
     async def translate_pin_tpk_to_zpk(
         self,
@@ -425,18 +419,16 @@ class HsmClient:
         max_pin_length: int = 12,
     ) -> PinTranslation:
         """CA: re-encrypt a terminal's PIN block from its TPK to a ZPK."""
-        body = await self._body(
-            proto.TranslatePinTpkToZpk(
-                tpk,
-                zpk,
-                pin_block.hex().upper(),
-                pan,
-                src_format,
-                dst_format,
-                f"{max_pin_length:02d}",
-            ),
-            proto.PinTranslated,
+        request = proto.TranslatePinTpkToZpk(
+            tpk,
+            zpk,
+            pin_block.hex().upper(),
+            pan,
+            src_format,
+            dst_format,
+            f"{max_pin_length:02d}",
         )
+        body = _body(request, await self.request(request), proto.PinTranslated)
         return _translation(body)
 
     async def translate_pin_zpk_to_zpk(
@@ -451,18 +443,16 @@ class HsmClient:
         max_pin_length: int = 12,
     ) -> PinTranslation:
         """CC: re-encrypt a PIN block from one ZPK to another."""
-        body = await self._body(
-            proto.TranslatePinZpkToZpk(
-                src_zpk,
-                dst_zpk,
-                pin_block.hex().upper(),
-                pan,
-                src_format,
-                dst_format,
-                f"{max_pin_length:02d}",
-            ),
-            proto.PinTranslatedZpk,
+        request = proto.TranslatePinZpkToZpk(
+            src_zpk,
+            dst_zpk,
+            pin_block.hex().upper(),
+            pan,
+            src_format,
+            dst_format,
+            f"{max_pin_length:02d}",
         )
+        body = _body(request, await self.request(request), proto.PinTranslatedZpk)
         return _translation(body)
 
     async def translate_pin_dukpt_to_zpk(
@@ -476,12 +466,10 @@ class HsmClient:
         dst_format: str = proto.FORMAT_ISO0,
     ) -> PinTranslation:
         """G0: re-encrypt a DUKPT terminal's PIN block (BDK + KSN of field 53) to a ZPK."""
-        body = await self._body(
-            proto.TranslatePinDukptToZpk(
-                bdk, zpk, ksn.upper(), pin_block.hex().upper(), pan, dst_format
-            ),
-            proto.PinTranslatedDukpt,
+        request = proto.TranslatePinDukptToZpk(
+            bdk, zpk, ksn.upper(), pin_block.hex().upper(), pan, dst_format
         )
+        body = _body(request, await self.request(request), proto.PinTranslatedDukpt)
         return _translation(body)
 
     async def verify_pin_pvv(
@@ -496,9 +484,10 @@ class HsmClient:
         pin_block_format: str = proto.FORMAT_ISO0,
     ) -> bool:
         """EC: does the PIN in the block (under the ZPK) have this Visa PVV?"""
-        return await self._verify(
-            proto.VerifyPinPvv(zpk, pvk, pin_block.hex().upper(), pan, pvv, pvki, pin_block_format)
+        request = proto.VerifyPinPvv(
+            zpk, pvk, pin_block.hex().upper(), pan, pvv, pvki, pin_block_format
         )
+        return _verified(request, await self.request(request))
 
     async def verify_pin_ibm_offset(
         self,
@@ -520,30 +509,31 @@ class HsmClient:
         digits; ``offset`` up to 12 digits (padded with F).
         """
         cls = proto.VerifyPinIbmTpk if under == "tpk" else proto.VerifyPinIbmZpk
-        return await self._verify(
-            cls(
-                pin_key,
-                pvk,
-                pin_block.hex().upper(),
-                pan,
-                offset.ljust(12, "F"),
-                validation_data,
-                f"{check_length:02d}",
-                decimalisation_table,
-                pin_block_format,
-            )
+        request = cls(
+            pin_key,
+            pvk,
+            pin_block.hex().upper(),
+            pan,
+            offset.ljust(12, "F"),
+            validation_data,
+            f"{check_length:02d}",
+            decimalisation_table,
+            pin_block_format,
         )
+        return _verified(request, await self.request(request))
 
     async def generate_cvv(self, cvk: str, pan: str, expiry: str, service_code: str) -> str:
         """CW: the 3-digit CVV (service code 000 for CVV2, 999 for iCVV)."""
-        body = await self._body(proto.GenerateCvv(cvk, pan, expiry, service_code), proto.CvvResult)
+        request = proto.GenerateCvv(cvk, pan, expiry, service_code)
+        body = _body(request, await self.request(request), proto.CvvResult)
         return body.cvv
 
     async def verify_cvv(
         self, cvk: str, pan: str, expiry: str, service_code: str, cvv: str
     ) -> bool:
         """CY: is this the card's CVV?"""
-        return await self._verify(proto.VerifyCvv(cvk, cvv, pan, expiry, service_code))
+        request = proto.VerifyCvv(cvk, cvv, pan, expiry, service_code)
+        return _verified(request, await self.request(request))
 
     async def generate_mac(
         self,
@@ -554,10 +544,8 @@ class HsmClient:
         key_type: str = "003",
     ) -> bytes:
         """M6: the 8-byte MAC: ISO 9797-1 alg 3 padding 1 (field 64), or AES-CMAC (left 8)."""
-        body = await self._body(
-            proto.GenerateMac(key, data, _mac_algorithm(algorithm), key_type=key_type),
-            proto.MacResult,
-        )
+        request = proto.GenerateMac(key, data, _mac_algorithm(algorithm), key_type=key_type)
+        body = _body(request, await self.request(request), proto.MacResult)
         return bytes.fromhex(body.mac)
 
     async def verify_mac(
@@ -572,11 +560,10 @@ class HsmClient:
         """M8: does the 8-byte ``mac`` match ``data``? (A wrong length is simply False.)"""
         if len(mac) != 8:
             return False
-        return await self._verify(
-            proto.VerifyMac(
-                key, data, mac.hex().upper(), _mac_algorithm(algorithm), key_type=key_type
-            )
+        request = proto.VerifyMac(
+            key, data, mac.hex().upper(), _mac_algorithm(algorithm), key_type=key_type
         )
+        return _verified(request, await self.request(request))
 
     async def verify_arqc_generate_arpc(
         self,
@@ -612,16 +599,33 @@ class HsmClient:
         arqc: bytes,
     ) -> bool:
         """KQ mode 0: does the ARQC verify?"""
-        return await self._verify(
-            proto.VerifyArqc(
-                mk_ac,
-                _pan_psn(pan, psn),
-                atc,
-                transaction_data,
-                arqc,
-                mode_flag=proto.ARQC_VERIFY,
-            )
+        request = proto.VerifyArqc(
+            mk_ac,
+            _pan_psn(pan, psn),
+            atc,
+            transaction_data,
+            arqc,
+            mode_flag=proto.ARQC_VERIFY,
         )
+        return _verified(request, await self.request(request))
+
+
+def _body(request: proto.Request, response: proto.HsmResponse, body_type: type[_T]) -> _T:
+    """The answer's body, or :class:`HsmCommandError` (a sync check: no coroutine per call)."""
+    if not response.ok:
+        raise HsmCommandError(request.CODE, response.error_code)
+    if not isinstance(response.body, body_type):
+        raise HsmCommandError(request.CODE, proto.INVALID_INPUT)
+    return response.body
+
+
+def _verified(request: proto.Request, response: proto.HsmResponse) -> bool:
+    """A verification's answer: error ``01`` is False, any other error an HsmCommandError."""
+    if response.error_code == proto.VERIFICATION_FAILURE:
+        return False
+    if not response.ok:
+        raise HsmCommandError(request.CODE, response.error_code)
+    return True
 
 
 def _translation(

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+from collections.abc import Awaitable
 from typing import Any, Protocol, cast
 
 import anyio
@@ -58,12 +59,19 @@ class HsmConnection(Protocol):
         """Commands wait to leave in this loop iteration's write: another joins them free."""
         ...
 
-    async def call(self, body: bytes, timeout: float) -> bytes:
-        """Send ``body`` (command code and fields) under a fresh header; the answer's payload.
+    def send(self, body: bytes, timeout: float) -> tuple[bytes, Awaitable[bytes]]:
+        """Send ``body`` (command code and fields) under a fresh header: the header and what to
+        await for the answer's payload.
 
-        ``TimeoutError`` when none came within ``timeout``, :class:`ConnectionLostError` when
-        the connection closed first.
+        Awaiting raises ``TimeoutError`` when no answer came within ``timeout`` and
+        :class:`ConnectionLostError` when the connection closed first (``send`` raises that
+        too on a closed connection). A caller that stops awaiting (cancelled) calls
+        :meth:`discard`.
         """
+        ...
+
+    def discard(self, header: bytes, waiter: Awaitable[bytes]) -> None:
+        """Forget a command whose caller went away."""
         ...
 
     async def run(self) -> None:
@@ -179,15 +187,16 @@ class ProtocolConnection(asyncio.Protocol):
 
     # -- commands ---------------------------------------------------------------------------
 
-    async def call(self, body: bytes, timeout: float) -> bytes:
+    def send(self, body: bytes, timeout: float) -> tuple[bytes, asyncio.Future[bytes]]:
+        # The caller awaits the bare future: no coroutine per command in between.
         if self.closed:
             raise ConnectionLostError
-        self._next, header = _next_header(self.pending, self._next)
+        pending = self.pending
+        self._next, header = _next_header(pending, self._next)
         loop = self._loop
         future: asyncio.Future[bytes] = loop.create_future()
         deadline = loop.time() + timeout
-        pending = self.pending
-        pending[header] = entry = (future, deadline)
+        pending[header] = (future, deadline)
         if deadline < self._timer_at:
             self._arm(deadline)
         # Coalesce: commands sent in the same loop iteration leave in one write (a write is a
@@ -196,13 +205,12 @@ class ProtocolConnection(asyncio.Protocol):
         out.append(encode_frame(header + body, MAX_FRAME))
         if len(out) == 1:
             loop.call_soon(self._flush)
-        try:
-            return await future
-        except BaseException:
-            # Timed out, lost, or the caller was cancelled: nothing must stay behind.
-            if pending.get(header) is entry:
-                del pending[header]
-            raise
+        return header, future
+
+    def discard(self, header: bytes, waiter: Awaitable[bytes]) -> None:
+        entry = self.pending.get(header)
+        if entry is not None and entry[0] is waiter:
+            del self.pending[header]
 
     def _flush(self) -> None:
         out, transport = self._out, self._transport
@@ -291,7 +299,7 @@ class StreamConnection:
     def batching(self) -> bool:
         return bool(self._outbox)
 
-    async def call(self, body: bytes, timeout: float) -> bytes:
+    def send(self, body: bytes, timeout: float) -> tuple[bytes, Awaitable[bytes]]:
         if self.closed:
             raise ConnectionLostError
         self._next, header = _next_header(self.pending, self._next)
@@ -299,6 +307,12 @@ class StreamConnection:
         self.pending[header] = pending
         self._outbox.append(encode_frame(header + body, MAX_FRAME))
         self._wakeup.set()
+        return header, self._wait(header, pending, timeout)
+
+    def discard(self, header: bytes, waiter: Awaitable[bytes]) -> None:
+        pass  # _wait cleans up after itself
+
+    async def _wait(self, header: bytes, pending: _Pending, timeout: float) -> bytes:
         try:
             with anyio.move_on_after(timeout):
                 await pending.event.wait()

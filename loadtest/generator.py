@@ -18,12 +18,12 @@ during the drain after the window. The mix, the cards and the keys come from
 
 from __future__ import annotations
 
-import contextlib
 import random
 import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,6 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from gateway.framed import FramedStream, StalledFrameError
 from loadtest.mix import (
     ISO_KINDS,
     MixError,
@@ -44,7 +43,7 @@ from loadtest.mix import (
 )
 from loadtest.qr_client import QrClient
 from loadtest.stats import Progress, RunStats
-from loadtest.wire import LeanCodec, WireError
+from loadtest.wire import FrameConnection, LeanCodec, WireError, connect
 from protocols.dialects import get_dialect
 from protocols.errors import ProtocolError
 from protocols.message import Message
@@ -57,15 +56,6 @@ __all__ = [
     "synthetic_pan",
 ]
 
-_GONE = (
-    anyio.EndOfStream,
-    anyio.BrokenResourceError,
-    anyio.ClosedResourceError,
-    OSError,
-    ssl.SSLError,
-    ProtocolError,
-    StalledFrameError,
-)
 _ANSWER_FIELDS = ("11", "39")
 # Latency clock: uvloop's loop time (anyio.current_time) only has millisecond resolution.
 _now = time.perf_counter
@@ -124,12 +114,9 @@ class _Pending:
 
 @dataclass(eq=False)
 class _Conn:
-    framed: FramedStream
     pending: dict[str, _Pending] = field(default_factory=dict)
     alive: bool = True
-    outbox: list[bytes] = field(default_factory=list)
-    """Frames waiting for the writer: one socket write carries all of them."""
-    wake: anyio.Event = field(default_factory=anyio.Event)
+    channel: FrameConnection | None = None
 
 
 class LoadGenerator:
@@ -167,8 +154,11 @@ class LoadGenerator:
         """Set when the schedule is done or every connection is gone."""
         self._draining = False
         self._idle = anyio.Event()
-        self._slots: anyio.Semaphore | None = None
-        """Closed loop: one slot per request allowed in flight."""
+        self._closed_loop = False
+        self._free = 0
+        """Closed loop: requests that may still be sent (in_flight less those outstanding)."""
+        self._slot_freed: anyio.Event | None = None
+        """Set when a slot frees while the closed-loop sender waits for one."""
         self._draw = Weighted(self.weights)
         self._fallback = Weighted({k: w for k, w in self.weights.items() if k != "reversal"})
         self._reversals = "reversal" in self.weights
@@ -210,18 +200,18 @@ class LoadGenerator:
     async def _connect_all(self) -> None:
         cfg = self.cfg
         for _ in range(cfg.connections):
-            if cfg.tls is None:
-                stream: anyio.abc.ByteStream = await anyio.connect_tcp(cfg.host, cfg.port)
-            else:
-                stream = await anyio.connect_tcp(
-                    cfg.host,
-                    cfg.port,
-                    ssl_context=cfg.tls,
-                    tls_hostname=cfg.tls_hostname,
-                    tls_standard_compatible=False,
-                )
-            framed = FramedStream(stream, max_size=8192, partial_timeout=30.0)
-            self._conns.append(_Conn(framed))
+            conn = _Conn()
+            conn.channel = await connect(
+                cfg.host,
+                cfg.port,
+                partial(self._on_frame, conn),
+                partial(self._on_lost, conn),
+                tls=cfg.tls,
+                tls_hostname=cfg.tls_hostname,
+                max_size=8192,
+                partial_timeout=30.0,
+            )
+            self._conns.append(conn)
 
     # -- the run ----------------------------------------------------------------------
 
@@ -241,8 +231,8 @@ class LoadGenerator:
         try:
             async with anyio.create_task_group() as tg:
                 for conn in self._conns:
-                    tg.start_soon(self._reader, conn)
-                    tg.start_soon(self._writer, conn)
+                    assert conn.channel is not None
+                    tg.start_soon(conn.channel.run)
                 tg.start_soon(self._sweeper)
                 start = _now()
                 window_start = start + cfg.warmup
@@ -254,7 +244,8 @@ class LoadGenerator:
                     if self.open_loop:
                         senders.start_soon(self._schedule, tg, start, end)
                     else:
-                        self._slots = anyio.Semaphore(max(1, cfg.in_flight))
+                        self._closed_loop = True
+                        self._free = max(1, cfg.in_flight)
                         senders.start_soon(self._closed_sender, tg)
                     # The open-loop schedule ends by itself (its last arrival is due just
                     # before the end); the margin only guards against a stuck scheduler.
@@ -268,19 +259,26 @@ class LoadGenerator:
                 if self.in_flight > 0:
                     with anyio.move_on_after(min(cfg.drain, cfg.timeout)):
                         await self._idle.wait()
+                self._unanswered()
                 tg.cancel_scope.cancel()
         finally:
+            self._unanswered()
             for conn in self._conns:
-                for p in conn.pending.values():
-                    if p.measured:
-                        stats.error("unanswered at end", p.kind)
-                conn.pending.clear()
-                with anyio.CancelScope(shield=True):
-                    await conn.framed.aclose()
+                if conn.channel is not None:
+                    with anyio.CancelScope(shield=True):
+                        await conn.channel.aclose()
         if self.open_loop:
             stats.info["scheduled"] = self.scheduled
             stats.info["late_max_ms"] = round(self.late_max * 1000, 3)
         return stats
+
+    def _unanswered(self) -> None:
+        """What is still outstanding when the run ends: no answer, and none will be read."""
+        for conn in self._conns:
+            for p in conn.pending.values():
+                if p.measured:
+                    self.stats.error("unanswered at end", p.kind)
+            conn.pending.clear()
 
     async def _progress(
         self, emit: Callable[[str], None], start: float, window_start: float, end: float
@@ -364,22 +362,21 @@ class LoadGenerator:
         return None
 
     async def _closed_sender(self, tg: anyio.abc.TaskGroup) -> None:
-        slots = self._slots
-        assert slots is not None
         while True:
-            # Take every free slot without yielding, so the writer sends them in one write.
-            try:
-                slots.acquire_nowait()
-            except anyio.WouldBlock:
-                await slots.acquire()
+            # Take every free slot without yielding, so they leave in one write.
+            if self._free <= 0:
+                self._slot_freed = anyio.Event()
+                await self._slot_freed.wait()
+                continue
+            self._free -= 1
             t0 = _now()
             if t0 >= self._window[1]:
-                slots.release()
+                self._free += 1
                 return
             measured = self._measured(t0)
             txn = self._next_txn()
             if txn is None:
-                slots.release()
+                self._free += 1
                 await anyio.lowlevel.checkpoint()
                 continue
             if txn.kind == "qr":
@@ -388,7 +385,7 @@ class LoadGenerator:
                 continue
             conn = self._pick()
             if conn is None:
-                slots.release()
+                self._free += 1
                 if measured:
                     self.stats.error("not sent: no connection", txn.kind)
                 await anyio.sleep(0.01)
@@ -400,70 +397,62 @@ class LoadGenerator:
         conn.pending[txn.stan] = _Pending(txn.kind, t0, measured, original)
         self.in_flight += 1
         payload = txn.payload
-        conn.outbox.append(len(payload).to_bytes(2, "big") + payload)
-        conn.wake.set()
-
-    async def _writer(self, conn: _Conn) -> None:
-        """The connection's only sender: whatever queued up since the last write leaves in
-        one write (a syscall per message costs more than the generator's own work)."""
-        stream = conn.framed.stream
-        with contextlib.suppress(*_GONE):
-            while True:
-                await conn.wake.wait()
-                conn.wake = anyio.Event()
-                data = b"".join(conn.outbox)
-                conn.outbox.clear()
-                await stream.send(data)
-        # On failure the reader sees the connection end and fails what is pending.
+        assert conn.channel is not None
+        conn.channel.send(len(payload).to_bytes(2, "big") + payload)
 
     def _finish(self) -> None:
         self.in_flight -= 1
-        if self._slots is not None:
-            self._slots.release()
+        if self._closed_loop:
+            self._free += 1
+            freed = self._slot_freed
+            if freed is not None:
+                self._slot_freed = None
+                freed.set()
         if self._draining and self.in_flight <= 0:
             self._idle.set()
 
-    async def _reader(self, conn: _Conn) -> None:
+    def _on_frame(self, conn: _Conn, frame: bytes) -> None:
+        """An answer arrived on ``conn`` (called by the connection, in the event loop)."""
+        now = _now()
         stats = self.stats
-        peek = self.codec.peek
-        pending = conn.pending
         try:
-            while True:
-                frame = await conn.framed.receive_frame()
-                now = _now()
-                try:
-                    _, fields = peek(frame, _ANSWER_FIELDS)
-                except WireError:
-                    # Its request cannot be told: it will also end as a timeout.
-                    stats.error("undecodable answer", "-")
-                    continue
-                p = pending.pop(fields.get("11", ""), None)
-                if p is None:
-                    stats.error("unmatched answer", "-")
-                    continue
-                self._finish()
-                rc = fields.get("39", "??")
-                if p.measured:
-                    stats.record(now - p.t0, rc, p.kind)
-                if p.original is not None and rc == "00":
-                    self.factory.note_approved(p.original)
-        except _GONE:
-            pass
-        finally:
-            conn.alive = False
-            for p in pending.values():
-                self._finish()
-                if p.measured:
-                    stats.error("connection lost", p.kind)
-            pending.clear()
-            if not any(c.alive for c in self._conns):
-                self._stop.set()
+            _, fields = self.codec.peek(frame, _ANSWER_FIELDS)
+        except WireError:
+            # Its request cannot be told: it will also end as a timeout.
+            stats.error("undecodable answer", "-")
+            return
+        p = conn.pending.pop(fields.get("11", ""), None)
+        if p is None:
+            stats.error("unmatched answer", "-")
+            return
+        self._finish()
+        rc = fields.get("39", "??")
+        if p.measured:
+            stats.record(now - p.t0, rc, p.kind)
+        if p.original is not None and rc == "00":
+            self.factory.note_approved(p.original)
+
+    def _on_lost(self, conn: _Conn) -> None:
+        """``conn`` ended (closed, broken, bad framing): what it had outstanding is lost."""
+        conn.alive = False
+        pending = conn.pending
+        for p in pending.values():
+            self._finish()
+            if p.measured:
+                self.stats.error("connection lost", p.kind)
+        pending.clear()
+        if not any(c.alive for c in self._conns):
+            self._stop.set()
 
     async def _sweeper(self) -> None:
         timeout = self.cfg.timeout
         tick = min(0.1, timeout / 4)
         while True:
             await anyio.sleep(tick)
+            stall_clock = time.monotonic()
+            for conn in self._conns:
+                if conn.alive and conn.channel is not None:
+                    conn.channel.check_stall(stall_clock)
             limit = _now() - timeout
             for conn in self._conns:
                 pending = conn.pending

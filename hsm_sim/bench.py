@@ -1,23 +1,29 @@
-"""Benchmark: CA (TPK -> ZPK) or G0 (DUKPT -> ZPK) PIN translations per second through hsm_sim
-with the HsmClient.
+"""Benchmark: HSM commands per second through hsm_sim with the HsmClient, and the CPU each
+side spends per command: CA (TPK -> ZPK) or G0 (DUKPT -> ZPK) PIN translations, M6/M8 MACs
+of a 180-byte message (the issuer-link MAC).
 
-    python -m hsm_sim.bench [--command CA|G0] [--requests 20000] [--concurrency 64]
-                            [--connections 2] [--backend asyncio|trio]
+    python -m hsm_sim.bench [--command CA|G0|M6|M8] [--requests 20000] [--concurrency 64]
+                            [--connections 2] [--backend asyncio|trio] [--repeat 1]
                             [--server subprocess|inprocess|HOST:PORT]
 
 By default the server runs as a separate ``hsm-sim`` process on a free loopback port (as in
 production: the HSM is another process), the client pipelines ``concurrency`` outstanding
-requests over ``connections`` connections, and the run is bounded by ``--requests``. Prints
-one line of results; only loopback addresses are ever contacted unless HOST:PORT says so.
+requests over ``connections`` connections, and each run is bounded by ``--requests``. Prints
+one line per run: rate, latency, the client's CPU per command (this process, ``process_time``;
+with ``--server inprocess`` it includes the server) and the server's (a subprocess, from
+/proc). ``--concurrency 1`` is the unbatched case (one write and one read per command).
+Only loopback addresses are ever contacted unless HOST:PORT says so.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -35,9 +41,28 @@ DEMO_ZPK = "A179FDC85E70C4FDFE015486024654A7"
 DEMO_BDK = "0123456789ABCDEFFEDCBA9876543210"  # ANSI X9.24 test BDK (terminal T0000002)
 INITIAL_KSN = "FFFF9876543210E00000"
 PAN = "4761730000000011"
+MESSAGE = bytes(range(180))  # about an issuer request's size
+KINDS = {"CA": "translations", "G0": "translations", "M6": "MACs", "M8": "MAC checks"}
 
 
-async def _drive(endpoint: str, args: argparse.Namespace) -> tuple[float, HsmClient]:
+@dataclass(frozen=True, slots=True)
+class Run:
+    elapsed: float
+    client_cpu: float
+    server_cpu: float | None
+    p50_ms: float
+    p99_ms: float
+    timeouts: int
+
+
+def _proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process, from /proc (Linux)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _drive(endpoint: str, args: argparse.Namespace, server_pid: int | None) -> list[Run]:
     lmk = Lmk(DEMO_LMK)
     tpk, zpk = lmk.encrypt(bytes.fromhex(DEMO_TPK)), lmk.encrypt(bytes.fromhex(DEMO_ZPK))
     bdk = lmk.encrypt(bytes.fromhex(DEMO_BDK))
@@ -48,71 +73,97 @@ async def _drive(endpoint: str, args: argparse.Namespace) -> tuple[float, HsmCli
         ksn = terminal.next_ksn(ksn)
         ksns.append(ksn)
         dukpt_blocks.append(terminal.pin_block_under_dukpt(DEMO_BDK, ksn, f"{i:04d}", PAN))
-    remaining = args.requests
+    mac = terminal.retail_mac(DEMO_ZPK, MESSAGE)
+    runs: list[Run] = []
     async with HsmClient([endpoint], connections=args.connections, timeout=10.0) as hsm:
         await hsm.diagnostics()  # connect and warm up before the clock starts
+        for _ in range(args.repeat):
+            remaining = args.requests
+            timeouts = hsm.statistics().timeouts
 
-        async def worker(offset: int) -> None:
-            nonlocal remaining
-            i = offset
-            while remaining > 0:
-                remaining -= 1
-                if args.command == "G0":
-                    k = i % 100
-                    await hsm.translate_pin_dukpt_to_zpk(bdk, zpk, ksns[k], dukpt_blocks[k], PAN)
-                else:
-                    await hsm.translate_pin_tpk_to_zpk(tpk, zpk, blocks[i % 100], PAN)
-                i += 1
+            async def worker(offset: int) -> None:
+                nonlocal remaining
+                i = offset
+                while remaining > 0:
+                    remaining -= 1
+                    if args.command == "G0":
+                        k = i % 100
+                        await hsm.translate_pin_dukpt_to_zpk(
+                            bdk, zpk, ksns[k], dukpt_blocks[k], PAN
+                        )
+                    elif args.command == "M6":
+                        await hsm.generate_mac(zpk, MESSAGE)
+                    elif args.command == "M8":
+                        await hsm.verify_mac(zpk, MESSAGE, mac)
+                    else:
+                        await hsm.translate_pin_tpk_to_zpk(tpk, zpk, blocks[i % 100], PAN)
+                    i += 1
 
-        started = time.perf_counter()
-        async with anyio.create_task_group() as tg:
-            for w in range(args.concurrency):
-                tg.start_soon(worker, w)
-        return time.perf_counter() - started, hsm
+            server_before = None if server_pid is None else _proc_cpu(server_pid)
+            cpu_before, started = time.process_time(), time.perf_counter()
+            async with anyio.create_task_group() as tg:
+                for w in range(args.concurrency):
+                    tg.start_soon(worker, w)
+            elapsed = time.perf_counter() - started
+            cpu = time.process_time() - cpu_before
+            server = None if server_pid is None else _proc_cpu(server_pid) - (server_before or 0)
+            stats = hsm.statistics()
+            runs.append(
+                Run(
+                    elapsed,
+                    cpu,
+                    server,
+                    stats.latency_p50_ms,
+                    stats.latency_p99_ms,
+                    stats.timeouts - timeouts,
+                )
+            )
+    return runs
 
 
-async def _bench_inprocess(args: argparse.Namespace) -> tuple[float, HsmClient]:
+async def _bench_inprocess(args: argparse.Namespace) -> list[Run]:
     server = HsmServer(HsmConfig(lmk=DEMO_LMK, port=0))
     async with anyio.create_task_group() as tg:
         port = await tg.start(server.serve)
-        result = await _drive(f"127.0.0.1:{port}", args)
+        result = await _drive(f"127.0.0.1:{port}", args, None)
         tg.cancel_scope.cancel()
     return result
 
 
-def _report(args: argparse.Namespace, where: str, elapsed: float, hsm: HsmClient) -> None:
-    stats = hsm.statistics()
-    print(
-        f"{args.command} translations: {args.requests} in {elapsed:.2f} s = "
-        f"{args.requests / elapsed:,.0f}/s "
-        f"(server {where}, client {args.backend}, {args.connections} connections, "
-        f"{args.concurrency} in flight; latency p50 {stats.latency_p50_ms:.2f} ms, "
-        f"p99 {stats.latency_p99_ms:.2f} ms; timeouts {stats.timeouts})",
-        flush=True,
-    )
+def _report(args: argparse.Namespace, where: str, runs: list[Run]) -> None:
+    n = args.requests
+    for run in runs:
+        server = "" if run.server_cpu is None else f", server {run.server_cpu / n * 1e6:.1f}"
+        print(
+            f"{args.command} {KINDS[args.command]}: {n} in {run.elapsed:.2f} s = "
+            f"{n / run.elapsed:,.0f}/s; CPU us/command: client {run.client_cpu / n * 1e6:.1f}"
+            f"{server} (server {where}, client {args.backend}, {args.connections} connections, "
+            f"{args.concurrency} in flight; latency p50 {run.p50_ms:.2f} ms, "
+            f"p99 {run.p99_ms:.2f} ms; timeouts {run.timeouts})",
+            flush=True,
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hsm-bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--command", choices=("CA", "G0"), default="CA")
+    parser.add_argument("--command", choices=tuple(KINDS), default="CA")
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--connections", type=int, default=2)
     parser.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
+    parser.add_argument("--repeat", type=int, default=1, help="measured runs on one client")
     parser.add_argument("--server", default="subprocess", help="subprocess, inprocess or HOST:PORT")
     args = parser.parse_args(argv)
     options = {"use_uvloop": True} if args.backend == "asyncio" else {}
     if args.server == "inprocess":
-        elapsed, hsm = anyio.run(
-            _bench_inprocess, args, backend=args.backend, backend_options=options
-        )
-        _report(args, "in-process", elapsed, hsm)
+        runs = anyio.run(_bench_inprocess, args, backend=args.backend, backend_options=options)
+        _report(args, "in-process", runs)
         return 0
     if args.server != "subprocess":
-        elapsed, hsm = anyio.run(
-            _drive, args.server, args, backend=args.backend, backend_options=options
+        runs = anyio.run(
+            _drive, args.server, args, None, backend=args.backend, backend_options=options
         )
-        _report(args, args.server, elapsed, hsm)
+        _report(args, args.server, runs)
         return 0
     conf = Path(__file__).resolve().parents[1] / "conf" / "demo" / "hsm.toml"
     proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module, fixed arguments
@@ -137,10 +188,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("hsm-bench: the server did not start", file=sys.stderr)
             return 1
         endpoint = line.rsplit(" ", 1)[1].strip()
-        elapsed, hsm = anyio.run(
-            _drive, endpoint, args, backend=args.backend, backend_options=options
+        runs = anyio.run(
+            _drive, endpoint, args, proc.pid, backend=args.backend, backend_options=options
         )
-        _report(args, "subprocess (uvloop)", elapsed, hsm)
+        _report(args, "subprocess (uvloop)", runs)
     finally:
         proc.terminate()
         proc.wait(timeout=10)

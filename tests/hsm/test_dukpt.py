@@ -137,3 +137,18 @@ def test_mac_and_data_variants() -> None:
     assert dukpt.derive_mac_key(BDK, "FFFF9876543210E00001") == psec.tools.xor(
         key, dukpt.MAC_VARIANT
     )
+
+
+def test_remembered_derivations_are_the_derivations(monkeypatch: pytest.MonkeyPatch) -> None:
+    ksns, ksn = [], KSN0
+    for _ in range(300):
+        ksn = terminal.next_ksn(ksn)
+        ksns.append(ksn)
+    pairs = [(bdk, k) for k in ksns for bdk in (BDK, BDK[8:] + BDK[:8])]
+    first = {p: dukpt.derive_pin_key(*p) for p in pairs}
+    again = {p: dukpt.derive_pin_key(*p) for p in reversed(pairs)}  # from what is remembered
+    dukpt._DERIVED.clear()
+    monkeypatch.setattr(dukpt, "_MAX_DERIVED", 5)  # forgotten over and over
+    fresh = {p: dukpt.derive_pin_key(*p) for p in pairs}
+    assert first == again == fresh
+    assert len(dukpt._DERIVED) <= 5

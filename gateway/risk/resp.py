@@ -9,13 +9,16 @@ half read), and Lua scripts go by EVALSHA with a fallback to EVAL on NOSCRIPT.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import ssl
 from dataclasses import dataclass
+from typing import Protocol, cast
 from urllib.parse import unquote, urlsplit
 
 import anyio
 import anyio.abc
+import sniffio
 
 Arg = str | bytes | int | float
 
@@ -129,13 +132,37 @@ def parse_reply(buf: bytes, pos: int = 0) -> tuple[RespValue, int] | None:
     raise RedisConnectionError("malformed reply from Redis")
 
 
-class _Connection:
+class _Connection(Protocol):
+    timed: bool
+    """:meth:`command` enforces its ``timeout`` itself"""
+
+    async def command(self, args: tuple[Arg, ...], timeout: float | None = None) -> RespValue:
+        """Send one command, read its reply (an error reply is returned, not raised).
+
+        ``TimeoutError`` after ``timeout`` seconds when the connection is :attr:`timed`; else
+        the caller bounds the wait.
+        """
+        ...
+
+    async def abort(self) -> None:
+        """Close at once (a connection whose reply state is unknown is never reused)."""
+        ...
+
+
+class _StreamConnection:
+    """A connection on AnyIO streams (trio)."""
+
+    timed = False
+
     def __init__(self, stream: anyio.abc.ByteStream) -> None:
         self.stream = stream
         self._buffer = b""
         """received bytes not yet parsed (a reply usually arrives in one read)"""
 
-    async def command(self, args: tuple[Arg, ...]) -> RespValue:
+    async def abort(self) -> None:
+        await anyio.aclose_forcefully(self.stream)
+
+    async def command(self, args: tuple[Arg, ...], timeout: float | None = None) -> RespValue:
         await self.stream.send(encode_command(args))
         return await self.read_reply()
 
@@ -152,6 +179,95 @@ class _Connection:
             except anyio.EndOfStream as exc:
                 raise anyio.IncompleteRead from exc
             self._buffer = self._buffer + chunk if self._buffer else chunk
+
+
+class _ProtocolConnection(asyncio.Protocol):
+    """A connection on asyncio and uvloop: the reply is parsed in ``data_received``, which
+    resolves the caller's future. AnyIO's stream layer would pause and resume reading (two
+    system calls) and pass through the event loop once more on every command."""
+
+    timed = True
+
+    def __init__(self) -> None:
+        self._transport: asyncio.Transport | None = None
+        self._buffer = b""
+        self._waiter: asyncio.Future[RespValue] | None = None
+        self._lost: type[Exception] | None = None
+        """what a command on this connection raises once it is gone"""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer = self._buffer + data if self._buffer else data
+        waiter = self._waiter
+        if waiter is None:
+            return  # kept, as a stream would keep it, for the next command to read
+        try:
+            parsed = parse_reply(self._buffer)
+        except Exception as exc:  # broken protocol: the caller discards the connection
+            self._resolve(waiter, exc)
+            return
+        if parsed is not None:
+            value, end = parsed
+            self._buffer = self._buffer[end:]
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(value)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # as on a stream: closed by the peer mid-reply, or broken
+        self._lost = anyio.IncompleteRead if exc is None else anyio.BrokenResourceError
+        if self._waiter is not None:
+            self._resolve(self._waiter, self._lost())
+
+    def _resolve(self, waiter: asyncio.Future[RespValue], exc: Exception) -> None:
+        self._waiter = None
+        if not waiter.done():
+            waiter.set_exception(exc)
+
+    async def command(self, args: tuple[Arg, ...], timeout: float | None = None) -> RespValue:
+        transport = self._transport
+        if self._lost is not None:
+            raise self._lost()
+        if transport is None or transport.is_closing():
+            raise anyio.BrokenResourceError
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[RespValue] = loop.create_future()
+        self._waiter = waiter
+        transport.write(encode_command(args))
+        if timeout is None:
+            return await waiter
+        timer = loop.call_later(timeout, self._resolve, waiter, TimeoutError())
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+
+    async def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+
+async def _open(address: RedisAddress) -> _Connection:
+    """A connection to ``address``: an asyncio protocol on asyncio and uvloop, else streams."""
+    context = ssl.create_default_context() if address.tls else None
+    if sniffio.current_async_library() == "asyncio":
+        _, protocol = await asyncio.get_running_loop().create_connection(
+            _ProtocolConnection,
+            address.host,
+            address.port,
+            ssl=context,
+            server_hostname=address.host if context is not None else None,
+        )
+        return protocol
+    if context is not None:
+        stream: anyio.abc.ByteStream = await anyio.connect_tcp(
+            address.host, address.port, ssl_context=context, tls=True
+        )
+    else:
+        stream = await anyio.connect_tcp(address.host, address.port)
+    return _StreamConnection(stream)
 
 
 class LuaScript:
@@ -177,13 +293,7 @@ class RedisClient:
 
     async def _connect(self) -> _Connection:
         addr = self.address
-        if addr.tls:
-            stream: anyio.abc.ByteStream = await anyio.connect_tcp(
-                addr.host, addr.port, ssl_context=ssl.create_default_context(), tls=True
-            )
-        else:
-            stream = await anyio.connect_tcp(addr.host, addr.port)
-        conn = _Connection(stream)
+        conn = await _open(addr)
         self.connects += 1
         try:
             if addr.password is not None:
@@ -194,9 +304,15 @@ class RedisClient:
             if addr.db:
                 _raise_error(await conn.command(("SELECT", addr.db)))
         except BaseException:
-            await anyio.aclose_forcefully(stream)
+            await conn.abort()
             raise
         return conn
+
+    async def _keep(self, conn: _Connection) -> None:
+        if self._closed:
+            await conn.abort()
+        else:
+            self._idle.append(conn)
 
     async def execute(self, *args: Arg) -> RespValue:
         """Run one command; error replies raise :class:`RedisReplyError`."""
@@ -207,23 +323,35 @@ class RedisClient:
             raise RedisConnectionError("client is closed")
         if self._slots is None:
             self._slots = anyio.Semaphore(self._pool_size)
+        slots = self._slots
         conn: _Connection | None = None
         try:
+            try:  # a free slot costs no extra trip through the event loop
+                slots.acquire_nowait()
+            except anyio.WouldBlock:
+                acquired = False
+            else:
+                acquired = True
+            idle = self._idle
+            if acquired and idle and idle[-1].timed:
+                # the usual case on asyncio: the connection's own timer bounds the wait
+                # (cheaper than a cancel scope), as fail_after bounds it below
+                conn = idle.pop()
+                try:
+                    reply = await conn.command(args, self._timeout)
+                finally:
+                    slots.release()
+                await self._keep(conn)
+                return reply
             with anyio.fail_after(self._timeout):
-                slots = self._slots
-                try:  # a free slot costs no extra trip through the event loop
-                    slots.acquire_nowait()
-                except anyio.WouldBlock:
+                if not acquired:
                     await slots.acquire()
                 try:
-                    conn = self._idle.pop() if self._idle else None
+                    conn = idle.pop() if idle else None
                     if conn is None:
                         conn = await self._connect()
                     reply = await conn.command(args)
-                    if self._closed:
-                        await anyio.aclose_forcefully(conn.stream)
-                    else:
-                        self._idle.append(conn)
+                    await self._keep(conn)
                     return reply
                 finally:
                     slots.release()
@@ -252,7 +380,7 @@ class RedisClient:
         self._closed = True
         idle, self._idle = self._idle, []
         for conn in idle:
-            await anyio.aclose_forcefully(conn.stream)
+            await conn.abort()
 
 
 _BROKEN = (
@@ -268,7 +396,7 @@ _BROKEN = (
 
 async def _discard(conn: _Connection | None) -> None:
     if conn is not None:
-        await anyio.aclose_forcefully(conn.stream)
+        await conn.abort()
 
 
 def _raise_error(reply: RespValue) -> RespValue:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import timedelta
 
 import anyio
@@ -105,11 +106,15 @@ async def test_reload_while_tasks_run(stores: Stores) -> None:
                 await anyio.lowlevel.checkpoint()
 
         async def reloader() -> None:
+            # an irregular cadence: a period in step with the workers' would let every
+            # decision see the same rule set
+            rnd = random.Random(7)
             flip = False
             while not done.is_set():
                 flip = not flip
                 engine.reload(closed_config if flip else open_config)
-                await anyio.lowlevel.checkpoint()
+                for _ in range(rnd.randint(1, 3)):
+                    await anyio.lowlevel.checkpoint()
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(reloader)

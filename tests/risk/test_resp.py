@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 
 import anyio
@@ -143,3 +144,31 @@ def test_parse_reply_whole_or_incomplete(wire: bytes, value: object) -> None:
         parse_reply(b"?x\r\n")
     with pytest.raises(ValueError, match="invalid literal"):
         parse_reply(b":12x\r\n")
+
+
+async def test_pooled_connection_times_out_and_is_replaced() -> None:
+    """A pooled connection's command is bounded too (on asyncio by the connection's timer)."""
+    listener, port = await _fake_server()
+    answered = 0
+
+    async def handle(stream: anyio.abc.SocketStream) -> None:
+        nonlocal answered
+        async with stream:
+            with contextlib.suppress(anyio.EndOfStream):  # the client closes first
+                await stream.receive()
+                answered += 1
+                await stream.send(b"+PONG\r\n")
+                await stream.receive()  # the next command on this connection: never answered
+                await anyio.sleep_forever()
+
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, handle)
+        client = RedisClient(f"redis://127.0.0.1:{port}", pool_size=1, timeout=0.3)
+        assert await client.execute("PING") == "PONG"
+        with anyio.fail_after(5):
+            with pytest.raises(RedisTimeoutError, match="PING timed out"):
+                await client.execute("PING")
+            assert await client.execute("PING") == "PONG"  # a new connection
+        assert (client.connects, answered) == (2, 2)
+        await client.aclose()
+        tg.cancel_scope.cancel()

@@ -312,7 +312,8 @@ def start_stack(
 
 def _cpu(pid: int) -> float:
     try:
-        return cpu_seconds(pid)
+        # This process (the load generator) started the services: its own CPU only.
+        return cpu_seconds(pid, children=pid != os.getpid())
     except OSError:
         return 0.0
 

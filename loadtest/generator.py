@@ -158,7 +158,10 @@ class LoadGenerator:
         self._free = 0
         """Closed loop: requests that may still be sent (in_flight less those outstanding)."""
         self._slot_freed: anyio.Event | None = None
-        """Set when a slot frees while the closed-loop sender waits for one."""
+        """Closed loop: set (the sender resumes) when it must wait for something else than a
+        free slot; slots freed by answers are refilled on the spot (see _finish)."""
+        self._wake_reason = "full"
+        self._tg: anyio.abc.TaskGroup | None = None
         self._draw = Weighted(self.weights)
         self._fallback = Weighted({k: w for k, w in self.weights.items() if k != "reversal"})
         self._reversals = "reversal" in self.weights
@@ -244,7 +247,6 @@ class LoadGenerator:
                     if self.open_loop:
                         senders.start_soon(self._schedule, tg, start, end)
                     else:
-                        self._closed_loop = True
                         self._free = max(1, cfg.in_flight)
                         senders.start_soon(self._closed_sender, tg)
                     # The open-loop schedule ends by itself (its last arrival is due just
@@ -361,36 +363,60 @@ class LoadGenerator:
                 return conn
         return None
 
-    async def _closed_sender(self, tg: anyio.abc.TaskGroup) -> None:
-        while True:
-            # Take every free slot without yielding, so they leave in one write.
-            if self._free <= 0:
-                self._slot_freed = anyio.Event()
-                await self._slot_freed.wait()
-                continue
+    def _fill(self, conn_hint: _Conn | None = None) -> str:
+        """Closed loop: send while slots are free, without yielding (they leave in one write),
+        on ``conn_hint`` when it is alive (an answer's slot is refilled on its connection: each
+        keeps its share in flight, and a batch of answers becomes one write, not one per
+        connection), else round robin.
+
+        Returns why it stopped: ``full`` (no slot free), ``done`` (the window is over),
+        ``retry`` (a request could not be built: yield first), ``no-conn`` (wait a little)."""
+        while self._free > 0:
             self._free -= 1
             t0 = _now()
             if t0 >= self._window[1]:
                 self._free += 1
-                return
+                return "done"
             measured = self._measured(t0)
             txn = self._next_txn()
             if txn is None:
                 self._free += 1
-                await anyio.lowlevel.checkpoint()
-                continue
+                return "retry"
             if txn.kind == "qr":
+                assert self._tg is not None
                 self.in_flight += 1
-                tg.start_soon(self._qr_payment, txn, t0, measured)
+                self._tg.start_soon(self._qr_payment, txn, t0, measured)
                 continue
-            conn = self._pick()
+            conn = conn_hint if conn_hint is not None and conn_hint.alive else self._pick()
             if conn is None:
                 self._free += 1
                 if measured:
                     self.stats.error("not sent: no connection", txn.kind)
-                await anyio.sleep(0.01)
-                continue
+                return "no-conn"
             self._send(conn, txn, t0, measured)
+        return "full"
+
+    async def _closed_sender(self, tg: anyio.abc.TaskGroup) -> None:
+        self._tg = tg
+        self._closed_loop = True
+        try:
+            why = self._fill()
+            while True:
+                if why == "done":
+                    return
+                if why == "retry":
+                    await anyio.lowlevel.checkpoint()
+                elif why == "no-conn":
+                    await anyio.sleep(0.01)
+                else:
+                    # Answers refill their slots themselves (_finish): no wake-up per answer.
+                    self._slot_freed = anyio.Event()
+                    await self._slot_freed.wait()
+                    why = self._wake_reason  # where the last refill stopped
+                    continue
+                why = self._fill()
+        finally:
+            self._closed_loop = False
 
     def _send(self, conn: _Conn, txn: Txn, t0: float, measured: bool) -> None:
         original = txn.original if self._reversals else None
@@ -400,14 +426,17 @@ class LoadGenerator:
         assert conn.channel is not None
         conn.channel.send(len(payload).to_bytes(2, "big") + payload)
 
-    def _finish(self) -> None:
+    def _finish(self, conn: _Conn | None = None) -> None:
         self.in_flight -= 1
         if self._closed_loop:
             self._free += 1
             freed = self._slot_freed
             if freed is not None:
-                self._slot_freed = None
-                freed.set()
+                why = self._fill(conn)
+                if why != "full":
+                    self._wake_reason = why
+                    self._slot_freed = None
+                    freed.set()  # the sender task retries, waits or ends
         if self._draining and self.in_flight <= 0:
             self._idle.set()
 
@@ -425,12 +454,12 @@ class LoadGenerator:
         if p is None:
             stats.error("unmatched answer", "-")
             return
-        self._finish()
         rc = fields.get("39", "??")
         if p.measured:
             stats.record(now - p.t0, rc, p.kind)
         if p.original is not None and rc == "00":
             self.factory.note_approved(p.original)
+        self._finish(conn)  # last: the slot it frees may send a reversal of this very purchase
 
     def _on_lost(self, conn: _Conn) -> None:
         """``conn`` ended (closed, broken, bad framing): what it had outstanding is lost."""

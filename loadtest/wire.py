@@ -320,7 +320,9 @@ class _AsyncioConnection(asyncio.Protocol):
         self._buf = b""
         self._out: list[bytes] = []
         self._transport: asyncio.Transport | None = None
+        self._loop = asyncio.get_running_loop()  # built by create_connection, in the loop
         self._ended = False
+        self._reading = False
         self._done: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -336,18 +338,25 @@ class _AsyncioConnection(asyncio.Protocol):
         size_all = len(buf)
         pos = 0
         on_frame = self._on_frame
-        while size_all - pos >= 2:
-            size = (buf[pos] << 8) | buf[pos + 1]
-            if size > self._max_size:
-                self._buf = b""
-                self._end()  # the stream cannot be resynchronised
-                return
-            end = pos + 2 + size
-            if end > size_all:
-                break
-            if size:  # a zero-length frame is a keep-alive
-                on_frame(buf[pos + 2 : end])
-            pos = end
+        # Requests the answers trigger (closed loop) leave in one write when this returns.
+        self._reading = True
+        try:
+            while size_all - pos >= 2:
+                size = (buf[pos] << 8) | buf[pos + 1]
+                if size > self._max_size:
+                    self._buf = b""
+                    self._end()  # the stream cannot be resynchronised
+                    return
+                end = pos + 2 + size
+                if end > size_all:
+                    break
+                if size:  # a zero-length frame is a keep-alive
+                    on_frame(buf[pos + 2 : end])
+                pos = end
+        finally:
+            self._reading = False
+            if self._out:
+                self._flush()
         self._buf = buf[pos:] if pos < size_all else b""
         if not self._buf:
             self._partial_since = 0.0
@@ -384,8 +393,8 @@ class _AsyncioConnection(asyncio.Protocol):
             return
         out = self._out
         out.append(frame)
-        if len(out) == 1:
-            asyncio.get_running_loop().call_soon(self._flush)
+        if len(out) == 1 and not self._reading:
+            self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         out, transport = self._out, self._transport

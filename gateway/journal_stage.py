@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import re
 import sqlite3
 import time
 from collections import OrderedDict
@@ -68,12 +67,13 @@ ADVICE_FIELDS = (
 ISSUER_REQUESTS = frozenset({"0100", "0120", "0200", "0220", "0400", "0420"})
 APPROVED_STATES = frozenset({TxnState.ANSWERED, TxnState.STOOD_IN, TxnState.ADVISED})
 STAND_IN_NOTE = "stand_in"
-_DIGITS = re.compile(r"^[0-9]+$")
 _LATE_MAX = 100_000
 
 
 def _digits(value: str | None, length: int) -> str | None:
-    return value if value is not None and len(value) == length and _DIGITS.match(value) else None
+    if value is not None and len(value) == length and value.isascii() and value.isdigit():
+        return value
+    return None
 
 
 def _text(value: str | None) -> str | None:

@@ -8,6 +8,9 @@ number in the last base-36 digit so nodes never collide. Base 36 keeps it to 12 
 from __future__ import annotations
 
 _DIGITS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_PAIRS = tuple(a + b for a in _DIGITS for b in _DIGITS)
+"""Two base-36 digits for each value below 36 ** 2."""
+_HALF = 36**6
 
 
 def _base36(value: int, width: int) -> str:
@@ -19,14 +22,27 @@ def _base36(value: int, width: int) -> str:
 
 
 class RrnGenerator:
-    __slots__ = ("_last", "_node")
+    __slots__ = ("_high", "_high_text", "_last", "_node")
 
     def __init__(self, node: int, now_us: int) -> None:
         if not 0 <= node < 36:
             raise ValueError("node must be 0..35")
         self._node = node
         self._last = now_us
+        self._high = -1
+        self._high_text = ""
 
     def next(self, now_us: int) -> str:
-        self._last = max(self._last + 1, now_us)
-        return _base36(self._last * 36 + self._node, 12)
+        last = self._last + 1
+        if now_us > last:
+            last = now_us
+        self._last = last
+        # _base36(value, 12) in pieces: the high six digits change about once a minute and
+        # are kept; the low six come from a table of digit pairs.
+        high, low = divmod(last * 36 + self._node, _HALF)
+        if high != self._high:
+            self._high = high
+            self._high_text = _base36(high, 6)
+        mid, right = divmod(low, 1296)
+        left, mid = divmod(mid, 1296)
+        return self._high_text + _PAIRS[left] + _PAIRS[mid] + _PAIRS[right]

@@ -40,6 +40,20 @@ def test_rrn_unique_increasing_and_12_chars() -> None:
     assert other_node.next(1_700_000_000_000_000) not in seen
 
 
+def test_rrn_pieces_spell_the_whole_counter() -> None:
+    # The generator keeps the high digits and looks the low ones up: same text as spelling
+    # the whole value, across a change of the high digits and past 36 ** 12 (wraps).
+    from gateway.rrn import _base36
+
+    for start in (1_700_000_000_000_000, 36**6 // 36 - 5, 36**11 - 3, 36**12 // 36 + 7):
+        for node in (0, 35):
+            gen = RrnGenerator(node, now_us=start)
+            for i in range(20):
+                now = start + i * 7
+                expected_last = max(gen._last + 1, now)
+                assert gen.next(now) == _base36(expected_last * 36 + node, 12)
+
+
 @pytest.mark.anyio
 async def test_recent_transactions_bounded_by_age_and_count() -> None:
     recent = RecentTransactions(window=10.0, max_entries=3)

@@ -25,6 +25,9 @@ class CheckEmv(BaseParticipant):
     name = "check-emv"
 
     async def prepare(self, ctx: Context) -> str | None:
+        return self.prepare_now(ctx)
+
+    def prepare_now(self, ctx: Context) -> str | None:
         req = ctx.request
         f55 = req.fields.get("55")
         chip = req.mti in AUTHORIZING_MTIS and req.fields.get("22") in CHIP_ENTRY_MODES

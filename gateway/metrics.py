@@ -70,6 +70,7 @@ class Metrics:
         )
         self._txn_children: dict[tuple[str, str], Any] = {}
         self._lat_children: dict[str, Any] = {}
+        self._issuer_children: dict[str, Any] = {}
 
     def watch_links(self, statuses: Callable[[], Iterable[dict[str, Any]]]) -> None:
         self.registry.register(_LinkCollector(statuses))
@@ -85,6 +86,12 @@ class Metrics:
         if lat is None:
             lat = self._lat_children[mti] = self.latency.labels(mti)
         lat.observe(seconds)
+
+    def observe_issuer(self, issuer: str, seconds: float) -> None:
+        child = self._issuer_children.get(issuer)
+        if child is None:
+            child = self._issuer_children[issuer] = self.issuer_latency.labels(issuer)
+        child.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -12,10 +12,10 @@ from gateway.dataset import Dataset, Merchant, Terminal
 from gateway.links import IssuerPool, IssuerTimeout, LinkUnavailable, transmission_time
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
-from gateway.pipeline import BaseParticipant, Context
-from gateway.recent import RecentTransactions
+from gateway.pipeline import WAIT, BaseParticipant, Context
+from gateway.recent import RecentTransactions, TxnEntry
 from gateway.routing import BinTable
-from protocols.keys import duplicate_key
+from protocols.keys import DuplicateKey, duplicate_key
 from protocols.message import Message
 from protocols.validate import card_of, check_request
 
@@ -37,6 +37,9 @@ class CheckFields(BaseParticipant):
         self.merchants: Mapping[str, Merchant] = {m.id: m for m in dataset.merchants}
 
     async def prepare(self, ctx: Context) -> str | None:
+        return self.prepare_now(ctx)
+
+    def prepare_now(self, ctx: Context) -> str | None:
         req = ctx.request
         issue = check_request(req)
         if issue is not None:
@@ -63,22 +66,36 @@ class CheckDuplicate(BaseParticipant):
     async def prepare(self, ctx: Context) -> str | None:
         key = duplicate_key(ctx.request)
         entry = self.recent.get(key, ctx.received)
-        if entry is not None:
-            if not entry.done.is_set():
-                with anyio.move_on_after(max(ctx.deadline - time.monotonic(), 0)):
-                    await entry.done.wait()
-            self.metrics.duplicates.inc()
-            if entry.response is None:
-                return ctx.decline("94", "duplicate of a request still in flight")
-            ctx.replay = entry.response
-            return "replay"
-        ctx.entry = entry = self.recent.begin(key, ctx.received)
+        if entry is None:
+            return self._begin(ctx, key)
+        if not entry.done.is_set():
+            with anyio.move_on_after(max(ctx.deadline - time.monotonic(), 0)):
+                await entry.done.wait()
+        return self._replay(ctx, entry)
+
+    def prepare_now(self, ctx: Context) -> str | None:
+        key = duplicate_key(ctx.request)
+        entry = self.recent.get(key, ctx.received)
+        if entry is None:
+            return self._begin(ctx, key)
+        if not entry.done.is_set():
+            return WAIT  # a duplicate of one in flight waits for its answer
+        return self._replay(ctx, entry)
+
+    def _replay(self, ctx: Context, entry: TxnEntry) -> str:
+        self.metrics.duplicates.inc()
+        if entry.response is None:
+            return ctx.decline("94", "duplicate of a request still in flight")
+        ctx.replay = entry.response
+        return "replay"
+
+    def _begin(self, ctx: Context, key: DuplicateKey) -> str | None:
+        ctx.entry = entry = self.recent.begin(key, ctx.received, ctx.now)
         entry.pan = ctx.pan
-        entry.when = ctx.now
         entry.currency = ctx.request.fields.get("49", "")
         return None
 
-    async def _finish(self, ctx: Context) -> None:
+    def _finish(self, ctx: Context) -> None:
         entry = ctx.entry
         if entry is not None and not entry.done.is_set():
             entry.response = ctx.response
@@ -86,10 +103,13 @@ class CheckDuplicate(BaseParticipant):
             entry.done.set()
 
     async def commit(self, ctx: Context) -> None:
-        await self._finish(ctx)
+        self._finish(ctx)
 
     async def abort(self, ctx: Context) -> None:
-        await self._finish(ctx)
+        self._finish(ctx)
+
+    commit_now = _finish
+    abort_now = _finish
 
 
 class FindOriginal(BaseParticipant):
@@ -101,6 +121,9 @@ class FindOriginal(BaseParticipant):
         self.recent = recent
 
     async def prepare(self, ctx: Context) -> str | None:
+        return self.prepare_now(ctx)
+
+    def prepare_now(self, ctx: Context) -> str | None:
         req = ctx.request
         f90 = req.fields.get("90")
         if f90 is None:
@@ -125,6 +148,9 @@ class Route(BaseParticipant):
         self.pools = pools
 
     async def prepare(self, ctx: Context) -> str | None:
+        return self.prepare_now(ctx)
+
+    def prepare_now(self, ctx: Context) -> str | None:
         if ctx.original is not None and ctx.request.mti in REVERSALS:
             ctx.issuer = ctx.original.issuer
         else:
@@ -214,7 +240,7 @@ class QueryIssuer(BaseParticipant):
             self.metrics.issuer_failures.labels(pool.issuer, "unavailable").inc()
             ctx.issuer_failure = "unavailable"  # it may have been sent: reversed too
             return ctx.decline("91", "issuer unavailable")
-        self.metrics.issuer_latency.labels(pool.issuer).observe(time.monotonic() - started)
+        self.metrics.observe_issuer(pool.issuer, time.monotonic() - started)
         if self.hook is not None:
             rc = await self.hook.check_answer(ctx, pool, answer)
             if rc is not None:

@@ -3,13 +3,18 @@
 Each participant's ``prepare`` returns ``None`` to go on or a response code to stop (declines
 are codes, not exceptions). Once the response is built, every participant that prepared gets
 ``commit`` (approved) or ``abort`` (anything else), in reverse order; both are idempotent.
+
+The switch resolves each participant's hooks once (:func:`resolve_hooks`): the no-op defaults
+of :class:`BaseParticipant` are not called at all, and a hook a stage also offers as a plain
+method (``prepare_now``, ``commit_now``, ``abort_now``) is called without a coroutine.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from gateway.dataset import Merchant, Terminal
 from protocols.message import Message
@@ -80,7 +85,13 @@ class Participant(Protocol):
 
 
 class BaseParticipant:
-    """Defaults: nothing to commit or abort."""
+    """Defaults: nothing to prepare, commit or abort (the switch does not call these).
+
+    A stage that usually decides without waiting may also define ``prepare_now`` (and
+    ``commit_now`` / ``abort_now``): a plain method the switch calls instead of the async hook,
+    as long as no subclass overrides the async hook. ``prepare_now`` returns :data:`WAIT` when
+    it has to wait after all (before changing anything): the switch then awaits ``prepare``.
+    """
 
     name = "participant"
 
@@ -92,3 +103,62 @@ class BaseParticipant:
 
     async def abort(self, ctx: Context) -> None:
         return None
+
+
+WAIT: Final = "wait"
+"""``prepare_now``'s answer when the async ``prepare`` must run instead."""
+
+Prepare = Callable[[Context], Awaitable[str | None]]
+Finish = Callable[[Context], Awaitable[None]]
+PrepareNow = Callable[[Context], str | None]
+FinishNow = Callable[[Context], None]
+
+
+def _owner(cls: type, name: str) -> type | None:
+    for klass in cls.__mro__:
+        if name in klass.__dict__:
+            return klass
+    return None
+
+
+def _resolve(participant: object, hook: str) -> tuple[Any, Any]:
+    """(plain, async) callables of one hook: ``(None, None)`` for BaseParticipant's no-op;
+    ``plain`` only when the ``*_now`` method is at least as specific as the async one."""
+    if hook in getattr(participant, "__dict__", ()):
+        return None, getattr(participant, hook)  # set on the instance: call what was set
+    cls = type(participant)
+    owner = _owner(cls, hook)
+    if owner is BaseParticipant:
+        return None, None
+    plain = _owner(cls, f"{hook}_now")
+    if plain is not None and owner is not None and issubclass(plain, owner):
+        return getattr(participant, f"{hook}_now"), getattr(participant, hook)
+    return None, getattr(participant, hook)
+
+
+@dataclass(frozen=True, slots=True)
+class Hooks:
+    """One participant's hooks as the switch calls them: a plain method when there is one,
+    else the async hook; both ``None`` when there is nothing to call."""
+
+    index: int
+    name: str
+    prepare_now: PrepareNow | None
+    prepare: Prepare | None
+    commit_now: FinishNow | None
+    commit: Finish | None
+    abort_now: FinishNow | None
+    abort: Finish | None
+
+
+def resolve_hooks(participants: tuple[Participant, ...]) -> tuple[Hooks, ...]:
+    return tuple(
+        Hooks(
+            index,
+            participant.name,
+            *_resolve(participant, "prepare"),
+            *_resolve(participant, "commit"),
+            *_resolve(participant, "abort"),
+        )
+        for index, participant in enumerate(participants)
+    )

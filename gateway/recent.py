@@ -77,9 +77,11 @@ class RecentTransactions:
             return None
         return entry
 
-    def begin(self, key: DuplicateKey, now: float) -> TxnEntry:
+    def begin(self, key: DuplicateKey, now: float, when: dt.datetime | None = None) -> TxnEntry:
+        """A new entry created at ``now`` (monotonic) for a request of wall-clock time
+        ``when`` (default: the current time)."""
         entries = self._entries
-        entry = TxnEntry(created=now)
+        entry = TxnEntry(created=now) if when is None else TxnEntry(created=now, when=when)
         entries[key] = entry
         entries.move_to_end(key)
         # Evict by age, then by count (oldest first).

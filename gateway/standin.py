@@ -152,6 +152,12 @@ class StandIn(BaseParticipant):
     async def abort(self, ctx: Context) -> None:
         self._observe(ctx)
 
+    def commit_now(self, ctx: Context) -> None:
+        self._observe(ctx)
+
+    def abort_now(self, ctx: Context) -> None:
+        self._observe(ctx)
+
     def _observe(self, ctx: Context) -> None:
         """Feed the breaker with what the issuer attempt (if any) showed."""
         issuer = ctx.issuer

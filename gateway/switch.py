@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
-from gateway.pipeline import Context, Participant
+from gateway.pipeline import WAIT, Context, Hooks, Participant, resolve_hooks
 from gateway.rrn import RrnGenerator
 from protocols.codec import MessageFormatError
 from protocols.message import Message
@@ -22,6 +22,8 @@ ECHO = ("2", "3", "4", "7", "11", "12", "13", "41", "42", "49")
 ECHO_REVERSAL = (*ECHO, "90")
 ECHO_NETWORK = ("7", "11", "41", "70")
 FROM_ISSUER = ("54", "55")
+# Response MTI of each request MTI seen (at most the few requests that pass is_request).
+_RESPONSE_MTI: dict[str, str] = {}
 
 
 def utcnow() -> dt.datetime:
@@ -40,6 +42,12 @@ class Switch:
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self.participants = tuple(participants)
+        hooks = resolve_hooks(self.participants)
+        # Resolved once: no-op hooks are never called, plain ones without a coroutine.
+        self._prepares = tuple(h for h in hooks if h.prepare is not None)
+        self._finishes = tuple(
+            h for h in reversed(hooks) if h.commit is not None or h.abort is not None
+        )
         self.metrics = metrics
         self.request_timeout = request_timeout
         self.log_transactions = log_transactions
@@ -91,30 +99,48 @@ class Switch:
             rrn=self._rrn.next(int(now.timestamp() * 1_000_000)),
             raw=raw,
         )
-        ran: list[Participant] = []
+        # Participants up to ``last`` prepared (a stage whose prepare is a no-op counts as
+        # prepared once the pipeline got past it); they commit or abort, in reverse.
+        last = len(self.participants) - 1
         rc: str | None = None
+        hooks: Hooks | None = None
         try:
-            for participant in self.participants:
-                ran.append(participant)
-                rc = await participant.prepare(ctx)
+            for hooks in self._prepares:
+                now_ = hooks.prepare_now
+                if now_ is not None:
+                    rc = now_(ctx)
+                    if rc == WAIT:
+                        rc = await hooks.prepare(ctx)  # type: ignore[misc]
+                else:
+                    rc = await hooks.prepare(ctx)  # type: ignore[misc]
                 if rc is not None:
+                    last = hooks.index
                     break
         except Exception:
-            log.exception("participant_failed", participant=ran[-1].name, rrn=ctx.rrn)
+            assert hooks is not None
+            last = hooks.index
+            log.exception("participant_failed", participant=hooks.name, rrn=ctx.rrn)
             rc = "96"
         if rc == "replay" and ctx.replay is not None:
             log.info("duplicate_replayed", terminal=req.fields.get("41"), stan=req.fields.get("11"))
             return ctx.replay
         ctx.rc = rc or ctx.rc or "96"
         ctx.response = self._build_response(ctx)
-        for participant in reversed(ran):
+        for hooks in self._finishes:
+            if hooks.index > last:
+                continue
             try:
-                if ctx.approved:
-                    await participant.commit(ctx)
-                else:
-                    await participant.abort(ctx)
+                if ctx.rc == "00":
+                    if hooks.commit_now is not None:
+                        hooks.commit_now(ctx)
+                    elif hooks.commit is not None:
+                        await hooks.commit(ctx)
+                elif hooks.abort_now is not None:
+                    hooks.abort_now(ctx)
+                elif hooks.abort is not None:
+                    await hooks.abort(ctx)
             except Exception:
-                log.exception("participant_finish_failed", participant=participant.name)
+                log.exception("participant_finish_failed", participant=hooks.name)
         if self.log_transactions:
             log.info(
                 "txn",
@@ -134,7 +160,10 @@ class Switch:
         req = ctx.request
         echo = ECHO_REVERSAL if req.mti[1] == "4" else ECHO
         src = req.fields
-        resp = Message(response_mti(req.mti), {k: src[k] for k in echo if k in src})
+        mti = _RESPONSE_MTI.get(req.mti)
+        if mti is None:
+            mti = _RESPONSE_MTI[req.mti] = response_mti(req.mti)  # raises for a bad MTI
+        resp = Message(mti, {k: src[k] for k in echo if k in src})
         resp["37"] = ctx.rrn
         issuer = ctx.issuer_response
         if issuer is not None:

@@ -29,7 +29,10 @@ pytestmark = pytest.mark.anyio
 
 PAN = "4761730000000011"  # alpha (a MACed issuer link: advices are MACed too)
 BETA_PAN = "5413330000000019"
-FAST_SAF = SafConfig(reversal_delay=0.05, poll_interval=0.1, backoff_base=0.05, backoff_max=0.3)
+# timeout: an advice sent while a test still drops answers is retried in 0.5 s, not 5 s.
+FAST_SAF = SafConfig(
+    timeout=0.5, reversal_delay=0.05, poll_interval=0.1, backoff_base=0.05, backoff_max=0.3
+)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -82,7 +85,9 @@ async def test_timeout_gives_91_and_a_reversal_the_issuer_applies_once(stack: St
     async with terminal(stack.port) as term:
         resp = await term.exchange(purchase(PAN, 700))
     assert resp["39"] == "91"
-    assert stack.account_balance("alpha", PAN) == before - 700
+    # Debited, unless the 0420 (due 50 ms after the timeout, its answer dropped too but
+    # applied) has already given it back: the end state below is what must hold.
+    assert stack.account_balance("alpha", PAN) in (before - 700, before)
     stored = await txn(stack.gateway, resp["37"])
     assert stored.state in (TxnState.TIMED_OUT, TxnState.REVERSED)
     alpha.faults.drop_ratio = 0.0

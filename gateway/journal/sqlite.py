@@ -28,14 +28,19 @@ write transaction, never cached. Runs on asyncio, uvloop and trio.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import queue
 import sqlite3
+import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
+import sniffio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from gateway.journal.archive import ArchiveInfo, read_rows
@@ -102,6 +107,7 @@ class SqliteJournal(JournalBase):
         self._since_checkpoint = 0
         self._checkpointing = False
         self._catch_up = False
+        self._syncer = _Syncer()
         self._pool_send: MemoryObjectSendStream[sqlite3.Connection] | None = None
         self._pool_receive: MemoryObjectReceiveStream[sqlite3.Connection] | None = None
         return Sql("sqlite")
@@ -204,6 +210,7 @@ class SqliteJournal(JournalBase):
                 for _ in self._readers:  # wait until every reader is back in the pool
                     await receive.receive()
         self._pool_send = self._pool_receive = None
+        self._syncer.close()
         await anyio.to_thread.run_sync(self._close_sync, limiter=self._write_limiter)
 
     # -- writes -----------------------------------------------------------------------------
@@ -229,7 +236,7 @@ class SqliteJournal(JournalBase):
             fd = self._wal_fd
             if fd is None:
                 raise JournalClosedError("the journal is closed")
-            await anyio.to_thread.run_sync(os.fsync, fd)
+            await self._syncer.fsync(fd)
         self._since_checkpoint += len(ops)
         if self._since_checkpoint >= CHECKPOINT_RECORDS and not self._checkpointing:
             self._start_checkpoint()
@@ -402,6 +409,60 @@ class SqliteJournal(JournalBase):
                     await anyio.to_thread.run_sync(con.execute, "COMMIT")
         finally:
             send.send_nowait(con)
+
+
+_Job = tuple[int, asyncio.AbstractEventLoop, "asyncio.Future[None]"]
+
+
+class _Syncer:
+    """``fsync`` off the loop. On asyncio a dedicated thread fed by a ``SimpleQueue``
+    (a C queue: no ``Condition`` to notify) that hands the result back with
+    ``call_soon_threadsafe``; ``anyio.to_thread`` (a limiter, a cancel scope, a Python
+    ``Queue``) cost more than the fsync's own CPU per batch. Elsewhere (trio) anyio's
+    worker threads."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    async def fsync(self, fd: int) -> None:
+        if sniffio.current_async_library() != "asyncio":
+            await anyio.to_thread.run_sync(os.fsync, fd)
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="journal-fsync", daemon=True)
+            self._thread.start()
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._jobs.put((fd, loop, done))
+        # Shielded like anyio.to_thread: the fsync runs to its end whatever the caller does.
+        await asyncio.shield(done)
+
+    def close(self) -> None:
+        """Ends the thread once the jobs queued before have run."""
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread = None
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fd, loop, done = job
+            error: BaseException | None = None
+            try:
+                os.fsync(fd)
+            except BaseException as exc:  # handed to the waiting batch
+                error = exc
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                loop.call_soon_threadsafe(_settle, done, error)
+
+
+def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
+    if done.done():
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)
 
 
 class _WriterBusy(Exception):

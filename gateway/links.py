@@ -48,6 +48,7 @@ class IssuerTimeout(Exception):
     """The issuer did not answer within the timeout."""
 
 
+_NEVER = float("inf")
 _last_second: list[tuple[int, str]] = [(-1, "")]
 
 
@@ -63,18 +64,20 @@ def transmission_time(now: dt.datetime) -> str:
 
 
 class _Pending:
-    """One request awaiting its answer. On asyncio a bare future (no AnyIO primitive per
-    request: this is the hot path); on trio an AnyIO event."""
+    """One request awaiting its answer. On asyncio a bare future, its timeout kept by the
+    connection's single timer (no AnyIO primitive and no timer per request: this is the hot
+    path); on trio an AnyIO event."""
 
-    __slots__ = ("_event", "_future", "failed", "response")
+    __slots__ = ("_event", "_future", "deadline", "failed", "response")
 
-    def __init__(self, fast: bool) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop | None, deadline: float = 0.0) -> None:
         self.response: Message | None = None
         self.failed = False
+        self.deadline = deadline
         self._future: asyncio.Future[None] | None = None
         self._event: anyio.Event | None = None
-        if fast:
-            self._future = asyncio.get_running_loop().create_future()
+        if loop is not None:
+            self._future = loop.create_future()
         else:
             self._event = anyio.Event()
 
@@ -86,23 +89,15 @@ class _Pending:
             self._event.set()
 
     async def wait(self, timeout: float) -> None:
-        """Until answered or failed; returns quietly at the timeout."""
+        """Until answered, failed or (set by the connection's timer) expired; on trio
+        returns quietly at the timeout."""
         future = self._future
         if future is None:
             assert self._event is not None
             with anyio.move_on_after(timeout):
                 await self._event.wait()
             return
-        handle = asyncio.get_running_loop().call_later(timeout, _expire, future)
-        try:
-            await future
-        finally:
-            handle.cancel()
-
-
-def _expire(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+        await future
 
 
 class IssuerConnection:
@@ -116,7 +111,9 @@ class IssuerConnection:
         self._framed: fastio.FrameChannel | None = None
         self._pending: dict[LinkKey, _Pending] = {}
         self._last_io = 0.0
-        self._fast = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # set on asyncio (fast path)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = _NEVER
         self.connects = 0
 
     @property
@@ -166,7 +163,7 @@ class IssuerConnection:
     async def _serve(self, framed: fastio.FrameChannel) -> bool:
         cfg = self.pool.cfg
         self._framed = framed
-        self._fast = fastio.fast_path()
+        self._loop = asyncio.get_running_loop() if fastio.fast_path() else None
         self._last_io = time.monotonic()
         self.state = "signing_on"
         signed_on = False
@@ -193,6 +190,9 @@ class IssuerConnection:
         finally:
             self.state = "down"
             self._framed = None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer, self._timer_at = None, _NEVER
             for pending in self._pending.values():
                 pending.failed = True
                 pending.set()
@@ -263,7 +263,14 @@ class IssuerConnection:
         key = link_key(msg)
         if key in self._pending:
             raise LocalProtocolError("duplicate link key in flight")
-        pending = _Pending(self._fast)
+        loop = self._loop
+        if loop is None:
+            pending = _Pending(None)
+        else:
+            deadline = loop.time() + timeout
+            pending = _Pending(loop, deadline)
+            if deadline < self._timer_at:
+                self._arm(loop, deadline)
         self._pending[key] = pending
         try:
             await framed.send_frame(self.pool.codec.encode(msg))
@@ -281,6 +288,29 @@ class IssuerConnection:
 
     async def request(self, msg: Message, timeout: float) -> Message:
         return await self._exchange(msg, timeout)
+
+    # -- timeouts on asyncio: one timer per connection, at the earliest deadline ------------
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = loop.call_at(when, self._expire, loop, when)
+
+    def _expire(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        """Wake what is due (as its own timer would have: at ``when``, or already late);
+        re-arm for the earliest deadline left. Answered requests have left the table."""
+        self._timer, self._timer_at = None, _NEVER
+        due = max(when, loop.time())
+        nearest = _NEVER
+        for pending in self._pending.values():
+            deadline = pending.deadline
+            if deadline <= due:
+                pending.set()  # no response, not failed: the waiter raises IssuerTimeout
+            elif deadline < nearest:
+                nearest = deadline
+        if nearest < _NEVER:
+            self._arm(loop, nearest)
 
 
 class IssuerPool:

@@ -221,15 +221,16 @@ class QueryIssuer(BaseParticipant):
         msg = self._issuer_request(ctx, pool)
         if self.hook is not None and (rc := await self.hook.seal(ctx, pool, msg)) is not None:
             return rc
-        if ctx.entry is not None:
-            ctx.entry.issuer = pool.issuer
-            ctx.entry.issuer_mti = msg.mti
-            ctx.entry.issuer_stan = msg.fields["11"]
-            ctx.entry.issuer_time = msg.fields["7"]
-            ctx.entry.rrn = ctx.rrn
-            ctx.entry.amount = int(ctx.request.fields.get("4", "0"))
-        timeout = min(pool.cfg.timeout, ctx.deadline - time.monotonic())
+        entry = ctx.entry
+        if entry is not None:
+            entry.issuer = pool.issuer
+            entry.issuer_mti = msg.mti
+            entry.issuer_stan = msg.fields["11"]
+            entry.issuer_time = msg.fields["7"]
+            entry.rrn = ctx.rrn
+            entry.amount = int(ctx.request.fields.get("4", "0"))
         started = time.monotonic()
+        timeout = min(pool.cfg.timeout, ctx.deadline - started)
         try:
             answer = await pool.request(msg, max(timeout, 0.0))
         except IssuerTimeout:

@@ -67,6 +67,8 @@ class RecentTransactions:
         self.window = window
         self.max_entries = max_entries
         self._entries: OrderedDict[DuplicateKey, TxnEntry] = OrderedDict()
+        self._head_created = 0.0
+        """``created`` of the oldest entry: nothing is due for eviction before it is."""
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -82,13 +84,19 @@ class RecentTransactions:
         ``when`` (default: the current time)."""
         entries = self._entries
         entry = TxnEntry(created=now) if when is None else TxnEntry(created=now, when=when)
-        entries[key] = entry
-        entries.move_to_end(key)
+        if key in entries or not entries:
+            entries[key] = entry
+            entries.move_to_end(key)  # the head may have moved: look again below
+        else:
+            entries[key] = entry
+            if len(entries) <= self.max_entries and now - self._head_created <= self.window:
+                return entry  # the head stays: nothing to evict
         # Evict by age, then by count (oldest first).
         while entries:
             oldest_key, oldest = next(iter(entries.items()))
             if len(entries) > self.max_entries or now - oldest.created > self.window:
                 del entries[oldest_key]
             else:
+                self._head_created = oldest.created
                 break
         return entry

@@ -65,6 +65,18 @@ async def test_recent_transactions_bounded_by_age_and_count() -> None:
     assert recent.get(("2", "T", "000004", "1127100000"), now=20.0) is None
 
 
+def test_recent_transactions_evict_by_age_after_the_head_is_begun_again() -> None:
+    recent = RecentTransactions(window=10.0)
+    first, second = ("2", "T", "000001", "1127100000"), ("2", "T", "000002", "1127100000")
+    recent.begin(first, now=0.0)
+    recent.begin(second, now=5.0)
+    recent.begin(first, now=6.0)  # the head moves to the end: second is now the oldest
+    recent.begin(("2", "T", "000003", "1127100000"), now=15.5)  # second is past the window
+    assert recent.get(second, now=15.5) is None
+    assert len(recent) == 2
+    assert recent.get(first, now=15.5) is not None
+
+
 def test_log_redaction_masks_pans_and_hides_secrets() -> None:
     out = io.BytesIO()
     configure("info", stream=out)

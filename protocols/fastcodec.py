@@ -208,6 +208,7 @@ class FastCodec(Codec):
                 plans[bitmap] = plan
         if plan is _NO_PLAN:
             return None
+        start = pos
         # ASCII fields are sliced from one latin-1 decoding of the whole message (one C pass,
         # one object per field); that they are really ASCII is checked once, at the end.
         text = data.decode("latin-1")
@@ -228,9 +229,12 @@ class FastCodec(Codec):
             else:
                 out[key] = text[pos:end]
             pos = end
-        # A short field leaves pos past the end; hex text is ASCII, so one check covers
-        # every ASCII field.
-        if pos != len(data) or not "".join(out.values()).isascii():
+        # A short field leaves pos past the end. All bytes after the bitmap ASCII (no binary
+        # field, or binary bytes that happen to be ASCII): every ASCII field is; otherwise one
+        # check over the values (hex text is ASCII, so it covers every ASCII field).
+        if pos != len(data):
+            return None
+        if not data[start:].isascii() and not "".join(out.values()).isascii():
             return None
         return Message(text[:4], out)
 

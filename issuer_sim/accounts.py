@@ -74,6 +74,10 @@ class AccountBook:
     """PIN, CVV2 and link MAC checks (issuer_sim/pin.py); none: PINs cannot be verified."""
     range_pins: dict[str, str] = field(default_factory=dict, repr=False)
     """Synthetic range prefix -> its PIN, encrypted (the ranges themselves keep no PIN)."""
+    max_synthetic: int = 1_000_000
+    """Synthetic accounts kept (oldest first out): a load test makes one per transaction,
+    and a simulator that keeps them all grows by about 1 GB per million."""
+    _synthetic_order: dict[str, None] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_cards(
@@ -121,5 +125,11 @@ class AccountBook:
                 if self.security is not None and protected is not None:
                     account.pvv_source = partial(self.security.pvv_from_protected, pan, protected)
                 self.accounts[pan] = account
+                order = self._synthetic_order
+                order[pan] = None
+                if len(order) > self.max_synthetic:
+                    oldest = next(iter(order))
+                    del order[oldest]
+                    del self.accounts[oldest]
                 return account
         return None

@@ -226,3 +226,23 @@ def test_synthetic_card_pvv_is_derived_when_first_needed() -> None:
     assert account.pvv_source is None
     account.pvv = "1234"
     assert account.pvv == "1234"
+
+
+def _luhn_pan(prefix: str, body: int) -> str:
+    partial = f"{prefix}{body:0{15 - len(prefix)}d}"
+    for check in "0123456789":
+        if luhn_ok(partial + check):
+            return partial + check
+    raise AssertionError("no check digit")
+
+
+def test_synthetic_accounts_are_bounded_oldest_first_and_configured_cards_stay() -> None:
+    book = AccountBook.from_cards("alpha", DATA.cards, DATA.issuer_behaviour.synthetic)
+    book.max_synthetic = 3
+    configured = len(book.accounts)
+    pans = [_luhn_pan("4761739", i) for i in range(5)]
+    for pan in pans:
+        assert book.find(pan) is not None
+    assert len(book.accounts) == configured + 3
+    assert [p for p in pans if p in book.accounts] == pans[2:]  # the two oldest went
+    assert "4761730000000011" in book.accounts  # a configured card is never evicted

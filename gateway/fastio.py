@@ -67,12 +67,14 @@ class FrameProtocol(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self._out: list[bytes] = []
         self._on_connect = on_connect
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- asyncio callbacks ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
         self._transport = cast(asyncio.Transport, transport)
+        self._loop = asyncio.get_running_loop()  # kept: the lookup is not free per frame
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.peer = f"{peer[0]}:{peer[1]}"
@@ -143,7 +145,7 @@ class FrameProtocol(asyncio.Protocol):
                 if self._lost is not None:
                     raise anyio.BrokenResourceError from self._lost
                 raise anyio.EndOfStream
-            loop = asyncio.get_running_loop()
+            loop = self._loop or asyncio.get_running_loop()
             waiter: asyncio.Future[bool] = loop.create_future()
             self._waiter = waiter
             stall = None
@@ -173,10 +175,11 @@ class FrameProtocol(asyncio.Protocol):
         # rest of a frame's handling, and under load several answers are ready at once.
         out = self._out
         out.append(encode_frame(payload, self.max_size))
+        loop = self._loop or asyncio.get_running_loop()
         if len(out) == 1:
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop.call_soon(self._flush)
         if self._writing_paused:
-            self._drain = asyncio.get_running_loop().create_future()
+            self._drain = loop.create_future()
             await self._drain
             if self._eof and self._lost is not None:
                 raise anyio.BrokenResourceError from self._lost

@@ -29,14 +29,14 @@ class _FsyncSpy:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.fds: list[int] = []
         self.threads: list[str] = []
-        real = os.fsync
+        real = os.fdatasync
 
         def spy(fd: int) -> None:
             self.fds.append(fd)
             self.threads.append(threading.current_thread().name)
             real(fd)
 
-        monkeypatch.setattr(os, "fsync", spy)  # sqlite.py calls os.fsync
+        monkeypatch.setattr(os, "fdatasync", spy)  # sqlite.py syncs the WAL's data
 
 
 async def test_durable_batch_fsyncs_the_wal_off_the_loop(

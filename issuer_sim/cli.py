@@ -29,7 +29,9 @@ def build_server(cfg: IssuerSimConfig, base: Path, issuer: str, port: int | None
     pki.ensure_pki(pki_dir, [f"issuer-{issuer}"])
     ctx = pki.server_context(pki_dir, f"issuer-{issuer}", require_client_cert=True)
     f = ep.faults or cfg.faults
-    faults = LiveFaults(f.latency_ms, f.drop_ratio, f.disconnect_after, f.apply_to_network)
+    faults = LiveFaults(
+        f.latency_ms, f.drop_ratio, f.disconnect_after, f.apply_to_network, f.bad_mac_ratio
+    )
     host = IssuerHost(book, emv=EmvAuthenticator.for_issuer(data, issuer))
     return IssuerServer(
         host, ctx, faults=faults, bind=ep.host, port=ep.port if port is None else port

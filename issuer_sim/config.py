@@ -18,6 +18,9 @@ class Faults:
     """Close the connection after this many messages (0: never)."""
     apply_to_network: bool = False
     """Apply latency and drops to 0800 network messages too (then sign-on fails)."""
+    bad_mac_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Share of MACed answers sent with a wrong MAC (processed, but the switch cannot trust
+    the answer)."""
 
 
 @dataclass(config=FROZEN)

@@ -17,6 +17,7 @@ from gateway.framed import StalledFrameError
 from gateway.logs import get_logger
 from issuer_sim.connection import MAX_FRAME, PARTIAL_TIMEOUT, LinkConnection
 from issuer_sim.host import IssuerHost
+from issuer_sim.linkmac import link_mac_field
 from protocols.dialects import get_dialect
 from protocols.errors import ProtocolError
 from protocols.fastcodec import best_codec
@@ -35,6 +36,19 @@ class LiveFaults:
     drop_ratio: float = 0.0
     disconnect_after: int = 0
     apply_to_network: bool = False
+    bad_mac_ratio: float = 0.0
+
+
+def corrupt_mac(answer: Message) -> Message:
+    """A copy of ``answer`` whose link MAC is wrong (one bit flipped); unchanged without one.
+    A copy: the host keeps the answer for retransmissions, and the sealed bytes of the
+    original are not reused for it (``IssuerServer.encode``)."""
+    field = link_mac_field(answer.fields)
+    mac = answer.fields.get(field)
+    if mac is None or not mac:
+        return answer
+    flipped = f"{int(mac[0], 16) ^ 1:X}{mac[1:]}"
+    return Message(answer.mti, {**answer.fields, field: flipped})
 
 
 class IssuerServer:
@@ -123,6 +137,8 @@ class IssuerServer:
         faulty = msg.mti != "0800" or faults.apply_to_network
         if faulty and faults.drop_ratio and random.random() < faults.drop_ratio:
             return None, 0.0  # processed, but the answer is lost
+        if faulty and faults.bad_mac_ratio and random.random() < faults.bad_mac_ratio:
+            answer = corrupt_mac(answer)  # processed, but the answer cannot be trusted
         if faulty and faults.latency_ms:
             return answer, faults.latency_ms
         return answer, 0.0

@@ -1,7 +1,15 @@
-"""Prometheus metrics of one gateway instance (its own registry, so instances never clash)."""
+"""Prometheus metrics of one gateway instance (its own registry, so instances never clash).
+
+The per-transaction metrics (answers by MTI and code, switch and issuer latency) are batched:
+an observation is appended to a list and applied to the Prometheus children every
+``_FLUSH_AT`` observations and before every collection (a collector registered first flushes),
+so a scrape sees every transaction. Prometheus' own ``inc``/``observe`` take a lock and walk
+the buckets per call: about 1.6 us per transaction against a list append.
+"""
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -10,6 +18,42 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_FLUSH_AT = 256
+
+
+def observe_all(child: Any, values: list[float]) -> None:
+    """``child.observe(v)`` for each value, as one update per bucket and one of the sum.
+
+    Uses the histogram child's value holders (``_upper_bounds``, ``_buckets``, ``_sum``:
+    prometheus_client 0.x); without them, observes one by one."""
+    bounds = getattr(child, "_upper_bounds", None)
+    buckets = getattr(child, "_buckets", None)
+    total = getattr(child, "_sum", None)
+    if bounds is None or buckets is None or total is None:
+        for value in values:
+            child.observe(value)
+        return
+    counts = [0] * len(bounds)
+    last = len(bounds)
+    for value in values:
+        i = bisect_left(bounds, value)  # the first bound >= value, as observe's loop finds
+        if i < last:
+            counts[i] += 1
+    total.inc(sum(values))
+    for i, n in enumerate(counts):
+        if n:
+            buckets[i].inc(n)
+
+
+class _Flush(Collector):
+    """Registered before every other collector: a collection first applies what is batched."""
+
+    def __init__(self, flush: Callable[[], None]) -> None:
+        self._flush = flush
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        self._flush()
+        return iter(())
 
 
 class _LinkCollector(Collector):
@@ -30,6 +74,9 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self._pending: list[tuple[str, str, float]] = []
+        self._issuer_pending: list[tuple[str, float]] = []
+        r.register(_Flush(self.flush))
         self.transactions = Counter(
             "switch_transactions", "Terminal requests answered", ["mti", "rc"], registry=r
         )
@@ -76,22 +123,46 @@ class Metrics:
         self.registry.register(_LinkCollector(statuses))
 
     def observe_transaction(self, mti: str, rc: str, seconds: float) -> None:
-        # Cache labelled children: .labels() costs more than the increment itself.
-        key = (mti, rc)
-        child = self._txn_children.get(key)
-        if child is None:
-            child = self._txn_children[key] = self.transactions.labels(mti, rc)
-        child.inc()
-        lat = self._lat_children.get(mti)
-        if lat is None:
-            lat = self._lat_children[mti] = self.latency.labels(mti)
-        lat.observe(seconds)
+        pending = self._pending
+        pending.append((mti, rc, seconds))
+        if len(pending) >= _FLUSH_AT:
+            self.flush()
 
     def observe_issuer(self, issuer: str, seconds: float) -> None:
-        child = self._issuer_children.get(issuer)
-        if child is None:
-            child = self._issuer_children[issuer] = self.issuer_latency.labels(issuer)
-        child.observe(seconds)
+        pending = self._issuer_pending
+        pending.append((issuer, seconds))
+        if len(pending) >= _FLUSH_AT:
+            self.flush()
+
+    def flush(self) -> None:
+        """Apply the batched observations to the Prometheus metrics."""
+        pending, self._pending = self._pending, []
+        issuer_pending, self._issuer_pending = self._issuer_pending, []
+        counts: dict[tuple[str, str], int] = {}
+        latencies: dict[str, list[float]] = {}
+        for mti, rc, seconds in pending:
+            counts[mti, rc] = counts.get((mti, rc), 0) + 1
+            latencies.setdefault(mti, []).append(seconds)
+        # Labelled children cached: .labels() costs more than the update itself.
+        for key, n in counts.items():
+            child = self._txn_children.get(key)
+            if child is None:
+                child = self._txn_children[key] = self.transactions.labels(*key)
+            child.inc(n)
+        for mti, values in latencies.items():
+            lat = self._lat_children.get(mti)
+            if lat is None:
+                lat = self._lat_children[mti] = self.latency.labels(mti)
+            observe_all(lat, values)
+        by_issuer: dict[str, list[float]] = {}
+        for issuer, seconds in issuer_pending:
+            by_issuer.setdefault(issuer, []).append(seconds)
+        for issuer, values in by_issuer.items():
+            child = self._issuer_children.get(issuer)
+            if child is None:
+                child = self._issuer_children[issuer] = self.issuer_latency.labels(issuer)
+            observe_all(child, values)
 
     def render(self) -> bytes:
+        self.flush()
         return generate_latest(self.registry)

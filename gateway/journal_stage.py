@@ -5,9 +5,9 @@ Participants and hooks (their place in the pipeline is set in ``Gateway``):
 * :class:`JournalStage`, first in the pipeline, so every request that enters it is recorded
   whatever stage answers it. Its ``commit``/``abort`` run last, after the response is built and
   before the terminal sees it: ``answered`` (approvals durable), ``timed_out`` with the 0420
-  that reverses what was sent, ``stood_in`` with its 0120, and ``reversed`` on the original of
-  a successful reversal. If an approval cannot be journaled the terminal gets ``96``, never an
-  approval the books do not hold.
+  that reverses what was sent (no answer, or one whose link MAC failed), ``stood_in`` with
+  its 0120, and ``reversed`` on the original of a successful reversal. If an approval cannot
+  be journaled the terminal gets ``96``, never an approval the books do not hold.
 * :class:`JournalReceive` (after routing): ``received``, not synced (losing it on power failure
   loses nothing: nothing was sent yet); PostgreSQL only (other nodes must see the request in
   progress), on SQLite the first record is ``sent_to_issuer`` or the outcome.
@@ -368,8 +368,10 @@ class JournalStage(BaseParticipant):
             self.runtime.wake(ctx.issuer)
             return
         sent = ctx.issuer_request
-        if ctx.issuer_failure is not None and sent is not None and ctx.issuer is not None:
-            await self._timed_out(journal, ctx, first, sent, outcome)
+        # An answer that could not be trusted (MAC) counts as none: reversed the same way.
+        failure = ctx.issuer_failure or ctx.answer_rejected
+        if failure is not None and sent is not None and ctx.issuer is not None:
+            await self._timed_out(journal, ctx, first, sent, outcome, failure)
             return
         original = ctx.original
         if (
@@ -404,8 +406,11 @@ class JournalStage(BaseParticipant):
         first: bool,
         sent: Message,
         outcome: dict[str, object],
+        failure: str,
     ) -> None:
-        """No answer: whatever the issuer did with ``sent`` is undone by a 0420 advice."""
+        """No answer (or none to trust): whatever the issuer did with ``sent`` is undone by a
+        0420 advice, queued in the same commit as the ``timed_out`` record (note
+        ``issuer_`` + ``failure``: ``timeout``, ``unavailable``, ``bad_mac``, ...)."""
         assert ctx.issuer is not None
         pool = self.pools.get(ctx.issuer)
         if pool is None:
@@ -424,18 +429,22 @@ class JournalStage(BaseParticipant):
         # A reversal that timed out is still owed: it goes on as an advice; the terminal's
         # own repeat will find the original not yet reversed and try again, which the issuer
         # applies once.
-        event = self._event(ctx, first, TxnState.TIMED_OUT, note=f"issuer_{ctx.issuer_failure}")
+        event = self._event(ctx, first, TxnState.TIMED_OUT, note=f"issuer_{failure}")
         event = dataclasses.replace(event, **outcome)  # type: ignore[arg-type]
         delay = dt.timedelta(seconds=self.runtime.saf.reversal_delay)
         new = self._advice(ctx.issuer, advice, ctx, txn_id=target, delay=delay)
         await journal.append_with_advice(event, new)
-        if sent.mti not in REVERSALS:
+        no_answer = ctx.issuer_failure is not None
+        if no_answer and sent.mti not in REVERSALS:
+            # A late approval gets a further 0420 (an untrusted answer came already: none).
             self.runtime.remember_timeout(ctx.issuer, sent, ctx.rrn)
         log.warning(
-            "issuer_no_answer_reversal_queued",
+            "issuer_no_answer_reversal_queued"
+            if no_answer
+            else "issuer_answer_untrusted_reversal_queued",
             issuer=ctx.issuer,
             rrn=ctx.rrn,
-            failure=ctx.issuer_failure,
+            failure=failure,
             mti=sent.mti,
         )
         self.runtime.wake(ctx.issuer)

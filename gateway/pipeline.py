@@ -56,6 +56,9 @@ class Context:
     """What went to the issuer, once journaled as sent (a timeout reverses it)."""
     issuer_failure: str | None = None
     """``timeout`` or ``unavailable`` when the issuer gave no answer."""
+    answer_rejected: str | None = None
+    """Why an issuer answer was not used (``bad_mac``, ``mac_unverified``): the issuer may have
+    acted on the request, so the journal stage reverses it as after a timeout."""
     stood_in: bool = False
     """Approved by stand-in processing (gateway.standin); ``advice`` is its 0120."""
     advice: Message | None = None

@@ -11,7 +11,10 @@ Participants (see ``Gateway`` for their place in the pipeline):
   field 53 never leaves the switch.
 * :class:`IssuerLinkMac`, the issuer-message hook of ``QueryIssuer``: on the links of issuers
   with a ZAK, the MAC is added to each request once it is complete, and checked on answers that
-  carry one.
+  carry one. An answer whose MAC is wrong, or that the HSM could not verify, is not used
+  (``96``) and is treated like no answer: the issuer may have approved and debited, so the
+  journal stage reverses it with a 0420 through store-and-forward, as after a timeout
+  (``Context.answer_rejected``). Without a journal nothing can reverse it: logged as an error.
 
 Where the MAC goes: field 64 when the message has no secondary bitmap; with fields 65-128
 present (a reversal's field 90, for example) ISO 8583:1987 puts it in field 128 instead. Either
@@ -51,6 +54,10 @@ log = get_logger("gateway.security")
 MAC_LENGTH = 8
 PIN_MTIS = frozenset({"0100", "0200"})
 """Requests whose PIN block is translated and sent on (advices and reversals carry none)."""
+BAD_MAC = "bad_mac"
+UNVERIFIED = "mac_unverified"
+"""``Context.answer_rejected`` of an issuer answer whose MAC is wrong / could not be checked
+(the journal's note is ``issuer_`` + this)."""
 HSM_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -118,6 +125,14 @@ class SecurityMetrics:
             "switch_security_checks",
             "Security checks on the transaction path by outcome",
             ["check", "outcome"],
+            registry=registry,
+        )
+
+        self.untrusted_answers = Counter(
+            "switch_issuer_answers_untrusted",
+            "Issuer answers not used (MAC wrong or not verifiable); reversal: queued (a 0420"
+            " is queued, or an advice stays queued) | none (no journal: nothing reverses it)",
+            ["issuer", "reason", "reversal"],
             registry=registry,
         )
 
@@ -279,26 +294,61 @@ class IssuerLinkMac(_HsmStage):
         return None
 
     async def check_answer(self, ctx: Context, pool: IssuerPool, answer: Message) -> str | None:
-        """``None`` when the answer may be used; ``96`` when its MAC does not verify."""
+        """``None`` when the answer may be used; ``96`` when its MAC does not verify or could
+        not be verified (then ``ctx.answer_rejected`` says why, and the answer is reversed)."""
         zak = self._zak(pool.issuer)
         field = mac_field(answer.fields)
         value = answer.fields.get(field)
         if zak is None or value is None:
             return None
         if self.hsm is None:
-            return self._fail(ctx, "96", "hsm_disabled", "issuer answer MAC but no HSM")
+            rc = self._fail(ctx, "96", "hsm_disabled", "issuer answer MAC but no HSM")
+            return self._untrusted(ctx, pool, answer, rc, UNVERIFIED)
         try:
             mac = bytes.fromhex(value)
             data = mac_input(pool.codec, answer, field)
         except (ValueError, ProtocolError):
-            return self._fail(ctx, "96", "answer_wrong", "issuer answer MAC unusable")
+            rc = self._fail(ctx, "96", "answer_wrong", "issuer answer MAC unusable")
+            return self._untrusted(ctx, pool, answer, rc, BAD_MAC)
         try:
             ok = await self.hsm.verify_mac(zak, data, mac)
         except (HsmUnavailableError, HsmCommandError) as exc:
-            return self._hsm_failed(ctx, exc)
+            # The answer may have been an approval: not knowing is as bad as a wrong MAC.
+            rc = self._hsm_failed(ctx, exc)
+            return self._untrusted(ctx, pool, answer, rc, UNVERIFIED)
         if not ok:
-            return self._fail(
+            rc = self._fail(
                 ctx, "96", "answer_wrong", "issuer answer MAC does not verify", issuer=pool.issuer
             )
+            return self._untrusted(ctx, pool, answer, rc, BAD_MAC)
         self.metrics.count(self.check, "verified")
         return None
+
+    def _untrusted(
+        self, ctx: Context, pool: IssuerPool, answer: Message, rc: str, reason: str
+    ) -> str:
+        """An answer that cannot be trusted counts as no answer: whatever the issuer did is
+        reversed (journal stage, 0420 store-and-forward). That needs the journal: it is on
+        when the request was journaled as sent (``ctx.issuer_request``)."""
+        ctx.answer_rejected = reason
+        queued = ctx.issuer_request is not None
+        self.metrics.untrusted_answers.labels(
+            pool.issuer, reason, "queued" if queued else "none"
+        ).inc()
+        if not queued:  # when queued, the journal stage logs it
+            log.error(
+                "issuer_answer_untrusted_not_reversed",
+                issuer=pool.issuer,
+                rrn=ctx.rrn,
+                reason=reason,
+                mti=answer.mti,
+                issuer_rc=_rc_of(answer),
+                reversal="none: no journal, so no store-and-forward; the issuer may hold it",
+            )
+        return rc
+
+
+def _rc_of(answer: Message) -> str | None:
+    """The answer's field 39 when it is a plausible response code (fit for a log line)."""
+    value = answer.fields.get("39")
+    return value if value is not None and len(value) == 2 and value.isalnum() else None

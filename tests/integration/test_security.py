@@ -316,6 +316,36 @@ async def test_issuer_answer_with_a_wrong_mac_is_not_used(stack: Stack) -> None:
     assert checks(stack, "issuer_mac", "answer_wrong") == 1
 
 
+async def test_untrusted_issuer_answer_without_a_journal_is_logged_not_reversed(
+    pki_dir: Path,
+) -> None:
+    """No journal, no store-and-forward: the issuer keeps what it approved (the journaled
+    gateway reverses it: test_journal_pipeline), and the switch says so loudly."""
+    out = io.BytesIO()
+    configure("info", stream=out)
+    structlog.configure(cache_logger_on_first_use=False)
+    try:
+        async with running_stack(pki_dir) as stack:
+            alpha = stack.issuers["alpha"]
+            before = stack.account_balance("alpha", PAN)
+            alpha.faults.bad_mac_ratio = 1.0
+            async with terminal(stack.port) as term:
+                resp = await term.exchange(purchase(PAN, 100))
+            assert resp["39"] == "96"
+            assert stack.account_balance("alpha", PAN) == before - 100  # nothing undoes it
+            assert alpha.by_mti.get("0420", 0) == 0
+            metric = stack.gateway.security_metrics.untrusted_answers
+            assert metric.labels("alpha", "bad_mac", "none")._value.get() == 1
+            assert checks(stack, "issuer_mac", "answer_wrong") == 1
+    finally:
+        structlog.reset_defaults()
+    text = out.getvalue().decode()
+    [line] = [x for x in text.splitlines() if '"issuer_answer_untrusted_not_reversed"' in x]
+    assert '"level":"error"' in line.replace(" ", "")
+    assert resp["37"] in line
+    assert PAN not in text
+
+
 async def test_no_pan_pin_block_key_or_mac_in_logs(pki_dir: Path) -> None:
     out = io.BytesIO()
     configure("debug", stream=out)

@@ -6,7 +6,8 @@ overtaken by the 0420 that reverses it). The queue lives in the journal's databa
 survives restarts and is shared by the nodes of one PostgreSQL journal.
 
 An advice cannot be declined: any answer acknowledges it, except the ones that say the issuer
-did not process it (``63`` bad MAC, ``91``/``96`` issuer trouble) — those are retried. An
+did not process it (``63`` bad MAC, ``91``/``96`` issuer trouble) and an answer whose own link
+MAC fails or cannot be checked (it proves nothing) — those are retried. An
 acknowledged 0420 marks its original ``reversed``, a 0120 marks its transaction ``advised``;
 the journal event is written before the advice is removed, so a crash in between only resends
 an advice the issuer has already applied (it applies each once).
@@ -183,14 +184,20 @@ class SafSender:
         return False
 
     async def _send(self, msg: Message) -> Message | str:
-        """The issuer's answer, or why there is none."""
-        if self.hook is not None:
-            now = time.monotonic()
-            ctx = Context(
-                request=msg, received=now, deadline=now + self.cfg.timeout, now=self.clock(), rrn=""
-            )
-            if (rc := await self.hook.seal(ctx, self.pool, msg)) is not None:
-                return f"seal_{rc}"
+        """The issuer's answer, or why there is none (or none to trust)."""
+        now = time.monotonic()
+        # issuer_request: the advice is journaled (queued), so an untrusted answer to it is
+        # not logged as a reversal lost; it is simply sent again.
+        ctx = Context(
+            request=msg,
+            received=now,
+            deadline=now + self.cfg.timeout,
+            now=self.clock(),
+            rrn="",
+            issuer_request=msg,
+        )
+        if self.hook is not None and (rc := await self.hook.seal(ctx, self.pool, msg)) is not None:
+            return f"seal_{rc}"
         try:
             answer = await self.pool.request(msg, self.cfg.timeout)
         except IssuerTimeout:
@@ -199,6 +206,10 @@ class SafSender:
             return "unavailable"
         except ProtocolError as exc:
             return f"protocol: {exc}"
+        if self.hook is not None and await self.hook.check_answer(ctx, self.pool, answer):
+            # A MAC that fails (or cannot be checked) acknowledges nothing: the advice is sent
+            # again, and the issuer applies it once.
+            return f"answer_{ctx.answer_rejected or 'rejected'}"
         rc = answer.fields.get("39", "")
         if rc in RETRY_CODES:
             return f"rc_{rc}"

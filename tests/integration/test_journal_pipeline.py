@@ -4,6 +4,7 @@ originals found across a restart, crash recovery, graceful stop, no clear PAN on
 
 from __future__ import annotations
 
+import datetime as dt
 import sqlite3
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -16,6 +17,7 @@ import pytest
 
 from gateway.config import SafConfig
 from gateway.journal import TxnState
+from protocols.message import Message
 from tests.helpers import Stack, eventually, purchase, reversal_of, running_stack, terminal
 from tests.integration.journal_support import (
     JournalSetup,
@@ -120,6 +122,110 @@ async def test_late_approval_is_reversed(stack: Stack) -> None:
 async def _value(metric: Any, at_least: float) -> bool:
     value: float = metric._value.get()
     return value >= at_least
+
+
+# -- answers whose link MAC fails: treated like no answer ------------------------------------
+
+
+def _approved_at_issuer(stack: Stack, issuer: str, mti: str = "0200") -> int:
+    """How many ``mti`` requests the issuer approved (and posted), reversed since or not."""
+    host = stack.issuers[issuer].host
+    return sum(1 for p in host.postings.values() if p.mti == mti and p.approved)
+
+
+def _untrusted(stack: Stack, reason: str, reversal: str = "queued") -> float:
+    metric = stack.gateway.security_metrics.untrusted_answers.labels("alpha", reason, reversal)
+    return float(metric._value.get())
+
+
+async def test_answer_with_a_bad_mac_is_declined_and_reversed_once(stack: Stack) -> None:
+    alpha = stack.issuers["alpha"]
+    before = stack.account_balance("alpha", PAN)
+    alpha.faults.bad_mac_ratio = 1.0  # processed (approved, debited), but the MAC is wrong
+    async with terminal(stack.port) as term:
+        resp = await term.exchange(purchase(PAN, 650))
+    assert (resp["39"], "38" in resp) == ("96", False)
+    assert _approved_at_issuer(stack, "alpha") == 1
+    stored = await txn(stack.gateway, resp["37"])
+    # The 0430 of the queued 0420 comes back with a wrong MAC too: no acknowledgement, so
+    # the record stays as written, with its reason.
+    assert (stored.state, stored.note, stored.response_code) == (
+        TxnState.TIMED_OUT,
+        "issuer_bad_mac",
+        "96",
+    )
+    assert stored.auth_code is None
+    await until(lambda: _sync(alpha.host.reversals_applied == 1))
+    assert stack.account_balance("alpha", PAN) == before  # the issuer applied the 0420...
+    assert await saf_depth(stack.gateway, "alpha") == 1  # ...but its answer proves nothing
+    assert (await txn(stack.gateway, resp["37"])).state == TxnState.TIMED_OUT
+    alpha.faults.bad_mac_ratio = 0.0
+    await until(lambda: _zero(stack, "alpha"))
+    assert stack.account_balance("alpha", PAN) == before
+    assert alpha.host.reversals_applied == 1  # sent again, applied once
+    assert (await txn(stack.gateway, resp["37"])).state == TxnState.REVERSED
+    assert _untrusted(stack, "bad_mac") >= 2  # the 0210, and each 0430 not taken
+    day = stored.created_at.date()
+    journal = journal_of(stack.gateway)
+    assert [t for t in await journal.settlement(day) if t.issuer_id == "alpha"] == []
+
+
+async def test_answer_the_hsm_cannot_verify_is_declined_and_reversed(stack: Stack) -> None:
+    hsm = stack.hsm
+    assert hsm is not None
+    alpha = stack.issuers["alpha"]
+    before = stack.account_balance("alpha", PAN)
+    handle = alpha.host.handle
+
+    def hsm_dies_meanwhile(msg: Message, now: dt.datetime) -> Message:
+        if msg.mti == "0200":
+            hsm.stop()  # the request was MACed (M6); the answer's M8 will find no HSM
+        return handle(msg, now)
+
+    alpha.host.handle = hsm_dies_meanwhile  # type: ignore[method-assign]
+    alpha.faults.latency_ms = 100  # the HSM's connections close before the answer is in
+    async with terminal(stack.port) as term:
+        resp = await term.exchange(purchase(PAN, 640))
+    alpha.host.handle = handle  # type: ignore[method-assign]
+    alpha.faults.latency_ms = 0
+    assert resp["39"] == "96"
+    assert _approved_at_issuer(stack, "alpha") == 1
+    stored = await txn(stack.gateway, resp["37"])
+    assert (stored.state, stored.note) == (TxnState.TIMED_OUT, "issuer_mac_unverified")
+    # No HSM, no MAC for the 0420 either: it waits in the queue.
+    assert stack.account_balance("alpha", PAN) == before - 640
+    assert await saf_depth(stack.gateway, "alpha") == 1
+    await hsm.start(stack.task_group)  # same port: the client reconnects by itself
+    await until(lambda: _zero(stack, "alpha"))
+    assert stack.account_balance("alpha", PAN) == before
+    assert alpha.host.reversals_applied == 1
+    assert (await txn(stack.gateway, resp["37"])).state == TxnState.REVERSED
+    assert _untrusted(stack, "mac_unverified") == 1
+
+
+async def test_reversal_whose_answer_has_a_bad_mac_is_repeated_as_an_advice(
+    stack: Stack,
+) -> None:
+    alpha = stack.issuers["alpha"]
+    before = stack.account_balance("alpha", PAN)
+    req = purchase(PAN, 480)
+    async with terminal(stack.port) as term:
+        first = await term.exchange(req)
+        assert first["39"] == "00"
+        alpha.faults.bad_mac_ratio = 1.0
+        rev = await term.exchange(reversal_of(req))
+        alpha.faults.bad_mac_ratio = 0.0
+    assert (rev.mti, rev["39"]) == ("0410", "96")
+    stored = await txn(stack.gateway, rev["37"])  # the 0420's acknowledgement marks the original
+    assert (stored.state, stored.note) == (TxnState.TIMED_OUT, "issuer_bad_mac")
+    await until(lambda: _zero(stack, "alpha"))
+    assert stack.account_balance("alpha", PAN) == before
+    assert alpha.host.reversals_applied == 1  # the 0400 and its 0420: applied once
+    assert (await txn(stack.gateway, first["37"])).state == TxnState.REVERSED
+
+
+async def _sync(value: bool) -> bool:
+    return value
 
 
 async def test_terminal_reversal_of_an_unanswered_request_is_acknowledged(stack: Stack) -> None:

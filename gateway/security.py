@@ -297,10 +297,16 @@ class IssuerLinkMac(_HsmStage):
         """``None`` when the answer may be used; ``96`` when its MAC does not verify or could
         not be verified (then ``ctx.answer_rejected`` says why, and the answer is reversed)."""
         zak = self._zak(pool.issuer)
+        if zak is None:
+            return None
         field = mac_field(answer.fields)
         value = answer.fields.get(field)
-        if zak is None or value is None:
-            return None
+        if value is None:
+            # On a MACed link an answer without a MAC is as untrusted as one with a wrong
+            # MAC (SPEC's rule for terminals: missing or wrong is a security violation):
+            # otherwise stripping the MAC would be the way around it.
+            rc = self._fail(ctx, "96", "answer_missing", "issuer answer without a MAC")
+            return self._untrusted(ctx, pool, answer, rc, BAD_MAC)
         if self.hsm is None:
             rc = self._fail(ctx, "96", "hsm_disabled", "issuer answer MAC but no HSM")
             return self._untrusted(ctx, pool, answer, rc, UNVERIFIED)

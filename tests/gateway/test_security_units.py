@@ -294,14 +294,17 @@ async def test_issuer_link_mac_seal_and_check() -> None:
     beta = purchase(PAN, 1)
     assert await link.seal(ctx, FakePool("beta"), beta) is None
     assert "64" not in beta  # beta's link uses no MAC
-    # Answers: a right MAC passes, a wrong one is 96, none at all is accepted.
+    # Answers: a right MAC passes, a wrong one is 96, none at all is 96 too.
     answer = Message("0210", {"11": "000001", "39": "00"})
     assert await link.seal(ctx, FakePool("alpha"), answer) is None
     assert await link.check_answer(ctx, FakePool("alpha"), answer) is None
     answer["39"] = "05"  # altered after the MAC
     assert await link.check_answer(ctx, FakePool("alpha"), answer) == "96"
     del answer.fields["64"]
-    assert await link.check_answer(ctx, FakePool("alpha"), answer) is None
+    assert await link.check_answer(ctx, FakePool("alpha"), answer) == "96"
+    assert ctx.answer_rejected == "bad_mac"
+    unmaced = Message("0210", {"11": "000001", "39": "00"})
+    assert await link.check_answer(ctx, FakePool("beta"), unmaced) is None  # beta: no MAC
     down = stage(IssuerLinkMac, MemoryHsm(HsmUnavailableError("x")))
     assert await down.seal(ctx, FakePool("alpha"), purchase(PAN, 1)) == "96"
 

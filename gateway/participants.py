@@ -185,7 +185,8 @@ class QueryIssuer(BaseParticipant):
 
     def _issuer_request(self, ctx: Context, pool: IssuerPool) -> Message:
         req = ctx.request
-        fields = {k: req.fields[k] for k in ISSUER_FIELDS if k in req.fields}
+        src = req.fields
+        fields = {k: src[k] for k in ISSUER_FIELDS if k in src}
         if "2" not in fields and "35" not in fields and ctx.pan:
             fields["2"] = ctx.pan
         fields["7"] = transmission_time(ctx.now)

@@ -26,8 +26,12 @@ FROM_ISSUER = ("54", "55")
 _RESPONSE_MTI: dict[str, str] = {}
 
 
+_now = dt.datetime.now
+_UTC = dt.UTC
+
+
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+    return _now(_UTC)
 
 
 class Switch:

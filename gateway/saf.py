@@ -132,9 +132,19 @@ class SafSender:
         for advice in queue:
             if not self.pool.ready:
                 return self.cfg.poll_interval  # woken when a link comes up
-            wait = (advice.next_attempt_at - self.clock()).total_seconds()
+            now = self.clock()
+            wait = (advice.next_attempt_at - now).total_seconds()
             if wait > 0:
                 return wait  # head of line: nothing overtakes it
+            try:
+                # Another node's sender on the same journal may have it: one sends it.
+                lease = now + dt.timedelta(seconds=2 * self.cfg.timeout + 1.0)
+                mine = await self.journal.claim(advice, lease)
+            except JournalError as exc:
+                log.error("saf_journal_failed", issuer=self.issuer, error=str(exc))
+                return self.cfg.poll_interval
+            if not mine:
+                return 0.0  # taken (or acknowledged) meanwhile: read the queue again
             if not await self._deliver(advice):
                 return self.cfg.poll_interval
         return 0.0 if len(queue) == _BATCH else self.cfg.poll_interval

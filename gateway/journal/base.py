@@ -218,6 +218,16 @@ class JournalBase(abc.ABC):
         done: bool = await self._require().submit(Op(OpKind.RESCHEDULE, args))
         return done
 
+    async def claim(self, advice: Advice, until: datetime) -> bool:
+        """Take ``advice`` for sending until ``until``: its next attempt moves there, unless
+        someone moved it since it was read (another node's sender: then False, leave it).
+        A sender that dies holding it only delays it until ``until``."""
+        if until.tzinfo is None:
+            raise JournalStateError("until must be timezone-aware")
+        args = (to_us(until), advice.advice_id, to_us(advice.next_attempt_at))
+        done: bool = await self._require().submit(Op(OpKind.CLAIM, args, durable=False))
+        return done
+
     # -- reads ------------------------------------------------------------------------------
 
     def _txn(self, row: Sequence[Any] | None) -> StoredTxn | None:

@@ -33,6 +33,7 @@ class OpKind(Enum):
     ENQUEUE = auto()
     ACK = auto()
     RESCHEDULE = auto()
+    CLAIM = auto()
     CUSTOM = auto()
 
 

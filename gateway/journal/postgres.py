@@ -142,6 +142,8 @@ class PostgresJournal(JournalBase):
                     op.result = (await conn.execute(sql.ack, op.args)) != "DELETE 0"
                 elif op.kind is OpKind.RESCHEDULE:
                     op.result = (await conn.execute(sql.reschedule, *op.args)) != "UPDATE 0"
+                elif op.kind is OpKind.CLAIM:
+                    op.result = (await conn.execute(sql.claim_advice, *op.args)) != "UPDATE 0"
                 else:
                     custom: Custom = op.args
                     op.result = await custom(conn)

@@ -165,6 +165,11 @@ class Sql:
         )
         self.get_advice = self._q(f"SELECT {acols} FROM {p}advices WHERE advice_id = ?")
         self.ack = self._q(f"DELETE FROM {p}advices WHERE advice_id = ?")
+        # A lease: moves an advice's next attempt only if nobody moved it since it was read
+        # (another node's SAF sender on the same database), so exactly one node sends it.
+        self.claim_advice = self._q(
+            f"UPDATE {p}advices SET next_attempt_us = ? WHERE advice_id = ? AND next_attempt_us = ?"
+        )
         self.reschedule = self._q(
             f"UPDATE {p}advices SET next_attempt_us = ?, attempts = ?, last_error = ? "
             "WHERE advice_id = ?"

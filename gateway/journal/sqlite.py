@@ -324,6 +324,8 @@ class SqliteJournal(JournalBase):
                 op.result = con.execute(sql.ack, (op.args,)).rowcount > 0
             elif op.kind is OpKind.RESCHEDULE:
                 op.result = con.execute(sql.reschedule, op.args).rowcount > 0
+            elif op.kind is OpKind.CLAIM:
+                op.result = con.execute(sql.claim_advice, op.args).rowcount > 0
             else:
                 custom: Custom = op.args
                 op.result = custom(con)

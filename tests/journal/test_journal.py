@@ -381,3 +381,29 @@ async def test_postgres_refuses_trio(anyio_backend: tuple[str, dict[str, object]
     with pytest.raises(UnsupportedBackendError, match="asyncio"):
         async with open_journal(config):
             pass
+
+
+async def test_claim_lets_one_of_two_senders_take_an_advice(backend: Backend) -> None:
+    """Two nodes' SAF senders read the same due advice; exactly one claim wins, and the
+    advice's next attempt moves to the lease's end (a dead holder only delays it)."""
+    new = NewAdvice(
+        issuer_id="alpha",
+        kind="0420",
+        txn_id="c1",
+        fields={"t": "0420", "2": PAN, "11": "000001", "90": "0200000001"},
+        created_at=NOW,
+    )
+    async with backend.open() as journal, backend.open() as other:
+        advice_id = await journal.enqueue_advice(new)
+        seen_here = (await journal.next_due("alpha", NOW))[0]
+        seen_there = (await other.next_due("alpha", NOW))[0]
+        lease = NOW + timedelta(seconds=11)
+        assert await journal.claim(seen_here, lease)
+        assert not await other.claim(seen_there, lease + timedelta(seconds=1))
+        assert await journal.next_due("alpha", NOW) == []  # leased: not due before its end
+        held = await other.get_advice(advice_id)
+        assert held is not None
+        assert held.next_attempt_at == lease
+        assert await other.claim(held, lease + timedelta(seconds=5))  # read again: fine
+        assert await journal.ack(advice_id)
+        assert not await other.claim(held, lease)  # acknowledged meanwhile

@@ -18,18 +18,10 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 Prepared = tuple[Any, ...]
 
 
-_last_moment: list[Any] = [None, 0]  # the last conversion: a transaction's records share `at`
-
-
 def to_us(moment: datetime) -> int:
     """Microseconds since the epoch of an aware datetime (exact integer arithmetic)."""
-    last = _last_moment
-    if moment is last[0]:
-        return int(last[1])
     delta = moment - _EPOCH
-    us = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-    last[0], last[1] = moment, us
-    return us
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def from_us(value: int) -> datetime:

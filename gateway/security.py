@@ -215,11 +215,25 @@ class VerifyMac(_HsmStage):
         return None
 
 
+KSN_MEMORY = 500_000
+"""DUKPT KSNs remembered per BDK to refuse a second use (oldest forgotten first)."""
+
+
 class TranslatePin(_HsmStage):
-    """Field 52 from the terminal's key to the issuer's ZPK (TPK: ``CA``; DUKPT: ``G0``)."""
+    """Field 52 from the terminal's key to the issuer's ZPK (TPK: ``CA``; DUKPT: ``G0``).
+
+    A DUKPT device never uses a KSN twice (its counter advances with every PIN entry), so a
+    KSN seen before under the same BDK is a replayed PIN block: ``63``. Repeats of one
+    request (same 41/11/7) are answered from the duplicate check before they get here."""
 
     name = "translate-pin"
     check = "pin_translation"
+
+    def __init__(
+        self, hsm: HsmClient | None, keys: KeyStore, metrics: SecurityMetrics | None = None
+    ) -> None:
+        super().__init__(hsm, keys, metrics)
+        self._ksns: dict[tuple[str, str], None] = {}
 
     async def prepare(self, ctx: Context) -> str | None:
         req = ctx.request
@@ -247,9 +261,19 @@ class TranslatePin(_HsmStage):
                     return self._fail(ctx, "30", "format", "DUKPT PIN block without KSN (53)")
                 if terminal.bdk is None:
                     return self._fail(ctx, "96", "no_key", "no BDK for this terminal")
-                result = await self.hsm.translate_pin_dukpt_to_zpk(
-                    terminal.bdk, issuer.zpk, ksn, block, pan
-                )
+                used = (terminal.bdk, ksn.upper())
+                if used in self._ksns:
+                    return self._fail(ctx, "63", "ksn_reused", "DUKPT KSN used before")
+                self._ksns[used] = None  # taken now: a concurrent twin is refused too
+                try:
+                    result = await self.hsm.translate_pin_dukpt_to_zpk(
+                        terminal.bdk, issuer.zpk, ksn, block, pan
+                    )
+                except BaseException:
+                    self._ksns.pop(used, None)  # not translated: the KSN was not consumed
+                    raise
+                if len(self._ksns) > KSN_MEMORY:
+                    del self._ksns[next(iter(self._ksns))]
             else:
                 if terminal.tpk is None:
                     return self._fail(ctx, "96", "no_key", "no TPK for this terminal")

@@ -197,6 +197,26 @@ async def test_replayed_pin_block_under_another_ksn_fails(stack: Stack) -> None:
     assert all(a["39"] != "00" for _, a in seen)
 
 
+async def test_replayed_pin_block_under_its_own_ksn_is_63(stack: Stack) -> None:
+    """A captured PIN block sent again with its KSN (a new STAN, so no duplicate): 63, and
+    the issuer never sees it; the device's next KSN still works."""
+    next_ksn = ksns()
+    first = next_ksn()
+    seen = spy(stack.issuers["beta"])
+    async with terminal(stack.port) as term:
+        original = pin_purchase(DUKPT_TERMINAL, BETA_PAN, BETA_PIN, 300, ksn=first)
+        assert (await term.exchange(original))["39"] == "00"
+        replay = pin_purchase(DUKPT_TERMINAL, BETA_PAN, None, 300, mac="none")
+        replay.fields.update({"52": original["52"], "53": first.lower()})
+        assert DUKPT_TERMINAL.tak is not None
+        add_mac(replay, DUKPT_TERMINAL.tak.key)
+        assert replay["11"] != original["11"]
+        assert (await term.exchange(replay))["39"] == "63"
+        after = pin_purchase(DUKPT_TERMINAL, BETA_PAN, BETA_PIN, 300, ksn=next_ksn())
+        assert (await term.exchange(after))["39"] == "00"
+    assert len(seen) == 2  # the original and the next one; never the replay
+
+
 async def test_wrong_pin_55_tpk_and_dukpt(stack: Stack) -> None:
     async with terminal(stack.port) as term:
         resp = await term.exchange(pin_purchase(TPK_TERMINAL, BETA_PAN, "9999"))

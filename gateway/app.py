@@ -38,6 +38,7 @@ from gateway.metrics import Metrics
 from gateway.participants import CheckDuplicate, CheckFields, FindOriginal, QueryIssuer, Route
 from gateway.pipeline import Participant
 from gateway.qr import QrService, qr_app, with_virtual_terminals
+from gateway.qr.store import store_from_config
 from gateway.recent import RecentTransactions
 from gateway.risk import RiskEngine
 from gateway.risk_stage import CheckRisk
@@ -172,12 +173,15 @@ class Gateway:
             partial_timeout=cfg.terminal.partial_frame_timeout,
             max_in_flight=cfg.terminal.max_in_flight,
         )
+        # QR payments and idempotency keys: in memory, or a SQLite file under its own key.
+        qr_store, qr_cipher = store_from_config(cfg.qr_api, base_dir, self.pan_cipher)
         self.qr = QrService(
             self.dataset,
             self.switch.handle,
-            self.pan_cipher,
+            qr_cipher,
             idempotency_window=cfg.qr_api.idempotency_window,
             max_payments=cfg.qr_api.max_payments,
+            store=qr_store,
         )
         self._ready: anyio.Event | None = None
         self.terminal_port: int | None = None
@@ -314,7 +318,7 @@ class Gateway:
         self.stopped = stopped = anyio.Event()
         # The journal closes last: every write queued by the pipeline is flushed first.
         try:
-            async with opener as journal:
+            async with opener as journal, self.qr.store:
                 self.journal = journal
                 self.journal_runtime.attach(journal)
                 try:

@@ -47,7 +47,19 @@ class QrApiConfig:
     idempotency_window: float = 86400.0
     """Seconds an idempotency key is remembered (a replay within it gets the first result)."""
     max_payments: int = 1_000_000
-    """Payments kept in memory for status and refunds; the oldest go first beyond."""
+    """Payments kept for status and refunds; the oldest go first beyond."""
+    store_file: str = ""
+    """SQLite file of payments, refunds and idempotency keys, relative to this file: they
+    survive a restart. Empty: in memory only (lost at restart)."""
+    store_key: str = Field(default="", repr=False)
+    """64 hex (demo and tests only): seals the card numbers a refund needs and keys the
+    request fingerprints in the store file; the same key at every start."""
+    store_key_env: str = ""
+    """Environment variable holding the store key as 64 hex (production)."""
+
+    def __post_init__(self) -> None:
+        if self.store_file and bool(self.store_key) == bool(self.store_key_env):
+            raise ValueError("store_file needs exactly one of store_key or store_key_env")
 
 
 @dataclass(config=FROZEN)

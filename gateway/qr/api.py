@@ -26,7 +26,8 @@ from gateway.logs import get_logger
 from gateway.qr import problems as p
 from gateway.qr.models import MpmRequest, PaymentRequest, RefundRequest
 from gateway.qr.problems import Problem
-from gateway.qr.service import QrService, StoredResponse
+from gateway.qr.service import QrService
+from gateway.qr.store import StoredResponse
 
 log = get_logger("gateway.qr.api")
 
@@ -46,7 +47,7 @@ def qr_app(service: QrService, *, max_body: int = 16384) -> ASGIApp:
 
     async def get_payment(request: Request) -> Response:
         acquirer = service.authenticate(request.headers.get("authorization"))
-        payment = service.payment(acquirer, request.path_params["payment_id"])
+        payment = await service.payment(acquirer, request.path_params["payment_id"])
         return Response(payment.view().model_dump_json(), media_type=JSON)
 
     async def create_refund(request: Request) -> Response:

@@ -18,7 +18,6 @@ import itertools
 import secrets
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Final, TypeVar
 
 import anyio
@@ -30,7 +29,16 @@ from gateway.logs import get_logger
 from gateway.qr import problems as p
 from gateway.qr.models import MpmRequest, MpmView, PaymentRequest, RefundRequest
 from gateway.qr.problems import Problem
-from gateway.qr.store import IdempotencyConflict, IdempotencyStore, Payment, PaymentStore, Refund
+from gateway.qr.store import (
+    Claim,
+    IdempotencyConflict,
+    IdempotencyStore,
+    MemoryQrStore,
+    Payment,
+    QrStore,
+    Refund,
+    StoredResponse,
+)
 from gateway.qr.terminals import virtual_terminals
 from gateway.tokens import PanCipher
 from protocols import emv, qr_cpm, qr_mpm
@@ -55,15 +63,6 @@ COUNTRY_CURRENCY: Final[Mapping[str, str]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class StoredResponse:
-    """What an idempotent POST answered first: replayed as is."""
-
-    status: int
-    body: bytes
-    location: str | None = None
-
-
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -77,8 +76,12 @@ class QrService:
         *,
         idempotency_window: float = 86400.0,
         max_payments: int = 1_000_000,
+        store: QrStore | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
+        """``store``: where payments and idempotency keys live (default: in memory, bounded by
+        ``max_payments`` and ``idempotency_window``); ``cipher`` seals card numbers and keys
+        the request fingerprints, so a durable store needs the same key at every start."""
         self.handler = handler
         self.cipher = cipher
         self.clock = clock
@@ -88,10 +91,14 @@ class QrService:
             hashlib.sha256(a.api_key.encode()).digest(): a for a in dataset.qr_acquirers
         }
         self.terminals = {k: t.id for k, t in virtual_terminals(dataset).items()}
-        self.payments = PaymentStore(max_payments=max_payments)
-        self.idempotency: IdempotencyStore[StoredResponse] = IdempotencyStore(
-            window=idempotency_window
+        self.store: QrStore = store or MemoryQrStore(
+            window=idempotency_window, max_payments=max_payments
         )
+        self.idempotency = IdempotencyStore(self.store)
+        # Refunds in flight per payment, counted against what remains (so concurrent refunds
+        # cannot overdraw); read-check-reserve and record-release each run under the lock.
+        self._reserved: dict[str, int] = {}
+        self._refund_lock = anyio.Lock()
         self._stan = itertools.count(secrets.randbelow(999_999))
         # Dynamic codes this API issued (reference in 62/05) -> "open", "paying" or the payment
         # id that paid it: a dynamic code is for one payment, whatever the idempotency key.
@@ -138,7 +145,7 @@ class QrService:
         fingerprint = self._fingerprint("payment", body)
         return await self._idempotent(acquirer, req.idempotency_key, fingerprint, self._pay, req)
 
-    async def _pay(self, acquirer: QrAcquirer, req: PaymentRequest) -> StoredResponse:
+    async def _pay(self, acquirer: QrAcquirer, req: PaymentRequest, claim: Claim) -> StoredResponse:
         extra: dict[str, str] = {}
         if req.kind == "cpm":
             pan = self._consumer_presented(req, extra)
@@ -156,29 +163,34 @@ class QrService:
         if reference is not None:
             self._issued[reference] = "paying"
         rc = "96"
-        try:
-            answer = await self._route(msg)
-            rc, auth_code, rrn = _outcome(answer)
-        finally:
-            if reference is not None:
-                self._issued[reference] = payment_id if rc == "00" else "open"
-        payment = Payment(
-            payment_id=payment_id,
-            acquirer=acquirer.id,
-            merchant_id=req.merchant_id,
-            terminal_id=terminal,
-            kind=req.kind,
-            amount=req.amount,
-            currency=req.currency,
-            status="approved" if rc == "00" else "declined",
-            response_code=rc,
-            auth_code=auth_code,
-            rrn=rrn,
-            created_at=_rfc3339(self.clock()),
-            sealed_pan=self.cipher.seal(pan, payment_id.encode()),
-            masked_pan=mask_pan(pan),
-        )
-        self.payments.add(payment)
+        # Shielded: once the switch has it, the payment completes and is recorded with its
+        # idempotency entry (durably, before the answer), even if the HTTP client goes away.
+        with anyio.CancelScope(shield=True):
+            try:
+                answer = await self.handler(msg)
+                rc, auth_code, rrn = _outcome(answer)
+            finally:
+                if reference is not None:
+                    self._issued[reference] = payment_id if rc == "00" else "open"
+            payment = Payment(
+                payment_id=payment_id,
+                acquirer=acquirer.id,
+                merchant_id=req.merchant_id,
+                terminal_id=terminal,
+                kind=req.kind,
+                amount=req.amount,
+                currency=req.currency,
+                status="approved" if rc == "00" else "declined",
+                response_code=rc,
+                auth_code=auth_code,
+                rrn=rrn,
+                created_at=_rfc3339(self.clock()),
+                sealed_pan=self.cipher.seal(pan, payment_id.encode()),
+                masked_pan=mask_pan(pan),
+            )
+            body = payment.view().model_dump_json().encode()
+            response = StoredResponse(201, body, f"/v1/qr/payments/{payment_id}")
+            await self.store.save_payment(payment, claim.key, claim.entry(response))
         log.info(
             "qr_payment",
             payment_id=payment_id,
@@ -191,8 +203,7 @@ class QrService:
             rrn=rrn,
             ms=round((anyio.current_time() - started) * 1000, 3),
         )
-        body = payment.view().model_dump_json().encode()
-        return StoredResponse(201, body, f"/v1/qr/payments/{payment_id}")
+        return response
 
     def _consumer_presented(self, req: PaymentRequest, extra: dict[str, str]) -> str:
         text = req.qr.strip()
@@ -248,73 +259,89 @@ class QrService:
 
     # Status and refunds ------------------------------------------------------------------------
 
-    def payment(self, acquirer: QrAcquirer, payment_id: str) -> Payment:
-        payment = self.payments.get(acquirer.id, payment_id)
-        if payment is None:
+    async def payment(self, acquirer: QrAcquirer, payment_id: str) -> Payment:
+        payment = await self.store.payment(payment_id)
+        if payment is None or payment.acquirer != acquirer.id:  # others' are not disclosed
             raise Problem(p.NOT_FOUND, f"no payment {payment_id}")
         return payment
 
     async def refund(
         self, acquirer: QrAcquirer, payment_id: str, req: RefundRequest
     ) -> tuple[StoredResponse, bool]:
-        payment = self.payment(acquirer, payment_id)
+        await self.payment(acquirer, payment_id)
         fingerprint = self._fingerprint(f"refund:{payment_id}", {"amount": req.amount})
         return await self._idempotent(
-            acquirer, req.idempotency_key, fingerprint, self._refund, (payment, req)
+            acquirer, req.idempotency_key, fingerprint, self._refund, (payment_id, req)
         )
 
     async def _refund(
-        self, acquirer: QrAcquirer, args: tuple[Payment, RefundRequest]
+        self, acquirer: QrAcquirer, args: tuple[str, RefundRequest], claim: Claim
     ) -> StoredResponse:
-        payment, req = args
-        if payment.status != "approved":
-            raise Problem(p.NOT_REFUNDABLE, f"payment {payment.payment_id} was declined")
-        if req.amount > payment.remaining:
-            raise Problem(
-                p.REFUND_EXCEEDS,
-                f"{payment.remaining} is left to refund",
-                remaining=payment.remaining,
-            )
-        payment.reserved += req.amount
+        payment_id, req = args
+        async with self._refund_lock:
+            payment = await self.payment(acquirer, payment_id)
+            if payment.status != "approved":
+                raise Problem(p.NOT_REFUNDABLE, f"payment {payment_id} was declined")
+            remaining = payment.remaining - self._reserved.get(payment_id, 0)
+            if req.amount > remaining:
+                raise Problem(
+                    p.REFUND_EXCEEDS, f"{remaining} is left to refund", remaining=remaining
+                )
+            self._reserve(payment_id, req.amount)
+        reserved = True
         try:
-            pan = self.cipher.open(payment.sealed_pan, payment.payment_id.encode())
-            msg = self._request(
-                "200000",
-                pan,
-                req.amount,
-                payment.currency,
-                payment.terminal_id,
-                payment.merchant_id,
-                {},
-            )
-            answer = await self._route(msg)
+            with anyio.CancelScope(shield=True):  # as for a payment: completes and is recorded
+                pan = self.cipher.open(payment.sealed_pan, payment_id.encode())
+                msg = self._request(
+                    "200000",
+                    pan,
+                    req.amount,
+                    payment.currency,
+                    payment.terminal_id,
+                    payment.merchant_id,
+                    {},
+                )
+                answer = await self.handler(msg)
+                rc, auth_code, rrn = _outcome(answer)
+                refund = Refund(
+                    refund_id="qrr_" + secrets.token_hex(12),
+                    payment_id=payment_id,
+                    amount=req.amount,
+                    currency=payment.currency,
+                    status="approved" if rc == "00" else "declined",
+                    response_code=rc,
+                    auth_code=auth_code,
+                    rrn=rrn,
+                    created_at=_rfc3339(self.clock()),
+                )
+                response = StoredResponse(201, refund.view().model_dump_json().encode())
+                # Recorded and released together: a concurrent refund sees one or the other.
+                async with self._refund_lock:
+                    reserved = False
+                    try:
+                        await self.store.save_refund(refund, claim.key, claim.entry(response))
+                    finally:
+                        self._reserve(payment_id, -req.amount)
         finally:
-            payment.reserved -= req.amount
-        rc, auth_code, rrn = _outcome(answer)
-        refund = Refund(
-            refund_id="qrr_" + secrets.token_hex(12),
-            payment_id=payment.payment_id,
-            amount=req.amount,
-            currency=payment.currency,
-            status="approved" if rc == "00" else "declined",
-            response_code=rc,
-            auth_code=auth_code,
-            rrn=rrn,
-            created_at=_rfc3339(self.clock()),
-        )
-        if rc == "00":
-            payment.refunded += req.amount
-        payment.refunds.append(refund)
+            if reserved:
+                self._reserve(payment_id, -req.amount)
         log.info(
             "qr_refund",
-            payment_id=payment.payment_id,
+            payment_id=payment_id,
             refund_id=refund.refund_id,
             acquirer=acquirer.id,
             amount=req.amount,
             rc=rc,
             rrn=rrn,
         )
-        return StoredResponse(201, refund.view().model_dump_json().encode())
+        return response
+
+    def _reserve(self, payment_id: str, amount: int) -> None:
+        left = self._reserved.get(payment_id, 0) + amount
+        if left:
+            self._reserved[payment_id] = left
+        else:
+            self._reserved.pop(payment_id, None)
 
     # Merchant-presented QR generation ----------------------------------------------------------
 
@@ -364,12 +391,12 @@ class QrService:
         acquirer: QrAcquirer,
         key: str,
         fingerprint: bytes,
-        operation: Callable[[QrAcquirer, A], Awaitable[StoredResponse]],
+        operation: Callable[[QrAcquirer, A, Claim], Awaitable[StoredResponse]],
         arg: A,
     ) -> tuple[StoredResponse, bool]:
         try:
             return await self.idempotency.run(
-                (acquirer.id, key), fingerprint, lambda: operation(acquirer, arg)
+                (acquirer.id, key), fingerprint, lambda claim: operation(acquirer, arg, claim)
             )
         except IdempotencyConflict:
             raise Problem(
@@ -403,14 +430,6 @@ class QrService:
             **extra,
         }
         return Message("0200", fields)
-
-    async def _route(self, msg: Message) -> Message | None:
-        # Shielded: once the switch has it, the transaction completes and is recorded, even if
-        # the HTTP client disconnects (the switch bounds it with its own request timeout).
-        answer: Message | None = None
-        with anyio.CancelScope(shield=True):
-            answer = await self.handler(msg)
-        return answer  # noqa: RET504 (a return inside the scope: mypy sees a missing return)
 
 
 def _outcome(answer: Message | None) -> tuple[str, str | None, str]:

@@ -17,7 +17,6 @@ from gateway.dataset import Terminal
 from gateway.qr import problems
 from gateway.qr.api import _SwallowErrors, qr_app
 from gateway.qr.service import QrService
-from gateway.qr.store import IdempotencyConflict, IdempotencyStore, Payment, PaymentStore
 from gateway.qr.terminals import virtual_terminals, with_virtual_terminals
 from gateway.tokens import PanCipher
 from protocols import qr_cpm, qr_mpm
@@ -125,7 +124,7 @@ async def test_payment_and_refund_messages() -> None:
     assert (pay_msg.fields["14"], pay_msg.fields["23"]) == ("3012", "002")
     assert pay_msg.fields["11"] != refund_msg.fields["11"]
     # What the service keeps: sealed and masked card numbers only.
-    stored = svc.payments.get("QRACQ01", pid)
+    stored = await svc.store.payment(pid)
     assert stored is not None
     assert WALLET not in repr(stored)
     assert WALLET.encode() not in stored.sealed_pan
@@ -145,65 +144,6 @@ def test_virtual_terminals() -> None:
     clash = Terminal(id="Q0100001", merchant="M00000000000003")
     with pytest.raises(ValueError, match="reserved"):
         with_virtual_terminals(dataclasses.replace(data, terminals=(*data.terminals, clash)))
-
-
-# Stores --------------------------------------------------------------------------------------
-
-
-@pytest.mark.anyio
-async def test_idempotency_store() -> None:
-    store: IdempotencyStore[str] = IdempotencyStore(window=3600)
-    calls: list[str] = []
-
-    async def op(value: str) -> str:
-        calls.append(value)
-        return value
-
-    assert await store.run(("a", "k"), b"f1", lambda: op("one")) == ("one", False)
-    assert await store.run(("a", "k"), b"f1", lambda: op("two")) == ("one", True)
-    with pytest.raises(IdempotencyConflict):
-        await store.run(("a", "k"), b"f2", lambda: op("three"))
-    assert await store.run(("b", "k"), b"f2", lambda: op("four")) == ("four", False)
-
-    async def failing() -> str:
-        raise RuntimeError("bad input")
-
-    with pytest.raises(RuntimeError):
-        await store.run(("a", "k2"), b"f1", failing)
-    assert await store.run(("a", "k2"), b"f9", lambda: op("five")) == ("five", False)
-    assert calls == ["one", "four", "five"]
-
-    expired: IdempotencyStore[str] = IdempotencyStore(window=0.0)
-    await expired.run(("a", "k"), b"f1", lambda: op("old"))
-    await anyio.sleep(0.01)
-    assert await expired.run(("a", "k"), b"f2", lambda: op("new")) == ("new", False)
-
-
-def test_payment_store_is_bounded_and_scoped() -> None:
-    store = PaymentStore(max_payments=2)
-    for n in range(3):
-        store.add(
-            Payment(
-                payment_id=f"p{n}",
-                acquirer="A",
-                merchant_id="M",
-                terminal_id="Q0100001",
-                kind="cpm",
-                amount=1,
-                currency="156",
-                status="approved",
-                response_code="00",
-                auth_code="000001",
-                rrn="R",
-                created_at="now",
-                sealed_pan=b"",
-                masked_pan="",
-            )
-        )
-    assert len(store) == 2
-    assert store.get("A", "p0") is None
-    assert store.get("A", "p2") is not None
-    assert store.get("B", "p2") is None
 
 
 # Never a 500 for bad input -------------------------------------------------------------------

@@ -257,6 +257,9 @@ def start_stack(
     (tmp / "issuer-sim.toml").write_text(dump_toml(sim))
     gw = relocate(gw_doc, conf, ports)
     gw.setdefault("log", {}).update(level="warning", transactions=log_transactions)
+    qr_api = gw.get("qr_api")
+    if isinstance(qr_api, dict) and qr_api.get("store_file"):
+        qr_api["store_file"] = str(tmp / "qr.sqlite3")  # a fresh QR store per bench too
     journal_file = gw.get("journal")
     if isinstance(journal_file, str) and journal_file:
         # A fresh journal per bench: a file that grows across runs makes each run slower

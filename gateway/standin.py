@@ -10,8 +10,13 @@ issuer has no signed-on link or the breaker is open:
   ``[[standin.limits]]``; counted from the journal, so a restart does not reset them), the card
   is not expired, and a PIN, when there is one, verifies at the HSM (Visa PVV with the
   issuer's PVK and the PVV of track 2). A PIN that cannot be verified (no PVK, no track 2, no
-  HSM) is declined ``91``; a wrong one ``55``. Beyond the limits, or for an issuer without
-  limits, ``91``. The approval is journaled ``stood_in`` together with its 0120;
+  HSM) is declined ``91``; a wrong one ``55``. A chip or contactless cryptogram (field 55 with
+  9F26) is verified at the HSM (``KQ``) with the issuer's IMK-AC, as the issuer would: a wrong
+  ARQC, an amount or currency the card did not sign, or an ATC not above the last one this
+  switch stood in for the card is ``05``; one that cannot be verified (no IMK-AC, no HSM, field
+  55 that does not parse) ``91``. Beyond the limits, or for an issuer without limits, ``91``.
+  The approval carries tag 91 (ARPC, ARC ``3030``) and is journaled ``stood_in`` together
+  with its 0120;
 * a reversal of an approved original is acknowledged ``00`` and forwarded as a 0420 advice —
   as is any reversal of a stood-in original, which must reach the issuer after its 0120.
 
@@ -41,6 +46,7 @@ from gateway.links import IssuerPool
 from gateway.logs import get_logger
 from gateway.participants import REVERSALS, QueryIssuer, reversal_amount
 from gateway.pipeline import BaseParticipant, Context
+from protocols import emv
 from protocols.message import Message
 from protocols.redact import mask_pan
 from protocols.validate import card_of
@@ -50,6 +56,9 @@ log = get_logger("gateway.standin")
 STAND_IN_MTIS = frozenset({"0100", "0200"})
 STAND_IN_KINDS = frozenset({"00", "01"})
 _NOT_IN_ADVICE = ("35", "52", "53", "55", "64", "128")
+_CHIP_ENTRY_MODES = frozenset({"051", "071"})
+_ARC_APPROVED = b"00"  # 3030
+_ATC_CARDS = 100_000  # cards whose last stood-in ATC is remembered (oldest forgotten first)
 
 
 def pvv_from_track2(track2: str | None) -> tuple[str, str] | None:
@@ -72,6 +81,17 @@ def pvv_from_track2(track2: str | None) -> tuple[str, str] | None:
 class _Usage:
     count: int = 0
     amount: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Cryptogram:
+    """What KQ needs from field 55 (parsed before the HSM is asked)."""
+
+    arqc: bytes
+    atc: bytes
+    data: bytes
+    amount: int
+    currency: int
 
 
 class StandIn(BaseParticipant):
@@ -105,12 +125,24 @@ class StandIn(BaseParticipant):
                     self.pvks[issuer.id] = pvk
         except KeyLoadError as exc:
             log.warning("standin_no_pvk", reason=str(exc))  # PINs then decline 91 in stand-in
+        self.imk_acs: dict[str, str] = {}
+        try:
+            lmk = dataset_lmk(dataset)
+            for issuer in dataset.issuers:
+                imk = key_under_lmk(lmk, issuer.imk_ac, f"issuer {issuer.id} imk_ac")
+                if imk is not None:
+                    self.imk_acs[issuer.id] = imk
+        except KeyLoadError as exc:
+            log.warning("standin_no_imk_ac", reason=str(exc))  # ARQCs then 91 in stand-in
         self._usage: dict[tuple[str, bytes], _Usage] = {}
+        self._last_atc: dict[bytes, int] = {}
         self._card_key = os.urandom(32)
         self._lock = anyio.Lock()
         self._auth = itertools.count(1)
         self._attempts: set[str] = set()
         self.approved = 0
+        self.arqc_verified = 0
+        self.arqc_failed = 0
 
     def breaker(self, issuer: str) -> CircuitBreaker:
         breaker = self.breakers.get(issuer)
@@ -213,6 +245,11 @@ class StandIn(BaseParticipant):
         amount = int(fields.get("4", "0"))
         if ctx.expiry is not None and ctx.expiry < ctx.now.strftime("%y%m"):
             return ctx.decline("54", "stand-in: expired card")
+        issuer_auth: str | None = None
+        if "55" in fields:
+            rc, issuer_auth = await self._verify_arqc(ctx, issuer)
+            if rc is not None:
+                return rc
         if "52" in fields:
             rc = await self._verify_pin(ctx, issuer)
             if rc is not None:
@@ -249,6 +286,8 @@ class StandIn(BaseParticipant):
         ctx.stood_in = True
         ctx.advice = advice
         ctx.issuer_response = Message("0210", {"38": auth, "39": "00"})
+        if issuer_auth is not None:
+            ctx.issuer_response.fields["55"] = issuer_auth
         entry = ctx.entry
         if entry is not None:
             entry.issuer = issuer
@@ -302,3 +341,84 @@ class StandIn(BaseParticipant):
         if not ok:
             return ctx.decline("55", "stand-in: incorrect PIN")
         return None
+
+    # -- chip and contactless cryptograms --------------------------------------------------
+
+    async def _verify_arqc(self, ctx: Context, issuer: str) -> tuple[str | None, str | None]:
+        """(decline code or ``None``, field 55 of the approval: tag 91 = ARPC || ARC ``3030``).
+
+        The issuer's check (SPEC; ``issuer_sim/emv.py``) done at the HSM with its IMK-AC: the
+        cryptogram is the only proof the card is there, and stand-in is exactly when nobody
+        else can check it.
+        """
+        fields = ctx.request.fields
+        try:
+            found = _cryptogram(fields["55"])
+        except (ValueError, emv.TlvError) as exc:
+            return self._unverified(ctx, issuer, type(exc).__name__), None
+        if found is None:
+            if fields.get("22") in _CHIP_ENTRY_MODES:
+                return self._unverified(ctx, issuer, "no ARQC"), None
+            return None, None  # field 55 without a cryptogram (e.g. a QR payload): as the issuer
+        imk = self.imk_acs.get(issuer)
+        if self.hsm is None or imk is None:
+            return self._unverified(ctx, issuer, "no HSM" if imk else "no IMK-AC"), None
+        if found.amount != int(fields.get("4", "0")):
+            return self._arqc_declined(ctx, issuer, "amount (9F02) differs from field 4"), None
+        if fields.get("49", "").isdigit() and found.currency != int(fields["49"]):
+            return self._arqc_declined(ctx, issuer, "currency (5F2A) differs from field 49"), None
+        psn = fields.get("23")
+        try:
+            pan, _ = card_of(ctx.request)
+            arpc = await self.hsm.verify_arqc_generate_arpc(
+                imk, pan, psn, found.atc, found.data, found.arqc, _ARC_APPROVED
+            )
+        except (HsmError, ValueError) as exc:
+            return self._unverified(ctx, issuer, type(exc).__name__), None
+        if arpc is None:
+            return self._arqc_declined(ctx, issuer, "ARQC verification failed"), None
+        # Replay guard (memory only): the check and the update run with no await in between.
+        psn2 = (psn or "00")[-2:]  # "001" and "01" are one card application
+        card = hmac.new(self._card_key, f"{pan}/{psn2}".encode(), hashlib.sha256).digest()
+        atc = int.from_bytes(found.atc, "big")
+        last = self._last_atc.pop(card, -1)
+        self._last_atc[card] = max(atc, last)  # most recently used last, for the bound below
+        if len(self._last_atc) > _ATC_CARDS:
+            del self._last_atc[next(iter(self._last_atc))]
+        if atc <= last:
+            return self._arqc_declined(ctx, issuer, f"ATC {atc} not above the last ({last})"), None
+        self.arqc_verified += 1
+        return None, emv.encode_issuer_auth(arpc, _ARC_APPROVED).hex().upper()
+
+    def _unverified(self, ctx: Context, issuer: str, why: str) -> str:
+        log.warning("stand_in_arqc_unverified", issuer=issuer, rrn=ctx.rrn, error=why)
+        return ctx.decline("91", "issuer unavailable, ARQC cannot be verified in stand-in")
+
+    def _arqc_declined(self, ctx: Context, issuer: str, reason: str) -> str:
+        self.arqc_failed += 1
+        log.warning(
+            "stand_in_arqc_declined",
+            issuer=issuer,
+            rrn=ctx.rrn,
+            pan=mask_pan(ctx.pan),
+            reason=reason,
+        )
+        return ctx.decline("05", f"stand-in: {reason}")
+
+
+def _cryptogram(field55: str) -> _Cryptogram | None:
+    """The ARQC and its input from field 55 (hex); ``None`` without 9F26. Raises ValueError or
+    :class:`~protocols.emv.TlvError` when the data does not parse."""
+    tlv = emv.decode(bytes.fromhex(field55))
+    arqc = tlv.get("9F26")
+    if arqc is None:
+        return None
+    if len(arqc) != 8:
+        raise ValueError("ARQC (9F26) must be 8 bytes")
+    return _Cryptogram(
+        arqc=bytes(arqc),
+        atc=bytes(tlv.get("9F36") or b""),
+        data=emv.arqc_input(tlv),
+        amount=emv.bcd_decode(tlv.get("9F02") or b"", tag="9F02"),
+        currency=emv.bcd_decode(tlv.get("5F2A") or b"", tag="5F2A"),
+    )

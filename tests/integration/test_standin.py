@@ -1,5 +1,6 @@
 """Stand-in over real sockets: approvals within limits while the issuer is down, declines beyond,
-PIN verified at the HSM (PVV from track 2), the circuit breaker, 0120 advices delivered when
+PIN verified at the HSM (PVV from track 2), chip and contactless cryptograms verified at the
+HSM (KQ) with the issuer's IMK-AC, the circuit breaker, 0120 advices delivered when
 the issuer is back, and failover between two endpoints of one issuer."""
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import pytest
 
 from gateway.config import SafConfig, StandInConfig, StandInLimit
 from gateway.journal import TxnState
+from gateway.standin import _cryptogram
 from hsm_sim.issuer import derive_pvv
-from loadtest.pos_sim import add_pin_block, terminal_of
+from loadtest.pos_sim import add_pin_block, card_for, terminal_of
+from protocols import emv
 from protocols.message import Message
 from tests.helpers import (
     Stack,
@@ -25,6 +28,7 @@ from tests.helpers import (
     terminal,
 )
 from tests.integration.journal_support import saf_depth, txn, write_conf
+from tests.integration.test_contactless import BETA_CARDS, contactless, flip_arqc_bit, without
 
 pytestmark = pytest.mark.anyio
 
@@ -187,3 +191,110 @@ async def test_failover_to_the_second_endpoint(pki_dir: Path, tmp_path: Path) ->
         assert not resp["38"].startswith("S")  # the issuer answered, not stand-in
         assert replica.by_mti.get("0200") == 1
         assert stack.account_balance("alpha", PAN) == before - 321
+
+
+# Chip and contactless in stand-in: the ARQC verified at the HSM with the issuer's IMK-AC ------
+
+CHIP_LIMITS = StandInConfig(
+    failure_threshold=2,
+    cooldown=0.5,
+    limits=(StandInLimit(issuer="beta", max_amount=50000, max_count=10),),
+)
+BETA_CARD = BETA_CARDS[0]
+
+
+@pytest.fixture
+async def chip_stack(pki_dir: Path, tmp_path: Path) -> AsyncIterator[Stack]:
+    async with running_stack(
+        pki_dir,
+        link_timeout=0.3,
+        risk="",
+        journal=write_conf(tmp_path),
+        saf=FAST_SAF,
+        standin=CHIP_LIMITS,
+    ) as s:
+        yield s
+
+
+async def _beta_down(stack: Stack) -> None:
+    stack.issuers["beta"].stop()
+    await eventually(lambda: not stack.gateway.pools["beta"].ready)
+
+
+async def test_stand_in_verifies_the_arqc_and_answers_tag_91(chip_stack: Stack) -> None:
+    stack = chip_stack
+    card = card_for(demo_dataset(), BETA_CARD, atc=20)
+    await _beta_down(stack)
+    async with terminal(stack.port) as term:
+        req, icc = contactless(card, 1250)
+        good = await term.exchange(req)
+        assert (good["39"], good["38"][:1]) == ("00", "S")
+        ok, note = card.check_issuer_auth(icc, good.get("55"))
+        assert ok, note
+        assert good["55"].endswith("3030")
+        assert (await txn(stack.gateway, good["37"])).state == TxnState.STOOD_IN
+        assert await saf_depth(stack.gateway, "beta") == 1
+
+        forged, _ = contactless(card, 1250, icc=flip_arqc_bit(card.icc_data(1250)))
+        bad = await term.exchange(forged)
+        assert bad["39"] == "05"
+        assert "38" not in bad  # no approval
+        assert "55" not in bad  # and no ARPC over a forgery
+
+        replay, _ = contactless(card, 1250, icc=icc)  # a new STAN, the same cryptogram and ATC
+        replayed = await term.exchange(replay)
+        assert (replayed["39"], "55" in replayed) == ("05", False)
+
+        unsigned, _ = contactless(card, 1250)
+        unsigned["4"] = f"{99:012d}"  # the card signed 1250 in 9F02
+        assert (await term.exchange(unsigned))["39"] == "05"
+
+        later, icc2 = contactless(card, 300)  # the card goes on with its next ATC
+        resp = await term.exchange(later)
+        assert resp["39"] == "00"
+        assert card.check_issuer_auth(icc2, resp.get("55"))[0]
+    assert await saf_depth(stack.gateway, "beta") == 2  # 0120s of the two approvals only
+    standin = stack.gateway.standin
+    assert standin is not None
+    assert (standin.approved, standin.arqc_verified, standin.arqc_failed) == (2, 2, 3)
+
+
+async def test_stand_in_cannot_verify_the_arqc_91(chip_stack: Stack) -> None:
+    stack = chip_stack
+    card = card_for(demo_dataset(), BETA_CARD, atc=30)
+    standin = stack.gateway.standin
+    assert standin is not None
+    assert stack.hsm is not None
+    await _beta_down(stack)
+    async with terminal(stack.port) as term:
+        stack.hsm.stop()
+        no_hsm = await term.exchange(contactless(card, 500)[0])
+        assert (no_hsm["39"], "38" in no_hsm, "55" in no_hsm) == ("91", False, False)
+        imk = standin.imk_acs.pop("beta")
+        try:
+            await stack.hsm.start(stack.task_group)
+            no_imk = await term.exchange(contactless(card, 500)[0])
+            assert no_imk["39"] == "91"
+        finally:
+            standin.imk_acs["beta"] = imk
+        again = await term.exchange(contactless(card, 500)[0])  # HSM back, key back
+        assert again["39"] == "00"
+    assert await saf_depth(stack.gateway, "beta") == 1
+    assert standin.arqc_failed == 0  # nothing above was a wrong cryptogram
+
+
+def test_stand_in_field_55_parsing() -> None:
+    card = card_for(demo_dataset(), BETA_CARD, atc=3)
+    icc = card.icc_data(700)
+    found = _cryptogram(icc.encode().hex())
+    assert found is not None
+    assert (found.amount, found.atc, found.arqc) == (700, b"\x00\x03", icc.get("9F26"))
+    assert _cryptogram(without(icc, "9F26").encode().hex()) is None
+    with pytest.raises(emv.TlvError):
+        _cryptogram(without(icc, "9F36").encode().hex())
+    with pytest.raises(emv.TlvError, match="truncated"):
+        _cryptogram("9F2608AABB")
+    with pytest.raises(ValueError, match="non-hexadecimal"):
+        _cryptogram("not hex")
+    with pytest.raises(ValueError, match="8 bytes"):
+        _cryptogram("9F2602AABB")

@@ -1,5 +1,6 @@
 """Contactless (22 = 071) end to end over real sockets: NFC terminal -> gateway -> issuer, the
-issuer verifying the ARQC with the demo IMK-AC and answering tag 91 that the card verifies."""
+issuer verifying the ARQC with the demo IMK-AC and answering tag 91 that the card verifies; and
+stand-in verifying it at the HSM on the issuer's behalf while the issuer is down."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from pathlib import Path
 import anyio
 import pyemv
 import pytest
+import structlog
 
+from gateway.config import StandInConfig, StandInLimit
 from gateway.emv_check import CheckEmv
 from gateway.pipeline import Context
 from issuer_sim.accounts import Account
@@ -19,7 +22,16 @@ from loadtest import pos_sim
 from loadtest.pos_sim import SimulatedCard, card_for
 from protocols import emv
 from protocols.message import Message
-from tests.helpers import DEMO_CONF, Stack, demo_dataset, purchase, running_stack, terminal
+from tests.helpers import (
+    DEMO_CONF,
+    Stack,
+    demo_dataset,
+    eventually,
+    purchase,
+    running_stack,
+    terminal,
+)
+from tests.integration.journal_support import write_conf
 
 NFC = "N0000001"
 NFC_MERCHANT = "M00000000000002"
@@ -286,3 +298,41 @@ async def test_pos_sim_contactless_command(
         assert pan not in out
     assert stack.account_balance("beta", pan) == before - 2500
     assert "541333******0019/01" in (tmp_path / "atc.json").read_text()
+
+
+# Stand-in: the issuer is down, the switch verifies the cryptogram on its behalf ---------------
+
+TOKEN, FUNDING = "4895370000000015", "4761730000000011"  # alpha's card behind the wallet
+
+
+@pytest.fixture
+async def standin_stack(pki_dir: Path, tmp_path: Path) -> AsyncIterator[Stack]:
+    standin = StandInConfig(limits=(StandInLimit(issuer="alpha", max_amount=5000, max_count=5),))
+    async with running_stack(
+        pki_dir, link_timeout=0.3, risk="", journal=write_conf(tmp_path), standin=standin
+    ) as s:
+        yield s
+
+
+@pytest.mark.anyio
+async def test_token_cryptogram_verified_in_stand_in(standin_stack: Stack) -> None:
+    stack = standin_stack
+    wallet = card_for(demo_dataset(), TOKEN, atc=40)  # the funding card's ICC keys
+    stack.issuers["alpha"].stop()
+    await eventually(lambda: not stack.gateway.pools["alpha"].ready)
+    with structlog.testing.capture_logs() as logs:
+        async with terminal(stack.port) as term:
+            req, icc = contactless(wallet, 800, psn="00")
+            req["2"] = TOKEN  # the wallet presents the token (its keys are the funding card's)
+            resp = await term.exchange(req)
+            assert (resp["39"], resp["2"]) == ("00", TOKEN)  # stood in, the token echoed
+            assert resp["38"].startswith("S")
+            ok, note = wallet.check_issuer_auth(icc, resp.get("55"))
+            assert ok, note
+            forged, _ = contactless(wallet, 800, icc=flip_arqc_bit(wallet.icc_data(800)), psn="00")
+            forged["2"] = TOKEN
+            assert (await term.exchange(forged))["39"] == "05"
+    text = repr(logs)
+    assert "stand_in_arqc_declined" in text
+    assert FUNDING not in text
+    assert TOKEN not in text

@@ -6,7 +6,8 @@ data that is not BER-TLV, a missing tag or a tag of the wrong length is a format
 Other requests may carry field 55 too (a QR payment with a cryptogram, a reversal): it must
 decode, and when it holds a cryptogram (9F26) the data the issuer needs to verify it.
 
-The switch does not verify the cryptogram: that is the issuer's (it holds the IMK-AC).
+The switch does not verify the cryptogram here: that is the issuer's (it holds the IMK-AC),
+except in stand-in, which verifies it at the HSM on the issuer's behalf (gateway/standin.py).
 """
 
 from __future__ import annotations

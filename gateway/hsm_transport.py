@@ -17,16 +17,15 @@ Nothing here logs keys, PIN blocks or PANs: frames are passed through, never pri
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 import ssl
 from collections.abc import Awaitable
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
 import sniffio
 
+from gateway.fastio import stream_transport
 from protocols import hsm as proto
 from protocols.errors import FramingError
 from protocols.framing import Framer, encode_frame
@@ -159,12 +158,7 @@ class ProtocolConnection(asyncio.Protocol):
     # -- asyncio callbacks ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
-        self._transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._transport = stream_transport(transport)
 
     def data_received(self, data: bytes) -> None:
         framer, pending = self._framer, self.pending

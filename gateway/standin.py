@@ -32,6 +32,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
+from typing import Literal
 
 import anyio
 
@@ -94,6 +95,21 @@ class _Cryptogram:
     currency: int
 
 
+def _issuer_keys(dataset: Dataset, kind: Literal["pvk", "imk_ac"], event: str) -> dict[str, str]:
+    """One kind of issuer key under the LMK, by issuer. An unusable key is logged and ends the
+    loading (the issuers read before it keep theirs): stand-in then declines what needs it."""
+    keys: dict[str, str] = {}
+    try:
+        lmk = dataset_lmk(dataset)
+        for issuer in dataset.issuers:
+            key = key_under_lmk(lmk, getattr(issuer, kind), f"issuer {issuer.id} {kind}")
+            if key is not None:
+                keys[issuer.id] = key
+    except KeyLoadError as exc:
+        log.warning(event, reason=str(exc))
+    return keys
+
+
 class StandIn(BaseParticipant):
     name = "stand-in"
 
@@ -116,24 +132,9 @@ class StandIn(BaseParticipant):
         self.acquirer_id = acquirer_id
         self.limits: Mapping[str, StandInLimit] = {lim.issuer: lim for lim in cfg.limits}
         self.breakers: dict[str, CircuitBreaker] = {}
-        self.pvks: dict[str, str] = {}
-        try:
-            lmk = dataset_lmk(dataset)
-            for issuer in dataset.issuers:
-                pvk = key_under_lmk(lmk, issuer.pvk, f"issuer {issuer.id} pvk")
-                if pvk is not None:
-                    self.pvks[issuer.id] = pvk
-        except KeyLoadError as exc:
-            log.warning("standin_no_pvk", reason=str(exc))  # PINs then decline 91 in stand-in
-        self.imk_acs: dict[str, str] = {}
-        try:
-            lmk = dataset_lmk(dataset)
-            for issuer in dataset.issuers:
-                imk = key_under_lmk(lmk, issuer.imk_ac, f"issuer {issuer.id} imk_ac")
-                if imk is not None:
-                    self.imk_acs[issuer.id] = imk
-        except KeyLoadError as exc:
-            log.warning("standin_no_imk_ac", reason=str(exc))  # ARQCs then 91 in stand-in
+        # Without them, stand-in answers 91 to PINs (PVK) and to cryptograms (IMK-AC).
+        self.pvks = _issuer_keys(dataset, "pvk", "standin_no_pvk")
+        self.imk_acs = _issuer_keys(dataset, "imk_ac", "standin_no_imk_ac")
         self._usage: dict[tuple[str, bytes], _Usage] = {}
         self._last_atc: dict[bytes, int] = {}
         self._card_key = os.urandom(32)

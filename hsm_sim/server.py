@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -209,14 +210,7 @@ class HsmServer:
                 return "closed by peer"
             except (OSError, ssl.SSLError) as exc:
                 return f"read error: {type(exc).__name__}"
-            framer.feed(data)
-            out: list[bytes] = []
-            broken = None
-            try:
-                while (frame := framer.next_frame()) is not None:
-                    out.append(encode_frame(process(frame), _MAX_RESPONSE))
-            except FramingError as exc:
-                broken = f"framing error: {exc.reason}"
+            out, broken = _answer(framer, process, data)
             self._frames += len(out)
             if out:
                 try:
@@ -225,6 +219,21 @@ class HsmServer:
                     return "write failed"
             if broken is not None:
                 return broken
+
+
+def _answer(
+    framer: Framer, process: Callable[[bytes], bytes], data: bytes
+) -> tuple[list[bytes], str | None]:
+    """The framed answers to the complete commands ``data`` brings, and why the connection
+    must end (a framing error) or None; both connection drivers write the answers at once."""
+    framer.feed(data)
+    out: list[bytes] = []
+    try:
+        while (frame := framer.next_frame()) is not None:
+            out.append(encode_frame(process(frame), _MAX_RESPONSE))
+    except FramingError as exc:
+        return out, f"framing error: {exc.reason}"
+    return out, None
 
 
 def _peer(stream: anyio.abc.ByteStream) -> str:
@@ -274,15 +283,7 @@ class _HsmProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if not self._admitted or self._transport is None:
             return
-        framer, process = self._framer, self._process
-        framer.feed(data)
-        out: list[bytes] = []
-        broken = None
-        try:
-            while (frame := framer.next_frame()) is not None:
-                out.append(encode_frame(process(frame), _MAX_RESPONSE))
-        except FramingError as exc:
-            broken = f"framing error: {exc.reason}"
+        out, broken = _answer(self._framer, self._process, data)
         self.server._frames += len(out)
         if out:
             self._transport.write(out[0] if len(out) == 1 else b"".join(out))
@@ -293,7 +294,7 @@ class _HsmProtocol(asyncio.Protocol):
         if self._stall is not None:
             self._stall.cancel()
             self._stall = None
-        if framer.has_partial:
+        if self._framer.has_partial:
             self._stall = asyncio.get_running_loop().call_later(
                 self.server.config.partial_frame_timeout, self.close, "partial frame timeout"
             )

@@ -17,10 +17,9 @@ requests are not read.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
+from gateway.fastio import stream_transport
 from gateway.logs import get_logger
 from protocols.framing import encode_frame
 from protocols.message import Message
@@ -48,12 +47,7 @@ class LinkConnection(asyncio.Protocol):
     # -- asyncio callbacks --------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
-        self._transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._transport = stream_transport(transport)
         self.server.live.add(self)
 
     def data_received(self, data: bytes) -> None:

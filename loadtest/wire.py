@@ -20,17 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import ssl
 import time
 from binascii import a2b_hex
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
 import sniffio
 
+from gateway.fastio import stream_transport
 from gateway.framed import FramedStream, StalledFrameError
 from protocols.errors import ProtocolError
 
@@ -326,12 +326,7 @@ class _AsyncioConnection(asyncio.Protocol):
         self._done: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
-        self._transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._transport = stream_transport(transport)
 
     def data_received(self, data: bytes) -> None:
         buf = self._buf + data if self._buf else data

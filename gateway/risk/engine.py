@@ -28,6 +28,7 @@ from gateway.risk.counters import (
     CounterStore,
     MemoryCounterStore,
     ReserveOutcome,
+    ReservePlan,
     ReserveRequest,
     StoreError,
 )
@@ -145,11 +146,7 @@ class RiskEngine:
         if not inp.counts:
             hits = rules.list_hits(inp, None)
             return self._decide(inp, hits, None, None, _rc(hits))
-        limits, plan = rules.resolve(inp.pan_prefix, inp.merchant_id, inp.currency)
-        hits = rules.list_hits(inp, limits)
-        now = inp.now
-        ts = now.timestamp()
-        day, expires_at = rules.day_at(ts, now)
+        limits, plan, hits, ts, day, expires_at = _plan(rules, inp)
         request = ReserveRequest(
             inp.card_key,
             inp.txn_id,
@@ -182,11 +179,7 @@ class RiskEngine:
         if not inp.counts:
             hits = rules.list_hits(inp, None)
             return self._decide(inp, hits, None, None, _rc(hits))
-        limits, plan = rules.resolve(inp.pan_prefix, inp.merchant_id, inp.currency)
-        hits = rules.list_hits(inp, limits)
-        now = inp.now
-        ts = now.timestamp()
-        day, expires_at = rules.day_at(ts, now)
+        limits, plan, hits, ts, day, expires_at = _plan(rules, inp)
         outcome = store.reserve_now(
             inp.card_key,
             inp.txn_id,
@@ -439,3 +432,17 @@ def _rc(hits: list[RuleHit]) -> str | None:
     if not declines:
         return None
     return min(declines, key=lambda h: _ORDER.get(h.name, len(_ORDER))).rc
+
+
+def _plan(
+    rules: RuleSet, inp: RiskInput
+) -> tuple[EffectiveLimits, ReservePlan, list[RuleHit], float, str, int]:
+    """What both assess paths need before the reserve: the request's limits and the store's
+    plan for them, the stateless rules' hits, and its time (seconds), risk day and the day's
+    expiry (seconds)."""
+    limits, plan = rules.resolve(inp.pan_prefix, inp.merchant_id, inp.currency)
+    hits = rules.list_hits(inp, limits)
+    now = inp.now
+    ts = now.timestamp()
+    day, expires_at = rules.day_at(ts, now)
+    return limits, plan, hits, ts, day, expires_at

@@ -4,8 +4,10 @@ only when its own record is committed.
 Writers put an :class:`Op` on a bounded queue and wait until it is marked finished. A single
 committer task takes whatever is queued (up to ``max_batch``), optionally waits ``max_delay``
 for more, and hands the batch to the backend's ``commit`` (one database transaction, one
-fsync). Each finished batch sets one shared event (then replaced by a fresh one): a record
-costs a deque append and a wait, not an event and a channel checkpoint of its own.
+fsync). Each batch has one event, set when it is finished: a record costs a deque append
+and a wait, not an event and a channel checkpoint of its own. A record waits on the event of
+the batch it will be in (the one forming while it is queued), so it wakes once, when its
+own batch is done, not also at the end of the batch committing when it arrived.
 
 While that commit runs, new records pile up and form the next batch, so under load
 the cost of an fsync is shared by everyone who arrived during the previous one.
@@ -69,6 +71,8 @@ class GroupCommitter:
         self._closed = False
         self._wake: anyio.Event | None = None  # set when the idle committer has work
         self._batch_done: anyio.Event | None = None  # set (and replaced) after each batch
+        self._forming: anyio.Event | None = None  # the next batch's: what queued ops wait on
+        self._taken: anyio.Event | None = None  # the batch being committed
         self._ops = self._batches = self._largest = self._failed = 0
 
     def statistics(self) -> JournalStatistics:
@@ -86,7 +90,9 @@ class GroupCommitter:
         if self._wake is not None:
             self._wake.set()
         while not op.finished:
-            await self._batch_done.wait()  # the committer replaces it before setting it
+            forming = self._forming
+            assert forming is not None  # set with _batch_done, never cleared
+            await forming.wait()  # set when the batch taking this op is done
         if op.error is not None:
             if isinstance(op.error, JournalError):  # our own typed errors pass as they are
                 raise op.error
@@ -127,15 +133,20 @@ class GroupCommitter:
                 await self._wait_for_work(remaining)
         first = queue.popleft()
         batch = [first]
-        if first.exclusive:
-            return batch
-        while queue and len(batch) < self._max_batch and not queue[0].exclusive:
-            batch.append(queue.popleft())
+        if not first.exclusive:
+            while queue and len(batch) < self._max_batch and not queue[0].exclusive:
+                batch.append(queue.popleft())
+        # Ops queued from now on form the next batch; ops left over (past max_batch) wake at
+        # this batch's end and wait again on the new event.
+        self._taken, self._forming = self._forming, anyio.Event()
         return batch
 
     def _finish(self, batch: list[Op]) -> None:
         for op in batch:
             op.finished = True
+        taken, self._taken = self._taken, None
+        if taken is not None:
+            taken.set()
         done, self._batch_done = self._batch_done, anyio.Event()
         if done is not None:
             done.set()
@@ -143,6 +154,7 @@ class GroupCommitter:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """The committer loop; returns after :meth:`close` once the queue is drained."""
         self._batch_done = anyio.Event()
+        self._forming = anyio.Event()
         task_status.started()
         try:
             while (batch := await self._next_batch()) is not None:
@@ -155,6 +167,8 @@ class GroupCommitter:
             for op in left:
                 op.error = JournalClosedError("the journal is closed")
             self._finish(left)
+            if self._forming is not None:
+                self._forming.set()  # wake whoever still waits on a batch that never forms
 
     async def _run_batch(self, batch: list[Op]) -> None:
         self._batches += 1

@@ -133,6 +133,62 @@ async def test_group_commit_batches_back_pressure_and_close() -> None:
 
 
 @pytest.mark.anyio
+async def test_ops_queued_during_a_commit_wake_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer waits for the batch it will be in, not also for the one committing when it
+    arrived: one wake-up per record (each wake resumes the writer's whole await chain)."""
+    from gateway.journal import groupcommit
+
+    wakes = 0
+
+    class CountingEvent:
+        def __init__(self) -> None:
+            self._event = anyio.Event()
+
+        def set(self) -> None:
+            self._event.set()
+
+        def is_set(self) -> bool:
+            return self._event.is_set()
+
+        async def wait(self) -> None:
+            nonlocal wakes
+            await self._event.wait()
+            wakes += 1
+
+    class AnyioWithCountingEvents:
+        Event = CountingEvent
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(anyio, name)
+
+    monkeypatch.setattr(groupcommit, "anyio", AnyioWithCountingEvents())
+    gate = anyio.Event()
+    committed: list[list[int]] = []
+
+    async def commit(ops: list[Op]) -> None:
+        committed.append([op.args for op in ops])
+        if len(committed) == 1:
+            await gate.wait()  # the first batch is slow (an fsync)
+        await anyio.sleep(0.005)  # every batch waits for its fsync
+
+    committer = GroupCommitter(commit, max_batch=10, max_delay=0.0, queue_size=100)
+    async with anyio.create_task_group() as tg:
+        await tg.start(committer.run)
+        tg.start_soon(committer.submit, Op(OpKind.APPEND, 0))
+        await anyio.sleep(0.02)  # batch [0] is committing
+        for i in range(1, 6):
+            tg.start_soon(committer.submit, Op(OpKind.APPEND, i))
+        await anyio.sleep(0.02)
+        wakes = 0
+        gate.set()
+        await anyio.sleep(0.05)
+        committer.close()
+    assert committed[0] == [0]
+    assert sorted(committed[1]) == [1, 2, 3, 4, 5]  # (trio starts tasks in any order)
+    assert wakes == 7  # ops 0-5 once each (not twice), the idle committer once at close
+
+
+@pytest.mark.anyio
 async def test_group_commit_exclusive_ops_run_alone_and_cancel_fails_waiters() -> None:
     seen: list[list[bool]] = []
     gate = anyio.Event()

@@ -8,7 +8,8 @@ Participants (see ``Gateway`` for their place in the pipeline):
 * :class:`TranslatePin` (after the risk stage, before the issuer): field 52 is re-encrypted by
   the HSM from the terminal's TPK (``CA``) or from the DUKPT key of the KSN in field 53 (``G0``)
   to the issuer's ZPK, ISO format 0. Only the translated block goes on (``Context.pin_block``);
-  field 53 never leaves the switch.
+  field 53 never leaves the switch. A token's PIN block (formed with the token) goes through
+  ISO format 1 and a ``CC`` to format 0 with the funding PAN.
 * :class:`IssuerLinkMac`, the issuer-message hook of ``QueryIssuer``: on the links of issuers
   with a ZAK, the MAC is added to each request once it is complete, and checked on answers that
   carry one. An answer whose MAC is wrong, or that the HSM could not verify, is not used
@@ -37,12 +38,19 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from gateway.hsm_client import HsmClient, HsmCommandError, HsmUnavailableError
+from gateway.hsm_client import (
+    HsmClient,
+    HsmCommandError,
+    HsmUnavailableError,
+    PinTranslation,
+)
 from gateway.keys import KeyStore
 from gateway.logs import get_logger
 from gateway.pipeline import BaseParticipant, Context
+from gateway.tokens import presented
 from protocols.codec import Codec
 from protocols.errors import ProtocolError
+from protocols.hsm import FORMAT_ISO0, FORMAT_ISO1
 from protocols.message import Message
 from protocols.validate import card_of
 
@@ -224,7 +232,13 @@ class TranslatePin(_HsmStage):
 
     A DUKPT device never uses a KSN twice (its counter advances with every PIN entry), so a
     KSN seen before under the same BDK is a replayed PIN block: ``63``. Repeats of one
-    request (same 41/11/7) are answered from the duplicate check before they get here."""
+    request (same 41/11/7) are answered from the duplicate check before they get here.
+
+    The terminal formed its ISO format 0 block with the PAN it read; for a wallet that is the
+    token, while the issuer checks the PIN with the funding PAN. Then the PIN goes to the
+    issuer's ZPK in ISO format 1 (``05``, no PAN in it) with the token, and ``CC`` reformats it
+    under that ZPK to ISO format 0 with the funding PAN: the clear PIN stays in the HSM. Either
+    step failing is one failed translation (same answer, and a DUKPT KSN is not consumed)."""
 
     name = "translate-pin"
     check = "pin_translation"
@@ -240,7 +254,8 @@ class TranslatePin(_HsmStage):
         block_hex = req.fields.get("52")
         if block_hex is None or req.mti not in PIN_MTIS or ctx.issuer is None:
             return None
-        if self.hsm is None:
+        hsm = self.hsm
+        if hsm is None:
             return self._fail(ctx, "96", "hsm_disabled", "PIN block but no HSM configured")
         terminal = self.keys.terminal(req.fields.get("41", ""))
         issuer = self.keys.issuer(ctx.issuer)
@@ -248,10 +263,14 @@ class TranslatePin(_HsmStage):
             return self._fail(ctx, "96", "no_key", "no keys for this terminal")
         if issuer is None or issuer.zpk is None:
             return self._fail(ctx, "96", "no_key", "no ZPK for this issuer", issuer=ctx.issuer)
+        zpk = issuer.zpk
         try:
             block = bytes.fromhex(block_hex)
-            # The PIN block was formed with the PAN the terminal read (before any detokenizing).
-            pan, _ = card_of(req)
+            # The PIN block was formed with the PAN the terminal read (the token, if any);
+            # the issuer verifies the PIN with the PAN it is sent (the funding PAN).
+            shown = presented(req)
+            pan, _ = card_of(shown)
+            funding = pan if shown is req else card_of(req)[0]
         except (ValueError, ProtocolError, KeyError):
             return self._fail(ctx, "30", "format", "PIN block or PAN unusable")
         try:
@@ -266,9 +285,15 @@ class TranslatePin(_HsmStage):
                     return self._fail(ctx, "63", "ksn_reused", "DUKPT KSN used before")
                 self._ksns[used] = None  # taken now: a concurrent twin is refused too
                 try:
-                    result = await self.hsm.translate_pin_dukpt_to_zpk(
-                        terminal.bdk, issuer.zpk, ksn, block, pan
-                    )
+                    if funding == pan:
+                        result = await hsm.translate_pin_dukpt_to_zpk(
+                            terminal.bdk, zpk, ksn, block, pan
+                        )
+                    else:
+                        result = await hsm.translate_pin_dukpt_to_zpk(
+                            terminal.bdk, zpk, ksn, block, pan, dst_format=FORMAT_ISO1
+                        )
+                        result = await _reformat(hsm, zpk, result, funding)
                 except BaseException:
                     self._ksns.pop(used, None)  # not translated: the KSN was not consumed
                     raise
@@ -277,14 +302,32 @@ class TranslatePin(_HsmStage):
             else:
                 if terminal.tpk is None:
                     return self._fail(ctx, "96", "no_key", "no TPK for this terminal")
-                result = await self.hsm.translate_pin_tpk_to_zpk(
-                    terminal.tpk, issuer.zpk, block, pan
-                )
+                if funding == pan:
+                    result = await hsm.translate_pin_tpk_to_zpk(terminal.tpk, zpk, block, pan)
+                else:
+                    result = await hsm.translate_pin_tpk_to_zpk(
+                        terminal.tpk, zpk, block, pan, dst_format=FORMAT_ISO1
+                    )
+                    result = await _reformat(hsm, zpk, result, funding)
         except (HsmUnavailableError, HsmCommandError) as exc:
             return self._hsm_failed(ctx, exc)
         ctx.pin_block = result.pin_block.hex().upper()
         self.metrics.count(self.check, "ok")
         return None
+
+
+async def _reformat(
+    hsm: HsmClient, zpk: str, first: PinTranslation, funding_pan: str
+) -> PinTranslation:
+    """``CC`` under the issuer's ZPK: ISO format 1 to ISO format 0 with the funding PAN."""
+    return await hsm.translate_pin_zpk_to_zpk(
+        zpk,
+        zpk,
+        first.pin_block,
+        funding_pan,
+        src_format=FORMAT_ISO1,
+        dst_format=FORMAT_ISO0,
+    )
 
 
 class IssuerLinkMac(_HsmStage):

@@ -98,6 +98,38 @@ async def test_every_command_through_the_client() -> None:
         assert stats.latency_max_ms >= stats.latency_p50_ms > 0
 
 
+async def test_pin_format_arguments_through_the_client() -> None:
+    """CA/G0 to ISO format 1 (05) with one PAN, CC 05 -> 01 with another (a token's PIN)."""
+    token = "4895370000000015"
+    zpk_hex = ALPHA["zpk"]["key"]
+    zpk = u(zpk_hex)
+    expected = pinblock.encrypt_pin_block(bytes.fromhex(zpk_hex), "01", PIN, PAN)
+    async with running_server() as server, HsmClient([("127.0.0.1", server.port or 0)]) as hsm:
+        tpk_block = terminal.pin_block_under_tpk(TPK, PIN, token)
+        ca = await hsm.translate_pin_tpk_to_zpk(
+            u(TPK), zpk, tpk_block, token, dst_format=proto.FORMAT_ISO1
+        )
+        ksn = "FFFF9876543210E00002"
+        dukpt_block = terminal.pin_block_under_dukpt(BDK, ksn, PIN, token)
+        g0 = await hsm.translate_pin_dukpt_to_zpk(
+            u(BDK), zpk, ksn, dukpt_block, token, dst_format=proto.FORMAT_ISO1
+        )
+        for first in (ca, g0):
+            assert (first.pin_length, first.pin_block_format) == (4, "05")
+            cc = await hsm.translate_pin_zpk_to_zpk(
+                zpk,
+                zpk,
+                first.pin_block,
+                PAN,
+                src_format=proto.FORMAT_ISO1,
+                dst_format=proto.FORMAT_ISO0,
+            )
+            assert (cc.pin_block_format, cc.pin_block) == ("01", expected)
+        with pytest.raises(HsmCommandError) as info:  # a format 1 block read as format 0
+            await hsm.translate_pin_zpk_to_zpk(zpk, zpk, ca.pin_block, PAN)
+        assert (info.value.command, info.value.error_code) == ("CC", "20")
+
+
 async def test_pipelined_concurrent_requests_with_histogram() -> None:
     registry = CollectorRegistry()
     histogram = Histogram("hsm_latency_seconds", "HSM latency", ["command"], registry=registry)

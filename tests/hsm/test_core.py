@@ -135,6 +135,46 @@ def test_g0_translates_dukpt_to_zpk(core: HsmCore) -> None:
     assert dukpt.ksn_counter(ksn) == 3
 
 
+TOKEN = "4895370000000015"  # the demo wallet token of PAN
+
+
+def test_token_pin_via_format1_ca_g0_then_cc(core: HsmCore) -> None:
+    """A PIN block formed with a token reaches the issuer's ZPK as format 0 with the funding
+    PAN: CA or G0 to format 05 with the token, then CC 05 -> 01 with the funding PAN."""
+    zpk_hex = ALPHA["zpk"]["key"]
+    zpk = u(zpk_hex)
+    expected = pinblock.encrypt_pin_block(bytes.fromhex(zpk_hex), "01", PIN, PAN).hex().upper()
+    ca_block = terminal.pin_block_under_tpk(TPK, PIN, TOKEN).hex()
+    ca = call(core, hsm.TranslatePinTpkToZpk(u(TPK), zpk, ca_block, TOKEN, dst_format="05"))
+    assert isinstance(ca.body, hsm.PinTranslated)
+    assert (ca.body.dst_format, ca.body.pin_length) == ("05", "04")
+    ksn = "FFFF9876543210E00005"
+    g0_block = terminal.pin_block_under_dukpt(BDK, ksn, PIN, TOKEN).hex()
+    g0 = call(core, hsm.TranslatePinDukptToZpk(u(BDK), zpk, ksn, g0_block, TOKEN, "05"))
+    assert isinstance(g0.body, hsm.PinTranslatedDukpt)
+    assert g0.body.dst_format == "05"
+    for iso1 in (ca.body.pin_block, g0.body.pin_block):
+        clear = pinblock.decrypt_pin_block(bytes.fromhex(zpk_hex), "05", bytes.fromhex(iso1), PAN)
+        assert clear == PIN
+        cc = call(core, hsm.TranslatePinZpkToZpk(zpk, zpk, iso1, PAN, "05", "01"))
+        assert isinstance(cc.body, hsm.PinTranslatedZpk)
+        assert (cc.body.dst_format, cc.body.pin_block) == ("01", expected)
+        # The issuer's PVV check with the funding PAN accepts it.
+        pvk = ALPHA["pvk"]["key"]
+        pvv = pinverify.visa_pvv(bytes.fromhex(pvk), PAN, PIN, "1")
+        ec = hsm.VerifyPinPvv(zpk, u(pvk), cc.body.pin_block, PAN, pvv, "1", "01")
+        assert call(core, ec).error_code == "00"
+    # Translated in one step with the funding PAN, the token's block does not decode (20).
+    straight = call(core, hsm.TranslatePinTpkToZpk(u(TPK), zpk, ca_block, PAN))
+    assert straight.error_code == "20"
+    # A format 0 block is not a format 1 block: CC refuses it (20), as an unknown format (23).
+    iso0 = terminal.pin_block_under_tpk(zpk_hex, PIN, PAN).hex()
+    assert call(core, hsm.TranslatePinZpkToZpk(zpk, zpk, iso0, PAN, "05", "01")).error_code == "20"
+    assert call(core, hsm.TranslatePinZpkToZpk(zpk, zpk, iso0, PAN, "02", "01")).error_code == "23"
+    bad_g0 = hsm.TranslatePinDukptToZpk(u(BDK), zpk, ksn, g0_block, TOKEN, "99")
+    assert call(core, bad_g0).error_code == "23"
+
+
 def test_ec_verifies_pvv(core: HsmCore) -> None:
     zpk, pvk = ALPHA["zpk"]["key"], ALPHA["pvk"]["key"]
     pvv = pinverify.visa_pvv(bytes.fromhex(pvk), PAN, PIN, "1")

@@ -131,6 +131,41 @@ def test_formats_agree_with_psec(pin: str, pan: str, key: bytes) -> None:
     assert pinblock.decrypt_pin_block(key, "48", aes, pan) == pin
 
 
+def test_format1_layout_and_pan_independence() -> None:
+    """ISO 9564-1 format 1: control 1, PIN length, PIN, a transaction-unique fill; no PAN."""
+    clear = bytes.fromhex("1412349C3E5F70A2")
+    assert pinblock.decode_pin_block("05", clear, "4012345678909") == "1234"
+    assert pinblock.decode_pin_block("05", clear, "4895370000000015") == "1234"
+    block = pinblock.encode_pin_block("05", "98765", "4012345678909")
+    assert block.hex().upper().startswith("1598765")
+    assert pinblock.decode_pin_block("05", block, "9999999999999999") == "98765"
+    # The fill is not constant: two blocks of one PIN differ.
+    assert len({pinblock.encode_pin_block("05", "1234", "4012345678909") for _ in range(8)}) > 1
+    # Control field 1 only: a format 0 block is not a format 1 block, nor the other way.
+    iso0 = pinblock.encode_pin_block("01", "1234", "4012345678909")
+    with pytest.raises(InvalidPinBlockError):
+        pinblock.decode_pin_block("05", iso0, "4012345678909")
+    with pytest.raises(InvalidPinBlockError):
+        pinblock.decode_pin_block("01", clear, "4012345678909")
+    with pytest.raises(InvalidPinBlockError):
+        pinblock.decode_pin_block("05", bytes.fromhex("13123FFFFFFFFFFF"), "4012345678909")
+
+
+@settings(max_examples=40, deadline=None)
+@given(pin=pins, token=pans, funding=pans, k1=keys, k2=keys)
+def test_format0_to_format1_to_format0_changes_the_pan(
+    pin: str, token: str, funding: str, k1: bytes, k2: bytes
+) -> None:
+    """What a token PIN goes through: format 0 with one PAN -> format 1 -> format 0 with
+    another; the end block is the one a PIN pad would build with the second PAN."""
+    block = pinblock.encrypt_pin_block(k1, "01", pin, token)
+    _, iso1 = pinblock.translate_pin_block(k1, k2, block, token, "01", "05")
+    n, iso0 = pinblock.translate_pin_block(k2, k2, iso1, funding, "05", "01")
+    assert n == len(pin)
+    assert iso0 == pinblock.encrypt_pin_block(k2, "01", pin, funding)
+    assert iso0 == tdes_ecb_encrypt(k2, psec.pinblock.encode_pinblock_iso_0(pin, funding))
+
+
 def test_format4_published_vector() -> None:
     key = bytes.fromhex("00112233445566778899AABBCCDDEEFF")
     block = bytes.fromhex("E4BE5B623AF7E006AC319E5B93544564")

@@ -14,7 +14,9 @@ import structlog
 from gateway.dataset import Token
 from gateway.pipeline import Context
 from gateway.tokens import Detokenize, PanCipher, TokenVault, VaultKeyError, presented
-from loadtest.pos_sim import card_for
+from hsm_sim import terminal as pinpad
+from issuer_sim.server import IssuerServer
+from loadtest.pos_sim import INITIAL_KSN, add_pin_block, card_for, terminal_of
 from protocols.message import Message
 from tests.helpers import Stack, demo_dataset, purchase, reversal_of, running_stack, terminal
 
@@ -242,3 +244,57 @@ async def test_token_magstripe_purchase_and_token_declines(stack: Stack) -> None
         expired = await term.exchange(purchase(EXPIRED, 100))
         assert (expired["39"], expired["2"]) == ("54", EXPIRED)
     assert stack.account_balance("alpha", FUNDING) == before - 700
+
+
+def spy_issuer(server: IssuerServer) -> list[Message]:
+    """Every request the issuer host sees from now on."""
+    seen: list[Message] = []
+    host = server.host
+    handle = host.handle
+
+    def spying(msg: Message, now: object) -> Message:
+        seen.append(Message(msg.mti, dict(msg.fields)))
+        return handle(msg, now)  # type: ignore[arg-type]
+
+    host.handle = spying  # type: ignore[method-assign]
+    return seen
+
+
+@pytest.mark.anyio
+async def test_token_purchase_with_online_pin_tpk_and_dukpt(stack: Stack) -> None:
+    """The PIN pad forms the block with the token (the PAN it read); the issuer verifies the
+    PIN with the funding PAN. Right PIN: 00; wrong PIN: the issuer's 55."""
+    data = demo_dataset()
+    pin = next(c.pin for c in data.cards if c.pan == FUNDING)
+    alpha_zpk = data.issuer("alpha").zpk
+    assert alpha_zpk is not None
+    tpk_term, dukpt_term = terminal_of(data, "T0000001"), terminal_of(data, "N0000001")
+    assert (tpk_term.key_mode, dukpt_term.key_mode) == ("tpk", "dukpt")
+    seen = spy_issuer(stack.issuers["alpha"])
+    before = stack.account_balance("alpha", FUNDING)
+    ksn = INITIAL_KSN
+    answers = []
+    async with terminal(stack.port) as term:
+        for term_cfg, entered, amount in (
+            (tpk_term, pin, 1100),
+            (tpk_term, "9999", 1200),
+            (dukpt_term, pin, 1300),
+            (dukpt_term, "9999", 1400),
+        ):
+            req = purchase(TOKEN, amount, terminal_id=term_cfg.id, merchant=term_cfg.merchant)
+            if term_cfg.key_mode == "dukpt":
+                ksn = pinpad.next_ksn(ksn)
+            add_pin_block(req, term_cfg, entered, TOKEN, ksn)
+            resp = await term.exchange(req)
+            assert resp["2"] == TOKEN  # never the funding PAN
+            answers.append(resp["39"])
+            # The issuer got format 0 with the funding PAN under its ZPK, and no KSN.
+            sent = [m for m in seen if m.mti == "0200"][-1]
+            assert sent["2"] == FUNDING
+            assert "53" not in sent
+            assert (
+                sent["52"]
+                == pinpad.pin_block_under_tpk(alpha_zpk.key, entered, FUNDING).hex().upper()
+            )
+    assert answers == ["00", "55", "00", "55"]
+    assert stack.account_balance("alpha", FUNDING) == before - 1100 - 1300

@@ -483,6 +483,8 @@ class JournalStage(BaseParticipant):
             resp.fields.pop("54", None)
             resp.fields["39"] = "96"
             ctx.rc = "96"
+            if ctx.entry is not None:  # the window keeps a copy: a repeat gets this answer
+                ctx.entry.response = resp
 
 
 def entry_from_stored(stored: StoredTxn, created: float) -> TxnEntry:
@@ -596,11 +598,8 @@ class JournalFindOriginal(FindOriginal):
 
 
 def _prime(recent: RecentTransactions, key: DuplicateKey, entry: TxnEntry) -> None:
-    fresh = recent.begin(key, entry.created)
-    for name in TxnEntry.__dataclass_fields__:
-        if name != "done":
-            setattr(fresh, name, getattr(entry, name))
-    fresh.done.set()
+    entry.done.set()
+    recent.insert(key, entry)
 
 
 async def recover_in_flight(

@@ -97,10 +97,8 @@ class CheckDuplicate(BaseParticipant):
 
     def _finish(self, ctx: Context) -> None:
         entry = ctx.entry
-        if entry is not None and not entry.done.is_set():
-            entry.response = ctx.response
-            entry.approved = ctx.approved
-            entry.done.set()
+        if entry is not None:
+            entry.finish(ctx.response, ctx.approved)  # once: commit and abort may both run
 
     async def commit(self, ctx: Context) -> None:
         self._finish(ctx)

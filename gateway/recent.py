@@ -2,71 +2,191 @@
 
 Keyed by (MTI class, terminal, STAN, transmission date-time). Bounded in count and age; the
 durable journal answers beyond that window.
+
+The window holds up to ``max_entries`` (500,000) transactions for 24 hours, so an entry keeps
+only what the duplicate check, a reversal's original and the replay of an answer need, in
+compact form (``python -m gateway.bench_recent``: bytes per entry, CPU per transaction):
+
+* the answer as its MTI and its fields as one JSON text (orjson: the cheapest exact form
+  measured, text so it lives in Python's small-object allocator), rebuilt into a
+  :class:`Message` only to replay it: the same fields and values, so the same bytes on the wire;
+* the request's wall-clock time as epoch seconds (a float), not a ``datetime``;
+* the completion flag and the event a duplicate in flight waits on in one slot (the entry is
+  its own ``done`` event; the event is made only when someone waits);
+* the entry's MTI and currency strings interned (a handful of values, shared by all);
+* a plain dict plus a deque in creation order instead of an ``OrderedDict``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections import OrderedDict
-from dataclasses import dataclass, field
+import sys
+import time
+from collections import deque
 
 import anyio
+import orjson
 
 from protocols.keys import DuplicateKey
 from protocols.message import Message
 
+_intern = sys.intern
+_NO_KEY: DuplicateKey = ("", "", "", "")
+_time = time.time
+_dumps = orjson.dumps
+_loads = orjson.loads
 
-class Done:
-    """An ``anyio.Event`` made only when someone waits: every transaction has one, almost
-    none is ever waited on (only a duplicate arriving while its original is in flight), and
-    creating an AnyIO event costs an async-library lookup."""
 
-    __slots__ = ("_event", "_flag")
+def _compact(answer: Message) -> tuple[str, str | Message]:
+    """(MTI, fields as JSON text) of ``answer``: one string instead of a message, a dict and a
+    string per field, and exact (any text round-trips). A value JSON cannot hold (a lone
+    surrogate) keeps a copy of the message instead."""
+    try:
+        return answer.mti, _dumps(answer.fields).decode()
+    except TypeError:
+        return answer.mti, Message(answer.mti, dict(answer.fields))
 
-    def __init__(self) -> None:
-        self._flag = False
-        self._event: anyio.Event | None = None
+
+class TxnEntry:
+    """One transaction of the window. ``done`` is the entry itself: ``done.is_set()``,
+    ``done.set()`` and ``await done.wait()`` (an ``anyio.Event`` made only when someone waits).
+
+    ``response`` is kept compact (see the module's docstring): reading it builds a new
+    :class:`Message` with the answer's fields, so whoever changes an answer after it was
+    recorded sets it again (``JournalStage._withhold``).
+    """
+
+    __slots__ = (
+        "_answer",
+        "_answer_mti",
+        "_state",
+        "_when",
+        "amount",
+        "approved",
+        "created",
+        "currency",
+        "issuer",
+        "issuer_mti",
+        "issuer_stan",
+        "issuer_time",
+        "key",
+        "pan",
+        "reversed",
+        "rrn",
+    )
+
+    def __init__(self, created: float, when: float = 0.0, key: DuplicateKey = _NO_KEY) -> None:
+        """``created``: monotonic time of the request; ``when``: its wall-clock time in epoch
+        seconds; ``key``: where the window keeps it (set by :meth:`RecentTransactions.insert`
+        for an entry made outside)."""
+        self.key = key
+        self.created = created
+        self._when = when
+        self._state: anyio.Event | bool | None = None
+        """``None`` in flight, an ``anyio.Event`` in flight with someone waiting, ``True``
+        done."""
+        self._answer_mti = ""
+        self._answer: str | Message | None = None
+        """The answer's fields as JSON text (or, rarely, a copy of the answer)."""
+        self.issuer: str | None = None
+        self.issuer_mti = ""
+        self.issuer_stan = ""
+        self.issuer_time = ""
+        self.rrn = ""
+        self.amount = 0
+        self.currency = ""
+        self.approved = False
+        self.reversed = False
+        self.pan = ""
+
+    def __repr__(self) -> str:
+        # Never the card number or the answer's values.
+        return (
+            f"TxnEntry(created={self.created!r}, done={self._state is True}, "
+            f"issuer={self.issuer!r}, rrn={self.rrn!r}, approved={self.approved}, "
+            f"reversed={self.reversed})"
+        )
+
+    # -- completion: the entry is its own event ------------------------------------------------
+
+    @property
+    def done(self) -> TxnEntry:
+        return self
 
     def is_set(self) -> bool:
-        return self._flag
+        return self._state is True
 
     def set(self) -> None:
-        self._flag = True
-        if self._event is not None:
-            self._event.set()
+        state = self._state
+        self._state = True
+        if state is not None and isinstance(state, anyio.Event):
+            state.set()
 
     async def wait(self) -> None:
-        if self._flag:
+        state = self._state
+        if state is True:
             return
-        if self._event is None:
-            self._event = anyio.Event()
-        await self._event.wait()
+        if not isinstance(state, anyio.Event):
+            state = self._state = anyio.Event()
+        await state.wait()
 
+    def finish(self, answer: Message | None, approved: bool) -> None:
+        """The transaction's outcome: keep its answer (compact) and whether it was approved,
+        then wake whoever waits for it. Once: a finished entry stays as it is."""
+        state = self._state
+        if state is True:
+            return
+        if answer is not None:
+            self._answer_mti, self._answer = _compact(answer)
+        self.approved = approved
+        # A handful of values each: one string shared by every entry.
+        self.currency = _intern(self.currency)
+        self.issuer_mti = _intern(self.issuer_mti)
+        self._state = True
+        if state is not None and isinstance(state, anyio.Event):
+            state.set()
 
-@dataclass(slots=True)
-class TxnEntry:
-    created: float
-    done: Done = field(default_factory=Done)
-    response: Message | None = None
-    issuer: str | None = None
-    issuer_mti: str = ""
-    issuer_stan: str = ""
-    issuer_time: str = ""
-    rrn: str = ""
-    amount: int = 0
-    currency: str = ""
-    when: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
-    """Wall-clock time of the request (the risk day a reversal gives back to)."""
-    approved: bool = False
-    reversed: bool = False
-    pan: str = field(default="", repr=False)
+    # -- compact fields ------------------------------------------------------------------------
+
+    @property
+    def response(self) -> Message | None:
+        """The answer given (a new message each time), ``None`` before there is one."""
+        answer = self._answer
+        if answer is None:
+            return None
+        if isinstance(answer, Message):
+            return Message(answer.mti, dict(answer.fields))
+        fields: dict[str, str] = _loads(answer)
+        return Message(self._answer_mti, fields)
+
+    @response.setter
+    def response(self, answer: Message | None) -> None:
+        if answer is None:
+            self._answer = None
+        else:
+            mti, self._answer = _compact(answer)
+            self._answer_mti = _intern(mti)
+
+    @property
+    def when(self) -> dt.datetime:
+        """Wall-clock time of the request, UTC (the risk day a reversal gives back to)."""
+        return dt.datetime.fromtimestamp(self._when, dt.UTC)
+
+    @when.setter
+    def when(self, value: dt.datetime) -> None:
+        self._when = value.timestamp()
 
 
 class RecentTransactions:
+    """Entries by key in a dict, and in a deque in the order they were made (each entry knows
+    its key): the oldest is evicted first. An entry made again under its key leaves its old
+    one in the deque, skipped when it comes first."""
+
     def __init__(self, *, window: float, max_entries: int = 500_000) -> None:
         self.window = window
         self.max_entries = max_entries
-        self._entries: OrderedDict[DuplicateKey, TxnEntry] = OrderedDict()
+        self._entries: dict[DuplicateKey, TxnEntry] = {}
+        self._order: deque[TxnEntry] = deque()
         self._head_created = 0.0
         """``created`` of the oldest entry: nothing is due for eviction before it is."""
 
@@ -82,21 +202,33 @@ class RecentTransactions:
     def begin(self, key: DuplicateKey, now: float, when: dt.datetime | None = None) -> TxnEntry:
         """A new entry created at ``now`` (monotonic) for a request of wall-clock time
         ``when`` (default: the current time)."""
+        entry = TxnEntry(now, _time() if when is None else when.timestamp(), key)
         entries = self._entries
-        entry = TxnEntry(created=now) if when is None else TxnEntry(created=now, when=when)
-        if key in entries or not entries:
-            entries[key] = entry
-            entries.move_to_end(key)  # the head may have moved: look again below
-        else:
-            entries[key] = entry
-            if len(entries) <= self.max_entries and now - self._head_created <= self.window:
-                return entry  # the head stays: nothing to evict
-        # Evict by age, then by count (oldest first).
-        while entries:
-            oldest_key, oldest = next(iter(entries.items()))
-            if len(entries) > self.max_entries or now - oldest.created > self.window:
-                del entries[oldest_key]
+        size = len(entries)
+        entries[key] = entry
+        self._order.append(entry)
+        if size >= self.max_entries or now - self._head_created > self.window or not size:
+            self._evict(now)
+        return entry
+
+    def insert(self, key: DuplicateKey, entry: TxnEntry) -> None:
+        """Put a made entry (one the journal knows) under ``key``, as made at its ``created``."""
+        entry.key = key
+        self._entries[key] = entry
+        self._order.append(entry)
+        self._evict(entry.created)
+
+    def _evict(self, now: float) -> None:
+        """By age, then by count (oldest first)."""
+        entries, order = self._entries, self._order
+        while order:
+            oldest = order[0]
+            key = oldest.key
+            if entries.get(key) is not oldest:
+                order.popleft()  # made again since: its entry is further on
+            elif len(entries) > self.max_entries or now - oldest.created > self.window:
+                order.popleft()
+                del entries[key]
             else:
                 self._head_created = oldest.created
-                break
-        return entry
+                return

@@ -196,4 +196,5 @@ async def test_duplicate_waits_for_its_original_then_replays() -> None:
     first, second = answers
     assert first is not None
     assert first["39"] == "00"
-    assert second is first  # the original's answer, replayed
+    assert second == first  # the original's answer, replayed
+    assert second is not first  # rebuilt from the window's compact copy

@@ -13,7 +13,8 @@ issuer has no signed-on link or the breaker is open:
   HSM) is declined ``91``; a wrong one ``55``. A chip or contactless cryptogram (field 55 with
   9F26) is verified at the HSM (``KQ``) with the issuer's IMK-AC, as the issuer would: a wrong
   ARQC, an amount or currency the card did not sign, or an ATC not above the last one this
-  switch stood in for the card is ``05``; one that cannot be verified (no IMK-AC, no HSM, field
+  switch saw for the card (in memory; after a restart, from field 55 in the journal: the 0120
+  carries it) is ``05``; one that cannot be verified (no IMK-AC, no HSM, field
   55 that does not parse) ``91``. Beyond the limits, or for an issuer without limits, ``91``.
   The approval carries tag 91 (ARPC, ARC ``3030``) and is journaled ``stood_in`` together
   with its 0120;
@@ -56,10 +57,14 @@ log = get_logger("gateway.standin")
 
 STAND_IN_MTIS = frozenset({"0100", "0200"})
 STAND_IN_KINDS = frozenset({"00", "01"})
-_NOT_IN_ADVICE = ("35", "52", "53", "55", "64", "128")
+# The 0120 keeps field 55 (the journal and SAF strip its sensitive tags): the issuer learns
+# the ATC the card used in stand-in, and the journal holds it for the replay guard's restart.
+_NOT_IN_ADVICE = ("35", "52", "53", "64", "128")
 _CHIP_ENTRY_MODES = frozenset({"051", "071"})
 _ARC_APPROVED = b"00"  # 3030
 _ATC_CARDS = 100_000  # cards whose last stood-in ATC is remembered (oldest forgotten first)
+_ATC_LOOKBACK = timedelta(days=7)  # journal history read for a card the process has not seen
+_ATC_HISTORY = 1000
 
 
 def pvv_from_track2(track2: str | None) -> tuple[str, str] | None:
@@ -378,9 +383,16 @@ class StandIn(BaseParticipant):
             return self._unverified(ctx, issuer, type(exc).__name__), None
         if arpc is None:
             return self._arqc_declined(ctx, issuer, "ARQC verification failed"), None
-        # Replay guard (memory only): the check and the update run with no await in between.
+        # Replay guard: the highest ATC this card application used, from memory, or (first
+        # time this process sees the card) from the journal, so a restart does not forget it.
+        # The check and the update run with no await in between.
         psn2 = (psn or "00")[-2:]  # "001" and "01" are one card application
         card = hmac.new(self._card_key, f"{pan}/{psn2}".encode(), hashlib.sha256).digest()
+        if card not in self._last_atc:
+            seen = await self._journal_atc(pan, psn2, ctx)
+            if seen is None:
+                return self._unverified(ctx, issuer, "journal unreadable (ATC)"), None
+            self._last_atc[card] = max(seen, self._last_atc.get(card, -1))
         atc = int.from_bytes(found.atc, "big")
         last = self._last_atc.pop(card, -1)
         self._last_atc[card] = max(atc, last)  # most recently used last, for the bound below
@@ -390,6 +402,33 @@ class StandIn(BaseParticipant):
             return self._arqc_declined(ctx, issuer, f"ATC {atc} not above the last ({last})"), None
         self.arqc_verified += 1
         return None, emv.encode_issuer_auth(arpc, _ARC_APPROVED).hex().upper()
+
+    async def _journal_atc(self, pan: str, psn2: str, ctx: Context) -> int | None:
+        """The highest ATC of this card application in the journal's last days (field 55 of
+        what the issuer got, or of the 0120 of a stand-in approval); -1 when none, ``None``
+        when the journal cannot be read."""
+        journal = self.runtime.journal
+        if journal is None:
+            return -1
+        try:
+            txns = await journal.find_by_pan(
+                pan, ctx.now - _ATC_LOOKBACK, ctx.now + timedelta(seconds=1), limit=_ATC_HISTORY
+            )
+        except JournalError as exc:
+            log.error("journal_read_failed", stage="stand-in-atc", error=str(exc))
+            return None
+        highest = -1
+        for txn in txns:
+            sent = txn.request or {}
+            if txn.txn_id == ctx.rrn or "55" not in sent or (sent.get("23") or "00")[-2:] != psn2:
+                continue
+            try:
+                atc = emv.decode(bytes.fromhex(sent["55"])).get("9F36")
+            except (ValueError, emv.TlvError):
+                continue
+            if atc:
+                highest = max(highest, int.from_bytes(atc, "big"))
+        return highest
 
     def _unverified(self, ctx: Context, issuer: str, why: str) -> str:
         log.warning("stand_in_arqc_unverified", issuer=issuer, rrn=ctx.rrn, error=why)

@@ -99,6 +99,18 @@ class EmvAuthenticator:
             )
         return outcome
 
+    def note_advice(self, msg: Message, account: Account) -> None:
+        """A 0120 (the switch stood in): its cryptogram, when it verifies, moves the card's
+        last ATC on as an online one would (the advice itself is posted whatever this says)."""
+        if "55" not in msg.fields:
+            return
+        online = Message(msg.fields.get("90", "0200")[:4], msg.fields)
+        if online.mti not in ("0100", "0200"):
+            online.mti = "0200"
+        outcome = self._authenticate(online, account)
+        if outcome is not None and outcome.rc is not None:
+            log.info("advice_arqc_not_applied", issuer=self.issuer, reason=outcome.reason)
+
     def _authenticate(self, msg: Message, account: Account) -> EmvOutcome | None:
         fields = msg.fields
         try:

@@ -219,6 +219,7 @@ class IssuerHost:
         kind = msg.fields.get("3", "000000")[:2]
         amount = int(msg.fields.get("4", "0"))
         stan, when = msg.fields.get("11", ""), msg.fields.get("7", "")
+        self.emv.note_advice(msg, account)
         if original_mti == "0100":
             account.holds[f"{stan}{when}"] = amount
         elif kind in ("00", "01"):

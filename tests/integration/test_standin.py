@@ -283,6 +283,40 @@ async def test_stand_in_cannot_verify_the_arqc_91(chip_stack: Stack) -> None:
     assert standin.arqc_failed == 0  # nothing above was a wrong cryptogram
 
 
+async def test_stand_in_atc_guard_survives_a_restart_and_the_issuer_learns_it(
+    chip_stack: Stack,
+) -> None:
+    """The replay guard reads a card's last ATC from the journal when the process has not
+    seen the card (the 0120 carries field 55); the issuer moves its ATC on from the 0120."""
+    stack = chip_stack
+    card = card_for(demo_dataset(), BETA_CARD, atc=40)
+    await _beta_down(stack)
+    async with terminal(stack.port) as term:
+        req, icc = contactless(card, 600)
+        assert (await term.exchange(req))["39"] == "00"  # stood in, ATC 40
+    await stack.stop_gateway(graceful=True)
+    await stack.start_gateway(wait_ready=False)  # beta is still down
+    async with terminal(stack.port) as term:
+        replay, _ = contactless(card, 600, icc=icc)  # a new STAN, the same cryptogram
+        replayed = await term.exchange(replay)
+        assert (replayed["39"], "55" in replayed) == ("05", False)
+        nxt, _ = contactless(card, 400)  # ATC 41
+        assert (await term.exchange(nxt))["39"] == "00"
+    standin = stack.gateway.standin
+    assert standin is not None
+    assert (standin.approved, standin.arqc_failed) == (1, 1)  # counters of the new process
+    # Beta comes back and takes both 0120s; its card record now stands at ATC 41.
+    await stack.restart_issuer("beta")
+    await until(lambda: _saf_empty_of(stack, "beta"))
+    account = stack.issuers["beta"].host.book.find(card.pan)
+    assert account is not None
+    assert account.last_atc == 41
+
+
+async def _saf_empty_of(stack: Stack, issuer: str) -> bool:
+    return await saf_depth(stack.gateway, issuer) == 0
+
+
 def test_stand_in_field_55_parsing() -> None:
     card = card_for(demo_dataset(), BETA_CARD, atc=3)
     icc = card.icc_data(700)

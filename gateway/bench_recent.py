@@ -103,14 +103,23 @@ def _inputs(n: int) -> tuple[list[bytes], list[bytes]]:
     return [_request_bytes(i) for i in range(n)], [_answer_bytes(i) for i in range(n)]
 
 
-def bytes_per_entry(n: int) -> float:
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def bytes_per_entry(n: int, *, traced: bool) -> float:
+    """Per entry once ``n`` transactions went through: what ``tracemalloc`` counts
+    (``traced``), else the growth of this process's RSS (the inputs made beforehand)."""
     wires, answers = _inputs(n)
     switch = Switch([], Metrics())
     rrn = RrnGenerator(0, 0)
     recent = RecentTransactions(window=86_400.0)
     stage = CheckDuplicate(recent, Metrics())
     gc.collect()
-    tracemalloc.start()
+    rss = _rss()
+    if traced:
+        tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
     for i in range(n):
         ctx = _context(i, wires[i], answers[i], rrn, float(i) / 1000)
@@ -120,15 +129,10 @@ def bytes_per_entry(n: int) -> float:
         stage.commit_now(ctx)
         del ctx
     gc.collect()
-    used = tracemalloc.get_traced_memory()[0] - base
+    used = tracemalloc.get_traced_memory()[0] - base if traced else _rss() - rss
     tracemalloc.stop()
     assert len(recent) == n
     return used / n
-
-
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
 
 
 def cpu_per_transaction(n: int, runs: int, *, collect: bool) -> tuple[float, float]:
@@ -209,11 +213,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args(argv)
-    rss = _rss()
-    traced = bytes_per_entry(args.n)
+    rss = bytes_per_entry(args.n, traced=False)
+    traced = bytes_per_entry(args.n, traced=True)
     print(
         f"bytes per entry ({args.n} entries): {traced:.0f} (tracemalloc), "
-        f"{(_rss() - rss) / args.n:.0f} (RSS growth, this process)"
+        f"{rss:.0f} (RSS growth of this process)"
     )
     print(f"full gc.collect() with {args.n} entries: {full_collection_ms(args.n):.1f} ms")
     for collect in (False, True):

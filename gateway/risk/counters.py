@@ -147,16 +147,21 @@ class CounterStore(Protocol):
 
 
 class _Card:
+    """What the store keeps per card, as small as it goes (``python -m
+    gateway.risk.bench_memory``): the dicts are made on first use and the countries are a
+    tuple (a card has approvals in one or two; an empty set alone is 216 bytes)."""
+
     __slots__ = ("attempts", "countries", "profile", "seen")
 
     def __init__(self) -> None:
-        self.attempts: dict[str, int] = {}
+        self.attempts: dict[str, int] | None = None
         """txn id -> time (ms), in insertion order (a retried id moves to the end, as ZADD
         moves its score); pruned by time on each reserve"""
-        self.seen: dict[str, int] = {}
+        self.seen: dict[str, int] | None = None
         """merchant country -> last time (ms) within the travel window"""
         self.profile = _NO_PROFILE
-        self.countries: set[str] = set()
+        self.countries: tuple[str, ...] = ()
+        """merchant countries with an approval, each once"""
 
 
 class _Day:
@@ -253,7 +258,7 @@ class MemoryCounterStore:
                 win = now - velocity_window_ms
                 attempts = sum(1 for t in times.values() if t > win)
             else:
-                times[txn_id] = now
+                card.attempts = {txn_id: now}
                 attempts = 1 if velocity_window_ms > 0 else 0
         travel_country: str | None = None
         travel_at = 0
@@ -269,7 +274,7 @@ class MemoryCounterStore:
                 if now > seen.get(country, 0):
                     seen[country] = now
             elif now > 0:
-                seen[country] = now
+                card.seen = {country: now}
         if now // 1000 >= self._next_prune:
             self._prune_days(now // 1000)
         bucket = self._days.get(day)
@@ -331,7 +336,8 @@ class MemoryCounterStore:
     def record_approval_now(self, card_key: str, country: str, amount: int, samples: int) -> None:
         card = self._card(card_key)
         card.profile = update_profile(card.profile, amount, samples)
-        card.countries.add(country)
+        if country not in card.countries:
+            card.countries = (*card.countries, country)
 
     async def usage(self, card_key: str, currency: str, day: str) -> tuple[int, int]:
         bucket = self._days.get(day)

@@ -59,7 +59,7 @@ def qr_app(service: QrService, *, max_body: int = 16384) -> ASGIApp:
     async def create_mpm(request: Request) -> Response:
         acquirer = service.authenticate(request.headers.get("authorization"))
         body = await _parse(request, MpmRequest, max_body)
-        view = service.generate_mpm(acquirer, body)
+        view = await service.generate_mpm(acquirer, body)
         return Response(view.model_dump_json(), media_type=JSON)
 
     app = Starlette(

@@ -16,7 +16,6 @@ import datetime as dt
 import hashlib
 import itertools
 import secrets
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final, TypeVar
 
@@ -30,6 +29,7 @@ from gateway.qr import problems as p
 from gateway.qr.models import MpmRequest, MpmView, PaymentRequest, RefundRequest
 from gateway.qr.problems import Problem
 from gateway.qr.store import (
+    OPEN,
     Claim,
     IdempotencyConflict,
     IdempotencyStore,
@@ -100,10 +100,10 @@ class QrService:
         self._reserved: dict[str, int] = {}
         self._refund_lock = anyio.Lock()
         self._stan = itertools.count(secrets.randbelow(999_999))
-        # Dynamic codes this API issued (reference in 62/05) -> "open", "paying" or the payment
-        # id that paid it: a dynamic code is for one payment, whatever the idempotency key.
-        self._issued: OrderedDict[str, str] = OrderedDict()
-        self._max_issued = max_payments
+        # Dynamic codes this API issued (reference in 62/05) are in the store, open or paid
+        # (with the SQLite store across restarts): a dynamic code is for one payment, whatever
+        # the idempotency key. Those being paid now are held here.
+        self._paying: set[str] = set()
 
     # Authentication and scope ------------------------------------------------------------------
 
@@ -151,46 +151,50 @@ class QrService:
             pan = self._consumer_presented(req, extra)
             reference = None
         else:
-            reference = self._merchant_presented(req)
+            reference = await self._merchant_presented(req)  # held in _paying from here
             assert req.payer_pan is not None  # the model requires it for MPM
             pan = req.payer_pan
-        terminal = self.terminals[(acquirer.id, req.merchant_id)]
-        payment_id = "qrp_" + secrets.token_hex(12)
-        msg = self._request(
-            "000000", pan, req.amount, req.currency, terminal, req.merchant_id, extra
-        )
-        started = anyio.current_time()
-        if reference is not None:
-            self._issued[reference] = "paying"
         rc = "96"
-        # Shielded: once the switch has it, the payment completes and is recorded with its
-        # idempotency entry (durably, before the answer), even if the HTTP client goes away.
-        with anyio.CancelScope(shield=True):
-            try:
+        recorded = False
+        try:
+            terminal = self.terminals[(acquirer.id, req.merchant_id)]
+            payment_id = "qrp_" + secrets.token_hex(12)
+            msg = self._request(
+                "000000", pan, req.amount, req.currency, terminal, req.merchant_id, extra
+            )
+            started = anyio.current_time()
+            # Shielded: once the switch has it, the payment completes and is recorded with its
+            # idempotency entry (durably, before the answer), even if the HTTP client goes away.
+            with anyio.CancelScope(shield=True):
                 answer = await self.handler(msg)
                 rc, auth_code, rrn = _outcome(answer)
-            finally:
-                if reference is not None:
-                    self._issued[reference] = payment_id if rc == "00" else "open"
-            payment = Payment(
-                payment_id=payment_id,
-                acquirer=acquirer.id,
-                merchant_id=req.merchant_id,
-                terminal_id=terminal,
-                kind=req.kind,
-                amount=req.amount,
-                currency=req.currency,
-                status="approved" if rc == "00" else "declined",
-                response_code=rc,
-                auth_code=auth_code,
-                rrn=rrn,
-                created_at=_rfc3339(self.clock()),
-                sealed_pan=self.cipher.seal(pan, payment_id.encode()),
-                masked_pan=mask_pan(pan),
-            )
-            body = payment.view().model_dump_json().encode()
-            response = StoredResponse(201, body, f"/v1/qr/payments/{payment_id}")
-            await self.store.save_payment(payment, claim.key, claim.entry(response))
+                payment = Payment(
+                    payment_id=payment_id,
+                    acquirer=acquirer.id,
+                    merchant_id=req.merchant_id,
+                    terminal_id=terminal,
+                    kind=req.kind,
+                    amount=req.amount,
+                    currency=req.currency,
+                    status="approved" if rc == "00" else "declined",
+                    response_code=rc,
+                    auth_code=auth_code,
+                    rrn=rrn,
+                    created_at=_rfc3339(self.clock()),
+                    sealed_pan=self.cipher.seal(pan, payment_id.encode()),
+                    masked_pan=mask_pan(pan),
+                )
+                body = payment.view().model_dump_json().encode()
+                response = StoredResponse(201, body, f"/v1/qr/payments/{payment_id}")
+                # An approval marks its dynamic code paid in the same write as the payment.
+                paid = reference if rc == "00" else None
+                await self.store.save_payment(payment, claim.key, claim.entry(response), code=paid)
+                recorded = True
+        finally:
+            # A code stays held when it was paid but the store did not take it: refused
+            # while this process lives, rather than paid twice.
+            if reference is not None and (recorded or rc != "00"):
+                self._paying.discard(reference)
         log.info(
             "qr_payment",
             payment_id=payment_id,
@@ -227,8 +231,9 @@ class QrService:
             extra["55"] = qr.emv.encode().hex().upper()
         return qr.pan
 
-    def _merchant_presented(self, req: PaymentRequest) -> str | None:
-        """Checks the code against the request; the reference of a dynamic code we issued."""
+    async def _merchant_presented(self, req: PaymentRequest) -> str | None:
+        """Checks the code against the request; the reference of a dynamic code we issued,
+        then held in ``_paying`` (the caller lets it go)."""
         try:
             qr = qr_mpm.decode(req.qr)
         except qr_mpm.MpmError as exc:
@@ -251,10 +256,15 @@ class QrService:
                 f"the dynamic QR code is for {qr.amount_minor}, the request for {req.amount}",
             )
         reference = qr.additional_data.get("05") if qr.dynamic else None
-        if reference is None or reference not in self._issued:
+        if reference is None:
             return None
-        if self._issued[reference] != "open":
+        state = await self.store.code(reference)
+        if state is None:
+            return None  # not a code this API issued (or one long forgotten)
+        # Checked and held with no await in between: one payment of a code at a time.
+        if state != OPEN or reference in self._paying:
             raise Problem(p.QR_ALREADY_PAID, "a dynamic QR code pays once; ask for a new one")
+        self._paying.add(reference)
         return reference
 
     # Status and refunds ------------------------------------------------------------------------
@@ -345,7 +355,7 @@ class QrService:
 
     # Merchant-presented QR generation ----------------------------------------------------------
 
-    def generate_mpm(self, acquirer: QrAcquirer, req: MpmRequest) -> MpmView:
+    async def generate_mpm(self, acquirer: QrAcquirer, req: MpmRequest) -> MpmView:
         merchant = self.merchant_in_scope(acquirer, req.merchant_id)
         currency = req.currency or COUNTRY_CURRENCY.get(merchant.country)
         if currency is None:
@@ -356,9 +366,7 @@ class QrService:
             raise Problem(p.CURRENCY_UNKNOWN, f"currency {currency} is not supported for QR")
         reference = secrets.token_hex(5).upper() if req.amount is not None else None
         if reference is not None:
-            self._issued[reference] = "open"
-            while len(self._issued) > self._max_issued:
-                self._issued.popitem(last=False)
+            await self.store.issue_code(reference, self.clock().timestamp())
         payload = qr_mpm.build(
             merchant_id=merchant.id,
             name=merchant.name[:25],

@@ -5,6 +5,10 @@ long as the process) and :class:`SqliteQrStore` (one SQLite file, WAL, ``synchro
 payments, refunds and idempotent answers survive a restart). A payment's outcome and its
 idempotency entry are written in one transaction before the HTTP answer goes out.
 
+Dynamic merchant-presented QR codes this API issued are kept too (their reference, and the
+payment that paid one, written with that payment): a code pays once, across restarts with the
+SQLite store.
+
 What is kept: ids, merchant, amounts, status, codes, RRN, times, the card number *sealed*
 (AES-256-GCM under the QR key, bound to the payment id: a refund needs the card) and masked;
 idempotency entries hold a keyed HMAC of the request body and the first answer (which shows the
@@ -26,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 import anyio
 
@@ -42,6 +46,9 @@ if TYPE_CHECKING:
 Status = Literal["approved", "declined"]
 Key = tuple[str, str]
 """(acquirer, idempotency key): keys are scoped per acquirer."""
+OPEN: Final = "open"
+"""A dynamic code issued and not paid (:meth:`QrStore.code`); a paid one answers its payment's
+id."""
 R = TypeVar("R")
 
 
@@ -172,8 +179,21 @@ class QrStore(ABC):
         """The key's entry unless unknown or older than the window."""
 
     @abstractmethod
-    async def save_payment(self, payment: Payment, key: Key, entry: Entry) -> None:
-        """A new payment and its idempotency entry, together."""
+    async def save_payment(
+        self, payment: Payment, key: Key, entry: Entry, *, code: str | None = None
+    ) -> None:
+        """A new payment and its idempotency entry, together; with ``code``, the dynamic QR
+        code (its reference) this payment paid is marked paid in the same write."""
+
+    @abstractmethod
+    async def issue_code(self, reference: str, created: float) -> None:
+        """A dynamic QR code issued (open until a payment pays it). Bounded like payments:
+        the oldest codes beyond ``max_payments`` are forgotten."""
+
+    @abstractmethod
+    async def code(self, reference: str) -> str | None:
+        """:data:`OPEN`, the id of the payment that paid it, or ``None`` (not issued here, or
+        forgotten)."""
 
     @abstractmethod
     async def save_refund(self, refund: Refund, key: Key, entry: Entry) -> None:
@@ -194,6 +214,8 @@ class MemoryQrStore(QrStore):
         self.max_entries = max_entries
         self._payments: OrderedDict[str, Payment] = OrderedDict()
         self._entries: OrderedDict[Key, Entry] = OrderedDict()
+        self._codes: OrderedDict[str, str] = OrderedDict()
+        """Dynamic code reference -> OPEN or the paying payment's id, oldest first."""
 
     def __len__(self) -> int:
         return len(self._payments)
@@ -223,9 +245,25 @@ class MemoryQrStore(QrStore):
         while len(self._payments) > self.max_payments:
             self._payments.popitem(last=False)
 
-    async def save_payment(self, payment: Payment, key: Key, entry: Entry) -> None:
+    async def save_payment(
+        self, payment: Payment, key: Key, entry: Entry, *, code: str | None = None
+    ) -> None:
         self.add(payment)
         self._put_entry(key, entry)
+        if code is not None:
+            self._put_code(code, payment.payment_id)
+
+    async def issue_code(self, reference: str, created: float) -> None:
+        if reference not in self._codes:
+            self._put_code(reference, OPEN)
+
+    async def code(self, reference: str) -> str | None:
+        return self._codes.get(reference)
+
+    def _put_code(self, reference: str, state: str) -> None:
+        self._codes[reference] = state
+        while len(self._codes) > self.max_payments:
+            self._codes.popitem(last=False)
 
     async def save_refund(self, refund: Refund, key: Key, entry: Entry) -> None:
         payment = self._payments.get(refund.payment_id)
@@ -280,7 +318,17 @@ CREATE TABLE IF NOT EXISTS idempotency (
     PRIMARY KEY (acquirer, key)
 );
 CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency (created);
+CREATE TABLE IF NOT EXISTS qr_codes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    reference TEXT NOT NULL UNIQUE,
+    payment_id TEXT,
+    created REAL NOT NULL
+);
 """
+_PAY_CODE = (
+    "INSERT INTO qr_codes (reference, payment_id, created) VALUES (?, ?, ?)"
+    " ON CONFLICT (reference) DO UPDATE SET payment_id = excluded.payment_id"
+)
 _SELECT_PAYMENT = (
     "SELECT payment_id, acquirer, merchant_id, terminal_id, kind, amount, currency, status,"
     " response_code, auth_code, rrn, created_at, sealed_pan, masked_pan, refunded"
@@ -421,7 +469,9 @@ class SqliteQrStore(QrStore):
             ),
         ]
 
-    async def save_payment(self, payment: Payment, key: Key, entry: Entry) -> None:
+    async def save_payment(
+        self, payment: Payment, key: Key, entry: Entry, *, code: str | None = None
+    ) -> None:
         p = payment
         values = (
             p.payment_id,
@@ -446,7 +496,35 @@ class SqliteQrStore(QrStore):
             (self.max_payments,),
         )
         statements = [(_INSERT_PAYMENT, values), trim, *self._entry_statements(key, entry)]
+        if code is not None:
+            statements.append((_PAY_CODE, (code, p.payment_id, entry.created)))
         await self._call(lambda db: self._write(db, statements))
+
+    async def issue_code(self, reference: str, created: float) -> None:
+        statements: list[tuple[str, tuple[Any, ...]]] = [
+            (
+                "INSERT OR IGNORE INTO qr_codes (reference, payment_id, created)"
+                " VALUES (?, NULL, ?)",
+                (reference, created),
+            ),
+            (
+                "DELETE FROM qr_codes WHERE seq <= (SELECT MAX(seq) FROM qr_codes) - ?",
+                (self.max_payments,),
+            ),
+        ]
+        await self._call(lambda db: self._write(db, statements))
+
+    async def code(self, reference: str) -> str | None:
+        def read(db: sqlite3.Connection) -> str | None:
+            row = db.execute(
+                "SELECT payment_id FROM qr_codes WHERE reference = ?", (reference,)
+            ).fetchone()
+            if row is None:
+                return None
+            paid: str | None = row[0]
+            return OPEN if paid is None else paid
+
+        return await self._call(read)
 
     async def save_refund(self, refund: Refund, key: Key, entry: Entry) -> None:
         r = refund

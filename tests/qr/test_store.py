@@ -15,7 +15,12 @@ import pytest
 from gateway.app import Gateway
 from gateway.conf import ConfigError
 from gateway.config import QrApiConfig
+from gateway.qr import problems, with_virtual_terminals
+from gateway.qr.models import MpmRequest, PaymentRequest
+from gateway.qr.problems import Problem
+from gateway.qr.service import QrService
 from gateway.qr.store import (
+    OPEN,
     Claim,
     Entry,
     IdempotencyConflict,
@@ -31,7 +36,8 @@ from gateway.qr.store import (
 )
 from gateway.tokens import PanCipher
 from protocols import qr_cpm
-from tests.helpers import DEMO_CONF, Stack, running_stack
+from protocols.message import Message
+from tests.helpers import DEMO_CONF, Stack, demo_dataset, running_stack
 
 pytestmark = pytest.mark.anyio
 
@@ -162,6 +168,84 @@ async def test_payments_bounded_and_refunds_counted(make_store: Any) -> None:
     assert [r.refund_id for r in after.refunds] == ["r1", "r2"]
 
 
+async def test_dynamic_codes_open_then_paid_and_bounded(make_store: Any) -> None:
+    store: QrStore = await make_store(max_payments=2)
+    entry = Entry(b"f", 0.0, StoredResponse(201, b"{}"))
+    assert await store.code("C0") is None  # never issued here
+    for n in range(3):
+        await store.issue_code(f"C{n}", float(n))
+    assert await store.code("C0") is None  # the oldest beyond max_payments is forgotten
+    assert await store.code("C1") == OPEN
+    await store.issue_code("C1", 9.0)  # issued again: still open, not reset
+    await store.save_payment(payment_row(1), ("a", "k1"), entry, code="C1")
+    assert await store.code("C1") == "p1"
+    await store.issue_code("C1", 10.0)  # a paid code stays paid
+    assert await store.code("C1") == "p1"
+    await store.save_payment(payment_row(2), ("a", "k2"), entry)  # no code: nothing marked
+    assert await store.code("C2") == OPEN
+
+
+async def test_sqlite_paid_code_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "codes.sqlite3"
+    entry = Entry(b"f", 0.0, StoredResponse(201, b"{}"))
+    async with SqliteQrStore(path, key_check=b"k") as store:
+        await store.issue_code("PAID", 1.0)
+        await store.issue_code("OPEN", 2.0)
+        await store.save_payment(payment_row(7), ("a", "k"), entry, code="PAID")
+    async with SqliteQrStore(path, key_check=b"k") as again:
+        assert await again.code("PAID") == "p7"
+        assert await again.code("OPEN") == OPEN
+
+
+async def test_a_paid_dynamic_code_is_refused_after_a_restart(tmp_path: Path) -> None:
+    """The SPEC is silent on dynamic codes; this API pays one once (409 qr-already-paid),
+    and with ``store_file`` that holds across a restart: a new store on the same file and a
+    new service refuse a second payment with another idempotency key."""
+    dataset = with_virtual_terminals(demo_dataset())
+    acquirer = dataset.qr_acquirers[0]
+    merchant = acquirer.merchants[0]
+    cipher = PanCipher(bytes.fromhex(STORE_KEY))
+    path = tmp_path / "qr.sqlite3"
+    sent: list[Message] = []
+
+    async def approve(msg: Message) -> Message:
+        sent.append(msg)
+        return Message("0210", {"37": f"RRN{len(sent):09d}", "38": "A00001", "39": "00"})
+
+    def service(store: QrStore) -> QrService:
+        return QrService(dataset, approve, cipher, store=store)
+
+    def pay(qr: str, key: str) -> PaymentRequest:
+        return PaymentRequest(
+            qr=qr,
+            amount=640,
+            currency=view.currency,
+            merchant_id=merchant,
+            idempotency_key=key,
+            payer_pan=WALLET,
+        )
+
+    async with SqliteQrStore(path, key_check=b"k") as store:
+        first = service(store)
+        view = await first.generate_mpm(acquirer, MpmRequest(merchant_id=merchant, amount=640))
+        unpaid = await first.generate_mpm(acquirer, MpmRequest(merchant_id=merchant, amount=640))
+        paid, replayed = await first.pay(acquirer, pay(view.qr, "one"))
+        assert (paid.status, replayed) == (201, False)
+
+    async with SqliteQrStore(path, key_check=b"k") as store:
+        second = service(store)
+        with pytest.raises(Problem) as refused:
+            await second.pay(acquirer, pay(view.qr, "two"))
+        assert refused.value.kind is problems.QR_ALREADY_PAID
+        assert refused.value.kind.status == 409
+        assert await second.pay(acquirer, pay(view.qr, "one")) == (paid, True)  # a replay
+        # A code issued before the restart and not paid: paid once now, then refused.
+        assert (await second.pay(acquirer, pay(unpaid.qr, "three")))[0].status == 201
+        with pytest.raises(Problem):
+            await second.pay(acquirer, pay(unpaid.qr, "four"))
+    assert len(sent) == 2  # the issuer saw one payment per code
+
+
 async def test_sqlite_store_refuses_another_key(tmp_path: Path) -> None:
     path = tmp_path / "qr.sqlite3"
     async with SqliteQrStore(path, key_check=b"one"):
@@ -274,6 +358,13 @@ async def test_payments_and_keys_survive_a_restart(pki_dir: Path, tmp_path: Path
             changed = await http.post("/v1/qr/payments", json=payment(cpm(WALLET), 1001, "pay-1"))
             assert changed.status_code == 409
             assert changed.json()["type"].endswith("idempotency-key-reused")
+            # The dynamic code paid before the restart pays once, whatever the key.
+            twice = await http.post(
+                "/v1/qr/payments", json=payment(mpm, 990, "pay-3", payer_pan=TOKEN)
+            )
+            assert twice.status_code == 409
+            assert twice.json()["type"].endswith("qr-already-paid")
+            assert sent_0200(stack) == issued
 
             url = f"/v1/qr/payments/{pid}/refund"
             refund = await http.post(url, json={"amount": 600, "idempotency_key": "r-1"})

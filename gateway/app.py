@@ -22,6 +22,7 @@ from gateway.hsm_client import HsmClient, HsmCommandError, HsmError
 from gateway.http import serve_asgi
 from gateway.journal import Journal, JournalConfig, JournalConfigError, open_journal
 from gateway.journal import load_config as load_journal_config
+from gateway.journal.config import node_path
 from gateway.journal_stage import (
     JournalCheckDuplicate,
     JournalFindOriginal,
@@ -114,9 +115,8 @@ class Gateway:
                 raise ConfigError(str(exc)) from None
             if cfg.workers > 1 and self.journal_config.backend == "sqlite":
                 # One SQLite file per worker process (one writer each); PostgreSQL is shared.
-                path = Path(self.journal_config.path)
                 self.journal_config = dataclasses.replace(
-                    self.journal_config, path=str(path.with_stem(f"{path.stem}-node{cfg.node}"))
+                    self.journal_config, path=node_path(self.journal_config.path, cfg.node)
                 )
         self.journal_runtime = JournalRuntime(cfg.acquirer_id, cfg.saf, window=cfg.duplicate_window)
         self.journal: Journal | None = None

@@ -1,7 +1,13 @@
 """``gateway journal ...``: verify, archive, restore, settlement, rebuild-index, saf.
 
 Every command reads the journal config from ``--conf FILE`` (a TOML file with a ``[journal]``
-table, or a bare journal document) and prints JSON on stdout. Exit status: 0 success,
+table, or a bare journal document) and prints JSON on stdout.
+
+A gateway with ``workers > 1`` on SQLite writes one file per worker node next to the configured
+path (``journal-node0.sqlite3``, ...). ``--node N`` picks one; without it ``settlement`` and
+``saf`` merge every node's file (totals and depths summed: the merge view) and ``verify``
+checks each (one result per file); ``archive``, ``restore`` and ``rebuild-index`` then need
+``--node``. Exit status: 0 success,
 1 verification failed, 2 bad usage or configuration, 3 journal error (message on stderr,
 never card data or keys).
 """
@@ -9,6 +15,7 @@ never card data or keys).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -17,15 +24,26 @@ from typing import Any
 import anyio
 import orjson
 
-from gateway.journal import open_journal
+from gateway.journal import SafDepth, SettlementTotal, open_journal
 from gateway.journal.archive import verify_archive
-from gateway.journal.config import JournalConfig, load_config, resolve_keys
+from gateway.journal.config import (
+    JournalConfig,
+    load_config,
+    node_path,
+    node_paths,
+    resolve_keys,
+)
 from gateway.journal.errors import JournalConfigError, JournalError
+
+_MERGED = frozenset({"settlement", "saf", "verify"})
 
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--conf", required=True, type=Path, help="TOML file with [journal]")
+    common.add_argument(
+        "--node", type=int, default=None, help="SQLite with workers: this node's file only"
+    )
     parser = argparse.ArgumentParser(prog="gateway journal", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     verify = sub.add_parser("verify", parents=[common], help="check the tamper-evidence chain")
@@ -48,12 +66,116 @@ def _print(data: Any) -> None:
     sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
+def _node_configs(config: JournalConfig, args: argparse.Namespace) -> list[JournalConfig]:
+    """The journals a command runs on: the configured one, or (SQLite, workers) its nodes'."""
+    if config.backend != "sqlite":
+        if args.node is not None:
+            raise JournalConfigError("--node applies to SQLite journals (PostgreSQL is shared)")
+        return [config]
+    if args.node is not None:
+        path = node_path(config.path, args.node)
+        if not Path(path).exists():
+            raise JournalConfigError(f"no journal file for node {args.node}: {path}")
+        return [dataclasses.replace(config, path=path)]
+    nodes = node_paths(config.path)
+    if not nodes:
+        return [config]
+    if args.command not in _MERGED:
+        raise JournalConfigError(
+            f"{len(nodes)} per-node journal files (nodes {', '.join(map(str, nodes))}): "
+            "pass --node N"
+        )
+    paths = ([config.path] if Path(config.path).exists() else []) + list(nodes.values())
+    return [dataclasses.replace(config, path=path) for path in paths]
+
+
+def merge_settlement(parts: list[list[SettlementTotal]]) -> list[SettlementTotal]:
+    """Totals of several journals summed per day, issuer and currency (the merge view)."""
+    merged: dict[tuple[object, str, str], SettlementTotal] = {}
+    for totals in parts:
+        for t in totals:
+            key = (t.day, t.issuer_id, t.currency)
+            seen = merged.get(key)
+            merged[key] = (
+                t
+                if seen is None
+                else SettlementTotal(
+                    t.day,
+                    t.issuer_id,
+                    t.currency,
+                    seen.debit_count + t.debit_count,
+                    seen.debit_amount + t.debit_amount,
+                    seen.credit_count + t.credit_count,
+                    seen.credit_amount + t.credit_amount,
+                )
+            )
+    return [merged[k] for k in sorted(merged, key=lambda k: (k[1], k[2]))]
+
+
+def merge_saf(parts: list[list[SafDepth]]) -> list[SafDepth]:
+    """Queue depths of several journals: summed per issuer, the oldest of all."""
+    merged: dict[str, SafDepth] = {}
+    for depths in parts:
+        for d in depths:
+            seen = merged.get(d.issuer_id)
+            if seen is None:
+                merged[d.issuer_id] = d
+                continue
+            olds = [o for o in (seen.oldest_created_at, d.oldest_created_at) if o is not None]
+            merged[d.issuer_id] = SafDepth(
+                d.issuer_id, seen.depth + d.depth, min(olds) if olds else None
+            )
+    return [merged[k] for k in sorted(merged)]
+
+
 async def _execute(config: JournalConfig, args: argparse.Namespace) -> int:
     if args.command == "verify" and args.archive is not None:
         keys = resolve_keys(config)
         result, _ = await anyio.to_thread.run_sync(verify_archive, args.archive, keys.chain)
         _print(result.as_dict())
         return 0 if result.ok else 1
+    configs = _node_configs(config, args)
+    if len(configs) == 1:
+        return await _execute_one(configs[0], args)
+    if args.command == "verify":
+        results = []
+        for one in configs:
+            async with open_journal(one) as journal:
+                results.append({"path": one.path, **(await journal.verify()).as_dict()})
+        _print(results)
+        return 0 if all(r["ok"] for r in results) else 1
+    if args.command == "settlement":
+        totals = []
+        for one in configs:
+            async with open_journal(one) as journal:
+                totals.append(await journal.settlement(args.day))
+        _print([t.as_dict() for t in merge_settlement(totals)])
+        return 0
+    depths = []
+    for one in configs:
+        async with open_journal(one) as journal:
+            depths.append(await journal.saf_depths())
+    _print_saf(merge_saf(depths))
+    return 0
+
+
+def _print_saf(depths: list[SafDepth]) -> None:
+    now = datetime.now(UTC)
+    _print(
+        [
+            {
+                "issuer_id": d.issuer_id,
+                "depth": d.depth,
+                "oldest_age_seconds": None
+                if (age := d.oldest_age(now)) is None
+                else age.total_seconds(),
+            }
+            for d in depths
+        ]
+    )
+
+
+async def _execute_one(config: JournalConfig, args: argparse.Namespace) -> int:
     async with open_journal(config) as journal:
         if args.command == "verify":
             result = await journal.verify()
@@ -71,20 +193,7 @@ async def _execute(config: JournalConfig, args: argparse.Namespace) -> int:
         elif args.command == "rebuild-index":
             _print({"events_replayed": await journal.rebuild_index()})
         else:
-            now = datetime.now(UTC)
-            depths = await journal.saf_depths()
-            _print(
-                [
-                    {
-                        "issuer_id": d.issuer_id,
-                        "depth": d.depth,
-                        "oldest_age_seconds": None
-                        if (age := d.oldest_age(now)) is None
-                        else age.total_seconds(),
-                    }
-                    for d in depths
-                ]
-            )
+            _print_saf(await journal.saf_depths())
     return 0
 
 

@@ -172,3 +172,25 @@ def load_config(path: str | Path) -> JournalConfig:
         raise JournalConfigError(f"{file}: not valid TOML: {exc}") from None
     # A relative SQLite path is relative to the working directory, like every path in conf/.
     return config_from_mapping(data, str(file))
+
+
+_NODE_FILE = re.compile(r"-node(\d+)$")
+
+
+def node_path(path: str, node: int) -> str:
+    """The SQLite file of worker node ``node`` (``workers > 1``: one writer per file)."""
+    base = Path(path)
+    return str(base.with_stem(f"{base.stem}-node{node}"))
+
+
+def node_paths(path: str) -> dict[int, str]:
+    """The per-node SQLite files next to ``path`` that exist, by node number."""
+    base = Path(path)
+    found: dict[int, str] = {}
+    for candidate in base.parent.glob(f"{base.stem}-node*{base.suffix}"):
+        if candidate.suffix != base.suffix:
+            continue
+        match = _NODE_FILE.search(candidate.stem[len(base.stem) :])
+        if match is not None and candidate.stem == f"{base.stem}-node{match.group(1)}":
+            found[int(match.group(1))] = str(candidate)
+    return dict(sorted(found.items()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -9,10 +10,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from gateway.journal import open_journal
+from gateway.journal import NewAdvice, open_journal
 from gateway.journal.cli import run
-from gateway.journal.config import load_config
-from tests.journal.conftest import answered, key_table, purchase
+from gateway.journal.config import load_config, node_path, node_paths
+from tests.journal.conftest import PAN, answered, key_table, purchase
 
 
 def _write_conf(tmp_path: Path) -> Path:
@@ -112,3 +113,64 @@ def test_cli_reports_tampering_and_bad_usage(
     assert "unknown key" in capsys.readouterr().err
     assert run(["settlement", "--date", "yesterday", "--conf", str(conf)]) == 2
     assert run(["frobnicate"]) == 2
+
+
+def test_cli_merges_per_node_files_of_workers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``workers > 1`` on SQLite: one file per node; settlement and SAF depth are the merge
+    view over them, verify checks each, and the commands that rewrite a file need --node."""
+    conf = _write_conf(tmp_path)
+    base = load_config(conf)
+    now = datetime.now(UTC)
+
+    async def fill(node: int, purchases: int) -> None:
+        config = dataclasses.replace(base, path=node_path(base.path, node))
+        async with open_journal(config) as journal:
+            for i in range(purchases):
+                tid, stan = f"n{node}-{i}", f"{node}{i:05d}"
+                await journal.append(purchase(tid, stan, at=now))
+                await journal.append(answered(tid, stan, at=now))
+            await journal.enqueue_advice(
+                NewAdvice(
+                    issuer_id="alpha",
+                    kind="0420",
+                    txn_id=f"n{node}-0",
+                    fields={"2": PAN, "11": "000001"},
+                    created_at=now - timedelta(minutes=node + 1),
+                )
+            )
+
+    anyio.run(fill, 0, 2)
+    anyio.run(fill, 3, 1)
+    assert sorted(node_paths(base.path)) == [0, 3]
+
+    day = now.date().isoformat()
+    assert run(["settlement", "--date", day, "--conf", str(conf)]) == 0
+    (total,) = json.loads(capsys.readouterr().out)
+    assert (total["debit_count"], total["debit_amount"]) == (3, 4500)
+    assert run(["settlement", "--date", day, "--conf", str(conf), "--node", "3"]) == 0
+    (one,) = json.loads(capsys.readouterr().out)
+    assert (one["debit_count"], one["debit_amount"]) == (1, 1500)
+
+    assert run(["saf", "--conf", str(conf)]) == 0
+    (alpha,) = json.loads(capsys.readouterr().out)
+    assert alpha["depth"] == 2
+    assert alpha["oldest_age_seconds"] >= 4 * 60  # node 3's advice, 4 minutes old
+
+    assert run(["verify", "--conf", str(conf)]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [(r["ok"], r["count"]) for r in results] == [(True, 4), (True, 2)]
+    assert [Path(r["path"]).name for r in results] == [
+        "journal-node0.sqlite3",
+        "journal-node3.sqlite3",
+    ]
+
+    out = tmp_path / "archive"
+    assert run(["archive", "--out", str(out), "--conf", str(conf)]) == 2
+    assert "pass --node N" in capsys.readouterr().err
+    assert run(["rebuild-index", "--conf", str(conf), "--node", "7"]) == 2
+    assert "no journal file for node 7" in capsys.readouterr().err
+    assert run(["rebuild-index", "--conf", str(conf), "--node", "0"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"events_replayed": 4}
+    assert not Path(base.path).exists()  # nothing created for the unused base path

@@ -13,7 +13,7 @@ PAN and payloads with the configured keys.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, aclosing
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -323,6 +323,48 @@ class JournalBase(abc.ABC):
             SettlementTotal(day, r[0], r[1], int(r[2]), int(r[3]), int(r[4]), int(r[5]))
             for r in rows
         ]
+
+    async def txn_pages(
+        self,
+        since: datetime,
+        until: datetime,
+        *,
+        issuer_id: str | None = None,
+        page_size: int = 1000,
+    ) -> AsyncIterator[list[StoredTxn]]:
+        """Transactions created in [since, until) (of ``issuer_id`` only, if given), oldest
+        first, in pages of ``page_size``: one statement per page (keyset on created time and
+        id), so a day of millions of rows is never held at once, nor one read open across
+        pages. A row updated between pages is read as it is when its page is read."""
+        if since.tzinfo is None or until.tzinfo is None:
+            raise JournalStateError("since and until must be timezone-aware")
+        if page_size < 1:
+            raise JournalStateError("page_size must be at least 1")
+        self._require()
+        start, end = to_us(since), to_us(until)
+        after_us, after_id = start, ""
+        while True:
+            if issuer_id is None:
+                rows = await self._fetchall(
+                    self._sql.txns_page, start, end, after_us, after_us, after_id, page_size
+                )
+            else:
+                rows = await self._fetchall(
+                    self._sql.txns_page_issuer,
+                    start,
+                    end,
+                    after_us,
+                    after_us,
+                    after_id,
+                    issuer_id,
+                    page_size,
+                )
+            if not rows:
+                return
+            yield [stored_txn(row, self._protector) for row in rows]
+            if len(rows) < page_size:
+                return
+            after_id, after_us = rows[-1][0], int(rows[-1][2])
 
     async def next_due(self, issuer_id: str, now: datetime, limit: int = 100) -> list[Advice]:
         """Advices of ``issuer_id`` due at ``now``, oldest first (FIFO by advice id)."""

@@ -1,15 +1,19 @@
-"""``gateway journal ...``: verify, archive, restore, settlement, rebuild-index, saf.
+"""``gateway journal ...``: verify, archive, restore, settlement, reconcile, rebuild-index, saf.
 
 Every command reads the journal config from ``--conf FILE`` (a TOML file with a ``[journal]``
 table, or a bare journal document) and prints JSON on stdout.
 
 A gateway with ``workers > 1`` on SQLite writes one file per worker node next to the configured
 path (``journal-node0.sqlite3``, ...). ``--node N`` picks one; without it ``settlement`` and
-``saf`` merge every node's file (totals and depths summed: the merge view) and ``verify``
-checks each (one result per file); ``archive``, ``restore`` and ``rebuild-index`` then need
-``--node``. Exit status: 0 success,
-1 verification failed, 2 bad usage or configuration, 3 journal error (message on stderr,
-never card data or keys).
+``saf`` merge every node's file (totals and depths summed: the merge view), ``reconcile``
+reads every node's file and ``verify`` checks each (one result per file); ``archive``,
+``restore`` and ``rebuild-index`` then need ``--node``.
+
+``reconcile --date D --issuer ID --file POSTINGS.csv`` compares the day's transactions of
+the issuer with its posting file (:mod:`gateway.journal.reconcile`): counts per category and
+every exception (masked PAN only). Exit status: 0 success (reconcile: every transaction
+matched), 1 verification failed or reconciliation exceptions, 2 bad usage, configuration or
+posting file, 3 journal error (message on stderr, never card data or keys).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +38,9 @@ from gateway.journal.config import (
     resolve_keys,
 )
 from gateway.journal.errors import JournalConfigError, JournalError
+from gateway.journal.reconcile import DAY_MARGIN, PostingFileError, Reconciler, read_postings
 
-_MERGED = frozenset({"settlement", "saf", "verify"})
+_MERGED = frozenset({"settlement", "saf", "verify", "reconcile"})
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,6 +62,14 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument("file", type=Path)
     settlement = sub.add_parser("settlement", parents=[common], help="totals of one day")
     settlement.add_argument("--date", required=True, type=date.fromisoformat, dest="day")
+    reconcile = sub.add_parser(
+        "reconcile", parents=[common], help="one day of an issuer against its posting file"
+    )
+    reconcile.add_argument("--date", required=True, type=date.fromisoformat, dest="day")
+    reconcile.add_argument("--issuer", required=True, help="issuer id")
+    reconcile.add_argument(
+        "--file", required=True, type=Path, help="the issuer's posting file (CSV)"
+    )
     sub.add_parser("rebuild-index", parents=[common], help="rebuild the current-state index")
     sub.add_parser("saf", parents=[common], help="store-and-forward queue depth per issuer")
     return parser
@@ -135,6 +148,8 @@ async def _execute(config: JournalConfig, args: argparse.Namespace) -> int:
         _print(result.as_dict())
         return 0 if result.ok else 1
     configs = _node_configs(config, args)
+    if args.command == "reconcile":
+        return await _reconcile(configs, args)
     if len(configs) == 1:
         return await _execute_one(configs[0], args)
     if args.command == "verify":
@@ -157,6 +172,29 @@ async def _execute(config: JournalConfig, args: argparse.Namespace) -> int:
             depths.append(await journal.saf_depths())
     _print_saf(merge_saf(depths))
     return 0
+
+
+def _load_postings(args: argparse.Namespace) -> Reconciler:
+    rec = Reconciler(args.day, args.issuer)
+    for posting in read_postings(args.file):
+        rec.add_posting(posting)
+    return rec
+
+
+async def _reconcile(configs: list[JournalConfig], args: argparse.Namespace) -> int:
+    """The issuer's postings in memory, then every node's transactions of the day (and a
+    margin around it, see :data:`DAY_MARGIN`) page by page."""
+    rec = await anyio.to_thread.run_sync(_load_postings, args)
+    start = datetime.combine(args.day, datetime.min.time(), tzinfo=UTC)
+    since, until = start - DAY_MARGIN, start + timedelta(days=1) + DAY_MARGIN
+    for one in configs:
+        async with open_journal(one) as journal:
+            async for page in journal.txn_pages(since, until, issuer_id=args.issuer):
+                for stored in page:
+                    rec.add_stored(stored)
+    report = rec.finish()
+    _print(report.as_dict())
+    return 0 if report.ok else 1
 
 
 def _print_saf(depths: list[SafDepth]) -> None:
@@ -206,7 +244,7 @@ def run(argv: list[str]) -> int:
     try:
         config = load_config(args.conf)
         return anyio.run(_execute, config, args)
-    except JournalConfigError as exc:
+    except (JournalConfigError, PostingFileError) as exc:
         sys.stderr.write(f"gateway journal: {exc}\n")
         return 2
     except JournalError as exc:

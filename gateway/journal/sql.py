@@ -114,6 +114,16 @@ class Sql:
             f"{select_txn} WHERE pan_hash = ? AND created_us >= ? AND created_us < ? "
             "ORDER BY created_us LIMIT ?"
         )
+        # Keyset pages of one day's transactions (reconciliation): (created_us, txn_id) after
+        # the last row of the previous page, on the txns_created index.
+        page = (
+            f"{select_txn} WHERE created_us >= ? AND created_us < ? "
+            "AND (created_us > ? OR (created_us = ? AND txn_id > ?))"
+        )
+        self.txns_page = self._q(f"{page} ORDER BY created_us, txn_id LIMIT ?")
+        self.txns_page_issuer = self._q(
+            f"{page} AND issuer_id = ? ORDER BY created_us, txn_id LIMIT ?"
+        )
         debit = "substr(processing_code, 1, 2) IN ('00', '01')"
         credit = "substr(processing_code, 1, 2) = '20'"
         self.settlement = self._q(

@@ -1,4 +1,7 @@
-"""``issuer-sim run --conf conf/demo/issuer-sim.toml --issuer alpha``"""
+"""``issuer-sim run --conf conf/demo/issuer-sim.toml --issuer alpha``
+
+With ``postings_file`` in the config, ``kill -USR1 <pid>`` makes the running simulator write
+its posting file (``issuer_sim/postings.py``) for ``gateway journal reconcile``."""
 
 from __future__ import annotations
 
@@ -33,8 +36,14 @@ def build_server(cfg: IssuerSimConfig, base: Path, issuer: str, port: int | None
         f.latency_ms, f.drop_ratio, f.disconnect_after, f.apply_to_network, f.bad_mac_ratio
     )
     host = IssuerHost(book, emv=EmvAuthenticator.for_issuer(data, issuer))
+    postings = (base / cfg.postings_file.format(issuer=issuer)) if cfg.postings_file else None
     return IssuerServer(
-        host, ctx, faults=faults, bind=ep.host, port=ep.port if port is None else port
+        host,
+        ctx,
+        faults=faults,
+        bind=ep.host,
+        port=ep.port if port is None else port,
+        postings_file=postings,
     )
 
 
@@ -51,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load(IssuerSimConfig, args.conf)
         configure(cfg.log_level)
         server = build_server(cfg, args.conf.parent, args.issuer, args.port)
-    except (ConfigError, KeyError) as exc:
+    except (ConfigError, KeyError, ValueError) as exc:  # ValueError: a bad postings_file
         print(f"issuer-sim: {exc}", file=sys.stderr)
         return 2
     tune_gc((50_000, 50, 1_000))  # see gateway.runtime.tune_gc

@@ -40,6 +40,9 @@ class IssuerSimConfig:
     issuers: tuple[IssuerEndpoint, ...] = ()
     faults: Faults = Field(default_factory=Faults)
     log_level: str = "info"
+    postings_file: str = ""
+    """Posting file written on ``SIGUSR1`` (``{issuer}`` is replaced by the issuer id; relative
+    to this file); empty: no export. See ``issuer_sim/postings.py``."""
 
     def endpoint(self, issuer: str) -> IssuerEndpoint:
         for ep in self.issuers:

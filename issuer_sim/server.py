@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import datetime as dt
 import random
+import signal
 import ssl
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio
 from anyio.abc import TaskStatus
@@ -18,6 +20,7 @@ from gateway.logs import get_logger
 from issuer_sim.connection import MAX_FRAME, PARTIAL_TIMEOUT, LinkConnection
 from issuer_sim.host import IssuerHost
 from issuer_sim.linkmac import link_mac_field
+from issuer_sim.postings import snapshot, write_csv
 from protocols.dialects import get_dialect
 from protocols.errors import ProtocolError
 from protocols.fastcodec import best_codec
@@ -60,8 +63,11 @@ class IssuerServer:
         faults: LiveFaults | None = None,
         bind: str = "127.0.0.1",
         port: int = 0,
+        postings_file: Path | None = None,
     ) -> None:
         self.host = host
+        self.postings_file = postings_file
+        """Where ``SIGUSR1`` writes the posting file (``issuer_sim.postings``); None: off."""
         self.ssl_context = ssl_context
         self.faults = faults or LiveFaults()
         self.bind = bind
@@ -76,6 +82,31 @@ class IssuerServer:
         self._scope: anyio.CancelScope | None = None
 
     async def run(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
+        if self.postings_file is None:
+            await self._serve(task_status=task_status)
+            return
+        async with anyio.create_task_group() as tg:
+            await tg.start(self._export_on_signal, self.postings_file)
+            await self._serve(task_status=task_status)
+            tg.cancel_scope.cancel()
+
+    async def _export_on_signal(
+        self, path: Path, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """``SIGUSR1``: write the posting file. The snapshot is taken on the event loop (the
+        postings change there), the masking and the writing run in a worker thread."""
+        with anyio.open_signal_receiver(signal.SIGUSR1) as signals:
+            task_status.started()
+            async for _ in signals:
+                rows = snapshot(self.host)
+                try:
+                    count = await anyio.to_thread.run_sync(write_csv, rows, path)
+                except OSError as exc:
+                    log.error("issuer_sim_postings_failed", path=str(path), error=exc.strerror)
+                    continue
+                log.info("issuer_sim_postings_written", path=str(path), count=count)
+
+    async def _serve(self, *, task_status: TaskStatus[int]) -> None:
         with anyio.CancelScope() as scope:
             self._scope = scope
             if fastio.fast_path():

@@ -18,7 +18,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from issuer_sim.host import IssuerHost
+from issuer_sim.host import IssuerHost, Posting
 from protocols.redact import mask_pan
 
 COLUMNS = (
@@ -37,14 +37,23 @@ COLUMNS = (
 Snapshot = list[tuple[str, str, str, str, int, str, bool, bool, str]]
 
 
-def snapshot(host: IssuerHost) -> Snapshot:
-    """The host's postings as plain tuples, taken at once (run it on the host's thread: the
-    postings change under the event loop). Clear PANs stay in memory: :func:`write_csv`
-    masks them."""
+Items = list[tuple[tuple[str, str], Posting]]
+
+
+def rows_of(items: Items) -> Snapshot:
+    """``(key, posting)`` items as plain tuples (clear PANs stay in memory: :func:`write_csv`
+    masks them)."""
     return [
         (p.mti, stan, when, p.kind, p.amount, p.auth_code, p.approved, p.reversed, p.pan)
-        for (stan, when), p in list(host.postings.items())
+        for (stan, when), p in items
     ]
+
+
+def snapshot(host: IssuerHost) -> Snapshot:
+    """The host's postings as plain tuples, taken at once (run it on the host's thread: the
+    postings change under the event loop; the server takes it in chunks, see
+    ``IssuerServer._export_on_signal``)."""
+    return rows_of(list(host.postings.items()))
 
 
 def write_csv(rows: Snapshot, path: str | Path) -> int:

@@ -51,6 +51,7 @@ ISSUER_ONLY = "approved_at_issuer_only"
 SWITCH_ONLY = "approved_at_switch_only"
 REVERSED_SWITCH_ONLY = "reversed_at_switch_only"
 REVERSED_ISSUER_ONLY = "reversed_at_issuer_only"
+DUPLICATE_AT_ISSUER = "duplicate_at_issuer"
 CATEGORIES = (
     MATCHED,
     NOT_POSTED,
@@ -59,6 +60,7 @@ CATEGORIES = (
     SWITCH_ONLY,
     REVERSED_SWITCH_ONLY,
     REVERSED_ISSUER_ONLY,
+    DUPLICATE_AT_ISSUER,
 )
 EXCEPTIONS = frozenset(CATEGORIES) - {MATCHED, NOT_POSTED}
 
@@ -260,6 +262,11 @@ class Reconciler:
     def add_posting(self, posting: IssuerPosting) -> None:
         if self._switch_started:
             raise RuntimeError("add every posting before the switch's transactions")
+        earlier = self._postings.get(posting.key)
+        # One STAN + time posted twice: the issuer's file, not the switch, is in question
+        # (each earlier line is listed; the last one is compared with the switch's record).
+        if earlier is not None and earlier.transmission[:4] == self._mmdd:
+            self._differ(DUPLICATE_AT_ISSUER, None, earlier, "posted twice by the issuer")
         self._postings[posting.key] = posting
 
     def add_stored(self, stored: StoredTxn) -> None:

@@ -18,6 +18,7 @@ from gateway.journal.config import load_config, node_path
 from gateway.journal.reconcile import (
     AMOUNT_DIFFERS,
     CATEGORIES,
+    DUPLICATE_AT_ISSUER,
     ISSUER_ONLY,
     MATCHED,
     NOT_POSTED,
@@ -87,6 +88,8 @@ def test_every_category() -> None:
         posting("000008"),  # reversed at the switch only
         posting("000009", reversed=True, amount=0),  # reversed at the issuer only
         posting("000010", approved=False),  # declined, unknown at the switch: not posted
+        posting("000014"),  # listed twice by the issuer (the later line is compared)
+        posting("000014"),
     ]
     switch = [
         record("000001"),
@@ -101,21 +104,24 @@ def test_every_category() -> None:
         record("000012", state="timed_out", response_code="91", posted=False),  # never arrived
         record("000013"),  # unknown at the issuer
         record(None),  # approved but never sent
+        record("000014"),
     ]
     report = reconcile(DAY, "alpha", postings, switch)
     assert report.counts == {
-        MATCHED: 3,
+        MATCHED: 4,
         NOT_POSTED: 2,
         AMOUNT_DIFFERS: 1,
         ISSUER_ONLY: 2,
         SWITCH_ONLY: 4,
         REVERSED_SWITCH_ONLY: 1,
         REVERSED_ISSUER_ONLY: 1,
+        DUPLICATE_AT_ISSUER: 1,
     }
     assert set(report.counts) == set(CATEGORIES)
     assert not report.ok
     by_stan = {(d.issuer_stan, d.category): d for d in report.exceptions}
-    assert len(by_stan) == len(report.exceptions) == 9
+    assert len(by_stan) == len(report.exceptions) == 10
+    assert by_stan[("000014", DUPLICATE_AT_ISSUER)].reason == "posted twice by the issuer"
 
     differs = by_stan[("000004", AMOUNT_DIFFERS)]
     assert (differs.switch_amount, differs.issuer_amount) == (1500, 1400)
@@ -152,6 +158,17 @@ def test_all_matched_is_ok() -> None:
     assert report.ok
     assert report.as_dict()["counts"][MATCHED] == 1
     assert report.as_dict()["exceptions"] == []
+
+
+def test_a_posting_the_issuer_lists_twice_is_an_exception() -> None:
+    report = reconcile(
+        DAY, "alpha", [posting("000001"), posting("000001", 900)], [record("000001", 900)]
+    )
+    assert not report.ok
+    counts = report.as_dict()["counts"]
+    assert (counts[DUPLICATE_AT_ISSUER], counts[MATCHED]) == (1, 1)  # the later line matched
+    (dup,) = report.as_dict()["exceptions"]
+    assert (dup["category"], dup["issuer_amount"], dup["rrn"]) == (DUPLICATE_AT_ISSUER, 1500, None)
 
 
 def test_the_day_boundary() -> None:

@@ -172,7 +172,7 @@ def test_an_entry_made_again_moves_behind_and_its_old_place_is_skipped() -> None
 def test_insert_puts_a_made_entry_and_evicts_as_of_its_time() -> None:
     recent = RecentTransactions(window=10.0)
     recent.begin(("2", "T0000001", "000009", "1127100000"), now=0.0)
-    made = TxnEntry(20.0, NOW.timestamp())
+    made = TxnEntry(20.0, NOW)
     made.rrn = "0HOJNP18UZS0"
     made.done.set()
     recent.insert(KEY, made)

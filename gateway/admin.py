@@ -1,25 +1,305 @@
-"""Admin HTTP endpoint: /healthz, /readyz, /metrics, /status."""
+"""Admin HTTP endpoint: /healthz, /readyz, /metrics, /status, /alerts, POST /admin/reload.
+
+Access control is one ASGI middleware (:class:`AdminAccess`) in front of every route, keyed by
+path and method (:class:`AccessPolicy`), default-deny: only the public paths (/healthz,
+/readyz, /metrics unless ``metrics_public = false``) are open; everything under ``/admin/``
+and every method other than GET/HEAD needs ``operator``; any other path (/status, /alerts, a
+page added later such as /dashboard, an unknown path) needs ``viewer``. Callers send
+``Authorization: Bearer <token>``; the config holds only the token's SHA-256, compared in
+constant time. A missing or unknown token gets 401 with ``WWW-Authenticate: Bearer``, a role
+too low 403, both RFC 9457 problem documents. Every request that needs a role, allowed or
+denied, leaves one audit record (:mod:`gateway.audit`); a handler adds what it changed with
+:func:`audit_detail`.
+
+With no token configured the API is unauthenticated, which the config allows only on a
+loopback address (a warning says so at start); requests are still audited.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+import enum
+import hashlib
+import hmac
+import os
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.audit import AuditLog
+from gateway.conf import ConfigError
+from gateway.config import AdminConfig, AdminTokenConfig
+from gateway.logs import get_logger
 from gateway.metrics import Metrics
+from gateway.qr.problems import Problem, ProblemType
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
 
+log = get_logger("gateway.admin")
+
+ADMIN_UNAUTHORIZED: Final = ProblemType("admin-unauthorized", "Missing or unknown admin token", 401)
+ADMIN_FORBIDDEN: Final = ProblemType("admin-forbidden", "Role not allowed for this request", 403)
+REALM: Final = 'Bearer realm="payswitch-admin"'
+_SAFE_METHODS: Final = frozenset({"GET", "HEAD"})
+
+
+class Role(enum.IntEnum):
+    VIEWER = 1
+    OPERATOR = 2
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class AccessPolicy:
+    """The role a request needs, by path prefix and method; None for a public path."""
+
+    public: frozenset[str] = frozenset({"/healthz", "/readyz", "/metrics"})
+    """Exact paths anyone may read (GET/HEAD)."""
+    prefixes: tuple[tuple[str, Role], ...] = (("/admin/", Role.OPERATOR),)
+    """Path prefixes needing more than the default, longest match first."""
+    default: Role = Role.VIEWER
+    """Every other read: a new page is protected without being listed."""
+
+    @classmethod
+    def from_config(cls, cfg: AdminConfig) -> AccessPolicy:
+        public = {"/healthz", "/readyz"} | ({"/metrics"} if cfg.metrics_public else set())
+        return cls(public=frozenset(public))
+
+    def required(self, method: str, path: str) -> Role | None:
+        method = method.upper()
+        if method in _SAFE_METHODS and path in self.public:
+            return None
+        for prefix, role in sorted(self.prefixes, key=lambda p: -len(p[0])):
+            if path.startswith(prefix) or path == prefix.rstrip("/"):
+                return role
+        return self.default if method in _SAFE_METHODS else Role.OPERATOR
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    id: str
+    role: Role
+
+
+_ENV_ENTRY = re.compile(r"^([A-Za-z0-9._@-]{1,64}):(viewer|operator):([0-9a-fA-F]{64})$")
+
+
+def tokens_from_env(name: str, environ: dict[str, str] | None = None) -> list[AdminTokenConfig]:
+    """``id:role:sha256`` entries separated by commas or whitespace; an unset, empty or
+    malformed variable is a config error (never silently unauthenticated)."""
+    env = os.environ if environ is None else environ
+    value = env.get(name, "")
+    entries = [e for e in re.split(r"[,\s]+", value) if e]
+    if not entries:
+        raise ConfigError(f"[admin] tokens_env: environment variable {name} is unset or empty")
+    out = []
+    for number, entry in enumerate(entries, start=1):
+        m = _ENV_ENTRY.match(entry)
+        if m is None:  # the entry is not echoed: it could be a clear token pasted by mistake
+            raise ConfigError(
+                f"[admin] tokens_env: entry {number} of {name} is not id:viewer|operator:sha256"
+            )
+        out.append(AdminTokenConfig(id=m[1], role=m[2], sha256=m[3]))  # type: ignore[arg-type]
+    return out
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Authenticator:
+    """Bearer token -> principal, by SHA-256 compared in constant time with every entry."""
+
+    def __init__(self, tokens: Iterable[AdminTokenConfig]) -> None:
+        self._entries = [
+            (bytes.fromhex(t.sha256), Principal(t.id, Role[t.role.upper()])) for t in tokens
+        ]
+        ids = [p.id for _, p in self._entries]
+        if len(set(ids)) != len(ids):
+            raise ConfigError("[admin] a token id appears twice (tokens and tokens_env)")
+        if len({d for d, _ in self._entries}) != len(self._entries):
+            raise ConfigError("[admin] two admin tokens have the same sha256")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._entries)
+
+    def authenticate(self, authorization: str | None) -> Principal | None:
+        if not authorization:
+            return None
+        scheme, _, token = authorization.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return None
+        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        found: Principal | None = None
+        for expected, principal in self._entries:  # no early exit: same time for every entry
+            if hmac.compare_digest(digest, expected):
+                found = principal
+        return found
+
+
+def audit_detail(request: Request, **detail: Any) -> None:
+    """What a handler did, added to the request's audit record (e.g. a reload's result)."""
+    request.state.audit_detail = detail
+
+
+def audit_path(cfg: AdminConfig, base: Path, *, workers: int = 1, node: int = 0) -> Path | None:
+    """The audit file of this process: one per worker when there are several (a shared file
+    would interleave two chains)."""
+    if not cfg.audit_file:
+        return None
+    path = base / cfg.audit_file
+    if workers > 1:
+        path = path.with_name(f"{path.stem}-node{node}{path.suffix}")
+    return path
+
+
+@dataclass
+class AdminAccess:
+    """ASGI middleware: the access policy, bearer authentication and the audit record."""
+
+    authenticator: Authenticator
+    audit: AuditLog = field(default_factory=AuditLog)
+    policy: AccessPolicy = field(default_factory=AccessPolicy)
+
+    @classmethod
+    def from_config(
+        cls, cfg: AdminConfig, base: Path, *, workers: int = 1, node: int = 0
+    ) -> AdminAccess:
+        """Refuses (ConfigError) tokens_env unset or malformed, and no token on an address
+        other than loopback; warns when the API is unauthenticated."""
+        tokens = list(cfg.tokens)
+        if cfg.tokens_env:
+            tokens += tokens_from_env(cfg.tokens_env)
+        auth = Authenticator(tokens)
+        if not auth.enabled and cfg.port >= 0:
+            # AdminConfig refuses this already; kept here for configs built in code.
+            from gateway.config import is_loopback
+
+            if not is_loopback(cfg.host):
+                raise ConfigError(
+                    f"[admin] host {cfg.host!r} is not loopback and no admin token is configured"
+                )
+            log.warning(
+                "admin_api_unauthenticated",
+                host=cfg.host,
+                hint="configure [admin] tokens to require bearer tokens",
+            )
+        path = audit_path(cfg, base, workers=workers, node=node)
+        return cls(auth, AuditLog(path), AccessPolicy.from_config(cfg))
+
+    def wrap(self, app: ASGIApp) -> ASGIApp:
+        async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+            await self._http(app, scope, receive, send)
+
+        return asgi
+
+    async def _http(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+        method: str = scope["method"]
+        path: str = scope["path"]
+        needed = self.policy.required(method, path)
+        if needed is None:
+            await app(scope, receive, send)
+            return
+        principal: Principal | None = None
+        problem: Problem | None = None
+        if self.authenticator.enabled:
+            header = None
+            for key, value in scope.get("headers", ()):
+                if key == b"authorization":
+                    header = value.decode("latin-1")
+                    break
+            principal = self.authenticator.authenticate(header)
+            if principal is None:
+                error = ', error="invalid_token"' if header else ""
+                problem = Problem(
+                    ADMIN_UNAUTHORIZED,
+                    "send Authorization: Bearer <token> with a token configured in [admin]"
+                    if not header
+                    else "the bearer token is not one configured in [admin]",
+                    headers={"WWW-Authenticate": REALM + error},
+                )
+            elif principal.role < needed:
+                problem = Problem(
+                    ADMIN_FORBIDDEN,
+                    f"{method} {path} needs the {needed.label} role; "
+                    f"token {principal.id!r} has {principal.role.label}",
+                    headers={"WWW-Authenticate": REALM + ', error="insufficient_scope"'},
+                    required_role=needed.label,
+                )
+        status = 500
+        if problem is not None:
+            status = problem.status
+            await problem.response(path)(scope, receive, send)
+        else:
+            state = scope.setdefault("state", {})
+
+            async def send_status(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = int(message["status"])
+                await send(message)
+
+            try:
+                await app(scope, receive, send_status)
+            finally:
+                detail = state.get("audit_detail") if isinstance(state, dict) else None
+                await self._audit(scope, principal, needed, status, detail)
+            return
+        await self._audit(scope, principal, needed, status, None)
+
+    async def _audit(
+        self,
+        scope: Scope,
+        principal: Principal | None,
+        needed: Role,
+        status: int,
+        detail: dict[str, Any] | None,
+    ) -> None:
+        client = scope.get("client")
+        record: dict[str, Any] = {
+            "token_id": principal.id if principal else None,
+            "role": principal.role.label if principal else None,
+            "required_role": needed.label,
+            "authenticated": principal is not None,
+            "peer": f"{client[0]}:{client[1]}" if client else None,
+            "method": scope["method"],
+            "path": scope["path"],
+            "status": status,
+        }
+        if detail is not None:
+            record["detail"] = detail
+        await self.audit.record(record)
+
 
 def admin_app(
-    metrics: Metrics, status: Callable[[], dict[str, Any]], gateway: Gateway | None = None
-) -> Starlette:
+    metrics: Metrics,
+    status: Callable[[], dict[str, Any]],
+    gateway: Gateway | None = None,
+    *,
+    access: AdminAccess | None = None,
+    extra_routes: Sequence[BaseRoute] = (),
+) -> ASGIApp:
+    """The admin ASGI app; ``extra_routes`` (pages of other modules) get the same access
+    policy: a route not public needs a viewer token by default. ``access`` None: the open,
+    unaudited app (tests of the views only)."""
+
     async def healthz(_: Request) -> Response:
         return PlainTextResponse("ok\n")
 
@@ -40,13 +320,15 @@ def admin_app(
             return JSONResponse([])
         return JSONResponse(gateway.risk.recent_alerts(200))
 
-    async def reload_view(_: Request) -> Response:
+    async def reload_view(request: Request) -> Response:
         if gateway is None:
+            audit_detail(request, reloaded=False, reason="no gateway")
             return JSONResponse({"reloaded": False}, status_code=404)
         result = gateway.reload_risk()
+        audit_detail(request, **result)
         return JSONResponse(result, status_code=200 if result["reloaded"] else 422)
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/alerts", alerts_view),
             Route("/admin/reload", reload_view, methods=["POST"]),
@@ -54,5 +336,7 @@ def admin_app(
             Route("/readyz", readyz),
             Route("/metrics", metrics_view),
             Route("/status", status_view),
+            *extra_routes,
         ]
     )
+    return app if access is None else access.wrap(app)

@@ -12,7 +12,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from gateway import fastio, pki
-from gateway.admin import admin_app
+from gateway.admin import AdminAccess, admin_app
 from gateway.conf import ConfigError
 from gateway.config import GatewayConfig
 from gateway.dataset import Dataset, load_dataset
@@ -187,6 +187,11 @@ class Gateway:
         self.terminal_port: int | None = None
         self.tls_port: int | None = None
         self.admin_port: int | None = None
+        # Admin tokens and audit file: a bad [admin] config stops the start here, before
+        # anything listens (tokens_env unset, no token on a non-loopback address).
+        self.admin_access = AdminAccess.from_config(
+            cfg.admin, base_dir, workers=cfg.workers, node=cfg.node
+        )
         self.qr_port: int | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._front: anyio.CancelScope | None = None
@@ -359,7 +364,7 @@ class Gateway:
                 self._saf_scope = await tg.start(self._run_saf, self.saf)
             self._front = await tg.start(self._serve_front)
             if self.cfg.admin.port >= 0:
-                app = admin_app(self.metrics, self.status, self)
+                app = admin_app(self.metrics, self.status, self, access=self.admin_access)
                 self.admin_port = await tg.start(
                     serve_asgi, app, self.cfg.admin.host, self.cfg.admin.port
                 )

@@ -1,4 +1,4 @@
-"""``gateway`` command: run, check-config, certs, demo, journal."""
+"""``gateway`` command: run, check-config, certs, demo, journal, audit."""
 
 from __future__ import annotations
 
@@ -132,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
 
         code: int = journal_run(argv[1:])
         return code
+    if argv[:1] == ["audit"]:
+        from gateway.audit import run as audit_run
+
+        return audit_run(argv[1:])
     parser = argparse.ArgumentParser(prog="gateway", description="payswitch gateway")
     sub = parser.add_subparsers(dest="command", required=True)
     conf = Path("conf/demo/gateway.toml")
@@ -150,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--conf", type=Path, default=Path("conf/demo"))
     p.set_defaults(func=_cmd_demo)
     sub.add_parser("journal", help="journal tools: verify, archive, restore, settlement")
+    sub.add_parser("audit", help="admin audit log tools: verify FILE (hash chain)")
     args = parser.parse_args(argv)
     from gateway.risk import ConfigError as RiskConfigError
 

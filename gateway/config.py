@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
+from typing import Annotated, Literal
 
 from pydantic import Field
 from pydantic.dataclasses import dataclass
@@ -31,10 +33,57 @@ class TerminalConfig:
 
 
 @dataclass(config=FROZEN)
+class AdminTokenConfig:
+    id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$")]
+    """Who holds the token: written to the audit log (the token itself never is)."""
+    role: Literal["viewer", "operator"]
+    """viewer reads /status, /alerts and the other read-only pages; operator may also change
+    state (POST /admin/reload)."""
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
+    """Hex SHA-256 of the bearer token (never the token itself)."""
+
+
+@dataclass(config=FROZEN)
 class AdminConfig:
     host: str = "127.0.0.1"
     port: int = 9090
     """Admin HTTP port (/healthz, /readyz, /metrics, /status); 0 picks a free one, -1 disables."""
+    tokens: tuple[AdminTokenConfig, ...] = ()
+    """Bearer tokens of the admin API (``{ id, role, sha256 }``). None (and no ``tokens_env``):
+    the admin API is unauthenticated, allowed only on a loopback address."""
+    tokens_env: str = ""
+    """Environment variable holding more tokens as ``id:role:sha256`` entries separated by
+    commas or whitespace (read at start; named but unset or empty refuses to start)."""
+    metrics_public: bool = True
+    """/metrics open to anyone (Prometheus scrapes); false: it needs a viewer token."""
+    audit_file: str = ""
+    """Audit file (JSON lines, hash-chained, fsync'd), relative to this file; empty: audit
+    records go to the log only. With several workers each appends to its own
+    ``<stem>-node<N><suffix>``."""
+
+    def __post_init__(self) -> None:
+        ids = [t.id for t in self.tokens]
+        if len(set(ids)) != len(ids):
+            raise ValueError("admin token ids must be unique")
+        hashes = [t.sha256.lower() for t in self.tokens]
+        if len(set(hashes)) != len(hashes):
+            raise ValueError("two admin tokens have the same sha256")
+        unauthenticated = not self.tokens and not self.tokens_env
+        if self.port >= 0 and unauthenticated and not is_loopback(self.host):
+            raise ValueError(
+                f"admin API on {self.host!r} without tokens: configure [admin] tokens "
+                "(or tokens_env), or bind it to a loopback address"
+            )
+
+
+def is_loopback(host: str) -> bool:
+    """A loopback address (or ``localhost``): only this machine reaches it."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(config=FROZEN)

@@ -25,8 +25,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import hashlib
 import json
 import os
+import secrets
 import shutil
 import socket
 import statistics
@@ -166,6 +168,8 @@ class Stack:
     services: list[Service] = field(default_factory=list)
     terminal_port: int = 0
     admin_port: int = 0
+    admin_token: str = ""
+    """Bearer token (viewer) of the gateway's admin API."""
     qr_url: str = ""
     issuer_ports: dict[str, int] = field(default_factory=dict)
     hsm_port: int = 0
@@ -257,6 +261,15 @@ def start_stack(
     (tmp / "issuer-sim.toml").write_text(dump_toml(sim))
     gw = relocate(gw_doc, conf, ports)
     gw.setdefault("log", {}).update(level="warning", transactions=log_transactions)
+    # The admin API wants a bearer token for /status: a viewer token of this bench only,
+    # and a fresh audit file next to the rewritten configs.
+    admin = gw.setdefault("admin", {})
+    stack.admin_token = secrets.token_urlsafe(24)
+    digest = hashlib.sha256(stack.admin_token.encode()).hexdigest()
+    admin["tokens"] = [{"id": "bench", "role": "viewer", "sha256": digest}]
+    admin.pop("tokens_env", None)
+    if admin.get("audit_file"):
+        admin["audit_file"] = str(tmp / "audit.log")
     qr_api = gw.get("qr_api")
     if isinstance(qr_api, dict) and qr_api.get("store_file"):
         qr_api["store_file"] = str(tmp / "qr.sqlite3")  # a fresh QR store per bench too
@@ -410,12 +423,14 @@ def _load_config(args: argparse.Namespace, port: int, **kw: Any) -> LoadConfig:
     return replace(base, **kw)
 
 
-def _journal_writes(admin_port: int) -> dict[str, Any] | None:
+def _journal_writes(admin_port: int, token: str = "") -> dict[str, Any] | None:
     """The gateway's group-commit counters (``/status``), or None without a journal."""
     import httpx
 
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        body = httpx.get(f"http://127.0.0.1:{admin_port}/status", timeout=2).json()
+        url = f"http://127.0.0.1:{admin_port}/status"
+        body = httpx.get(url, headers=headers, timeout=2).json()
     except (httpx.HTTPError, ValueError):
         return None
     journal = body.get("journal") or {}
@@ -436,7 +451,10 @@ def _series(label: str, stack: Stack, args: argparse.Namespace, cfg: LoadConfig)
         print(f"-- {label}: run {i + 1}/{args.repeat}, {cfg.duration:g} s", flush=True)
         summary, procs = measure(stack, cfg, args.backend, progress=not args.quiet)
         _print_run(summary, procs)
-        if stack.admin_port and (writes := _journal_writes(stack.admin_port)) is not None:
+        if (
+            stack.admin_port
+            and (writes := _journal_writes(stack.admin_port, stack.admin_token)) is not None
+        ):
             print(
                 f"journal since start: {writes['ops']} records in {writes['batches']} commits"
                 f" (mean {writes['mean_batch']}, largest {writes['largest_batch']})",

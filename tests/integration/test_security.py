@@ -434,6 +434,7 @@ def _demo_conf_on_free_ports(tmp: Path) -> tuple[int, int]:
     certs = (ROOT / "var" / "certs").resolve()
     for src in (ROOT / "conf" / "demo").glob("*.toml"):
         text = src.read_text().replace("../../var/certs", str(certs))
+        text = text.replace("../../var/audit.log", str(tmp / "audit.log"))
         for old, new in ports.items():
             text = re.sub(rf"(?<!\d){old}(?!\d)", str(new), text)
         (tmp / src.name).write_text(text)
@@ -478,7 +479,8 @@ def test_demo_starts_the_hsm_and_pos_sim_sends_pin_purchases(tmp_path: Path) -> 
             assert "response_code        00" in out
         assert "E00002" in out
         assert "response_code        63" in pos_sim("--terminal", "T0000002", *card, "--mac", "bad")
-        status = httpx.get(f"http://127.0.0.1:{admin}/status", timeout=5).json()
+        viewer = {"Authorization": "Bearer demo-viewer-TEST-ONLY"}  # conf/demo test token
+        status = httpx.get(f"http://127.0.0.1:{admin}/status", headers=viewer, timeout=5).json()
         assert status["hsm"]["requests"] >= 7
     finally:
         demo.send_signal(signal.SIGTERM)

@@ -1,0 +1,344 @@
+"""Admin API access control (bearer tokens, roles, default-deny) and its hash-chained audit."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import anyio
+import httpx
+import orjson
+import pydantic
+import pytest
+import structlog
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.admin import AdminAccess, Authenticator, admin_app, hash_token
+from gateway.audit import GENESIS, AuditLog, line_hash, verify_file
+from gateway.cli import main as gateway_cli
+from gateway.conf import ConfigError
+from gateway.config import AdminConfig, AdminTokenConfig, load_gateway_config
+from gateway.logs import configure
+from gateway.metrics import Metrics
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+pytestmark = pytest.mark.anyio
+
+VIEWER, OPERATOR = "viewer-secret-token-1", "operator-secret-token-2"
+TOKENS = (
+    AdminTokenConfig(id="ops-bob", role="viewer", sha256=hash_token(VIEWER)),
+    AdminTokenConfig(id="ops-alice", role="operator", sha256=hash_token(OPERATOR)),
+)
+
+
+class FakeGateway:
+    """What the admin views use of the gateway: risk alerts and the rule reload."""
+
+    risk = None
+
+    def __init__(self) -> None:
+        self.reloads = 0
+
+    def reload_risk(self) -> dict[str, Any]:
+        self.reloads += 1
+        return {"reloaded": True, "restart_only_ignored": ["backend"]}
+
+
+def _status() -> dict[str, Any]:
+    return {"ready": True, "links": [{"issuer": "alpha", "ready": True}]}
+
+
+async def _dashboard(_: Request) -> Response:
+    return JSONResponse({"page": "dashboard"})
+
+
+@pytest.fixture
+def logs() -> Iterator[io.BytesIO]:
+    out = io.BytesIO()
+    configure("info", stream=out)
+    structlog.configure(cache_logger_on_first_use=False)
+    try:
+        yield out
+    finally:
+        structlog.reset_defaults()
+
+
+def _client(
+    tmp_path: Path, gateway: FakeGateway | None = None, **admin: Any
+) -> tuple[httpx.AsyncClient, AdminAccess]:
+    cfg = AdminConfig(**{"tokens": TOKENS, "audit_file": "audit.log", **admin})
+    access = AdminAccess.from_config(cfg, tmp_path)
+    app = admin_app(
+        Metrics(),
+        _status,
+        cast("Gateway", gateway or FakeGateway()),
+        access=access,
+        extra_routes=[Route("/dashboard", _dashboard)],  # a page added later, not listed
+    )
+    transport = httpx.ASGITransport(app=app, client=("192.0.2.7", 41000))
+    return httpx.AsyncClient(transport=transport, base_url="http://admin"), access
+
+
+@pytest.fixture
+async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    http, _ = _client(tmp_path)
+    async with http:
+        yield http
+
+
+def _audit(tmp_path: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in (tmp_path / "audit.log").read_bytes().splitlines()]
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_public_routes_need_no_token(client: httpx.AsyncClient, tmp_path: Path) -> None:
+    assert (await client.get("/healthz")).text == "ok\n"
+    assert (await client.get("/readyz")).json()["ready"] is True
+    assert (await client.get("/metrics")).status_code == 200
+    assert not (tmp_path / "audit.log").exists()  # public reads are not audited
+
+
+async def test_missing_and_unknown_tokens_get_401_problem(client: httpx.AsyncClient) -> None:
+    missing = await client.get("/status")
+    assert missing.status_code == 401
+    assert missing.headers["content-type"] == "application/problem+json"
+    assert missing.headers["www-authenticate"].startswith("Bearer")
+    doc = missing.json()
+    assert doc["status"] == 401
+    assert doc["type"].endswith("/admin-unauthorized")
+    assert doc["instance"] == "/status"
+    for header in (bearer("not-a-configured-token"), {"Authorization": f"Basic {VIEWER}"}):
+        unknown = await client.get("/alerts", headers=header)
+        assert unknown.status_code == 401
+        assert unknown.headers["www-authenticate"].startswith("Bearer")
+    assert 'error="invalid_token"' in unknown.headers["www-authenticate"]
+
+
+async def test_viewer_reads_but_cannot_reload(tmp_path: Path) -> None:
+    gateway = FakeGateway()
+    http, _ = _client(tmp_path, gateway)
+    async with http:
+        assert (await http.get("/status", headers=bearer(VIEWER))).json()["ready"] is True
+        assert (await http.get("/alerts", headers=bearer(VIEWER))).json() == []
+        denied = await http.post("/admin/reload", headers=bearer(VIEWER))
+    assert denied.status_code == 403
+    assert denied.headers["content-type"] == "application/problem+json"
+    assert denied.json()["required_role"] == "operator"
+    assert denied.json()["type"].endswith("/admin-forbidden")
+    assert gateway.reloads == 0
+
+
+async def test_operator_reloads(tmp_path: Path) -> None:
+    gateway = FakeGateway()
+    http, _ = _client(tmp_path, gateway)
+    async with http:
+        ok = await http.post("/admin/reload", headers=bearer(OPERATOR))
+        assert (await http.get("/status", headers=bearer(OPERATOR))).status_code == 200
+    assert ok.status_code == 200
+    assert ok.json()["reloaded"] is True
+    assert gateway.reloads == 1
+
+
+async def test_unlisted_routes_are_denied_by_default(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/dashboard")).status_code == 401
+    assert (await client.get("/dashboard", headers=bearer(VIEWER))).json() == {"page": "dashboard"}
+    assert (await client.get("/no-such-page")).status_code == 401  # no route enumeration
+    assert (await client.get("/no-such-page", headers=bearer(VIEWER))).status_code == 404
+    # A state change anywhere needs the operator role, even on a path not listed.
+    assert (await client.post("/dashboard", headers=bearer(VIEWER))).status_code == 403
+    assert (await client.post("/healthz", headers=bearer(VIEWER))).status_code == 403
+
+
+async def test_metrics_can_require_a_viewer(tmp_path: Path) -> None:
+    http, _ = _client(tmp_path, metrics_public=False)
+    async with http:
+        assert (await http.get("/metrics")).status_code == 401
+        assert (await http.get("/metrics", headers=bearer(VIEWER))).status_code == 200
+        assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_audit_records_allowed_and_denied_without_the_token(
+    tmp_path: Path, logs: io.BytesIO
+) -> None:
+    http, _ = _client(tmp_path)
+    async with http:
+        await http.get("/status", headers=bearer(VIEWER))
+        await http.post("/admin/reload", headers=bearer(VIEWER))
+        await http.post("/admin/reload", headers=bearer(OPERATOR))
+        await http.get("/status", headers=bearer("wrong-token"))
+        await http.get("/healthz")
+    records = _audit(tmp_path)
+    assert [(r["token_id"], r["method"], r["path"], r["status"]) for r in records] == [
+        ("ops-bob", "GET", "/status", 200),
+        ("ops-bob", "POST", "/admin/reload", 403),
+        ("ops-alice", "POST", "/admin/reload", 200),
+        (None, "GET", "/status", 401),
+    ]
+    assert records[0]["role"] == "viewer"
+    assert records[2]["role"] == "operator"
+    assert records[3]["role"] is None
+    assert records[3]["authenticated"] is False
+    assert all(r["peer"] == "192.0.2.7:41000" and r["time"] for r in records)
+    assert records[2]["detail"] == {"reloaded": True, "restart_only_ignored": ["backend"]}
+    assert "detail" not in records[1]  # denied: nothing ran
+    assert [r["prev"] for r in records[1:]] == [
+        line_hash(line) for line in (tmp_path / "audit.log").read_bytes().splitlines()[:-1]
+    ]
+    logged = [orjson.loads(line) for line in logs.getvalue().splitlines() if b'"audit"' in line]
+    assert [r["status"] for r in logged if r.get("event") == "admin_access"] == [
+        200, 403, 200, 401
+    ]  # fmt: skip
+    assert logged[-1]["line_sha256"] == line_hash(
+        (tmp_path / "audit.log").read_bytes().splitlines()[-1]
+    )
+    everything = (tmp_path / "audit.log").read_bytes() + logs.getvalue()
+    for token in (VIEWER, OPERATOR, "wrong-token"):
+        assert token.encode() not in everything
+
+
+async def test_unauthenticated_loopback_api_is_open_and_audited(
+    tmp_path: Path, logs: io.BytesIO
+) -> None:
+    http, access = _client(tmp_path, tokens=())
+    async with http:
+        assert (await http.get("/status")).status_code == 200
+        assert (await http.post("/admin/reload")).status_code == 200
+    assert not access.authenticator.enabled
+    assert b"admin_api_unauthenticated" in logs.getvalue()
+    records = _audit(tmp_path)
+    assert [(r["path"], r["authenticated"], r["token_id"]) for r in records] == [
+        ("/status", False, None),
+        ("/admin/reload", False, None),
+    ]
+
+
+async def test_audit_chain_continues_across_restarts(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    await AuditLog(path).record({"event": "one"})
+    await AuditLog(path).record({"event": "two"})  # a new process: prev read from the file
+    first, second = path.read_bytes().splitlines()
+    assert orjson.loads(first)["prev"] == GENESIS
+    assert orjson.loads(second)["prev"] == line_hash(first)
+    assert verify_file(path).ok
+
+
+async def _chain(path: Path, n: int) -> list[bytes]:
+    audit = AuditLog(path)
+    for i in range(n):
+        await audit.record({"path": "/status", "status": 200, "n": i})
+    return (await anyio.Path(path).read_bytes()).splitlines(keepends=True)
+
+
+async def test_verifier_catches_an_edited_line(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    lines = await _chain(path, 5)
+    report = verify_file(path)
+    assert report.ok
+    assert report.lines == 5
+    assert report.head == line_hash(lines[-1])
+    lines[2] = lines[2].replace(b'"status":200', b'"status":403')
+    path.write_bytes(b"".join(lines))
+    report = verify_file(path)
+    assert not report.ok
+    assert report.broken_line == 4
+    assert report.lines == 3
+
+
+async def test_verifier_catches_a_deleted_line(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    lines = await _chain(path, 5)
+    path.write_bytes(b"".join(lines[:1] + lines[2:]))
+    assert verify_file(path).broken_line == 2
+    path.write_bytes(b"".join(lines[1:]))  # the first line gone
+    assert verify_file(path).broken_line == 1
+
+
+async def test_verifier_flags_a_torn_last_line_and_the_writer_goes_on(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    lines = await _chain(path, 2)
+    path.write_bytes(b"".join(lines) + b'{"time":"2026')
+    report = verify_file(path)
+    assert not report.ok
+    assert report.broken_line == 3
+    assert "incomplete" in report.reason
+    await AuditLog(path).record({"n": 3})
+    assert verify_file(path).broken_line == 3  # not JSON: reported, never hidden
+    assert path.read_bytes().endswith(b"}\n")
+
+
+async def test_audit_verify_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "audit.log"
+    lines = await _chain(path, 3)
+    assert gateway_cli(["audit", "verify", str(path)]) == 0
+    assert orjson.loads(capsys.readouterr().out.splitlines()[-1])["lines"] == 3
+    path.write_bytes(b"".join([lines[0], lines[2]]))
+    assert gateway_cli(["audit", "verify", str(path)]) == 1
+    out = orjson.loads(capsys.readouterr().out.splitlines()[-1])
+    assert out["ok"] is False
+    assert out["broken_line"] == 2
+    assert gateway_cli(["audit", "verify", str(tmp_path / "missing.log")]) == 2
+
+
+def test_startup_refuses_non_loopback_admin_without_tokens(tmp_path: Path) -> None:
+    with pytest.raises(pydantic.ValidationError, match="without tokens"):
+        AdminConfig(host="0.0.0.0")
+    conf = tmp_path / "gateway.toml"
+    conf.write_text('[admin]\nhost = "10.1.2.3"\nport = 9090\n')
+    with pytest.raises(ConfigError, match="loopback"):
+        load_gateway_config(conf)
+    # Loopback without tokens, a disabled port, or tokens: accepted.
+    for ok in (
+        AdminConfig(host="127.0.0.1"),
+        AdminConfig(host="::1"),
+        AdminConfig(host="localhost"),
+        AdminConfig(host="0.0.0.0", port=-1),
+        AdminConfig(host="0.0.0.0", tokens=TOKENS),
+    ):
+        AdminAccess.from_config(ok, tmp_path)
+
+
+def test_tokens_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = AdminConfig(host="0.0.0.0", tokens_env="ADMIN_TOKENS_TEST")
+    with pytest.raises(ConfigError, match="unset or empty"):
+        AdminAccess.from_config(cfg, tmp_path)
+    monkeypatch.setenv("ADMIN_TOKENS_TEST", f"ci:viewer:{VIEWER}")  # a clear token by mistake
+    with pytest.raises(ConfigError, match="entry 1") as exc:
+        AdminAccess.from_config(cfg, tmp_path)
+    assert VIEWER not in str(exc.value)
+    monkeypatch.setenv(
+        "ADMIN_TOKENS_TEST", f"ci:viewer:{hash_token(VIEWER)}, ops:operator:{hash_token(OPERATOR)}"
+    )
+    auth = AdminAccess.from_config(cfg, tmp_path).authenticator
+    assert auth.authenticate(f"Bearer {OPERATOR}") == auth.authenticate(f"bearer  {OPERATOR} ")
+    principal = auth.authenticate(f"Bearer {VIEWER}")
+    assert principal is not None
+    assert principal.id == "ci"
+
+
+def test_token_config_is_validated() -> None:
+    with pytest.raises(pydantic.ValidationError):
+        AdminConfig(tokens=(AdminTokenConfig(id="a", role="viewer", sha256="not-hex"),))
+    with pytest.raises(pydantic.ValidationError, match="unique"):
+        AdminConfig(tokens=(TOKENS[0], TOKENS[0]))
+    with pytest.raises(ConfigError, match="same sha256"):
+        Authenticator(
+            [TOKENS[0], AdminTokenConfig(id="b", role="operator", sha256=TOKENS[0].sha256)]
+        )
+
+
+def test_audit_file_per_worker(tmp_path: Path) -> None:
+    from gateway.admin import audit_path
+
+    cfg = AdminConfig(audit_file="var/audit.log")
+    assert audit_path(cfg, tmp_path) == tmp_path / "var/audit.log"
+    assert audit_path(cfg, tmp_path, workers=2, node=3) == tmp_path / "var/audit-node3.log"
+    assert audit_path(AdminConfig(), tmp_path) is None

@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import os
 import re
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,16 +66,24 @@ class Role(enum.IntEnum):
 class AccessPolicy:
     """The role a request needs, by path prefix and method; None for a public path."""
 
-    public: frozenset[str] = frozenset({"/healthz", "/readyz", "/metrics"})
+    public: frozenset[str] = frozenset({"/healthz", "/readyz", "/metrics", "/dashboard"})
     """Exact paths anyone may read (GET/HEAD)."""
     prefixes: tuple[tuple[str, Role], ...] = (("/admin/", Role.OPERATOR),)
     """Path prefixes needing more than the default, longest match first."""
     default: Role = Role.VIEWER
     """Every other read: a new page is protected without being listed."""
 
+    polled: frozenset[str] = frozenset({"/dashboard/data"})
+    """Reads a page repeats every second: an allowed one is audited once per token per
+    ``POLL_AUDIT_INTERVAL`` (refusals always), so an open dashboard does not flood the file."""
+
     @classmethod
     def from_config(cls, cfg: AdminConfig) -> AccessPolicy:
-        public = {"/healthz", "/readyz"} | ({"/metrics"} if cfg.metrics_public else set())
+        # /dashboard is the page alone (no data: it asks for a token, then reads
+        # /dashboard/data with it), so a browser can open it without a bearer header.
+        public = {"/healthz", "/readyz", "/dashboard"}
+        if cfg.metrics_public:
+            public.add("/metrics")
         return cls(public=frozenset(public))
 
     def required(self, method: str, path: str) -> Role | None:
@@ -167,6 +176,10 @@ def audit_path(cfg: AdminConfig, base: Path, *, workers: int = 1, node: int = 0)
     return path
 
 
+POLL_AUDIT_INTERVAL = 300.0
+"""Seconds between audit records of one token's allowed polls of a polled path."""
+
+
 @dataclass
 class AdminAccess:
     """ASGI middleware: the access policy, bearer authentication and the audit record."""
@@ -174,6 +187,8 @@ class AdminAccess:
     authenticator: Authenticator
     audit: AuditLog = field(default_factory=AuditLog)
     policy: AccessPolicy = field(default_factory=AccessPolicy)
+    clock: Callable[[], float] = time.monotonic
+    _polls: dict[tuple[str, str], float] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_config(
@@ -260,9 +275,23 @@ class AdminAccess:
                 await app(scope, receive, send_status)
             finally:
                 detail = state.get("audit_detail") if isinstance(state, dict) else None
-                await self._audit(scope, principal, needed, status, detail)
+                if not self._recently_polled(path, principal, status):
+                    await self._audit(scope, principal, needed, status, detail)
             return
         await self._audit(scope, principal, needed, status, None)
+
+    def _recently_polled(self, path: str, principal: Principal | None, status: int) -> bool:
+        """True for an allowed poll of a polled path already audited for this token within
+        ``POLL_AUDIT_INTERVAL`` (then it is not audited again)."""
+        if path not in self.policy.polled or status >= 400:
+            return False
+        key = (path, principal.id if principal is not None else "")
+        now = self.clock()
+        last = self._polls.get(key)
+        if last is not None and now - last < POLL_AUDIT_INTERVAL:
+            return True
+        self._polls[key] = now
+        return False
 
     async def _audit(
         self,

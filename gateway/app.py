@@ -15,6 +15,7 @@ from gateway import fastio, pki
 from gateway.admin import AdminAccess, admin_app
 from gateway.conf import ConfigError
 from gateway.config import GatewayConfig
+from gateway.dashboard import dashboard_routes
 from gateway.dataset import Dataset, load_dataset
 from gateway.draining import DrainingSwitch
 from gateway.emv_check import CheckEmv
@@ -232,6 +233,10 @@ class Gateway:
     def ready(self) -> bool:
         return all(p.ready for p in self.pools.values())
 
+    def _alerts(self, limit: int) -> list[dict[str, object]]:
+        """The latest risk alerts (masked PANs only), for the dashboard."""
+        return self.risk.recent_alerts(limit) if self.risk is not None else []
+
     def status(self) -> dict[str, Any]:
         return {
             "ready": self.ready,
@@ -364,7 +369,13 @@ class Gateway:
                 self._saf_scope = await tg.start(self._run_saf, self.saf)
             self._front = await tg.start(self._serve_front)
             if self.cfg.admin.port >= 0:
-                app = admin_app(self.metrics, self.status, self, access=self.admin_access)
+                app = admin_app(
+                    self.metrics,
+                    self.status,
+                    self,
+                    access=self.admin_access,
+                    extra_routes=dashboard_routes(self.status, self.metrics, self._alerts),
+                )
                 self.admin_port = await tg.start(
                     serve_asgi, app, self.cfg.admin.host, self.cfg.admin.port
                 )

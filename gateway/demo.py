@@ -24,7 +24,8 @@ def _banner(cfg: GatewayConfig, issuers: list[str]) -> str:
 payswitch demo is starting
   terminals   tcp 127.0.0.1:{t.port}   tls 127.0.0.1:{t.tls_port}
   QR API      http://127.0.0.1:{cfg.qr_api.port}/v1/qr/payments
-  admin       http://127.0.0.1:{cfg.admin.port}/readyz  /metrics  /status  /alerts
+  dashboard   http://127.0.0.1:{cfg.admin.port}/dashboard  (viewer token: demo-viewer-TEST-ONLY)
+  admin       http://127.0.0.1:{cfg.admin.port}/readyz  /metrics  /status  /alerts  (bearer token)
   issuers     {", ".join(issuers)} (issuer-sim), HSM 127.0.0.1:1500 (hsm-sim)
   logs        JSON lines below, PANs masked
 try it:

@@ -17,11 +17,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.admin import AdminAccess, Authenticator, admin_app, hash_token
+from gateway.admin import (
+    POLL_AUDIT_INTERVAL,
+    AdminAccess,
+    Authenticator,
+    admin_app,
+    hash_token,
+)
 from gateway.audit import GENESIS, AuditLog, line_hash, verify_file
 from gateway.cli import main as gateway_cli
 from gateway.conf import ConfigError
 from gateway.config import AdminConfig, AdminTokenConfig, load_gateway_config
+from gateway.dashboard import dashboard_routes
 from gateway.logs import configure
 from gateway.metrics import Metrics
 
@@ -54,8 +61,8 @@ def _status() -> dict[str, Any]:
     return {"ready": True, "links": [{"issuer": "alpha", "ready": True}]}
 
 
-async def _dashboard(_: Request) -> Response:
-    return JSONResponse({"page": "dashboard"})
+async def _reports(_: Request) -> Response:
+    return JSONResponse({"page": "reports"})
 
 
 @pytest.fixture
@@ -79,7 +86,10 @@ def _client(
         _status,
         cast("Gateway", gateway or FakeGateway()),
         access=access,
-        extra_routes=[Route("/dashboard", _dashboard)],  # a page added later, not listed
+        extra_routes=[  # a page added later, not listed, and the dashboard's routes
+            Route("/reports", _reports),
+            *dashboard_routes(_status, Metrics()),
+        ],
     )
     transport = httpx.ASGITransport(app=app, client=("192.0.2.7", 41000))
     return httpx.AsyncClient(transport=transport, base_url="http://admin"), access
@@ -149,13 +159,43 @@ async def test_operator_reloads(tmp_path: Path) -> None:
 
 
 async def test_unlisted_routes_are_denied_by_default(client: httpx.AsyncClient) -> None:
-    assert (await client.get("/dashboard")).status_code == 401
-    assert (await client.get("/dashboard", headers=bearer(VIEWER))).json() == {"page": "dashboard"}
+    assert (await client.get("/reports")).status_code == 401
+    assert (await client.get("/reports", headers=bearer(VIEWER))).json() == {"page": "reports"}
     assert (await client.get("/no-such-page")).status_code == 401  # no route enumeration
     assert (await client.get("/no-such-page", headers=bearer(VIEWER))).status_code == 404
     # A state change anywhere needs the operator role, even on a path not listed.
-    assert (await client.post("/dashboard", headers=bearer(VIEWER))).status_code == 403
+    assert (await client.post("/reports", headers=bearer(VIEWER))).status_code == 403
     assert (await client.post("/healthz", headers=bearer(VIEWER))).status_code == 403
+
+
+async def test_dashboard_page_is_public_its_data_is_not_and_polls_are_audited_sparsely(
+    tmp_path: Path,
+) -> None:
+    """The page holds no data (a browser opens it without a header, then it asks for a
+    token); its data needs a viewer, and an open page's polling is audited once per token
+    per interval, refusals every time."""
+    http, access = _client(tmp_path)
+    now = [1000.0]
+    access.clock = lambda: now[0]
+    async with http:
+        page = await http.get("/dashboard")
+        assert page.status_code == 200
+        assert "text/html" in page.headers["content-type"]
+        assert (await http.get("/dashboard/data")).status_code == 401
+        for _ in range(5):
+            assert (await http.get("/dashboard/data", headers=bearer(VIEWER))).status_code == 200
+        now[0] += POLL_AUDIT_INTERVAL + 1
+        assert (await http.get("/dashboard/data", headers=bearer(VIEWER))).status_code == 200
+        assert (await http.get("/dashboard/data", headers=bearer(OPERATOR))).status_code == 200
+        assert (await http.get("/dashboard/data")).status_code == 401
+    records = [(r["token_id"], r["path"], r["status"]) for r in _audit(tmp_path)]
+    assert records == [
+        (None, "/dashboard/data", 401),
+        ("ops-bob", "/dashboard/data", 200),  # the first of five polls
+        ("ops-bob", "/dashboard/data", 200),  # the first after the interval
+        ("ops-alice", "/dashboard/data", 200),
+        (None, "/dashboard/data", 401),
+    ]
 
 
 async def test_metrics_can_require_a_viewer(tmp_path: Path) -> None:

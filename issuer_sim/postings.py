@@ -18,21 +18,12 @@ import os
 import tempfile
 from pathlib import Path
 
+from gateway.journal.reconcile import POSTING_COLUMNS
 from issuer_sim.host import IssuerHost, Posting
 from protocols.redact import mask_pan
 
-COLUMNS = (
-    "mti",
-    "stan",
-    "transmission",
-    "kind",
-    "amount",
-    "auth_code",
-    "approved",
-    "reversed",
-    "pan_masked",
-)
-"""The file's header line; ``gateway.journal.reconcile`` reads these columns."""
+# The file's header line: the switch's reconciliation defines the format it reads.
+COLUMNS = POSTING_COLUMNS
 
 Snapshot = list[tuple[str, str, str, str, int, str, bool, bool, str]]
 

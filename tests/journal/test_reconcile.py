@@ -33,7 +33,8 @@ from gateway.journal.reconcile import (
     read_postings,
     reconcile,
 )
-from tests.journal.conftest import NOW, PAN, Backend, key_table, purchase
+from tests.journal.conftest import NOW, PAN, Backend, purchase
+from tests.journal.test_cli import _write_conf
 
 DAY = NOW.date()
 MASKED = "476173******0011"
@@ -333,23 +334,8 @@ async def test_paged_read_of_a_day(backend: Backend) -> None:
         assert first == []
 
 
-def _conf(tmp_path: Path) -> Path:
-    table = key_table()
-    lines = [
-        "[journal]",
-        f'path = "{tmp_path / "journal.sqlite3"}"',
-        'active_key_id = "k1"',
-        f'keys = [{{ id = "k1", hex = "{table["keys"][0]["hex"]}" }}]',
-        f'lookup_key = {{ hex = "{table["lookup_key"]["hex"]}" }}',
-        f'chain_key = {{ hex = "{table["chain_key"]["hex"]}" }}',
-    ]
-    conf = tmp_path / "journal.toml"
-    conf.write_text("\n".join(lines) + "\n")
-    return conf
-
-
 def test_cli_reconcile(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    conf = _conf(tmp_path)
+    conf = _write_conf(tmp_path)
 
     async def fill() -> None:
         async with open_journal(load_config(conf)) as journal:
@@ -405,7 +391,7 @@ def test_cli_reconcile(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 def test_cli_reconcile_over_per_node_files(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    conf = _conf(tmp_path)
+    conf = _write_conf(tmp_path)
     base = load_config(conf)
 
     async def fill(node: int, stan: str) -> None:

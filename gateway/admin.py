@@ -13,6 +13,12 @@ denied, leaves one audit record (:mod:`gateway.audit`); a handler adds what it c
 
 With no token configured the API is unauthenticated, which the config allows only on a
 loopback address (a warning says so at start); requests are still audited.
+
+An operator action (any method other than GET/HEAD) fails closed: with an audit file, an
+``intent`` record (who, what) is written before the action runs; if it cannot be, the action
+does not run and the answer is 503 (``admin-audit-unavailable`` problem document). Reads go
+on when the file cannot be written: every failed write is logged at error level and counted
+(``switch_audit_write_failures_total``).
 """
 
 from __future__ import annotations
@@ -49,6 +55,9 @@ log = get_logger("gateway.admin")
 
 ADMIN_UNAUTHORIZED: Final = ProblemType("admin-unauthorized", "Missing or unknown admin token", 401)
 ADMIN_FORBIDDEN: Final = ProblemType("admin-forbidden", "Role not allowed for this request", 403)
+ADMIN_AUDIT_UNAVAILABLE: Final = ProblemType(
+    "admin-audit-unavailable", "Audit record could not be written; action not performed", 503
+)
 REALM: Final = 'Bearer realm="payswitch-admin"'
 _SAFE_METHODS: Final = frozenset({"GET", "HEAD"})
 
@@ -192,10 +201,17 @@ class AdminAccess:
 
     @classmethod
     def from_config(
-        cls, cfg: AdminConfig, base: Path, *, workers: int = 1, node: int = 0
+        cls,
+        cfg: AdminConfig,
+        base: Path,
+        *,
+        workers: int = 1,
+        node: int = 0,
+        metrics: Metrics | None = None,
     ) -> AdminAccess:
         """Refuses (ConfigError) tokens_env unset or malformed, and no token on an address
-        other than loopback; warns when the API is unauthenticated."""
+        other than loopback; warns when the API is unauthenticated. ``metrics``: where failed
+        audit file writes are counted."""
         tokens = list(cfg.tokens)
         if cfg.tokens_env:
             tokens += tokens_from_env(cfg.tokens_env)
@@ -214,7 +230,8 @@ class AdminAccess:
                 hint="configure [admin] tokens to require bearer tokens",
             )
         path = audit_path(cfg, base, workers=workers, node=node)
-        return cls(auth, AuditLog(path), AccessPolicy.from_config(cfg))
+        failed = None if metrics is None else metrics.audit_write_failures.inc
+        return cls(auth, AuditLog(path, failed), AccessPolicy.from_config(cfg))
 
     def wrap(self, app: ASGIApp) -> ASGIApp:
         async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
@@ -258,6 +275,19 @@ class AdminAccess:
                     headers={"WWW-Authenticate": REALM + ', error="insufficient_scope"'},
                     required_role=needed.label,
                 )
+        # Fail closed: an operator action runs only once its intent is on file.
+        if (
+            problem is None
+            and method.upper() not in _SAFE_METHODS
+            and self.audit.path is not None
+            and not await self._audit(scope, principal, needed, None, None, intent=True)
+        ):
+            problem = Problem(
+                ADMIN_AUDIT_UNAVAILABLE,
+                f"the audit file cannot be written, so {method} {path} was not performed; "
+                "fix the audit file (see switch_audit_write_failures_total) and retry",
+                headers={"Retry-After": "30"},
+            )
         status = 500
         if problem is not None:
             status = problem.status
@@ -298,9 +328,11 @@ class AdminAccess:
         scope: Scope,
         principal: Principal | None,
         needed: Role,
-        status: int,
+        status: int | None,
         detail: dict[str, Any] | None,
-    ) -> None:
+        *,
+        intent: bool = False,
+    ) -> bool:
         client = scope.get("client")
         record: dict[str, Any] = {
             "token_id": principal.id if principal else None,
@@ -310,11 +342,14 @@ class AdminAccess:
             "peer": f"{client[0]}:{client[1]}" if client else None,
             "method": scope["method"],
             "path": scope["path"],
-            "status": status,
         }
+        if intent:
+            record["phase"] = "intent"
+            return await self.audit.record(record, event="admin_intent")
+        record["status"] = status
         if detail is not None:
             record["detail"] = detail
-        await self.audit.record(record)
+        return await self.audit.record(record)
 
 
 def admin_app(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from contextlib import AbstractAsyncContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from anyio.abc import TaskStatus
 
 from gateway import fastio, pki
 from gateway.admin import AdminAccess, admin_app
+from gateway.audit import os_user
 from gateway.conf import ConfigError
 from gateway.config import GatewayConfig
 from gateway.dashboard import dashboard_routes
@@ -191,7 +193,7 @@ class Gateway:
         # Admin tokens and audit file: a bad [admin] config stops the start here, before
         # anything listens (tokens_env unset, no token on a non-loopback address).
         self.admin_access = AdminAccess.from_config(
-            cfg.admin, base_dir, workers=cfg.workers, node=cfg.node
+            cfg.admin, base_dir, workers=cfg.workers, node=cfg.node, metrics=self.metrics
         )
         self.qr_port: int | None = None
         self._tg: anyio.abc.TaskGroup | None = None
@@ -228,6 +230,31 @@ class Gateway:
             return {"reloaded": False, "reason": str(exc)}
         log.info("risk_reloaded", restart_only_ignored=list(ignored))
         return {"reloaded": True, "restart_only_ignored": list(ignored)}
+
+    async def reload_risk_on_signal(self, signame: str = "SIGHUP") -> dict[str, Any]:
+        """The rule reload a signal asks for, audited like ``POST /admin/reload`` in this
+        process's audit file: an intent record first (it cannot be written: the reload is
+        refused, as an operator action over HTTP is), then the result."""
+        audit = self.admin_access.audit
+        who: dict[str, Any] = {
+            "actor": f"signal:{signame}",
+            "os_user": os_user(),
+            "pid": os.getpid(),
+            "node": self.cfg.node,
+            "action": "reload_risk",
+        }
+        if audit.path is not None and not await audit.record(
+            {**who, "phase": "intent"}, event="signal_intent"
+        ):
+            log.error("risk_reload_refused", reason="audit file not writable", signal=signame)
+            result: dict[str, Any] = {
+                "reloaded": False,
+                "reason": "audit file not writable: reload refused",
+            }
+        else:
+            result = self.reload_risk()
+        await audit.record({**who, "detail": result}, event="signal_reload")
+        return result
 
     @property
     def ready(self) -> bool:

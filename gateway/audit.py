@@ -11,16 +11,24 @@ the head to compare with.
 
 Records hold a token's id, never the token; writes run in a worker thread (an fsync never
 stalls the event loop that carries payments) under a lock that keeps the chain in order.
+
+A failed file write is logged at error level and reported to ``on_write_failure`` (the
+gateway counts it in ``switch_audit_write_failures_total``); :meth:`AuditLog.record` returns
+False then, so a caller can refuse an operator action it could not record beforehand. The
+same file format serves the rule reload on SIGHUP (events ``signal_intent``,
+``signal_reload``) and the ``gateway journal`` commands (``--audit-file``,
+:meth:`AuditLog.append_sync`: file only, their stdout is the command's JSON).
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import hashlib
 import os
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,14 +75,27 @@ def _last_line(path: Path) -> bytes | None:
         return tail.rstrip(b"\n")
 
 
+def os_user() -> str:
+    """The OS user running this process (login name, else ``uid:N``), for records with no
+    token (a signal, a command line)."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name and no passwd entry (a bare container)
+        return f"uid:{os.getuid()}"
+
+
 class AuditLog:
     """Audit records to the ``audit`` logger and, given a path, to a hash-chained file."""
 
-    def __init__(self, path: Path | None = None) -> None:
+    def __init__(
+        self, path: Path | None = None, on_write_failure: Callable[[], None] | None = None
+    ) -> None:
         self.path = path
+        self.on_write_failure = on_write_failure
         self._lock = threading.Lock()
         self._prev: str | None = None  # read from the file at the first write
         self.written = 0
+        self.failures = 0
 
     def _append(self, record: dict[str, Any]) -> str:
         assert self.path is not None
@@ -101,19 +122,57 @@ class AuditLog:
             self.written += 1
             return self._prev
 
-    async def record(self, fields: Mapping[str, Any]) -> None:
-        """Write one record (``time`` is added); the file write is done when this returns."""
-        record = {"time": datetime.now(UTC).isoformat(timespec="milliseconds"), **fields}
+    def check_writable(self) -> None:
+        """Raise OSError unless the file can be opened for appending (nothing is written):
+        a command that must be audited checks this before it runs."""
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640))
+
+    async def record(self, fields: Mapping[str, Any], *, event: str = "admin_access") -> bool:
+        """Write one record (``time`` is added); the file write is done when this returns.
+        False: the file write failed (logged at error level, counted)."""
+        record = self._stamp(fields)
         extra: dict[str, Any] = {}
         if self.path is not None:
             try:
                 extra["line_sha256"] = await anyio.to_thread.run_sync(self._append, record)
             except OSError as exc:
-                log.error("audit_file_write_failed", file=str(self.path), error=str(exc))
-                extra["file_error"] = True
+                self._failed(exc, extra)
+        return self._log(event, record, extra)
+
+    def append_sync(self, fields: Mapping[str, Any]) -> str:
+        """For a command line: append one record (``time`` added) in this thread, without
+        the structured log (its stdout is the command's output). Returns the line's hash;
+        raises OSError when the file cannot be written (the caller reports it)."""
+        if self.path is None:
+            raise ValueError("append_sync needs an audit file")
+        try:
+            return self._append(self._stamp(fields))
+        except OSError:
+            self.failures += 1
+            if self.on_write_failure is not None:
+                self.on_write_failure()
+            raise
+
+    @staticmethod
+    def _stamp(fields: Mapping[str, Any]) -> dict[str, Any]:
+        return {"time": datetime.now(UTC).isoformat(timespec="milliseconds"), **fields}
+
+    def _failed(self, exc: OSError, extra: dict[str, Any]) -> None:
+        self.failures += 1
+        if self.on_write_failure is not None:
+            self.on_write_failure()
+        log.error("audit_file_write_failed", file=str(self.path), error=str(exc))
+        extra["file_error"] = True
+
+    @staticmethod
+    def _log(event: str, record: dict[str, Any], extra: dict[str, Any]) -> bool:
         # logger="audit" in every record: a log shipper routes them to the audit store.
         flat = {(f"{k}_" if k in _RESERVED else k): v for k, v in record.items()}
-        log.info("admin_access", logger="audit", **flat, **extra)
+        log.info(event, logger="audit", **flat, **extra)
+        return "file_error" not in extra
 
 
 @dataclass(frozen=True, slots=True)

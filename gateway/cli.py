@@ -37,7 +37,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     async def reload_on_sighup() -> None:
         with anyio.open_signal_receiver(signal.SIGHUP) as signals:
             async for _ in signals:
-                gateway.reload_risk()
+                await gateway.reload_risk_on_signal("SIGHUP")  # audited
 
     async def stop_on_signal() -> None:
         # SIGTERM/SIGINT: graceful (drain, sign off, flush the journal); a second one: now.

@@ -115,6 +115,11 @@ class Metrics:
         self.duplicates = Counter(
             "switch_duplicate_transmissions", "Duplicates answered from the original", registry=r
         )
+        self.audit_write_failures = Counter(
+            "switch_audit_write_failures",
+            "Audit records that could not be written to the audit file (alert on any increase)",
+            registry=r,
+        )
         self._txn_children: dict[tuple[str, str], Any] = {}
         self._lat_children: dict[str, Any] = {}
         self._issuer_children: dict[str, Any] = {}

@@ -14,12 +14,20 @@ the issuer with its posting file (:mod:`gateway.journal.reconcile`): counts per 
 every exception (masked PAN only). Exit status: 0 success (reconcile: every transaction
 matched), 1 verification failed or reconciliation exceptions, 2 bad usage, configuration or
 posting file, 3 journal error (message on stderr, never card data or keys).
+
+``--audit-file PATH`` (default: the environment variable ``PAYSWITCH_AUDIT_FILE``, else no
+file) records each command that changes or reveals the books (archive, restore,
+rebuild-index, reconcile, settlement) in that hash-chained audit file (:mod:`gateway.audit`,
+checked by ``gateway audit verify``): the OS user, the command, its arguments (paths, dates,
+issuer, node; never key material), the exit status and, for archive and restore, the counts
+moved. A file that cannot be opened for appending stops the command before it runs (exit 2).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -28,6 +36,7 @@ from typing import Any
 import anyio
 import orjson
 
+from gateway.audit import AuditLog, os_user
 from gateway.journal import SafDepth, SettlementTotal, open_journal
 from gateway.journal.archive import verify_archive
 from gateway.journal.config import (
@@ -41,6 +50,10 @@ from gateway.journal.errors import JournalConfigError, JournalError
 from gateway.journal.reconcile import DAY_MARGIN, PostingFileError, Reconciler, read_postings
 
 _MERGED = frozenset({"settlement", "saf", "verify", "reconcile"})
+AUDITED = frozenset({"archive", "restore", "rebuild-index", "reconcile", "settlement"})
+"""Commands that change or reveal the books: recorded with ``--audit-file``."""
+AUDIT_ENV = "PAYSWITCH_AUDIT_FILE"
+_OUTCOMES = {0: "ok", 1: "failed check", 2: "usage or configuration error", 3: "journal error"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,6 +61,13 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--conf", required=True, type=Path, help="TOML file with [journal]")
     common.add_argument(
         "--node", type=int, default=None, help="SQLite with workers: this node's file only"
+    )
+    common.add_argument(
+        "--audit-file",
+        type=Path,
+        default=None,
+        help=f"hash-chained audit file for archive, restore, rebuild-index, reconcile and "
+        f"settlement (default: ${AUDIT_ENV}, else none)",
     )
     parser = argparse.ArgumentParser(prog="gateway journal", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -223,9 +243,11 @@ async def _execute_one(config: JournalConfig, args: argparse.Namespace) -> int:
             moved = await journal.archive(
                 args.out, now=datetime.now(UTC), older_than_days=args.older_than_days
             )
-            _print(moved.as_dict())
+            args.moved = moved.as_dict()
+            _print(args.moved)
         elif args.command == "restore":
-            _print((await journal.restore(args.file)).as_dict())
+            args.moved = (await journal.restore(args.file)).as_dict()
+            _print(args.moved)
         elif args.command == "settlement":
             _print([total.as_dict() for total in await journal.settlement(args.day)])
         elif args.command == "rebuild-index":
@@ -235,12 +257,60 @@ async def _execute_one(config: JournalConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_fields(args: argparse.Namespace, status: int) -> dict[str, Any]:
+    """The record of one command: its arguments (paths, dates, issuer; the journal's keys
+    live in the --conf file and never appear here) and its exit status."""
+    arguments: dict[str, Any] = {"conf": str(args.conf), "node": args.node}
+    for name in ("out", "older_than_days", "file", "day", "issuer"):
+        value = getattr(args, name, None)
+        if value is not None:
+            arguments[name] = value if isinstance(value, int) else str(value)
+    record: dict[str, Any] = {
+        "actor": os_user(),
+        "pid": os.getpid(),
+        "command": f"journal {args.command}",
+        "arguments": arguments,
+        "exit_status": status,
+        "outcome": _OUTCOMES.get(status, "error"),
+    }
+    moved = getattr(args, "moved", None)
+    if moved is not None:
+        record["moved"] = moved
+    return record
+
+
 def run(argv: list[str]) -> int:
     """Run one journal command; returns the exit status (see module docstring)."""
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # argparse exits on --help and on usage errors
         return exc.code if isinstance(exc.code, int) else 2
+    audit: AuditLog | None = None
+    if args.command in AUDITED:
+        path = args.audit_file or (Path(p) if (p := os.environ.get(AUDIT_ENV)) else None)
+        if path is not None:
+            audit = AuditLog(path)
+            try:
+                audit.check_writable()
+            except OSError as exc:  # fail closed: nothing runs that could not be recorded
+                sys.stderr.write(
+                    f"gateway journal: audit file {path}: {exc.strerror or exc}; "
+                    f"{args.command} not run\n"
+                )
+                return 2
+    status = _run(args)
+    if audit is not None:
+        try:
+            audit.append_sync(_audit_fields(args, status))
+        except OSError as exc:  # it ran already: say so loudly, keep its exit status
+            sys.stderr.write(
+                f"gateway journal: ERROR audit record of {args.command} not written to "
+                f"{audit.path}: {exc.strerror or exc}\n"
+            )
+    return status
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.conf)
         return anyio.run(_execute, config, args)

@@ -216,7 +216,13 @@ async def test_audit_records_allowed_and_denied_without_the_token(
         await http.post("/admin/reload", headers=bearer(OPERATOR))
         await http.get("/status", headers=bearer("wrong-token"))
         await http.get("/healthz")
-    records = _audit(tmp_path)
+    every = _audit(tmp_path)
+    # The operator's action: its intent on file before it ran, then its result.
+    assert [(r["token_id"], r["path"], r.get("phase"), r.get("status")) for r in every[2:4]] == [
+        ("ops-alice", "/admin/reload", "intent", None),
+        ("ops-alice", "/admin/reload", None, 200),
+    ]
+    records = [r for r in every if r.get("phase") != "intent"]
     assert [(r["token_id"], r["method"], r["path"], r["status"]) for r in records] == [
         ("ops-bob", "GET", "/status", 200),
         ("ops-bob", "POST", "/admin/reload", 403),
@@ -227,10 +233,10 @@ async def test_audit_records_allowed_and_denied_without_the_token(
     assert records[2]["role"] == "operator"
     assert records[3]["role"] is None
     assert records[3]["authenticated"] is False
-    assert all(r["peer"] == "192.0.2.7:41000" and r["time"] for r in records)
+    assert all(r["peer"] == "192.0.2.7:41000" and r["time"] for r in every)
     assert records[2]["detail"] == {"reloaded": True, "restart_only_ignored": ["backend"]}
     assert "detail" not in records[1]  # denied: nothing ran
-    assert [r["prev"] for r in records[1:]] == [
+    assert [r["prev"] for r in every[1:]] == [
         line_hash(line) for line in (tmp_path / "audit.log").read_bytes().splitlines()[:-1]
     ]
     logged = [orjson.loads(line) for line in logs.getvalue().splitlines() if b'"audit"' in line]
@@ -255,10 +261,12 @@ async def test_unauthenticated_loopback_api_is_open_and_audited(
     assert not access.authenticator.enabled
     assert b"admin_api_unauthenticated" in logs.getvalue()
     records = _audit(tmp_path)
-    assert [(r["path"], r["authenticated"], r["token_id"]) for r in records] == [
+    assert [(r["path"], r["authenticated"], r.get("phase")) for r in records] == [
         ("/status", False, None),
+        ("/admin/reload", False, "intent"),
         ("/admin/reload", False, None),
     ]
+    assert all(r["token_id"] is None for r in records)
 
 
 async def test_audit_chain_continues_across_restarts(tmp_path: Path) -> None:
@@ -382,3 +390,92 @@ def test_audit_file_per_worker(tmp_path: Path) -> None:
     assert audit_path(cfg, tmp_path) == tmp_path / "var/audit.log"
     assert audit_path(cfg, tmp_path, workers=2, node=3) == tmp_path / "var/audit-node3.log"
     assert audit_path(AdminConfig(), tmp_path) is None
+
+
+def _signal_gateway(tmp_path: Path, audit_file: str, **cfg: Any) -> Gateway:
+    from gateway.app import Gateway
+    from gateway.config import GatewayConfig
+    from tests.helpers import DEMO_CONF, demo_dataset
+
+    admin = AdminConfig(port=0, audit_file=str(tmp_path / audit_file))
+    config = GatewayConfig(risk="risk.toml", admin=admin, links=(), **cfg)
+    return Gateway(config, DEMO_CONF, demo_dataset())
+
+
+async def test_sighup_reload_is_audited_in_the_workers_own_file(
+    tmp_path: Path, logs: io.BytesIO
+) -> None:
+    from gateway.workers import worker_config
+
+    single = _signal_gateway(tmp_path, "audit.log")
+    result = await single.reload_risk_on_signal("SIGHUP")  # what gateway run does on SIGHUP
+    assert result["reloaded"] is True
+    intent, done = _audit(tmp_path)
+    assert intent["phase"] == "intent"
+    assert "detail" not in intent
+    for record in (intent, done):
+        assert record["actor"] == "signal:SIGHUP"
+        assert record["action"] == "reload_risk"
+        assert record["os_user"]
+        assert record["pid"] > 0
+    assert done["detail"] == result
+    assert verify_file(tmp_path / "audit.log").ok
+
+    from gateway.app import Gateway
+    from tests.helpers import DEMO_CONF
+
+    two = _signal_gateway(tmp_path, "audit.log", workers=2)
+    worker = Gateway(worker_config(two.cfg, 1), DEMO_CONF, two.dataset)  # gateway run --worker 1
+    await worker.reload_risk_on_signal("SIGHUP")
+    node_file = tmp_path / "audit-node1.log"
+    assert [r["node"] for r in map(orjson.loads, node_file.read_bytes().splitlines())] == [1, 1]
+    assert verify_file(node_file).ok
+    assert len(_audit(tmp_path)) == 2  # the single process's file is untouched
+    logged = [orjson.loads(line) for line in logs.getvalue().splitlines() if b'"audit"' in line]
+    assert [r["event"] for r in logged] == ["signal_intent", "signal_reload"] * 2
+
+
+async def test_audit_file_unwritable_reads_go_on_operator_actions_fail_closed(
+    tmp_path: Path, logs: io.BytesIO
+) -> None:
+    (tmp_path / "audit.log").mkdir()  # a directory where the file should be
+    metrics, gateway = Metrics(), FakeGateway()
+    cfg = AdminConfig(tokens=TOKENS, audit_file="audit.log")
+    access = AdminAccess.from_config(cfg, tmp_path, metrics=metrics)
+    app = admin_app(metrics, _status, cast("Gateway", gateway), access=access)
+    transport = httpx.ASGITransport(app=app, client=("192.0.2.7", 41000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://admin") as http:
+        assert (await http.get("/status", headers=bearer(VIEWER))).status_code == 200
+        refused = await http.post("/admin/reload", headers=bearer(OPERATOR))
+        text = (await http.get("/metrics", headers=bearer(VIEWER))).text
+    assert refused.status_code == 503
+    assert refused.headers["content-type"] == "application/problem+json"
+    problem = refused.json()
+    assert problem["type"].endswith("/admin-audit-unavailable")
+    assert problem["status"] == 503
+    assert problem["instance"] == "/admin/reload"
+    assert gateway.reloads == 0  # the action never ran
+    # status read, reload intent, reload refusal: each failed write counted
+    assert _failures(metrics) == 3
+    assert "switch_audit_write_failures_total 3.0" in text
+    lines = [orjson.loads(line) for line in logs.getvalue().splitlines()]
+    failures = [r for r in lines if r.get("event") == "audit_file_write_failed"]
+    assert len(failures) == 3
+    assert all(r["level"] == "error" for r in failures)
+    records = [r for r in lines if r.get("logger") == "audit" and "status" in r]
+    assert [(r["path"], r["status"], r["file_error"]) for r in records] == [
+        ("/status", 200, True),
+        ("/admin/reload", 503, True),
+    ]  # the log still holds every record
+
+
+async def test_sighup_reload_refused_when_audit_file_unwritable(tmp_path: Path) -> None:
+    (tmp_path / "audit.log").mkdir()
+    gateway = _signal_gateway(tmp_path, "audit.log")
+    result = await gateway.reload_risk_on_signal("SIGHUP")
+    assert result == {"reloaded": False, "reason": "audit file not writable: reload refused"}
+    assert _failures(gateway.metrics) == 2  # the intent, then the refusal
+
+
+def _failures(metrics: Metrics) -> float | None:
+    return metrics.registry.get_sample_value("switch_audit_write_failures_total")

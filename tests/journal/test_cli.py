@@ -174,3 +174,79 @@ def test_cli_merges_per_node_files_of_workers(
     assert run(["rebuild-index", "--conf", str(conf), "--node", "0"]) == 0
     assert json.loads(capsys.readouterr().out) == {"events_replayed": 4}
     assert not Path(base.path).exists()  # nothing created for the unused base path
+
+
+def test_cli_audit_file_records_commands_that_change_or_reveal_the_books(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.audit import os_user, verify_file
+    from gateway.audit import run as audit_run
+
+    monkeypatch.delenv("PAYSWITCH_AUDIT_FILE", raising=False)
+    conf = _write_conf(tmp_path)
+    now = datetime.now(UTC)
+    _populate(conf, now)
+    audit = tmp_path / "var" / "journal-audit.log"
+    flag = ["--conf", str(conf), "--audit-file", str(audit)]
+    out = tmp_path / "archive"
+
+    assert run(["archive", "--older-than-days", "1826", "--out", str(out), *flag]) == 0
+    moved = json.loads(capsys.readouterr().out)
+    assert moved["count"] == 2  # JSON output as without --audit-file
+    assert run(["verify", *flag]) == 0  # reveals nothing of the books: not recorded
+    capsys.readouterr()
+    monkeypatch.setenv("PAYSWITCH_AUDIT_FILE", str(audit))  # the default of --audit-file
+    day = now.date().isoformat()
+    assert run(["settlement", "--date", day, "--conf", str(conf)]) == 0
+    assert run(["restore", moved["path"], "--conf", str(conf)]) == 0
+    assert run(["restore", moved["path"], "--conf", str(conf)]) == 3  # exit status unchanged
+    assert run(["rebuild-index", "--conf", str(conf)]) == 0
+    capsys.readouterr()
+
+    records = [json.loads(line) for line in audit.read_bytes().splitlines()]
+    assert [(r["command"], r["exit_status"], r["outcome"]) for r in records] == [
+        ("journal archive", 0, "ok"),
+        ("journal settlement", 0, "ok"),
+        ("journal restore", 0, "ok"),
+        ("journal restore", 3, "journal error"),
+        ("journal rebuild-index", 0, "ok"),
+    ]
+    assert all(r["actor"] == os_user() for r in records)
+    assert records[0]["arguments"] == {
+        "conf": str(conf),
+        "node": None,
+        "out": str(out),
+        "older_than_days": 1826,
+    }
+    assert records[0]["moved"] == moved
+    assert records[1]["arguments"]["day"] == day
+    assert records[2]["arguments"]["file"] == moved["path"]
+    assert records[2]["moved"]["count"] == 2
+    assert "moved" not in records[3]  # refused: nothing moved
+    key_hex = [line for line in conf.read_text().splitlines() if "hex" in line]
+    for line in key_hex:  # no key material, even though the keys sit in --conf
+        secret = line.split('hex = "')[1].split('"')[0]
+        assert secret.encode() not in audit.read_bytes()
+    report = verify_file(audit)
+    assert (report.ok, report.lines) == (True, 5)
+    assert audit_run(["verify", str(audit)]) == 0
+    assert json.loads(capsys.readouterr().out)["ok"] is True
+
+
+def test_cli_refuses_a_command_it_cannot_audit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PAYSWITCH_AUDIT_FILE", raising=False)
+    conf = _write_conf(tmp_path)
+    _populate(conf, datetime.now(UTC))
+    audit = tmp_path / "audit.log"
+    audit.mkdir()  # a directory where the audit file should be
+    out = tmp_path / "archive"
+    args = ["archive", "--older-than-days", "1826", "--out", str(out), "--conf", str(conf)]
+    assert run([*args, "--audit-file", str(audit)]) == 2
+    captured = capsys.readouterr()
+    assert "archive not run" in captured.err
+    assert captured.out == ""
+    assert not out.exists()  # nothing archived
+    assert run(["verify", "--conf", str(conf), "--audit-file", str(audit)]) == 0  # not audited
+    assert json.loads(capsys.readouterr().out)["count"] == 4

@@ -10,7 +10,13 @@ Counters:
   and confirmed transactions; a release gives back both, a reversal gives back the amount;
 - velocity: attempt times per card (approved and declined), a sliding window;
 - travel: last time the card was seen per merchant country, within the travel window;
-- profile: running mean/variance of approved amounts and the set of countries with approvals.
+- profile: running mean/variance of approved amounts and the set of countries with approvals;
+  forgotten ``profile_ttl_days`` after the card's last approval (the Redis keys' TTL).
+
+The memory store keeps a card while any of that can still matter, as the Redis keys live: its
+velocity and travel state until their windows after its last attempt, its profile until the TTL
+after its last approval. Idle cards are dropped lazily, a few from the least recently used end
+per new card (no scan, no timer); ``memory_max_cards`` stays a hard cap.
 """
 
 from __future__ import annotations
@@ -151,7 +157,7 @@ class _Card:
     gateway.risk.bench_memory``): the dicts are made on first use and the countries are a
     tuple (a card has approvals in one or two; an empty set alone is 216 bytes)."""
 
-    __slots__ = ("attempts", "countries", "profile", "seen")
+    __slots__ = ("attempts", "countries", "profile", "profile_until", "seen", "until")
 
     def __init__(self) -> None:
         self.attempts: dict[str, int] | None = None
@@ -162,6 +168,11 @@ class _Card:
         self.profile = _NO_PROFILE
         self.countries: tuple[str, ...] = ()
         """merchant countries with an approval, each once"""
+        self.profile_until = 0
+        """profile and countries are forgotten once now (ms) passes this (the Redis key's
+        expiry: the TTL after the last approval)"""
+        self.until = 0
+        """nothing of the card matters once now (ms) passes this: the card may be dropped"""
 
 
 class _Day:
@@ -179,23 +190,56 @@ class MemoryCounterStore:
 
     The ``*_now`` methods are the same operations as plain calls: the engine uses them
     directly (no coroutine per step) when the store is exactly this class.
+
+    Time is the injected ``now`` of the reserves (the store's clock is the latest one seen): an
+    approval's profile lives ``ttl_seconds`` (``profile_ttl_seconds`` when not given) from it.
     """
 
-    def __init__(self, *, max_cards: int = 1_000_000) -> None:
+    def __init__(
+        self, *, max_cards: int = 1_000_000, profile_ttl_seconds: int = 180 * 86_400
+    ) -> None:
         self._max_cards = max_cards
+        self._profile_ttl_ms = profile_ttl_seconds * 1000
         self._cards: OrderedDict[str, _Card] = OrderedDict()
         self._days: dict[str, _Day] = {}
         self._next_prune = 0
+        self._clock = 0
+        """the latest ``now`` (ms) of a reserve"""
+        self._trim_at = 0
+        """no card can be dropped before now (ms) passes this"""
 
-    def _card(self, key: str) -> _Card:
+    def _trim(self, now: int) -> None:
+        """Drop up to two cards whose state is all over, from the least recently used end."""
+        cards = self._cards
+        for _ in range(2):
+            if not cards or now <= next(iter(cards.values())).until:
+                break
+            cards.popitem(last=False)
+        # the next new card looks again once the (then) oldest may be over: at once if it is
+        self._trim_at = next(iter(cards.values())).until if cards else 0
+
+    def _card(self, key: str, now: int) -> _Card:
         cards = self._cards
         card = cards.get(key)
         if card is None:
+            # Only a new card grows the map: first drop up to two idle ones from the least
+            # recently used end (each card goes at most once: O(1) amortised, no scan). Cards
+            # are in order of last use and a card's state ends within the TTL (or its windows)
+            # after its last use, so the oldest go first; a live one stops the trim, and
+            # ``_trim_at`` (the live oldest's end) skips even the peek until it may be over.
+            # A card kept a little longer changes nothing: its profile is checked on use.
+            if now > self._trim_at:
+                self._trim(now)
             card = cards[key] = _Card()
             if len(cards) > self._max_cards:
                 cards.popitem(last=False)
         else:
             cards.move_to_end(key)
+            if now > card.profile_until and card.profile_until:
+                # the profile's TTL passed without an approval: forgotten, as the Redis keys
+                card.profile = _NO_PROFILE
+                card.countries = ()
+                card.profile_until = 0
         return card
 
     def _prune_days(self, now_s: int) -> None:
@@ -245,7 +289,14 @@ class MemoryCounterStore:
             travel_window_ms,
             travel_blocks,
         ) = plan
-        card = self._card(card_key)
+        if now > self._clock:
+            self._clock = now
+        card = self._card(card_key, now)
+        # the card's velocity and travel state matter until their windows after this attempt
+        span = (
+            keep_ms if travel_window_ms is None or travel_window_ms < keep_ms else travel_window_ms
+        )
+        card.until = now + span if now + span > card.profile_until else card.profile_until
         attempts = 0
         if keep_ms > 0:
             times = card.attempts
@@ -331,10 +382,24 @@ class MemoryCounterStore:
     async def record_approval(
         self, card_key: str, country: str, amount: int, samples: int, ttl_seconds: int
     ) -> None:
-        self.record_approval_now(card_key, country, amount, samples)
+        self.record_approval_now(card_key, country, amount, samples, ttl_seconds)
 
-    def record_approval_now(self, card_key: str, country: str, amount: int, samples: int) -> None:
-        card = self._card(card_key)
+    def record_approval_now(
+        self,
+        card_key: str,
+        country: str,
+        amount: int,
+        samples: int,
+        ttl_seconds: int | None = None,
+    ) -> None:
+        """:meth:`record_approval`; ``ttl_seconds`` None: the store's ``profile_ttl_seconds``.
+        The approval happens at the store's clock (the latest reserve's ``now``)."""
+        now = self._clock
+        card = self._card(card_key, now)
+        ttl_ms = self._profile_ttl_ms if ttl_seconds is None else ttl_seconds * 1000
+        card.profile_until = now + ttl_ms
+        if card.profile_until > card.until:
+            card.until = card.profile_until
         card.profile = update_profile(card.profile, amount, samples)
         if country not in card.countries:
             card.countries = (*card.countries, country)

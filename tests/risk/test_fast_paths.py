@@ -74,6 +74,11 @@ CONFIGS: list[dict[str, Any]] = [
         "score": {"enabled": True, "night_points": 60, "alert_at": 10, "decline_at": 60},
         "timezone": "America/New_York",
     },
+    # profiles forgotten after a day without approval (some steps are longer than that)
+    {
+        "profile_ttl_days": 1,
+        "score": {"enabled": True, "new_country_points": 60, "alert_at": 30, "decline_at": 90},
+    },
 ]
 
 
@@ -81,13 +86,18 @@ CONFIGS: list[dict[str, Any]] = [
 @pytest.mark.parametrize("overrides", CONFIGS)
 async def test_memory_fast_path_equals_coroutine_path(overrides: dict[str, Any]) -> None:
     config = base_config(**overrides)
-    fast = RiskEngine(config, store=MemoryCounterStore(), registry=CollectorRegistry())
-    slow = RiskEngine(config, store=_CoroutineMemoryStore(), registry=CollectorRegistry())
+    ttl = config.profile_ttl_days * 86_400
+    fast = RiskEngine(
+        config, store=MemoryCounterStore(profile_ttl_seconds=ttl), registry=CollectorRegistry()
+    )
+    slow = RiskEngine(
+        config, store=_CoroutineMemoryStore(profile_ttl_seconds=ttl), registry=CollectorRegistry()
+    )
     rnd = random.Random(5)
     pans = ["4761730000000011", "5413330000000019"]
     now = T0
     for n in range(300):
-        now += timedelta(seconds=rnd.choice([1, 20, 600, 7200]))
+        now += timedelta(seconds=rnd.choice([1, 20, 600, 7200, 7200, 100_000]))
         pan = rnd.choice(pans)
         kind, counts = rnd.choice([(TxnKind.PURCHASE, True)] * 4 + [(TxnKind.REFUND, False)])
         inp = txn(

@@ -294,7 +294,8 @@ class RiskConfig(Limits):
     memory_max_cards: int = 1_000_000
     """in-memory backend: per-card state kept for at most this many cards (least recent go)"""
     profile_ttl_days: int = 180
-    """a card's amount profile and known countries are forgotten after this long unused"""
+    """a card's amount profile and known countries are forgotten this long after its last
+    approval (both backends; attempts without an approval do not extend it)"""
 
     @pydantic.field_validator("timezone")
     @classmethod

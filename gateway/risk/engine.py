@@ -55,7 +55,9 @@ def build_store(config: RiskConfig) -> CounterStore:
             pool_size=config.redis.pool_size,
             timeout=config.redis.timeout_seconds,
         )
-    return MemoryCounterStore(max_cards=config.memory_max_cards)
+    return MemoryCounterStore(
+        max_cards=config.memory_max_cards, profile_ttl_seconds=config.profile_ttl_days * 86400
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,7 +315,11 @@ class RiskEngine:
         config = self._compiled.config
         if self._memory is not None:
             self._memory.record_approval_now(
-                res.card_key, res.country, res.amount, config.score.profile_samples
+                res.card_key,
+                res.country,
+                res.amount,
+                config.score.profile_samples,
+                config.profile_ttl_days * 86400,
             )
             return
         try:

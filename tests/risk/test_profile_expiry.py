@@ -158,15 +158,17 @@ async def test_the_hard_cap_still_holds() -> None:
     assert list(store._cards) == ["card3", "card4", "card5"]
 
 
-async def test_engine_forgets_a_profile_after_profile_ttl_days() -> None:
-    # new_country scores again once the card's approvals there are older than the TTL
+@pytest.mark.parametrize("given", [True, False], ids=["store-given", "store-from-config"])
+async def test_engine_forgets_a_profile_after_profile_ttl_days(given: bool) -> None:
+    # new_country scores again once the card's approvals there are older than the TTL; the
+    # engine's own memory store takes profile_ttl_days from the config
     config = base_config(
         profile_ttl_days=2,
         score={"enabled": True, "new_country_points": 60, "alert_at": 50, "decline_at": 90},
     )
     engine = RiskEngine(
         config,
-        store=MemoryCounterStore(profile_ttl_seconds=2 * DAY),
+        store=MemoryCounterStore(profile_ttl_seconds=2 * DAY) if given else None,
         registry=CollectorRegistry(),
     )
     first = await engine.assess(txn(0, merchant_country="392"))

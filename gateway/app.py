@@ -185,6 +185,8 @@ class Gateway:
             idempotency_window=cfg.qr_api.idempotency_window,
             max_payments=cfg.qr_api.max_payments,
             store=qr_store,
+            registry=self.metrics.registry,
+            journaled=self.journal_config is not None,
         )
         self._ready: anyio.Event | None = None
         self.terminal_port: int | None = None

@@ -72,6 +72,9 @@ REFUND_EXCEEDS: Final = ProblemType(
 QR_ALREADY_PAID: Final = ProblemType(
     "qr-already-paid", "This dynamic QR code is paid or being paid", 409
 )
+PAYMENT_NOT_RECORDED: Final = ProblemType(
+    "qr-payment-not-recorded", "The approved payment could not be recorded", 503
+)
 INTERNAL: Final = ProblemType("internal-error", "Internal error", 500)
 
 ALL: Final[tuple[ProblemType, ...]] = tuple(

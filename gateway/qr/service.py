@@ -6,6 +6,14 @@ duplicate check, detokenization, routing, risk and limits, issuer), from the vir
 its acquirer and merchant (:mod:`gateway.qr.terminals`). Once a request is handed to the switch
 it runs to its end even if the HTTP client goes away, so its result is always recorded under its
 idempotency key and a retry can never charge twice.
+
+Never an approval the books do not hold: if the QR store cannot take an approved payment, the
+service reverses it through the switch as the virtual terminal's 0400 of the original (field
+90), the path a terminal's reversal takes (the issuer in real time, else the journal's 0420
+through store-and-forward until acknowledged), and answers ``503 qr-payment-not-recorded``
+with nothing stored under the key, so a retry is a fresh payment. Should the reversal not be
+acknowledged either, the key is held (the same 503 again) while this process lives, and the
+journal keeps the approval for reconciliation.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from typing import Final, TypeVar
 
 import anyio
 import orjson
+from prometheus_client import CollectorRegistry, Counter
 
 from gateway.dataset import Dataset, Merchant, QrAcquirer
 from gateway.links import transmission_time
@@ -33,6 +42,7 @@ from gateway.qr.store import (
     Claim,
     IdempotencyConflict,
     IdempotencyStore,
+    Key,
     MemoryQrStore,
     Payment,
     QrStore,
@@ -50,6 +60,10 @@ log = get_logger("gateway.qr")
 Handler = Callable[[Message], Awaitable[Message | None]]
 A = TypeVar("A")
 QR_ENTRY_MODE: Final = "031"
+# Attempts at reversing an approval the store did not take: a terminal repeats its reversal
+# until acknowledged; ``91``/``96`` (issuer or journal briefly unavailable) are worth another.
+REVERSAL_ATTEMPTS: Final = 3
+RETRY_REVERSAL: Final = frozenset({"91", "96"})
 # Currency of a merchant's country, for POST /v1/qr/mpm without a currency.
 COUNTRY_CURRENCY: Final[Mapping[str, str]] = {
     "156": "156",  # CN: CNY
@@ -78,10 +92,15 @@ class QrService:
         max_payments: int = 1_000_000,
         store: QrStore | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
+        registry: CollectorRegistry | None = None,
+        journaled: bool = False,
     ) -> None:
         """``store``: where payments and idempotency keys live (default: in memory, bounded by
         ``max_payments`` and ``idempotency_window``); ``cipher`` seals card numbers and keys
-        the request fingerprints, so a durable store needs the same key at every start."""
+        the request fingerprints, so a durable store needs the same key at every start.
+        ``registry``: the gateway's metrics registry (None: the counter is kept unexported).
+        ``journaled``: the switch has a journal, so a reversal the issuer did not answer
+        (``91``) is queued as a 0420 that store-and-forward repeats until acknowledged."""
         self.handler = handler
         self.cipher = cipher
         self.clock = clock
@@ -104,6 +123,16 @@ class QrService:
         # (with the SQLite store across restarts): a dynamic code is for one payment, whatever
         # the idempotency key. Those being paid now are held here.
         self._paying: set[str] = set()
+        # Approvals neither recorded nor reversed: their keys answer the same 503 (no second
+        # charge) while this process lives; the journal holds them for reconciliation.
+        self._unreversed: dict[Key, Problem] = {}
+        self.journaled = journaled
+        self.not_recorded = Counter(
+            "switch_qr_payments_not_recorded",
+            "Approved QR payments the QR store could not record, by what became of them",
+            ["reversal"],
+            registry=registry,
+        )
 
     # Authentication and scope ------------------------------------------------------------------
 
@@ -188,10 +217,19 @@ class QrService:
                 response = StoredResponse(201, body, f"/v1/qr/payments/{payment_id}")
                 # An approval marks its dynamic code paid in the same write as the payment.
                 paid = reference if rc == "00" else None
-                await self.store.save_payment(payment, claim.key, claim.entry(response), code=paid)
+                try:
+                    await self.store.save_payment(
+                        payment, claim.key, claim.entry(response), code=paid
+                    )
+                except Exception as exc:
+                    if rc != "00":
+                        raise  # nothing was charged: the key stays free, as for any error
+                    reversed_ = await self._undo(msg, payment, claim.key, exc)
+                    recorded = reversed_  # a reversed code is open again
+                    raise self._not_recorded(payment, reversed_) from None
                 recorded = True
         finally:
-            # A code stays held when it was paid but the store did not take it: refused
+            # A code stays held when it was paid but neither recorded nor reversed: refused
             # while this process lives, rather than paid twice.
             if reference is not None and (recorded or rc != "00"):
                 self._paying.discard(reference)
@@ -208,6 +246,72 @@ class QrService:
             ms=round((anyio.current_time() - started) * 1000, 3),
         )
         return response
+
+    async def _undo(self, original: Message, payment: Payment, key: Key, exc: Exception) -> bool:
+        """Reverses an approval the store did not take (the virtual terminal's 0400 of
+        ``original``); True once the switch acknowledged it (done at the issuer, or queued
+        in the journal as a 0420 that store-and-forward delivers)."""
+        where = {
+            "payment_id": payment.payment_id,
+            "acquirer": payment.acquirer,
+            "merchant": payment.merchant_id,
+            "pan": payment.masked_pan,
+            "amount": payment.amount,
+            "rrn": payment.rrn,
+            "error": f"{type(exc).__name__}: {exc}",
+        }
+        rc = "96"
+        for _ in range(REVERSAL_ATTEMPTS):
+            try:
+                answer = await self.handler(self._reversal(original))
+            except Exception as failure:
+                log.error("qr_reversal_failed", error=f"{type(failure).__name__}: {failure}")
+                answer = None
+            rc = answer.fields.get("39", "96") if answer is not None else "96"
+            if rc not in RETRY_REVERSAL or (rc == "91" and self.journaled):
+                break
+        # 00: reversed at the issuer, or acknowledged by stand-in and queued as a 0420; 91
+        # with a journal: the issuer did not answer, the journal queued the 0420 (same commit).
+        if rc == "00" or (rc == "91" and self.journaled):
+            outcome = "reversed" if rc == "00" else "queued"
+            self.not_recorded.labels(outcome).inc()
+            log.error("qr_payment_not_recorded_reversed", reversal=outcome, **where)
+            return True
+        self.not_recorded.labels("failed").inc()
+        self._unreversed[key] = self._not_recorded(payment, False)
+        log.critical("qr_payment_not_recorded_reversal_failed", reversal_rc=rc, **where)
+        return False
+
+    def _reversal(self, original: Message) -> Message:
+        """The terminal's 0400 of ``original`` (field 90: its MTI, STAN and time)."""
+        now = self.clock()
+        f = original.fields
+        kept: tuple[str, ...] = ("2", "3", "4", "22", "41", "42", "49")
+        fields = {k: f[k] for k in kept if k in f}
+        fields |= {
+            "7": transmission_time(now),
+            "11": f"{next(self._stan) % 999_999 + 1:06d}",
+            "12": now.strftime("%H%M%S"),
+            "13": now.strftime("%m%d"),
+            "90": f"{original.mti}{f['11']}{f['7']}{'0' * 22}",
+        }
+        return Message("0400", fields)
+
+    @staticmethod
+    def _not_recorded(payment: Payment, reversed_: bool) -> Problem:
+        if reversed_:
+            detail = (
+                "the approved payment could not be recorded, so it was reversed: nothing is "
+                "charged; retry it (the same idempotency key makes a new payment)"
+            )
+        else:
+            detail = (
+                "the approved payment could not be recorded and its reversal is not yet "
+                "acknowledged; it is held for reconciliation: do not pay it again"
+            )
+        # Reversed: a retry may come at once; held: the same answer until reconciled.
+        headers = {"Retry-After": "1"} if reversed_ else {}
+        return Problem(p.PAYMENT_NOT_RECORDED, detail, headers=headers, rrn=payment.rrn or None)
 
     def _consumer_presented(self, req: PaymentRequest, extra: dict[str, str]) -> str:
         text = req.qr.strip()
@@ -402,6 +506,9 @@ class QrService:
         operation: Callable[[QrAcquirer, A, Claim], Awaitable[StoredResponse]],
         arg: A,
     ) -> tuple[StoredResponse, bool]:
+        held = self._unreversed.get((acquirer.id, key))
+        if held is not None:
+            raise Problem(held.kind, held.detail, headers=held.headers, **held.extensions)
         try:
             return await self.idempotency.run(
                 (acquirer.id, key), fingerprint, lambda claim: operation(acquirer, arg, claim)

@@ -26,9 +26,11 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import math
 import os
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +57,14 @@ log = get_logger("gateway.admin")
 
 ADMIN_UNAUTHORIZED: Final = ProblemType("admin-unauthorized", "Missing or unknown admin token", 401)
 ADMIN_FORBIDDEN: Final = ProblemType("admin-forbidden", "Role not allowed for this request", 403)
+ADMIN_TOO_MANY_FAILURES: Final = ProblemType(
+    "admin-too-many-failures", "Too many failed authentications from this address", 429
+)
+AUTH_FAILURES_LIMIT = 20
+"""Failed authentications one address may make within ``AUTH_FAILURES_WINDOW`` seconds; past
+it, 429 without looking at the token (no brute force, no audit flood: one record per window)."""
+AUTH_FAILURES_WINDOW = 60.0
+_AUTH_PEERS = 10_000  # addresses tracked at most (oldest forgotten first)
 ADMIN_AUDIT_UNAVAILABLE: Final = ProblemType(
     "admin-audit-unavailable", "Audit record could not be written; action not performed", 503
 )
@@ -198,6 +208,9 @@ class AdminAccess:
     policy: AccessPolicy = field(default_factory=AccessPolicy)
     clock: Callable[[], float] = time.monotonic
     _polls: dict[tuple[str, str], float] = field(default_factory=dict, repr=False)
+    _failures: dict[str, deque[float]] = field(default_factory=dict, repr=False)
+    on_block: Callable[[], None] | None = None
+    """Called for each request refused for too many failed authentications (a metric)."""
 
     @classmethod
     def from_config(
@@ -231,7 +244,8 @@ class AdminAccess:
             )
         path = audit_path(cfg, base, workers=workers, node=node)
         failed = None if metrics is None else metrics.audit_write_failures.inc
-        return cls(auth, AuditLog(path, failed), AccessPolicy.from_config(cfg))
+        blocked = None if metrics is None else metrics.admin_auth_blocked.inc
+        return cls(auth, AuditLog(path, failed), AccessPolicy.from_config(cfg), on_block=blocked)
 
     def wrap(self, app: ASGIApp) -> ASGIApp:
         async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
@@ -251,6 +265,21 @@ class AdminAccess:
             return
         principal: Principal | None = None
         problem: Problem | None = None
+        client = scope.get("client")
+        peer = str(client[0]) if client else ""
+        blocked_for = self._blocked_for(peer) if self.authenticator.enabled else 0.0
+        if blocked_for > 0:
+            self._block_counter()
+            problem = Problem(
+                ADMIN_TOO_MANY_FAILURES,
+                f"{AUTH_FAILURES_LIMIT} failed authentications from this address within "
+                f"{AUTH_FAILURES_WINDOW:.0f} s; retry later",
+                headers={"Retry-After": str(max(1, math.ceil(blocked_for)))},
+            )
+            await problem.response(path)(scope, receive, send)
+            if not self._recently_polled(f"429:{path}", None, 200, key=peer):
+                await self._audit(scope, None, needed, problem.status, None)
+            return
         if self.authenticator.enabled:
             header = None
             for key, value in scope.get("headers", ()):
@@ -259,6 +288,7 @@ class AdminAccess:
                     break
             principal = self.authenticator.authenticate(header)
             if principal is None:
+                self._failed(peer)
                 error = ', error="invalid_token"' if header else ""
                 problem = Problem(
                     ADMIN_UNAUTHORIZED,
@@ -310,17 +340,43 @@ class AdminAccess:
             return
         await self._audit(scope, principal, needed, status, None)
 
-    def _recently_polled(self, path: str, principal: Principal | None, status: int) -> bool:
-        """True for an allowed poll of a polled path already audited for this token within
-        ``POLL_AUDIT_INTERVAL`` (then it is not audited again)."""
-        if path not in self.policy.polled or status >= 400:
-            return False
-        key = (path, principal.id if principal is not None else "")
+    def _blocked_for(self, peer: str) -> float:
+        """Seconds ``peer`` stays refused (0: not refused)."""
+        seen = self._failures.get(peer)
+        if not seen:
+            return 0.0
         now = self.clock()
-        last = self._polls.get(key)
+        while seen and now - seen[0] > AUTH_FAILURES_WINDOW:
+            seen.popleft()
+        if len(seen) < AUTH_FAILURES_LIMIT:
+            return 0.0
+        return AUTH_FAILURES_WINDOW - (now - seen[0])
+
+    def _failed(self, peer: str) -> None:
+        seen = self._failures.pop(peer, None) or deque(maxlen=AUTH_FAILURES_LIMIT)
+        seen.append(self.clock())
+        self._failures[peer] = seen  # most recent last: the oldest address goes first
+        if len(self._failures) > _AUTH_PEERS:
+            del self._failures[next(iter(self._failures))]
+
+    def _block_counter(self) -> None:
+        if self.on_block is not None:
+            self.on_block()
+
+    def _recently_polled(
+        self, path: str, principal: Principal | None, status: int, *, key: str | None = None
+    ) -> bool:
+        """True for an allowed poll of a polled path (or a refusal sampled by ``key``)
+        already audited within ``POLL_AUDIT_INTERVAL`` (then it is not audited again)."""
+        if key is None and (path not in self.policy.polled or status >= 400):
+            return False
+        key = key if key is not None else (principal.id if principal is not None else "")
+        slot = (path, key)
+        now = self.clock()
+        last = self._polls.get(slot)
         if last is not None and now - last < POLL_AUDIT_INTERVAL:
             return True
-        self._polls[key] = now
+        self._polls[slot] = now
         return False
 
     async def _audit(

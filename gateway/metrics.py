@@ -120,6 +120,11 @@ class Metrics:
             "Audit records that could not be written to the audit file (alert on any increase)",
             registry=r,
         )
+        self.admin_auth_blocked = Counter(
+            "switch_admin_auth_blocked",
+            "Admin requests refused (429) from an address with too many failed authentications",
+            registry=r,
+        )
         self._txn_children: dict[tuple[str, str], Any] = {}
         self._lat_children: dict[str, Any] = {}
         self._issuer_children: dict[str, Any] = {}

@@ -18,6 +18,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.admin import (
+    AUTH_FAILURES_LIMIT,
+    AUTH_FAILURES_WINDOW,
     POLL_AUDIT_INTERVAL,
     AdminAccess,
     Authenticator,
@@ -196,6 +198,31 @@ async def test_dashboard_page_is_public_its_data_is_not_and_polls_are_audited_sp
         ("ops-alice", "/dashboard/data", 200),
         (None, "/dashboard/data", 401),
     ]
+
+
+async def test_an_address_with_too_many_failed_tokens_is_refused_for_a_while(
+    tmp_path: Path,
+) -> None:
+    """Past AUTH_FAILURES_LIMIT bad tokens in a window, the address gets 429 without its token
+    being looked at (a valid one too): no brute force, and one audit record per window."""
+    http, access = _client(tmp_path)
+    now = [1000.0]
+    access.clock = lambda: now[0]
+    async with http:
+        for i in range(AUTH_FAILURES_LIMIT):
+            assert (await http.get("/status", headers=bearer(f"guess-{i}"))).status_code == 401
+        blocked = await http.get("/status", headers=bearer(VIEWER))
+        assert blocked.status_code == 429
+        assert blocked.headers["content-type"].startswith("application/problem+json")
+        assert blocked.json()["type"].endswith("/admin-too-many-failures")
+        assert 1 <= int(blocked.headers["Retry-After"]) <= AUTH_FAILURES_WINDOW
+        for _ in range(5):
+            assert (await http.get("/status")).status_code == 429
+        assert (await http.get("/healthz")).status_code == 200  # probes are never refused
+        now[0] += AUTH_FAILURES_WINDOW + 1
+        assert (await http.get("/status", headers=bearer(VIEWER))).status_code == 200
+    statuses = [r["status"] for r in _audit(tmp_path)]
+    assert statuses == [401] * AUTH_FAILURES_LIMIT + [429, 200]  # the 429s: one record
 
 
 async def test_metrics_can_require_a_viewer(tmp_path: Path) -> None:

@@ -51,7 +51,7 @@ from gateway.participants import REVERSALS, CheckDuplicate, FindOriginal, Issuer
 from gateway.pipeline import BaseParticipant, Context
 from gateway.recent import RecentTransactions, TxnEntry
 from gateway.switch import ECHO, ECHO_REVERSAL
-from protocols.keys import DuplicateKey, duplicate_key
+from protocols.keys import DuplicateKey, duplicate_key, key_of
 from protocols.message import Message
 from protocols.mti import response_mti
 
@@ -168,7 +168,7 @@ class JournalRuntime:
                 con.close()
             if len(rows) > limit:
                 return None  # too many to hold: ask the journal on every miss
-            return {(r[0], r[1] or "", r[2] or "", r[3] or "") for r in rows}
+            return {key_of(r[0], r[1] or "", r[2] or "", r[3] or "") for r in rows}
 
         self.known = await anyio.to_thread.run_sync(read)
 
@@ -576,7 +576,7 @@ class JournalFindOriginal(FindOriginal):
         f90 = req.fields.get("90")
         if f90 is None or len(f90) < 20:
             return await super().prepare(ctx)
-        key: DuplicateKey = (f90[1], req.fields.get("41", ""), f90[4:10], f90[10:20])
+        key = key_of(f90[1], req.fields.get("41", ""), f90[4:10], f90[10:20])
         entry = self.recent.get(key, ctx.received)
         if entry is not None and not entry.done.is_set():
             # The terminal gave up on an original we are still waiting for: reverse its

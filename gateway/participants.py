@@ -15,7 +15,7 @@ from gateway.metrics import Metrics
 from gateway.pipeline import WAIT, BaseParticipant, Context
 from gateway.recent import RecentTransactions, TxnEntry
 from gateway.routing import BinTable
-from protocols.keys import DuplicateKey, duplicate_key
+from protocols.keys import DuplicateKey, duplicate_key, key_of
 from protocols.message import Message
 from protocols.validate import card_of, check_request
 
@@ -126,7 +126,7 @@ class FindOriginal(BaseParticipant):
         f90 = req.fields.get("90")
         if f90 is None:
             return None
-        key = (f90[1], req.fields["41"], f90[4:10], f90[10:20])
+        key = key_of(f90[1], req.fields["41"], f90[4:10], f90[10:20])
         original = self.recent.get(key, ctx.received)
         if original is None or not original.done.is_set():
             if req.mti in REVERSALS or req.mti == "0220":

@@ -1,6 +1,7 @@
 """Recent transactions in memory: duplicate transmissions and originals of reversals.
 
-Keyed by (MTI class, terminal, STAN, transmission date-time). Bounded in count and age; the
+Keyed by (MTI class, terminal, STAN, transmission date-time) as one string
+(:func:`protocols.keys.key_of`). Bounded in count and age; the
 durable journal answers beyond that window.
 
 The window holds up to ``max_entries`` (500,000) transactions for 24 hours, so an entry keeps
@@ -18,6 +19,8 @@ compact form (``python -m gateway.bench_recent``: bytes per entry, CPU per trans
   its own ``done`` event; the event is made only when someone waits);
 * the entry's MTI and currency strings interned (a handful of values, shared by all);
 * a plain dict plus a deque in creation order instead of an ``OrderedDict``.
+* the key as one string of 25 characters (:func:`protocols.keys.key_of`) instead of a tuple of
+  four strings: 950 -> 822 bytes per entry (tracemalloc), and cheaper to build and hash.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from protocols.keys import DuplicateKey
 from protocols.message import Message
 
 _intern = sys.intern
-_NO_KEY: DuplicateKey = ("", "", "", "")
+_NO_KEY: DuplicateKey = ""
 _utcnow = dt.datetime.now
 _UTC = dt.UTC
 _last = ["", ""]

@@ -19,11 +19,12 @@ from gateway.recent import RecentTransactions, TxnEntry
 from gateway.switch import Switch
 from protocols.dialects import get_dialect
 from protocols.fastcodec import best_codec
+from protocols.keys import key_of
 from protocols.message import Message
 
 CODEC = best_codec(get_dialect("terminal"))
 NOW = dt.datetime(2026, 11, 27, 10, 0, 0, 123456, tzinfo=dt.UTC)
-KEY = ("2", "T0000001", "000001", "1127100000")
+KEY = key_of("2", "T0000001", "000001", "1127100000")
 
 ANSWERS = [
     Message(
@@ -103,7 +104,7 @@ def test_wall_clock_time_kept_to_the_microsecond() -> None:
     entry.when = NOW + dt.timedelta(days=400, microseconds=1)
     assert entry.when == NOW + dt.timedelta(days=400, microseconds=1)
     before = dt.datetime.now(dt.UTC)
-    default = recent.begin(("2", "T0000001", "000002", "1127100000"), 2.0)
+    default = recent.begin(key_of("2", "T0000001", "000002", "1127100000"), 2.0)
     assert before - dt.timedelta(seconds=1) <= default.when <= dt.datetime.now(dt.UTC)
 
 
@@ -111,7 +112,7 @@ def test_finished_entries_share_their_mti_and_currency_strings() -> None:
     recent = RecentTransactions(window=60.0)
     entries = []
     for i in range(2):
-        entry = recent.begin(("2", "T0000001", f"{i:06d}", "1127100000"), 1.0, NOW)
+        entry = recent.begin(key_of("2", "T0000001", f"{i:06d}", "1127100000"), 1.0, NOW)
         entry.currency = "".join(["1", "5", "6"])  # a new string each time, as decoded
         entry.issuer_mti = "".join(["02", "00"])
         entry.finish(Message("0210", {"39": "00"}), approved=True)
@@ -154,12 +155,12 @@ async def test_a_waiter_wakes_when_the_entry_is_finished() -> None:
 
 def test_an_entry_made_again_moves_behind_and_its_old_place_is_skipped() -> None:
     recent = RecentTransactions(window=10.0, max_entries=2)
-    first, second = KEY, ("2", "T0000001", "000002", "1127100000")
+    first, second = KEY, key_of("2", "T0000001", "000002", "1127100000")
     old = recent.begin(first, now=0.0)
     recent.begin(second, now=1.0)
     again = recent.begin(first, now=2.0)  # first is the newest now
     assert again is not old
-    recent.begin(("2", "T0000001", "000003", "1127100000"), now=3.0)  # over the count
+    recent.begin(key_of("2", "T0000001", "000003", "1127100000"), now=3.0)  # over the count
     assert recent.get(second, now=3.0) is None  # the oldest went, not first
     assert recent.get(first, now=3.0) is again
     assert len(recent) == 2
@@ -171,7 +172,7 @@ def test_an_entry_made_again_moves_behind_and_its_old_place_is_skipped() -> None
 
 def test_insert_puts_a_made_entry_and_evicts_as_of_its_time() -> None:
     recent = RecentTransactions(window=10.0)
-    recent.begin(("2", "T0000001", "000009", "1127100000"), now=0.0)
+    recent.begin(key_of("2", "T0000001", "000009", "1127100000"), now=0.0)
     made = TxnEntry(20.0, NOW)
     made.rrn = "0HOJNP18UZS0"
     made.done.set()

@@ -13,6 +13,7 @@ from gateway.routing import BinTable
 from gateway.rrn import RrnGenerator
 from issuer_sim.accounts import AccountBook
 from issuer_sim.host import IssuerHost, balance_field
+from protocols.keys import key_of
 from protocols.message import Message
 from tests.helpers import demo_dataset
 
@@ -58,20 +59,21 @@ def test_rrn_pieces_spell_the_whole_counter() -> None:
 async def test_recent_transactions_bounded_by_age_and_count() -> None:
     recent = RecentTransactions(window=10.0, max_entries=3)
     for i in range(5):
-        recent.begin(("2", "T", f"{i:06d}", "1127100000"), now=float(i))
+        recent.begin(key_of("2", "T", f"{i:06d}", "1127100000"), now=float(i))
     assert len(recent) == 3
-    assert recent.get(("2", "T", "000000", "1127100000"), now=5.0) is None
-    assert recent.get(("2", "T", "000004", "1127100000"), now=5.0) is not None
-    assert recent.get(("2", "T", "000004", "1127100000"), now=20.0) is None
+    assert recent.get(key_of("2", "T", "000000", "1127100000"), now=5.0) is None
+    assert recent.get(key_of("2", "T", "000004", "1127100000"), now=5.0) is not None
+    assert recent.get(key_of("2", "T", "000004", "1127100000"), now=20.0) is None
 
 
 def test_recent_transactions_evict_by_age_after_the_head_is_begun_again() -> None:
     recent = RecentTransactions(window=10.0)
-    first, second = ("2", "T", "000001", "1127100000"), ("2", "T", "000002", "1127100000")
+    first = key_of("2", "T", "000001", "1127100000")
+    second = key_of("2", "T", "000002", "1127100000")
     recent.begin(first, now=0.0)
     recent.begin(second, now=5.0)
     recent.begin(first, now=6.0)  # the head moves to the end: second is now the oldest
-    recent.begin(("2", "T", "000003", "1127100000"), now=15.5)  # second is past the window
+    recent.begin(key_of("2", "T", "000003", "1127100000"), now=15.5)  # second is past the window
     assert recent.get(second, now=15.5) is None
     assert len(recent) == 2
     assert recent.get(first, now=15.5) is not None

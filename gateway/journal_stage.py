@@ -51,7 +51,7 @@ from gateway.participants import REVERSALS, CheckDuplicate, FindOriginal, Issuer
 from gateway.pipeline import BaseParticipant, Context
 from gateway.recent import RecentTransactions, TxnEntry
 from gateway.switch import ECHO, ECHO_REVERSAL
-from protocols.keys import DuplicateKey, duplicate_key, key_of
+from protocols.keys import DuplicateKey, duplicate_key, key_of, original_data
 from protocols.message import Message
 from protocols.mti import response_mti
 
@@ -115,9 +115,7 @@ def reversal_advice(
         fields["90"] = sent.fields["90"]
     else:
         fields.pop("95", None)
-        fields["90"] = (
-            f"{sent.mti}{sent.fields['11']}{sent.fields['7']}{acquirer_id:0>11}{'0' * 11}"
-        )
+        fields["90"] = original_data(sent.mti, sent.fields["11"], sent.fields["7"], acquirer_id)
     return Message("0420", fields)
 
 

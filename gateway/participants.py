@@ -15,7 +15,7 @@ from gateway.metrics import Metrics
 from gateway.pipeline import WAIT, BaseParticipant, Context
 from gateway.recent import RecentTransactions, TxnEntry
 from gateway.routing import BinTable
-from protocols.keys import DuplicateKey, duplicate_key, key_of
+from protocols.keys import DuplicateKey, duplicate_key, key_of, original_data
 from protocols.message import Message
 from protocols.validate import card_of, check_request
 
@@ -198,9 +198,8 @@ class QueryIssuer(BaseParticipant):
         original = ctx.original
         if original is not None and original.issuer_stan:
             fields["37"] = original.rrn
-            fields["90"] = (
-                f"{original.issuer_mti}{original.issuer_stan}{original.issuer_time}"
-                f"{self.acquirer_id:0>11}{'0' * 11}"
+            fields["90"] = original_data(
+                original.issuer_mti, original.issuer_stan, original.issuer_time, self.acquirer_id
             )
         return Message(req.mti, fields)
 

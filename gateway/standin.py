@@ -49,6 +49,7 @@ from gateway.logs import get_logger
 from gateway.participants import REVERSALS, QueryIssuer, reversal_amount
 from gateway.pipeline import BaseParticipant, Context
 from protocols import emv
+from protocols.keys import original_data
 from protocols.message import Message
 from protocols.redact import mask_pan
 from protocols.validate import card_of
@@ -284,9 +285,8 @@ class StandIn(BaseParticipant):
         advice.fields["2"] = ctx.pan
         # Field 90 of the advice: the MTI it stands for, then its own STAN and time (the key
         # the issuer posts it under, and a later reversal names).
-        advice.fields["90"] = (
-            f"{ctx.request.mti}{advice.fields['11']}{advice.fields['7']}"
-            f"{self.acquirer_id:0>11}{'0' * 11}"
+        advice.fields["90"] = original_data(
+            ctx.request.mti, advice.fields["11"], advice.fields["7"], self.acquirer_id
         )
         auth = f"S{next(self._auth) % 100000:05d}"
         ctx.stood_in = True

@@ -67,6 +67,7 @@ from loadtest.procstat import free_port
 from loadtest.terminal_client import build_request
 from protocols.codec import Codec
 from protocols.dialects import get_dialect
+from protocols.keys import original_data
 from protocols.message import Message
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,7 +136,7 @@ class Terminals:
             amount=int(f["4"]),
             processing=f["3"],
             stan=self._stan(),
-            extra={"90": f"{original.mti}{f['11']}{f['7']}{'0' * 22}"},
+            extra={"90": original_data(original.mti, f["11"], f["7"])},
         )
 
     def _next(self) -> tuple[Message, Message | None] | None:

@@ -33,6 +33,7 @@ from typing import Any
 from gateway.dataset import Dataset, SyntheticRange, Terminal, load_dataset
 from loadtest.wire import LeanCodec
 from protocols.dialects import get_dialect
+from protocols.keys import original_data
 from protocols.message import Message
 from protocols.validate import card_of
 
@@ -359,7 +360,7 @@ class TxnFactory:
         pan, _ = card_of(original)
         fields = self._base(terminal, f.get("22", "021"), int(f["4"]))
         fields.update({"2": pan, "3": f["3"], "49": f["49"]})
-        fields["90"] = f"{original.mti}{f['11']}{f['7']}{'0' * 22}"
+        fields["90"] = original_data(original.mti, f["11"], f["7"])
         msg = Message("0400", fields)
         return Txn("reversal", fields["11"], self.encode(msg, terminal))
 

@@ -43,6 +43,7 @@ from loadtest.terminal_client import TerminalClient, build_request
 from protocols import emv
 from protocols.codec import Codec
 from protocols.dialects import get_dialect
+from protocols.keys import original_data
 from protocols.message import Message
 from protocols.redact import mask_pan, redact_fields
 
@@ -293,7 +294,7 @@ def build(args: argparse.Namespace) -> Message:
     extra: dict[str, str] = {}
     if command in ("reverse", "completion") and args.original_stan:
         orig_mti = "0100" if command == "completion" else args.original_mti
-        extra["90"] = f"{orig_mti}{args.original_stan}{args.original_time}{'0' * 22}"
+        extra["90"] = original_data(orig_mti, args.original_stan, args.original_time)
     amount = 0 if command == "balance" else args.amount
     return build_request(
         mti,

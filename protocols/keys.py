@@ -49,6 +49,12 @@ def duplicate_key(msg: Message) -> DuplicateKey:
     return key_of(mti_class, terminal, stan, transmission)
 
 
+def original_data(mti: str, stan: str, transmission: str, acquirer_id: str = "") -> str:
+    """Field 90 naming an original: its MTI, STAN (11), transmission time (7), acquiring
+    institution id (11 digits, zeros when not given) and forwarding institution id (zeros)."""
+    return f"{mti}{stan}{transmission}{acquirer_id:0>11}{'0' * 11}"
+
+
 def link_key(msg: Message) -> LinkKey:
     """SPEC issuer link: responses match requests by STAN (11) plus transmission date-time (7)."""
     f = msg.fields

@@ -52,6 +52,7 @@ from gateway.qr.store import (
 from gateway.qr.terminals import virtual_terminals
 from gateway.tokens import PanCipher
 from protocols import emv, qr_cpm, qr_mpm
+from protocols.keys import original_data
 from protocols.message import Message
 from protocols.redact import mask_pan
 
@@ -293,7 +294,7 @@ class QrService:
             "11": f"{next(self._stan) % 999_999 + 1:06d}",
             "12": now.strftime("%H%M%S"),
             "13": now.strftime("%m%d"),
-            "90": f"{original.mti}{f['11']}{f['7']}{'0' * 22}",
+            "90": original_data(original.mti, f["11"], f["7"]),
         }
         return Message("0400", fields)
 

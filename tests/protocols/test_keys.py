@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from protocols.dialects import get_dialect
 from protocols.fastcodec import best_codec
-from protocols.keys import duplicate_key, key_of
+from protocols.keys import duplicate_key, key_of, original_data
 from protocols.message import Message
 
 CODEC = best_codec(get_dialect("terminal"))
@@ -97,3 +97,12 @@ def test_a_reversal_names_its_originals_key_in_field_90() -> None:
     original = _request("0200", {"7": "1127101500", "11": "000001", "41": "T0000001"})
     f90 = "0200" + "000001" + "1127101500" + "0" * 22
     assert key_of(f90[1], "T0000001", f90[4:10], f90[10:20]) == duplicate_key(original)
+
+
+def test_original_data_is_field_90s_layout() -> None:
+    # MTI 4, STAN 6, transmission 10, acquiring id 11 (right-aligned, zero-filled), forwarding 11
+    assert original_data("0200", "000123", "1127083000") == "02000001231127083000" + "0" * 22
+    assert original_data("0100", "000001", "0101000000", "12345") == (
+        "0100" + "000001" + "0101000000" + "00000012345" + "0" * 11
+    )
+    assert len(original_data("0200", "000123", "1127083000", "00000000001")) == 42

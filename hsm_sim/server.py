@@ -122,6 +122,12 @@ class HsmServer:
                 standard_compatible=False,
                 handshake_timeout=self.config.tls.handshake_timeout,
             )
+        self._log_listening()
+        async with listener:
+            task_status.started(self.port)
+            await listener.serve(self._handle)
+
+    def _log_listening(self) -> None:
         log.info(
             "hsm.listening",
             host=self.config.host,
@@ -129,9 +135,6 @@ class HsmServer:
             tls=self._ssl is not None,
             lmk_kcv=self.core.lmk.check_value(),
         )
-        async with listener:
-            task_status.started(self.port)
-            await listener.serve(self._handle)
 
     async def _serve_asyncio(self, task_status: anyio.abc.TaskStatus[int]) -> None:
         loop = asyncio.get_running_loop()
@@ -148,13 +151,7 @@ class HsmServer:
         )
         try:
             self.port = int(server.sockets[0].getsockname()[1])
-            log.info(
-                "hsm.listening",
-                host=self.config.host,
-                port=self.port,
-                tls=self._ssl is not None,
-                lmk_kcv=self.core.lmk.check_value(),
-            )
+            self._log_listening()
             task_status.started(self.port)
             await anyio.sleep_forever()
         finally:

@@ -28,25 +28,17 @@ from tests.helpers import (
     issuer_server,
     purchase,
     reversal_of,
-    running_stack,
     terminal,
 )
-from tests.integration.journal_support import txn, write_conf
-from tests.integration.test_standin import FAST_SAF, LIMITS, OTHER, PAN, until
+from tests.integration.journal_support import txn
+from tests.integration.test_standin import OTHER, PAN, standin_stack, until
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
 async def stack(pki_dir: Path, tmp_path: Path) -> AsyncIterator[Stack]:
-    async with running_stack(
-        pki_dir,
-        link_timeout=0.3,
-        risk="",
-        journal=write_conf(tmp_path),
-        saf=FAST_SAF,
-        standin=LIMITS,
-    ) as s:
+    async with standin_stack(pki_dir, tmp_path) as s:
         yield s
 
 

@@ -6,6 +6,7 @@ the issuer is back, and failover between two endpoints of one issuer."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import anyio
@@ -42,16 +43,23 @@ LIMITS = StandInConfig(
 )
 
 
-@pytest.fixture
-async def stack(pki_dir: Path, tmp_path: Path) -> AsyncIterator[Stack]:
-    async with running_stack(
+def standin_stack(
+    pki_dir: Path, tmp_path: Path, limits: StandInConfig = LIMITS
+) -> AbstractAsyncContextManager[Stack]:
+    """The stack stand-in tests run on: journal, fast SAF, short link timeout, no risk."""
+    return running_stack(
         pki_dir,
         link_timeout=0.3,
         risk="",
         journal=write_conf(tmp_path),
         saf=FAST_SAF,
-        standin=LIMITS,
-    ) as s:
+        standin=limits,
+    )
+
+
+@pytest.fixture
+async def stack(pki_dir: Path, tmp_path: Path) -> AsyncIterator[Stack]:
+    async with standin_stack(pki_dir, tmp_path) as s:
         yield s
 
 
@@ -205,14 +213,7 @@ BETA_CARD = BETA_CARDS[0]
 
 @pytest.fixture
 async def chip_stack(pki_dir: Path, tmp_path: Path) -> AsyncIterator[Stack]:
-    async with running_stack(
-        pki_dir,
-        link_timeout=0.3,
-        risk="",
-        journal=write_conf(tmp_path),
-        saf=FAST_SAF,
-        standin=CHIP_LIMITS,
-    ) as s:
+    async with standin_stack(pki_dir, tmp_path, CHIP_LIMITS) as s:
         yield s
 
 

@@ -35,9 +35,9 @@ from gateway.qr.store import (
     store_from_config,
 )
 from gateway.tokens import PanCipher
-from protocols import qr_cpm
 from protocols.message import Message
 from tests.helpers import DEMO_CONF, Stack, demo_dataset, running_stack
+from tests.qr.test_api import cpm, payment
 
 pytestmark = pytest.mark.anyio
 
@@ -285,21 +285,6 @@ def test_store_file_needs_a_key() -> None:
 
 
 # A restart over real sockets -------------------------------------------------------------------
-
-
-def cpm(pan: str) -> str:
-    return qr_cpm.build(aid="A000000333010101", pan=pan, expiry="3012")
-
-
-def payment(qr: str, amount: int, key: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "qr": qr,
-        "amount": amount,
-        "currency": "156",
-        "merchant_id": GROCERY,
-        "idempotency_key": key,
-        **extra,
-    }
 
 
 async def restart(stack: Stack, qr_api: QrApiConfig | None = None) -> None:

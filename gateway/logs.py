@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Mapping, MutableMapping
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, BinaryIO, cast
 
 import orjson
@@ -101,3 +103,57 @@ def configure(level: str = "info", *, stream: Any = None) -> None:
 
 def get_logger(name: str) -> Any:
     return structlog.get_logger(name)
+
+
+def peer_host(peer: str) -> str:
+    """The address part of a ``host:port`` peer name (``[v6]:port`` too): limits are per
+    sending machine, not per connection, or a peer would reset them by reconnecting."""
+    host, sep, port = peer.rpartition(":")
+    if not sep or not port.isdigit():
+        return peer
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+class PeerWarnings:
+    """Warnings about what a peer sent, rate-limited per peer address and event.
+
+    Bad input is the peer's fault, not ours: a warning line without a traceback, at most one
+    per (address, event) every ``interval`` seconds; the lines held back are counted in the
+    next one's ``suppressed``. The volume belongs in a counter metric, which callers keep.
+    At most ``max_keys`` (address, event) pairs are remembered, the least recently logged
+    forgotten first (``OrderedDict``: O(1) either end), so a flood of addresses costs bounded
+    memory and at worst logs a little more.
+    """
+
+    def __init__(
+        self,
+        logger: Any,
+        *,
+        interval: float = 10.0,
+        max_keys: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._log = logger
+        self._interval = interval
+        self._max = max_keys
+        self._clock = clock
+        # (address, event) -> [time of the last line, lines held back since]
+        self._seen: OrderedDict[tuple[str, str], list[float]] = OrderedDict()
+
+    def warning(self, event: str, peer: str, **fields: Any) -> bool:
+        """Log ``event`` about ``peer`` unless logged within ``interval``; True if logged."""
+        key = (peer_host(peer), event)
+        now = self._clock()
+        entry = self._seen.get(key)
+        if entry is not None and now - entry[0] < self._interval:
+            entry[1] += 1
+            return False
+        suppressed = int(entry[1]) if entry is not None else 0
+        self._seen[key] = [now, 0]
+        self._seen.move_to_end(key)
+        if len(self._seen) > self._max:
+            self._seen.popitem(last=False)
+        if suppressed:
+            fields["suppressed"] = suppressed
+        self._log.warning(event, peer=peer, **fields)
+        return True

@@ -51,6 +51,12 @@ def stream_transport(transport: asyncio.BaseTransport) -> asyncio.Transport:
     return cast(asyncio.Transport, transport)
 
 
+def transport_peer(transport: asyncio.BaseTransport) -> str:
+    """The peer's ``host:port`` (``?`` when the transport does not say)."""
+    peer = transport.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "?"
+
+
 def fast_path() -> bool:
     """True on asyncio (and uvloop): use :class:`FrameProtocol`."""
     return sniffio.current_async_library() == "asyncio"
@@ -85,9 +91,7 @@ class FrameProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = stream_transport(transport)
         self._loop = asyncio.get_running_loop()  # kept: the lookup is not free per frame
-        peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple):
-            self.peer = f"{peer[0]}:{peer[1]}"
+        self.peer = transport_peer(transport)
         if self._on_connect is not None:
             self._on_connect(self)
 

@@ -44,6 +44,7 @@ def build_server(cfg: IssuerSimConfig, base: Path, issuer: str, port: int | None
         bind=ep.host,
         port=ep.port if port is None else port,
         postings_file=postings,
+        allowed_clients=ep.allowed_clients,
     )
 
 

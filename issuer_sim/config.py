@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic.dataclasses import dataclass
 
 from gateway.conf import FROZEN
@@ -30,6 +30,20 @@ class IssuerEndpoint:
     port: int = 9583
     faults: Faults | None = None
     """Overrides the file-wide faults for this issuer."""
+    allowed_clients: tuple[str, ...] = Field(default=(), validate_default=True)
+    """Client certificates this host serves: subject CN, or ``sha256:`` + hex fingerprint of the
+    DER certificate (as hsm-sim's ``[tls] allowed_clients``). Required: a bank's host pins
+    the acquirer it serves, any other certificate of the CA is refused."""
+
+    @field_validator("allowed_clients")
+    @classmethod
+    def _pinned(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        if not names or not all(n.strip() for n in names):
+            raise ValueError(
+                "name the client certificate(s) this issuer host serves (CN or sha256:"
+                " fingerprint), e.g. the gateway link's client_cert"
+            )
+        return names
 
 
 @dataclass(config=FROZEN)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from gateway.fastio import stream_transport
+from gateway.fastio import stream_transport, transport_peer
 from gateway.logs import get_logger
 from protocols.framing import encode_frame
 from protocols.message import Message
@@ -47,7 +47,13 @@ class LinkConnection(asyncio.Protocol):
     # -- asyncio callbacks --------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Called once the TLS handshake is done: the client certificate is known, nothing read.
         self._transport = stream_transport(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if not self.server.admit(transport_peer(transport), der):
+            self.close()
+            return
         self.server.live.add(self)
 
     def data_received(self, data: bytes) -> None:

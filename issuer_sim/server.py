@@ -15,10 +15,12 @@ from pathlib import Path
 import anyio
 import anyio.lowlevel
 from anyio.abc import TaskStatus
+from anyio.streams.tls import TLSAttribute
 
 from gateway import fastio
-from gateway.framed import StalledFrameError
-from gateway.logs import get_logger
+from gateway.framed import FramedStream, StalledFrameError
+from gateway.logs import PeerWarnings, get_logger
+from hsm_sim.server import certificate_identity, client_allowed
 from issuer_sim.connection import MAX_FRAME, PARTIAL_TIMEOUT, LinkConnection
 from issuer_sim.host import IssuerHost
 from issuer_sim.linkmac import link_mac_field
@@ -67,8 +69,12 @@ class IssuerServer:
         bind: str = "127.0.0.1",
         port: int = 0,
         postings_file: Path | None = None,
+        allowed_clients: tuple[str, ...] = (),
     ) -> None:
         self.host = host
+        self.allowed_clients = allowed_clients
+        """Client certificates served over TLS (CN or ``sha256:`` fingerprint, as hsm-sim's
+        allow-list); empty: none (a bank's host pins its acquirer). Unused on plain TCP."""
         self.postings_file = postings_file
         """Where ``SIGUSR1`` writes the posting file (``issuer_sim.postings``); None: off."""
         self.ssl_context = ssl_context
@@ -78,6 +84,9 @@ class IssuerServer:
         self.codec = best_codec(get_dialect("terminal"))
         self.received = 0
         self.by_mti: dict[str, int] = {}
+        self.refused = 0
+        """Connections refused because the allow-list does not name the client certificate."""
+        self._warnings = PeerWarnings(log)
         self.partial_timeout = PARTIAL_TIMEOUT
         """A partial frame waiting longer than this (s) for its next bytes closes the link."""
         self.live: set[LinkConnection] = set()
@@ -172,6 +181,26 @@ class IssuerServer:
         if self._scope is not None:
             self._scope.cancel()
 
+    def admit(self, peer: str, der: bytes | None) -> bool:
+        """Whether a connection whose TLS handshake is done may be served (``der``: the client
+        certificate); a refusal is counted and logged, rate-limited per peer address, and the
+        caller closes the connection unread."""
+        if self.ssl_context is None:
+            return True
+        # Empty is none here, where hsm-sim's empty allow-list admits the whole CA.
+        if self.allowed_clients and client_allowed(self.allowed_clients, der):
+            return True
+        self.refused += 1
+        cn, fingerprint = certificate_identity(der) if der is not None else (None, None)
+        self._warnings.warning(
+            "issuer_sim_client_refused",
+            peer,
+            issuer=self.host.book.issuer,
+            client=cn,
+            fingerprint=fingerprint,
+        )
+        return False
+
     def serve_frame(self, frame: bytes) -> tuple[Message | None, float] | None:
         """Decode and answer one request: ``None`` when it cannot be decoded (logged), else
         the answer (``None`` when the drop fault loses it) and the delay before sending it
@@ -208,6 +237,8 @@ class IssuerServer:
         """Trio: one connection over the frame channel (asyncio: LinkConnection)."""
         count = 0
         try:
+            if not self.admit(*_channel_client(framed)):
+                return
             async with anyio.create_task_group() as tg:
                 while True:
                     try:
@@ -243,3 +274,11 @@ class IssuerServer:
         await anyio.sleep(delay_ms / 1000)
         with contextlib.suppress(*_GONE):
             await framed.send_frame(self.encode(answer))
+
+
+def _channel_client(framed: fastio.FrameChannel) -> tuple[str, bytes | None]:
+    """(peer address, DER client certificate or None) of a trio connection."""
+    if not isinstance(framed, FramedStream):
+        return "?", None
+    der = framed.stream.extra(TLSAttribute.peer_certificate_binary, None)
+    return str(getattr(framed, "peer", "?")), der

@@ -41,7 +41,10 @@ def write_conf(tmp: Path, ports: dict[str, int], gw_port: int, admin: int) -> No
     )
     (tmp / "issuer-sim.toml").write_text(
         f'data = "{demo / "data.toml"}"\npki_dir = "{pki}"\nlog_level = "warning"\n'
-        + "".join(f'[[issuers]]\nid = "{i}"\nport = {p}\n' for i, p in ports.items())
+        + "".join(
+            f'[[issuers]]\nid = "{i}"\nport = {p}\nallowed_clients = ["switch"]\n'
+            for i, p in ports.items()
+        )
     )
 
 

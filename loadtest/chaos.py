@@ -217,7 +217,7 @@ def issuer_server(issuer: str, data: Dataset, pki_dir: Path, port: int) -> Issue
     book = AccountBook.from_cards(issuer, data.cards, data.issuer_behaviour.synthetic, security)
     ctx = pki.server_context(pki_dir, f"issuer-{issuer}", require_client_cert=True)
     host = IssuerHost(book, emv=EmvAuthenticator.for_issuer(data, issuer))
-    return IssuerServer(host, ctx, port=port)
+    return IssuerServer(host, ctx, port=port, allowed_clients=("switch",))  # the gateway's links
 
 
 class Issuers:
@@ -242,7 +242,13 @@ class Issuers:
         old = self.servers[issuer]
         old.stop()
         await anyio.sleep(seconds)
-        new = IssuerServer(old.host, old.ssl_context, faults=old.faults, port=old.port)
+        new = IssuerServer(
+            old.host,
+            old.ssl_context,
+            faults=old.faults,
+            port=old.port,
+            allowed_clients=old.allowed_clients,
+        )
         await self.tg.start(new.run)
         self.servers[issuer] = new
         self.down.discard(issuer)

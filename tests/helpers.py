@@ -42,7 +42,8 @@ from protocols.message import Message
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONF = ROOT / "conf" / "demo"
 ISSUERS = ("alpha", "beta", "gamma")
-CERT_NAMES = ["gateway", "switch", "hsm", *(f"issuer-{i}" for i in ISSUERS)]
+LINK_CLIENT = "switch"  # the certificate the gateway's links present (LinkConfig.client_cert)
+CERT_NAMES = ["gateway", LINK_CLIENT, "hsm", *(f"issuer-{i}" for i in ISSUERS)]
 CODEC = Codec(get_dialect("terminal"))
 
 
@@ -213,7 +214,13 @@ class Stack:
 
     async def restart_issuer(self, issuer: str) -> IssuerServer:
         old = self.issuers[issuer]
-        new = IssuerServer(old.host, old.ssl_context, faults=old.faults, port=old.port)
+        new = IssuerServer(
+            old.host,
+            old.ssl_context,
+            faults=old.faults,
+            port=old.port,
+            allowed_clients=old.allowed_clients,
+        )
         await self.task_group.start(new.run)
         self.issuers[issuer] = new
         return new
@@ -225,7 +232,8 @@ def issuer_server(issuer: str, dataset: Dataset, pki_dir: Path) -> IssuerServer:
         issuer, dataset.cards, dataset.issuer_behaviour.synthetic, security
     )
     ctx = pki.server_context(pki_dir, f"issuer-{issuer}", require_client_cert=True)
-    return IssuerServer(IssuerHost(book, emv=EmvAuthenticator.for_issuer(dataset, issuer)), ctx)
+    host = IssuerHost(book, emv=EmvAuthenticator.for_issuer(dataset, issuer))
+    return IssuerServer(host, ctx, allowed_clients=(LINK_CLIENT,))
 
 
 @asynccontextmanager
@@ -263,7 +271,9 @@ async def running_stack(
             extra[issuer] = []
             for _ in range((replicas or {}).get(issuer, 0)):
                 first = servers[issuer]
-                replica = IssuerServer(first.host, first.ssl_context)
+                replica = IssuerServer(
+                    first.host, first.ssl_context, allowed_clients=first.allowed_clients
+                )
                 await tg.start(replica.run)
                 extra[issuer].append(replica)
         cfg = GatewayConfig(

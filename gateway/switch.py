@@ -14,6 +14,7 @@ from protocols.codec import MessageFormatError
 from protocols.message import Message
 from protocols.mti import is_request, response_mti
 from protocols.redact import mask_pan
+from protocols.validate import check_request
 
 log = get_logger("gateway.switch")
 
@@ -90,7 +91,9 @@ class Switch:
         resp = Message(
             response_mti(req.mti), {k: req.fields[k] for k in ECHO_NETWORK if k in req.fields}
         )
-        resp["39"] = "00" if req.fields.get("70") in ("001", "002", "301") else "12"
+        # Not through the pipeline (whose CheckFields runs this for transactions): checked here.
+        issue = check_request(req)
+        resp["39"] = "00" if issue is None else issue.rc
         return resp
 
     async def _transaction(self, req: Message, started: float, raw: bytes = b"") -> Message:

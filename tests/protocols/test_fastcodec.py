@@ -314,10 +314,12 @@ def test_edge_cases_match(raw: bytes) -> None:
     assert_same_decode(raw)
 
 
+# Issue 12 item 1: a 0200 whose field 3 has two digits.
+TRUNCATED_3 = b"0200" + bytes.fromhex("2000000000000000") + b"12"
 TERMINAL_FIELDS = {"3": "000000", "4": "000000000100", "7": "1127101500", "11": "000123"}
 
 
-def _terminal_request(old: str = "", new: bytes = b"") -> bytes:
+def terminal_request(old: str = "", new: bytes = b"") -> bytes:
     """A 0200 with fields 3, 4, 7, 11 and 41; the first ``old`` value's bytes -> ``new``."""
     raw = REF.encode(Message("0200", {**TERMINAL_FIELDS, "41": "T0000001"}))
     return raw.replace(old.encode(), new, 1)
@@ -327,11 +329,10 @@ def _terminal_request(old: str = "", new: bytes = b"") -> bytes:
 @pytest.mark.parametrize(
     ("raw", "echo"),
     [
-        # Issue 12 item 1: field 3 with two digits (the field at fault was echoed empty).
-        (bytes.fromhex("3032303020000000000000003132"), {}),
-        (_terminal_request("000000", b"00\xe9000"), {}),  # non-ASCII: nothing before 3
-        (_terminal_request("T0000001", b"T000\xff001"), TERMINAL_FIELDS),
-        (_terminal_request("T0000001", b"T0000001X"), {**TERMINAL_FIELDS, "41": "T0000001"}),
+        (TRUNCATED_3, {}),  # the field at fault was echoed empty
+        (terminal_request("000000", b"00\xe9000"), {}),  # non-ASCII: nothing before 3
+        (terminal_request("T0000001", b"T000\xff001"), TERMINAL_FIELDS),
+        (terminal_request("T0000001", b"T0000001X"), {**TERMINAL_FIELDS, "41": "T0000001"}),
     ],
     ids=["truncated-3", "non-ascii-3", "non-ascii-41", "extra-after-41"],
 )

@@ -14,6 +14,7 @@ from protocols.codec import MessageFormatError
 from protocols.message import Message
 from protocols.mti import is_request, response_mti
 from protocols.redact import mask_pan
+from protocols.validate import check_request
 
 log = get_logger("gateway.switch")
 
@@ -21,6 +22,8 @@ log = get_logger("gateway.switch")
 ECHO = ("2", "3", "4", "7", "11", "12", "13", "41", "42", "49")
 ECHO_REVERSAL = (*ECHO, "90")
 ECHO_NETWORK = ("7", "11", "41", "70")
+# Every field an answer may copy from its request.
+ECHOED = frozenset((*ECHO_REVERSAL, *ECHO_NETWORK))
 FROM_ISSUER = ("54", "55")
 # Response MTI of each request MTI seen (at most the few requests that pass is_request).
 _RESPONSE_MTI: dict[str, str] = {}
@@ -59,12 +62,12 @@ class Switch:
         self._rrn = RrnGenerator(node, time.time_ns() // 1000)
 
     async def handle(self, req: Message, raw: bytes = b"") -> Message | None:
-        """The answer to a terminal request, or ``None`` for what has no answer.
+        """The answer to a terminal request, or ``None`` for what has no answer (a response:
+        the caller logs the peer's fault).
 
         ``raw`` is the request as received, for the terminal MAC check."""
         mti = req.mti
         if not is_request(mti):
-            log.warning("terminal_sent_response", mti=mti)
             return None
         started = time.monotonic()
         if mti == "0800":
@@ -75,7 +78,8 @@ class Switch:
         return resp
 
     def format_error_response(self, exc: MessageFormatError) -> Message | None:
-        """A decodable message with a bad field: its response MTI with the error's code."""
+        """A decodable message with a bad field: its response MTI with the error's code
+        (``None`` for a message that has no response). The caller logs the peer's fault."""
         try:
             mti = response_mti(exc.mti)
         except Exception:
@@ -83,14 +87,15 @@ class Switch:
         resp = Message(mti, dict(exc.echo))
         resp["39"] = exc.rc
         self.metrics.observe_transaction(exc.mti, exc.rc, 0.0)
-        log.info("format_error", mti=exc.mti, field=exc.field, reason=exc.reason, rc=exc.rc)
         return resp
 
     def _network(self, req: Message) -> Message:
         resp = Message(
             response_mti(req.mti), {k: req.fields[k] for k in ECHO_NETWORK if k in req.fields}
         )
-        resp["39"] = "00" if req.fields.get("70") in ("001", "002", "301") else "12"
+        # Not through the pipeline (whose CheckFields runs this for transactions): checked here.
+        issue = check_request(req)
+        resp["39"] = "00" if issue is None else issue.rc
         return resp
 
     async def _transaction(self, req: Message, started: float, raw: bytes = b"") -> Message:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from typing import Any
 
 import anyio
 
 from gateway.fastio import FrameChannel, fast_path
 from gateway.framed import StalledFrameError
-from gateway.logs import get_logger
+from gateway.logs import PeerWarnings, get_logger
 from gateway.metrics import Metrics
-from gateway.switch import Switch
+from gateway.switch import ECHOED, Switch
 from protocols.codec import Codec, MessageFormatError, UndecodableError
 from protocols.errors import FramingError, LocalProtocolError
 from protocols.message import Message
@@ -38,6 +39,13 @@ class TerminalServer:
         self.max_frame = max_frame
         self.partial_timeout = partial_timeout
         self.max_in_flight = max_in_flight
+        self._warnings = PeerWarnings(log)
+
+    def _reject(self, reason: str, event: str, peer: str, /, **fields: Any) -> None:
+        """The peer's bad input: counted (the volume), logged at most once per peer and
+        interval, as a warning without traceback (a flood must not flood the logs)."""
+        self.metrics.rejected.labels(reason).inc()
+        self._warnings.warning(event, peer, **fields)
 
     async def handle_connection(self, channel: FrameChannel, listener_name: str) -> None:
         """The connection's driver loop: the only code awaiting this terminal's bytes.
@@ -68,11 +76,9 @@ class TerminalServer:
         except anyio.EndOfStream:
             return None
         except FramingError as exc:
-            self.metrics.rejected.labels("framing").inc()
-            log.warning("terminal_framing_error", peer=channel.peer, reason=exc.reason)
+            self._reject("framing", "terminal_framing_error", channel.peer, reason=exc.reason)
         except StalledFrameError as exc:
-            self.metrics.rejected.labels("stalled").inc()
-            log.warning("terminal_stalled", peer=channel.peer, reason=str(exc))
+            self._reject("stalled", "terminal_stalled", channel.peer, reason=str(exc))
         except (*_GONE, ssl.SSLError):
             pass
         return None
@@ -102,24 +108,49 @@ class TerminalServer:
             try:
                 req = self.codec.decode(frame)
             except MessageFormatError as exc:
+                mti = exc.mti
                 resp = self.switch.format_error_response(exc)
+                if resp is not None:
+                    self._reject(
+                        "format",
+                        "terminal_format_error",
+                        peer,
+                        mti=mti,
+                        field=exc.field,
+                        reason=exc.reason,
+                    )
             except UndecodableError as exc:
-                self.metrics.rejected.labels("undecodable").inc()
-                log.warning("terminal_undecodable", peer=peer, reason=str(exc))
+                self._reject("undecodable", "terminal_undecodable", peer, reason=str(exc))
                 return
             else:
+                mti = req.mti
                 resp = await self.switch.handle(req, frame)
             if resp is None:
+                self._reject("not_request", "terminal_sent_response", peer, mti=mti)
                 return
-            try:
-                data = self.codec.encode(resp)
-            except LocalProtocolError:
-                log.exception("response_encode_failed", mti=resp.mti)
-                data = self.codec.encode(Message(resp.mti, {"39": "96"}))
-            await channel.send_frame(data)
+            await channel.send_frame(self._encode(resp, peer))
         except _GONE:
             pass  # the terminal went away; its answer has nowhere to go
         except Exception:
             log.exception("terminal_request_failed", peer=peer)
         finally:
             in_flight.release()
+
+    def _encode(self, resp: Message, peer: str) -> bytes:
+        """``resp`` on the wire; if it cannot be encoded, its MTI, the fields it copied from
+        the request that do encode (the terminal can still match it) and field 39."""
+        try:
+            return self.codec.encode(resp)
+        except LocalProtocolError as exc:
+            reason = str(exc)  # names the field, never its value
+        copied = {k: v for k, v in resp.fields.items() if k in ECHOED}
+        kept = self.codec.encodable(resp.mti, copied)
+        code = self.codec.encodable(resp.mti, {"39": resp.fields.get("39", "")})
+        if len(kept) < len(copied) and code:
+            # The request's own data: the peer's fault, and the answer keeps its code.
+            self._reject("unencodable", "terminal_answer_unencodable", peer, reason=reason)
+            kept.update(code)
+        else:
+            log.error("response_encode_failed", mti=resp.mti, reason=reason)  # our bug
+            kept["39"] = "96"
+        return self.codec.encode(Message(resp.mti, kept))

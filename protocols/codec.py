@@ -26,7 +26,8 @@ class UndecodableError(RemoteProtocolError):
 class MessageFormatError(RemoteProtocolError):
     """The MTI was read but a field is bad or missing: answer the response MTI with ``rc``.
 
-    ``echo`` holds the non-sensitive fields decoded before the fault, for the response.
+    ``echo`` holds the non-sensitive fields decoded before the fault, for the response (only
+    those the dialect can encode: :meth:`Codec.format_echo`).
     """
 
     def __init__(
@@ -71,8 +72,9 @@ class Codec:
                 failure = UndecodableError(reason, field=field)
             else:
                 assert mti is not None
-                echo = {k: partial[k] for k in ECHO_SAFE if k in partial}
-                failure = MessageFormatError(reason, mti=mti, field=field, echo=echo)
+                failure = MessageFormatError(
+                    reason, mti=mti, field=field, echo=self.format_echo(mti, partial)
+                )
         except Exception:  # any other library failure is still the peer's bad bytes
             failure = UndecodableError("message could not be decoded")
         if failure is not None:
@@ -83,6 +85,24 @@ class Codec:
         for key in ("p", "1", "h"):
             doc.pop(key, None)
         return Message(mti, doc)
+
+    def format_echo(self, mti: str, partial: Mapping[str, str]) -> dict[str, str]:
+        """The ``ECHO_SAFE`` fields of a message that failed to decode which its answer can
+        carry: decoded (the field at fault is left empty) and encodable under this dialect,
+        or encoding the answer would fail and drop every field."""
+        echo = {k: v for k in ECHO_SAFE if (v := partial.get(k))}
+        return self.encodable(mti, echo)
+
+    def encodable(self, mti: str, fields: Mapping[str, str]) -> dict[str, str]:
+        """The ``fields`` that encode on their own under this dialect (``mti`` is valid)."""
+        return {k: v for k, v in fields.items() if self._encodes(Message(mti, {k: v}))}
+
+    def _encodes(self, msg: Message) -> bool:
+        try:
+            self.encode(msg)
+        except Exception:  # pyiso8583 may raise more than EncodeError on odd input
+            return False
+        return True
 
     def encode(self, msg: Message) -> bytes:
         doc: dict[str, str] = dict(msg.fields)

@@ -28,7 +28,7 @@ from binascii import a2b_hex
 from collections.abc import Mapping
 from typing import Any
 
-from protocols.codec import ECHO_SAFE, Codec, MessageFormatError, UndecodableError
+from protocols.codec import Codec, MessageFormatError, UndecodableError
 from protocols.errors import LocalProtocolError
 from protocols.message import Message
 
@@ -247,17 +247,17 @@ class FastCodec(Codec):
         partial: dict[str, str] = {"t": ""}
         head = data[0:4]
         if len(head) != 4:
-            raise _decode_error(partial, "t", f"Field data is {len(head)} bytes, expecting 4")
+            raise self._decode_error(partial, "t", f"Field data is {len(head)} bytes, expecting 4")
         mti = _ascii_or_none(head)
         if mti is None:
-            raise _decode_error(partial, "t", "Failed to decode field, invalid data")
+            raise self._decode_error(partial, "t", "Failed to decode field, invalid data")
         partial["t"] = mti
 
         field = "p"
         partial["p"] = ""
         raw = data[4:12]
         if len(raw) != 8:
-            raise _decode_error(partial, "p", f"Field data is {len(raw)} bytes, expecting 8")
+            raise self._decode_error(partial, "p", f"Field data is {len(raw)} bytes, expecting 8")
         partial["p"] = raw.hex().upper()
         numbers = set(_field_numbers(raw, 0))
         pos = 12
@@ -266,7 +266,9 @@ class FastCodec(Codec):
             partial["1"] = ""
             raw = data[pos : pos + 8]
             if len(raw) != 8:
-                raise _decode_error(partial, "1", f"Field data is {len(raw)} bytes, expecting 8")
+                raise self._decode_error(
+                    partial, "1", f"Field data is {len(raw)} bytes, expecting 8"
+                )
             partial["1"] = raw.hex().upper()
             numbers.update(_field_numbers(raw, 64))
             numbers.remove(1)
@@ -275,7 +277,7 @@ class FastCodec(Codec):
             raw = data[pos : pos + 8]
             if len(raw) != 8:
                 reason = f"Field data is {8 + len(raw)} bytes, expecting 16"
-                raise _decode_error(partial, field, reason)
+                raise self._decode_error(partial, field, reason)
             partial[field] += raw.hex().upper()
             numbers.update(_field_numbers(raw, 128))
             numbers.remove(65)
@@ -291,45 +293,56 @@ class FastCodec(Codec):
             prefix = data[pos : pos + len_type]
             if len(prefix) != len_type:
                 reason = f"Field length is {len(prefix)} bytes wide, expecting {len_type}"
-                raise _decode_error(partial, field, reason)
+                raise self._decode_error(partial, field, reason)
             if len_type == 0:
                 size = max_len
             else:
                 text = _ascii_or_none(prefix)
                 if text is None:
                     reason = "Failed to decode field length, invalid data"
-                    raise _decode_error(partial, field, reason)
+                    raise self._decode_error(partial, field, reason)
                 parsed = _int_or_none(text)  # int() as pyiso8583 calls it: " 9", "+9", "-0"...
                 if parsed is None:
                     reason = "Failed to decode field length, non-numeric data"
-                    raise _decode_error(partial, field, reason)
+                    raise self._decode_error(partial, field, reason)
                 size = parsed
                 if size > max_len:
                     reason = f"Field data is {size} bytes, larger than maximum {max_len}"
-                    raise _decode_error(partial, field, reason)
+                    raise self._decode_error(partial, field, reason)
             pos += len_type
             if size == 0:
                 continue
             chunk = data[pos : pos + size]
             if len(chunk) != size:
                 reason = f"Field data is {len(chunk)} bytes, expecting {size}"
-                raise _decode_error(partial, field, reason)
+                raise self._decode_error(partial, field, reason)
             if binary:
                 partial[field] = chunk.hex().upper()
             else:
                 value = _ascii_or_none(chunk)
                 if value is None:
-                    raise _decode_error(partial, field, "Failed to decode field, invalid data")
+                    raise self._decode_error(partial, field, "Failed to decode field, invalid data")
                 partial[field] = value
             pos += size
         if pos != len(data):
-            raise _decode_error(partial, field, "Extra data after last field")
+            raise self._decode_error(partial, field, "Extra data after last field")
 
         if not _valid_mti(mti):
             raise UndecodableError("MTI is not four digits", field="t")
         for key in ("t", "p", "1"):
             partial.pop(key, None)
         return Message(mti, partial)
+
+    def _decode_error(
+        self, partial: dict[str, str], field: str, reason: str
+    ) -> UndecodableError | MessageFormatError:
+        """What Codec makes of pyiso8583's DecodeError at ``field`` with ``partial`` decoded."""
+        mti = partial.get("t")
+        if field == "t" or not _valid_mti(mti):
+            return UndecodableError(reason, field=field)
+        assert mti is not None
+        echo = self.format_echo(mti, partial)
+        return MessageFormatError(reason, mti=mti, field=field, echo=echo)
 
     # ------------------------------------------------------------------ encode
 
@@ -493,18 +506,6 @@ class FastCodec(Codec):
 # ---------------------------------------------------------------------- helpers of the exact path
 # Each returns None instead of raising, so that the caller raises its own error outside the
 # except block (no library exception, which may hold raw data, chained in __context__).
-
-
-def _decode_error(
-    partial: dict[str, str], field: str, reason: str
-) -> UndecodableError | MessageFormatError:
-    """What Codec makes of pyiso8583's DecodeError at ``field`` with ``partial`` decoded."""
-    mti = partial.get("t")
-    if field == "t" or not _valid_mti(mti):
-        return UndecodableError(reason, field=field)
-    assert mti is not None
-    echo = {k: partial[k] for k in ECHO_SAFE if k in partial}
-    return MessageFormatError(reason, mti=mti, field=field, echo=echo)
 
 
 def _encode_error(field: str, reason: str) -> LocalProtocolError:

@@ -198,3 +198,25 @@ async def test_duplicate_waits_for_its_original_then_replays() -> None:
     assert first["39"] == "00"
     assert second == first  # the original's answer, replayed
     assert second is not first  # rebuilt from the window's compact copy
+
+
+SIGN_ON = {"7": "1127100000", "11": "000001", "41": "T0000001", "70": "001"}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("fields", "rc"),
+    [
+        (SIGN_ON, "00"),
+        ({"70": "301"}, "30"),  # issue 12 item 4: no 7, no 11
+        ({"7": "ABCDEFGHIJ", "11": "XXXXXX", "70": "301"}, "30"),
+        ({**SIGN_ON, "7": "1327100000"}, "30"),  # month 13
+        ({**SIGN_ON, "70": "999"}, "12"),
+    ],
+    ids=["valid", "no-7-no-11", "letters", "bad-date", "unknown-code"],
+)
+async def test_network_management_fields_are_checked(fields: dict[str, str], rc: str) -> None:
+    resp = await switch().handle(Message("0800", dict(fields)))
+    assert resp is not None
+    # Answered with the request's network fields echoed as sent (SPEC: 30 for a bad field).
+    assert (resp.mti, resp.fields) == ("0810", {**fields, "39": rc})

@@ -84,6 +84,9 @@ def assert_same_decode(raw: bytes) -> tuple[Any, ...]:
     fast = FAST._decode_fast(raw)
     if fast is not None:
         assert ("ok", fast.mti, fast.fields, list(fast.fields)) == expected
+    if got[0] == "format":  # the echo can always go back in the answer
+        assert all(got[5].values())
+        FAST.encode(Message(got[3], {**got[5], "39": "30"}))
     return got
 
 
@@ -309,6 +312,37 @@ def test_errors_carry_no_raw_bytes_pan_or_chained_exception() -> None:
 )
 def test_edge_cases_match(raw: bytes) -> None:
     assert_same_decode(raw)
+
+
+# Issue 12 item 1: a 0200 whose field 3 has two digits.
+TRUNCATED_3 = b"0200" + bytes.fromhex("2000000000000000") + b"12"
+TERMINAL_FIELDS = {"3": "000000", "4": "000000000100", "7": "1127101500", "11": "000123"}
+
+
+def terminal_request(old: str = "", new: bytes = b"") -> bytes:
+    """A 0200 with fields 3, 4, 7, 11 and 41; the first ``old`` value's bytes -> ``new``."""
+    raw = REF.encode(Message("0200", {**TERMINAL_FIELDS, "41": "T0000001"}))
+    return raw.replace(old.encode(), new, 1)
+
+
+@pytest.mark.parametrize("codec", [REF, FAST], ids=["pyiso8583", "fast"])
+@pytest.mark.parametrize(
+    ("raw", "echo"),
+    [
+        (TRUNCATED_3, {}),  # the field at fault was echoed empty
+        (terminal_request("000000", b"00\xe9000"), {}),  # non-ASCII: nothing before 3
+        (terminal_request("T0000001", b"T000\xff001"), TERMINAL_FIELDS),
+        (terminal_request("T0000001", b"T0000001X"), {**TERMINAL_FIELDS, "41": "T0000001"}),
+    ],
+    ids=["truncated-3", "non-ascii-3", "non-ascii-41", "extra-after-41"],
+)
+def test_format_error_echo_holds_only_fields_decoded_and_encodable(
+    codec: Codec, raw: bytes, echo: dict[str, str]
+) -> None:
+    with pytest.raises(MessageFormatError) as info:
+        codec.decode(raw)
+    assert info.value.echo == echo
+    codec.encode(Message("0210", {**info.value.echo, "39": "30"}))
 
 
 def test_input_types() -> None:

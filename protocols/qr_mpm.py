@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Final, NamedTuple
 
 from protocols.crc import crc16_hex
+from protocols.currency import EXPONENTS
 from protocols.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
     "COUNTRY_ALPHA2",
-    "CURRENCY_EXPONENTS",
     "DEFAULT_GUI",
     "MANDATORY_IDS",
     "MAX_PAYLOAD",
@@ -51,32 +51,6 @@ MANDATORY_IDS: Final[tuple[str, ...]] = ("00", "01", "52", "53", "58", "59", "60
 DEFAULT_GUI: Final = "com.payswitch"  # reverse-domain GUI of this switch's account template
 DEFAULT_ACCOUNT_ID: Final = "26"
 MERCHANT_ID_SUB_ID: Final = "01"  # where our template carries the merchant id
-
-# ISO 4217 numeric code -> minor unit exponent, for the currencies the switch may meet.
-CURRENCY_EXPONENTS: Final[dict[str, int]] = {
-    "036": 2,  # AUD
-    "048": 3,  # BHD
-    "124": 2,  # CAD
-    "156": 2,  # CNY
-    "344": 2,  # HKD
-    "356": 2,  # INR
-    "360": 2,  # IDR
-    "392": 0,  # JPY
-    "410": 0,  # KRW
-    "414": 3,  # KWD
-    "446": 2,  # MOP
-    "458": 2,  # MYR
-    "512": 3,  # OMR
-    "608": 2,  # PHP
-    "702": 2,  # SGD
-    "704": 0,  # VND
-    "756": 2,  # CHF
-    "764": 2,  # THB
-    "826": 2,  # GBP
-    "840": 2,  # USD
-    "901": 2,  # TWD
-    "978": 2,  # EUR
-}
 
 # ISO 3166-1 numeric -> alpha-2: merchant data carries numeric countries, tag 58 wants alpha-2.
 COUNTRY_ALPHA2: Final[dict[str, str]] = {
@@ -146,7 +120,7 @@ class MpmMissingError(MpmError):
 
 
 class MpmCurrencyError(MpmError):
-    """An amount in a currency whose exponent is unknown here."""
+    """Tag 53 is not an ISO 4217 payment currency (protocols.currency)."""
 
     code = "qr-currency"
 
@@ -369,12 +343,12 @@ def decode(payload: str) -> MerchantQr:
     _check_values(values, additional, language)
 
     currency = values["53"]
+    exponent = EXPONENTS.get(currency)
+    if exponent is None:
+        raise MpmCurrencyError("not an ISO 4217 payment currency", id="53")
     amount = values.get("54")
     amount_minor = None
     if amount is not None:
-        exponent = CURRENCY_EXPONENTS.get(currency)
-        if exponent is None:
-            raise MpmCurrencyError("amount in a currency this switch does not know", id="53")
         amount_minor = amount_to_minor(amount, exponent)
         if amount_minor == 0:
             raise MpmFormatError("amount is zero", id="54")
@@ -519,10 +493,10 @@ def build(
         ("52", mcc),
         ("53", currency),
     ]
+    exponent = EXPONENTS.get(currency)
+    if exponent is None:
+        raise LocalProtocolError(f"currency {currency} is not an ISO 4217 payment currency")
     if amount_minor is not None:
-        exponent = CURRENCY_EXPONENTS.get(currency)
-        if exponent is None:
-            raise LocalProtocolError(f"no exponent known for currency {currency}")
         if amount_minor <= 0:
             raise LocalProtocolError("a QR amount must be positive")
         objects.append(("54", minor_to_amount(amount_minor, exponent)))

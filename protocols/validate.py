@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from protocols.currency import is_payment_currency
 from protocols.message import Message
 
 
@@ -149,6 +150,9 @@ def check_request(msg: Message) -> FieldIssue | None:
         return FieldIssue(number, "30", "bad content")
     if "7" in fields and not _datetime_ok(fields["7"]):
         return FieldIssue("7", "30", "not a valid MMDDhhmmss")
+    # 3 digits are not enough: 000, 999 (XXX) or an unassigned code would open a new total
+    if "49" in fields and not is_payment_currency(fields["49"]):
+        return FieldIssue("49", "30", "not an ISO 4217 payment currency")
     if mti == "0800":
         if fields["70"] not in NETWORK_CODES:
             return FieldIssue("70", "12", "unsupported network management code")

@@ -52,6 +52,7 @@ from gateway.qr.store import (
 from gateway.qr.terminals import virtual_terminals
 from gateway.tokens import PanCipher
 from protocols import emv, qr_cpm, qr_mpm
+from protocols.currency import is_payment_currency
 from protocols.keys import original_data
 from protocols.message import Message
 from protocols.redact import mask_pan
@@ -76,6 +77,14 @@ COUNTRY_CURRENCY: Final[Mapping[str, str]] = {
     "826": "826",  # GB: GBP
     "840": "840",  # US: USD
 }
+
+
+def _check_currency(currency: str) -> None:
+    """The switch carries it in field 49: an ISO 4217 payment currency, as terminals' are."""
+    if not is_payment_currency(currency):
+        raise Problem(
+            p.CURRENCY_UNKNOWN, f"currency {currency} is not an ISO 4217 payment currency"
+        )
 
 
 def utcnow() -> dt.datetime:
@@ -176,6 +185,7 @@ class QrService:
         return await self._idempotent(acquirer, req.idempotency_key, fingerprint, self._pay, req)
 
     async def _pay(self, acquirer: QrAcquirer, req: PaymentRequest, claim: Claim) -> StoredResponse:
+        _check_currency(req.currency)
         extra: dict[str, str] = {}
         if req.kind == "cpm":
             pan = self._consumer_presented(req, extra)
@@ -467,8 +477,7 @@ class QrService:
             raise Problem(
                 p.CURRENCY_UNKNOWN, f"give a currency: none known for country {merchant.country}"
             )
-        if currency not in qr_mpm.CURRENCY_EXPONENTS:
-            raise Problem(p.CURRENCY_UNKNOWN, f"currency {currency} is not supported for QR")
+        _check_currency(currency)
         reference = secrets.token_hex(5).upper() if req.amount is not None else None
         if reference is not None:
             await self.store.issue_code(reference, self.clock().timestamp())

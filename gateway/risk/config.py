@@ -14,6 +14,7 @@ import re
 import tomllib
 import zoneinfo
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +22,7 @@ import pydantic
 from pydantic.dataclasses import dataclass
 
 from gateway.risk.pan import card_key
+from protocols.currency import is_payment_currency
 
 _CFG = pydantic.ConfigDict(extra="forbid")
 
@@ -40,6 +42,12 @@ class ConfigError(ValueError):
 def _digits(value: str, name: str, lengths: range) -> str:
     if not _DIGITS.fullmatch(value) or len(value) not in lengths:
         raise ValueError(f"{name} must be {lengths.start}-{lengths.stop - 1} digits")
+    return value
+
+
+def _currency(value: str, name: str) -> str:
+    if not is_payment_currency(value):
+        raise ValueError(f"{name} is not an ISO 4217 payment currency")
     return value
 
 
@@ -73,7 +81,7 @@ class Limits:
     max_single_amount: int | None = None
     """one transaction above this (minor units) -> 61"""
     daily_amount_per_card: int | None = None
-    """approved amount per card and currency per local calendar day above this -> 61"""
+    """approved amount per card per local calendar day, in ``limit_currency``, above this -> 61"""
     daily_count_per_card: int | None = None
     """approved transactions per card per local day above this -> 65"""
     velocity: Velocity | None = None
@@ -115,7 +123,8 @@ class MerchantLimits(Limits):
 
 @dataclass(frozen=True, config=_CFG)
 class CurrencyLimits(Limits):
-    """Limits for transactions in one currency (amounts are in that currency's minor units)."""
+    """Limits for transactions in one currency: ``max_single_amount`` is in that currency's
+    minor units; daily amounts are one total per card in ``limit_currency``, so not here."""
 
     currency: str = ""
     """ISO 4217 numeric code, e.g. 840"""
@@ -123,7 +132,16 @@ class CurrencyLimits(Limits):
     @pydantic.field_validator("currency")
     @classmethod
     def _check_currency(cls, v: str) -> str:
-        return _digits(v, "currency", range(3, 4))
+        return _currency(v, "currency")
+
+    @pydantic.model_validator(mode="after")
+    def _no_daily_amount(self) -> CurrencyLimits:
+        if self.daily_amount_per_card is not None:
+            raise ValueError(
+                "daily amounts are in limit_currency: set them in the base, merchant or card "
+                "range limits"
+            )
+        return self
 
 
 @dataclass(frozen=True, config=_CFG)
@@ -267,6 +285,11 @@ class RiskConfig(Limits):
     """environment variable that, when set, supplies pan_hash_key instead of the file"""
     fail_mode: Literal["closed", "open"] = "closed"
     """counter store unreachable: ``closed`` declines 96, ``open`` skips the stateful rules"""
+    limit_currency: str = "156"
+    """ISO 4217 numeric code of the amount limits and of each card's one daily total"""
+    rates: dict[str, Decimal] = pydantic.Field(default_factory=dict)
+    """ISO 4217 numeric code -> major units of ``limit_currency`` per major unit of it; a
+    counted transaction in a currency that is neither is declined 12"""
     blocked_mccs: tuple[str, ...] = ()
     """merchant category codes declined with 57"""
     blacklist_pan_hashes: tuple[str, ...] = ()
@@ -304,6 +327,20 @@ class RiskConfig(Limits):
             zoneinfo.ZoneInfo(v)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             raise ValueError("unknown time zone") from None
+        return v
+
+    @pydantic.field_validator("limit_currency")
+    @classmethod
+    def _check_limit_currency(cls, v: str) -> str:
+        return _currency(v, "limit_currency")
+
+    @pydantic.field_validator("rates")
+    @classmethod
+    def _check_rates(cls, v: dict[str, Decimal]) -> dict[str, Decimal]:
+        for code, rate in v.items():
+            _currency(code, "a rates key")
+            if not rate > 0:
+                raise ValueError("rates must be > 0")
         return v
 
     @pydantic.field_validator("pan_hash_key")
@@ -344,6 +381,8 @@ class RiskConfig(Limits):
         ):
             if len(set(keys)) != len(keys):
                 raise ValueError(f"{name} lists the same key twice")
+        if self.limit_currency in self.rates:
+            raise ValueError("rates: no rate for the limit currency (it is the unit)")
         return self
 
     def pan_key(self) -> bytes:

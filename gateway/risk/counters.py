@@ -7,7 +7,8 @@ blocking rule fires. Every backend implements exactly the semantics of :class:`M
 
 Counters:
 - daily amount per (card, currency, local day) and daily count per (card, local day): reserved
-  and confirmed transactions; a release gives back both, a reversal gives back the amount;
+  and confirmed transactions; a release gives back both, a reversal gives back the amount. The
+  engine passes its limit currency only (amounts converted first): one total per card;
 - velocity: attempt times per card (approved and declined), a sliding window;
 - travel: last time the card was seen per merchant country, within the travel window;
 - profile: running mean/variance of approved amounts and the set of countries with approvals;

@@ -148,15 +148,18 @@ class RiskEngine:
         if not inp.counts:
             hits = rules.list_hits(inp, None)
             return self._decide(inp, hits, None, None, _rc(hits))
-        limits, plan, hits, ts, day, expires_at = _plan(rules, inp)
+        amount = rules.to_limit(inp.currency, inp.amount)
+        if amount is None:
+            return self._no_rate(inp, rules)
+        limits, plan, hits, ts, day, expires_at = _plan(rules, inp, amount)
         request = ReserveRequest(
             inp.card_key,
             inp.txn_id,
-            inp.currency,
+            rules.limit_currency,
             day,
             expires_at,
             int(ts * 1000),
-            inp.amount,
+            amount,
             inp.merchant_country,
             not _declines(hits),
             *plan,
@@ -165,7 +168,7 @@ class RiskEngine:
         score: int | None = None
         reservation: Reservation | None = None
         if outcome is not None:
-            score, reservation = self._judge(compiled, inp, limits, outcome, hits, day, ts)
+            score, reservation = self._judge(compiled, inp, amount, limits, outcome, hits, day, ts)
         rc = _rc(hits)
         if rc is not None and reservation is not None:
             # only a score decline comes after the atomic reserve: give it back at once
@@ -181,44 +184,57 @@ class RiskEngine:
         if not inp.counts:
             hits = rules.list_hits(inp, None)
             return self._decide(inp, hits, None, None, _rc(hits))
-        limits, plan, hits, ts, day, expires_at = _plan(rules, inp)
+        amount = rules.to_limit(inp.currency, inp.amount)
+        if amount is None:
+            return self._no_rate(inp, rules)
+        limits, plan, hits, ts, day, expires_at = _plan(rules, inp, amount)
         outcome = store.reserve_now(
             inp.card_key,
             inp.txn_id,
-            inp.currency,
+            rules.limit_currency,
             day,
             expires_at,
             int(ts * 1000),
-            inp.amount,
+            amount,
             inp.merchant_country,
             not _declines(hits),
             plan,
         )
-        score, reservation = self._judge(compiled, inp, limits, outcome, hits, day, ts)
+        score, reservation = self._judge(compiled, inp, amount, limits, outcome, hits, day, ts)
         rc = _rc(hits)
         if rc is not None and reservation is not None:
             # only a score decline comes after the atomic reserve: give it back at once
-            store.release_now(inp.card_key, inp.currency, day, inp.amount, 1)
+            store.release_now(inp.card_key, rules.limit_currency, day, amount, 1)
             reservation.state = "released"
             reservation = None
         return self._decide(inp, hits, score, reservation, rc)
+
+    def _no_rate(self, inp: RiskInput, rules: RuleSet) -> RiskDecision:
+        """No rate to the limit currency: declined before any counter moves (not even the
+        velocity attempt), as the amount cannot join the card's one daily total."""
+        hits = rules.list_hits(inp, None)
+        hits.append(rules.no_rate_hit(inp))
+        return self._decide(inp, hits, None, None, _rc(hits))
 
     def _judge(
         self,
         compiled: _Compiled,
         inp: RiskInput,
+        amount: int,
         limits: EffectiveLimits,
         outcome: ReserveOutcome,
         hits: list[RuleHit],
         day: str,
         ts: float,
     ) -> tuple[int | None, Reservation | None]:
-        """Add the counter rules' and the score's hits; the reservation the store made."""
-        hits += compiled.rules.counter_hits(inp, limits, outcome)
+        """Add the counter rules' and the score's hits; the reservation the store made
+        (``amount``: the request's in the limit currency, what the counters hold)."""
+        rules = compiled.rules
+        hits += rules.counter_hits(inp, limits, outcome, amount)
         score: int | None = None
         config = compiled.config
         if config.score.enabled:
-            signals, score = compiled.scorer.signals(inp, outcome, ts)
+            signals, score = compiled.scorer.signals(inp, outcome, ts, amount)
             hits += signals
             score_hit = self._score_hit(score, config)
             if score_hit is not None:
@@ -227,9 +243,9 @@ class RiskEngine:
             return score, None
         reservation = Reservation(
             inp.card_key,
-            inp.currency,
+            rules.limit_currency,
             day,
-            inp.amount,
+            amount,
             inp.merchant_country,
             inp.txn_id,
             inp.now,
@@ -346,14 +362,20 @@ class RiskEngine:
     async def reverse(
         self, card_key: str, amount: int, original_time: datetime, *, currency: str
     ) -> None:
-        """A (partial) reversal of an approved transaction: give back ``amount`` on the day
-        of ``original_time``. The daily count stays consumed (see the module doc)."""
+        """A (partial) reversal of an approved transaction: give back ``amount`` (in
+        ``currency``, converted and rounded down) on the day of ``original_time``. The daily
+        count stays consumed (see the module doc)."""
         if amount < 0:
             raise ValueError("reversal amount must be >= 0")
         if original_time.tzinfo is None:
             raise ValueError("original_time must be timezone-aware")
-        day, _ = self._compiled.rules.day_of(original_time)
-        await self._release(card_key, currency, day, amount, 0, "reverse")
+        rules = self._compiled.rules
+        back = rules.to_limit_down(currency, amount)
+        if back is None:  # its rate was removed since: the day's total stays high (safe side)
+            self._store_errors.labels(op="reverse_no_rate").inc()
+            return
+        day, _ = rules.day_of(original_time)
+        await self._release(card_key, rules.limit_currency, day, back, 0, "reverse")
 
     async def _give_back(self, res: Reservation, *, count: int, op: str) -> None:
         await self._release(res.card_key, res.currency, res.day, res.amount, count, op)
@@ -382,6 +404,9 @@ class RiskEngine:
         current = self._compiled.config
         if config.pan_hash_key != current.pan_hash_key:
             raise ConfigError("pan_hash_key cannot change on reload: restart to change it")
+        if config.limit_currency != current.limit_currency:
+            # the day's totals (and held reservations) are amounts in the old one
+            raise ConfigError("limit_currency cannot change on reload: restart to change it")
         compiled = _Compiled.build(config)
         self._compiled = compiled
         return tuple(n for n in _RESTART_ONLY if getattr(config, n) != getattr(current, n))
@@ -395,7 +420,8 @@ class RiskEngine:
         return self.alerts.recent(limit)
 
     async def usage(self, card_key: str, currency: str, now: datetime) -> tuple[int, int]:
-        """(amount in currency, count) a card has used on the local day of ``now``."""
+        """(amount in currency, count) a card has used on the local day of ``now``; amounts
+        are kept in the limit currency only (any other has none)."""
         day, _ = self._compiled.rules.day_of(now)
         return await self.store.usage(card_key, currency, day)
 
@@ -441,13 +467,13 @@ def _rc(hits: list[RuleHit]) -> str | None:
 
 
 def _plan(
-    rules: RuleSet, inp: RiskInput
+    rules: RuleSet, inp: RiskInput, amount: int
 ) -> tuple[EffectiveLimits, ReservePlan, list[RuleHit], float, str, int]:
     """What both assess paths need before the reserve: the request's limits and the store's
     plan for them, the stateless rules' hits, and its time (seconds), risk day and the day's
-    expiry (seconds)."""
+    expiry (seconds). ``amount`` is the request's in the limit currency."""
     limits, plan = rules.resolve(inp.pan_prefix, inp.merchant_id, inp.currency)
-    hits = rules.list_hits(inp, limits)
+    hits = rules.list_hits(inp, limits, amount)
     now = inp.now
     ts = now.timestamp()
     day, expires_at = rules.day_at(ts, now)

@@ -9,7 +9,9 @@ Which rules apply to what (documented in gateway/risk/README.md):
   velocity, daily count, daily amount, score.
 
 Limit overrides are layered field by field: base < currency < merchant < card range (longest
-matching prefix); a field an override leaves out is inherited from the layer below.
+matching prefix); a field an override leaves out is inherited from the layer below. Amounts are
+in the limit currency (a request's converted with the rate table), but for a currency layer's
+``max_single_amount``, which is in its own currency.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from zoneinfo import ZoneInfo
 from gateway.risk.config import Action, Limits, RiskConfig, Velocity
 from gateway.risk.counters import ReserveOutcome, ReservePlan
 from gateway.risk.model import RiskInput, RuleHit, TxnKind
+from protocols.currency import MinorRate, minor_rate
 
 RULE_RC: dict[str, str] = {
     "pan_blacklist": "59",
@@ -38,6 +41,10 @@ RULE_RC: dict[str, str] = {
 RULE_ORDER: tuple[str, ...] = (*RULE_RC, "score")
 """Precedence: the first declining rule in this order gives the response code."""
 
+NO_RATE = "currency_without_rate"
+"""A counted request in a currency with no rate to the limit currency: declined ``12`` before
+any counter moves (its amount cannot be added to the card's one daily total)."""
+
 DAY_GRACE = timedelta(days=1)
 """Daily counters outlive their day by this much, so late reversals still give back."""
 
@@ -50,13 +57,17 @@ class EffectiveLimits:
     velocity: Velocity | None
     layers: str
     """which layers applied, e.g. ``base+currency:840+range:541333``"""
+    single_in_currency: bool = False
+    """``max_single_amount`` came from the currency layer: it is in the request's currency,
+    not in the limit currency"""
 
 
-def _merge(base: EffectiveLimits, over: Limits, layer: str) -> EffectiveLimits:
+def _merge(
+    base: EffectiveLimits, over: Limits, layer: str, in_currency: bool = False
+) -> EffectiveLimits:
+    single = over.max_single_amount is not None
     return EffectiveLimits(
-        max_single_amount=over.max_single_amount
-        if over.max_single_amount is not None
-        else base.max_single_amount,
+        max_single_amount=over.max_single_amount if single else base.max_single_amount,
         daily_amount=over.daily_amount_per_card
         if over.daily_amount_per_card is not None
         else base.daily_amount,
@@ -65,6 +76,7 @@ def _merge(base: EffectiveLimits, over: Limits, layer: str) -> EffectiveLimits:
         else base.daily_count,
         velocity=over.velocity if over.velocity is not None else base.velocity,
         layers=f"{base.layers}+{layer}",
+        single_in_currency=in_currency if single else base.single_in_currency,
     )
 
 
@@ -87,6 +99,11 @@ class RuleSet:
             velocity=config.velocity,
             layers="base",
         )
+        self.limit_currency = config.limit_currency
+        self._rates: dict[str, MinorRate] = {
+            code: minor_rate(code, config.limit_currency, rate)
+            for code, rate in config.rates.items()
+        }
         self._by_currency = {o.currency: o for o in config.currency_limits}
         self._by_merchant = {o.merchant_id: o for o in config.merchant_limits}
         self._by_prefix = {o.prefix: o for o in config.card_ranges}
@@ -119,6 +136,26 @@ class RuleSet:
         """The rule's action is ``decline``."""
         return self._decline[rule]
 
+    def to_limit(self, currency: str, amount: int) -> int | None:
+        """``amount`` (minor units of ``currency``) in the limit currency, rounded up; None
+        without a rate."""
+        if currency == self.limit_currency:
+            return amount
+        rate = self._rates.get(currency)
+        return None if rate is None else rate.up(amount)
+
+    def to_limit_down(self, currency: str, amount: int) -> int | None:
+        """:meth:`to_limit` rounded down, for amounts given back (never more than taken)."""
+        if currency == self.limit_currency:
+            return amount
+        rate = self._rates.get(currency)
+        return None if rate is None else rate.down(amount)
+
+    def no_rate_hit(self, inp: RiskInput) -> RuleHit:
+        return RuleHit(
+            NO_RATE, "rule", "decline", inp.currency, self.limit_currency, "12", 0, "no rate"
+        )
+
     def limits_for(self, pan_prefix: str, merchant_id: str, currency: str) -> EffectiveLimits:
         return self.resolve(pan_prefix, merchant_id, currency)[0]
 
@@ -146,7 +183,7 @@ class RuleSet:
     ) -> tuple[EffectiveLimits, ReservePlan]:
         limits = self._base
         if currency is not None:
-            limits = _merge(limits, self._by_currency[currency], f"currency:{currency}")
+            limits = _merge(limits, self._by_currency[currency], f"currency:{currency}", True)
         if merchant_id is not None:
             limits = _merge(limits, self._by_merchant[merchant_id], f"merchant:{merchant_id}")
         if prefix is not None:
@@ -195,8 +232,11 @@ class RuleSet:
         action, rc = self._rule_hit_base[rule]
         return RuleHit(rule, "rule", action, value, threshold, rc, 0, detail)
 
-    def list_hits(self, inp: RiskInput, limits: EffectiveLimits | None) -> list[RuleHit]:
-        """Stateless rules: lists, MCC and (for counted requests) the single-amount limit."""
+    def list_hits(
+        self, inp: RiskInput, limits: EffectiveLimits | None, amount: int | None = None
+    ) -> list[RuleHit]:
+        """Stateless rules: lists, MCC and (for counted requests) the single-amount limit;
+        ``amount`` is the request's in the limit currency (None: ``inp.amount`` is)."""
         hits: list[RuleHit] = []
         if inp.card_key in self._pans:
             hits.append(self._hit("pan_blacklist", inp.masked_pan, "blacklist"))
@@ -206,20 +246,19 @@ class RuleSet:
             hits.append(self._hit("merchant_blacklist", inp.merchant_id, "blacklist"))
         if inp.mcc in self._mccs and inp.kind != TxnKind.REFUND:
             hits.append(self._hit("blocked_mcc", inp.mcc, "blocked_mccs"))
-        if (
-            limits is not None
-            and limits.max_single_amount is not None
-            and inp.amount > limits.max_single_amount
-        ):
-            hits.append(
-                self._hit("single_amount", inp.amount, limits.max_single_amount, limits.layers)
-            )
+        if limits is not None and limits.max_single_amount is not None:
+            single = inp.amount if amount is None or limits.single_in_currency else amount
+            if single > limits.max_single_amount:
+                hits.append(
+                    self._hit("single_amount", single, limits.max_single_amount, limits.layers)
+                )
         return hits
 
     def counter_hits(
-        self, inp: RiskInput, limits: EffectiveLimits, outcome: ReserveOutcome
+        self, inp: RiskInput, limits: EffectiveLimits, outcome: ReserveOutcome, amount: int
     ) -> list[RuleHit]:
-        """Rules the counter store evaluated atomically, as hits."""
+        """Rules the counter store evaluated atomically, as hits (``amount``: the request's in
+        the limit currency)."""
         hits: list[RuleHit] = []
         if outcome.travel_country is not None and self.travel_window_ms is not None:
             minutes = round(outcome.travel_age_ms / 60_000, 1)
@@ -248,9 +287,9 @@ class RuleSet:
             hits.append(
                 self._hit(
                     "daily_amount",
-                    outcome.day_amount + inp.amount,
+                    outcome.day_amount + amount,
                     limits.daily_amount,
-                    f"{inp.currency}; {limits.layers}",
+                    f"{self.limit_currency}; {limits.layers}",
                 )
             )
         return hits

@@ -48,16 +48,21 @@ class Scorer:
         self._second: tuple[float, datetime | None] = (-1.0, None)
 
     def signals(
-        self, inp: RiskInput, outcome: ReserveOutcome, ts: float | None = None
+        self,
+        inp: RiskInput,
+        outcome: ReserveOutcome,
+        ts: float | None = None,
+        amount: int | None = None,
     ) -> tuple[list[RuleHit], int]:
-        """Signals that fired and the score; ``ts`` is ``inp.now.timestamp()`` when known."""
+        """Signals that fired and the score; ``ts`` is ``inp.now.timestamp()`` when known,
+        ``amount`` the request's in the limit currency (the profile's unit; None: inp's)."""
         cfg = self.config
         hits: list[RuleHit] = []
         points = 0
         profile = outcome.profile
         if profile.n >= cfg.amount_min_samples:
             spread = max(math.sqrt(max(profile.var, 0.0)), self._std_floor)
-            z = (inp.amount - profile.mean) / spread
+            z = ((inp.amount if amount is None else amount) - profile.mean) / spread
             if z >= cfg.amount_z and cfg.amount_points > 0:
                 hits.append(
                     _signal("amount_deviation", round(z, 2), cfg.amount_z, cfg.amount_points)

@@ -13,6 +13,7 @@ import pytest
 
 from gateway.dataset import Terminal
 from loadtest.generator import synthetic_pan
+from protocols.message import Message
 from tests.helpers import DEMO_CONF, Stack, demo_dataset, purchase, reversal_of, running_stack
 from tests.helpers import terminal as connect
 
@@ -157,3 +158,25 @@ async def test_reload_while_traffic_flows(stack: Stack, tmp_path: Path) -> None:
     assert set(results) <= {"00", "61"}  # nothing in flight failed
     alerts = stack.gateway.risk.recent_alerts()
     assert any(a.get("rc") == "61" or "single" in str(a) for a in alerts)
+
+
+async def test_another_currency_does_not_escape_the_daily_amount(stack: Stack) -> None:
+    """Issue 12 item 3 as reported: a synthetic card changed field 49 to start a new daily
+    total (16,000,000 approved against 10,000,000). One total, in the limit currency (156)."""
+    card = synthetic_pan("4761739", random.Random(12))
+    alpha = stack.issuers["alpha"]
+    before = alpha.by_mti.get("0200", 0)
+
+    def in_currency(currency: str) -> Message:
+        return purchase(card, 4_000_000, extra={"49": currency})
+
+    async with connect(stack.port) as term:
+        codes = [(await term.exchange(in_currency("156")))["39"] for _ in range(3)]
+        assert codes == ["00", "00", "61"]
+        for inactive in ("157", "000", "999"):  # not ISO 4217 payment currencies
+            assert (await term.exchange(in_currency(inactive)))["39"] == "30"
+        assert (await term.exchange(in_currency("978")))["39"] == "12"  # no rate for EUR
+        # 563,380 USD cents = 3,999,998 fen: converted, it is over the same total
+        usd = purchase(card, 563_380, extra={"49": "840"})
+        assert (await term.exchange(usd))["39"] == "61"
+    assert alpha.by_mti.get("0200", 0) - before == 2  # the issuer was asked twice only

@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 
 from protocols import qr_mpm
 from protocols.crc import crc16_hex
+from protocols.currency import EXPONENTS
 from protocols.errors import LocalProtocolError, RemoteProtocolError
 from protocols.qr_mpm import (
     COUNTRY_ALPHA2,
-    CURRENCY_EXPONENTS,
     MerchantQr,
     MpmCrcError,
     MpmCurrencyError,
@@ -149,7 +149,8 @@ def test_build_alternate_language_and_zero_exponent_currency() -> None:
         ({"name": "商店"}, "printable ASCII"),
         ({"mcc": "54A1"}, "4 digits"),
         ({"country": "999"}, "no alpha-2"),
-        ({"currency": "999", "amount_minor": 100}, "no exponent"),
+        ({"currency": "999", "amount_minor": 100}, "payment currency"),
+        ({"currency": "999"}, "payment currency"),
         ({"amount_minor": 0}, "positive"),
         ({"merchant_id": ""}, "length 0"),
         ({"account_id": "52"}, "26..51"),
@@ -268,6 +269,8 @@ def test_primitive_card_network_account_is_enough() -> None:
         (with_objects(("54", "0.00")), MpmFormatError, "zero"),
         (with_objects(("54", "1.001")), MpmFormatError, "decimals"),
         (with_objects(("53", "999"), ("54", "10")), MpmCurrencyError, "53"),
+        (with_objects(("53", "999")), MpmCurrencyError, "53"),  # static: no amount either
+        (with_objects(("53", "157")), MpmCurrencyError, "53"),
         (with_objects(("55", "04")), MpmFormatError, "01, 02 or 03"),
         (with_objects(("55", "02")), MpmFormatError, "56"),
         (with_objects(("55", "03")), MpmFormatError, "57"),
@@ -353,8 +356,8 @@ def ans_text(max_size: int) -> st.SearchStrategy[str]:
 
 @st.composite
 def merchants(draw: st.DrawFn) -> dict[str, object]:
-    currency = draw(st.sampled_from(sorted(CURRENCY_EXPONENTS)))
-    exponent = CURRENCY_EXPONENTS[currency]
+    currency = draw(st.sampled_from(sorted(EXPONENTS)))
+    exponent = EXPONENTS[currency]
     args: dict[str, object] = {
         "merchant_id": draw(ans_text(25)),
         "name": draw(ans_text(25)),

@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from protocols.currency import is_payment_currency
 from protocols.keys import duplicate_key, link_key
 from protocols.message import Message
 from protocols.redact import mask_pan, redact_fields
@@ -41,6 +42,11 @@ def test_valid_purchase() -> None:
         ({"4": "000000000000"}, "4", "13"),
         ({"3": "310000"}, "4", "13"),
         ({"53": "XYZ"}, "53", "30"),
+        # ISO 4217: only active payment currencies (not 000, XXX 999, XTS 963, unassigned)
+        ({"49": "000"}, "49", "30"),
+        ({"49": "999"}, "49", "30"),
+        ({"49": "963"}, "49", "30"),
+        ({"49": "157"}, "49", "30"),
     ],
 )
 def test_field_issues(fields: dict[str, str], field: str, rc: str) -> None:
@@ -143,6 +149,8 @@ def _ref_check(msg: Message) -> tuple[str | None, str, str] | None:
         mm, dd, hh, mi, ss = (int(f7[i : i + 2]) for i in range(0, 10, 2))
         if not (1 <= mm <= 12 and 1 <= dd <= 31 and hh < 24 and mi < 60 and ss < 60):
             return ("7", "30", "not a valid MMDDhhmmss")
+    if "49" in fields and not is_payment_currency(fields["49"]):  # tested in test_currency
+        return ("49", "30", "not an ISO 4217 payment currency")
     if mti == "0800":
         if fields["70"] not in v.NETWORK_CODES:
             return ("70", "12", "unsupported network management code")
@@ -178,7 +186,7 @@ _FIELD_VALUES = {
         ["4761730000000011=28121010000000000", "4761730000000011D2812", "=4761", "47617300"]
     ),
     "41": st.sampled_from(["T0000001", "T000001", "T000000\n"]),
-    "49": st.sampled_from(["156", "15a"]),
+    "49": st.sampled_from(["156", "840", "15a", "000", "999", "157"]),
     "53": st.sampled_from(["0" * 20, "XYZ", "a" * 20]),
     "70": st.sampled_from(["001", "002", "301", "999"]),
     "90": st.sampled_from(["0" * 42, "0" * 41]),

@@ -363,6 +363,10 @@ def flip_crc(qr: str) -> str:
         ({"amount": 0}, 422, "validation-error"),
         ({"currency": 156}, 422, "validation-error"),
         ({"currency": "CNY"}, 422, "validation-error"),
+        # ISO 4217 active payment currencies only (the switch would carry it in field 49)
+        ({"currency": "999"}, 422, "currency-unknown"),
+        ({"currency": "000"}, 422, "currency-unknown"),
+        ({"currency": "157"}, 422, "currency-unknown"),
         ({"merchant_id": None}, 422, "validation-error"),
         ({"idempotency_key": ""}, 422, "validation-error"),
         ({"payer_pan": WALLET}, 422, "validation-error"),  # not with a CPM

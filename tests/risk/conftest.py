@@ -36,6 +36,8 @@ def base_config(**overrides: Any) -> RiskConfig:
         "blocked_mccs": ["7995"],
         "impossible_travel_minutes": 60,
         "score": {"enabled": False},
+        "limit_currency": "156",
+        "rates": {"840": "7.1"},
     }
     values.update(overrides)
     return RiskConfig(**values)

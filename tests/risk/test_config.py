@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import tomllib
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,17 @@ def test_env_key_overrides_file_key(tmp_path: Path) -> None:
         ('blacklist_pans = ["4761730000000052"]', "needs a pan_hash_key"),
         ('pan_hash_key = "zz"', "pan_hash_key must be hex"),
         ("max_single_amount = [", "not valid TOML"),
+        ('limit_currency = "999"', "limit_currency is not an ISO 4217 payment"),
+        ('[rates]\n"157" = 1.0', "rates: Value error, a rates key is not an ISO 4217 payment"),
+        ('[rates]\n"840" = 0', "rates: Value error, rates must be > 0"),
+        ('[rates]\n"840" = -7.1', "rates: Value error, rates must be > 0"),
+        ('[rates]\n"840" = nan', "rates.840: Input should be a finite number"),
+        ('[rates]\n"156" = 1.0', "rates: no rate for the limit currency"),
+        ('[[currency_limits]]\ncurrency = "000"', "not an ISO 4217 payment currency"),
+        (
+            '[[currency_limits]]\ncurrency = "840"\ndaily_amount_per_card = 1',
+            "daily amounts are in limit_currency",
+        ),
     ],
 )
 def test_broken_file_refused_with_reason(tmp_path: Path, text: str, reason: str) -> None:
@@ -91,6 +103,12 @@ def test_broken_file_refused_with_reason(tmp_path: Path, text: str, reason: str)
     assert reason in message
     assert str(path) in message
     assert "4761730000000052" not in message  # input values are never echoed
+
+
+def test_demo_rates_are_exact_decimals() -> None:
+    config = load_config(DEMO_CONF, env={})
+    assert config.limit_currency == "156"
+    assert config.rates["840"] == Decimal("7.1")  # the TOML float, not 7.0999999999999996
 
 
 def test_clear_pan_in_list_is_not_echoed(tmp_path: Path) -> None:

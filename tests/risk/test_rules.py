@@ -25,13 +25,15 @@ async def test_clean_purchase_goes_on_and_reserves(stores: Stores) -> None:
 
 async def test_single_amount_61(stores: Stores) -> None:
     async with stores.engine() as engine:
-        assert (await engine.assess(txn(amount=5_000_000))).rc is None
-        decision = await engine.assess(txn(amount=5_000_001, currency="840"))
+        decision = await engine.assess(txn(amount=5_000_001))
         assert decision.rc == "61"
         (hit,) = decision.hits
         assert (hit.name, hit.value, hit.threshold) == ("single_amount", 5_000_001, 5_000_000)
         assert decision.reservation is None
-        assert await engine.usage(CARD, "156", T0) == (5_000_000, 1)
+        assert (await engine.assess(txn(amount=5_000_000))).rc is None
+        # in the limit currency: 704,225 cents at 7.1 are 4,999,997.5 -> 4,999,998 fen
+        assert (await engine.assess(txn(amount=704_225, currency="840"))).rc is None
+        assert await engine.usage(CARD, "156", T0) == (9_999_998, 2)
 
 
 async def test_daily_amount_61_and_declines_add_nothing(stores: Stores) -> None:
@@ -225,11 +227,59 @@ async def test_overrides_layered(stores: Stores) -> None:
         assert (await engine.assess(txn(6, pan="4761990000000001", amount=101))).rc == "61"
 
 
-async def test_daily_amount_is_per_currency(stores: Stores) -> None:
-    async with stores.engine(base_config(daily_amount_per_card=50_000, velocity=None)) as engine:
-        assert (await engine.assess(txn(1, amount=50_000))).rc is None
-        assert (await engine.assess(txn(2, amount=50_000, currency="840"))).rc is None
-        assert (await engine.assess(txn(3, amount=1))).rc == "61"
+async def test_daily_amount_is_one_total_in_the_limit_currency(stores: Stores) -> None:
+    """Issue 12 item 3: another currency in field 49 must not start a new daily total."""
+    async with stores.engine(base_config(velocity=None)) as engine:  # 1 USD = 7.1 CNY
+        assert (await engine.assess(txn(1, amount=4_000_000))).rc is None
+        assert (await engine.assess(txn(2, amount=4_000_000))).rc is None
+        assert (await engine.assess(txn(3, amount=4_000_000))).rc == "61"
+        # an active currency without a rate: 12, before any counter moves
+        for n, currency in enumerate(("978", "157")):
+            no_rate = await engine.assess(txn(4 + n, amount=4_000_000, currency=currency))
+            assert no_rate.rc == "12"
+            assert [h.name for h in no_rate.hits] == ["currency_without_rate"]
+            assert no_rate.reservation is None
+        # with a rate the converted amount counts against the same total
+        over = await engine.assess(txn(6, amount=281_691, currency="840"))  # 2,000,006.1 fen
+        assert over.rc == "61"
+        assert (over.hits[0].name, over.hits[0].value) == ("daily_amount", 10_000_007)
+        fits = await engine.assess(txn(7, amount=281_690, currency="840"))  # 1,999,999 fen
+        assert fits.rc is None
+        assert await engine.usage(CARD, "156", T0) == (9_999_999, 3)
+        await engine.release(fits)
+        assert await engine.usage(CARD, "156", T0) == (8_000_000, 2)
+        rules = [e["rules"] for e in engine.recent_alerts()]
+        assert rules.count(["currency_without_rate"]) == 2
+
+
+async def test_currency_override_single_amount_is_in_its_currency(stores: Stores) -> None:
+    config = base_config(
+        currency_limits=[{"currency": "840", "max_single_amount": 100_000}],
+        rates={"840": "7.1", "392": "0.048"},
+    )
+    async with stores.engine(config) as engine:
+        # 1,000 USD = 7,100 CNY: under the base 50,000 CNY, over the USD override
+        assert (await engine.assess(txn(1, amount=100_001, currency="840"))).rc == "61"
+        assert (await engine.assess(txn(2, amount=100_000, currency="840"))).rc is None
+        # without an override the base single amount is in the limit currency
+        other = "5413330000000019"
+        big = await engine.assess(txn(3, pan=other, amount=1_041_666, currency="392"))
+        assert big.rc is None  # 4,999,996.8 -> 4,999,997 fen
+        assert (await engine.usage(card_key(other, KEY), "156", T0))[0] == 4_999_997
+        bigger = txn(4, pan=other, amount=1_041_667, currency="392")  # 5,000,001.6 fen
+        hit = (await engine.assess(bigger)).hits[0]
+        assert (hit.name, hit.value, hit.threshold) == ("single_amount", 5_000_002, 5_000_000)
+
+
+async def test_reversal_in_another_currency_gives_back_the_converted_amount(
+    stores: Stores,
+) -> None:
+    async with stores.engine(base_config(velocity=None)) as engine:
+        decision = await engine.assess(txn(1, amount=1_001, currency="840"))  # 7,107.1 -> 7,108
+        await engine.confirm(decision)
+        assert await engine.usage(CARD, "156", T0) == (7_108, 1)
+        await engine.reverse(CARD, 1_000, T0, currency="840")  # 7,100 back (never more)
+        assert await engine.usage(CARD, "156", T0) == (8, 1)
 
 
 async def test_day_rolls_over_in_configured_zone(stores: Stores) -> None:
@@ -301,6 +351,20 @@ async def test_reload_keeps_counters_and_swaps_rules(stores: Stores) -> None:
         assert (await engine.assess(txn(3, amount=20_000, mcc="5999"))).rc is None
         assert (await engine.assess(txn(4, amount=1, mcc="5411"))).rc == "57"
         assert await engine.usage(CARD, "156", T0) == (60_000, 2)
+
+
+async def test_reload_swaps_rates_but_not_the_limit_currency(stores: Stores) -> None:
+    from gateway.risk import ConfigError
+
+    async with stores.engine(base_config(velocity=None)) as engine:
+        assert (await engine.assess(txn(1, amount=100, currency="978"))).rc == "12"
+        engine.reload(base_config(velocity=None, rates={"840": "7.1", "978": "7.8"}))
+        assert (await engine.assess(txn(2, amount=100, currency="978"))).rc is None
+        assert await engine.usage(CARD, "156", T0) == (780, 1)
+        # the day's totals are in the limit currency: changing it needs a restart
+        with pytest.raises(ConfigError, match="limit_currency"):
+            engine.reload(base_config(limit_currency="840", rates={"156": "0.14"}))
+        assert (await engine.assess(txn(3, amount=100, currency="978"))).rc is None
 
 
 async def test_invalid_input_is_refused() -> None:

@@ -49,6 +49,7 @@ from gateway.config import AdminConfig, AdminTokenConfig
 from gateway.logs import get_logger
 from gateway.metrics import Metrics
 from gateway.qr.problems import Problem, ProblemType
+from protocols.bounded import BoundedFifo
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -208,7 +209,9 @@ class AdminAccess:
     policy: AccessPolicy = field(default_factory=AccessPolicy)
     clock: Callable[[], float] = time.monotonic
     _polls: dict[tuple[str, str], float] = field(default_factory=dict, repr=False)
-    _failures: dict[str, deque[float]] = field(default_factory=dict, repr=False)
+    _failures: BoundedFifo[str, deque[float]] = field(
+        default_factory=lambda: BoundedFifo(_AUTH_PEERS), repr=False
+    )
     on_block: Callable[[], None] | None = None
     """Called for each request refused for too many failed authentications (a metric)."""
 
@@ -356,8 +359,6 @@ class AdminAccess:
         seen = self._failures.pop(peer, None) or deque(maxlen=AUTH_FAILURES_LIMIT)
         seen.append(self.clock())
         self._failures[peer] = seen  # most recent last: the oldest address goes first
-        if len(self._failures) > _AUTH_PEERS:
-            del self._failures[next(iter(self._failures))]
 
     def _block_counter(self) -> None:
         if self.on_block is not None:

@@ -48,6 +48,7 @@ from gateway.keys import KeyStore
 from gateway.logs import get_logger
 from gateway.pipeline import BaseParticipant, Context
 from gateway.tokens import presented
+from protocols.bounded import BoundedFifo
 from protocols.codec import Codec
 from protocols.errors import ProtocolError
 from protocols.hsm import FORMAT_ISO0, FORMAT_ISO1
@@ -247,7 +248,7 @@ class TranslatePin(_HsmStage):
         self, hsm: HsmClient | None, keys: KeyStore, metrics: SecurityMetrics | None = None
     ) -> None:
         super().__init__(hsm, keys, metrics)
-        self._ksns: dict[tuple[str, str], None] = {}
+        self._ksns: BoundedFifo[tuple[str, str], None] = BoundedFifo(KSN_MEMORY)
 
     async def prepare(self, ctx: Context) -> str | None:
         req = ctx.request
@@ -297,8 +298,6 @@ class TranslatePin(_HsmStage):
                 except BaseException:
                     self._ksns.pop(used, None)  # not translated: the KSN was not consumed
                     raise
-                if len(self._ksns) > KSN_MEMORY:
-                    del self._ksns[next(iter(self._ksns))]
             else:
                 if terminal.tpk is None:
                     return self._fail(ctx, "96", "no_key", "no TPK for this terminal")

@@ -49,6 +49,7 @@ from gateway.logs import get_logger
 from gateway.participants import REVERSALS, QueryIssuer, reversal_amount
 from gateway.pipeline import BaseParticipant, Context
 from protocols import emv
+from protocols.bounded import BoundedFifo
 from protocols.keys import original_data
 from protocols.message import Message
 from protocols.redact import mask_pan
@@ -142,7 +143,7 @@ class StandIn(BaseParticipant):
         self.pvks = _issuer_keys(dataset, "pvk", "standin_no_pvk")
         self.imk_acs = _issuer_keys(dataset, "imk_ac", "standin_no_imk_ac")
         self._usage: dict[tuple[str, bytes], _Usage] = {}
-        self._last_atc: dict[bytes, int] = {}
+        self._last_atc: BoundedFifo[bytes, int] = BoundedFifo(_ATC_CARDS)
         self._card_key = os.urandom(32)
         self._lock = anyio.Lock()
         self._auth = itertools.count(1)
@@ -395,9 +396,7 @@ class StandIn(BaseParticipant):
             self._last_atc[card] = max(seen, self._last_atc.get(card, -1))
         atc = int.from_bytes(found.atc, "big")
         last = self._last_atc.pop(card, -1)
-        self._last_atc[card] = max(atc, last)  # most recently used last, for the bound below
-        if len(self._last_atc) > _ATC_CARDS:
-            del self._last_atc[next(iter(self._last_atc))]
+        self._last_atc[card] = max(atc, last)  # most recently used last: forgotten last
         if atc <= last:
             return self._arqc_declined(ctx, issuer, f"ATC {atc} not above the last ({last})"), None
         self.arqc_verified += 1

@@ -6,6 +6,7 @@ the HSM core when a PIN verifier is configured.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
@@ -77,7 +78,9 @@ class AccountBook:
     max_synthetic: int = 1_000_000
     """Synthetic accounts kept (oldest first out): a load test makes one per transaction,
     and a simulator that keeps them all grows by about 1 GB per million."""
-    _synthetic_order: dict[str, None] = field(default_factory=dict, repr=False)
+    _synthetic_order: deque[str] = field(default_factory=deque, repr=False)
+    """Synthetic PANs in ``accounts``, oldest first: each is there once (added when absent,
+    removed only from here), so a deque is enough (8 bytes a PAN, a dict 77 or more)."""
 
     @classmethod
     def from_cards(
@@ -126,10 +129,8 @@ class AccountBook:
                     account.pvv_source = partial(self.security.pvv_from_protected, pan, protected)
                 self.accounts[pan] = account
                 order = self._synthetic_order
-                order[pan] = None
+                order.append(pan)
                 if len(order) > self.max_synthetic:
-                    oldest = next(iter(order))
-                    del order[oldest]
-                    del self.accounts[oldest]
+                    del self.accounts[order.popleft()]
                 return account
         return None

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from issuer_sim.accounts import Account, AccountBook
 from issuer_sim.emv import EmvAuthenticator
+from protocols.bounded import BoundedFifo
 from protocols.message import Message
 from protocols.mti import response_mti
 from protocols.validate import card_of
@@ -61,10 +62,9 @@ class IssuerHost:
         self.book = book
         # ARQC verification (field 55); without an IMK-AC every cryptogram is declined 05.
         self.emv = emv or EmvAuthenticator(book.issuer, None)
-        self.max_records = max_records
-        # Insertion-ordered, so the oldest records go first when the bound is reached.
-        self.postings: dict[tuple[str, str], Posting] = {}
-        self.answers: dict[tuple[str, str, str], Message] = {}
+        # The oldest records go first past the bound (O(1): a million of each is the default).
+        self.postings: BoundedFifo[tuple[str, str], Posting] = BoundedFifo(max_records)
+        self.answers: BoundedFifo[tuple[str, str, str], Message] = BoundedFifo(max_records)
         self._auth = itertools.count(100001)
         self.reversals_applied = 0
         self.advices_applied = 0
@@ -87,10 +87,6 @@ class IssuerHost:
         if security is not None:
             security.seal(answer)
         self.answers[key] = answer
-        if len(self.answers) > self.max_records:
-            del self.answers[next(iter(self.answers))]
-        if len(self.postings) > self.max_records:
-            del self.postings[next(iter(self.postings))]
         return answer
 
     def _answer(self, msg: Message, rc: str, extra: dict[str, str] | None = None) -> Message:

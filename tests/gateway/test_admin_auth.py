@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway import admin
 from gateway.admin import (
     AUTH_FAILURES_LIMIT,
     AUTH_FAILURES_WINDOW,
@@ -223,6 +224,18 @@ async def test_an_address_with_too_many_failed_tokens_is_refused_for_a_while(
         assert (await http.get("/status", headers=bearer(VIEWER))).status_code == 200
     statuses = [r["status"] for r in _audit(tmp_path)]
     assert statuses == [401] * AUTH_FAILURES_LIMIT + [429, 200]  # the 429s: one record
+
+
+def test_failed_addresses_are_bounded_least_recently_failed_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(admin, "_AUTH_PEERS", 2)
+    access = AdminAccess(Authenticator([]))
+    access.clock = lambda: 0.0
+    for peer in ("a", "b", "a", "c"):  # "a" failed again: now more recent than "b"
+        access._failed(peer)
+    assert list(access._failures) == ["a", "c"]
+    assert [len(seen) for seen in access._failures.values()] == [2, 1]
 
 
 async def test_metrics_can_require_a_viewer(tmp_path: Path) -> None:

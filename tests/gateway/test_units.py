@@ -145,6 +145,26 @@ def test_issuer_purchase_refund_inquiry_and_reversal_once() -> None:
     assert h.handle(msg("0400", pan, 1, "000006", **{"90": unknown}), NOW)["39"] == "25"
 
 
+def test_issuer_records_are_bounded_oldest_first() -> None:
+    data = demo_dataset()
+    book = AccountBook.from_cards("alpha", data.cards, data.issuer_behaviour.synthetic)
+    h = IssuerHost(book, max_records=3)
+    pan = "4761730000000011"
+    acct = book.find(pan)
+    assert acct is not None
+    start = acct.balance
+    first = h.handle(msg("0200", pan, 100, "000001"), NOW)
+    assert h.handle(msg("0200", pan, 100, "000001"), NOW) is first  # replayed, not kept twice
+    for stan in ("000002", "000003", "000004"):
+        h.handle(msg("0200", pan, 100, stan), NOW)
+    assert [k[1] for k in h.answers] == ["000002", "000003", "000004"]
+    assert [k[0] for k in h.postings] == ["000002", "000003", "000004"]
+    # the first is forgotten: its retransmission is a new purchase, now the newest record
+    assert h.handle(msg("0200", pan, 100, "000001"), NOW) is not first
+    assert acct.balance == start - 500
+    assert [k[1] for k in h.answers] == ["000003", "000004", "000001"]
+
+
 def test_issuer_hold_and_completion() -> None:
     h = host()
     pan = "4761730000000011"

@@ -11,6 +11,7 @@ import datetime as dt
 
 import pytest
 
+from gateway import security
 from gateway.dataset import Terminal
 from gateway.hsm_client import HsmClient, HsmUnavailableError
 from gateway.keys import load_keys
@@ -213,3 +214,24 @@ async def test_a_failed_dukpt_token_translation_does_not_consume_the_ksn(
     assert len(hsm.sent) == before  # refused before the HSM
     assert again.reasons == ["pin_translation: DUKPT KSN used before"]
     assert len(translate._ksns) == 1
+
+
+async def test_dukpt_ksns_are_remembered_up_to_the_bound_oldest_forgotten_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(security, "KSN_MEMORY", 2)
+    translate = stage(CoreClient())
+
+    async def translated(ksn: str) -> str | None:
+        req = pin_request(FUNDING, DUKPT_TERMINAL, ksn=ksn)
+        return await translate.prepare(await arrived(req, DUKPT_TERMINAL))
+
+    first, second, third, _ = ksns()
+    for ksn in (first, second, third):
+        assert await translated(ksn) is None
+    assert await translated(third) == "63"
+    assert await translated(second) == "63"  # a replay refused does not renew the KSN
+    assert await translated(first) is None  # the oldest was forgotten; taken again, newest
+    assert await translated(third) == "63"
+    assert await translated(second) is None  # so the next oldest went
+    assert len(translate._ksns) == 2

@@ -246,3 +246,5 @@ def test_synthetic_accounts_are_bounded_oldest_first_and_configured_cards_stay()
     assert len(book.accounts) == configured + 3
     assert [p for p in pans if p in book.accounts] == pans[2:]  # the two oldest went
     assert "4761730000000011" in book.accounts  # a configured card is never evicted
+    assert book.find(pans[0]) is not None  # made again, as the newest: the oldest goes
+    assert [p for p in pans if p in book.accounts] == [pans[0], *pans[3:]]

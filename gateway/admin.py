@@ -44,11 +44,11 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.audit import AuditLog
-from gateway.conf import ConfigError
 from gateway.config import AdminConfig, AdminTokenConfig
-from gateway.logs import get_logger
 from gateway.metrics import Metrics
 from gateway.qr.problems import Problem, ProblemType
+from kit.conf import ConfigError
+from kit.logs import get_logger
 from protocols.bounded import BoundedFifo
 
 if TYPE_CHECKING:

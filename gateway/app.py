@@ -12,13 +12,10 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
-from gateway import fastio, pki
 from gateway.admin import AdminAccess, admin_app
 from gateway.audit import os_user
-from gateway.conf import ConfigError
 from gateway.config import GatewayConfig
 from gateway.dashboard import dashboard_routes
-from gateway.dataset import Dataset, load_dataset
 from gateway.draining import DrainingSwitch
 from gateway.emv_check import CheckEmv
 from gateway.hsm_client import HsmClient, HsmCommandError, HsmError
@@ -35,9 +32,7 @@ from gateway.journal_stage import (
     JournalStage,
     recover_in_flight,
 )
-from gateway.keys import load_keys
 from gateway.links import IssuerPool
-from gateway.logs import get_logger
 from gateway.metrics import Metrics
 from gateway.participants import CheckDuplicate, CheckFields, FindOriginal, QueryIssuer, Route
 from gateway.pipeline import Participant
@@ -53,6 +48,11 @@ from gateway.standin import StandIn
 from gateway.switch import utcnow
 from gateway.terminals import TerminalServer
 from gateway.tokens import Detokenize, PanCipher, TokenVault
+from kit import fastio, pki
+from kit.conf import ConfigError
+from kit.dataset import Dataset, load_dataset
+from kit.keys import load_keys
+from kit.logs import get_logger
 from protocols.dialects import get_dialect
 from protocols.fastcodec import best_codec
 from protocols.message import Message
@@ -93,7 +93,7 @@ class Gateway:
             self.risk = RiskEngine.from_file(self.risk_path, registry=self.metrics.registry)
         self.pan_cipher = PanCipher.from_env(cfg.tokens.key_env)
         self.tokens = TokenVault(self.pan_cipher, self.dataset.tokens)
-        # Keys under the LMK, once (gateway/keys.py); the HSM does every PIN and MAC operation.
+        # Keys under the LMK, once (kit/keys.py); the HSM does every PIN and MAC operation.
         self.keys = load_keys(self.dataset)
         self.security_metrics = SecurityMetrics(self.metrics.registry)
         self.hsm: HsmClient | None = None

@@ -37,7 +37,7 @@ from typing import Any, Final
 import anyio.to_thread
 import orjson
 
-from gateway.logs import get_logger
+from kit.logs import get_logger
 
 GENESIS: Final = "0" * 64
 _RESERVED: Final = frozenset({"event", "logger", "line_sha256", "file_error"})

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import anyio
 
-from gateway import pki
-from gateway.conf import ConfigError
 from gateway.config import load_gateway_config
-from gateway.dataset import load_dataset
-from gateway.logs import configure
-from gateway.runtime import default_backend, tune_gc
+from kit import pki
+from kit.conf import ConfigError
+from kit.dataset import load_dataset
+from kit.logs import configure
+from kit.runtime import default_backend, tune_gc
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -76,8 +76,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
     # Every file the gateway reads at start is validated here, without side effects.
     from gateway.journal import JournalConfigError
     from gateway.journal import load_config as load_journal_config
-    from gateway.keys import load_keys
     from gateway.risk import load_config as load_risk_config
+    from kit.keys import load_keys
 
     parts = [f"{len(cfg.links)} issuer links", f"{len(data.terminals)} terminals"]
     load_keys(data)

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
-from gateway.conf import FROZEN, ConfigError, load
+from kit.conf import FROZEN, ConfigError, load
 
 
 @dataclass(config=FROZEN)

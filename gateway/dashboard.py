@@ -34,8 +34,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.logs import get_logger
 from gateway.metrics import Metrics
+from kit.logs import get_logger
 from protocols.redact import mask_pan
 
 log = get_logger("gateway.dashboard")

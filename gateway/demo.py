@@ -12,10 +12,10 @@ from pathlib import Path
 import anyio
 from anyio.abc import Process
 
-from gateway import pki
-from gateway.conf import load
 from gateway.config import GatewayConfig, load_gateway_config
 from issuer_sim.config import IssuerSimConfig
+from kit import pki
+from kit.conf import load
 
 
 def _banner(cfg: GatewayConfig, issuers: list[str]) -> str:

@@ -25,7 +25,7 @@ import anyio
 import anyio.abc
 import sniffio
 
-from gateway.fastio import stream_transport
+from kit.fastio import stream_transport
 from protocols import hsm as proto
 from protocols.errors import FramingError
 from protocols.framing import Framer, encode_frame

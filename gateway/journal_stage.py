@@ -45,12 +45,12 @@ from gateway.journal import (
     TxnState,
 )
 from gateway.links import IssuerPool, transmission_time
-from gateway.logs import get_logger
 from gateway.metrics import Metrics
 from gateway.participants import REVERSALS, CheckDuplicate, FindOriginal, IssuerMessageHook
 from gateway.pipeline import BaseParticipant, Context
 from gateway.recent import RecentTransactions, TxnEntry
 from gateway.switch import ECHO, ECHO_REVERSAL
+from kit.logs import get_logger
 from protocols.keys import DuplicateKey, duplicate_key, key_of, original_data
 from protocols.message import Message
 from protocols.mti import response_mti

@@ -17,10 +17,10 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
-from gateway import fastio
 from gateway.config import LinkConfig
-from gateway.framed import StalledFrameError
-from gateway.logs import get_logger
+from kit import fastio
+from kit.framed import StalledFrameError
+from kit.logs import get_logger
 from protocols.codec import Codec
 from protocols.errors import LocalProtocolError, ProtocolError
 from protocols.keys import LinkKey, link_key

@@ -8,13 +8,13 @@ from typing import Protocol
 
 import anyio
 
-from gateway.dataset import Dataset, Merchant, Terminal
 from gateway.links import IssuerPool, IssuerTimeout, LinkUnavailable, transmission_time
-from gateway.logs import get_logger
 from gateway.metrics import Metrics
 from gateway.pipeline import WAIT, BaseParticipant, Context
 from gateway.recent import RecentTransactions, TxnEntry
 from gateway.routing import BinTable
+from kit.dataset import Dataset, Merchant, Terminal
+from kit.logs import get_logger
 from protocols.keys import DuplicateKey, duplicate_key, key_of, original_data
 from protocols.message import Message
 from protocols.validate import card_of, check_request

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from gateway.dataset import Merchant, Terminal
+from kit.dataset import Merchant, Terminal
 from protocols.message import Message
 
 if TYPE_CHECKING:

@@ -40,9 +40,9 @@ from gateway.journal import (
 )
 from gateway.journal_stage import JournalRuntime, reversal_advice
 from gateway.links import IssuerPool, IssuerTimeout, LinkUnavailable
-from gateway.logs import get_logger
 from gateway.participants import IssuerMessageHook
 from gateway.pipeline import Context
+from kit.logs import get_logger
 from protocols.errors import ProtocolError
 from protocols.message import Message
 

@@ -44,10 +44,10 @@ from gateway.hsm_client import (
     HsmUnavailableError,
     PinTranslation,
 )
-from gateway.keys import KeyStore
-from gateway.logs import get_logger
 from gateway.pipeline import BaseParticipant, Context
 from gateway.tokens import presented
+from kit.keys import KeyStore
+from kit.logs import get_logger
 from protocols.bounded import BoundedFifo
 from protocols.codec import Codec
 from protocols.errors import ProtocolError

@@ -39,15 +39,15 @@ import anyio
 
 from gateway.breaker import CircuitBreaker
 from gateway.config import StandInConfig, StandInLimit
-from gateway.dataset import Dataset
 from gateway.hsm_client import HsmClient, HsmError
 from gateway.journal import JournalError, TxnState
 from gateway.journal_stage import STAND_IN_NOTE, JournalRuntime
-from gateway.keys import KeyLoadError, KeyStore, dataset_lmk, key_under_lmk
 from gateway.links import IssuerPool
-from gateway.logs import get_logger
 from gateway.participants import REVERSALS, QueryIssuer, reversal_amount
 from gateway.pipeline import BaseParticipant, Context
+from kit.dataset import Dataset
+from kit.keys import KeyLoadError, KeyStore, dataset_lmk, key_under_lmk
+from kit.logs import get_logger
 from protocols import emv
 from protocols.bounded import BoundedFifo
 from protocols.keys import original_data

@@ -6,10 +6,10 @@ import datetime as dt
 import time
 from collections.abc import Callable, Sequence
 
-from gateway.logs import get_logger
 from gateway.metrics import Metrics
 from gateway.pipeline import WAIT, Context, Hooks, Participant, resolve_hooks
 from gateway.rrn import RrnGenerator
+from kit.logs import get_logger
 from protocols.codec import MessageFormatError
 from protocols.message import Message
 from protocols.mti import is_request, response_mti

@@ -8,11 +8,11 @@ from typing import Any
 
 import anyio
 
-from gateway.fastio import FrameChannel, fast_path
-from gateway.framed import StalledFrameError
-from gateway.logs import PeerWarnings, get_logger
 from gateway.metrics import Metrics
 from gateway.switch import ECHOED, Switch
+from kit.fastio import FrameChannel, fast_path
+from kit.framed import StalledFrameError
+from kit.logs import PeerWarnings, get_logger
 from protocols.codec import Codec, MessageFormatError, UndecodableError
 from protocols.errors import FramingError, LocalProtocolError
 from protocols.message import Message

@@ -25,10 +25,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from gateway.conf import ConfigError
-from gateway.dataset import Token
-from gateway.logs import get_logger
 from gateway.pipeline import BaseParticipant, Context
+from kit.conf import ConfigError
+from kit.dataset import Token
+from kit.logs import get_logger
 from protocols.message import Message
 from protocols.redact import mask_pan
 

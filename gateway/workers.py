@@ -21,7 +21,7 @@ import anyio
 from anyio.abc import Process
 
 from gateway.config import GatewayConfig
-from gateway.logs import get_logger
+from kit.logs import get_logger
 
 log = get_logger("gateway.workers")
 

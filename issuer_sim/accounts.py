@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 
-from gateway.dataset import Card, SyntheticRange
 from issuer_sim.pin import IssuerSecurity, without_pins
+from kit.dataset import Card, SyntheticRange
 from protocols import validate
 
 _DOUBLED = bytes.maketrans(b"0123456789", b"0246813579")

@@ -9,17 +9,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from gateway import pki
-from gateway.conf import ConfigError, load
-from gateway.dataset import load_dataset
-from gateway.logs import configure
-from gateway.runtime import default_backend, run, tune_gc
 from issuer_sim.accounts import AccountBook
 from issuer_sim.config import IssuerSimConfig
 from issuer_sim.emv import EmvAuthenticator
 from issuer_sim.host import IssuerHost
 from issuer_sim.pin import IssuerSecurity
 from issuer_sim.server import IssuerServer, LiveFaults
+from kit import pki
+from kit.conf import ConfigError, load
+from kit.dataset import load_dataset
+from kit.logs import configure
+from kit.runtime import default_backend, run, tune_gc
 
 
 def build_server(cfg: IssuerSimConfig, base: Path, issuer: str, port: int | None) -> IssuerServer:
@@ -64,6 +64,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, KeyError, ValueError) as exc:  # ValueError: a bad postings_file
         print(f"issuer-sim: {exc}", file=sys.stderr)
         return 2
-    tune_gc((50_000, 50, 1_000))  # see gateway.runtime.tune_gc
+    tune_gc((50_000, 50, 1_000))  # see kit.runtime.tune_gc
     run(server.run, args.backend or default_backend())
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 from pydantic.dataclasses import dataclass
 
-from gateway.conf import FROZEN
+from kit.conf import FROZEN
 
 
 @dataclass(config=FROZEN)

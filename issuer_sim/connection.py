@@ -3,7 +3,7 @@
 
 The issuer host is synchronous, so nothing here needs a task: each frame that arrives is
 decoded, answered and encoded on the spot, and the answers to one read leave in one write. The
-frame channel of :mod:`gateway.fastio` (a queue, a waiter future and a task wake-up per read,
+frame channel of :mod:`kit.fastio` (a queue, a waiter future and a task wake-up per read,
 a coroutine and a ``call_soon`` per answer) cost the simulator more than the host's own work at
 the gateway's batch sizes. Trio keeps that channel (:meth:`IssuerServer._connection`).
 
@@ -19,8 +19,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from gateway.fastio import stream_transport, transport_peer
-from gateway.logs import get_logger
+from kit.fastio import stream_transport, transport_peer
+from kit.logs import get_logger
 from protocols.framing import encode_frame
 from protocols.message import Message
 

@@ -21,11 +21,11 @@ import hmac
 from dataclasses import dataclass, field
 from typing import Final
 
-from gateway.dataset import Dataset
-from gateway.logs import get_logger
 from hsm_sim import emv as hsm_emv
 from hsm_sim.errors import HsmCryptoError
 from issuer_sim.accounts import Account
+from kit.dataset import Dataset
+from kit.logs import get_logger
 from protocols import emv
 from protocols.message import Message
 from protocols.redact import mask_pan

@@ -31,8 +31,6 @@ import hmac
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from gateway.dataset import Dataset, SyntheticRange
-from gateway.keys import dataset_lmk, key_under_lmk
 from gateway.security import MAC_LENGTH
 from hsm_sim import issuer as core
 from hsm_sim import pinblock as _pinblock
@@ -40,6 +38,8 @@ from hsm_sim import terminal as _terminal
 from hsm_sim.errors import HsmCryptoError
 from hsm_sim.lmk import Lmk, resolve_key
 from issuer_sim.linkmac import LinkMac, link_mac_field
+from kit.dataset import Dataset, SyntheticRange
+from kit.keys import dataset_lmk, key_under_lmk
 from protocols.codec import Codec
 from protocols.dialects import get_dialect
 from protocols.errors import ProtocolError

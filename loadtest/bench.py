@@ -234,7 +234,7 @@ def start_stack(
     log_transactions: bool = False,
 ) -> Iterator[Stack]:
     """The demo profile's processes on free ports; stopped (SIGTERM) on exit."""
-    from gateway import pki
+    from kit import pki
 
     gw_doc = materialize(conf / "gateway.toml", "gateway.config", "GatewayConfig")
     sim_doc = materialize(conf / "issuer-sim.toml", "issuer_sim.config", "IssuerSimConfig")
@@ -478,8 +478,8 @@ def bench_stack(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 
 def bench_issuer(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    from gateway import pki
-    from gateway.dataset import load_dataset
+    from kit import pki
+    from kit.dataset import load_dataset
 
     data = load_dataset(args.conf / "data.toml")
     issuer = args.issuer
@@ -503,7 +503,7 @@ def bench_issuer(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 
 def bench_hsm(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    from gateway.logs import configure
+    from kit.logs import configure
 
     configure("warning")  # the HSM client logs each connect at info
     with start_stack(
@@ -545,10 +545,10 @@ def bench_hsm(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 async def _drive_hsm(port: int, args: argparse.Namespace, duration: float, data: Path) -> RunStats:
     """Closed loop of CA translations: ``in_flight`` workers over ``connections``."""
-    from gateway.dataset import load_dataset
     from gateway.hsm_client import HsmClient, HsmError
     from hsm_sim import terminal
     from hsm_sim.lmk import Lmk
+    from kit.dataset import load_dataset
 
     ds = load_dataset(data)
     if ds.hsm is None:

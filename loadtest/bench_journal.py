@@ -117,7 +117,7 @@ def main() -> int:
     parser.add_argument("--in-flight", type=int, default=64)
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     args = parser.parse_args()
-    from gateway import pki
+    from kit import pki
 
     pki.ensure_pki(
         ROOT / "var" / "certs", ["gateway", "switch", "issuer-alpha", "issuer-beta", "issuer-gamma"]

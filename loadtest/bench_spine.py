@@ -50,7 +50,7 @@ def write_conf(tmp: Path, ports: dict[str, int], gw_port: int, admin: int) -> No
 
 def spawn_stack(tmp: Path, backend: str) -> tuple[list[subprocess.Popen[bytes]], int, int]:
     """Issuer simulators and a gateway (last in the list) on free ports; (procs, port, admin)."""
-    from gateway import pki
+    from kit import pki
 
     names = ["gateway", "switch", "issuer-alpha", "issuer-beta", "issuer-gamma"]
     pki.ensure_pki(ROOT / "var" / "certs", names)

@@ -50,11 +50,7 @@ import httpx
 import orjson
 from anyio.abc import Process
 
-from gateway import pki
-from gateway.dataset import Dataset, load_dataset
-from gateway.framed import FramedStream
 from gateway.journal import TxnState, load_config, open_journal
-from gateway.logs import configure
 from hsm_sim.config import load_config as load_hsm_config
 from hsm_sim.server import HsmServer
 from issuer_sim.accounts import AccountBook
@@ -62,6 +58,10 @@ from issuer_sim.emv import EmvAuthenticator
 from issuer_sim.host import IssuerHost
 from issuer_sim.pin import IssuerSecurity
 from issuer_sim.server import IssuerServer
+from kit import pki
+from kit.dataset import Dataset, load_dataset
+from kit.framed import FramedStream
+from kit.logs import configure
 from loadtest.generator import synthetic_pan
 from loadtest.procstat import free_port
 from loadtest.terminal_client import build_request

@@ -22,7 +22,7 @@ from typing import Any
 import anyio
 import orjson
 
-from gateway.runtime import tune_gc
+from kit.runtime import tune_gc
 from loadtest.generator import GeneratorError, LoadConfig, LoadGenerator
 from loadtest.mix import KINDS, SCENARIOS, MixError, TxnFactory, load_data
 from loadtest.qr_client import QrClient

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.dataset import Dataset, SyntheticRange, Terminal, load_dataset
+from kit.dataset import Dataset, SyntheticRange, Terminal, load_dataset
 from loadtest.wire import LeanCodec
 from protocols.dialects import get_dialect
 from protocols.keys import original_data

@@ -34,11 +34,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.dataset import Dataset, Terminal, load_dataset
 from gateway.security import mac_field, mac_input
 from hsm_sim import emv as hsm_emv
 from hsm_sim import terminal as pinpad
 from issuer_sim.pin import field48_cvv2
+from kit.dataset import Dataset, Terminal, load_dataset
 from loadtest.terminal_client import TerminalClient, build_request
 from protocols import emv
 from protocols.codec import Codec

@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from gateway.dataset import Dataset, load_dataset
+from kit.dataset import Dataset, load_dataset
 from protocols import qr_cpm
 
 DEFAULT_AID = "A000000333010101"

@@ -30,8 +30,8 @@ import anyio
 import anyio.abc
 import sniffio
 
-from gateway.fastio import stream_transport
-from gateway.framed import FramedStream, StalledFrameError
+from kit.fastio import stream_transport
+from kit.framed import FramedStream, StalledFrameError
 from protocols.errors import ProtocolError
 
 

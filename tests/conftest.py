@@ -53,7 +53,7 @@ def postgres_dsn() -> str:
 
 @pytest.fixture(scope="session")
 def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from gateway import pki
+    from kit import pki
     from tests.helpers import CERT_NAMES
 
     return pki.ensure_pki(tmp_path_factory.mktemp("pki"), CERT_NAMES)

@@ -11,7 +11,6 @@ from typing import Any
 
 import anyio
 
-from gateway import pki
 from gateway.app import Gateway
 from gateway.config import (
     AdminConfig,
@@ -24,8 +23,6 @@ from gateway.config import (
     StandInConfig,
     TerminalConfig,
 )
-from gateway.dataset import Dataset, load_dataset
-from gateway.framed import FramedStream
 from hsm_sim.config import HsmConfig as HsmServerConfig
 from hsm_sim.config import TlsConfig as HsmTlsConfig
 from hsm_sim.server import HsmServer
@@ -34,6 +31,9 @@ from issuer_sim.emv import EmvAuthenticator
 from issuer_sim.host import IssuerHost
 from issuer_sim.pin import IssuerSecurity
 from issuer_sim.server import IssuerServer
+from kit import pki
+from kit.dataset import Dataset, load_dataset
+from kit.framed import FramedStream
 from loadtest.terminal_client import build_request
 from protocols.codec import Codec
 from protocols.dialects import get_dialect

@@ -22,12 +22,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.logs import get_logger
 from gateway.qr import problems as p
 from gateway.qr.models import MpmRequest, PaymentRequest, RefundRequest
 from gateway.qr.problems import Problem
 from gateway.qr.service import QrService
 from gateway.qr.store import StoredResponse
+from kit.logs import get_logger
 
 log = get_logger("gateway.qr.api")
 

@@ -31,9 +31,7 @@ import anyio
 import orjson
 from prometheus_client import CollectorRegistry, Counter
 
-from gateway.dataset import Dataset, Merchant, QrAcquirer
 from gateway.links import transmission_time
-from gateway.logs import get_logger
 from gateway.qr import problems as p
 from gateway.qr.models import MpmRequest, MpmView, PaymentRequest, RefundRequest
 from gateway.qr.problems import Problem
@@ -51,6 +49,8 @@ from gateway.qr.store import (
 )
 from gateway.qr.terminals import virtual_terminals
 from gateway.tokens import PanCipher
+from kit.dataset import Dataset, Merchant, QrAcquirer
+from kit.logs import get_logger
 from protocols import emv, qr_cpm, qr_mpm
 from protocols.currency import is_payment_currency
 from protocols.keys import original_data

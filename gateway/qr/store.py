@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 import anyio
 
-from gateway.conf import ConfigError
 from gateway.qr.models import PaymentView, RefundView
 from gateway.tokens import PanCipher
+from kit.conf import ConfigError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

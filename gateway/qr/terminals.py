@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from gateway.dataset import Dataset, Terminal
+from kit.dataset import Dataset, Terminal
 
 
 def virtual_terminal_id(acquirer_index: int, merchant_index: int) -> str:

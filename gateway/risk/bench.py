@@ -24,7 +24,6 @@ from pathlib import Path
 import anyio
 from prometheus_client import CollectorRegistry
 
-from gateway.dataset import Merchant
 from gateway.pipeline import Context
 from gateway.risk.config import RiskConfig, load_config
 from gateway.risk.counters import CounterStore, MemoryCounterStore
@@ -33,6 +32,7 @@ from gateway.risk.model import RiskInput
 from gateway.risk.pan import card_key, mask_pan
 from gateway.risk.redis_counters import RedisCounterStore
 from gateway.risk_stage import CheckRisk
+from kit.dataset import Merchant
 from protocols.message import Message
 
 DEMO_CONF = Path(__file__).resolve().parents[2] / "conf" / "demo" / "risk.toml"

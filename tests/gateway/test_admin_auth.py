@@ -29,11 +29,11 @@ from gateway.admin import (
 )
 from gateway.audit import GENESIS, AuditLog, line_hash, verify_file
 from gateway.cli import main as gateway_cli
-from gateway.conf import ConfigError
 from gateway.config import AdminConfig, AdminTokenConfig, load_gateway_config
 from gateway.dashboard import dashboard_routes
-from gateway.logs import configure
 from gateway.metrics import Metrics
+from kit.conf import ConfigError
+from kit.logs import configure
 
 if TYPE_CHECKING:
     from gateway.app import Gateway

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main as gateway_main
-from gateway.conf import ConfigError
 from gateway.config import load_gateway_config
-from gateway.dataset import load_dataset
+from kit.conf import ConfigError
+from kit.dataset import load_dataset
 from tests.helpers import DEMO_CONF, ROOT
 
 

@@ -10,10 +10,10 @@ import time
 import anyio
 import pytest
 
-from gateway import fastio
 from gateway.config import LinkConfig
 from gateway.links import IssuerConnection, IssuerPool, IssuerTimeout
 from gateway.switch import utcnow
+from kit import fastio
 from protocols.dialects import get_dialect
 from protocols.fastcodec import best_codec
 from protocols.message import Message

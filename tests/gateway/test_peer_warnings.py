@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from gateway.logs import PeerWarnings, peer_host
+from kit.logs import PeerWarnings, peer_host
 
 
 class _Log:

@@ -12,9 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from psec import mac as psec_mac
 
-from gateway.dataset import KeySpec, SyntheticRange, Terminal
 from gateway.hsm_client import HsmCommandError, HsmUnavailableError, PinTranslation
-from gateway.keys import KeyLoadError, load_keys
 from gateway.pipeline import Context
 from gateway.security import (
     IssuerLinkMac,
@@ -32,6 +30,8 @@ from hsm_sim.lmk import Lmk
 from issuer_sim.accounts import AccountBook
 from issuer_sim.host import IssuerHost
 from issuer_sim.pin import IssuerSecurity, field48_cvv2, parse_field48
+from kit.dataset import KeySpec, SyntheticRange, Terminal
+from kit.keys import KeyLoadError, load_keys
 from loadtest.pos_sim import INITIAL_KSN, add_mac, add_pin_block, terminal_of
 from protocols.codec import Codec
 from protocols.dialects import get_dialect

@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 
 from gateway import switch as switch_module
 from gateway import terminals
-from gateway.fastio import FrameChannel
 from gateway.metrics import Metrics
 from gateway.participants import CheckFields
 from gateway.switch import Switch
+from kit.fastio import FrameChannel
 from protocols.codec import MessageFormatError, UndecodableError
 from protocols.dialects import get_dialect
 from protocols.fastcodec import best_codec

@@ -7,12 +7,12 @@ import orjson
 import pytest
 import structlog
 
-from gateway.logs import configure, get_logger
 from gateway.recent import RecentTransactions
 from gateway.routing import BinTable
 from gateway.rrn import RrnGenerator
 from issuer_sim.accounts import AccountBook
 from issuer_sim.host import IssuerHost, balance_field
+from kit.logs import configure, get_logger
 from protocols.keys import key_of
 from protocols.message import Message
 from tests.helpers import demo_dataset

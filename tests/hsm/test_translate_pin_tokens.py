@@ -12,15 +12,15 @@ import datetime as dt
 import pytest
 
 from gateway import security
-from gateway.dataset import Terminal
 from gateway.hsm_client import HsmClient, HsmUnavailableError
-from gateway.keys import load_keys
 from gateway.pipeline import Context
 from gateway.security import SecurityMetrics, TranslatePin
 from gateway.tokens import Detokenize, PanCipher, TokenVault
 from hsm_sim import pinblock
 from hsm_sim import terminal as pinpad
 from hsm_sim.core import HsmCore
+from kit.dataset import Terminal
+from kit.keys import load_keys
 from loadtest.pos_sim import INITIAL_KSN, add_pin_block, terminal_of
 from protocols import hsm as proto
 from protocols.codec import Codec

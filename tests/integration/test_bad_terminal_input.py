@@ -10,7 +10,7 @@ import orjson
 import pytest
 import structlog
 
-from gateway.logs import configure
+from kit.logs import configure
 from protocols.message import Message
 from tests.helpers import CODEC, running_stack, terminal
 from tests.protocols.test_fastcodec import TERMINAL_FIELDS, TRUNCATED_3, terminal_request

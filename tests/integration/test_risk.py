@@ -11,7 +11,7 @@ import anyio
 import httpx
 import pytest
 
-from gateway.dataset import Terminal
+from kit.dataset import Terminal
 from loadtest.generator import synthetic_pan
 from protocols.message import Message
 from tests.helpers import DEMO_CONF, Stack, demo_dataset, purchase, reversal_of, running_stack

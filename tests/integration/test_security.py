@@ -22,12 +22,12 @@ import httpx
 import pytest
 import structlog
 
-from gateway.dataset import Terminal
-from gateway.logs import configure
 from hsm_sim import terminal as pinpad
 from hsm_sim.lmk import Lmk
 from issuer_sim.pin import IssuerSecurity, field48_cvv2
 from issuer_sim.server import IssuerServer
+from kit.dataset import Terminal
+from kit.logs import configure
 from loadtest.pos_sim import INITIAL_KSN, add_mac, add_pin_block, terminal_of
 from protocols.message import Message
 from protocols.validate import luhn_ok

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import structlog
 
-from gateway.dataset import Token
 from gateway.pipeline import Context
 from gateway.tokens import Detokenize, PanCipher, TokenVault, VaultKeyError, presented
 from hsm_sim import terminal as pinpad
 from issuer_sim.server import IssuerServer
+from kit.dataset import Token
 from loadtest.pos_sim import INITIAL_KSN, add_pin_block, card_for, terminal_of
 from protocols.message import Message
 from tests.helpers import Stack, demo_dataset, purchase, reversal_of, running_stack, terminal

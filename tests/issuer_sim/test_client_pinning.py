@@ -11,12 +11,12 @@ import anyio
 import pytest
 import structlog
 
-from gateway import pki
-from gateway.conf import ConfigError, build, load
 from gateway.config import load_gateway_config
 from issuer_sim.cli import build_server
 from issuer_sim.config import IssuerSimConfig
 from issuer_sim.server import IssuerServer
+from kit import pki
+from kit.conf import ConfigError, build, load
 from protocols.framing import Framer, encode_frame
 from protocols.message import Message
 from tests.helpers import CODEC, DEMO_CONF, demo_dataset, issuer_server

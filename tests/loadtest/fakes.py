@@ -11,7 +11,7 @@ import anyio
 import anyio.abc
 from anyio.abc import SocketAttribute, TaskStatus
 
-from gateway.framed import FramedStream
+from kit.framed import FramedStream
 from protocols.codec import Codec
 from protocols.dialects import get_dialect
 from protocols.message import Message

@@ -14,8 +14,8 @@ import anyio
 import httpx
 import pytest
 
-from gateway.dataset import QrAcquirer
 from gateway.qr.problems import MEDIA_TYPE, PROBLEM_BASE
+from kit.dataset import QrAcquirer
 from loadtest import qr_sim
 from loadtest.pos_sim import card_for
 from protocols import qr_cpm

@@ -13,7 +13,6 @@ import httpx
 import pytest
 
 from gateway.app import Gateway
-from gateway.conf import ConfigError
 from gateway.config import QrApiConfig
 from gateway.qr import problems, with_virtual_terminals
 from gateway.qr.models import MpmRequest, PaymentRequest
@@ -35,6 +34,7 @@ from gateway.qr.store import (
     store_from_config,
 )
 from gateway.tokens import PanCipher
+from kit.conf import ConfigError
 from protocols.message import Message
 from tests.helpers import DEMO_CONF, Stack, demo_dataset, running_stack
 from tests.qr.test_api import cpm, payment

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
-from gateway.conf import FROZEN, load
+from kit.conf import FROZEN, load
 
 
 @dataclass(config=FROZEN)

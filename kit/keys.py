@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from gateway.conf import ConfigError
-from gateway.dataset import Dataset, KeySpec
 from hsm_sim.errors import HsmCryptoError
 from hsm_sim.lmk import Lmk, kcv_hex, parse_clear_key
+from kit.conf import ConfigError
+from kit.dataset import Dataset, KeySpec
 
 
 class KeyLoadError(ConfigError):

@@ -1,7 +1,7 @@
 """Frame channels: the transport under every connection driver loop.
 
 A channel has ``receive_frame``, ``send_frame`` and ``aclose``. On trio it is a
-:class:`gateway.framed.FramedStream` over AnyIO streams. On asyncio (and uvloop) it is a
+:class:`kit.framed.FramedStream` over AnyIO streams. On asyncio (and uvloop) it is a
 :class:`FrameProtocol`: an ``asyncio.Protocol`` that feeds the sans-IO framer straight from
 ``data_received``, with the loop's native TLS. ARCHITECTURE.md measured AnyIO streams at
 ≈15 µs per message against ≈2 µs for a Protocol; the drivers above see the same interface,
@@ -22,7 +22,7 @@ import anyio
 import sniffio
 from anyio.abc import SocketAttribute, TaskGroup
 
-from gateway.framed import FramedStream, StalledFrameError
+from kit.framed import FramedStream, StalledFrameError
 from protocols.errors import FramingError
 from protocols.framing import Framer, encode_frame
 

@@ -5,7 +5,7 @@ On asyncio (and uvloop) a connection is an :class:`asyncio.Protocol`: ``data_rec
 the sans-IO framer and resolves each command's future directly, commands sent in one loop
 iteration leave in one write, and one timer per connection (not one per command) expires
 what is overdue. The caller awaits the bare future. Measured on the 2-core VM (``python -m
-hsm_sim.bench --concurrency 1|64``), the client's CPU per command is about half of what
+benchmarks.hsm --concurrency 1|64``), the client's CPU per command is about half of what
 AnyIO streams with a reader and a writer task cost; what is left is mostly the kernel's
 write and wake-up of the HSM, which only batching saves. On trio it is AnyIO streams, as
 before. Either way a connection has one task in the client's task group, which owns its

@@ -6,7 +6,7 @@ durable journal answers beyond that window.
 
 The window holds up to ``max_entries`` (500,000) transactions for 24 hours, so an entry keeps
 only what the duplicate check, a reversal's original and the replay of an answer need, in
-compact form (``python -m gateway.bench_recent``: bytes per entry, CPU per transaction):
+compact form (``python -m benchmarks.recent``: bytes per entry, CPU per transaction):
 
 * the answer as its MTI and its fields as one JSON text (orjson: the cheapest exact form
   measured, about 3,000 instructions; decoded to text, as orjson's own bytes object kept per

@@ -6,7 +6,7 @@ the dict's front since it last resized, so with use each eviction costs more (18
 dict and, beside it, its keys in a deque in the dict's own order: the oldest key is the
 deque's first, and a key popped (or popped and set again) is skipped lazily when it comes
 first. An ``OrderedDict`` would do the same at 65-74 more bytes per entry, the deque costs 8
-(a million entries are common here: ``python -m protocols.bench_eviction``).
+(a million entries are common here: ``python -m benchmarks.eviction``).
 """
 
 from __future__ import annotations

@@ -155,7 +155,7 @@ class CounterStore(Protocol):
 
 class _Card:
     """What the store keeps per card, as small as it goes (``python -m
-    gateway.risk.bench_memory``): the dicts are made on first use and the countries are a
+    benchmarks.risk_memory``): the dicts are made on first use and the countries are a
     tuple (a card has approvals in one or two; an empty set alone is 216 bytes)."""
 
     __slots__ = ("attempts", "countries", "profile", "profile_until", "seen", "until")

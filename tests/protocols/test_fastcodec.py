@@ -9,7 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocols import bench_codec, fastcodec
+from benchmarks import codec as bench_codec
+from protocols import fastcodec
 from protocols.codec import Codec, MessageFormatError, UndecodableError
 from protocols.dialects import get_dialect
 from protocols.errors import LocalProtocolError, ProtocolError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.risk.bench import main
+from benchmarks.risk import main
 
 
 def test_bench_smoke(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,8 +1,8 @@
 """What durability costs: the spine benchmark with and without the journal.
 
-    .venv/bin/python -m loadtest.bench_journal --duration 8 --in-flight 64
+    .venv/bin/python -m benchmarks.group_commit --duration 8 --in-flight 64
 
-Same processes as :mod:`loadtest.bench_spine` (issuer simulators and the gateway as separate
+Same processes as :mod:`benchmarks.spine` (issuer simulators and the gateway as separate
 processes, closed-loop purchases on beta's synthetic range), once per journal mode:
 
 * ``none``: no journal;
@@ -31,7 +31,7 @@ from typing import Any
 import anyio
 import orjson
 
-from loadtest.bench_spine import BIN, ROOT, _wait_ready, write_conf
+from benchmarks.spine import BIN, ROOT, _wait_ready, write_conf
 from loadtest.generator import ClosedLoop, LoadConfig
 from loadtest.procstat import cpu_seconds, free_port
 

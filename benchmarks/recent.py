@@ -1,6 +1,6 @@
 """What the recent-transaction window costs: bytes per entry and CPU per transaction.
 
-    .venv/bin/python -m gateway.bench_recent [--n 100000] [--runs 5]
+    .venv/bin/python -m benchmarks.recent [--n 100000] [--runs 5]
 
 Each transaction is made as on the hot path: a purchase decoded from its wire bytes (fresh
 strings, as the terminal driver has them), the duplicate stage's ``begin``, the fields the

@@ -1,6 +1,6 @@
 """Throughput of one purchase flow through gateway + issuer simulator (separate processes).
 
-    .venv/bin/python -m loadtest.bench_spine --duration 10 --in-flight 1 16 64
+    .venv/bin/python -m benchmarks.spine --duration 10 --in-flight 1 16 64
 
 Starts the demo issuer simulator (beta, alpha) and the gateway on free ports from the demo
 profile, drives closed-loop purchases on the synthetic card ranges, and prints TPS, latency

@@ -2,7 +2,7 @@
 side spends per command: CA (TPK -> ZPK) or G0 (DUKPT -> ZPK) PIN translations, M6/M8 MACs
 of a 180-byte message (the issuer-link MAC).
 
-    python -m hsm_sim.bench [--command CA|G0|M6|M8] [--requests 20000] [--concurrency 64]
+    python -m benchmarks.hsm [--command CA|G0|M6|M8] [--requests 20000] [--concurrency 64]
                             [--connections 2] [--backend asyncio|trio] [--repeat 1]
                             [--server subprocess|inprocess|HOST:PORT]
 

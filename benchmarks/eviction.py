@@ -1,4 +1,4 @@
-"""Evicting the oldest entry of a capped dict: ``python -m protocols.bench_eviction [--cap
+"""Evicting the oldest entry of a capped dict: ``python -m benchmarks.eviction [--cap
 500000] [--old-cap 25000]``.
 
 Fills each structure with integer keys up to 10x its cap, one eviction per insertion past the

@@ -1,6 +1,6 @@
 """What the risk stage adds per transaction: assess + confirm, memory and Redis backends.
 
-    .venv/bin/python -m gateway.risk.bench [--n 2000] [--runs 5] [--redis-url URL] [--loop uvloop]
+    .venv/bin/python -m benchmarks.risk [--n 2000] [--runs 5] [--redis-url URL] [--loop uvloop]
 
 Each run pushes ``n`` purchases through one engine, one after another (the latency the stage
 adds to one transaction), then with ``--concurrency`` tasks at once (cost per transaction under
@@ -184,7 +184,7 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gateway.risk.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.risk", description=__doc__)
     parser.add_argument("--conf", default=str(DEMO_CONF), help="risk.toml (default: demo)")
     parser.add_argument("--n", type=int, default=2000, help="transactions per run")
     parser.add_argument("--runs", type=int, default=5)

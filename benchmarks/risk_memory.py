@@ -1,6 +1,6 @@
 """What the in-memory counter store keeps per card, and that a past day's counters go.
 
-    .venv/bin/python -m gateway.risk.bench_memory [--n 100000]
+    .venv/bin/python -m benchmarks.risk_memory [--n 100000]
 
 ``n`` distinct cards each make one purchase (assess + confirm, the demo rules: daily limits,
 velocity, travel, score profile) through an engine on :class:`MemoryCounterStore`. Printed:
@@ -22,7 +22,7 @@ from pathlib import Path
 import anyio
 from prometheus_client import CollectorRegistry
 
-from gateway.risk.bench import _inputs
+from benchmarks.risk import _inputs
 from gateway.risk.counters import MemoryCounterStore
 from gateway.risk.engine import RiskEngine
 from gateway.risk.model import RiskInput

@@ -1,4 +1,4 @@
-"""Journal write throughput: ``python -m gateway.journal.bench [--dsn DSN] [--runs 3]``.
+"""Journal write throughput: ``python -m benchmarks.journal [--dsn DSN] [--runs 3]``.
 
 Modes (each: ``--writers`` concurrent tasks appending ``received`` events with an encrypted
 PAN and payload, durable=True), the median of ``--runs`` runs in writes per second:

@@ -1,5 +1,5 @@
 """Codec (pyiso8583) against FastCodec on the 22-field 0200 of SPEC: ``python -m
-protocols.bench_codec [--runs 7] [--number 2000]``.
+benchmarks.codec [--runs 7] [--number 2000]``.
 
 Each run times decode and encode of both codecs in turn (so that both see the same machine
 load) with ``time.process_time``; the figures are medians over the runs, in microseconds per

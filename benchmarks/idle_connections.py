@@ -1,6 +1,6 @@
 """Memory held by idle terminal connections, and service while they are open.
 
-    .venv/bin/python -m loadtest.idle_connections --connections 10000
+    .venv/bin/python -m benchmarks.idle_connections --connections 10000
 
 Starts the issuer simulators and one gateway process (demo profile, free ports), opens N idle
 TCP connections to the terminal port from this process, reports the gateway's RSS per
@@ -21,7 +21,7 @@ from pathlib import Path
 import anyio
 import orjson
 
-from loadtest.bench_spine import _wait_ready, spawn_stack
+from benchmarks.spine import _wait_ready, spawn_stack
 from loadtest.generator import ClosedLoop, LoadConfig
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import anyio
 
-from gateway.hsm_client import HsmClient
+from gateway.upstream.hsm_client import HsmClient
 from hsm_sim import terminal
 from hsm_sim.config import HsmConfig
 from hsm_sim.lmk import Lmk

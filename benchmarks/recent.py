@@ -26,13 +26,13 @@ import time
 import tracemalloc
 from collections.abc import Sequence
 
-from gateway.links import transmission_time
+from gateway.flow.participants import CheckDuplicate
+from gateway.flow.pipeline import Context
+from gateway.flow.recent import RecentTransactions
+from gateway.flow.rrn import RrnGenerator
+from gateway.flow.switch import Switch
 from gateway.metrics import Metrics
-from gateway.participants import CheckDuplicate
-from gateway.pipeline import Context
-from gateway.recent import RecentTransactions
-from gateway.rrn import RrnGenerator
-from gateway.switch import Switch
+from gateway.upstream.links import transmission_time
 from protocols.dialects import get_dialect
 from protocols.fastcodec import best_codec
 from protocols.message import Message

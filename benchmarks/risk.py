@@ -24,14 +24,14 @@ from pathlib import Path
 import anyio
 from prometheus_client import CollectorRegistry
 
-from gateway.pipeline import Context
+from gateway.flow.pipeline import Context
+from gateway.flow.risk_stage import CheckRisk
 from gateway.risk.config import RiskConfig, load_config
 from gateway.risk.counters import CounterStore, MemoryCounterStore
 from gateway.risk.engine import RiskEngine
 from gateway.risk.model import RiskInput
 from gateway.risk.pan import card_key, mask_pan
 from gateway.risk.redis_counters import RedisCounterStore
-from gateway.risk_stage import CheckRisk
 from kit.dataset import Merchant
 from protocols.message import Message
 

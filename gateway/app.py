@@ -12,18 +12,12 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
-from gateway.admin import AdminAccess, admin_app
-from gateway.audit import os_user
 from gateway.config import GatewayConfig
-from gateway.dashboard import dashboard_routes
-from gateway.draining import DrainingSwitch
-from gateway.emv_check import CheckEmv
-from gateway.hsm_client import HsmClient, HsmCommandError, HsmError
-from gateway.http import serve_asgi
-from gateway.journal import Journal, JournalConfig, JournalConfigError, open_journal
-from gateway.journal import load_config as load_journal_config
-from gateway.journal.config import node_path
-from gateway.journal_stage import (
+from gateway.edge.draining import DrainingSwitch
+from gateway.edge.http import serve_asgi
+from gateway.edge.terminals import TerminalServer
+from gateway.flow.emv_check import CheckEmv
+from gateway.flow.journal_stage import (
     JournalCheckDuplicate,
     JournalFindOriginal,
     JournalIssuerHook,
@@ -32,22 +26,28 @@ from gateway.journal_stage import (
     JournalStage,
     recover_in_flight,
 )
-from gateway.links import IssuerPool
+from gateway.flow.participants import CheckDuplicate, CheckFields, FindOriginal, QueryIssuer, Route
+from gateway.flow.pipeline import Participant
+from gateway.flow.recent import RecentTransactions
+from gateway.flow.risk_stage import CheckRisk
+from gateway.flow.routing import BinTable
+from gateway.flow.security import IssuerLinkMac, SecurityMetrics, TranslatePin, VerifyMac
+from gateway.flow.standin import StandIn
+from gateway.flow.switch import utcnow
+from gateway.flow.tokens import Detokenize, PanCipher, TokenVault
+from gateway.journal import Journal, JournalConfig, JournalConfigError, open_journal
+from gateway.journal import load_config as load_journal_config
+from gateway.journal.config import node_path
 from gateway.metrics import Metrics
-from gateway.participants import CheckDuplicate, CheckFields, FindOriginal, QueryIssuer, Route
-from gateway.pipeline import Participant
+from gateway.ops.admin import AdminAccess, admin_app
+from gateway.ops.audit import os_user
+from gateway.ops.dashboard import dashboard_routes
 from gateway.qr import QrService, qr_app, with_virtual_terminals
 from gateway.qr.store import store_from_config
-from gateway.recent import RecentTransactions
 from gateway.risk import RiskEngine
-from gateway.risk_stage import CheckRisk
-from gateway.routing import BinTable
-from gateway.saf import SafMetrics, SafService
-from gateway.security import IssuerLinkMac, SecurityMetrics, TranslatePin, VerifyMac
-from gateway.standin import StandIn
-from gateway.switch import utcnow
-from gateway.terminals import TerminalServer
-from gateway.tokens import Detokenize, PanCipher, TokenVault
+from gateway.upstream.hsm_client import HsmClient, HsmCommandError, HsmError
+from gateway.upstream.links import IssuerPool
+from gateway.upstream.saf import SafMetrics, SafService
 from kit import fastio, pki
 from kit.conf import ConfigError
 from kit.dataset import Dataset, load_dataset
@@ -109,7 +109,7 @@ class Gateway:
                 histogram=self.security_metrics.hsm_latency,
             )
         security = (self.hsm, self.keys, self.security_metrics)
-        # Journal, store-and-forward, stand-in and crash recovery (gateway/journal_stage.py).
+        # Journal, store-and-forward, stand-in and crash recovery (gateway/flow/journal_stage.py).
         self.journal_config: JournalConfig | None = None
         if cfg.journal:
             try:

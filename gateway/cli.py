@@ -23,12 +23,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg, base = load_gateway_config(args.conf)
     configure(cfg.log.level)
     if args.worker is None and cfg.workers > 1:
-        from gateway.workers import supervise
+        from gateway.edge.workers import supervise
 
         anyio.run(supervise, args.conf, cfg.workers, args.backend)
         return 0
     if args.worker is not None:
-        from gateway.workers import worker_config
+        from gateway.edge.workers import worker_config
 
         cfg = worker_config(cfg, args.worker)
     gateway = Gateway(cfg, base)
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         code: int = journal_run(argv[1:])
         return code
     if argv[:1] == ["audit"]:
-        from gateway.audit import run as audit_run
+        from gateway.ops.audit import run as audit_run
 
         return audit_run(argv[1:])
     parser = argparse.ArgumentParser(prog="gateway", description="payswitch gateway")

@@ -31,7 +31,7 @@ import hmac
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from gateway.security import MAC_LENGTH
+from gateway.flow.security import MAC_LENGTH
 from hsm_sim import issuer as core
 from hsm_sim import pinblock as _pinblock
 from hsm_sim import terminal as _terminal

@@ -545,7 +545,7 @@ def bench_hsm(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 async def _drive_hsm(port: int, args: argparse.Namespace, duration: float, data: Path) -> RunStats:
     """Closed loop of CA translations: ``in_flight`` workers over ``connections``."""
-    from gateway.hsm_client import HsmClient, HsmError
+    from gateway.upstream.hsm_client import HsmClient, HsmError
     from hsm_sim import terminal
     from hsm_sim.lmk import Lmk
     from kit.dataset import load_dataset

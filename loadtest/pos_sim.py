@@ -34,7 +34,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.security import mac_field, mac_input
+from gateway.flow.security import mac_field, mac_input
 from hsm_sim import emv as hsm_emv
 from hsm_sim import terminal as pinpad
 from issuer_sim.pin import field48_cvv2

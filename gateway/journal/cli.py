@@ -17,7 +17,7 @@ posting file, 3 journal error (message on stderr, never card data or keys).
 
 ``--audit-file PATH`` (default: the environment variable ``PAYSWITCH_AUDIT_FILE``, else no
 file) records each command that changes or reveals the books (archive, restore,
-rebuild-index, reconcile, settlement) in that hash-chained audit file (:mod:`gateway.audit`,
+rebuild-index, reconcile, settlement) in that hash-chained audit file (:mod:`gateway.ops.audit`,
 checked by ``gateway audit verify``): the OS user, the command, its arguments (paths, dates,
 issuer, node; never key material), the exit status and, for archive and restore, the counts
 moved. A file that cannot be opened for appending stops the command before it runs (exit 2).
@@ -36,7 +36,6 @@ from typing import Any
 import anyio
 import orjson
 
-from gateway.audit import AuditLog, os_user
 from gateway.journal import SafDepth, SettlementTotal, open_journal
 from gateway.journal.archive import verify_archive
 from gateway.journal.config import (
@@ -48,6 +47,7 @@ from gateway.journal.config import (
 )
 from gateway.journal.errors import JournalConfigError, JournalError
 from gateway.journal.reconcile import DAY_MARGIN, PostingFileError, Reconciler, read_postings
+from gateway.ops.audit import AuditLog, os_user
 
 _MERGED = frozenset({"settlement", "saf", "verify", "reconcile"})
 AUDITED = frozenset({"archive", "restore", "rebuild-index", "reconcile", "settlement"})

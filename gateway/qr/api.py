@@ -1,5 +1,5 @@
 """The QR acquirer API over HTTP (SPEC "QR acquirer API"): Starlette on AnyIO, served by
-hypercorn through :func:`gateway.http.serve_asgi` on the gateway's own event loop (asyncio,
+hypercorn through :func:`gateway.edge.http.serve_asgi` on the gateway's own event loop (asyncio,
 uvloop or trio), so a QR payment enters the same ``Switch`` in the same process as a terminal's.
 
 Order of checks for a POST: authentication (401), body size and type (413, 415), JSON and model

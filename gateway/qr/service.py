@@ -31,7 +31,7 @@ import anyio
 import orjson
 from prometheus_client import CollectorRegistry, Counter
 
-from gateway.links import transmission_time
+from gateway.flow.tokens import PanCipher
 from gateway.qr import problems as p
 from gateway.qr.models import MpmRequest, MpmView, PaymentRequest, RefundRequest
 from gateway.qr.problems import Problem
@@ -48,7 +48,7 @@ from gateway.qr.store import (
     StoredResponse,
 )
 from gateway.qr.terminals import virtual_terminals
-from gateway.tokens import PanCipher
+from gateway.upstream.links import transmission_time
 from kit.dataset import Dataset, Merchant, QrAcquirer
 from kit.logs import get_logger
 from protocols import emv, qr_cpm, qr_mpm

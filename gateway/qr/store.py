@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 import anyio
 
+from gateway.flow.tokens import PanCipher
 from gateway.qr.models import PaymentView, RefundView
-from gateway.tokens import PanCipher
 from kit.conf import ConfigError
 
 if TYPE_CHECKING:

@@ -17,8 +17,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import admin
-from gateway.admin import (
+from gateway.cli import main as gateway_cli
+from gateway.config import AdminConfig, AdminTokenConfig, load_gateway_config
+from gateway.metrics import Metrics
+from gateway.ops import admin
+from gateway.ops.admin import (
     AUTH_FAILURES_LIMIT,
     AUTH_FAILURES_WINDOW,
     POLL_AUDIT_INTERVAL,
@@ -27,11 +30,8 @@ from gateway.admin import (
     admin_app,
     hash_token,
 )
-from gateway.audit import GENESIS, AuditLog, line_hash, verify_file
-from gateway.cli import main as gateway_cli
-from gateway.config import AdminConfig, AdminTokenConfig, load_gateway_config
-from gateway.dashboard import dashboard_routes
-from gateway.metrics import Metrics
+from gateway.ops.audit import GENESIS, AuditLog, line_hash, verify_file
+from gateway.ops.dashboard import dashboard_routes
 from kit.conf import ConfigError
 from kit.logs import configure
 
@@ -424,7 +424,7 @@ def test_token_config_is_validated() -> None:
 
 
 def test_audit_file_per_worker(tmp_path: Path) -> None:
-    from gateway.admin import audit_path
+    from gateway.ops.admin import audit_path
 
     cfg = AdminConfig(audit_file="var/audit.log")
     assert audit_path(cfg, tmp_path) == tmp_path / "var/audit.log"
@@ -445,7 +445,7 @@ def _signal_gateway(tmp_path: Path, audit_file: str, **cfg: Any) -> Gateway:
 async def test_sighup_reload_is_audited_in_the_workers_own_file(
     tmp_path: Path, logs: io.BytesIO
 ) -> None:
-    from gateway.workers import worker_config
+    from gateway.edge.workers import worker_config
 
     single = _signal_gateway(tmp_path, "audit.log")
     result = await single.reload_risk_on_signal("SIGHUP")  # what gateway run does on SIGHUP

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.breaker import CircuitBreaker
-from gateway.journal_stage import reversal_advice
-from gateway.standin import pvv_from_track2
+from gateway.flow.journal_stage import reversal_advice
+from gateway.flow.standin import pvv_from_track2
+from gateway.upstream.breaker import CircuitBreaker
 from protocols.message import Message
 
 

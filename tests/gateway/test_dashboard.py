@@ -13,9 +13,9 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from gateway.dashboard import dashboard_routes, quantile_ms
 from gateway.metrics import Metrics
-from gateway.saf import SafMetrics
+from gateway.ops.dashboard import dashboard_routes, quantile_ms
+from gateway.upstream.saf import SafMetrics
 from tests.helpers import purchase, running_stack, terminal
 from tests.integration.journal_support import write_conf
 

@@ -11,8 +11,8 @@ import anyio
 import pytest
 
 from gateway.config import LinkConfig
-from gateway.links import IssuerConnection, IssuerPool, IssuerTimeout
-from gateway.switch import utcnow
+from gateway.flow.switch import utcnow
+from gateway.upstream.links import IssuerConnection, IssuerPool, IssuerTimeout
 from kit import fastio
 from protocols.dialects import get_dialect
 from protocols.fastcodec import best_codec

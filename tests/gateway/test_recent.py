@@ -10,13 +10,13 @@ import anyio
 import pytest
 
 from gateway.config import SafConfig
+from gateway.flow.journal_stage import JournalRuntime, JournalStage
+from gateway.flow.participants import CheckDuplicate
+from gateway.flow.pipeline import BaseParticipant, Context
+from gateway.flow.recent import RecentTransactions, TxnEntry
+from gateway.flow.switch import Switch
 from gateway.journal import Journal, JournalError
-from gateway.journal_stage import JournalRuntime, JournalStage
 from gateway.metrics import Metrics
-from gateway.participants import CheckDuplicate
-from gateway.pipeline import BaseParticipant, Context
-from gateway.recent import RecentTransactions, TxnEntry
-from gateway.switch import Switch
 from protocols.dialects import get_dialect
 from protocols.fastcodec import best_codec
 from protocols.keys import key_of

@@ -12,9 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from psec import mac as psec_mac
 
-from gateway.hsm_client import HsmCommandError, HsmUnavailableError, PinTranslation
-from gateway.pipeline import Context
-from gateway.security import (
+from gateway.flow.pipeline import Context
+from gateway.flow.security import (
     IssuerLinkMac,
     SecurityMetrics,
     TranslatePin,
@@ -23,6 +22,7 @@ from gateway.security import (
     mac_input,
     received_mac,
 )
+from gateway.upstream.hsm_client import HsmCommandError, HsmUnavailableError, PinTranslation
 from hsm_sim import dukpt, pinblock
 from hsm_sim import mac as core_mac
 from hsm_sim import terminal as pinpad

@@ -7,11 +7,11 @@ import datetime as dt
 import anyio
 import pytest
 
+from gateway.flow.participants import CheckDuplicate
+from gateway.flow.pipeline import WAIT, BaseParticipant, Context, resolve_hooks
+from gateway.flow.recent import RecentTransactions
+from gateway.flow.switch import Switch
 from gateway.metrics import Metrics
-from gateway.participants import CheckDuplicate
-from gateway.pipeline import WAIT, BaseParticipant, Context, resolve_hooks
-from gateway.recent import RecentTransactions
-from gateway.switch import Switch
 from protocols.message import Message
 
 NOW = dt.datetime(2026, 11, 27, 10, 0, tzinfo=dt.UTC)

@@ -10,11 +10,11 @@ import anyio
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from gateway import switch as switch_module
-from gateway import terminals
+from gateway.edge import terminals
+from gateway.flow import switch as switch_module
+from gateway.flow.participants import CheckFields
+from gateway.flow.switch import Switch
 from gateway.metrics import Metrics
-from gateway.participants import CheckFields
-from gateway.switch import Switch
 from kit.fastio import FrameChannel
 from protocols.codec import MessageFormatError, UndecodableError
 from protocols.dialects import get_dialect

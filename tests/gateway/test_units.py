@@ -7,9 +7,9 @@ import orjson
 import pytest
 import structlog
 
-from gateway.recent import RecentTransactions
-from gateway.routing import BinTable
-from gateway.rrn import RrnGenerator
+from gateway.flow.recent import RecentTransactions
+from gateway.flow.routing import BinTable
+from gateway.flow.rrn import RrnGenerator
 from issuer_sim.accounts import AccountBook
 from issuer_sim.host import IssuerHost, balance_field
 from kit.logs import configure, get_logger
@@ -44,7 +44,7 @@ def test_rrn_unique_increasing_and_12_chars() -> None:
 def test_rrn_pieces_spell_the_whole_counter() -> None:
     # The generator keeps the high digits and looks the low ones up: same text as spelling
     # the whole value, across a change of the high digits and past 36 ** 12 (wraps).
-    from gateway.rrn import _base36
+    from gateway.flow.rrn import _base36
 
     for start in (1_700_000_000_000_000, 36**6 // 36 - 5, 36**11 - 3, 36**12 // 36 + 7):
         for node in (0, 35):

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from gateway.config import AdminConfig, GatewayConfig
-from gateway.workers import worker_config
+from gateway.edge.workers import worker_config
 
 
 def test_worker_config_offsets_node_and_admin_port() -> None:

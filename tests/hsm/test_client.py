@@ -1,4 +1,4 @@
-"""gateway.hsm_client.HsmClient against the real hsm_sim server on 127.0.0.1 (port 0)."""
+"""gateway.upstream.hsm_client.HsmClient against the real hsm_sim server on 127.0.0.1 (port 0)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import anyio.abc
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
-from gateway.hsm_client import HsmClient, HsmCommandError, HsmEndpoint, HsmUnavailableError
+from gateway.upstream.hsm_client import HsmClient, HsmCommandError, HsmEndpoint, HsmUnavailableError
 from hsm_sim import emv, pinblock, pinverify, terminal
 from hsm_sim.config import TlsConfig
 from hsm_sim.core import HsmCore

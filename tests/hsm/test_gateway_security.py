@@ -1,4 +1,4 @@
-"""gateway.security's pure helpers that the HSM path leans on, against their reference rules."""
+"""gateway.flow.security's pure helpers that the HSM path leans on, against their reference rules."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.security import mac_field, mac_input
+from gateway.flow.security import mac_field, mac_input
 from protocols import hsm
 from protocols.codec import Codec
 from protocols.dialects import get_dialect

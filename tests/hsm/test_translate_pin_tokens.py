@@ -11,11 +11,11 @@ import datetime as dt
 
 import pytest
 
-from gateway import security
-from gateway.hsm_client import HsmClient, HsmUnavailableError
-from gateway.pipeline import Context
-from gateway.security import SecurityMetrics, TranslatePin
-from gateway.tokens import Detokenize, PanCipher, TokenVault
+from gateway.flow import security
+from gateway.flow.pipeline import Context
+from gateway.flow.security import SecurityMetrics, TranslatePin
+from gateway.flow.tokens import Detokenize, PanCipher, TokenVault
+from gateway.upstream.hsm_client import HsmClient, HsmUnavailableError
 from hsm_sim import pinblock
 from hsm_sim import terminal as pinpad
 from hsm_sim.core import HsmCore

@@ -14,8 +14,8 @@ import pytest
 import structlog
 
 from gateway.config import StandInConfig, StandInLimit
-from gateway.emv_check import CheckEmv
-from gateway.pipeline import Context
+from gateway.flow.emv_check import CheckEmv
+from gateway.flow.pipeline import Context
 from issuer_sim.accounts import Account
 from issuer_sim.emv import EmvAuthenticator
 from loadtest import pos_sim

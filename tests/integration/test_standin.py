@@ -13,8 +13,8 @@ import anyio
 import pytest
 
 from gateway.config import SafConfig, StandInConfig, StandInLimit
+from gateway.flow.standin import _cryptogram
 from gateway.journal import TxnState
-from gateway.standin import _cryptogram
 from hsm_sim.issuer import derive_pvv
 from loadtest.pos_sim import add_pin_block, card_for, terminal_of
 from protocols import emv

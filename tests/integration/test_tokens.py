@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import structlog
 
-from gateway.pipeline import Context
-from gateway.tokens import Detokenize, PanCipher, TokenVault, VaultKeyError, presented
+from gateway.flow.pipeline import Context
+from gateway.flow.tokens import Detokenize, PanCipher, TokenVault, VaultKeyError, presented
 from hsm_sim import terminal as pinpad
 from issuer_sim.server import IssuerServer
 from kit.dataset import Token

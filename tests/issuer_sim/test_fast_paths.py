@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.security import MAC_LENGTH, mac_field, mac_input
+from gateway.flow.security import MAC_LENGTH, mac_field, mac_input
 from hsm_sim import mac as core_mac
 from hsm_sim import terminal as pinpad
 from hsm_sim.errors import HsmCryptoError, KeyLengthError

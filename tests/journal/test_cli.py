@@ -179,8 +179,8 @@ def test_cli_merges_per_node_files_of_workers(
 def test_cli_audit_file_records_commands_that_change_or_reveal_the_books(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from gateway.audit import os_user, verify_file
-    from gateway.audit import run as audit_run
+    from gateway.ops.audit import os_user, verify_file
+    from gateway.ops.audit import run as audit_run
 
     monkeypatch.delenv("PAYSWITCH_AUDIT_FILE", raising=False)
     conf = _write_conf(tmp_path)

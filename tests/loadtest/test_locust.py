@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from gateway.http import serve_asgi
+from gateway.edge.http import serve_asgi
 from loadtest.locust_support import ResponseCodeError, TerminalSession, qr_outcome
 from loadtest.mix import TxnFactory, load_data
 from tests.helpers import ROOT

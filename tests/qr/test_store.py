@@ -14,6 +14,7 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.config import QrApiConfig
+from gateway.flow.tokens import PanCipher
 from gateway.qr import problems, with_virtual_terminals
 from gateway.qr.models import MpmRequest, PaymentRequest
 from gateway.qr.problems import Problem
@@ -33,7 +34,6 @@ from gateway.qr.store import (
     StoreKeyError,
     store_from_config,
 )
-from gateway.tokens import PanCipher
 from kit.conf import ConfigError
 from protocols.message import Message
 from tests.helpers import DEMO_CONF, Stack, demo_dataset, running_stack

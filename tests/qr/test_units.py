@@ -13,11 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.flow.tokens import PanCipher
 from gateway.qr import problems
 from gateway.qr.api import _SwallowErrors, qr_app
 from gateway.qr.service import QrService
 from gateway.qr.terminals import virtual_terminals, with_virtual_terminals
-from gateway.tokens import PanCipher
 from kit.dataset import Terminal
 from protocols import qr_cpm, qr_mpm
 from protocols.message import Message

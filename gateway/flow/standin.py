@@ -2,7 +2,7 @@
 it afterwards (0120 advices through store-and-forward).
 
 :class:`StandIn` sits right before ``QueryIssuer``. For each issuer it keeps a
-:class:`~gateway.breaker.CircuitBreaker` fed with the outcome of every issuer attempt. When the
+:class:`~gateway.upstream.breaker.CircuitBreaker` fed with the outcome of every issuer attempt. When the
 issuer has no signed-on link or the breaker is open:
 
 * purchases, cash and authorizations (0100/0200, processing code 00/01) are approved if the
@@ -37,14 +37,14 @@ from typing import Literal
 
 import anyio
 
-from gateway.breaker import CircuitBreaker
 from gateway.config import StandInConfig, StandInLimit
-from gateway.hsm_client import HsmClient, HsmError
+from gateway.flow.journal_stage import STAND_IN_NOTE, JournalRuntime
+from gateway.flow.participants import REVERSALS, QueryIssuer, reversal_amount
+from gateway.flow.pipeline import BaseParticipant, Context
 from gateway.journal import JournalError, TxnState
-from gateway.journal_stage import STAND_IN_NOTE, JournalRuntime
-from gateway.links import IssuerPool
-from gateway.participants import REVERSALS, QueryIssuer, reversal_amount
-from gateway.pipeline import BaseParticipant, Context
+from gateway.upstream.breaker import CircuitBreaker
+from gateway.upstream.hsm_client import HsmClient, HsmError
+from gateway.upstream.links import IssuerPool
 from kit.dataset import Dataset
 from kit.keys import KeyLoadError, KeyStore, dataset_lmk, key_under_lmk
 from kit.logs import get_logger
@@ -55,7 +55,7 @@ from protocols.message import Message
 from protocols.redact import mask_pan
 from protocols.validate import card_of
 
-log = get_logger("gateway.standin")
+log = get_logger("gateway.flow.standin")
 
 STAND_IN_MTIS = frozenset({"0100", "0200"})
 STAND_IN_KINDS = frozenset({"00", "01"})

@@ -38,14 +38,14 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from gateway.hsm_client import (
+from gateway.flow.pipeline import BaseParticipant, Context
+from gateway.flow.tokens import presented
+from gateway.upstream.hsm_client import (
     HsmClient,
     HsmCommandError,
     HsmUnavailableError,
     PinTranslation,
 )
-from gateway.pipeline import BaseParticipant, Context
-from gateway.tokens import presented
 from kit.keys import KeyStore
 from kit.logs import get_logger
 from protocols.bounded import BoundedFifo
@@ -56,9 +56,9 @@ from protocols.message import Message
 from protocols.validate import card_of
 
 if TYPE_CHECKING:
-    from gateway.links import IssuerPool
+    from gateway.upstream.links import IssuerPool
 
-log = get_logger("gateway.security")
+log = get_logger("gateway.flow.security")
 
 MAC_LENGTH = 8
 PIN_MTIS = frozenset({"0100", "0200"})

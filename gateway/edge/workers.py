@@ -23,7 +23,7 @@ from anyio.abc import Process
 from gateway.config import GatewayConfig
 from kit.logs import get_logger
 
-log = get_logger("gateway.workers")
+log = get_logger("gateway.edge.workers")
 
 MAX_NODE = 35  # the last base-36 digit of an RRN
 

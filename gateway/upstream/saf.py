@@ -29,6 +29,9 @@ from anyio.abc import TaskStatus
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gateway.config import SafConfig
+from gateway.flow.journal_stage import JournalRuntime, reversal_advice
+from gateway.flow.participants import IssuerMessageHook
+from gateway.flow.pipeline import Context
 from gateway.journal import (
     Advice,
     Journal,
@@ -38,15 +41,12 @@ from gateway.journal import (
     TxnState,
     next_attempt,
 )
-from gateway.journal_stage import JournalRuntime, reversal_advice
-from gateway.links import IssuerPool, IssuerTimeout, LinkUnavailable
-from gateway.participants import IssuerMessageHook
-from gateway.pipeline import Context
+from gateway.upstream.links import IssuerPool, IssuerTimeout, LinkUnavailable
 from kit.logs import get_logger
 from protocols.errors import ProtocolError
 from protocols.message import Message
 
-log = get_logger("gateway.saf")
+log = get_logger("gateway.upstream.saf")
 
 RETRY_CODES = frozenset({"63", "91", "96"})
 """Answers meaning the issuer did not process the advice: send it again later."""

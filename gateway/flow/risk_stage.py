@@ -3,7 +3,7 @@ give back on reversals. The engine itself lives in :mod:`gateway.risk`."""
 
 from __future__ import annotations
 
-from gateway.pipeline import BaseParticipant, Context
+from gateway.flow.pipeline import BaseParticipant, Context
 from gateway.risk import RiskEngine, RiskInput, kind_from_iso
 from gateway.risk.pan import CardKeyer
 from kit.logs import get_logger

@@ -25,14 +25,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from gateway.pipeline import BaseParticipant, Context
+from gateway.flow.pipeline import BaseParticipant, Context
 from kit.conf import ConfigError
 from kit.dataset import Token
 from kit.logs import get_logger
 from protocols.message import Message
 from protocols.redact import mask_pan
 
-log = get_logger("gateway.tokens")
+log = get_logger("gateway.flow.tokens")
 
 _NONCE = 12
 # Requests where the token's own status and expiry matter: purchases, cash, pre-auths and

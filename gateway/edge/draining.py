@@ -1,11 +1,11 @@
-"""Graceful shutdown support: a :class:`~gateway.switch.Switch` that counts requests in flight
+"""Graceful shutdown support: a :class:`~gateway.flow.switch.Switch` that counts requests in flight
 and, once draining, answers new transactions ``91`` at once instead of starting them."""
 
 from __future__ import annotations
 
 import anyio
 
-from gateway.switch import ECHO, ECHO_REVERSAL, Switch
+from gateway.flow.switch import ECHO, ECHO_REVERSAL, Switch
 from protocols.message import Message
 from protocols.mti import is_request, response_mti
 

@@ -8,7 +8,7 @@ page added later such as /dashboard, an unknown path) needs ``viewer``. Callers 
 ``Authorization: Bearer <token>``; the config holds only the token's SHA-256, compared in
 constant time. A missing or unknown token gets 401 with ``WWW-Authenticate: Bearer``, a role
 too low 403, both RFC 9457 problem documents. Every request that needs a role, allowed or
-denied, leaves one audit record (:mod:`gateway.audit`); a handler adds what it changed with
+denied, leaves one audit record (:mod:`gateway.ops.audit`); a handler adds what it changed with
 :func:`audit_detail`.
 
 With no token configured the API is unauthenticated, which the config allows only on a
@@ -43,9 +43,9 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.audit import AuditLog
 from gateway.config import AdminConfig, AdminTokenConfig
 from gateway.metrics import Metrics
+from gateway.ops.audit import AuditLog
 from gateway.qr.problems import Problem, ProblemType
 from kit.conf import ConfigError
 from kit.logs import get_logger
@@ -54,7 +54,7 @@ from protocols.bounded import BoundedFifo
 if TYPE_CHECKING:
     from gateway.app import Gateway
 
-log = get_logger("gateway.admin")
+log = get_logger("gateway.ops.admin")
 
 ADMIN_UNAUTHORIZED: Final = ProblemType("admin-unauthorized", "Missing or unknown admin token", 401)
 ADMIN_FORBIDDEN: Final = ProblemType("admin-forbidden", "Role not allowed for this request", 403)

@@ -10,7 +10,7 @@ sent again to the next. Keys are passed as the ``U`` + 32 hex form under the HSM
 
 Lifecycle: ``async with HsmClient([...]) as hsm:`` or ``await tg.start(hsm.run)``. Nothing
 logged here carries keys, PIN blocks or PANs. The connections themselves (an asyncio Protocol
-on asyncio and uvloop, AnyIO streams on trio) are in :mod:`gateway.hsm_transport`.
+on asyncio and uvloop, AnyIO streams on trio) are in :mod:`gateway.upstream.hsm_transport`.
 
 Errors: :class:`HsmUnavailableError` when no endpoint answered in time (answer ``91``/``96``),
 :class:`HsmCommandError` when the HSM refused a command (``error_code`` as in payShield, e.g.
@@ -33,12 +33,12 @@ import anyio
 import anyio.abc
 import structlog
 
-from gateway import hsm_transport
-from gateway.hsm_transport import ConnectionLostError, HeadersExhaustedError, HsmConnection
+from gateway.upstream import hsm_transport
+from gateway.upstream.hsm_transport import ConnectionLostError, HeadersExhaustedError, HsmConnection
 from protocols import hsm as proto
 from protocols.errors import ProtocolError
 
-log = structlog.get_logger("gateway.hsm_client")
+log = structlog.get_logger("gateway.upstream.hsm_client")
 
 _T = TypeVar("_T")
 _LATENCY_WINDOW = 4096

@@ -6,9 +6,9 @@ import datetime as dt
 import time
 from collections.abc import Callable, Sequence
 
+from gateway.flow.pipeline import WAIT, Context, Hooks, Participant, resolve_hooks
+from gateway.flow.rrn import RrnGenerator
 from gateway.metrics import Metrics
-from gateway.pipeline import WAIT, Context, Hooks, Participant, resolve_hooks
-from gateway.rrn import RrnGenerator
 from kit.logs import get_logger
 from protocols.codec import MessageFormatError
 from protocols.message import Message
@@ -16,7 +16,7 @@ from protocols.mti import is_request, response_mti
 from protocols.redact import mask_pan
 from protocols.validate import check_request
 
-log = get_logger("gateway.switch")
+log = get_logger("gateway.flow.switch")
 
 # SPEC: the response echoes these request fields.
 ECHO = ("2", "3", "4", "7", "11", "12", "13", "41", "42", "49")

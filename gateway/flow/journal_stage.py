@@ -36,6 +36,10 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from gateway.flow.participants import REVERSALS, CheckDuplicate, FindOriginal, IssuerMessageHook
+from gateway.flow.pipeline import BaseParticipant, Context
+from gateway.flow.recent import RecentTransactions, TxnEntry
+from gateway.flow.switch import ECHO, ECHO_REVERSAL
 from gateway.journal import (
     Journal,
     JournalError,
@@ -44,12 +48,8 @@ from gateway.journal import (
     StoredTxn,
     TxnState,
 )
-from gateway.links import IssuerPool, transmission_time
 from gateway.metrics import Metrics
-from gateway.participants import REVERSALS, CheckDuplicate, FindOriginal, IssuerMessageHook
-from gateway.pipeline import BaseParticipant, Context
-from gateway.recent import RecentTransactions, TxnEntry
-from gateway.switch import ECHO, ECHO_REVERSAL
+from gateway.upstream.links import IssuerPool, transmission_time
 from kit.logs import get_logger
 from protocols.keys import DuplicateKey, duplicate_key, key_of, original_data
 from protocols.message import Message
@@ -58,7 +58,7 @@ from protocols.mti import response_mti
 if TYPE_CHECKING:
     from gateway.config import SafConfig
 
-log = get_logger("gateway.journal_stage")
+log = get_logger("gateway.flow.journal_stage")
 
 # Issuer-message fields an advice carries (never 35/52/55 or a MAC; the SAF sender MACs it).
 ADVICE_FIELDS = (

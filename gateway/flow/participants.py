@@ -8,18 +8,18 @@ from typing import Protocol
 
 import anyio
 
-from gateway.links import IssuerPool, IssuerTimeout, LinkUnavailable, transmission_time
+from gateway.flow.pipeline import WAIT, BaseParticipant, Context
+from gateway.flow.recent import RecentTransactions, TxnEntry
+from gateway.flow.routing import BinTable
 from gateway.metrics import Metrics
-from gateway.pipeline import WAIT, BaseParticipant, Context
-from gateway.recent import RecentTransactions, TxnEntry
-from gateway.routing import BinTable
+from gateway.upstream.links import IssuerPool, IssuerTimeout, LinkUnavailable, transmission_time
 from kit.dataset import Dataset, Merchant, Terminal
 from kit.logs import get_logger
 from protocols.keys import DuplicateKey, duplicate_key, key_of, original_data
 from protocols.message import Message
 from protocols.validate import card_of, check_request
 
-log = get_logger("gateway.pipeline")
+log = get_logger("gateway.flow.pipeline")
 
 # Terminal fields passed on to the issuer unchanged; 52 only as translated by the HSM
 # (Context.pin_block), 53 and 64 never.
@@ -162,7 +162,7 @@ class Route(BaseParticipant):
 
 
 class IssuerMessageHook(Protocol):
-    """Security of the issuer link (gateway.security.IssuerLinkMac): ``seal`` runs on the
+    """Security of the issuer link (gateway.flow.security.IssuerLinkMac): ``seal`` runs on the
     complete request before it is sent, ``check_answer`` on the answer before it is used; a
     response code from either stops the transaction with that code."""
 

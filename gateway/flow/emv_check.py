@@ -7,14 +7,14 @@ Other requests may carry field 55 too (a QR payment with a cryptogram, a reversa
 decode, and when it holds a cryptogram (9F26) the data the issuer needs to verify it.
 
 The switch does not verify the cryptogram here: that is the issuer's (it holds the IMK-AC),
-except in stand-in, which verifies it at the HSM on the issuer's behalf (gateway/standin.py).
+except in stand-in, which verifies it at the HSM on the issuer's behalf (gateway/flow/standin.py).
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-from gateway.pipeline import BaseParticipant, Context
+from gateway.flow.pipeline import BaseParticipant, Context
 from protocols import emv
 
 CHIP_ENTRY_MODES: Final = frozenset({"051", "071"})

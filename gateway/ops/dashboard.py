@@ -38,7 +38,7 @@ from gateway.metrics import Metrics
 from kit.logs import get_logger
 from protocols.redact import mask_pan
 
-log = get_logger("gateway.dashboard")
+log = get_logger("gateway.ops.dashboard")
 
 WINDOW_SECONDS = 60.0
 _MIN_SPACING = 0.9

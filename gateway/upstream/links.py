@@ -27,7 +27,7 @@ from protocols.keys import LinkKey, link_key
 from protocols.message import Message
 from protocols.mti import is_request, response_mti
 
-log = get_logger("gateway.links")
+log = get_logger("gateway.upstream.links")
 
 _LINK_ERRORS = (
     OSError,

@@ -8,8 +8,8 @@ from typing import Any
 
 import anyio
 
+from gateway.flow.switch import ECHOED, Switch
 from gateway.metrics import Metrics
-from gateway.switch import ECHOED, Switch
 from kit.fastio import FrameChannel, fast_path
 from kit.framed import StalledFrameError
 from kit.logs import PeerWarnings, get_logger
@@ -17,7 +17,7 @@ from protocols.codec import Codec, MessageFormatError, UndecodableError
 from protocols.errors import FramingError, LocalProtocolError
 from protocols.message import Message
 
-log = get_logger("gateway.terminals")
+log = get_logger("gateway.edge.terminals")
 
 _GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError)
 

@@ -20,9 +20,9 @@ from kit.dataset import Merchant, Terminal
 from protocols.message import Message
 
 if TYPE_CHECKING:
-    from gateway.links import IssuerPool
-    from gateway.recent import TxnEntry
+    from gateway.flow.recent import TxnEntry
     from gateway.risk import RiskDecision
+    from gateway.upstream.links import IssuerPool
 
 
 @dataclass(slots=True)
@@ -60,7 +60,7 @@ class Context:
     """Why an issuer answer was not used (``bad_mac``, ``mac_unverified``): the issuer may have
     acted on the request, so the journal stage reverses it as after a timeout."""
     stood_in: bool = False
-    """Approved by stand-in processing (gateway.standin); ``advice`` is its 0120."""
+    """Approved by stand-in processing (gateway.flow.standin); ``advice`` is its 0120."""
     advice: Message | None = None
     """An advice to store and forward with this transaction's journal record (0120 of a
     stand-in, 0420 of a reversal acknowledged locally)."""

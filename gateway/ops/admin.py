@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
@@ -52,7 +52,7 @@ from kit.logs import get_logger
 from protocols.bounded import BoundedFifo
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.risk import RiskEngine
 
 log = get_logger("gateway.ops.admin")
 
@@ -409,10 +409,20 @@ class AdminAccess:
         return await self.audit.record(record)
 
 
+class RiskControl(Protocol):
+    """What the admin API asks of the running gateway (``gateway.app.Gateway`` is one): a
+    protocol, so this module need not import the module that wires it."""
+
+    @property
+    def risk(self) -> RiskEngine | None: ...
+
+    def reload_risk(self) -> dict[str, Any]: ...
+
+
 def admin_app(
     metrics: Metrics,
     status: Callable[[], dict[str, Any]],
-    gateway: Gateway | None = None,
+    gateway: RiskControl | None = None,
     *,
     access: AdminAccess | None = None,
     extra_routes: Sequence[BaseRoute] = (),

@@ -45,10 +45,10 @@ from typing import Any
 import anyio
 import orjson
 
-from loadtest.cli import backend_args, run_generator
 from loadtest.generator import LoadConfig
 from loadtest.mix import SCENARIOS
 from loadtest.procstat import cpu_seconds, free_port, peak_rss_kib
+from loadtest.runs import backend_args, run_generator
 from loadtest.stats import RunStats, format_report
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,15 +17,14 @@ import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import anyio
 import orjson
 
 from kit.runtime import tune_gc
-from loadtest.generator import GeneratorError, LoadConfig, LoadGenerator
-from loadtest.mix import KINDS, SCENARIOS, MixError, TxnFactory, load_data
-from loadtest.qr_client import QrClient
+from loadtest.generator import GeneratorError, LoadConfig
+from loadtest.mix import KINDS, SCENARIOS, MixError
+from loadtest.runs import backend_args, run_generator
 from loadtest.stats import format_report
 
 
@@ -95,34 +94,6 @@ def config_from_args(args: argparse.Namespace, *, port: int | None = None) -> Lo
         data=args.data,
         seed=args.seed,
     )
-
-
-async def run_generator(cfg: LoadConfig, *, progress: bool = True) -> dict[str, Any]:
-    """One generator run with its QR client; the summary dict (as --json writes it)."""
-    import random
-
-    factory = TxnFactory(
-        load_data(cfg.data),
-        terminal=cfg.terminal,
-        prefixes=cfg.prefixes,
-        amount=(cfg.amount, max(cfg.amount, cfg.amount_max)),
-        rnd=random.Random(cfg.seed),
-    )
-    connections = max(4, min(256, cfg.in_flight if not cfg.rate else cfg.connections * 8))
-    emit = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else None
-    if not cfg.qr_url:
-        return (await LoadGenerator(cfg, factory).run(emit)).summary()
-    async with QrClient(
-        cfg.qr_url, factory.qr_api_key, connections=connections, timeout=cfg.timeout
-    ) as qr:
-        stats = await LoadGenerator(cfg, factory, qr=qr).run(emit)
-    return stats.summary()
-
-
-def backend_args(name: str) -> tuple[str, dict[str, Any]]:
-    if name == "uvloop":
-        return "asyncio", {"use_uvloop": True}
-    return name, {}
 
 
 def _run(argv: Sequence[str]) -> int:

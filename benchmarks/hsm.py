@@ -166,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _report(args, args.server, runs)
         return 0
     conf = Path(__file__).resolve().parents[1] / "conf" / "demo" / "hsm.toml"
-    proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module, fixed arguments
+    proc = subprocess.Popen(
         [
             sys.executable,
             "-m",

@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
-from gateway.flow.security import MAC_LENGTH, mac_field
 from hsm_sim.errors import KeyLengthError
 from protocols.codec import Codec
+from protocols.mac import MAC_LENGTH, mac_field
 from protocols.message import Message
 
 _CANONICAL = frozenset(str(n) for n in range(1, 129))
@@ -54,7 +54,7 @@ class RetailMac:
 
 
 def link_mac_field(fields: Mapping[str, str]) -> str:
-    """:func:`gateway.flow.security.mac_field` with a set test instead of an ``int()`` per key
+    """:func:`protocols.mac.mac_field` with a set test instead of an ``int()`` per key
     (every key a decoded message or an issuer answer has is a canonical field number)."""
     if fields.keys() <= _CANONICAL:
         return "64" if _SECONDARY.isdisjoint(fields) else "128"
@@ -93,7 +93,7 @@ class LinkMac:
         )
 
     def data(self, msg: Message, field: str) -> bytes:
-        """:func:`gateway.flow.security.mac_input` for a message whose MAC goes in ``field``.
+        """:func:`protocols.mac.mac_input` for a message whose MAC goes in ``field``.
 
         When that field holds 8 bytes of hex and is the last one encoded, the message's own
         encoding without its last 8 bytes is the same thing (a field's value only changes its

@@ -31,7 +31,6 @@ import hmac
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from gateway.flow.security import MAC_LENGTH
 from hsm_sim import issuer as core
 from hsm_sim import pinblock as _pinblock
 from hsm_sim import terminal as _terminal
@@ -44,6 +43,7 @@ from protocols.codec import Codec
 from protocols.dialects import get_dialect
 from protocols.errors import ProtocolError
 from protocols.fastcodec import best_codec
+from protocols.mac import MAC_LENGTH
 from protocols.message import Message
 
 if TYPE_CHECKING:

@@ -34,7 +34,6 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.flow.security import mac_field, mac_input
 from hsm_sim import emv as hsm_emv
 from hsm_sim import terminal as pinpad
 from issuer_sim.pin import field48_cvv2
@@ -44,6 +43,7 @@ from protocols import emv
 from protocols.codec import Codec
 from protocols.dialects import get_dialect
 from protocols.keys import original_data
+from protocols.mac import mac_field, mac_input
 from protocols.message import Message
 from protocols.redact import mask_pan, redact_fields
 

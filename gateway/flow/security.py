@@ -33,7 +33,6 @@ Nothing logged here carries a PAN, a PIN block, a MAC or a key.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -49,9 +48,9 @@ from gateway.upstream.hsm_client import (
 from kit.keys import KeyStore
 from kit.logs import get_logger
 from protocols.bounded import BoundedFifo
-from protocols.codec import Codec
 from protocols.errors import ProtocolError
 from protocols.hsm import FORMAT_ISO0, FORMAT_ISO1
+from protocols.mac import MAC_LENGTH, mac_field, mac_input
 from protocols.message import Message
 from protocols.validate import card_of
 
@@ -60,7 +59,6 @@ if TYPE_CHECKING:
 
 log = get_logger("gateway.flow.security")
 
-MAC_LENGTH = 8
 PIN_MTIS = frozenset({"0100", "0200"})
 """Requests whose PIN block is translated and sent on (advices and reversals carry none)."""
 BAD_MAC = "bad_mac"
@@ -68,35 +66,6 @@ UNVERIFIED = "mac_unverified"
 """``Context.answer_rejected`` of an issuer answer whose MAC is wrong / could not be checked
 (the journal's note is ``issuer_`` + this)."""
 HSM_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-
-
-# ----------------------------------------------------------------------------- pure helpers
-
-
-_SECONDARY = frozenset(str(n) for n in range(65, 128))
-_CANONICAL = frozenset(str(n) for n in range(129))
-
-
-def mac_field(fields: Mapping[str, str]) -> str:
-    """``"64"``, or ``"128"`` when the message has a secondary bitmap (fields 65-127)."""
-    if not _SECONDARY.isdisjoint(fields):
-        return "128"
-    if _CANONICAL.issuperset(fields):
-        return "64"  # the usual case, decided by two set operations in C
-    return "128" if any(64 < int(k) < 128 for k in fields if k.isdigit()) else "64"
-
-
-def mac_input(codec: Codec, msg: Message, field: str | None = None) -> bytes:
-    """What the MAC of ``msg`` covers: its encoding with the MAC field set, minus the MAC.
-
-    The MAC field (``field``, found from the message when not given) is the last one encoded,
-    so this is the encoding with 8 placeholder bytes, without its last 8 bytes. Decoding and
-    re-encoding with the same dialect is exact, so for a received message this equals the
-    bytes on the wire before the MAC.
-    """
-    fields = dict(msg.fields)
-    fields[field or mac_field(fields)] = "00" * MAC_LENGTH
-    return codec.encode(Message(msg.mti, fields))[:-MAC_LENGTH]
 
 
 def received_mac(raw: bytes, msg: Message) -> tuple[bytes, bytes] | None:

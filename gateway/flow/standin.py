@@ -2,8 +2,8 @@
 it afterwards (0120 advices through store-and-forward).
 
 :class:`StandIn` sits right before ``QueryIssuer``. For each issuer it keeps a
-:class:`~gateway.upstream.breaker.CircuitBreaker` fed with the outcome of every issuer attempt. When the
-issuer has no signed-on link or the breaker is open:
+:class:`~gateway.upstream.breaker.CircuitBreaker` fed with the outcome of every issuer
+attempt. When the issuer has no signed-on link or the breaker is open:
 
 * purchases, cash and authorizations (0100/0200, processing code 00/01) are approved if the
   card stays within the stand-in limits of its issuer (count and amount per card per UTC day,

@@ -18,8 +18,6 @@ from gateway.flow.security import (
     SecurityMetrics,
     TranslatePin,
     VerifyMac,
-    mac_field,
-    mac_input,
     received_mac,
 )
 from gateway.upstream.hsm_client import HsmCommandError, HsmUnavailableError, PinTranslation
@@ -35,6 +33,7 @@ from kit.keys import KeyLoadError, load_keys
 from loadtest.pos_sim import INITIAL_KSN, add_mac, add_pin_block, terminal_of
 from protocols.codec import Codec
 from protocols.dialects import get_dialect
+from protocols.mac import mac_field, mac_input
 from protocols.message import Message
 from tests.helpers import demo_dataset, purchase
 

@@ -1,4 +1,4 @@
-"""gateway.flow.security's pure helpers that the HSM path leans on, against their reference rules."""
+"""The pure MAC helpers (protocols.mac) the HSM path leans on, against their reference rules."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.flow.security import mac_field, mac_input
 from protocols import hsm
 from protocols.codec import Codec
 from protocols.dialects import get_dialect
 from protocols.errors import LocalProtocolError
+from protocols.mac import mac_field, mac_input
 from protocols.message import Message
 from tests.helpers import purchase
 

@@ -12,7 +12,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.flow.security import MAC_LENGTH, mac_field, mac_input
 from hsm_sim import mac as core_mac
 from hsm_sim import terminal as pinpad
 from hsm_sim.errors import HsmCryptoError, KeyLengthError
@@ -24,6 +23,7 @@ from protocols.codec import Codec
 from protocols.dialects import get_dialect
 from protocols.errors import ProtocolError
 from protocols.fastcodec import best_codec
+from protocols.mac import MAC_LENGTH, mac_field, mac_input
 from protocols.message import Message
 from tests.helpers import demo_dataset
 

@@ -18,8 +18,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from gateway.journal.reconcile import POSTING_COLUMNS
 from issuer_sim.host import IssuerHost, Posting
+from protocols.postings import POSTING_COLUMNS
 from protocols.redact import mask_pan
 
 # The file's header line: the switch's reconciliation defines the format it reads.

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.journal.model import StoredTxn, TxnState
+from protocols.postings import POSTING_COLUMNS
 from protocols.redact import mask_pan
 
 MATCHED = "matched"
@@ -67,18 +68,6 @@ EXCEPTIONS = frozenset(CATEGORIES) - {MATCHED, NOT_POSTED}
 DAY_MARGIN = timedelta(minutes=15)
 """How far beyond the day the switch is read, for pairs that straddle midnight."""
 
-POSTING_COLUMNS = (
-    "mti",
-    "stan",
-    "transmission",
-    "kind",
-    "amount",
-    "auth_code",
-    "approved",
-    "reversed",
-    "pan_masked",
-)
-"""Header of an issuer's posting file (``issuer_sim/postings.py`` writes it)."""
 
 _ISSUER_REQUESTS = frozenset({"0100", "0120", "0200", "0220"})
 _APPROVED = frozenset({TxnState.ANSWERED, TxnState.STOOD_IN, TxnState.ADVISED})

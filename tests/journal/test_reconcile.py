@@ -22,7 +22,6 @@ from gateway.journal.reconcile import (
     ISSUER_ONLY,
     MATCHED,
     NOT_POSTED,
-    POSTING_COLUMNS,
     REVERSED_ISSUER_ONLY,
     REVERSED_SWITCH_ONLY,
     SWITCH_ONLY,
@@ -33,6 +32,7 @@ from gateway.journal.reconcile import (
     read_postings,
     reconcile,
 )
+from protocols.postings import POSTING_COLUMNS
 from tests.journal.conftest import NOW, PAN, Backend, purchase
 from tests.journal.test_cli import _write_conf
 

@@ -26,11 +26,11 @@ from prometheus_client import CollectorRegistry
 
 from gateway.flow.pipeline import Context
 from gateway.flow.risk_stage import CheckRisk
+from gateway.risk.cardkey import card_key, mask_pan
 from gateway.risk.config import RiskConfig, load_config
 from gateway.risk.counters import CounterStore, MemoryCounterStore
 from gateway.risk.engine import RiskEngine
 from gateway.risk.model import RiskInput
-from gateway.risk.pan import card_key, mask_pan
 from gateway.risk.redis_counters import RedisCounterStore
 from kit.dataset import Merchant
 from protocols.message import Message

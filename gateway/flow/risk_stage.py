@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from gateway.flow.pipeline import BaseParticipant, Context
 from gateway.risk import RiskEngine, RiskInput, kind_from_iso
-from gateway.risk.pan import CardKeyer
+from gateway.risk.cardkey import CardKeyer
 from kit.logs import get_logger
 from protocols.redact import mask_pan
 

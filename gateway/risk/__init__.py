@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from gateway.risk.alerts import AlertEvent, AlertHub, AlertSink, WebhookSink
+from gateway.risk.cardkey import card_key, mask_pan
 from gateway.risk.config import ConfigError, RiskConfig, config_from_mapping, load_config
 from gateway.risk.counters import CounterStore, MemoryCounterStore, StoreError
 from gateway.risk.engine import RiskEngine, build_store
@@ -15,7 +16,6 @@ from gateway.risk.model import (
     TxnKind,
     kind_from_iso,
 )
-from gateway.risk.pan import card_key, mask_pan
 from gateway.risk.redis_counters import RedisCounterStore
 
 __all__ = [

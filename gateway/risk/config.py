@@ -21,7 +21,7 @@ from typing import Any, Literal
 import pydantic
 from pydantic.dataclasses import dataclass
 
-from gateway.risk.pan import card_key
+from gateway.risk.cardkey import card_key
 from protocols.currency import is_payment_currency
 
 _CFG = pydantic.ConfigDict(extra="forbid")
@@ -386,7 +386,7 @@ class RiskConfig(Limits):
         return self
 
     def pan_key(self) -> bytes:
-        """The HMAC key for :func:`gateway.risk.pan.card_key`; ConfigError when none is set."""
+        """The HMAC key for :func:`gateway.risk.cardkey.card_key`; ConfigError when none is set."""
         if not self.pan_hash_key:
             raise ConfigError(f"no pan_hash_key configured (set it or ${self.pan_hash_key_env})")
         return bytes.fromhex(self.pan_hash_key)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from gateway.risk.pan import looks_clear
+from gateway.risk.cardkey import looks_clear
 
 
 class RiskInputError(ValueError):
@@ -62,7 +62,7 @@ class RiskInput:
     txn_id: str
     """unique per transaction (also the velocity member, so a retry is one attempt)"""
     card_key: str
-    """:func:`gateway.risk.pan.card_key` of the funding PAN"""
+    """:func:`gateway.risk.cardkey.card_key` of the funding PAN"""
     masked_pan: str
     """for logs and alerts only (first 6 / last 4)"""
     pan_prefix: str

@@ -19,7 +19,8 @@ from gateway.risk import (
     load_config,
     mask_pan,
 )
-from gateway.risk.pan import PanError, looks_clear, main
+from gateway.risk.cardkey import PanError, looks_clear
+from gateway.risk.pan import main
 from tests.risk.conftest import KEY, KEY_HEX
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from gateway.risk import MemoryCounterStore, RiskDecision, RiskEngine, TxnKind, card_key
-from gateway.risk.pan import CardKeyer, PanError, looks_clear
+from gateway.risk.cardkey import CardKeyer, PanError, looks_clear
 from tests.risk.conftest import KEY, T0, base_config, txn
 
 

@@ -17,15 +17,34 @@ requests are not read.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from kit.fastio import stream_transport, transport_peer
 from kit.logs import get_logger
 from protocols.framing import encode_frame
 from protocols.message import Message
 
-if TYPE_CHECKING:
-    from issuer_sim.server import IssuerServer
+
+class _Faults(Protocol):
+    @property
+    def disconnect_after(self) -> int: ...
+
+
+class Server(Protocol):
+    """What a connection asks of its server (``issuer_sim.server.IssuerServer``): a protocol,
+    so that the server, which creates connections, is the only one of the two importing the
+    other."""
+
+    live: set[LinkConnection]
+    partial_timeout: float
+
+    @property
+    def faults(self) -> _Faults: ...
+
+    def serve_frame(self, frame: bytes) -> tuple[Message | None, float] | None: ...
+
+    def encode(self, answer: Message) -> bytes: ...
+
 
 log = get_logger("issuer_sim")
 
@@ -34,7 +53,7 @@ PARTIAL_TIMEOUT = 30.0
 
 
 class LinkConnection(asyncio.Protocol):
-    def __init__(self, server: IssuerServer) -> None:
+    def __init__(self, server: Server) -> None:
         self.server = server
         self._transport: asyncio.Transport | None = None
         self._buf = b""

@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import hmac
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from hsm_sim import issuer as core
 from hsm_sim import pinblock as _pinblock
@@ -46,8 +46,17 @@ from protocols.fastcodec import best_codec
 from protocols.mac import MAC_LENGTH
 from protocols.message import Message
 
-if TYPE_CHECKING:
-    from issuer_sim.accounts import Account
+
+class PinAccount(Protocol):
+    """What the PIN and CVV2 checks read and move on a card's account
+    (``issuer_sim.accounts.Account``, which uses this module)."""
+
+    wrong_pins: int
+    expiry: str
+
+    @property
+    def pvv(self) -> str: ...
+
 
 CVV2_TAG = "92"
 """Field 48 subelement carrying the CVV2 (tag 2 digits, length 2 digits, value)."""
@@ -161,7 +170,7 @@ class IssuerSecurity:
 
     # ---------------------------------------------------------------- transaction checks
 
-    def check_pin(self, account: Account, pan: str, pin_block: str) -> str | None:
+    def check_pin(self, account: PinAccount, pan: str, pin_block: str) -> str | None:
         """``None`` when the PIN is right, else ``55`` or ``75`` (see the module doc)."""
         if account.wrong_pins >= self.pin_tries:
             return "75"
@@ -179,7 +188,7 @@ class IssuerSecurity:
         account.wrong_pins += 1
         return "55"
 
-    def check_cvv2(self, account: Account, pan: str, field48: str | None) -> str | None:
+    def check_cvv2(self, account: PinAccount, pan: str, field48: str | None) -> str | None:
         """``None`` when the CVV2 in field 48 is right; ``05`` wrong or missing, ``30`` bad 48."""
         try:
             cvv2 = parse_field48(field48 or "").get(CVV2_TAG)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import socket
 import ssl
 from collections.abc import Callable
@@ -27,11 +26,10 @@ import anyio.abc
 import sniffio
 import structlog
 from anyio.streams.tls import TLSAttribute, TLSListener
-from cryptography import x509
-from cryptography.x509.oid import NameOID
 
 from hsm_sim.config import HsmConfig
 from hsm_sim.core import CoreStatistics, HsmCore
+from kit.pki import client_allowed
 from protocols.errors import FramingError
 from protocols.framing import Framer, encode_frame
 
@@ -50,25 +48,6 @@ class ServerStatistics:
     connections_refused: int
     frames: int
     core: CoreStatistics
-
-
-def certificate_identity(der: bytes) -> tuple[str | None, str]:
-    """(subject CN or None, ``sha256:`` + upper-case hex fingerprint) of a DER certificate."""
-    cert = x509.load_der_x509_certificate(der)
-    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    cn = str(names[0].value) if names else None
-    return cn, "sha256:" + hashlib.sha256(der).hexdigest().upper()
-
-
-def client_allowed(allowed: tuple[str, ...], der: bytes | None) -> bool:
-    """True when the allow-list is empty or names the certificate's CN or fingerprint."""
-    if not allowed:
-        return True
-    if der is None:
-        return False
-    cn, fingerprint = certificate_identity(der)
-    wanted = {a.replace(":", "").upper() if a.lower().startswith("sha256") else a for a in allowed}
-    return cn in wanted or fingerprint.replace(":", "").upper() in wanted
 
 
 class HsmServer:

@@ -45,6 +45,8 @@ class Server(Protocol):
 
     def encode(self, answer: Message) -> bytes: ...
 
+    def admit(self, peer: str, der: bytes | None) -> bool: ...
+
 
 log = get_logger("issuer_sim")
 

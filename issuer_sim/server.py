@@ -17,7 +17,6 @@ import anyio.lowlevel
 from anyio.abc import TaskStatus
 from anyio.streams.tls import TLSAttribute
 
-from hsm_sim.server import certificate_identity, client_allowed
 from issuer_sim.connection import MAX_FRAME, PARTIAL_TIMEOUT, LinkConnection
 from issuer_sim.host import IssuerHost
 from issuer_sim.linkmac import link_mac_field
@@ -25,6 +24,7 @@ from issuer_sim.postings import Snapshot, rows_of, write_csv
 from kit import fastio
 from kit.framed import FramedStream, StalledFrameError
 from kit.logs import PeerWarnings, get_logger
+from kit.pki import certificate_identity, client_allowed
 from protocols.dialects import get_dialect
 from protocols.errors import ProtocolError
 from protocols.fastcodec import best_codec

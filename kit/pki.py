@@ -6,6 +6,7 @@ Test material only: generated into a git-ignored directory, never committed.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ipaddress
 import ssl
 from collections.abc import Iterable
@@ -139,3 +140,22 @@ def client_context(directory: Path, name: str | None) -> ssl.SSLContext:
     if name is not None:
         ctx.load_cert_chain(directory / f"{name}.pem", directory / f"{name}.key")
     return ctx
+
+
+def certificate_identity(der: bytes) -> tuple[str | None, str]:
+    """(subject CN or None, ``sha256:`` + upper-case hex fingerprint) of a DER certificate."""
+    cert = x509.load_der_x509_certificate(der)
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    cn = str(names[0].value) if names else None
+    return cn, "sha256:" + hashlib.sha256(der).hexdigest().upper()
+
+
+def client_allowed(allowed: tuple[str, ...], der: bytes | None) -> bool:
+    """True when the allow-list is empty or names the certificate's CN or fingerprint."""
+    if not allowed:
+        return True
+    if der is None:
+        return False
+    cn, fingerprint = certificate_identity(der)
+    wanted = {a.replace(":", "").upper() if a.lower().startswith("sha256") else a for a in allowed}
+    return cn in wanted or fingerprint.replace(":", "").upper() in wanted

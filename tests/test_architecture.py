@@ -22,7 +22,7 @@ IO_LIBRARIES = ("anyio", "asyncio", "trio", "sniffio", "uvloop", "socket", "ssl"
 RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("protocols", (*(p for p in PACKAGES if p != "protocols"), *IO_LIBRARIES)),
     ("kit", ("gateway", "issuer_sim", "loadtest", "benchmarks")),
-    ("hsm_sim", ("gateway", "kit", "issuer_sim", "loadtest", "benchmarks")),
+    ("hsm_sim", ("gateway", "issuer_sim", "loadtest", "benchmarks")),
     ("issuer_sim", ("gateway", "loadtest", "benchmarks")),
     ("loadtest", ("gateway", "benchmarks")),
     ("gateway", ("hsm_sim", "issuer_sim", "loadtest", "benchmarks")),

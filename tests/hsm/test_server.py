@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from hsm_sim import cli
 from hsm_sim.config import HsmConfig, HsmConfigError, load_config, parse_config
-from hsm_sim.server import certificate_identity, client_allowed
+from kit.pki import certificate_identity, client_allowed
 from protocols import hsm as proto
 from protocols.framing import Framer, encode_frame
 from tests.hsm.helpers import LMK_HEX, make_pki, running_server

@@ -496,8 +496,9 @@ class QrService:
 
     def _fingerprint(self, operation: str, body: Mapping[str, object]) -> bytes:
         # Keyed: the body may hold a card number, and a plain hash of one is easy to reverse.
+        # UTF-8 bytes as they are: the body may hold any text (a QR code in Chinese).
         canonical = orjson.dumps({"op": operation, "body": body}, option=orjson.OPT_SORT_KEYS)
-        return self.cipher.lookup_key(canonical.decode())
+        return self.cipher.lookup_key_of(canonical)
 
     async def _idempotent(
         self,

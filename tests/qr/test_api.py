@@ -18,7 +18,7 @@ from gateway.dataset import QrAcquirer
 from gateway.qr.problems import MEDIA_TYPE, PROBLEM_BASE
 from loadtest import qr_sim
 from loadtest.pos_sim import card_for
-from protocols import qr_cpm
+from protocols import qr_cpm, qr_mpm
 from protocols.message import Message
 from tests.helpers import DEMO_CONF, Stack, demo_dataset, running_stack
 
@@ -176,6 +176,52 @@ async def test_mpm_dynamic_and_static_payments(stack: Stack, api: httpx.AsyncCli
     other = (await api.post("/v1/qr/mpm", json={"merchant_id": CASINO})).json()
     wrong = payment(other["qr"], 100, "mpm-6", payer_pan=WALLET_2)
     assert_problem(await api.post("/v1/qr/payments", json=wrong), 422, "merchant-mismatch")
+
+
+def grocery_mpm(alt_name: str | None = None) -> str:
+    """A static code of the grocery, with ``alt_name`` in Chinese in template 64 if given."""
+    return qr_mpm.build(
+        merchant_id=GROCERY,
+        name="BEIJING DUCK",
+        city="BEIJING",
+        mcc="5812",
+        currency="156",
+        country="156",
+        alt_language=None if alt_name is None else "ZH",
+        alt_name=alt_name,
+        alt_city=None if alt_name is None else "北京",
+    )
+
+
+async def test_mpm_with_a_chinese_name_in_template_64_is_paid(
+    stack: Stack, api: httpx.AsyncClient
+) -> None:
+    """What Chinese merchants print: the name in Chinese in 64/01 (UTF-8, lengths in
+    characters); paid like the same code with an ASCII name, replayed by its key."""
+    chinese = grocery_mpm("北京烤鸭店")
+    assert "0105北京烤鸭店" in chinese
+    for qr, key in ((grocery_mpm(), "ascii"), (chinese, "zh")):
+        body = payment(qr, 880, key, payer_pan=WALLET_2)
+        resp = await api.post("/v1/qr/payments", json=body)
+        assert resp.status_code == 201, resp.text
+        assert (resp.json()["status"], resp.json()["kind"]) == ("approved", "mpm")
+    replay = await api.post("/v1/qr/payments", json=body)
+    assert (replay.json(), replay.headers["idempotent-replayed"]) == (resp.json(), "true")
+    changed = payment(chinese, 881, "zh", payer_pan=WALLET_2)
+    assert_problem(await api.post("/v1/qr/payments", json=changed), 409, "idempotency-key-reused")
+    # Invalid codes with non-ASCII text are refused as such, never a 500.
+    bad = {
+        "qr-not-base64": "\u00e9",
+        "qr-crc": flip_crc(chinese),
+        "qr-format": qr_mpm.encode(  # a correct CRC, but Chinese outside template 64
+            (o.id, "北京烤鸭店" if o.id == "59" else o.value)
+            for o in qr_mpm.decode(grocery_mpm()).objects
+        ),
+    }
+    for slug, qr in bad.items():
+        body = payment(qr, 880, f"bad-{slug}", payer_pan=None if slug == "qr-not-base64" else LOW)
+        assert_problem(await api.post("/v1/qr/payments", json=body), 422, slug)
+    assert issuer_requests(stack, "gamma") == 2
 
 
 async def test_dynamic_code_pays_once(stack: Stack, api: httpx.AsyncClient) -> None:

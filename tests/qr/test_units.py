@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from gateway.dataset import Terminal
 from gateway.qr import problems
 from gateway.qr.api import _SwallowErrors, qr_app
+from gateway.qr.models import MPM_PREFIX
 from gateway.qr.service import QrService
 from gateway.qr.terminals import virtual_terminals, with_virtual_terminals
 from gateway.tokens import PanCipher
@@ -131,6 +132,16 @@ async def test_payment_and_refund_messages() -> None:
     assert stored.masked_pan == "625094******0019"
 
 
+def test_fingerprints_take_any_text_and_keep_their_ascii_values() -> None:
+    """A stored fingerprint (SQLite store) of an ASCII body still matches after the switch to
+    UTF-8 bytes; a body in Chinese has one too."""
+    cipher = PanCipher(bytes(32))
+    ascii_body = json.dumps(body("hQVDUFYwMQ==")).encode()
+    assert cipher.lookup_key_of(ascii_body) == cipher.lookup_key(ascii_body.decode())
+    chinese = json.dumps(body("北京烤鸭店"), ensure_ascii=False).encode()
+    assert cipher.lookup_key_of(chinese) != cipher.lookup_key_of(chinese + b" ")
+
+
 def test_virtual_terminals() -> None:
     data = demo_dataset()
     terminals = virtual_terminals(data)
@@ -162,12 +173,26 @@ _values = st.one_of(
 )
 
 
+# Valid bodies but for ``qr``: any text (non-ASCII, astral, surrogates), bare or after the
+# MPM prefix, as JSON escapes or raw UTF-8, so the request reaches the fingerprint and codecs.
+_qr_text = st.text(max_size=40) | st.text(max_size=40).map(lambda t: MPM_PREFIX + t)
+_valid_but_qr = st.builds(
+    lambda qr, raw: json.dumps(
+        body(qr, payer_pan=WALLET) if qr.startswith(MPM_PREFIX) else body(qr),
+        ensure_ascii=not raw,
+    ).encode("utf-8", "surrogatepass"),
+    _qr_text,
+    st.booleans(),
+)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     payload=st.one_of(
         st.dictionaries(_fields, _values, max_size=7).map(lambda d: json.dumps(d).encode()),
         st.binary(max_size=64),
         _json.map(lambda v: json.dumps(v).encode()),
+        _valid_but_qr,
     ),
     path=st.sampled_from(["/v1/qr/payments", "/v1/qr/mpm", "/v1/qr/payments/qrp_x/refund"]),
 )

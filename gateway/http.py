@@ -1,4 +1,5 @@
-"""Run an ASGI app with hypercorn on the current AnyIO backend (asyncio or trio)."""
+"""Run an ASGI app with hypercorn on the current AnyIO backend (asyncio or trio); middleware
+for what hypercorn leaves to the app (:class:`DrainBody`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import anyio
 import sniffio
 from anyio.abc import TaskStatus
 from hypercorn.config import Config
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
@@ -65,3 +67,62 @@ async def _run(serve: Any, app: Any, config: Config, stop: anyio.Event) -> None:
     # graceful_timeout), never by cancellation, which its asyncio worker does not survive.
     with anyio.CancelScope(shield=True):
         await serve(app, config, shutdown_trigger=stop.wait)
+
+
+class DrainBody:
+    """ASGI middleware: an answer about to go out while the request body is still coming (an
+    early 401, 413 or 415) first reads and drops the rest of it, at most ``limit`` bytes in all
+    within ``timeout`` seconds; past either, or with the client gone, the answer says
+    ``Connection: close``.
+
+    Why: hypercorn ends a keep-alive connection whose request body was not all received when
+    the answer ended (h11 cannot start the next request), without ``Connection: close``, so a
+    client sends its next request into a closed socket (httpx: RemoteProtocolError).
+    """
+
+    def __init__(self, app: ASGIApp, *, limit: int, timeout: float = 5.0) -> None:
+        self.app = app
+        self.limit = limit
+        self.timeout = timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        received = 0
+        complete = gone = False
+
+        async def tracking_receive() -> Message:
+            nonlocal received, complete, gone
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
+            elif message["type"] == "http.disconnect":
+                gone = True
+            return message
+
+        async def drained() -> bool:
+            """True once the whole body is in (nothing left to keep the connection from)."""
+            if self._declared(scope) > self.limit:
+                return False  # not worth reading: the client is told to stop instead
+            with anyio.move_on_after(self.timeout):
+                while not complete and not gone and received <= self.limit:
+                    await tracking_receive()
+            return complete
+
+        async def draining_send(message: Message) -> None:
+            started = message["type"] == "http.response.start"
+            if started and not complete and (gone or not await drained()):
+                headers = [*message.get("headers", ()), (b"connection", b"close")]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, tracking_receive, draining_send)
+
+    @staticmethod
+    def _declared(scope: Scope) -> int:
+        for key, value in scope.get("headers", ()):
+            if key == b"content-length":
+                return int(value) if value.isdigit() else 0
+        return 0

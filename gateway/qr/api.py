@@ -12,16 +12,18 @@ that says nothing of its cause.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.http import DrainBody
 from gateway.logs import get_logger
 from gateway.qr import problems as p
 from gateway.qr.models import MpmRequest, PaymentRequest, RefundRequest
@@ -71,7 +73,8 @@ def qr_app(service: QrService, *, max_body: int = 16384) -> ASGIApp:
         ],
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
     )
-    return _SwallowErrors(app)
+    # Outermost: a 500 answered early drains the body like any other answer.
+    return DrainBody(_SwallowErrors(app), limit=max_body)
 
 
 def _guarded(endpoint: Endpoint) -> Endpoint:
@@ -80,6 +83,10 @@ def _guarded(endpoint: Endpoint) -> Endpoint:
             return await endpoint(request)
         except Problem as problem:
             return problem.response(request.url.path)
+        except ClientDisconnect:
+            # The client hung up mid-body: its business, not an error. Nobody reads this answer.
+            log.info("qr_client_disconnected", path=request.url.path, peer=_peer(request))
+            return Response(status_code=400)
         except Exception:
             log.exception("qr_api_error", path=request.url.path, method=request.method)
             return _internal(request.url.path)
@@ -97,11 +104,12 @@ async def _parse(request: Request, model: type[M], limit: int) -> M:
         raise Problem(p.PAYLOAD_TOO_LARGE, f"the body may hold at most {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise Problem(p.PAYLOAD_TOO_LARGE, f"the body may hold at most {limit} bytes")
-        chunks.append(chunk)
+    async with aclosing(request.stream()) as stream:  # closed when left early (413)
+        async for chunk in stream:
+            size += len(chunk)
+            if size > limit:
+                raise Problem(p.PAYLOAD_TOO_LARGE, f"the body may hold at most {limit} bytes")
+            chunks.append(chunk)
     try:
         return model.model_validate_json(b"".join(chunks))
     except ValidationError as exc:
@@ -123,6 +131,10 @@ def _validation_problem(exc: ValidationError) -> Problem:
     ]
     summary = "; ".join(f"{item['field'] or 'body'}: {item['msg']}" for item in listed)
     return Problem(p.VALIDATION, summary, errors=listed)
+
+
+def _peer(request: Request) -> str:
+    return f"{request.client.host}:{request.client.port}" if request.client else "?"
 
 
 def _stored(stored: StoredResponse, replayed: bool) -> Response:

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.dataset import Terminal
+from gateway.http import DrainBody
 from gateway.qr import problems
 from gateway.qr.api import _SwallowErrors, qr_app
 from gateway.qr.models import MPM_PREFIX
@@ -205,6 +206,45 @@ def test_no_input_gives_a_500(payload: bytes, path: str) -> None:
             assert resp.headers["content-type"] == problems.MEDIA_TYPE
 
     anyio.run(main)
+
+
+async def _answer_early(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 401, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _drained(
+    chunks: list[bytes], *, chunked: bool = False, stalls: bool = False, timeout: float = 5.0
+) -> Any:
+    """The headers DrainBody (limit 100) sends for an app answering at once, the body coming
+    as ``chunks`` (``stalls``: then nothing more, ever), and the chunks it did not read."""
+    sent: list[Any] = []
+    left = list(chunks)
+
+    async def receive() -> dict[str, Any]:
+        if not left:
+            await anyio.sleep_forever()  # a client that stopped sending mid-body
+        return {"type": "http.request", "body": left.pop(0), "more_body": bool(left) or stalls}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    declared = [] if chunked else [(b"content-length", b"%d" % len(b"".join(chunks)))]
+    scope = {"type": "http", "headers": declared}
+    await DrainBody(_answer_early, limit=100, timeout=timeout)(scope, receive, send)
+    return sent[0]["headers"], left
+
+
+@pytest.mark.anyio
+async def test_an_early_answer_drains_the_body_or_closes_the_connection() -> None:
+    close = (b"connection", b"close")
+    assert await _drained([b"a" * 40, b"b" * 40]) == ([], [])  # read: the connection stays
+    assert await _drained([b""]) == ([], [])  # no body
+    assert await _drained([b"a" * 200]) == ([close], [b"a" * 200])  # declared too large
+    # A body past the limit is read up to the limit only.
+    assert await _drained([b"a" * 80] * 3, chunked=True) == ([close], [b"a" * 80])
+    # ...and a body that stops coming is not waited for past the timeout.
+    assert await _drained([b"a" * 10], stalls=True, timeout=0.01) == ([close], [])
 
 
 @pytest.mark.anyio

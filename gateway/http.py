@@ -1,17 +1,31 @@
-"""Run an ASGI app with hypercorn on the current AnyIO backend (asyncio or trio); middleware
-for what hypercorn leaves to the app (:class:`DrainBody`)."""
+"""Run an ASGI app with hypercorn on the current AnyIO backend (asyncio or trio); what the
+HTTP APIs (admin, QR) share: middleware for what hypercorn leaves to the app
+(:class:`DrainBody`), the throttle of failed authentications (:class:`AuthFailures`)."""
 
 from __future__ import annotations
 
+import math
 import os
 import socket
-from typing import Any
+from collections import deque
+from typing import Any, Final
 
 import anyio
 import sniffio
 from anyio.abc import TaskStatus
 from hypercorn.config import Config
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+AUTH_FAILURES_LIMIT: Final = 20
+"""Failed authentications one address may make within ``AUTH_FAILURES_WINDOW`` seconds; past
+it, 429 without looking at the credentials (no brute force, no log or audit flood)."""
+AUTH_FAILURES_WINDOW: Final = 60.0
+AUTH_FAILURES_DETAIL: Final = (
+    f"{AUTH_FAILURES_LIMIT} failed authentications from this address within "
+    f"{AUTH_FAILURES_WINDOW:.0f} s; retry later"
+)
+"""The ``detail`` of the 429 problem document."""
+_AUTH_PEERS: Final = 10_000  # addresses tracked at most (oldest forgotten first)
 
 
 def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
@@ -126,3 +140,36 @@ class DrainBody:
             if key == b"content-length":
                 return int(value) if value.isdigit() else 0
         return 0
+
+
+class AuthFailures:
+    """Failed authentications per client address in a sliding window (the admin and QR APIs):
+    an address with ``AUTH_FAILURES_LIMIT`` of them within ``AUTH_FAILURES_WINDOW`` seconds
+    is refused until the oldest leaves the window. Bounded: ``_AUTH_PEERS`` addresses, the
+    least recently failed forgotten first. Callers pass the time (their own clock)."""
+
+    def __init__(self) -> None:
+        self._failures: dict[str, deque[float]] = {}
+
+    def blocked_for(self, address: str, now: float) -> float:
+        """Seconds ``address`` stays refused (0: not refused)."""
+        seen = self._failures.get(address)
+        if not seen:
+            return 0.0
+        while seen and now - seen[0] > AUTH_FAILURES_WINDOW:
+            seen.popleft()
+        if len(seen) < AUTH_FAILURES_LIMIT:
+            return 0.0
+        return AUTH_FAILURES_WINDOW - (now - seen[0])
+
+    def failed(self, address: str, now: float) -> None:
+        seen = self._failures.pop(address, None) or deque(maxlen=AUTH_FAILURES_LIMIT)
+        seen.append(now)
+        self._failures[address] = seen  # most recent last: the oldest address goes first
+        if len(self._failures) > _AUTH_PEERS:
+            del self._failures[next(iter(self._failures))]
+
+    @staticmethod
+    def retry_after(blocked_for: float) -> dict[str, str]:
+        """Headers of the 429 answer to an address refused ``blocked_for`` more seconds."""
+        return {"Retry-After": str(max(1, math.ceil(blocked_for)))}

@@ -24,6 +24,7 @@ import datetime as dt
 import hashlib
 import itertools
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final, TypeVar
 
@@ -32,6 +33,7 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter
 
 from gateway.dataset import Dataset, Merchant, QrAcquirer
+from gateway.http import AUTH_FAILURES_DETAIL, AuthFailures
 from gateway.links import transmission_time
 from gateway.logs import get_logger
 from gateway.qr import problems as p
@@ -128,6 +130,13 @@ class QrService:
         # charge) while this process lives; the journal holds them for reconciliation.
         self._unreversed: dict[Key, Problem] = {}
         self.journaled = journaled
+        self.auth_failures = AuthFailures()
+        self.rejected = Counter(
+            "switch_qr_rejected",
+            "QR API requests answered with a 4xx problem document, by problem type",
+            ["problem"],
+            registry=registry,
+        )
         self.not_recorded = Counter(
             "switch_qr_payments_not_recorded",
             "Approved QR payments the QR store could not record, by what became of them",
@@ -137,7 +146,21 @@ class QrService:
 
     # Authentication and scope ------------------------------------------------------------------
 
-    def authenticate(self, authorization: str | None) -> QrAcquirer:
+    def authenticate(self, authorization: str | None, address: str = "") -> QrAcquirer:
+        """The acquirer of an API key. As for the admin API's tokens, an ``address`` with too
+        many failed attempts lately gets 429 without its key being looked at: no brute force."""
+        now = time.monotonic()
+        blocked_for = self.auth_failures.blocked_for(address, now)
+        if blocked_for > 0:
+            headers = AuthFailures.retry_after(blocked_for)
+            raise Problem(p.TOO_MANY_FAILURES, AUTH_FAILURES_DETAIL, headers=headers)
+        try:
+            return self._acquirer(authorization)
+        except Problem:
+            self.auth_failures.failed(address, now)
+            raise
+
+    def _acquirer(self, authorization: str | None) -> QrAcquirer:
         challenge = {"WWW-Authenticate": 'Bearer realm="payswitch-qr"'}
         if not authorization:
             raise Problem(p.UNAUTHORIZED, "send Authorization: Bearer <api key>", headers=challenge)

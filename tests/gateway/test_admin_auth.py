@@ -18,8 +18,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.admin import (
-    AUTH_FAILURES_LIMIT,
-    AUTH_FAILURES_WINDOW,
     POLL_AUDIT_INTERVAL,
     AdminAccess,
     Authenticator,
@@ -31,6 +29,7 @@ from gateway.cli import main as gateway_cli
 from gateway.conf import ConfigError
 from gateway.config import AdminConfig, AdminTokenConfig, load_gateway_config
 from gateway.dashboard import dashboard_routes
+from gateway.http import AUTH_FAILURES_LIMIT, AUTH_FAILURES_WINDOW
 from gateway.logs import configure
 from gateway.metrics import Metrics
 

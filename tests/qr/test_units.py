@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.dataset import Terminal
-from gateway.http import DrainBody
+from gateway.http import AUTH_FAILURES_LIMIT, AUTH_FAILURES_WINDOW, DrainBody
 from gateway.qr import problems
 from gateway.qr.api import _SwallowErrors, qr_app
 from gateway.qr.models import MPM_PREFIX
@@ -27,6 +27,7 @@ from tests.helpers import demo_dataset
 
 KEY = "demo-qr-acquirer-key-0001"
 WALLET = "6250940000000019"
+CPM = qr_cpm.build(aid="A000000333010101", pan=WALLET, expiry="3012")
 
 
 class FakeSwitch:
@@ -49,9 +50,9 @@ def service(switch: FakeSwitch | None = None) -> QrService:
     return QrService(with_virtual_terminals(demo_dataset()), fake.handle, PanCipher(bytes(32)))
 
 
-def client(svc: QrService) -> httpx.AsyncClient:
+def client(svc: QrService, address: str = "127.0.0.1") -> httpx.AsyncClient:
     return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=qr_app(svc)),
+        transport=httpx.ASGITransport(app=qr_app(svc), client=(address, 123)),
         base_url="http://qr",
         headers={"Authorization": f"Bearer {KEY}"},
     )
@@ -156,6 +157,28 @@ def test_virtual_terminals() -> None:
     clash = Terminal(id="Q0100001", merchant="M00000000000003")
     with pytest.raises(ValueError, match="reserved"):
         with_virtual_terminals(dataclasses.replace(data, terminals=(*data.terminals, clash)))
+
+
+# Wrong API keys are throttled per address, as the admin API's tokens -----------------------
+
+
+@pytest.mark.anyio
+async def test_an_address_with_too_many_wrong_keys_gets_429() -> None:
+    """Past AUTH_FAILURES_LIMIT wrong keys in a window, the address gets 429 (Retry-After)
+    without its key being looked at, a right one too; other addresses are not affected."""
+    svc = service()
+    wrong = {"Authorization": "Bearer guess"}
+    async with client(svc, "10.0.0.1") as http:
+        for _ in range(AUTH_FAILURES_LIMIT):
+            assert (await http.get("/v1/qr/payments/qrp_x", headers=wrong)).status_code == 401
+        blocked = await http.post("/v1/qr/payments", json=body(CPM))
+        assert blocked.status_code == 429
+        assert blocked.headers["content-type"] == problems.MEDIA_TYPE
+        assert blocked.json()["type"] == problems.TOO_MANY_FAILURES.uri
+        assert 1 <= int(blocked.headers["retry-after"]) <= AUTH_FAILURES_WINDOW
+    async with client(svc, "10.0.0.2") as http:
+        assert (await http.post("/v1/qr/payments", json=body(CPM))).status_code == 201
+    assert svc.rejected.labels(problems.TOO_MANY_FAILURES.slug)._value.get() == 1
 
 
 # Never a 500 for bad input -------------------------------------------------------------------

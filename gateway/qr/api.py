@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.dataset import QrAcquirer
 from gateway.http import DrainBody
-from gateway.logs import get_logger
+from gateway.logs import PeerWarnings, get_logger
 from gateway.qr import problems as p
 from gateway.qr.models import MpmRequest, PaymentRequest, RefundRequest
 from gateway.qr.problems import Problem
@@ -92,15 +92,27 @@ def qr_app(service: QrService, *, max_body: int = 16384) -> ASGIApp:
 
 
 class _Rejections:
-    """The answer to a request refused with a problem document; a 4xx (the client's fault,
-    not ours) is counted by problem type (``switch_qr_rejected_total``)."""
+    """The answer to a request refused with a problem document. A 4xx is the client's fault,
+    not ours: counted by problem type (``switch_qr_rejected_total``, the volume) and a warning
+    without traceback at most once per interval per client address, so a hostile peer cannot
+    flood the logs."""
 
     def __init__(self, counter: Counter) -> None:
         self.counter = counter
+        self.warnings = PeerWarnings(log)
 
     def answer(self, request: Request, problem: Problem) -> Response:
         if problem.status < 500:
             self.counter.labels(problem.kind.slug).inc()
+            self.warnings.warning(
+                "qr_request_rejected",
+                _peer(request),
+                status=problem.status,
+                problem=problem.kind.slug,
+                method=request.method,
+                path=request.url.path,
+                detail=problem.detail,  # names fields and reasons, never values
+            )
         return problem.response(request.url.path)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,6 +28,7 @@ from tests.helpers import demo_dataset
 
 KEY = "demo-qr-acquirer-key-0001"
 WALLET = "6250940000000019"
+JSON = "application/json"
 CPM = qr_cpm.build(aid="A000000333010101", pan=WALLET, expiry="3012")
 
 
@@ -179,6 +181,39 @@ async def test_an_address_with_too_many_wrong_keys_gets_429() -> None:
     async with client(svc, "10.0.0.2") as http:
         assert (await http.post("/v1/qr/payments", json=body(CPM))).status_code == 201
     assert svc.rejected.labels(problems.TOO_MANY_FAILURES.slug)._value.get() == 1
+
+
+@pytest.mark.anyio
+async def test_bad_requests_are_counted_and_warned_about_once_per_address() -> None:
+    """A peer sending bad requests at any rate: each is counted by problem type, and its
+    address gets one warning line (no traceback) per interval, not one per request."""
+    svc = service()
+    bad: list[tuple[str, str, dict[str, Any]]] = [
+        ("POST", "/v1/qr/payments", {"headers": {"Authorization": "Bearer guess"}}),
+        ("POST", "/v1/qr/payments", {"content": b"{nope", "headers": {"content-type": JSON}}),
+        ("POST", "/v1/qr/payments", {"content": b"x", "headers": {"content-type": "text/plain"}}),
+        ("POST", "/v1/qr/payments", {"json": body("\u00e9") | {"amount": 0}}),
+        ("GET", "/v1/qr/nothing", {}),
+    ]
+    with structlog.testing.capture_logs() as logs:
+        async with client(svc, "10.0.0.3") as http:
+            for _ in range(10):
+                for method, path, kw in bad:
+                    assert 400 <= (await http.request(method, path, **kw)).status_code < 500
+        async with client(svc, "10.0.0.4") as http:
+            assert (await http.get("/v1/qr/payments/qrp_x")).status_code == 404
+    assert [(e["event"], e["log_level"], e["peer"]) for e in logs] == [
+        ("qr_request_rejected", "warning", "10.0.0.3:123"),
+        ("qr_request_rejected", "warning", "10.0.0.4:123"),
+    ]
+    assert logs[0]["problem"] == "unauthorized"
+    assert not any("exc_info" in e for e in logs)
+    counted = {
+        slug: svc.rejected.labels(slug)._value.get()
+        for slug in ("unauthorized", "invalid-json", "unsupported-media-type", "validation-error")
+    }
+    assert counted == dict.fromkeys(counted, 10.0)
+    assert svc.rejected.labels("not-found")._value.get() == 11
 
 
 # Never a 500 for bad input -------------------------------------------------------------------

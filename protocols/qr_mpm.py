@@ -2,7 +2,11 @@
 
 A payload is a string of data objects ``ID(2 digits) length(2 digits) value``; the length counts
 characters. Object 63 comes last: CRC-16/CCITT-FALSE over the UTF-8 bytes of everything before
-its value, ``"6304"`` included, written as 4 uppercase hex digits. Templates: 26-51 merchant
+its value, ``"6304"`` included, written as 4 uppercase hex digits. Sources: EMVCo MPM 1.1
+Appendix A's example (tests/protocols/test_qr_mpm.py) has ``0104最佳运输`` in template 64 (4
+characters, 12 bytes) and CRC ``A13A`` over the UTF-8 bytes; UnionPay International's MPM
+encoding specification, format "S": "The length must be equal to the number of characters in
+the value, not the number of bytes". Templates: 26-51 merchant
 account information and 80-99 unreserved (each with a globally unique identifier in sub-ID 00),
 62 additional data, 64 merchant information in an alternate language (the only place where
 characters outside printable ASCII are allowed).

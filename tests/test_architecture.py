@@ -183,10 +183,10 @@ def _tree(tmp_path: Path, files: Mapping[str, str]) -> Path:
         (
             {
                 "gateway/__init__.py": "",
-                "gateway/conf.py": "",
-                "issuer_sim/host.py": "def f():\n    from gateway.conf import load\n",
+                "gateway/config.py": "",
+                "issuer_sim/host.py": "def f():\n    from gateway.config import load\n",
             },
-            ["issuer_sim.host imports gateway.conf (issuer_sim -/-> gateway)"],
+            ["issuer_sim.host imports gateway.config (issuer_sim -/-> gateway)"],
         ),
         (
             {

@@ -1,15 +1,33 @@
-"""Run an ASGI app with hypercorn on the current AnyIO backend (asyncio or trio)."""
+"""Run an ASGI app with hypercorn on the current AnyIO backend (asyncio or trio); what the
+HTTP APIs (admin, QR) share: middleware for what hypercorn leaves to the app
+(:class:`DrainBody`), the throttle of failed authentications (:class:`AuthFailures`)."""
 
 from __future__ import annotations
 
+import math
 import os
 import socket
-from typing import Any
+from collections import deque
+from typing import Any, Final
 
 import anyio
 import sniffio
 from anyio.abc import TaskStatus
 from hypercorn.config import Config
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from protocols.bounded import BoundedFifo
+
+AUTH_FAILURES_LIMIT: Final = 20
+"""Failed authentications one address may make within ``AUTH_FAILURES_WINDOW`` seconds; past
+it, 429 without looking at the credentials (no brute force, no log or audit flood)."""
+AUTH_FAILURES_WINDOW: Final = 60.0
+AUTH_FAILURES_DETAIL: Final = (
+    f"{AUTH_FAILURES_LIMIT} failed authentications from this address within "
+    f"{AUTH_FAILURES_WINDOW:.0f} s; retry later"
+)
+"""The ``detail`` of the 429 problem document."""
+_AUTH_PEERS: Final = 10_000  # addresses tracked at most (oldest forgotten first)
 
 
 def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
@@ -65,3 +83,93 @@ async def _run(serve: Any, app: Any, config: Config, stop: anyio.Event) -> None:
     # graceful_timeout), never by cancellation, which its asyncio worker does not survive.
     with anyio.CancelScope(shield=True):
         await serve(app, config, shutdown_trigger=stop.wait)
+
+
+class DrainBody:
+    """ASGI middleware: an answer about to go out while the request body is still coming (an
+    early 401, 413 or 415) first reads and drops the rest of it, at most ``limit`` bytes in all
+    within ``timeout`` seconds; past either, or with the client gone, the answer says
+    ``Connection: close``.
+
+    Why: hypercorn ends a keep-alive connection whose request body was not all received when
+    the answer ended (h11 cannot start the next request), without ``Connection: close``, so a
+    client sends its next request into a closed socket (httpx: RemoteProtocolError).
+    """
+
+    def __init__(self, app: ASGIApp, *, limit: int, timeout: float = 5.0) -> None:
+        self.app = app
+        self.limit = limit
+        self.timeout = timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        received = 0
+        complete = gone = False
+
+        async def tracking_receive() -> Message:
+            nonlocal received, complete, gone
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
+            elif message["type"] == "http.disconnect":
+                gone = True
+            return message
+
+        async def drained() -> bool:
+            """True once the whole body is in (nothing left to keep the connection from)."""
+            if self._declared(scope) > self.limit:
+                return False  # not worth reading: the client is told to stop instead
+            with anyio.move_on_after(self.timeout):
+                while not complete and not gone and received <= self.limit:
+                    await tracking_receive()
+            return complete
+
+        async def draining_send(message: Message) -> None:
+            started = message["type"] == "http.response.start"
+            if started and not complete and (gone or not await drained()):
+                headers = [*message.get("headers", ()), (b"connection", b"close")]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, tracking_receive, draining_send)
+
+    @staticmethod
+    def _declared(scope: Scope) -> int:
+        for key, value in scope.get("headers", ()):
+            if key == b"content-length":
+                return int(value) if value.isdigit() else 0
+        return 0
+
+
+class AuthFailures:
+    """Failed authentications per client address in a sliding window (the admin and QR APIs):
+    an address with ``AUTH_FAILURES_LIMIT`` of them within ``AUTH_FAILURES_WINDOW`` seconds
+    is refused until the oldest leaves the window. Bounded: ``_AUTH_PEERS`` addresses, the
+    least recently failed forgotten first. Callers pass the time (their own clock)."""
+
+    def __init__(self) -> None:
+        self._failures: BoundedFifo[str, deque[float]] = BoundedFifo(_AUTH_PEERS)
+
+    def blocked_for(self, address: str, now: float) -> float:
+        """Seconds ``address`` stays refused (0: not refused)."""
+        seen = self._failures.get(address)
+        if not seen:
+            return 0.0
+        while seen and now - seen[0] > AUTH_FAILURES_WINDOW:
+            seen.popleft()
+        if len(seen) < AUTH_FAILURES_LIMIT:
+            return 0.0
+        return AUTH_FAILURES_WINDOW - (now - seen[0])
+
+    def failed(self, address: str, now: float) -> None:
+        seen = self._failures.pop(address, None) or deque(maxlen=AUTH_FAILURES_LIMIT)
+        seen.append(now)
+        self._failures[address] = seen  # most recent last: the oldest address goes first
+
+    @staticmethod
+    def retry_after(blocked_for: float) -> dict[str, str]:
+        """Headers of the 429 answer to an address refused ``blocked_for`` more seconds."""
+        return {"Retry-After": str(max(1, math.ceil(blocked_for)))}

@@ -75,6 +75,11 @@ class PanCipher:
         """Keyed hash of a card number or token: a dictionary key that reveals nothing."""
         return hmac.digest(self._mac_key, pan.encode("ascii"), "sha256")  # one-shot, in C
 
+    def lookup_key_of(self, data: bytes) -> bytes:
+        """:meth:`lookup_key` of any bytes (a request's canonical UTF-8 body, which may hold
+        any text): for ASCII the same key as ``lookup_key(text)``, so stored ones still match."""
+        return hmac.digest(self._mac_key, data, "sha256")
+
     def seal(self, pan: str, aad: bytes = b"") -> bytes:
         nonce = secrets.token_bytes(_NONCE)
         return nonce + self._aead.encrypt(nonce, pan.encode("ascii"), aad)

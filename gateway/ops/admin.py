@@ -26,11 +26,9 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
-import math
 import os
 import re
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,12 +42,12 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.config import AdminConfig, AdminTokenConfig
+from gateway.edge.http import AUTH_FAILURES_DETAIL, AuthFailures
 from gateway.metrics import Metrics
 from gateway.ops.audit import AuditLog
 from gateway.qr.problems import Problem, ProblemType
 from kit.conf import ConfigError
 from kit.logs import get_logger
-from protocols.bounded import BoundedFifo
 
 if TYPE_CHECKING:
     from gateway.risk import RiskEngine
@@ -61,11 +59,6 @@ ADMIN_FORBIDDEN: Final = ProblemType("admin-forbidden", "Role not allowed for th
 ADMIN_TOO_MANY_FAILURES: Final = ProblemType(
     "admin-too-many-failures", "Too many failed authentications from this address", 429
 )
-AUTH_FAILURES_LIMIT = 20
-"""Failed authentications one address may make within ``AUTH_FAILURES_WINDOW`` seconds; past
-it, 429 without looking at the token (no brute force, no audit flood: one record per window)."""
-AUTH_FAILURES_WINDOW = 60.0
-_AUTH_PEERS = 10_000  # addresses tracked at most (oldest forgotten first)
 ADMIN_AUDIT_UNAVAILABLE: Final = ProblemType(
     "admin-audit-unavailable", "Audit record could not be written; action not performed", 503
 )
@@ -209,9 +202,7 @@ class AdminAccess:
     policy: AccessPolicy = field(default_factory=AccessPolicy)
     clock: Callable[[], float] = time.monotonic
     _polls: dict[tuple[str, str], float] = field(default_factory=dict, repr=False)
-    _failures: BoundedFifo[str, deque[float]] = field(
-        default_factory=lambda: BoundedFifo(_AUTH_PEERS), repr=False
-    )
+    _failures: AuthFailures = field(default_factory=AuthFailures, repr=False)
     on_block: Callable[[], None] | None = None
     """Called for each request refused for too many failed authentications (a metric)."""
 
@@ -270,14 +261,15 @@ class AdminAccess:
         problem: Problem | None = None
         client = scope.get("client")
         peer = str(client[0]) if client else ""
-        blocked_for = self._blocked_for(peer) if self.authenticator.enabled else 0.0
+        enabled = self.authenticator.enabled
+        blocked_for = self._failures.blocked_for(peer, self.clock()) if enabled else 0.0
         if blocked_for > 0:
             self._block_counter()
+            # One record per window (no audit flood); the token is not even looked at.
             problem = Problem(
                 ADMIN_TOO_MANY_FAILURES,
-                f"{AUTH_FAILURES_LIMIT} failed authentications from this address within "
-                f"{AUTH_FAILURES_WINDOW:.0f} s; retry later",
-                headers={"Retry-After": str(max(1, math.ceil(blocked_for)))},
+                AUTH_FAILURES_DETAIL,
+                headers=AuthFailures.retry_after(blocked_for),
             )
             await problem.response(path)(scope, receive, send)
             if not self._recently_polled(f"429:{path}", None, 200, key=peer):
@@ -291,7 +283,7 @@ class AdminAccess:
                     break
             principal = self.authenticator.authenticate(header)
             if principal is None:
-                self._failed(peer)
+                self._failures.failed(peer, self.clock())
                 error = ', error="invalid_token"' if header else ""
                 problem = Problem(
                     ADMIN_UNAUTHORIZED,
@@ -342,23 +334,6 @@ class AdminAccess:
                     await self._audit(scope, principal, needed, status, detail)
             return
         await self._audit(scope, principal, needed, status, None)
-
-    def _blocked_for(self, peer: str) -> float:
-        """Seconds ``peer`` stays refused (0: not refused)."""
-        seen = self._failures.get(peer)
-        if not seen:
-            return 0.0
-        now = self.clock()
-        while seen and now - seen[0] > AUTH_FAILURES_WINDOW:
-            seen.popleft()
-        if len(seen) < AUTH_FAILURES_LIMIT:
-            return 0.0
-        return AUTH_FAILURES_WINDOW - (now - seen[0])
-
-    def _failed(self, peer: str) -> None:
-        seen = self._failures.pop(peer, None) or deque(maxlen=AUTH_FAILURES_LIMIT)
-        seen.append(self.clock())
-        self._failures[peer] = seen  # most recent last: the oldest address goes first
 
     def _block_counter(self) -> None:
         if self.on_block is not None:

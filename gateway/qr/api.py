@@ -12,22 +12,26 @@ that says nothing of its cause.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from typing import TypeVar
 
+from prometheus_client import Counter
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.edge.http import DrainBody
 from gateway.qr import problems as p
 from gateway.qr.models import MpmRequest, PaymentRequest, RefundRequest
 from gateway.qr.problems import Problem
 from gateway.qr.service import QrService
 from gateway.qr.store import StoredResponse
-from kit.logs import get_logger
+from kit.dataset import QrAcquirer
+from kit.logs import PeerWarnings, get_logger
 
 log = get_logger("gateway.qr.api")
 
@@ -39,47 +43,89 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 def qr_app(service: QrService, *, max_body: int = 16384) -> ASGIApp:
     """The ASGI application (wrapped so that nothing, ever, escapes as a bare 500)."""
 
+    def authenticate(request: Request) -> QrAcquirer:
+        address = request.client.host if request.client else ""
+        return service.authenticate(request.headers.get("authorization"), address)
+
     async def create_payment(request: Request) -> Response:
-        acquirer = service.authenticate(request.headers.get("authorization"))
+        acquirer = authenticate(request)
         body = await _parse(request, PaymentRequest, max_body)
         stored, replayed = await service.pay(acquirer, body)
         return _stored(stored, replayed)
 
     async def get_payment(request: Request) -> Response:
-        acquirer = service.authenticate(request.headers.get("authorization"))
+        acquirer = authenticate(request)
         payment = await service.payment(acquirer, request.path_params["payment_id"])
         return Response(payment.view().model_dump_json(), media_type=JSON)
 
     async def create_refund(request: Request) -> Response:
-        acquirer = service.authenticate(request.headers.get("authorization"))
+        acquirer = authenticate(request)
         body = await _parse(request, RefundRequest, max_body)
         stored, replayed = await service.refund(acquirer, request.path_params["payment_id"], body)
         return _stored(stored, replayed)
 
     async def create_mpm(request: Request) -> Response:
-        acquirer = service.authenticate(request.headers.get("authorization"))
+        acquirer = authenticate(request)
         body = await _parse(request, MpmRequest, max_body)
         view = await service.generate_mpm(acquirer, body)
         return Response(view.model_dump_json(), media_type=JSON)
 
+    rejections = _Rejections(service.rejected)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        return rejections.answer(request, _http_problem(request, exc))
+
+    def guarded(endpoint: Endpoint) -> Endpoint:
+        return _guarded(endpoint, rejections)
+
     app = Starlette(
         routes=[
-            Route("/v1/qr/payments", _guarded(create_payment), methods=["POST"]),
-            Route("/v1/qr/payments/{payment_id}", _guarded(get_payment), methods=["GET"]),
-            Route("/v1/qr/payments/{payment_id}/refund", _guarded(create_refund), methods=["POST"]),
-            Route("/v1/qr/mpm", _guarded(create_mpm), methods=["POST"]),
+            Route("/v1/qr/payments", guarded(create_payment), methods=["POST"]),
+            Route("/v1/qr/payments/{payment_id}", guarded(get_payment), methods=["GET"]),
+            Route("/v1/qr/payments/{payment_id}/refund", guarded(create_refund), methods=["POST"]),
+            Route("/v1/qr/mpm", guarded(create_mpm), methods=["POST"]),
         ],
-        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+        exception_handlers={HTTPException: http_error, Exception: _internal_error},
     )
-    return _SwallowErrors(app)
+    # Outermost: a 500 answered early drains the body like any other answer.
+    return DrainBody(_SwallowErrors(app), limit=max_body)
 
 
-def _guarded(endpoint: Endpoint) -> Endpoint:
+class _Rejections:
+    """The answer to a request refused with a problem document. A 4xx is the client's fault,
+    not ours: counted by problem type (``switch_qr_rejected_total``, the volume) and a warning
+    without traceback at most once per interval per client address, so a hostile peer cannot
+    flood the logs."""
+
+    def __init__(self, counter: Counter) -> None:
+        self.counter = counter
+        self.warnings = PeerWarnings(log)
+
+    def answer(self, request: Request, problem: Problem) -> Response:
+        if problem.status < 500:
+            self.counter.labels(problem.kind.slug).inc()
+            self.warnings.warning(
+                "qr_request_rejected",
+                _peer(request),
+                status=problem.status,
+                problem=problem.kind.slug,
+                method=request.method,
+                path=request.url.path,
+                detail=problem.detail,  # names fields and reasons, never values
+            )
+        return problem.response(request.url.path)
+
+
+def _guarded(endpoint: Endpoint, rejections: _Rejections) -> Endpoint:
     async def guarded(request: Request) -> Response:
         try:
             return await endpoint(request)
         except Problem as problem:
-            return problem.response(request.url.path)
+            return rejections.answer(request, problem)
+        except ClientDisconnect:
+            # The client hung up mid-body: its business, not an error. Nobody reads this answer.
+            log.info("qr_client_disconnected", path=request.url.path, peer=_peer(request))
+            return Response(status_code=400)
         except Exception:
             log.exception("qr_api_error", path=request.url.path, method=request.method)
             return _internal(request.url.path)
@@ -97,11 +143,12 @@ async def _parse(request: Request, model: type[M], limit: int) -> M:
         raise Problem(p.PAYLOAD_TOO_LARGE, f"the body may hold at most {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise Problem(p.PAYLOAD_TOO_LARGE, f"the body may hold at most {limit} bytes")
-        chunks.append(chunk)
+    async with aclosing(request.stream()) as stream:  # closed when left early (413)
+        async for chunk in stream:
+            size += len(chunk)
+            if size > limit:
+                raise Problem(p.PAYLOAD_TOO_LARGE, f"the body may hold at most {limit} bytes")
+            chunks.append(chunk)
     try:
         return model.model_validate_json(b"".join(chunks))
     except ValidationError as exc:
@@ -125,6 +172,10 @@ def _validation_problem(exc: ValidationError) -> Problem:
     return Problem(p.VALIDATION, summary, errors=listed)
 
 
+def _peer(request: Request) -> str:
+    return f"{request.client.host}:{request.client.port}" if request.client else "?"
+
+
 def _stored(stored: StoredResponse, replayed: bool) -> Response:
     headers = {"Idempotent-Replayed": "true" if replayed else "false"}
     if stored.location is not None:
@@ -138,20 +189,20 @@ def _internal(path: str | None) -> Response:
     )
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
+def _http_problem(request: Request, exc: Exception) -> Problem:
     assert isinstance(exc, HTTPException)
     path = request.url.path
     if exc.status_code == 404:
-        return Problem(p.NOT_FOUND, f"no resource at {path}").response(path)
+        return Problem(p.NOT_FOUND, f"no resource at {path}")
     if exc.status_code == 405:
         allow = (exc.headers or {}).get("Allow", "")
         return Problem(
             p.METHOD_NOT_ALLOWED,
             f"{request.method} is not allowed here" + (f"; allowed: {allow}" if allow else ""),
             headers={"Allow": allow} if allow else None,
-        ).response(path)
+        )
     generic = p.ProblemType(f"http-{exc.status_code}", "HTTP error", exc.status_code)
-    return Problem(generic, str(exc.detail)).response(path)
+    return Problem(generic, str(exc.detail))
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:

@@ -31,6 +31,9 @@ class ProblemType:
 
 
 UNAUTHORIZED: Final = ProblemType("unauthorized", "Missing or unknown API key", 401)
+TOO_MANY_FAILURES: Final = ProblemType(
+    "too-many-failures", "Too many failed authentications from this address", 429
+)
 MERCHANT_NOT_ALLOWED: Final = ProblemType(
     "merchant-not-allowed", "Merchant not served by this acquirer", 403
 )

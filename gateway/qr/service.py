@@ -24,6 +24,7 @@ import datetime as dt
 import hashlib
 import itertools
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final, TypeVar
 
@@ -31,6 +32,7 @@ import anyio
 import orjson
 from prometheus_client import CollectorRegistry, Counter
 
+from gateway.edge.http import AUTH_FAILURES_DETAIL, AuthFailures
 from gateway.flow.tokens import PanCipher
 from gateway.qr import problems as p
 from gateway.qr.models import MpmRequest, MpmView, PaymentRequest, RefundRequest
@@ -137,6 +139,13 @@ class QrService:
         # charge) while this process lives; the journal holds them for reconciliation.
         self._unreversed: dict[Key, Problem] = {}
         self.journaled = journaled
+        self.auth_failures = AuthFailures()
+        self.rejected = Counter(
+            "switch_qr_rejected",
+            "QR API requests answered with a 4xx problem document, by problem type",
+            ["problem"],
+            registry=registry,
+        )
         self.not_recorded = Counter(
             "switch_qr_payments_not_recorded",
             "Approved QR payments the QR store could not record, by what became of them",
@@ -146,7 +155,21 @@ class QrService:
 
     # Authentication and scope ------------------------------------------------------------------
 
-    def authenticate(self, authorization: str | None) -> QrAcquirer:
+    def authenticate(self, authorization: str | None, address: str = "") -> QrAcquirer:
+        """The acquirer of an API key. As for the admin API's tokens, an ``address`` with too
+        many failed attempts lately gets 429 without its key being looked at: no brute force."""
+        now = time.monotonic()
+        blocked_for = self.auth_failures.blocked_for(address, now)
+        if blocked_for > 0:
+            headers = AuthFailures.retry_after(blocked_for)
+            raise Problem(p.TOO_MANY_FAILURES, AUTH_FAILURES_DETAIL, headers=headers)
+        try:
+            return self._acquirer(authorization)
+        except Problem:
+            self.auth_failures.failed(address, now)
+            raise
+
+    def _acquirer(self, authorization: str | None) -> QrAcquirer:
         challenge = {"WWW-Authenticate": 'Bearer realm="payswitch-qr"'}
         if not authorization:
             raise Problem(p.UNAUTHORIZED, "send Authorization: Bearer <api key>", headers=challenge)
@@ -505,8 +528,9 @@ class QrService:
 
     def _fingerprint(self, operation: str, body: Mapping[str, object]) -> bytes:
         # Keyed: the body may hold a card number, and a plain hash of one is easy to reverse.
+        # UTF-8 bytes as they are: the body may hold any text (a QR code in Chinese).
         canonical = orjson.dumps({"op": operation, "body": body}, option=orjson.OPT_SORT_KEYS)
-        return self.cipher.lookup_key(canonical.decode())
+        return self.cipher.lookup_key_of(canonical)
 
     async def _idempotent(
         self,

@@ -19,11 +19,10 @@ from starlette.routing import Route
 
 from gateway.cli import main as gateway_cli
 from gateway.config import AdminConfig, AdminTokenConfig, load_gateway_config
+from gateway.edge import http as http_module
+from gateway.edge.http import AUTH_FAILURES_LIMIT, AUTH_FAILURES_WINDOW, AuthFailures
 from gateway.metrics import Metrics
-from gateway.ops import admin
 from gateway.ops.admin import (
-    AUTH_FAILURES_LIMIT,
-    AUTH_FAILURES_WINDOW,
     POLL_AUDIT_INTERVAL,
     AdminAccess,
     Authenticator,
@@ -229,13 +228,12 @@ async def test_an_address_with_too_many_failed_tokens_is_refused_for_a_while(
 def test_failed_addresses_are_bounded_least_recently_failed_first(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(admin, "_AUTH_PEERS", 2)
-    access = AdminAccess(Authenticator([]))
-    access.clock = lambda: 0.0
+    monkeypatch.setattr(http_module, "_AUTH_PEERS", 2)
+    failures = AuthFailures()
     for peer in ("a", "b", "a", "c"):  # "a" failed again: now more recent than "b"
-        access._failed(peer)
-    assert list(access._failures) == ["a", "c"]
-    assert [len(seen) for seen in access._failures.values()] == [2, 1]
+        failures.failed(peer, 0.0)
+    assert list(failures._failures) == ["a", "c"]
+    assert [len(seen) for seen in failures._failures.values()] == [2, 1]
 
 
 async def test_metrics_can_require_a_viewer(tmp_path: Path) -> None:

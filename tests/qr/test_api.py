@@ -11,16 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
+import h11
 import httpx
 import pytest
+import structlog
 
 from gateway.qr.problems import MEDIA_TYPE, PROBLEM_BASE
 from kit.dataset import QrAcquirer
 from loadtest import qr_sim
 from loadtest.pos_sim import card_for
-from protocols import qr_cpm
+from protocols import qr_cpm, qr_mpm
 from protocols.message import Message
-from tests.helpers import DEMO_CONF, Stack, demo_dataset, running_stack
+from tests.helpers import DEMO_CONF, Stack, demo_dataset, eventually, running_stack
 
 pytestmark = pytest.mark.anyio
 
@@ -34,6 +37,7 @@ WALLET_2 = "6250940000000027"
 LOW = "6250940000000035"  # balance 100
 TOKEN, FUNDING = "4895370000000015", "4761730000000011"
 AID = "A000000333010101"
+JSON = "application/json"
 
 
 def cpm(pan: str, *, expiry: str = "3012", **kw: Any) -> str:
@@ -176,6 +180,52 @@ async def test_mpm_dynamic_and_static_payments(stack: Stack, api: httpx.AsyncCli
     other = (await api.post("/v1/qr/mpm", json={"merchant_id": CASINO})).json()
     wrong = payment(other["qr"], 100, "mpm-6", payer_pan=WALLET_2)
     assert_problem(await api.post("/v1/qr/payments", json=wrong), 422, "merchant-mismatch")
+
+
+def grocery_mpm(alt_name: str | None = None) -> str:
+    """A static code of the grocery, with ``alt_name`` in Chinese in template 64 if given."""
+    return qr_mpm.build(
+        merchant_id=GROCERY,
+        name="BEIJING DUCK",
+        city="BEIJING",
+        mcc="5812",
+        currency="156",
+        country="156",
+        alt_language=None if alt_name is None else "ZH",
+        alt_name=alt_name,
+        alt_city=None if alt_name is None else "北京",
+    )
+
+
+async def test_mpm_with_a_chinese_name_in_template_64_is_paid(
+    stack: Stack, api: httpx.AsyncClient
+) -> None:
+    """What Chinese merchants print: the name in Chinese in 64/01 (UTF-8, lengths in
+    characters); paid like the same code with an ASCII name, replayed by its key."""
+    chinese = grocery_mpm("北京烤鸭店")
+    assert "0105北京烤鸭店" in chinese
+    for qr, key in ((grocery_mpm(), "ascii"), (chinese, "zh")):
+        body = payment(qr, 880, key, payer_pan=WALLET_2)
+        resp = await api.post("/v1/qr/payments", json=body)
+        assert resp.status_code == 201, resp.text
+        assert (resp.json()["status"], resp.json()["kind"]) == ("approved", "mpm")
+    replay = await api.post("/v1/qr/payments", json=body)
+    assert (replay.json(), replay.headers["idempotent-replayed"]) == (resp.json(), "true")
+    changed = payment(chinese, 881, "zh", payer_pan=WALLET_2)
+    assert_problem(await api.post("/v1/qr/payments", json=changed), 409, "idempotency-key-reused")
+    # Invalid codes with non-ASCII text are refused as such, never a 500.
+    bad = {
+        "qr-not-base64": "\u00e9",
+        "qr-crc": flip_crc(chinese),
+        "qr-format": qr_mpm.encode(  # a correct CRC, but Chinese outside template 64
+            (o.id, "北京烤鸭店" if o.id == "59" else o.value)
+            for o in qr_mpm.decode(grocery_mpm()).objects
+        ),
+    }
+    for slug, qr in bad.items():
+        body = payment(qr, 880, f"bad-{slug}", payer_pan=None if slug == "qr-not-base64" else LOW)
+        assert_problem(await api.post("/v1/qr/payments", json=body), 422, slug)
+    assert issuer_requests(stack, "gamma") == 2
 
 
 async def test_dynamic_code_pays_once(stack: Stack, api: httpx.AsyncClient) -> None:
@@ -423,6 +473,119 @@ async def test_http_level_problems(stack: Stack, api: httpx.AsyncClient) -> None
     assert_problem(resp, 422, "currency-unknown")
 
 
+class RawHttp:
+    """One keep-alive HTTP/1.1 connection on a raw socket (parsed with h11): a request's head
+    and its body can go in separate writes, as a real client's often do."""
+
+    def __init__(self, stream: anyio.abc.SocketStream) -> None:
+        self.stream = stream
+        self.h11 = h11.Connection(h11.CLIENT)
+
+    async def send(self, *events: h11.Event) -> None:
+        await self.stream.send(b"".join(self.h11.send(e) or b"" for e in events))
+
+    async def head(self, method: str, target: str, headers: dict[str, str]) -> None:
+        await self.send(
+            h11.Request(method=method, target=target, headers=[("host", "qr"), *headers.items()])
+        )
+
+    async def receive_some(self) -> None:
+        try:
+            self.h11.receive_data(await self.stream.receive())
+        except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError):
+            self.h11.receive_data(b"")
+
+    async def response(self) -> tuple[h11.Response, bytes] | None:
+        """The next answer, or None when the server closed the connection instead."""
+        head: h11.Response | None = None
+        body = b""
+        with anyio.fail_after(10):
+            while True:
+                event = self.h11.next_event()
+                if event is h11.NEED_DATA:
+                    await self.receive_some()
+                elif isinstance(event, h11.Response):
+                    head = event
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                elif isinstance(event, h11.EndOfMessage):
+                    assert head is not None
+                    return head, body
+                else:
+                    assert isinstance(event, h11.ConnectionClosed), event
+                    return None
+
+
+def _closes(head: h11.Response) -> bool:
+    return (b"connection", b"close") in [(k, v.lower()) for k, v in head.headers]
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "status"),
+    [
+        ({"authorization": "Bearer wrong", "content-type": JSON}, b"{}", 401),
+        ({"content-type": JSON}, b"{}", 401),
+        ({"authorization": f"Bearer {KEY}", "content-type": "text/plain"}, b"qr=x", 415),
+        ({"authorization": f"Bearer {KEY}", "content-length": "20000"}, b" " * 20000, 413),
+        ({"authorization": f"Bearer {KEY}", "transfer-encoding": "chunked"}, b" " * 20000, 413),
+    ],
+    ids=["wrong-key", "no-key", "media-type", "declared-too-large", "chunked-too-large"],
+)
+async def test_early_errors_keep_or_close_the_connection_cleanly(
+    stack: Stack, headers: dict[str, str], body: bytes, status: int
+) -> None:
+    """An answer given before the body has come (head and body in two writes) either leaves
+    the keep-alive connection usable or says ``Connection: close``: a client never sends its
+    next request into a connection the server closed without a word (httpx's
+    RemoteProtocolError after a few requests)."""
+    assert stack.gateway.qr_port is not None
+    async with await anyio.connect_tcp("127.0.0.1", stack.gateway.qr_port) as stream:
+        raw = RawHttp(stream)
+        if "content-length" not in headers and "transfer-encoding" not in headers:
+            headers = headers | {"content-length": str(len(body))}
+        await raw.head("POST", "/v1/qr/payments", headers)
+        # The body's second write, once the server had the time to answer the head alone.
+        with anyio.move_on_after(0.3):
+            await raw.receive_some()
+        try:
+            await raw.send(h11.Data(data=body), h11.EndOfMessage())
+            body_sent = True
+        except anyio.BrokenResourceError:
+            body_sent = False  # the server closed: fine only if its answer said so
+        first = await raw.response()
+        assert first is not None
+        head, doc = first
+        assert head.status_code == status
+        assert json.loads(doc)["status"] == status
+        assert body_sent or _closes(head), "connection closed with no Connection: close"
+        if _closes(head):
+            assert await raw.response() is None  # as announced
+            assert status == 413  # only a body too large to read is left unread
+            return
+        raw.h11.start_next_cycle()
+        try:
+            await raw.head("GET", "/v1/qr/payments/qrp_x", {"authorization": f"Bearer {KEY}"})
+            await raw.send(h11.EndOfMessage())
+            second = await raw.response()
+        except anyio.BrokenResourceError:
+            second = None
+        assert second is not None, f"{status} without Connection: close, then the connection closed"
+        assert second[0].status_code == 404
+
+
+async def test_client_gone_mid_body_is_an_info_line(stack: Stack) -> None:
+    assert stack.gateway.qr_port is not None
+    with structlog.testing.capture_logs() as logs:
+        async with await anyio.connect_tcp("127.0.0.1", stack.gateway.qr_port) as stream:
+            raw = RawHttp(stream)
+            headers = {"authorization": f"Bearer {KEY}", "content-length": "100"}
+            await raw.head("POST", "/v1/qr/payments", headers)
+            await raw.send(h11.Data(data=b'{"qr": "'))
+        await eventually(lambda: any(e["event"].startswith("qr_") for e in logs))
+    assert [(e["event"], e["log_level"]) for e in logs] == [("qr_client_disconnected", "info")]
+    assert "exc_info" not in logs[0]
+
+
 async def test_internal_error_is_a_problem_without_traceback(
     stack: Stack, api: httpx.AsyncClient
 ) -> None:
@@ -441,9 +604,6 @@ async def test_internal_error_is_a_problem_without_traceback(
     service.handler = healthy
     resp = await api.post("/v1/qr/payments", json=payment(cpm(WALLET), 100, "boom"))
     assert resp.json()["status"] == "approved"
-
-
-JSON = "application/json"
 
 
 # qr-sim -----------------------------------------------------------------------------------------

@@ -10,12 +10,15 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.edge.http import AUTH_FAILURES_LIMIT, AUTH_FAILURES_WINDOW, DrainBody
 from gateway.flow.tokens import PanCipher
 from gateway.qr import problems
 from gateway.qr.api import _SwallowErrors, qr_app
+from gateway.qr.models import MPM_PREFIX
 from gateway.qr.service import QrService
 from gateway.qr.terminals import virtual_terminals, with_virtual_terminals
 from kit.dataset import Terminal
@@ -25,6 +28,8 @@ from tests.helpers import demo_dataset
 
 KEY = "demo-qr-acquirer-key-0001"
 WALLET = "6250940000000019"
+JSON = "application/json"
+CPM = qr_cpm.build(aid="A000000333010101", pan=WALLET, expiry="3012")
 
 
 class FakeSwitch:
@@ -47,9 +52,9 @@ def service(switch: FakeSwitch | None = None) -> QrService:
     return QrService(with_virtual_terminals(demo_dataset()), fake.handle, PanCipher(bytes(32)))
 
 
-def client(svc: QrService) -> httpx.AsyncClient:
+def client(svc: QrService, address: str = "127.0.0.1") -> httpx.AsyncClient:
     return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=qr_app(svc)),
+        transport=httpx.ASGITransport(app=qr_app(svc), client=(address, 123)),
         base_url="http://qr",
         headers={"Authorization": f"Bearer {KEY}"},
     )
@@ -131,6 +136,16 @@ async def test_payment_and_refund_messages() -> None:
     assert stored.masked_pan == "625094******0019"
 
 
+def test_fingerprints_take_any_text_and_keep_their_ascii_values() -> None:
+    """A stored fingerprint (SQLite store) of an ASCII body still matches after the switch to
+    UTF-8 bytes; a body in Chinese has one too."""
+    cipher = PanCipher(bytes(32))
+    ascii_body = json.dumps(body("hQVDUFYwMQ==")).encode()
+    assert cipher.lookup_key_of(ascii_body) == cipher.lookup_key(ascii_body.decode())
+    chinese = json.dumps(body("北京烤鸭店"), ensure_ascii=False).encode()
+    assert cipher.lookup_key_of(chinese) != cipher.lookup_key_of(chinese + b" ")
+
+
 def test_virtual_terminals() -> None:
     data = demo_dataset()
     terminals = virtual_terminals(data)
@@ -144,6 +159,61 @@ def test_virtual_terminals() -> None:
     clash = Terminal(id="Q0100001", merchant="M00000000000003")
     with pytest.raises(ValueError, match="reserved"):
         with_virtual_terminals(dataclasses.replace(data, terminals=(*data.terminals, clash)))
+
+
+# Wrong API keys are throttled per address, as the admin API's tokens -----------------------
+
+
+@pytest.mark.anyio
+async def test_an_address_with_too_many_wrong_keys_gets_429() -> None:
+    """Past AUTH_FAILURES_LIMIT wrong keys in a window, the address gets 429 (Retry-After)
+    without its key being looked at, a right one too; other addresses are not affected."""
+    svc = service()
+    wrong = {"Authorization": "Bearer guess"}
+    async with client(svc, "10.0.0.1") as http:
+        for _ in range(AUTH_FAILURES_LIMIT):
+            assert (await http.get("/v1/qr/payments/qrp_x", headers=wrong)).status_code == 401
+        blocked = await http.post("/v1/qr/payments", json=body(CPM))
+        assert blocked.status_code == 429
+        assert blocked.headers["content-type"] == problems.MEDIA_TYPE
+        assert blocked.json()["type"] == problems.TOO_MANY_FAILURES.uri
+        assert 1 <= int(blocked.headers["retry-after"]) <= AUTH_FAILURES_WINDOW
+    async with client(svc, "10.0.0.2") as http:
+        assert (await http.post("/v1/qr/payments", json=body(CPM))).status_code == 201
+    assert svc.rejected.labels(problems.TOO_MANY_FAILURES.slug)._value.get() == 1
+
+
+@pytest.mark.anyio
+async def test_bad_requests_are_counted_and_warned_about_once_per_address() -> None:
+    """A peer sending bad requests at any rate: each is counted by problem type, and its
+    address gets one warning line (no traceback) per interval, not one per request."""
+    svc = service()
+    bad: list[tuple[str, str, dict[str, Any]]] = [
+        ("POST", "/v1/qr/payments", {"headers": {"Authorization": "Bearer guess"}}),
+        ("POST", "/v1/qr/payments", {"content": b"{nope", "headers": {"content-type": JSON}}),
+        ("POST", "/v1/qr/payments", {"content": b"x", "headers": {"content-type": "text/plain"}}),
+        ("POST", "/v1/qr/payments", {"json": body("\u00e9") | {"amount": 0}}),
+        ("GET", "/v1/qr/nothing", {}),
+    ]
+    with structlog.testing.capture_logs() as logs:
+        async with client(svc, "10.0.0.3") as http:
+            for _ in range(10):
+                for method, path, kw in bad:
+                    assert 400 <= (await http.request(method, path, **kw)).status_code < 500
+        async with client(svc, "10.0.0.4") as http:
+            assert (await http.get("/v1/qr/payments/qrp_x")).status_code == 404
+    assert [(e["event"], e["log_level"], e["peer"]) for e in logs] == [
+        ("qr_request_rejected", "warning", "10.0.0.3:123"),
+        ("qr_request_rejected", "warning", "10.0.0.4:123"),
+    ]
+    assert logs[0]["problem"] == "unauthorized"
+    assert not any("exc_info" in e for e in logs)
+    counted = {
+        slug: svc.rejected.labels(slug)._value.get()
+        for slug in ("unauthorized", "invalid-json", "unsupported-media-type", "validation-error")
+    }
+    assert counted == dict.fromkeys(counted, 10.0)
+    assert svc.rejected.labels("not-found")._value.get() == 11
 
 
 # Never a 500 for bad input -------------------------------------------------------------------
@@ -162,12 +232,26 @@ _values = st.one_of(
 )
 
 
+# Valid bodies but for ``qr``: any text (non-ASCII, astral, surrogates), bare or after the
+# MPM prefix, as JSON escapes or raw UTF-8, so the request reaches the fingerprint and codecs.
+_qr_text = st.text(max_size=40) | st.text(max_size=40).map(lambda t: MPM_PREFIX + t)
+_valid_but_qr = st.builds(
+    lambda qr, raw: json.dumps(
+        body(qr, payer_pan=WALLET) if qr.startswith(MPM_PREFIX) else body(qr),
+        ensure_ascii=not raw,
+    ).encode("utf-8", "surrogatepass"),
+    _qr_text,
+    st.booleans(),
+)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     payload=st.one_of(
         st.dictionaries(_fields, _values, max_size=7).map(lambda d: json.dumps(d).encode()),
         st.binary(max_size=64),
         _json.map(lambda v: json.dumps(v).encode()),
+        _valid_but_qr,
     ),
     path=st.sampled_from(["/v1/qr/payments", "/v1/qr/mpm", "/v1/qr/payments/qrp_x/refund"]),
 )
@@ -180,6 +264,45 @@ def test_no_input_gives_a_500(payload: bytes, path: str) -> None:
             assert resp.headers["content-type"] == problems.MEDIA_TYPE
 
     anyio.run(main)
+
+
+async def _answer_early(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 401, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _drained(
+    chunks: list[bytes], *, chunked: bool = False, stalls: bool = False, timeout: float = 5.0
+) -> Any:
+    """The headers DrainBody (limit 100) sends for an app answering at once, the body coming
+    as ``chunks`` (``stalls``: then nothing more, ever), and the chunks it did not read."""
+    sent: list[Any] = []
+    left = list(chunks)
+
+    async def receive() -> dict[str, Any]:
+        if not left:
+            await anyio.sleep_forever()  # a client that stopped sending mid-body
+        return {"type": "http.request", "body": left.pop(0), "more_body": bool(left) or stalls}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    declared = [] if chunked else [(b"content-length", b"%d" % len(b"".join(chunks)))]
+    scope = {"type": "http", "headers": declared}
+    await DrainBody(_answer_early, limit=100, timeout=timeout)(scope, receive, send)
+    return sent[0]["headers"], left
+
+
+@pytest.mark.anyio
+async def test_an_early_answer_drains_the_body_or_closes_the_connection() -> None:
+    close = (b"connection", b"close")
+    assert await _drained([b"a" * 40, b"b" * 40]) == ([], [])  # read: the connection stays
+    assert await _drained([b""]) == ([], [])  # no body
+    assert await _drained([b"a" * 200]) == ([close], [b"a" * 200])  # declared too large
+    # A body past the limit is read up to the limit only.
+    assert await _drained([b"a" * 80] * 3, chunked=True) == ([close], [b"a" * 80])
+    # ...and a body that stops coming is not waited for past the timeout.
+    assert await _drained([b"a" * 10], stalls=True, timeout=0.01) == ([close], [])
 
 
 @pytest.mark.anyio

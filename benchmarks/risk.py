@@ -35,7 +35,7 @@ from gateway.risk.redis_counters import RedisCounterStore
 from kit.dataset import Merchant
 from protocols.message import Message
 
-DEMO_CONF = Path(__file__).resolve().parents[2] / "conf" / "demo" / "risk.toml"
+DEMO_CONF = Path(__file__).resolve().parents[1] / "conf" / "demo" / "risk.toml"
 T0 = datetime(2024, 5, 1, 4, 0, tzinfo=UTC)
 
 

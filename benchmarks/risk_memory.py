@@ -27,7 +27,7 @@ from gateway.risk.counters import MemoryCounterStore
 from gateway.risk.engine import RiskEngine
 from gateway.risk.model import RiskInput
 
-DEMO_CONF = Path(__file__).resolve().parents[2] / "conf" / "demo" / "risk.toml"
+DEMO_CONF = Path(__file__).resolve().parents[1] / "conf" / "demo" / "risk.toml"
 
 
 async def _purchase(engine: RiskEngine, inp: RiskInput) -> None:

@@ -198,6 +198,7 @@ def audit_path(cfg: AdminConfig, base: Path, *, workers: int = 1, node: int = 0)
 
 POLL_AUDIT_INTERVAL = 300.0
 """Seconds between audit records of one token's allowed polls of a polled path."""
+_POLL_SLOTS = 10_000  # (path, token or blocked address) kept; one forgotten is audited sooner
 
 
 @dataclass
@@ -208,7 +209,9 @@ class AdminAccess:
     audit: AuditLog = field(default_factory=AuditLog)
     policy: AccessPolicy = field(default_factory=AccessPolicy)
     clock: Callable[[], float] = time.monotonic
-    _polls: dict[tuple[str, str], float] = field(default_factory=dict, repr=False)
+    _polls: BoundedFifo[tuple[str, str], float] = field(
+        default_factory=lambda: BoundedFifo(_POLL_SLOTS), repr=False
+    )
     _failures: BoundedFifo[str, deque[float]] = field(
         default_factory=lambda: BoundedFifo(_AUTH_PEERS), repr=False
     )

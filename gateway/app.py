@@ -143,6 +143,7 @@ class Gateway:
                 hsm=self.hsm,
                 keys=self.keys,
                 acquirer_id=cfg.acquirer_id,
+                risk=self.risk,
             )
         self.participants: list[Participant] = [
             *([JournalStage(rt, started, self.pools)] if journaled else []),

@@ -74,13 +74,16 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if missing:
         raise ConfigError(f"{args.conf}: links name issuers not in the dataset: {missing}")
     # Every file the gateway reads at start is validated here, without side effects.
+    from gateway.flow.standin import check_limit_currency
     from gateway.journal import JournalConfigError
     from gateway.journal import load_config as load_journal_config
+    from gateway.risk import RiskConfig
     from gateway.risk import load_config as load_risk_config
     from kit.keys import load_keys
 
     parts = [f"{len(cfg.links)} issuer links", f"{len(data.terminals)} terminals"]
     load_keys(data)
+    risk: RiskConfig | None = None
     if cfg.risk:
         risk = load_risk_config(base / cfg.risk)
         parts.append(f"risk on {risk.backend}")
@@ -89,6 +92,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
             journal = load_journal_config(base / cfg.journal)
         except JournalConfigError as exc:
             raise ConfigError(str(exc)) from None
+        check_limit_currency(cfg.standin, risk)  # stand-in runs with the journal
         parts.append(f"journal on {journal.backend}")
         if cfg.workers > 1 and journal.backend == "sqlite":
             print(
@@ -96,7 +100,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
                 "worker: duplicates and stand-in counts are per worker (use PostgreSQL)",
                 file=sys.stderr,
             )
-    if cfg.workers > 1 and cfg.risk and risk.backend == "memory":
+    if cfg.workers > 1 and risk is not None and risk.backend == "memory":
         print(
             f"{args.conf}: warning: {cfg.workers} workers with in-memory risk counters: "
             "limits are per worker (use the Redis backend)",

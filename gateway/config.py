@@ -6,10 +6,11 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic.dataclasses import dataclass
 
 from kit.conf import FROZEN, ConfigError, load
+from protocols.currency import is_payment_currency
 
 
 @dataclass(config=FROZEN)
@@ -197,7 +198,18 @@ class StandInConfig:
     """Consecutive issuer timeouts/unavailable links that open the circuit breaker."""
     cooldown: float = Field(default=10.0, gt=0)
     """Seconds the breaker stays open before one request probes the issuer again."""
+    limit_currency: str = "156"
+    """ISO 4217 numeric code of ``max_amount``. With the risk stage on it must be the risk
+    config's ``limit_currency`` (other currencies count converted with its rates); without
+    it, stand-in approves only in this currency."""
     limits: tuple[StandInLimit, ...] = ()
+
+    @field_validator("limit_currency")
+    @classmethod
+    def _check_limit_currency(cls, v: str) -> str:
+        if not is_payment_currency(v):
+            raise ValueError("limit_currency is not an ISO 4217 payment currency")
+        return v
 
 
 @dataclass(config=FROZEN)

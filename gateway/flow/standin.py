@@ -7,7 +7,9 @@ attempt. When the issuer has no signed-on link or the breaker is open:
 
 * purchases, cash and authorizations (0100/0200, processing code 00/01) are approved if the
   card stays within the stand-in limits of its issuer (count and amount per card per UTC day,
-  ``[[standin.limits]]``; counted from the journal, so a restart does not reset them), the card
+  ``[[standin.limits]]``; counted from the journal, so a restart does not reset them; amounts
+  in one currency: the risk engine's ``limit_currency``, other currencies converted with its
+  rates, or without the risk stage ``[standin] limit_currency`` only), the card
   is not expired, and a PIN, when there is one, verifies at the HSM (Visa PVV with the
   issuer's PVK and the PVV of track 2). A PIN that cannot be verified (no PVK, no track 2, no
   HSM) is declined ``91``; a wrong one ``55``. A chip or contactless cryptogram (field 55 with
@@ -15,7 +17,8 @@ attempt. When the issuer has no signed-on link or the breaker is open:
   ARQC, an amount or currency the card did not sign, or an ATC not above the last one this
   switch saw for the card (in memory; after a restart, from field 55 in the journal: the 0120
   carries it) is ``05``; one that cannot be verified (no IMK-AC, no HSM, field
-  55 that does not parse) ``91``. Beyond the limits, or for an issuer without limits, ``91``.
+  55 that does not parse) ``91``. Beyond the limits, for an issuer without limits, or in a
+  currency that cannot be converted (no rate), ``91``.
   The approval carries tag 91 (ARPC, ARC ``3030``) and is journaled ``stood_in`` together
   with its 0120;
 * a reversal of an approved original is acknowledged ``00`` and forwarded as a 0420 advice —
@@ -42,9 +45,11 @@ from gateway.flow.journal_stage import STAND_IN_NOTE, JournalRuntime
 from gateway.flow.participants import REVERSALS, QueryIssuer, reversal_amount
 from gateway.flow.pipeline import BaseParticipant, Context
 from gateway.journal import JournalError, TxnState
+from gateway.risk import RiskConfig, RiskEngine
 from gateway.upstream.breaker import CircuitBreaker
 from gateway.upstream.hsm_client import HsmClient, HsmError
 from gateway.upstream.links import IssuerPool
+from kit.conf import ConfigError
 from kit.dataset import Dataset
 from kit.keys import KeyLoadError, KeyStore, dataset_lmk, key_under_lmk
 from kit.logs import get_logger
@@ -117,6 +122,18 @@ def _issuer_keys(dataset: Dataset, kind: Literal["pvk", "imk_ac"], event: str) -
     return keys
 
 
+def check_limit_currency(cfg: StandInConfig, risk: RiskConfig | None) -> None:
+    """Stand-in amounts are in one currency: with the risk stage on, its rates convert into
+    its ``limit_currency``, so ``max_amount`` must be meant in that one (ConfigError)."""
+    if risk is not None and risk.limit_currency != cfg.limit_currency:
+        raise ConfigError(
+            f"[standin] limit_currency {cfg.limit_currency} differs from the risk config's "
+            f'limit_currency "{risk.limit_currency}": stand-in limits are counted in it with '
+            f'its rates; set [standin] limit_currency = "{risk.limit_currency}" (and '
+            "max_amount in it)"
+        )
+
+
 class StandIn(BaseParticipant):
     name = "stand-in"
 
@@ -130,8 +147,12 @@ class StandIn(BaseParticipant):
         hsm: HsmClient | None = None,
         keys: KeyStore | None = None,
         acquirer_id: str = "00000000001",
+        risk: RiskEngine | None = None,
     ) -> None:
+        check_limit_currency(cfg, risk.config if risk is not None else None)
         self.cfg = cfg
+        # asked at use time, never copied: a reload of its rates applies at once
+        self.risk = risk
         self.runtime = runtime
         self.query = query
         self.hsm = hsm
@@ -251,6 +272,17 @@ class StandIn(BaseParticipant):
         if fields.get("3", "")[:2] not in STAND_IN_KINDS:
             return ctx.decline("91", "issuer unavailable, not a stand-in transaction")
         amount = int(fields.get("4", "0"))
+        currency = fields.get("49", "")
+        counted = self._to_limit(amount, currency)
+        if counted is None:
+            log.info(
+                "stand_in_declined",
+                issuer=issuer,
+                pan=mask_pan(ctx.pan),
+                currency=currency,
+                reason=f"no rate to the stand-in limit currency {self.cfg.limit_currency}",
+            )
+            return ctx.decline("91", "issuer unavailable, no stand-in in this currency")
         if ctx.expiry is not None and ctx.expiry < ctx.now.strftime("%y%m"):
             return ctx.decline("54", "stand-in: expired card")
         issuer_auth: str | None = None
@@ -268,17 +300,26 @@ class StandIn(BaseParticipant):
             except JournalError as exc:
                 log.error("journal_read_failed", stage="stand-in", error=str(exc))
                 return ctx.decline("91", "issuer unavailable, stand-in limits unknown")
-            if usage.count + 1 > limit.max_count or usage.amount + amount > limit.max_amount:
+            if usage is None:
+                log.warning(
+                    "stand_in_declined",
+                    issuer=issuer,
+                    pan=mask_pan(ctx.pan),
+                    reason="a stand-in approval of the day is in a currency without a rate",
+                )
+                return ctx.decline("91", "issuer unavailable, stand-in limits unknown")
+            if usage.count + 1 > limit.max_count or usage.amount + counted > limit.max_amount:
                 log.info(
                     "stand_in_declined",
                     issuer=issuer,
                     pan=mask_pan(ctx.pan),
                     count=usage.count,
                     amount=usage.amount,
+                    reason="beyond the stand-in limits",
                 )
                 return ctx.decline("91", "issuer unavailable, beyond stand-in limits")
             usage.count += 1
-            usage.amount += amount
+            usage.amount += counted
         advice = self.query._issuer_request(ctx, pool)
         advice.mti = "0120"
         for k in _NOT_IN_ADVICE:
@@ -307,7 +348,16 @@ class StandIn(BaseParticipant):
         log.warning("stand_in_approved", issuer=issuer, rrn=ctx.rrn, pan=mask_pan(ctx.pan))
         return "00"
 
-    async def _usage_of(self, pan: str, now: datetime) -> _Usage:
+    def _to_limit(self, amount: int, currency: str) -> int | None:
+        """``amount`` in the stand-in limit currency, rounded up (the risk engine's rates of
+        the moment); None when it cannot be (no rate, or no risk stage to convert)."""
+        if currency == self.cfg.limit_currency:
+            return amount
+        return self.risk.to_limit(amount, currency) if self.risk is not None else None
+
+    async def _usage_of(self, pan: str, now: datetime) -> _Usage | None:
+        """The card's stand-in usage of the UTC day, amounts in the limit currency; None
+        when a day's approval cannot be converted (its usage is unknown: not cached)."""
         day = now.astimezone(UTC).date()
         key = (day.isoformat(), hmac.new(self._card_key, pan.encode(), hashlib.sha256).digest())
         usage = self._usage.get(key)
@@ -323,8 +373,11 @@ class StandIn(BaseParticipant):
                     and txn.response_code == "00"
                     and txn.state != TxnState.REVERSED
                 ):
+                    counted = self._to_limit(txn.amount or 0, txn.currency or "")
+                    if counted is None:
+                        return None
                     usage.count += 1
-                    usage.amount += txn.amount or 0
+                    usage.amount += counted
         for old in [k for k in self._usage if k[0] != key[0]]:
             del self._usage[old]  # yesterday's counters
         self._usage[key] = usage

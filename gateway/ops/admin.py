@@ -48,6 +48,7 @@ from gateway.ops.audit import AuditLog
 from gateway.qr.problems import Problem, ProblemType
 from kit.conf import ConfigError
 from kit.logs import get_logger
+from protocols.bounded import BoundedFifo
 
 if TYPE_CHECKING:
     from gateway.risk import RiskEngine
@@ -191,6 +192,7 @@ def audit_path(cfg: AdminConfig, base: Path, *, workers: int = 1, node: int = 0)
 
 POLL_AUDIT_INTERVAL = 300.0
 """Seconds between audit records of one token's allowed polls of a polled path."""
+_POLL_SLOTS = 10_000  # (path, token or blocked address) kept; one forgotten is audited sooner
 
 
 @dataclass
@@ -201,7 +203,9 @@ class AdminAccess:
     audit: AuditLog = field(default_factory=AuditLog)
     policy: AccessPolicy = field(default_factory=AccessPolicy)
     clock: Callable[[], float] = time.monotonic
-    _polls: dict[tuple[str, str], float] = field(default_factory=dict, repr=False)
+    _polls: BoundedFifo[tuple[str, str], float] = field(
+        default_factory=lambda: BoundedFifo(_POLL_SLOTS), repr=False
+    )
     _failures: AuthFailures = field(default_factory=AuthFailures, repr=False)
     on_block: Callable[[], None] | None = None
     """Called for each request refused for too many failed authentications (a metric)."""

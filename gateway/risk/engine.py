@@ -419,6 +419,12 @@ class RiskEngine:
         """Newest first, JSON-able, masked PANs only: for the admin endpoint."""
         return self.alerts.recent(limit)
 
+    def to_limit(self, amount: int, currency: str) -> int | None:
+        """``amount`` (minor units of ``currency``) in ``limit_currency`` with the rates of
+        the moment, rounded up; None without a rate. For limits kept outside the engine in the
+        same currency (stand-in's)."""
+        return self._compiled.rules.to_limit(currency, amount)
+
     async def usage(self, card_key: str, currency: str, now: datetime) -> tuple[int, int]:
         """(amount in currency, count) a card has used on the local day of ``now``; amounts
         are kept in the limit currency only (any other has none)."""

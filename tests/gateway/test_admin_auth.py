@@ -22,6 +22,7 @@ from gateway.config import AdminConfig, AdminTokenConfig, load_gateway_config
 from gateway.edge import http as http_module
 from gateway.edge.http import AUTH_FAILURES_LIMIT, AUTH_FAILURES_WINDOW, AuthFailures
 from gateway.metrics import Metrics
+from gateway.ops import admin
 from gateway.ops.admin import (
     POLL_AUDIT_INTERVAL,
     AdminAccess,
@@ -517,3 +518,16 @@ async def test_sighup_reload_refused_when_audit_file_unwritable(tmp_path: Path) 
 
 def _failures(metrics: Metrics) -> float | None:
     return metrics.registry.get_sample_value("switch_audit_write_failures_total")
+
+
+def test_audited_poll_slots_are_bounded_oldest_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flood of blocked addresses (one sampled-audit slot each) cannot grow memory without
+    bound; a forgotten slot is only audited again sooner."""
+    monkeypatch.setattr(admin, "_POLL_SLOTS", 2)
+    access = AdminAccess(Authenticator([]))
+    access.clock = lambda: 0.0
+    for peer in ("a", "b", "c"):
+        assert not access._recently_polled("429:/status", None, 200, key=peer)
+    assert list(access._polls) == [("429:/status", "b"), ("429:/status", "c")]
+    assert access._recently_polled("429:/status", None, 200, key="c")  # still sampled
+    assert not access._recently_polled("429:/status", None, 200, key="a")  # audited again

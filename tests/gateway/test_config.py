@@ -60,3 +60,33 @@ def test_keys_never_in_repr() -> None:
     text = repr(data)
     assert "6D61BA0EAED6548F1A86086208A886AB" not in text
     assert "4761730000000011" not in text
+
+
+def test_standin_limit_currency_is_iso_4217(tmp_path: Path) -> None:
+    conf = tmp_path / "gateway.toml"
+    conf.write_text('[standin]\nlimit_currency = "999"\n')  # XXX: no currency
+    with pytest.raises(ConfigError, match=r"standin\.limit_currency: .*ISO 4217"):
+        load_gateway_config(conf)
+    conf.write_text('[standin]\nlimit_currency = "840"\n')
+    assert load_gateway_config(conf)[0].standin.limit_currency == "840"
+
+
+def test_check_config_refuses_stand_in_and_risk_limits_in_two_currencies(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With the risk stage on, stand-in limits are in its limit_currency (converted with its
+    rates): a different [standin] limit_currency would give them another meaning."""
+    risk = tmp_path / "risk.toml"
+    risk.write_text('limit_currency = "840"\n')
+    conf = tmp_path / "gateway.toml"
+    head = (
+        f'data = "{DEMO_CONF / "data.toml"}"\nrisk = "{risk}"\n'
+        f'journal = "{DEMO_CONF / "journal.toml"}"\n[standin]\n'
+    )
+    conf.write_text(head)  # limit_currency left at 156
+    assert gateway_main(["check-config", "--conf", str(conf)]) == 2
+    err = capsys.readouterr().err
+    assert "[standin] limit_currency 156" in err
+    assert 'limit_currency "840"' in err
+    conf.write_text(head + 'limit_currency = "840"\n')
+    assert gateway_main(["check-config", "--conf", str(conf)]) == 0

@@ -1,7 +1,8 @@
 """Stand-in over real sockets: approvals within limits while the issuer is down, declines beyond,
 PIN verified at the HSM (PVV from track 2), chip and contactless cryptograms verified at the
 HSM (KQ) with the issuer's IMK-AC, the circuit breaker, 0120 advices delivered when
-the issuer is back, and failover between two endpoints of one issuer."""
+the issuer is back, failover between two endpoints of one issuer, and limits in one currency
+(the risk stage's rates, or only the stand-in currency without it)."""
 
 from __future__ import annotations
 
@@ -44,13 +45,13 @@ LIMITS = StandInConfig(
 
 
 def standin_stack(
-    pki_dir: Path, tmp_path: Path, limits: StandInConfig = LIMITS
+    pki_dir: Path, tmp_path: Path, limits: StandInConfig = LIMITS, risk: str = ""
 ) -> AbstractAsyncContextManager[Stack]:
     """The stack stand-in tests run on: journal, fast SAF, short link timeout, no risk."""
     return running_stack(
         pki_dir,
         link_timeout=0.3,
-        risk="",
+        risk=risk,
         journal=write_conf(tmp_path),
         saf=FAST_SAF,
         standin=limits,
@@ -333,3 +334,97 @@ def test_stand_in_field_55_parsing() -> None:
         _cryptogram("not hex")
     with pytest.raises(ValueError, match="8 bytes"):
         _cryptogram("9F2602AABB")
+
+
+# Limits in one currency --------------------------------------------------------------------
+
+CCY_LIMITS = StandInConfig(
+    failure_threshold=2,
+    cooldown=0.5,
+    limits=(StandInLimit(issuer="alpha", max_amount=50_000, max_count=10),),
+)
+USD, JPY, EUR = "840", "392", "978"
+
+
+def _risk_conf(tmp_path: Path, rates: str) -> Path:
+    """Risk limits in CNY (156) with ``rates``, and nothing else that could decline."""
+    path = tmp_path / "risk.toml"
+    path.write_text(
+        f'pan_hash_key = "{"ab" * 32}"\nlimit_currency = "156"\n'
+        f"[score]\nenabled = false\n[rates]\n{rates}\n"
+    )
+    return path
+
+
+DEMO_RATES = '"840" = 7.1\n"392" = 0.048'  # fen per cent: 7.1; per yen: 4.8
+
+
+def _in(amount: int, currency: str, pan: str = PAN) -> Message:
+    return purchase(pan, amount, extra={"49": currency})
+
+
+async def test_stand_in_limits_count_other_currencies_converted_with_the_risk_rates(
+    pki_dir: Path, tmp_path: Path
+) -> None:
+    risk = _risk_conf(tmp_path, DEMO_RATES)
+    async with standin_stack(pki_dir, tmp_path, CCY_LIMITS, str(risk)) as stack:
+        await _alpha_down(stack)
+        async with terminal(stack.port) as term:
+            assert (await term.exchange(_in(40_000, "156")))["39"] == "00"
+            # 20.00 USD = 14,200 fen: over the 50,000 (as raw numbers it was 42,000)
+            assert (await term.exchange(_in(2_000, USD)))["39"] == "91"
+            # 2,000 JPY = 9,600 fen: 49,600, within
+            assert (await term.exchange(_in(2_000, JPY)))["39"] == "00"
+            # the risk stage refuses a currency without a rate before stand-in sees it
+            assert (await term.exchange(_in(1, EUR)))["39"] == "12"
+            assert (await term.exchange(_in(400, "156")))["39"] == "00"  # 50,000 exactly
+            assert (await term.exchange(_in(1, "156")))["39"] == "91"
+        assert await saf_depth(stack.gateway, "alpha") == 3
+
+
+async def test_stand_in_converts_at_the_rates_of_the_moment(pki_dir: Path, tmp_path: Path) -> None:
+    """Stand-in asks the risk engine at use time: a rate reloaded (SIGHUP, /admin/reload)
+    applies to the next stand-in amount."""
+    risk = _risk_conf(tmp_path, DEMO_RATES)
+    async with standin_stack(pki_dir, tmp_path, CCY_LIMITS, str(risk)) as stack:
+        await _alpha_down(stack)
+        async with terminal(stack.port) as term:
+            assert (await term.exchange(_in(1_000, USD)))["39"] == "00"  # 7,100 fen
+            _risk_conf(tmp_path, '"840" = 71')
+            assert stack.gateway.reload_risk()["reloaded"] is True
+            assert (await term.exchange(_in(1_000, USD)))["39"] == "91"  # 71,000 fen
+            assert (await term.exchange(_in(42_900, "156")))["39"] == "00"  # 50,000
+        assert await saf_depth(stack.gateway, "alpha") == 2
+
+
+async def test_stand_in_usage_from_the_journal_is_converted_after_a_restart(
+    pki_dir: Path, tmp_path: Path
+) -> None:
+    risk = _risk_conf(tmp_path, DEMO_RATES)
+    async with standin_stack(pki_dir, tmp_path, CCY_LIMITS, str(risk)) as stack:
+        await _alpha_down(stack)
+        async with terminal(stack.port) as term:
+            assert (await term.exchange(_in(30_000, "156")))["39"] == "00"
+            assert (await term.exchange(_in(2_000, USD)))["39"] == "00"  # 14,200 fen: 44,200
+        await stack.stop_gateway(graceful=True)
+        await stack.start_gateway(wait_ready=False)  # alpha is still down
+        async with terminal(stack.port) as term:
+            assert (await term.exchange(_in(6_000, "156")))["39"] == "91"  # 50,200
+            assert (await term.exchange(_in(5_000, "156")))["39"] == "00"  # 49,200
+        # A day's row in a currency whose rate is gone: its usage is unknown, so no stand-in.
+        await stack.stop_gateway(graceful=True)
+        _risk_conf(tmp_path, '"392" = 0.048')
+        await stack.start_gateway(wait_ready=False)
+        async with terminal(stack.port) as term:
+            assert (await term.exchange(_in(100, "156")))["39"] == "91"  # 49,300 with the rate
+        assert await saf_depth(stack.gateway, "alpha") == 3
+
+
+async def test_stand_in_without_risk_only_in_its_limit_currency(stack: Stack) -> None:
+    """No risk stage, no rates: stand-in approves in ``[standin] limit_currency`` (156) only."""
+    await _alpha_down(stack)
+    async with terminal(stack.port) as term:
+        assert (await term.exchange(_in(1_000, USD)))["39"] == "91"
+        assert (await term.exchange(_in(1_000, JPY)))["39"] == "91"
+        assert (await term.exchange(_in(1_000, "156")))["39"] == "00"
+    assert await saf_depth(stack.gateway, "alpha") == 1

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from gateway.risk import TxnKind, card_key
+from gateway.risk import RiskEngine, TxnKind, card_key
 from tests.risk.conftest import CARD, KEY, T0, Stores, base_config, txn
 
 pytestmark = pytest.mark.anyio
@@ -365,6 +365,18 @@ async def test_reload_swaps_rates_but_not_the_limit_currency(stores: Stores) -> 
         with pytest.raises(ConfigError, match="limit_currency"):
             engine.reload(base_config(limit_currency="840", rates={"156": "0.14"}))
         assert (await engine.assess(txn(3, amount=100, currency="978"))).rc is None
+
+
+def test_to_limit_converts_with_the_rates_of_the_moment() -> None:
+    """What stand-in asks the engine: amounts in the limit currency, rounded up, None
+    without a rate, with the rates of the last reload."""
+    engine = RiskEngine(base_config(), registry=None)
+    assert engine.to_limit(2_000, "840") == 14_200
+    assert engine.to_limit(1, "840") == 8  # 7.1 fen, rounded up
+    assert engine.to_limit(500, "156") == 500
+    assert engine.to_limit(500, "978") is None
+    engine.reload(base_config(rates={"978": "7.8"}))
+    assert (engine.to_limit(2_000, "840"), engine.to_limit(100, "978")) == (None, 780)
 
 
 async def test_invalid_input_is_refused() -> None:

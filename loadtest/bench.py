@@ -18,6 +18,10 @@ percentiles, and the median over the repeats.
 ``issuer`` drives one issuer simulator directly over mutual TLS (as the gateway's links do);
 ``hsm`` drives the HSM simulator with CA PIN translations through the gateway's HsmClient.
 Their TPS is what "never the bottleneck" (at least 2x the gateway's TPS) is checked against.
+
+White box (the one switch module the load kit may import, ``tests/test_architecture.py``):
+``--target hsm`` uses ``gateway.upstream.hsm_client``, so the figure is the HSM as the switch
+sees it. Everything else here starts the programs and speaks the wire.
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ What runs where:
   gateway died) reverses the request (0400) once the gateway is back, and repeats that
   reversal until it gets an answer other than ``91``; some approved purchases are reversed.
 
+White box: this is the load kit's one reader of the switch's journal (``gateway.journal``,
+allowed by ``tests/test_architecture.py``), since the books can only be checked there.
+
 Checked after every round (cumulative), with the journal opened here after the graceful stop:
 
 1. every approval a terminal saw (field 39 ``00``) is in the journal, approved;

@@ -74,10 +74,15 @@ def canonical(values: Sequence[object]) -> bytes:
 class Chain:
     """MACs and chain-state tags under the chain key (key material: never log it)."""
 
-    __slots__ = ("_hmac",)
+    __slots__ = ("_hmac", "_key")
 
     def __init__(self, key: bytes) -> None:
         self._hmac = HmacSha256(key)
+        self._key = bytes(key)
+
+    def __reduce__(self) -> tuple[type[Chain], tuple[bytes]]:
+        # Pickled only down the pipe to the gateway's own journal writer process.
+        return (Chain, (self._key,))
 
     def __repr__(self) -> str:
         return "Chain(<key>)"

@@ -312,7 +312,9 @@ def run(argv: list[str]) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        config = load_config(args.conf)
+        # One-shot commands write in this process (archive, restore and rebuild are long
+        # transactions that run here), whatever writer the gateway uses.
+        config = dataclasses.replace(load_config(args.conf), writer="loop")
         return anyio.run(_execute, config, args)
     except (JournalConfigError, PostingFileError) as exc:
         sys.stderr.write(f"gateway journal: {exc}\n")

@@ -82,6 +82,10 @@ class JournalConfig:
     """PostgreSQL schema holding the journal tables (created if missing)."""
     synchronous: Literal["FULL", "NORMAL", "OFF"] = "FULL"
     """SQLite sync level of durable writes; non-durable writes use NORMAL (OFF if OFF)."""
+    writer: Literal["loop", "process"] = "loop"
+    """SQLite: where batches are written. ``loop``: on the event loop (fsync in a thread);
+    ``process``: in a writer process of the gateway's own (gateway/journal/writer.py), so
+    the chain, SQL, fsync and checkpoints run on another core. Same guarantees either way."""
     busy_timeout_ms: int = pydantic.Field(default=5000, ge=0)
     """SQLite: wait this long for a lock held by another process (e.g. the archive CLI)."""
     group_commit_max_batch: int = pydantic.Field(default=512, ge=1)
@@ -111,6 +115,8 @@ class JournalConfig:
             raise ValueError("schema must be a lower-case SQL identifier")
         if self.backend == "postgres" and not self.dsn:
             raise ValueError("backend 'postgres' needs a dsn")
+        if self.backend == "postgres" and self.writer == "process":
+            raise ValueError("writer 'process' is for the sqlite backend (PostgreSQL writes)")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -49,6 +49,7 @@ from gateway.journal.errors import JournalClosedError, JournalStateError
 from gateway.journal.groupcommit import Op, OpKind
 from gateway.journal.rows import txn_params, upsert_groups
 from gateway.journal.sql import Sql
+from gateway.journal.writer import WriterProcess
 from kit.logs import get_logger
 
 log = get_logger("gateway.journal")
@@ -108,6 +109,7 @@ class SqliteJournal(JournalBase):
         self._checkpointing = False
         self._catch_up = False
         self._syncer = _Syncer()
+        self._process: WriterProcess | None = None
         self._pool_send: MemoryObjectSendStream[sqlite3.Connection] | None = None
         self._pool_receive: MemoryObjectReceiveStream[sqlite3.Connection] | None = None
         return Sql("sqlite")
@@ -194,8 +196,32 @@ class SqliteJournal(JournalBase):
             os.close(self._wal_fd)
             self._wal_fd = None
 
+    def _open_readers_sync(self) -> None:
+        """``writer = "process"``: this process only reads (the child created the file)."""
+        readers = []
+        try:
+            for _ in range(self.config.pool_size):
+                reader = self._connect()
+                reader.execute("PRAGMA query_only = ON")
+                readers.append(reader)
+        except BaseException:
+            for con in readers:
+                con.close()
+            raise
+        self._readers = readers
+
     async def _open_backend(self) -> None:
-        await anyio.to_thread.run_sync(self._open_sync, limiter=self._write_limiter)
+        if self.config.writer == "process":
+            process = WriterProcess()
+            await process.start(self.config, self._chain)
+            self._process = process
+            try:
+                await anyio.to_thread.run_sync(self._open_readers_sync)
+            except BaseException:
+                await process.aclose()
+                raise
+        else:
+            await anyio.to_thread.run_sync(self._open_sync, limiter=self._write_limiter)
         # Free reader connections (a pool of ``pool_size``): a long verify does not hold up
         # the duplicate checks of the pipeline.
         send, receive = anyio.create_memory_object_stream[sqlite3.Connection](len(self._readers))
@@ -211,11 +237,19 @@ class SqliteJournal(JournalBase):
                     await receive.receive()
         self._pool_send = self._pool_receive = None
         self._syncer.close()
+        if self._process is not None:
+            await self._process.aclose()
         await anyio.to_thread.run_sync(self._close_sync, limiter=self._write_limiter)
 
     # -- writes -----------------------------------------------------------------------------
 
     async def _commit(self, ops: list[Op]) -> None:
+        if self._process is not None:
+            if ops[0].kind is OpKind.CUSTOM:  # a closure: run here, as another writer would
+                await anyio.to_thread.run_sync(self._custom_here, ops)
+            else:
+                await self._process.commit(ops)
+            return
         if self._catch_up:
             # The background checkpoint copied the bulk while writes went on; this pass,
             # with no write running, copies the few frames since, so the next BEGIN starts
@@ -254,6 +288,23 @@ class SqliteJournal(JournalBase):
             self._commit_sync(ops, waiting=True)
         finally:
             con.execute("PRAGMA busy_timeout = 0")
+
+    def _custom_here(self, ops: list[Op]) -> None:
+        """``writer = "process"``: archive, restore or rebuild on a connection of this process,
+        taking the write lock between two of the writer's batches (``busy_timeout``)."""
+        con = self._connect()
+        try:
+            con.execute(f"PRAGMA synchronous = {self.config.synchronous}")
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                self._apply(con, ops)
+                con.execute("COMMIT")
+            except BaseException:
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+                raise
+        finally:
+            con.close()
 
     def _commit_sync(self, ops: list[Op], *, waiting: bool = False) -> None:
         con = self._writer
@@ -375,7 +426,7 @@ class SqliteJournal(JournalBase):
         lone SELECT is its own read transaction (one snapshot), so it needs no BEGIN/COMMIT
         round trips of its own (SAF polls, duplicate and original lookups)."""
         send, receive = self._pool_send, self._pool_receive
-        if self._writer is None or send is None or receive is None:
+        if send is None or receive is None:
             raise JournalClosedError("the journal is closed")
         con = await receive.receive()
         try:
@@ -398,7 +449,7 @@ class SqliteJournal(JournalBase):
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[Reader]:
         send, receive = self._pool_send, self._pool_receive
-        if self._writer is None or send is None or receive is None:
+        if send is None or receive is None:
             raise JournalClosedError("the journal is closed")
         con = await receive.receive()
         try:

@@ -85,14 +85,16 @@ class Backend:
             await conn.close()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "sqlite-process", "postgres"])
 def backend(
     request: pytest.FixtureRequest, tmp_path: Path, anyio_backend: tuple[str, dict[str, Any]]
 ) -> Iterator[Backend]:
     table = key_table()
-    if request.param == "sqlite":
+    if request.param in ("sqlite", "sqlite-process"):
+        # sqlite-process: the same file written by the gateway's journal writer process.
         path = tmp_path / "journal.sqlite3"
-        yield Backend("sqlite", {**table, "path": str(path)}, path=path)
+        writer = "process" if request.param == "sqlite-process" else "loop"
+        yield Backend("sqlite", {**table, "path": str(path), "writer": writer}, path=path)
         return
     if anyio_backend[0] != "asyncio":
         pytest.skip("asyncpg runs on asyncio only; the PostgreSQL journal refuses trio")

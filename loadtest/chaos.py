@@ -267,11 +267,20 @@ class Issuers:
             server.faults.latency_ms = server.faults.drop_ratio = 0.0
 
 
-def write_confs(work: Path, ports: dict[str, int], hsm: int, gw: int, admin: int) -> Path:
+def _reader_config(journal_conf: Path) -> Any:
+    """The checker writes nothing: it opens the file with an in-process writer, never a
+    writer process of its own beside the gateway's."""
+    return dataclasses.replace(load_config(journal_conf), writer="loop")
+
+
+def write_confs(
+    work: Path, ports: dict[str, int], hsm: int, gw: int, admin: int, writer: str
+) -> Path:
     keys = {name: os.urandom(32).hex() for name in ("data", "lookup", "chain")}
     (work / "journal.toml").write_text(
         "[journal]\n"
         f'path = "{work / "journal.sqlite3"}"\n'
+        f'writer = "{writer}"\n'
         'active_key_id = "chaos"\n'
         f'keys = [{{ id = "chaos", hex = "{keys["data"]}" }}]\n'
         f'lookup_key = {{ hex = "{keys["lookup"]}" }}\n'
@@ -359,7 +368,7 @@ class GatewayProcess:
 
 
 async def saf_depth(journal_conf: Path) -> int:
-    async with open_journal(load_config(journal_conf)) as journal:
+    async with open_journal(_reader_config(journal_conf)) as journal:
         return sum(d.depth for d in await journal.saf_depths())
 
 
@@ -368,7 +377,7 @@ async def check_books(
 ) -> dict[str, Any]:
     problems: list[str] = []
     now = dt.datetime.now(dt.UTC)
-    async with open_journal(load_config(journal_conf)) as journal:
+    async with open_journal(_reader_config(journal_conf)) as journal:
         verified = await journal.verify()
         if not verified.ok:
             problems.append(f"chain broken at seq {verified.broken_seq}: {verified.reason}")
@@ -424,7 +433,7 @@ async def chaos(args: argparse.Namespace, work: Path) -> int:
         await issuers.start()
         ports = {i: s.port for i, s in issuers.servers.items()}
         gw_port, admin = free_port(), free_port()
-        conf = write_confs(work, ports, hsm_port, gw_port, admin)
+        conf = write_confs(work, ports, hsm_port, gw_port, admin, args.writer)
         prefixes = {r.issuer: r.prefix for r in data.issuer_behaviour.synthetic}
         pans = [synthetic_pan(prefixes[i], rnd) for i in ("alpha", "beta") for _ in range(12)]
         pans += list(GAMMA_CARDS)
@@ -510,6 +519,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=8, help="concurrent terminal connections")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workdir", default=str(ROOT / "var" / "chaos"))
+    parser.add_argument(
+        "--writer",
+        choices=("process", "loop"),
+        default="process",
+        help="the gateway's journal writer (the demo's is a process)",
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.kills < 1 or args.workers < 1:
         parser.error("--rounds, --kills and --workers must be at least 1")

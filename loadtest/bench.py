@@ -51,7 +51,7 @@ import orjson
 
 from loadtest.generator import LoadConfig
 from loadtest.mix import SCENARIOS
-from loadtest.procstat import cpu_seconds, free_port, peak_rss_kib
+from loadtest.procstat import cpu_seconds, descendants, free_port, peak_rss_kib
 from loadtest.runs import backend_args, run_generator
 from loadtest.stats import RunStats, format_report
 
@@ -236,8 +236,12 @@ def start_stack(
     gateway: bool = True,
     hsm: bool = True,
     log_transactions: bool = False,
+    workers: int = 1,
+    writer: str = "",
 ) -> Iterator[Stack]:
-    """The demo profile's processes on free ports; stopped (SIGTERM) on exit."""
+    """The demo profile's processes on free ports; stopped (SIGTERM) on exit. ``workers``
+    and ``writer`` (the journal's: ``loop`` or ``process``; empty: the profile's) override
+    the profile."""
     from kit import pki
 
     gw_doc = materialize(conf / "gateway.toml", "gateway.config", "GatewayConfig")
@@ -265,6 +269,8 @@ def start_stack(
     (tmp / "issuer-sim.toml").write_text(dump_toml(sim))
     gw = relocate(gw_doc, conf, ports)
     gw.setdefault("log", {}).update(level="warning", transactions=log_transactions)
+    if workers > 1:
+        gw["workers"] = workers
     # The admin API wants a bearer token for /status: a viewer token of this bench only,
     # and a fresh audit file next to the rewritten configs.
     admin = gw.setdefault("admin", {})
@@ -284,6 +290,8 @@ def start_stack(
         jdoc = tomllib.loads((conf / journal_file).read_text())
         if jdoc.get("journal", {}).get("backend", "sqlite") == "sqlite":
             jdoc["journal"]["path"] = str(tmp / "journal.sqlite3")
+            if writer:
+                jdoc["journal"]["writer"] = writer
         (tmp / "journal.toml").write_text(dump_toml(jdoc))
         gw["journal"] = "journal.toml"
     (tmp / "gateway.toml").write_text(dump_toml(gw))
@@ -344,7 +352,13 @@ def measure(
     """One measured run: the generator's summary and per-process CPU/RSS figures."""
     pids = {s.name: s.proc.pid for s in stack.services}
     pids["loadgen"] = os.getpid()
+    parts = {
+        f"{name}/{_role(child)}-{i}": child
+        for name, pid in list(pids.items())
+        for i, child in enumerate(descendants(pid) if pid != os.getpid() else ())
+    }
     before = {name: _cpu(pid) for name, pid in pids.items()}
+    before.update({name: _own_cpu(pid) for name, pid in parts.items()})
     wall0 = time.monotonic()
     name, options = backend_args(backend)
     summary: dict[str, Any] = anyio.run(
@@ -364,15 +378,44 @@ def measure(
             "cpu_percent": round(100 * used / wall, 1),
             "peak_rss_mib": round(rss, 1),
         }
+    for pname, pid in parts.items():
+        used = _own_cpu(pid) - before[pname]
+        procs[pname] = {
+            "cpu_us_per_txn": round(used / count * 1e6, 1),
+            "cpu_percent": round(100 * used / wall, 1),
+            "peak_rss_mib": 0.0,
+        }
     return summary, procs
+
+
+def _own_cpu(pid: int) -> float:
+    try:
+        return cpu_seconds(pid, children=False)
+    except OSError:
+        return 0.0
+
+
+def _role(pid: int) -> str:
+    """What a service's child process is, for the per-process table."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "child"
+    if b"gateway.journal.writer" in cmd:
+        return "journal-writer"
+    return "worker" if b"--worker" in cmd else "child"
 
 
 def _print_run(summary: dict[str, Any], procs: Mapping[str, Mapping[str, float]]) -> None:
     print(format_report(summary))
     print(f"\n{'process':<20} {'CPU us/txn':>11} {'CPU %':>7} {'peak RSS MiB':>13}")
     for name, p in procs.items():
-        print(f"{name:<20} {p['cpu_us_per_txn']:>11} {p['cpu_percent']:>7} {p['peak_rss_mib']:>13}")
-    total = sum(p["cpu_us_per_txn"] for p in procs.values())
+        shown = f"  of which {name.partition('/')[2]}" if "/" in name else name
+        print(
+            f"{shown:<20} {p['cpu_us_per_txn']:>11} {p['cpu_percent']:>7} {p['peak_rss_mib']:>13}"
+        )
+    # A service's children are in its own figure already.
+    total = sum(p["cpu_us_per_txn"] for n, p in procs.items() if "/" not in n)
     print(f"{'all processes':<20} {round(total, 1):>11}", flush=True)
 
 
@@ -392,6 +435,8 @@ def _median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "processes": {},
     }
     for name in runs[0]["processes"]:
+        if not all(name in r["processes"] for r in runs):
+            continue  # a child process that was not there in every run (restarted)
         out["processes"][name] = {
             k: med([r["processes"][name][k] for r in runs])
             for k in ("cpu_us_per_txn", "cpu_percent", "peak_rss_mib")
@@ -472,7 +517,12 @@ def _series(label: str, stack: Stack, args: argparse.Namespace, cfg: LoadConfig)
 
 def bench_stack(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     with start_stack(
-        args.conf, tmp, backend=args.backend, log_transactions=args.log_transactions
+        args.conf,
+        tmp,
+        backend=args.backend,
+        log_transactions=args.log_transactions,
+        workers=args.workers,
+        writer=args.writer,
     ) as stack:
         # No QR API in this stack: the qr item is reported unavailable, never sent elsewhere.
         cfg = _load_config(
@@ -609,6 +659,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--backend", choices=("uvloop", "asyncio", "trio"), default="uvloop")
     parser.add_argument("--conf", type=Path, default=DEMO, help="profile directory")
     parser.add_argument("--log-transactions", action="store_true", help="gateway logs each txn")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gateway worker processes (the profile's risk "
+        "store decides whether limits are exact across them: memory is per process)",
+    )
+    parser.add_argument(
+        "--writer",
+        choices=("", "loop", "process"),
+        default="",
+        help="journal writer (default: the profile's)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--quiet", action="store_true", help="no per-second progress lines")
     args = parser.parse_args(argv)

@@ -49,7 +49,7 @@ from gateway.journal.errors import JournalClosedError, JournalStateError
 from gateway.journal.groupcommit import Op, OpKind
 from gateway.journal.rows import txn_params, upsert_groups
 from gateway.journal.sql import Sql
-from gateway.journal.writer import WriterProcess
+from gateway.journal.writerproc import WriterProcess
 from kit.logs import get_logger
 
 log = get_logger("gateway.journal")

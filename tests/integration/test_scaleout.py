@@ -101,6 +101,7 @@ def write_journal_conf(tmp: Path, dsn: str, schema: str) -> Path:
     text = (DEMO_CONF / "journal.toml").read_text()
     text = text.replace('backend = "sqlite"', 'backend = "postgres"')
     text = text.replace('path = "var/journal.sqlite3"', f'dsn = "{dsn}"\nschema = "{schema}"')
+    text = text.replace('writer = "process"', 'writer = "loop"')  # PostgreSQL writes itself
     assert 'backend = "postgres"' in text
     conf = tmp / "journal.toml"
     conf.write_text(text)

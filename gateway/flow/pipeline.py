@@ -22,6 +22,7 @@ from protocols.message import Message
 if TYPE_CHECKING:
     from gateway.flow.recent import TxnEntry
     from gateway.risk import RiskDecision
+    from gateway.risk.verification import QrVerification
     from gateway.upstream.links import IssuerPool
 
 
@@ -49,6 +50,8 @@ class Context:
     original: TxnEntry | None = None
     replay: Message | None = None
     risk: RiskDecision | None = None
+    qr: QrVerification | None = None
+    """A QR payment's verification, from the QR API (the risk stage writes a step-up back)."""
     reversed_amount: int = 0
     """Amount this reversal gave back at the issuer (0: nothing was reversed now)."""
     rc: str | None = None

@@ -150,6 +150,21 @@ class CounterStore(Protocol):
     async def usage(self, card_key: str, currency: str, day: str) -> tuple[int, int]:
         """(daily amount in currency, daily count) of a card."""
 
+    async def add_within(
+        self,
+        card_key: str,
+        counter: str,
+        day: str,
+        day_expires_at: int,
+        now_ms: int,
+        amount: int,
+        limit: int,
+        blocks: bool,
+    ) -> tuple[bool, int]:
+        """Add ``amount`` to one more daily amount of a card (``counter`` in place of a
+        currency; :meth:`release` with count 0 gives back) unless it would pass ``limit`` and
+        ``blocks``: ``(added, the amount before)``."""
+
     async def aclose(self) -> None: ...
 
 
@@ -404,6 +419,28 @@ class MemoryCounterStore:
         card.profile = update_profile(card.profile, amount, samples)
         if country not in card.countries:
             card.countries = (*card.countries, country)
+
+    async def add_within(
+        self,
+        card_key: str,
+        counter: str,
+        day: str,
+        day_expires_at: int,
+        now_ms: int,
+        amount: int,
+        limit: int,
+        blocks: bool,
+    ) -> tuple[bool, int]:
+        bucket = self._days.get(day)
+        akey = (card_key, counter)
+        before = 0 if bucket is None else bucket.amounts.get(akey, 0)
+        if blocks and before + amount > limit:
+            return False, before
+        if bucket is None:
+            bucket = self._days[day] = _Day(day_expires_at)
+            self._next_prune = min(self._next_prune or day_expires_at, day_expires_at)
+        bucket.amounts[akey] = before + amount
+        return True, before
 
     async def usage(self, card_key: str, currency: str, day: str) -> tuple[int, int]:
         bucket = self._days.get(day)

@@ -34,8 +34,9 @@ from gateway.risk.counters import (
 )
 from gateway.risk.model import Reservation, RiskDecision, RiskInput, RuleHit
 from gateway.risk.redis_counters import RedisCounterStore
-from gateway.risk.rules import RULE_ORDER, EffectiveLimits, RuleSet
+from gateway.risk.rules import QR_COUNTER, RULE_ORDER, EffectiveLimits, RuleSet
 from gateway.risk.score import Scorer
+from gateway.risk.verification import step_up
 
 # A store failure (96) ranks after the list rules, whose codes tell more, and before the
 # rules the store would have decided.
@@ -141,7 +142,7 @@ class RiskEngine:
         ``rc`` None means go on; the decision then holds the reservation that
         :meth:`confirm` keeps or :meth:`release` gives back.
         """
-        if self._memory is not None:
+        if self._memory is not None and inp.qr is None:
             return self._assess_now(inp, self._memory)
         compiled = self._compiled  # one read: a concurrent reload never mixes two rule sets
         rules = compiled.rules
@@ -152,6 +153,9 @@ class RiskEngine:
         if amount is None:
             return self._no_rate(inp, rules)
         limits, plan, hits, ts, day, expires_at = _plan(rules, inp, amount)
+        qr_held = 0
+        if inp.qr is not None and not _declines(hits):
+            qr_held = await self._qr_reserve(inp, rules, amount, day, expires_at, hits, compiled)
         request = ReserveRequest(
             inp.card_key,
             inp.txn_id,
@@ -170,6 +174,11 @@ class RiskEngine:
         if outcome is not None:
             score, reservation = self._judge(compiled, inp, amount, limits, outcome, hits, day, ts)
         rc = _rc(hits)
+        if qr_held:
+            if reservation is not None:
+                reservation.qr_amount = qr_held  # given back with it
+            else:  # the card's own limits declined: the QR day gives back at once
+                await self._release(inp.card_key, QR_COUNTER, day, qr_held, 0, "release")
         if rc is not None and reservation is not None:
             # only a score decline comes after the atomic reserve: give it back at once
             await self._give_back(reservation, count=1, op="release")
@@ -276,6 +285,49 @@ class RiskEngine:
             )
         return decision
 
+    async def _qr_reserve(
+        self,
+        inp: RiskInput,
+        rules: RuleSet,
+        amount: int,
+        day: str,
+        expires_at: int,
+        hits: list[RuleHit],
+        compiled: _Compiled,
+    ) -> int:
+        """Hold ``amount`` (limit currency) on the QR payer's day total when the payment's
+        tier allows it; what was held (0: nothing). Over the cap: a ``qr_tier`` hit, and the
+        step-up that would lift the payment is written back to ``inp.qr``."""
+        qr = inp.qr
+        assert qr is not None
+        tier = qr.tier
+        cap = rules.qr_caps[tier]
+        if cap is None:
+            return 0
+        blocks = rules.blocks("qr_tier")
+        try:
+            with anyio.CancelScope(shield=self._shield):
+                added, before = await self.store.add_within(
+                    inp.card_key,
+                    QR_COUNTER,
+                    day,
+                    expires_at,
+                    int(inp.now.timestamp() * 1000),
+                    amount,
+                    cap,
+                    blocks,
+                )
+        except StoreError:
+            self._store_errors.labels(op="qr_reserve").inc()
+            hits.append(_store_hit(compiled.config))
+            return 0
+        total = before + amount
+        if total > cap:
+            hits.append(rules.qr_tier_hit(tier, total, cap))
+            if blocks:
+                qr.step_up = step_up(qr, total, rules.qr_caps)
+        return amount if added else 0
+
     async def _reserve(
         self, request: ReserveRequest, hits: list[RuleHit], config: RiskConfig
     ) -> ReserveOutcome | None:
@@ -288,18 +340,7 @@ class RiskEngine:
                 outcome = await self.store.reserve(request)
         except StoreError:
             self._store_errors.labels(op="reserve").inc()
-            closed = config.fail_mode == "closed"
-            hits.append(
-                RuleHit(
-                    name="counter_store",
-                    kind="error",
-                    action="decline" if closed else "alert",
-                    value="unavailable",
-                    threshold=None,
-                    rc="96" if closed else None,
-                    detail=f"fail_mode={config.fail_mode}",
-                )
-            )
+            hits.append(_store_hit(config))
             return None
         return outcome
 
@@ -379,6 +420,8 @@ class RiskEngine:
 
     async def _give_back(self, res: Reservation, *, count: int, op: str) -> None:
         await self._release(res.card_key, res.currency, res.day, res.amount, count, op)
+        if res.qr_amount:
+            await self._release(res.card_key, QR_COUNTER, res.day, res.qr_amount, 0, op)
 
     async def _release(
         self, card_key: str, currency: str, day: str, amount: int, count: int, op: str
@@ -456,6 +499,20 @@ class RiskEngine:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _store_hit(config: RiskConfig) -> RuleHit:
+    """The counter store did not answer: 96 (``fail_mode = "closed"``) or an alert."""
+    closed = config.fail_mode == "closed"
+    return RuleHit(
+        name="counter_store",
+        kind="error",
+        action="decline" if closed else "alert",
+        value="unavailable",
+        threshold=None,
+        rc="96" if closed else None,
+        detail=f"fail_mode={config.fail_mode}",
+    )
 
 
 def _declines(hits: list[RuleHit]) -> bool:

@@ -82,6 +82,16 @@ end
 return 1
 """)
 
+# KEYS: 1 day amount; ARGV: 1 amount, 2 limit, 3 blocks, 4 ttl seconds
+ADD_WITHIN = LuaScript("""
+local before = tonumber(redis.call('GET', KEYS[1]) or '0')
+local amount = tonumber(ARGV[1])
+if ARGV[3] == '1' and before + amount > tonumber(ARGV[2]) then return {0, before} end
+redis.call('INCRBY', KEYS[1], amount)
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return {1, before}
+""")
+
 # KEYS: 1 profile hash, 2 countries set; ARGV: 1 amount, 2 samples, 3 country, 4 ttl seconds
 APPROVE = LuaScript("""
 local prof = redis.call('HMGET', KEYS[1], 'n', 'mean', 'var')
@@ -208,6 +218,24 @@ class RedisCounterStore:
     ) -> None:
         keys = (self._key(card_key, "prf"), self._key(card_key, "cty"))
         await self._script(APPROVE, keys, (amount, samples, country, ttl_seconds))
+
+    async def add_within(
+        self,
+        card_key: str,
+        counter: str,
+        day: str,
+        day_expires_at: int,
+        now_ms: int,
+        amount: int,
+        limit: int,
+        blocks: bool,
+    ) -> tuple[bool, int]:
+        amount_key, _ = self._day_keys(card_key, counter, day)
+        ttl = max(1, day_expires_at - now_ms // 1000)  # relative to the injected now
+        reply = await self._script(ADD_WITHIN, (amount_key,), (amount, limit, _flag(blocks), ttl))
+        if not isinstance(reply, list) or len(reply) != 2:
+            raise StoreError("unexpected reply to the add-within script")
+        return _int(reply[0]) == 1, _int(reply[1])
 
     async def usage(self, card_key: str, currency: str, day: str) -> tuple[int, int]:
         amount_key, count_key = self._day_keys(card_key, currency, day)

@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 from gateway.risk.config import Action, Limits, RiskConfig, Velocity
 from gateway.risk.counters import ReserveOutcome, ReservePlan
 from gateway.risk.model import RiskInput, RuleHit, TxnKind
+from gateway.risk.verification import Cvm, QrTier
 from protocols.currency import MinorRate, minor_rate
 
 RULE_RC: dict[str, str] = {
@@ -35,8 +36,17 @@ RULE_RC: dict[str, str] = {
     "velocity": "65",
     "daily_count": "65",
     "daily_amount": "61",
+    # after the limits a step-up cannot lift: with one of those, more verification is no use
+    "qr_tier": "61",
+    "no_cvm_cap": "65",
 }
 """Response code of each rule (SPEC); the score's code is configurable."""
+
+PIN_REQUIRED = "PIN required"
+"""The detail of a ``no_cvm_cap`` hit: a soft decline, the terminal retries with the PIN."""
+QR_COUNTER = "qr"
+"""The payer's QR day total sits beside the card's daily amounts under this name (not a
+currency code: never one of the card's totals)."""
 
 RULE_ORDER: tuple[str, ...] = (*RULE_RC, "score")
 """Precedence: the first declining rule in this order gives the response code."""
@@ -122,6 +132,21 @@ class RuleSet:
         # Per-rule decisions read on every request, resolved once per configuration.
         self._decline = {rule: self.action(rule) == "decline" for rule in RULE_RC}
         self._rule_hit_base = {rule: (self.action(rule), RULE_RC[rule]) for rule in RULE_RC}
+        contactless = config.contactless
+        # (currency or None, MCC or None) -> (cap, cap is in that currency): taps without CVM
+        self._no_cvm: dict[tuple[str | None, str | None], tuple[int, bool]] = {
+            (c.currency, c.mcc): (c.max_amount, c.currency is not None)
+            for c in contactless.no_cvm_limits
+        }
+        if contactless.no_cvm_max_amount is not None:
+            self._no_cvm[None, None] = (contactless.no_cvm_max_amount, False)
+        tiers = config.qr_tiers
+        self.qr_caps: dict[QrTier, int | None] = {
+            QrTier.STATIC: tiers.static,
+            QrTier.ONE_FACTOR: tiers.one_factor,
+            QrTier.TWO_FACTOR: tiers.two_factor,
+            QrTier.CERTIFIED: tiers.certified,
+        }
         # (currency, merchant, prefix) override keys that applied -> limits and reserve plan;
         # bounded by the combinations the configuration can produce.
         self._resolved: dict[
@@ -252,7 +277,37 @@ class RuleSet:
                 hits.append(
                     self._hit("single_amount", single, limits.max_single_amount, limits.layers)
                 )
+        if inp.cvm is Cvm.NONE and limits is not None and self._no_cvm:
+            hit = self.no_cvm_hit(inp, inp.amount if amount is None else amount)
+            if hit is not None:
+                hits.append(hit)
         return hits
+
+    def qr_tier_hit(self, tier: QrTier, total: int, cap: int) -> RuleHit:
+        """The QR payer's day total (this payment included) over its tier's cap."""
+        return self._hit("qr_tier", total, cap, f"tier {tier.value}; {self.limit_currency}")
+
+    def no_cvm_cap(self, currency: str, mcc: str) -> tuple[int, bool] | None:
+        """The cap of a tap without CVM and whether it is in ``currency`` (else in the limit
+        currency): currency and MCC, then the MCC, then the currency, then the base."""
+        caps = self._no_cvm
+        return (
+            caps.get((currency, mcc))
+            or caps.get((None, mcc))
+            or caps.get((currency, None))
+            or caps.get((None, None))
+        )
+
+    def no_cvm_hit(self, inp: RiskInput, amount: int) -> RuleHit | None:
+        """A tap without CVM above its cap (``amount``: in the limit currency)."""
+        found = self.no_cvm_cap(inp.currency, inp.mcc)
+        if found is None:
+            return None
+        cap, in_currency = found
+        value = inp.amount if in_currency else amount
+        if value <= cap:
+            return None
+        return self._hit("no_cvm_cap", value, cap, PIN_REQUIRED)
 
     def counter_hits(
         self, inp: RiskInput, limits: EffectiveLimits, outcome: ReserveOutcome, amount: int

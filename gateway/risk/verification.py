@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Final
 
 from protocols import emv
@@ -109,6 +110,40 @@ def qr_tier(dynamic: bool, factors: frozenset[str]) -> QrTier:
     return QrTier.CERTIFIED
 
 
+STEP_UP: Final = Factor.OTP.value
+"""The factor a payer can add on the spot (a one-time code from an enrolled authenticator)."""
+
+
+def step_up(qr: QrVerification, total: int, caps: Mapping[QrTier, int | None]) -> str | None:
+    """The factor that would let a payment through whose QR day total would reach ``total``
+    (over its tier's cap): :data:`STEP_UP` when the code is dynamic, the payer has not given
+    one yet and the tier it lifts to caps no lower than ``total``; else None."""
+    if not qr.dynamic or STEP_UP in qr.factors:
+        return None
+    cap = caps[qr_tier(True, qr.factors | {STEP_UP})]
+    return STEP_UP if cap is None or total <= cap else None
+
+
 def unknown_factors(factors: Iterable[str]) -> list[str]:
     """Factors a wallet named that are not in :class:`Factor` (the API answers 422)."""
     return sorted(set(factors) - FACTORS)
+
+
+@dataclass(slots=True)
+class QrVerification:
+    """A QR payment's verification as the wallet stated it. Mutable on purpose: the risk
+    engine writes ``step_up`` back when the payment is over its tier and one more factor
+    would lift it there (the QR API then challenges the payer instead of declining)."""
+
+    dynamic: bool
+    factors: frozenset[str] = field(default_factory=frozenset)
+    step_up: str | None = None
+    """the factor that would let this payment through (``otp``), set by the engine"""
+
+    @property
+    def tier(self) -> QrTier:
+        return qr_tier(self.dynamic, self.factors)
+
+    def with_factor(self, factor: str) -> QrVerification:
+        """The same payment once the payer proved one more factor."""
+        return QrVerification(self.dynamic, self.factors | {factor})

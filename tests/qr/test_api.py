@@ -18,6 +18,7 @@ import pytest
 import structlog
 
 from gateway.qr.problems import MEDIA_TYPE, PROBLEM_BASE
+from gateway.risk.verification import QrVerification
 from kit.dataset import QrAcquirer
 from loadtest import qr_sim
 from loadtest.pos_sim import card_for
@@ -592,7 +593,9 @@ async def test_internal_error_is_a_problem_without_traceback(
     service = stack.gateway.qr
     healthy = service.handler
 
-    async def broken(_: Message) -> Message | None:
+    async def broken(
+        _: Message, raw: bytes = b"", *, qr: QrVerification | None = None
+    ) -> Message | None:
         raise RuntimeError("boom at /secret/path")
 
     service.handler = broken

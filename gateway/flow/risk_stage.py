@@ -51,7 +51,9 @@ class CheckRisk(BaseParticipant):
                 counts=counts,
                 now=ctx.now,
                 kind=kind,
-                cvm=card_cvm(fields) if entry is not None and entry[:2] == CONTACTLESS else None,
+                cvm=card_cvm(fields, ctx.icc)
+                if entry is not None and entry[:2] == CONTACTLESS
+                else None,
                 qr=ctx.qr,
             )
         )

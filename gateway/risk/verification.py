@@ -45,17 +45,20 @@ _CVM_UNKNOWN: Final = 0x00  # what a kernel reports for a signature it cannot ch
 _CDCVM_BIT: Final = 0x80  # 9F6C byte 2 bit 8: "consumer device CVM performed"
 
 
-def card_cvm(fields: Mapping[str, str]) -> Cvm:
-    """The CVM of a card request (ISO fields as decoded: binary fields in hex)."""
+def card_cvm(fields: Mapping[str, str], icc: emv.Tlv | None = None) -> Cvm:
+    """The CVM of a card request (ISO fields as decoded: binary fields in hex); ``icc`` is
+    field 55 already decoded (the pipeline's CheckEmv keeps it), else it is decoded here."""
     if "52" in fields or "123" in fields:
         return Cvm.ONLINE_PIN
-    f55 = fields.get("55")
-    if not f55:
-        return Cvm.NONE
-    try:
-        tlv = emv.decode(bytes.fromhex(f55))
-    except (ValueError, emv.TlvError):
-        return Cvm.NONE  # CheckEmv answered 30 already; nothing here is evidence
+    tlv = icc
+    if tlv is None:
+        f55 = fields.get("55")
+        if not f55:
+            return Cvm.NONE
+        try:
+            tlv = emv.decode(bytes.fromhex(f55))
+        except (ValueError, emv.TlvError):
+            return Cvm.NONE  # CheckEmv answered 30 already; nothing here is evidence
     ctq = tlv.get("9F6C")
     if ctq is not None and len(ctq) == 2 and ctq[1] & _CDCVM_BIT:
         return Cvm.DEVICE

@@ -62,3 +62,11 @@ def test_qr_tier(dynamic: bool, factors: set[str], expected: QrTier) -> None:
 def test_unknown_factors_named_sorted() -> None:
     assert unknown_factors(["otp", "sms", "face", "otp"]) == ["face", "sms"]
     assert unknown_factors(["password", "biometric"]) == []
+
+
+def test_card_cvm_reads_an_already_decoded_field_55() -> None:
+    fields = BASE | {"55": f55(**{"9F6C": "0080"})}
+    decoded = emv.decode(bytes.fromhex(fields["55"]))
+    assert card_cvm(fields, decoded) is card_cvm(fields) is Cvm.DEVICE
+    # what CheckEmv decoded is what counts: the hex is not read again
+    assert card_cvm(BASE | {"55": "ZZ"}, decoded) is Cvm.DEVICE

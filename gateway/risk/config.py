@@ -228,27 +228,6 @@ class QrTiersConfig:
 
 
 @dataclass(frozen=True, config=_CFG)
-class StructuringConfig:
-    """Payments just below a limit, repeated: an alert naming the pattern, never a decline."""
-
-    enabled: bool = False
-    margin_percent: int = 10
-    """"just below": within this share under the limit (the limit itself included)"""
-    count: int = 3
-    """this many such payments per card within the window (this one included) alert"""
-    window_seconds: int = 3600
-    """the sliding window"""
-
-    @pydantic.model_validator(mode="after")
-    def _check(self) -> StructuringConfig:
-        if not 0 < self.margin_percent < 100:
-            raise ValueError("margin_percent must be within 1-99")
-        if self.count < 2 or self.window_seconds < 1:
-            raise ValueError("count must be >= 2 and window_seconds >= 1")
-        return self
-
-
-@dataclass(frozen=True, config=_CFG)
 class Actions:
     """Per rule: ``decline`` (answer the rule's code) or ``alert`` (report only, go on)."""
 
@@ -420,8 +399,6 @@ class RiskConfig(Limits):
     """caps of contactless taps without CVM"""
     qr_tiers: QrTiersConfig = pydantic.Field(default_factory=QrTiersConfig)
     """a QR payer's daily caps by verification tier"""
-    structuring: StructuringConfig = pydantic.Field(default_factory=StructuringConfig)
-    """the anti-structuring alert"""
     score: ScoreConfig = pydantic.Field(default_factory=ScoreConfig)
     """risk score signals and thresholds"""
     redis: RedisConfig = pydantic.Field(default_factory=RedisConfig)

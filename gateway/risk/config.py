@@ -228,6 +228,30 @@ class QrTiersConfig:
 
 
 @dataclass(frozen=True, config=_CFG)
+class StructuringConfig:
+    """Payments just below a limit, repeated on one card: an alert naming the pattern
+    (``below_single_amount``, ``below_no_cvm_cap``, ``below_qr_tier``), never a decline."""
+
+    enabled: bool = False
+    """off unless configured: each payment near a cap then costs one more counter step"""
+    margin_percent: int = 10
+    """"just below": within this share under the limit, the limit itself included"""
+    count: int = 3
+    """this many such payments per card and pattern within the window (this one included)
+    alert; for a QR tier, whose cap is the day's total, this many days ending just below it"""
+    window_seconds: int = 7 * 86_400
+    """the sliding window: a week by default, as a day's cap is approached once a day"""
+
+    @pydantic.model_validator(mode="after")
+    def _check(self) -> StructuringConfig:
+        if not 0 < self.margin_percent < 100:
+            raise ValueError("margin_percent must be within 1-99")
+        if self.count < 2 or self.window_seconds < 1:
+            raise ValueError("count must be >= 2 and window_seconds >= 1")
+        return self
+
+
+@dataclass(frozen=True, config=_CFG)
 class Actions:
     """Per rule: ``decline`` (answer the rule's code) or ``alert`` (report only, go on)."""
 
@@ -399,6 +423,8 @@ class RiskConfig(Limits):
     """caps of contactless taps without CVM"""
     qr_tiers: QrTiersConfig = pydantic.Field(default_factory=QrTiersConfig)
     """a QR payer's daily caps by verification tier"""
+    structuring: StructuringConfig = pydantic.Field(default_factory=StructuringConfig)
+    """the anti-structuring alert (payments repeatedly just below a limit)"""
     score: ScoreConfig = pydantic.Field(default_factory=ScoreConfig)
     """risk score signals and thresholds"""
     redis: RedisConfig = pydantic.Field(default_factory=RedisConfig)

@@ -34,7 +34,14 @@ from gateway.risk.counters import (
 )
 from gateway.risk.model import Reservation, RiskDecision, RiskInput, RuleHit
 from gateway.risk.redis_counters import RedisCounterStore
-from gateway.risk.rules import QR_COUNTER, RULE_ORDER, EffectiveLimits, RuleSet
+from gateway.risk.rules import (
+    BELOW_QR_TIER,
+    QR_COUNTER,
+    RULE_ORDER,
+    EffectiveLimits,
+    Near,
+    RuleSet,
+)
 from gateway.risk.score import Scorer
 from gateway.risk.verification import step_up
 
@@ -153,9 +160,11 @@ class RiskEngine:
         if amount is None:
             return self._no_rate(inp, rules)
         limits, plan, hits, ts, day, expires_at = _plan(rules, inp, amount)
-        qr_held = 0
+        qr_held = qr_total = 0
         if inp.qr is not None and not _declines(hits):
-            qr_held = await self._qr_reserve(inp, rules, amount, day, expires_at, hits, compiled)
+            qr_held, qr_total = await self._qr_reserve(
+                inp, rules, amount, day, expires_at, hits, compiled
+            )
         request = ReserveRequest(
             inp.card_key,
             inp.txn_id,
@@ -173,6 +182,14 @@ class RiskEngine:
         reservation: Reservation | None = None
         if outcome is not None:
             score, reservation = self._judge(compiled, inp, amount, limits, outcome, hits, day, ts)
+        if rules.structuring is not None:
+            marks = rules.near_caps(inp, limits, amount)
+            if qr_total and inp.qr is not None:
+                cap = rules.qr_caps[inp.qr.tier]
+                if cap is not None and rules.near(qr_total, cap):
+                    marks.append(Near(BELOW_QR_TIER, day, cap))  # a day's total: one per day
+            if marks:
+                hits += await self._structuring(inp, rules, marks)
         rc = _rc(hits)
         if qr_held:
             if reservation is not None:
@@ -210,6 +227,17 @@ class RiskEngine:
             plan,
         )
         score, reservation = self._judge(compiled, inp, amount, limits, outcome, hits, day, ts)
+        if rules.structuring is not None:
+            marks = rules.near_caps(inp, limits, amount)
+            if marks:
+                counts = store.mark_now(
+                    inp.card_key,
+                    [m.pattern for m in marks],
+                    [m.member for m in marks],
+                    int(ts * 1000),
+                    rules.structuring_window_ms,
+                )
+                hits += rules.structuring_hits(marks, counts)
         rc = _rc(hits)
         if rc is not None and reservation is not None:
             # only a score decline comes after the atomic reserve: give it back at once
@@ -285,6 +313,25 @@ class RiskEngine:
             )
         return decision
 
+    async def _structuring(
+        self, inp: RiskInput, rules: RuleSet, marks: list[Near]
+    ) -> list[RuleHit]:
+        """Mark the patterns this request lands just below; alerts for those seen often
+        enough. A store failure only loses the alert (counted): it never declines."""
+        try:
+            with anyio.CancelScope(shield=self._shield):
+                counts = await self.store.mark(
+                    inp.card_key,
+                    [m.pattern for m in marks],
+                    [m.member for m in marks],
+                    int(inp.now.timestamp() * 1000),
+                    rules.structuring_window_ms,
+                )
+        except StoreError:
+            self._store_errors.labels(op="structuring").inc()
+            return []
+        return rules.structuring_hits(marks, counts)
+
     async def _qr_reserve(
         self,
         inp: RiskInput,
@@ -294,16 +341,17 @@ class RiskEngine:
         expires_at: int,
         hits: list[RuleHit],
         compiled: _Compiled,
-    ) -> int:
+    ) -> tuple[int, int]:
         """Hold ``amount`` (limit currency) on the QR payer's day total when the payment's
-        tier allows it; what was held (0: nothing). Over the cap: a ``qr_tier`` hit, and the
-        step-up that would lift the payment is written back to ``inp.qr``."""
+        tier allows it: what was held (0: nothing) and the day's total with it (0: no cap).
+        Over the cap: a ``qr_tier`` hit, and the step-up that would lift the payment is
+        written back to ``inp.qr``."""
         qr = inp.qr
         assert qr is not None
         tier = qr.tier
         cap = rules.qr_caps[tier]
         if cap is None:
-            return 0
+            return 0, 0
         blocks = rules.blocks("qr_tier")
         try:
             with anyio.CancelScope(shield=self._shield):
@@ -320,13 +368,13 @@ class RiskEngine:
         except StoreError:
             self._store_errors.labels(op="qr_reserve").inc()
             hits.append(_store_hit(compiled.config))
-            return 0
+            return 0, 0
         total = before + amount
         if total > cap:
             hits.append(rules.qr_tier_hit(tier, total, cap))
             if blocks:
                 qr.step_up = step_up(qr, total, rules.qr_caps)
-        return amount if added else 0
+        return (amount, total) if added else (0, total)
 
     async def _reserve(
         self, request: ReserveRequest, hits: list[RuleHit], config: RiskConfig

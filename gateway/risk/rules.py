@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from gateway.risk.config import Action, Limits, RiskConfig, Velocity
@@ -54,6 +55,22 @@ RULE_ORDER: tuple[str, ...] = (*RULE_RC, "score")
 NO_RATE = "currency_without_rate"
 """A counted request in a currency with no rate to the limit currency: declined ``12`` before
 any counter moves (its amount cannot be added to the card's one daily total)."""
+
+STRUCTURING = "structuring"
+"""The anti-structuring rule: an alert only (no code), its pattern first in the hit's detail."""
+BELOW_SINGLE_AMOUNT = "below_single_amount"
+BELOW_NO_CVM_CAP = "below_no_cvm_cap"
+BELOW_QR_TIER = "below_qr_tier"
+
+
+class Near(NamedTuple):
+    """A counted request just below one of its caps: one mark of a structuring pattern."""
+
+    pattern: str
+    member: str
+    """what one mark is: the transaction (a retry marks once), or the day for a QR tier"""
+    cap: int
+
 
 DAY_GRACE = timedelta(days=1)
 """Daily counters outlive their day by this much, so late reversals still give back."""
@@ -147,6 +164,11 @@ class RuleSet:
             QrTier.TWO_FACTOR: tiers.two_factor,
             QrTier.CERTIFIED: tiers.certified,
         }
+        structuring = config.structuring
+        self.structuring = structuring if structuring.enabled else None
+        """None: the anti-structuring alert is off"""
+        self.structuring_window_ms = structuring.window_seconds * 1000
+        self._floor_percent = 100 - structuring.margin_percent
         # (currency, merchant, prefix) override keys that applied -> limits and reserve plan;
         # bounded by the combinations the configuration can produce.
         self._resolved: dict[
@@ -282,6 +304,46 @@ class RuleSet:
             if hit is not None:
                 hits.append(hit)
         return hits
+
+    def near(self, value: int, cap: int) -> bool:
+        """``value`` is within the structuring margin under ``cap`` (the cap included)."""
+        return value <= cap and value * 100 >= cap * self._floor_percent
+
+    def near_caps(self, inp: RiskInput, limits: EffectiveLimits, amount: int) -> list[Near]:
+        """The single-amount limit and no-CVM cap this request lands just below (``amount``:
+        in the limit currency). The QR tier's is the engine's: it needs the day's total."""
+        found: list[Near] = []
+        cap = limits.max_single_amount
+        if cap is not None:
+            single = inp.amount if limits.single_in_currency else amount
+            if self.near(single, cap):
+                found.append(Near(BELOW_SINGLE_AMOUNT, inp.txn_id, cap))
+        if inp.cvm is Cvm.NONE:
+            no_cvm = self.no_cvm_cap(inp.currency, inp.mcc)
+            if no_cvm is not None:
+                cap, in_currency = no_cvm
+                if self.near(inp.amount if in_currency else amount, cap):
+                    found.append(Near(BELOW_NO_CVM_CAP, inp.txn_id, cap))
+        return found
+
+    def structuring_hits(self, marks: list[Near], counts: list[int]) -> list[RuleHit]:
+        """Patterns marked ``count`` times or more within the window: alerts, never codes."""
+        cfg = self.config.structuring
+        return [
+            RuleHit(
+                STRUCTURING,
+                "rule",
+                "alert",
+                n,
+                cfg.count,
+                None,
+                0,
+                f"{near.pattern}: {n} within {cfg.margin_percent}% under {near.cap} "
+                f"in {cfg.window_seconds}s",
+            )
+            for near, n in zip(marks, counts, strict=True)
+            if n >= cfg.count
+        ]
 
     def qr_tier_hit(self, tier: QrTier, total: int, cap: int) -> RuleHit:
         """The QR payer's day total (this payment included) over its tier's cap."""

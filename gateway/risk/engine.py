@@ -113,6 +113,13 @@ class RiskEngine:
         )
         self._approved = self._decisions.labels(result="approve")
         self._declined = self._decisions.labels(result="decline")
+        self.tier_declines = Counter(
+            "payswitch_risk_tier_declines",
+            "Declines by a verification tier's cap: no_cvm (a tap without CVM) or the QR "
+            "payment's tier (the QR API may turn one into a step-up)",
+            ["tier"],
+            registry=registry,
+        )
         # The in-memory store never awaits, so nothing can cancel it halfway: no shield needed.
         self._shield = not isinstance(self.store, MemoryCounterStore)
         # Exactly the in-memory store (not a subclass that may override its coroutines): the
@@ -299,7 +306,13 @@ class RiskEngine:
     ) -> RiskDecision:
         """The decision, counted and (when something fired) published as an alert event."""
         decision = RiskDecision(inp.txn_id, rc, inp.masked_pan, tuple(hits), score, reservation)
-        (self._approved if rc is None else self._declined).inc()
+        if rc is None:
+            self._approved.inc()
+        else:
+            self._declined.inc()
+            tier = _declining_tier(inp, hits)
+            if tier is not None:
+                self.tier_declines.labels(tier).inc()
         if hits and decision.alerted:
             self.alerts.publish(
                 AlertEvent.from_decision(
@@ -561,6 +574,21 @@ def _store_hit(config: RiskConfig) -> RuleHit:
         rc="96" if closed else None,
         detail=f"fail_mode={config.fail_mode}",
     )
+
+
+NO_CVM_TIER = "no_cvm"
+"""The tier label of a contactless tap declined over the no-CVM cap."""
+
+
+def _declining_tier(inp: RiskInput, hits: list[RuleHit]) -> str | None:
+    """The verification tier whose cap declined the request, if one did."""
+    for hit in hits:
+        if hit.action == "decline":
+            if hit.name == "no_cvm_cap":
+                return NO_CVM_TIER
+            if hit.name == "qr_tier" and inp.qr is not None:
+                return inp.qr.tier.value
+    return None
 
 
 def _declines(hits: list[RuleHit]) -> bool:

@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
-from gateway.risk import ConfigError, RiskConfig, config_from_mapping
+from gateway.risk import ConfigError, RiskConfig, RiskEngine, config_from_mapping
 from gateway.risk.rules import PIN_REQUIRED, QR_COUNTER
 from gateway.risk.verification import Cvm, QrVerification
 from tests.risk.conftest import CARD, KEY_HEX, T0, Stores, base_config, txn
@@ -150,3 +151,25 @@ def test_config_refuses_bad_caps() -> None:
         )
     with pytest.raises(ConfigError, match=r"qr_tiers\.static"):
         config_from_mapping({"pan_hash_key": KEY_HEX, "qr_tiers": {"static": -1}})
+
+
+async def test_tier_declines_counted_by_tier(stores: Stores) -> None:
+    registry = CollectorRegistry()
+    engine = RiskEngine(config(), store=stores.new(), registry=registry)
+    async with engine:
+        assert (await engine.assess(txn(1, amount=100_001, cvm=Cvm.NONE))).rc == "65"
+        assert (await engine.assess(txn(2, amount=50_001, qr=qr(False)))).rc == "61"
+        one = qr(True, "password")  # an OTP would lift it: the engine declines all the same
+        assert (await engine.assess(txn(3, amount=100_001, qr=one))).rc == "61"
+        assert (await engine.assess(txn(4, amount=100_001, cvm=Cvm.ONLINE_PIN))).rc is None
+        assert (await engine.assess(txn(5, amount=5_000_001))).rc == "61"  # not a tier's
+
+    def declines(tier: str) -> float | None:
+        return registry.get_sample_value("payswitch_risk_tier_declines_total", {"tier": tier})
+
+    assert [declines(t) for t in ("no_cvm", "static", "one_factor", "two_factor")] == [
+        1.0,
+        1.0,
+        1.0,
+        None,
+    ]

@@ -43,6 +43,7 @@ from gateway.ops.admin import AdminAccess, admin_app
 from gateway.ops.audit import os_user
 from gateway.ops.dashboard import dashboard_routes
 from gateway.qr import QrService, qr_app, with_virtual_terminals
+from gateway.qr.otp import OtpEnrolment
 from gateway.qr.store import store_from_config
 from gateway.risk import RiskEngine
 from gateway.upstream.hsm_client import HsmClient, HsmCommandError, HsmError
@@ -188,6 +189,14 @@ class Gateway:
             store=qr_store,
             registry=self.metrics.registry,
             journaled=self.journal_config is not None,
+            enrolment=OtpEnrolment.load(
+                base_dir / cfg.qr_api.otp_enrolment, qr_cipher.lookup_key_of
+            )
+            if cfg.qr_api.otp_enrolment
+            else None,
+            challenge_ttl=cfg.qr_api.challenge_ttl,
+            challenge_tries=cfg.qr_api.challenge_tries,
+            max_challenges=cfg.qr_api.max_challenges,
         )
         self._ready: anyio.Event | None = None
         self.terminal_port: int | None = None

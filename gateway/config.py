@@ -106,6 +106,16 @@ class QrApiConfig:
     request fingerprints in the store file; the same key at every start."""
     store_key_env: str = ""
     """Environment variable holding the store key as 64 hex (production)."""
+    otp_enrolment: str = ""
+    """TOML of payers' one-time-code enrolments (``[[payers]] pan, totp_secret`` and
+    ``[[synthetic]] prefix, totp_secret``), relative to this file: a payment over the payer's
+    QR tier that a code would lift is challenged (403) instead of declined. Empty: none."""
+    challenge_ttl: float = 300.0
+    """Seconds a step-up challenge may be answered."""
+    challenge_tries: int = 5
+    """Wrong codes a challenge takes; the last one ends it."""
+    max_challenges: int = 100_000
+    """Challenges kept (pending and answered), the oldest forgotten first."""
 
     def __post_init__(self) -> None:
         if self.store_file and bool(self.store_key) == bool(self.store_key_env):

@@ -62,6 +62,12 @@ def add_load_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prefix", action="append", default=[], help="synthetic range(s) to use (default: all)"
     )
+    parser.add_argument(
+        "--qr-verification",
+        default="",
+        help="qr: payer_verification factors, comma-separated (e.g. password,biometric: the "
+        "two-factor tier); default: none stated",
+    )
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument(
         "--backend",
@@ -87,6 +93,7 @@ def config_from_args(args: argparse.Namespace, *, port: int | None = None) -> Lo
         prefixes=tuple(args.prefix),
         amount=args.amount,
         amount_max=args.amount_max,
+        qr_verification=tuple(f for f in args.qr_verification.split(",") if f),
         timeout=args.timeout,
         max_in_flight=args.max_in_flight,
         tls=tls,

@@ -89,6 +89,8 @@ class LoadConfig:
     amount: int = 100
     amount_max: int = 0
     """Amounts are drawn from amount..amount_max (0: always ``amount``)."""
+    qr_verification: tuple[str, ...] = ()
+    """Factors QR payments state in ``payer_verification`` (empty: left out)."""
     timeout: float = 10.0
     """An unanswered request counts as a timeout error after this many seconds."""
     drain: float = 5.0
@@ -137,6 +139,7 @@ class LoadGenerator:
             prefixes=cfg.prefixes,
             amount=(cfg.amount, max(cfg.amount, cfg.amount_max)),
             rnd=self.rnd,
+            qr_verification=cfg.qr_verification,
         )
         self.weights = parse_mix(cfg.mix)
         self.stats = RunStats()

@@ -7,8 +7,11 @@ Kinds (``--mix magstripe=60,pin_tpk=15,...``):
 * ``pin_dukpt``   the same on the DUKPT terminal T0000002: PIN block under the DUKPT PIN key of
                   an incrementing KSN (53) derived from the demo BDK, MAC in 64 (TAK);
 * ``contactless`` 0200, entry mode 071, PAN + expiry + PAN sequence 23, field 55 with an ARQC
-                  from the card's issuer IMK-AC, on the NFC terminal N0000001;
-* ``qr``          a consumer-presented QR payment over the HTTP API (POST /v1/qr/payments);
+                  from the card's issuer IMK-AC, on the NFC terminal N0000001; a tap above
+                  ``no_cvm_max`` (the demo's no-CVM cap) is a phone wallet's, with the
+                  consumer-device CVM in 9F6C, so the switch does not ask for a PIN (65);
+* ``qr``          a consumer-presented QR payment over the HTTP API (POST /v1/qr/payments),
+                  with ``payer_verification`` when ``qr_verification`` names factors;
 * ``reversal``    a 0400 for an approved terminal purchase of this run (oldest first); while
                   none is waiting, the draw falls back to the other kinds.
 
@@ -48,6 +51,10 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT / "conf" / "demo" / "data.toml"
 # ANSI X9.24 test KSN of T0000002 (demo.toml comment); the counter part is ours to advance.
 DEFAULT_KSN = "FFFF9876543210E00000"
+DEMO_NO_CVM_MAX = 100_000
+"""conf/demo/risk.toml [contactless] no_cvm_max_amount (CNY 1,000): the kit speaks only the
+wire, so the number is repeated here (a test checks it against the file)."""
+_CDCVM = b"\x00\x80"  # 9F6C byte 2 bit 8: consumer-device CVM performed
 _AIDS = {"4": "A0000000031010", "5": "A0000000041010"}  # Visa, Mastercard credit/debit
 
 
@@ -154,8 +161,14 @@ class TxnFactory:
         currency: str = "156",
         ksn: str | None = None,
         rnd: random.Random | None = None,
+        no_cvm_max: int | None = DEMO_NO_CVM_MAX,
+        qr_verification: tuple[str, ...] = (),
     ) -> None:
+        """``no_cvm_max``: taps above it carry a consumer-device CVM (None: never);
+        ``qr_verification``: the factors QR payments state (empty: the member is left out)."""
         self.dataset = dataset
+        self.no_cvm_max = no_cvm_max
+        self.qr_verification = list(qr_verification)
         self.codec = LeanCodec(get_dialect("terminal"))
         self.rnd = rnd or random.Random()
         self.amount = amount
@@ -347,6 +360,8 @@ class TxnFactory:
         }
         arqc = pinpad.compute_arqc(self._imk[card.issuer], pan, psn, atc, arqc_data(tags))
         tlv = {"9F26": arqc, "9F27": b"\x80", **tags}
+        if self.no_cvm_max is not None and amount > self.no_cvm_max:
+            tlv["9F6C"] = _CDCVM
         fields.update({"2": pan, "14": card.expiry, "23": f"0{psn}", "55": _tlv_hex(tlv)})
         msg = Message("0200", fields)
         return Txn("contactless", fields["11"], self.encode(msg, terminal), original=msg)
@@ -384,13 +399,16 @@ class TxnFactory:
         card = self.rnd.choice(self.ranges)
         pan = fresh_pan(card.prefix, self.rnd)
         payload = qr_cpm.build(aid=_AIDS.get(pan[0], "A0000000031010"), pan=pan, expiry=card.expiry)
-        return {
+        body: dict[str, Any] = {
             "qr": payload,
             "amount": self._amount(),
             "currency": self.currency,
             "merchant_id": self.qr_merchant,
             "idempotency_key": uuid.UUID(bytes=self.rnd.randbytes(16)).hex,
         }
+        if self.qr_verification:
+            body["payer_verification"] = self.qr_verification
+        return body
 
 
 def _tlv_hex(tags: Mapping[str, bytes]) -> str:

@@ -3,6 +3,7 @@
     qr-sim cpm    --pan 6250940000000019 --amount 1250            # consumer-presented code
     qr-sim mpm    --payer-pan 6250940000000019 --amount 1250      # dynamic merchant code
     qr-sim mpm    --payer-pan 6250940000000019 --amount 990 --static
+    qr-sim cpm    --pan 6250940000000019 --amount 150000 --verification password,biometric
     qr-sim status qrp_...
     qr-sim refund qrp_... --amount 500
     qr-sim qr     --merchant M00000000000001 [--amount 1250]      # just generate a merchant code
@@ -150,6 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--payer-pan", default="6250940000000019", help="mpm: card or token")
     parser.add_argument("--static", action="store_true", help="mpm: a static merchant code")
     parser.add_argument("--idempotency-key", default=None, help="default: a fresh UUID")
+    parser.add_argument(
+        "--verification",
+        default="",
+        help="cpm/mpm: payer_verification factors, comma-separated (password, biometric, "
+        "device_certificate, e_signature, otp); default: none stated",
+    )
     args = parser.parse_args(argv)
 
     data: Dataset | None = None
@@ -195,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
                 return _report(status, generated)
             print(f"merchant QR: {generated['qr']}")
             body = {"qr": generated["qr"], "amount": amount, "payer_pan": args.payer_pan}
+        factors = [f for f in args.verification.split(",") if f]
+        if factors:
+            body["payer_verification"] = factors
         body |= {
             "currency": args.currency,
             "merchant_id": args.merchant,

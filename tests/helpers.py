@@ -250,6 +250,7 @@ async def running_stack(
     standin: StandInConfig | None = None,
     replicas: dict[str, int] | None = None,
     connections: int = 2,
+    qr_api: QrApiConfig | None = None,
     **gateway_options: Any,
 ) -> AsyncIterator[Stack]:
     """Gateway + the three issuer simulators on 127.0.0.1; ``risk`` is relative to conf/demo
@@ -281,7 +282,7 @@ async def running_stack(
             risk=risk,
             terminal=TerminalConfig(port=0, tls_port=0, partial_frame_timeout=0.5),
             admin=AdminConfig(port=0),
-            qr_api=QrApiConfig(port=0),
+            qr_api=qr_api or QrApiConfig(port=0),
             links=tuple(
                 LinkConfig(
                     issuer=i,

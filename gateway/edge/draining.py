@@ -3,11 +3,16 @@ and, once draining, answers new transactions ``91`` at once instead of starting 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import anyio
 
 from gateway.flow.switch import ECHO, ECHO_REVERSAL, Switch
 from protocols.message import Message
 from protocols.mti import is_request, response_mti
+
+if TYPE_CHECKING:
+    from gateway.risk.verification import QrVerification
 
 
 class DrainingSwitch(Switch):
@@ -15,12 +20,14 @@ class DrainingSwitch(Switch):
     draining: bool = False
     _idle: anyio.Event | None = None
 
-    async def handle(self, req: Message, raw: bytes = b"") -> Message | None:
+    async def handle(
+        self, req: Message, raw: bytes = b"", *, qr: QrVerification | None = None
+    ) -> Message | None:
         if self.draining and req.mti != "0800" and is_request(req.mti):
             return self._refused(req)
         self.in_flight += 1
         try:
-            return await super().handle(req, raw)
+            return await super().handle(req, raw, qr=qr)
         finally:
             self.in_flight -= 1
             if self.in_flight == 0 and self._idle is not None:

@@ -42,6 +42,7 @@ class CheckEmv(BaseParticipant):
             return ctx.decline("30", "field 55 is not binary data")
         except emv.TlvError as exc:
             return ctx.decline("30", f"field 55: {exc.reason}")
+        ctx.icc = tlv
         if chip:
             required: tuple[str, ...] = emv.CONTACTLESS_TAGS
         elif "9F26" in tlv:

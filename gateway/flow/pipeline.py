@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from kit.dataset import Merchant, Terminal
+from protocols.emv import Tlv
 from protocols.message import Message
 
 if TYPE_CHECKING:
     from gateway.flow.recent import TxnEntry
     from gateway.risk import RiskDecision
+    from gateway.risk.verification import QrVerification
     from gateway.upstream.links import IssuerPool
 
 
@@ -49,6 +51,10 @@ class Context:
     original: TxnEntry | None = None
     replay: Message | None = None
     risk: RiskDecision | None = None
+    qr: QrVerification | None = None
+    icc: Tlv | None = field(default=None, repr=False)
+    """Field 55 as CheckEmv decoded it (decoded once: the risk stage reads the CVM in it)."""
+    """A QR payment's verification, from the QR API (the risk stage writes a step-up back)."""
     reversed_amount: int = 0
     """Amount this reversal gave back at the issuer (0: nothing was reversed now)."""
     rc: str | None = None

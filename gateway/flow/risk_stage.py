@@ -6,6 +6,8 @@ from __future__ import annotations
 from gateway.flow.pipeline import BaseParticipant, Context
 from gateway.risk import RiskEngine, RiskInput, kind_from_iso
 from gateway.risk.cardkey import CardKeyer
+from gateway.risk.rules import PIN_REQUIRED
+from gateway.risk.verification import card_cvm
 from kit.logs import get_logger
 from protocols.redact import mask_pan
 
@@ -13,6 +15,8 @@ log = get_logger("gateway.risk")
 
 ASSESSED = frozenset({"0100", "0200"})
 REVERSALS = frozenset({"0400", "0420"})
+CONTACTLESS = "07"
+"""Field 22's PAN entry mode of a contactless tap: its CVM is derived for the no-CVM cap."""
 
 
 class CheckRisk(BaseParticipant):
@@ -30,6 +34,7 @@ class CheckRisk(BaseParticipant):
         fields = req.fields
         kind, counts = kind_from_iso(req.mti, fields["3"])
         merchant = ctx.merchant
+        entry = fields.get("22")
         decision = await self.engine.assess(
             RiskInput(
                 txn_id=ctx.rrn,
@@ -46,14 +51,22 @@ class CheckRisk(BaseParticipant):
                 counts=counts,
                 now=ctx.now,
                 kind=kind,
+                cvm=card_cvm(fields, ctx.icc)
+                if entry is not None and entry[:2] == CONTACTLESS
+                else None,
+                qr=ctx.qr,
             )
         )
         ctx.risk = decision
         if decision.alerted:
             log.warning("risk_alert", **decision.to_log())
         if decision.rc is not None:
-            fired = ",".join(h.name for h in decision.hits if h.rc == decision.rc) or "risk"
-            return ctx.decline(decision.rc, f"risk: {fired}")
+            fired = ",".join(
+                h.name if h.detail != PIN_REQUIRED else f"{h.name} ({PIN_REQUIRED})"
+                for h in decision.hits
+                if h.rc == decision.rc
+            )
+            return ctx.decline(decision.rc, f"risk: {fired or 'risk'}")
         return None
 
     async def commit(self, ctx: Context) -> None:

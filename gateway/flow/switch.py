@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from gateway.flow.pipeline import WAIT, Context, Hooks, Participant, resolve_hooks
 from gateway.flow.rrn import RrnGenerator
@@ -15,6 +16,9 @@ from protocols.message import Message
 from protocols.mti import is_request, response_mti
 from protocols.redact import mask_pan
 from protocols.validate import check_request
+
+if TYPE_CHECKING:
+    from gateway.risk.verification import QrVerification
 
 log = get_logger("gateway.flow.switch")
 
@@ -61,11 +65,14 @@ class Switch:
         self.clock = clock
         self._rrn = RrnGenerator(node, time.time_ns() // 1000)
 
-    async def handle(self, req: Message, raw: bytes = b"") -> Message | None:
+    async def handle(
+        self, req: Message, raw: bytes = b"", *, qr: QrVerification | None = None
+    ) -> Message | None:
         """The answer to a terminal request, or ``None`` for what has no answer (a response:
         the caller logs the peer's fault).
 
-        ``raw`` is the request as received, for the terminal MAC check."""
+        ``raw`` is the request as received, for the terminal MAC check; ``qr`` what the
+        wallet verified, for a QR payment (its tier caps the payer's QR day)."""
         mti = req.mti
         if not is_request(mti):
             return None
@@ -73,7 +80,7 @@ class Switch:
         if mti == "0800":
             resp = self._network(req)
         else:
-            resp = await self._transaction(req, started, raw)
+            resp = await self._transaction(req, started, raw, qr)
         self.metrics.observe_transaction(mti, resp.fields.get("39", ""), time.monotonic() - started)
         return resp
 
@@ -98,7 +105,9 @@ class Switch:
         resp["39"] = "00" if issue is None else issue.rc
         return resp
 
-    async def _transaction(self, req: Message, started: float, raw: bytes = b"") -> Message:
+    async def _transaction(
+        self, req: Message, started: float, raw: bytes = b"", qr: QrVerification | None = None
+    ) -> Message:
         now = self.clock()
         ctx = Context(
             request=req,
@@ -107,6 +116,7 @@ class Switch:
             now=now,
             rrn=self._rrn.next(int(now.timestamp() * 1_000_000)),
             raw=raw,
+            qr=qr,
         )
         # Participants up to ``last`` prepared (a stage whose prepare is a no-op counts as
         # prepared once the pipeline got past it); they commit or abort, in reverse.

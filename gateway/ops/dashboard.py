@@ -44,6 +44,8 @@ WINDOW_SECONDS = 60.0
 _MIN_SPACING = 0.9
 ALERTS_SHOWN = 20
 APPROVED_RC = "00"
+TIER_ORDER = ("no_cvm", "static", "one_factor", "two_factor", "certified")
+"""Verification tiers weakest first (the risk engine's and the QR API's labels)."""
 _PAN_RUN = re.compile(r"(?<![0-9A-Za-z])\d{13,19}(?![0-9A-Za-z])")
 _ALERT_TEXT_KEYS = ("event", "rc", "merchant_id", "terminal_id", "currency", "at")
 
@@ -62,6 +64,9 @@ class Sample:
     issuer_failures: dict[str, float]
     saf_depth: dict[str, float] = field(default_factory=dict)
     saf_oldest: dict[str, float] = field(default_factory=dict)
+    tier_declines: dict[str, float] = field(default_factory=dict)
+    step_ups: dict[str, float] = field(default_factory=dict)
+    challenges: dict[str, float] = field(default_factory=dict)  # by outcome
 
 
 def read_sample(metrics: Metrics, t: float) -> Sample:
@@ -72,6 +77,12 @@ def read_sample(metrics: Metrics, t: float) -> Sample:
     failures: dict[str, float] = {}
     depth: dict[str, float] = {}
     oldest: dict[str, float] = {}
+    # counters by one label: family name -> (label, where the totals go)
+    by_label: dict[str, tuple[str, dict[str, float]]] = {
+        "payswitch_risk_tier_declines": ("tier", {}),
+        "switch_qr_step_ups": ("tier", {}),
+        "switch_qr_challenges": ("outcome", {}),
+    }
     for family in metrics.registry.collect():
         name = family.name
         for s in family.samples:
@@ -93,6 +104,9 @@ def read_sample(metrics: Metrics, t: float) -> Sample:
                 depth[labels["issuer"]] = s.value
             elif name == "switch_saf_oldest_seconds":
                 oldest[labels["issuer"]] = s.value
+            elif name in by_label and s.name.endswith("_total"):
+                label, totals = by_label[name]
+                totals[labels[label]] = s.value
     return Sample(
         t=t,
         answers=answers,
@@ -101,6 +115,9 @@ def read_sample(metrics: Metrics, t: float) -> Sample:
         issuer_failures=failures,
         saf_depth=depth,
         saf_oldest=oldest,
+        tier_declines=by_label["payswitch_risk_tier_declines"][1],
+        step_ups=by_label["switch_qr_step_ups"][1],
+        challenges=by_label["switch_qr_challenges"][1],
     )
 
 
@@ -236,6 +253,7 @@ class Dashboard:
             "journal": _journal(journal) if journal else None,
             "hsm": _hsm(st.get("hsm")),
             "alerts": self._recent_alerts(),
+            "verification": _verification(newest),
         }
 
     def _issuers(
@@ -283,6 +301,30 @@ class Dashboard:
 
     def _recent_alerts(self) -> list[dict[str, Any]]:
         return [safe_alert(a) for a in self._alerts(ALERTS_SHOWN) if isinstance(a, Mapping)]
+
+
+def _verification(sample: Sample) -> dict[str, Any]:
+    """Declines and step-ups by verification tier and the challenges' outcomes, since start
+    (rare events: a minute's window would mostly show nothing). The success rate is the
+    challenges completed per challenge issued (one never answered counts as failed)."""
+    declines, step_ups = sample.tier_declines, sample.step_ups
+    names = {t for t, n in (*declines.items(), *step_ups.items()) if n > 0}
+    rank = {t: i for i, t in enumerate(TIER_ORDER)}
+    tiers = [
+        {
+            "tier": t,
+            "declines": round(declines.get(t, 0.0)),
+            "step_ups": round(step_ups.get(t, 0.0)),
+        }
+        for t in sorted(names, key=lambda t: (rank.get(t, len(rank)), t))
+    ]
+    issued = sum(step_ups.values())
+    completed = sample.challenges.get("completed", 0.0)
+    return {
+        "tiers": tiers,
+        "challenges": {k: round(v) for k, v in sorted(sample.challenges.items()) if v > 0},
+        "challenge_success_rate": round(completed / issued, 4) if issued else None,
+    }
 
 
 def _journal(journal: Mapping[str, Any]) -> dict[str, Any]:
@@ -389,6 +431,14 @@ function render(d) {
     m.connections + " conn, " + m.requests + " req, " + m.timeouts + " timeouts, " + m.errors +
     " errors, p50 " + fmt(m.p50_ms, 1) + " ms, p99 " + fmt(m.p99_ms, 1) + " ms" : "no HSM";
   $("hsm").className = m ? (m.healthy ? "ok" : "bad") : "dim";
+  const v = d.verification;
+  rows("tiers", v.tiers, [[(t) => [t.tier]], [(t) => [t.declines], "n"],
+    [(t) => [t.step_ups], "n"]]);
+  const c = v.challenges, sr = v.challenge_success_rate;
+  $("challenges").textContent = (c.completed || 0) + " completed, " + (c.wrong_code || 0) +
+    " wrong codes, " + (c.locked || 0) + " locked, " + (c.expired || 0) + " expired";
+  $("success").textContent = sr === null ? "\u2014" : fmt(sr * 100, 1) + " %";
+  $("success").className = sr === null ? "dim" : sr >= 0.8 ? "ok" : sr >= 0.5 ? "warn" : "bad";
   rows("alerts", d.alerts, [[(a) => [(a.at || "").slice(11, 19)]],
     [(a) => [a.event, a.rc ? "bad" : "warn"]], [(a) => [a.rc || ""]], [(a) => [a.masked_pan || ""]],
     [(a) => [a.amount === null ? "" : a.amount + " " + (a.currency || "")], "n"],
@@ -449,6 +499,10 @@ placeholder="admin token (viewer)" aria-label="admin token"><button>use</button>
 <div class="dim">stand-in approvals: <b id="standin">0</b></div></section>
 <section><h2>Journal</h2><div id="journal">&mdash;</div></section>
 <section><h2>HSM</h2><div id="hsm">&mdash;</div></section>
+<section><h2>Verification tiers (since start)</h2><table><thead><tr><th>tier</th>
+<th class="n">declines</th><th class="n">step-ups</th></tr></thead><tbody id="tiers"></tbody>
+</table><div>challenge success <b id="success">&mdash;</b></div>
+<div class="dim" id="challenges"></div></section>
 <section class="wide"><h2>Risk alerts (latest)</h2><table><thead><tr><th>UTC</th><th>event</th>
 <th>rc</th><th>PAN</th><th class="n">amount</th><th class="n">score</th><th>rules</th>
 <th>terminal</th></tr></thead><tbody id="alerts"></tbody></table></section>

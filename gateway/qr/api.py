@@ -26,8 +26,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.edge.http import DrainBody
 from gateway.qr import problems as p
-from gateway.qr.models import MpmRequest, PaymentRequest, RefundRequest
-from gateway.qr.problems import Problem
+from gateway.qr.models import MpmRequest, PaymentRequest, RefundRequest, VerifyRequest
+from gateway.qr.problems import MEDIA_TYPE, Problem
 from gateway.qr.service import QrService
 from gateway.qr.store import StoredResponse
 from kit.dataset import QrAcquirer
@@ -64,6 +64,12 @@ def qr_app(service: QrService, *, max_body: int = 16384) -> ASGIApp:
         stored, replayed = await service.refund(acquirer, request.path_params["payment_id"], body)
         return _stored(stored, replayed)
 
+    async def verify_payment(request: Request) -> Response:
+        acquirer = authenticate(request)
+        body = await _parse(request, VerifyRequest, max_body)
+        stored, replayed = await service.verify(acquirer, request.path_params["payment_id"], body)
+        return _stored(stored, replayed)
+
     async def create_mpm(request: Request) -> Response:
         acquirer = authenticate(request)
         body = await _parse(request, MpmRequest, max_body)
@@ -83,6 +89,7 @@ def qr_app(service: QrService, *, max_body: int = 16384) -> ASGIApp:
             Route("/v1/qr/payments", guarded(create_payment), methods=["POST"]),
             Route("/v1/qr/payments/{payment_id}", guarded(get_payment), methods=["GET"]),
             Route("/v1/qr/payments/{payment_id}/refund", guarded(create_refund), methods=["POST"]),
+            Route("/v1/qr/payments/{payment_id}/verify", guarded(verify_payment), methods=["POST"]),
             Route("/v1/qr/mpm", guarded(create_mpm), methods=["POST"]),
         ],
         exception_handlers={HTTPException: http_error, Exception: _internal_error},
@@ -180,7 +187,8 @@ def _stored(stored: StoredResponse, replayed: bool) -> Response:
     headers = {"Idempotent-Replayed": "true" if replayed else "false"}
     if stored.location is not None:
         headers["Location"] = stored.location
-    return Response(stored.body, status_code=stored.status, media_type=JSON, headers=headers)
+    media = MEDIA_TYPE if stored.status >= 400 else JSON  # a stored challenge is a problem
+    return Response(stored.body, status_code=stored.status, media_type=media, headers=headers)
 
 
 def _internal(path: str | None) -> Response:

@@ -19,6 +19,8 @@ Currency = Annotated[str, Field(pattern=r"^[0-9]{3}$", description="ISO 4217 num
 MerchantId = Annotated[str, Field(pattern=r"^[0-9A-Za-z]{1,15}$")]
 IdempotencyKey = Annotated[str, Field(pattern=r"^[!-~]{1,128}$", description="printable ASCII")]
 Pan = Annotated[str, Field(pattern=r"^[0-9]{12,19}$")]
+PayerFactor = Literal["password", "biometric", "device_certificate", "e_signature", "otp"]
+"""What a wallet may state it verified (gateway.risk.verification.Factor); another is a 422."""
 
 
 class _Body(BaseModel):
@@ -33,6 +35,9 @@ class PaymentRequest(_Body):
     idempotency_key: IdempotencyKey
     payer_pan: Pan | None = Field(default=None, repr=False)
     """The wallet's funding card or token; merchant-presented payloads only."""
+    payer_verification: list[PayerFactor] | None = Field(default=None, max_length=5)
+    """What the wallet verified before paying; absent: nothing. With the code's kind
+    (static or dynamic) it makes the payment's tier of the payer's daily QR limit."""
 
     @property
     def kind(self) -> Literal["mpm", "cpm"]:
@@ -45,6 +50,11 @@ class PaymentRequest(_Body):
         if self.kind == "cpm" and self.payer_pan is not None:
             raise ValueError("payer_pan is only for merchant-presented QR codes")
         return self
+
+
+class VerifyRequest(_Body):
+    otp: str = Field(pattern=r"^[0-9]{6}$", repr=False)
+    """The payer's one-time code (RFC 6238 TOTP, 6 digits); never logged or stored."""
 
 
 class RefundRequest(_Body):

@@ -78,6 +78,18 @@ QR_ALREADY_PAID: Final = ProblemType(
 PAYMENT_NOT_RECORDED: Final = ProblemType(
     "qr-payment-not-recorded", "The approved payment could not be recorded", 503
 )
+VERIFICATION_REQUIRED: Final = ProblemType(
+    "verification-required", "The payer must prove one more factor for this payment", 403
+)
+VERIFICATION_FAILED: Final = ProblemType(
+    "verification-failed", "The one-time code is not right", 422
+)
+VERIFICATION_LOCKED: Final = ProblemType(
+    "verification-locked", "Too many wrong codes: the payment was not made", 403
+)
+VERIFICATION_EXPIRED: Final = ProblemType(
+    "verification-expired", "The verification window has passed: the payment was not made", 410
+)
 INTERNAL: Final = ProblemType("internal-error", "Internal error", 500)
 
 ALL: Final[tuple[ProblemType, ...]] = tuple(

@@ -26,7 +26,8 @@ import itertools
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Final, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import Final, Literal, Protocol, TypeVar
 
 import anyio
 import orjson
@@ -35,7 +36,8 @@ from prometheus_client import CollectorRegistry, Counter
 from gateway.edge.http import AUTH_FAILURES_DETAIL, AuthFailures
 from gateway.flow.tokens import PanCipher
 from gateway.qr import problems as p
-from gateway.qr.models import MpmRequest, MpmView, PaymentRequest, RefundRequest
+from gateway.qr.models import MpmRequest, MpmView, PaymentRequest, RefundRequest, VerifyRequest
+from gateway.qr.otp import OtpEnrolment
 from gateway.qr.problems import Problem
 from gateway.qr.store import (
     OPEN,
@@ -50,10 +52,12 @@ from gateway.qr.store import (
     StoredResponse,
 )
 from gateway.qr.terminals import virtual_terminals
+from gateway.risk.verification import STEP_UP, QrVerification
 from gateway.upstream.links import transmission_time
 from kit.dataset import Dataset, Merchant, QrAcquirer
 from kit.logs import get_logger
 from protocols import emv, qr_cpm, qr_mpm
+from protocols.bounded import BoundedFifo
 from protocols.currency import is_payment_currency
 from protocols.keys import original_data
 from protocols.message import Message
@@ -61,7 +65,15 @@ from protocols.redact import mask_pan
 
 log = get_logger("gateway.qr")
 
-Handler = Callable[[Message], Awaitable[Message | None]]
+
+class Handler(Protocol):
+    """The switch as the QR API calls it (``Switch.handle``)."""
+
+    def __call__(
+        self, req: Message, raw: bytes = ..., /, *, qr: QrVerification | None = ...
+    ) -> Awaitable[Message | None]: ...
+
+
 A = TypeVar("A")
 QR_ENTRY_MODE: Final = "031"
 # Attempts at reversing an approval the store did not take: a terminal repeats its reversal
@@ -106,13 +118,19 @@ class QrService:
         clock: Callable[[], dt.datetime] = utcnow,
         registry: CollectorRegistry | None = None,
         journaled: bool = False,
+        enrolment: OtpEnrolment | None = None,
+        challenge_ttl: float = 300.0,
+        challenge_tries: int = 5,
+        max_challenges: int = 100_000,
     ) -> None:
         """``store``: where payments and idempotency keys live (default: in memory, bounded by
         ``max_payments`` and ``idempotency_window``); ``cipher`` seals card numbers and keys
         the request fingerprints, so a durable store needs the same key at every start.
         ``registry``: the gateway's metrics registry (None: the counter is kept unexported).
         ``journaled``: the switch has a journal, so a reversal the issuer did not answer
-        (``91``) is queued as a 0420 that store-and-forward repeats until acknowledged."""
+        (``91``) is queued as a 0420 that store-and-forward repeats until acknowledged.
+        ``enrolment``: payers who can answer a step-up with a one-time code (none: a payment
+        over its QR tier is declined)."""
         self.handler = handler
         self.cipher = cipher
         self.clock = clock
@@ -139,11 +157,29 @@ class QrService:
         # charge) while this process lives; the journal holds them for reconciliation.
         self._unreversed: dict[Key, Problem] = {}
         self.journaled = journaled
+        self.enrolment = enrolment
+        self.challenge_ttl = challenge_ttl
+        self.challenge_tries = challenge_tries
+        # Pending and answered step-ups by payment id, in this process only (bounded): a
+        # restart forgets them, which charges nothing (the wallet pays again).
+        self.challenges: BoundedFifo[str, Challenge] = BoundedFifo(max_challenges)
         self.auth_failures = AuthFailures()
         self.rejected = Counter(
             "switch_qr_rejected",
             "QR API requests answered with a 4xx problem document, by problem type",
             ["problem"],
+            registry=registry,
+        )
+        self.step_ups = Counter(
+            "switch_qr_step_ups",
+            "QR payments over the payer's tier answered with a challenge, by tier",
+            ["tier"],
+            registry=registry,
+        )
+        self.challenge_outcomes = Counter(
+            "switch_qr_challenges",
+            "Answers to step-up challenges: completed, wrong_code, locked, expired",
+            ["outcome"],
             registry=registry,
         )
         self.not_recorded = Counter(
@@ -203,7 +239,12 @@ class QrService:
     async def pay(self, acquirer: QrAcquirer, req: PaymentRequest) -> tuple[StoredResponse, bool]:
         """Idempotent: ``(response, replayed)``."""
         self.merchant_in_scope(acquirer, req.merchant_id)
-        body = req.model_dump(exclude={"idempotency_key"})
+        # Without payer_verification, the body (and so the fingerprint) is what it was before
+        # the member existed: keys stored then still replay.
+        left_out = {"idempotency_key"} | (
+            {"payer_verification"} if req.payer_verification is None else set()
+        )
+        body = req.model_dump(exclude=left_out)
         fingerprint = self._fingerprint("payment", body)
         return await self._idempotent(acquirer, req.idempotency_key, fingerprint, self._pay, req)
 
@@ -212,33 +253,71 @@ class QrService:
         extra: dict[str, str] = {}
         if req.kind == "cpm":
             pan = self._consumer_presented(req, extra)
-            reference = None
+            reference, dynamic = None, True  # a consumer-presented code is made per payment
         else:
-            reference = await self._merchant_presented(req)  # held in _paying from here
+            reference, dynamic = await self._merchant_presented(req)  # held in _paying
             assert req.payer_pan is not None  # the model requires it for MPM
             pan = req.payer_pan
+        charge = Charge(
+            payment_id="qrp_" + secrets.token_hex(12),
+            acquirer=acquirer.id,
+            merchant_id=req.merchant_id,
+            terminal_id=self.terminals[(acquirer.id, req.merchant_id)],
+            kind=req.kind,
+            amount=req.amount,
+            currency=req.currency,
+            reference=reference,
+            verification=QrVerification(dynamic, frozenset(req.payer_verification or ())),
+        )
+        return await self._charge(charge, pan, extra, claim)
+
+    async def _charge(
+        self,
+        charge: Charge,
+        pan: str,
+        extra: Mapping[str, str],
+        claim: Claim,
+        *,
+        step_up: bool = True,
+    ) -> StoredResponse:
+        """Route the payment through the switch and record its outcome under ``claim``'s
+        key; with ``step_up``, a payment over the payer's tier that an OTP would lift becomes
+        a challenge instead (nothing sent to the issuer, nothing charged)."""
+        reference = charge.reference
         rc = "96"
         recorded = False
+        payment_id = charge.payment_id
         try:
-            terminal = self.terminals[(acquirer.id, req.merchant_id)]
-            payment_id = "qrp_" + secrets.token_hex(12)
             msg = self._request(
-                "000000", pan, req.amount, req.currency, terminal, req.merchant_id, extra
+                "000000",
+                pan,
+                charge.amount,
+                charge.currency,
+                charge.terminal_id,
+                charge.merchant_id,
+                extra,
             )
             started = anyio.current_time()
             # Shielded: once the switch has it, the payment completes and is recorded with its
             # idempotency entry (durably, before the answer), even if the HTTP client goes away.
             with anyio.CancelScope(shield=True):
-                answer = await self.handler(msg)
+                verification = QrVerification(
+                    charge.verification.dynamic, charge.verification.factors
+                )
+                answer = await self.handler(msg, qr=verification)
                 rc, auth_code, rrn = _outcome(answer)
+                if step_up and rc != "00" and verification.step_up is not None:
+                    ref = self.enrolment.enrolled(pan) if self.enrolment is not None else None
+                    if ref is not None:
+                        return await self._challenge(charge, pan, extra, claim, ref)
                 payment = Payment(
                     payment_id=payment_id,
-                    acquirer=acquirer.id,
-                    merchant_id=req.merchant_id,
-                    terminal_id=terminal,
-                    kind=req.kind,
-                    amount=req.amount,
-                    currency=req.currency,
+                    acquirer=charge.acquirer,
+                    merchant_id=charge.merchant_id,
+                    terminal_id=charge.terminal_id,
+                    kind=charge.kind,
+                    amount=charge.amount,
+                    currency=charge.currency,
                     status="approved" if rc == "00" else "declined",
                     response_code=rc,
                     auth_code=auth_code,
@@ -270,16 +349,134 @@ class QrService:
         log.info(
             "qr_payment",
             payment_id=payment_id,
-            acquirer=acquirer.id,
-            merchant=req.merchant_id,
-            kind=req.kind,
+            acquirer=charge.acquirer,
+            merchant=charge.merchant_id,
+            kind=charge.kind,
             pan=payment.masked_pan,
-            amount=req.amount,
+            amount=charge.amount,
             rc=rc,
             rrn=rrn,
+            tier=verification.tier.value,
             ms=round((anyio.current_time() - started) * 1000, 3),
         )
         return response
+
+    # Step-up -----------------------------------------------------------------------------------
+
+    async def _challenge(
+        self, charge: Charge, pan: str, extra: Mapping[str, str], claim: Claim, enrolment: str
+    ) -> StoredResponse:
+        """The payment waits for a one-time code: 403 ``verification-required`` with its id,
+        stored under the key (a repeat gets the same challenge, never a second one). The card
+        and its data are sealed to the payment id; the code and the secret are never kept."""
+        payment_id = charge.payment_id
+        now = self.clock()
+        expires = now + dt.timedelta(seconds=self.challenge_ttl)
+        verify = f"/v1/qr/payments/{payment_id}/verify"
+        problem = Problem(
+            p.VERIFICATION_REQUIRED,
+            f"this payment is over the payer's {charge.verification.tier.value} limit for "
+            "the day; send the payer's one-time code to verify",
+            payment_id=payment_id,
+            factor=STEP_UP,
+            verify=verify,
+            expires_at=_rfc3339(expires),
+        )
+        body = orjson.dumps(problem.document("/v1/qr/payments"))
+        response = StoredResponse(403, body)
+        sealed = self.cipher.seal(
+            orjson.dumps({"pan": pan, "extra": dict(extra)}).decode(), payment_id.encode()
+        )
+        self.challenges[payment_id] = Challenge(charge, sealed, enrolment, claim, expires, response)
+        await self.store.save_entry(claim.key, claim.entry(response))
+        self.step_ups.labels(charge.verification.tier.value).inc()
+        log.info(
+            "qr_step_up",
+            payment_id=payment_id,
+            acquirer=charge.acquirer,
+            merchant=charge.merchant_id,
+            pan=mask_pan(pan),
+            amount=charge.amount,
+            tier=charge.verification.tier.value,
+            factor=STEP_UP,
+        )
+        return response
+
+    async def verify(
+        self, acquirer: QrAcquirer, payment_id: str, req: VerifyRequest
+    ) -> tuple[StoredResponse, bool]:
+        """The payer's code for a challenged payment: ``(response, replayed)``. The right
+        code completes the payment once (a retry, or a concurrent call, gets that same answer);
+        a wrong one counts toward the lock-out."""
+        challenge = self.challenges.get(payment_id)
+        if challenge is None or challenge.charge.acquirer != acquirer.id:
+            # answered long ago (or never challenged): the payment as it stands, if it is ours
+            payment = await self.payment(acquirer, payment_id)
+            view = payment.view().model_dump_json().encode()
+            return StoredResponse(200, view, f"/v1/qr/payments/{payment_id}"), True
+        while challenge.running is not None:
+            await challenge.running.wait()
+        if challenge.done is not None:
+            return challenge.done, True
+        if challenge.state != "open":
+            raise self._closed(challenge)
+        now = self.clock()
+        if now >= challenge.expires:
+            challenge.state = "expired"
+            self.challenge_outcomes.labels("expired").inc()
+            raise self._closed(challenge)
+        assert self.enrolment is not None  # a challenge is only made with one
+        if not self.enrolment.verify(challenge.enrolment, req.otp, now):
+            challenge.failures += 1
+            left = self.challenge_tries - challenge.failures
+            log.info("qr_verify_failed", payment_id=payment_id, attempts_left=left)
+            if left <= 0:
+                challenge.state = "locked"
+                self.challenge_outcomes.labels("locked").inc()
+                raise self._closed(challenge)
+            self.challenge_outcomes.labels("wrong_code").inc()
+            raise Problem(
+                p.VERIFICATION_FAILED,
+                f"wrong one-time code; {left} more tries before the payment is abandoned",
+                attempts_left=left,
+            )
+        challenge.running = anyio.Event()
+        try:
+            response = await self._complete(challenge)
+            challenge.done = response
+            self.challenge_outcomes.labels("completed").inc()
+        finally:
+            challenge.running.set()
+            challenge.running = None
+        return response, False
+
+    async def _complete(self, challenge: Challenge) -> StoredResponse:
+        """Pay the challenged payment with the code's factor added, under its first key."""
+        charge = challenge.charge
+        payment_id = charge.payment_id
+        opened = orjson.loads(self.cipher.open(challenge.sealed, payment_id.encode()))
+        reference = charge.reference
+        if reference is not None:
+            # the dynamic code may have been paid while the payer looked for the code
+            if await self.store.code(reference) != OPEN or reference in self._paying:
+                raise Problem(p.QR_ALREADY_PAID, "a dynamic QR code pays once; ask for a new one")
+            self._paying.add(reference)
+        stepped = replace(charge, verification=charge.verification.with_factor(STEP_UP))
+        return await self._charge(
+            stepped, opened["pan"], opened["extra"], challenge.claim, step_up=False
+        )
+
+    @staticmethod
+    def _closed(challenge: Challenge) -> Problem:
+        if challenge.state == "expired":
+            return Problem(
+                p.VERIFICATION_EXPIRED,
+                "the challenge has expired; nothing was charged: start a new payment",
+            )
+        return Problem(
+            p.VERIFICATION_LOCKED,
+            "too many wrong codes; nothing was charged: start a new payment",
+        )
 
     async def _undo(self, original: Message, payment: Payment, key: Key, exc: Exception) -> bool:
         """Reverses an approval the store did not take (the virtual terminal's 0400 of
@@ -369,9 +566,10 @@ class QrService:
             extra["55"] = qr.emv.encode().hex().upper()
         return qr.pan
 
-    async def _merchant_presented(self, req: PaymentRequest) -> str | None:
-        """Checks the code against the request; the reference of a dynamic code we issued,
-        then held in ``_paying`` (the caller lets it go)."""
+    async def _merchant_presented(self, req: PaymentRequest) -> tuple[str | None, bool]:
+        """Checks the code against the request: the reference of a dynamic code we issued,
+        then held in ``_paying`` (the caller lets it go), and whether the code is dynamic
+        (EMVCo MPM ID 01: 12; 11 is static)."""
         try:
             qr = qr_mpm.decode(req.qr)
         except qr_mpm.MpmError as exc:
@@ -395,15 +593,15 @@ class QrService:
             )
         reference = qr.additional_data.get("05") if qr.dynamic else None
         if reference is None:
-            return None
+            return None, qr.dynamic
         state = await self.store.code(reference)
         if state is None:
-            return None  # not a code this API issued (or one long forgotten)
+            return None, qr.dynamic  # not a code this API issued (or one long forgotten)
         # Checked and held with no await in between: one payment of a code at a time.
         if state != OPEN or reference in self._paying:
             raise Problem(p.QR_ALREADY_PAID, "a dynamic QR code pays once; ask for a new one")
         self._paying.add(reference)
-        return reference
+        return reference, qr.dynamic
 
     # Status and refunds ------------------------------------------------------------------------
 
@@ -591,3 +789,40 @@ def _outcome(answer: Message | None) -> tuple[str, str | None, str]:
 
 def _rfc3339(when: dt.datetime) -> str:
     return when.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """A payment as the QR API routes it (what a challenge keeps to pay it later)."""
+
+    payment_id: str
+    acquirer: str
+    merchant_id: str
+    terminal_id: str
+    kind: Literal["mpm", "cpm"]
+    amount: int
+    currency: str
+    reference: str | None
+    """the dynamic code this API issued that the payment pays, if any"""
+    verification: QrVerification
+
+
+@dataclass(slots=True, eq=False)
+class Challenge:
+    """A payment waiting for the payer's one-time code."""
+
+    charge: Charge
+    sealed: bytes = field(repr=False)
+    """card number and ISO extras (14, 23, 55), sealed to the payment id"""
+    enrolment: str
+    """the payer's enrolment reference (no card, no secret)"""
+    claim: Claim
+    """the first request's idempotency key: the completed payment replaces the 403 there"""
+    expires: dt.datetime
+    challenge: StoredResponse
+    state: Literal["open", "locked", "expired"] = "open"
+    failures: int = 0
+    running: anyio.Event | None = None
+    """set while the right code's payment runs: concurrent calls wait for its answer"""
+    done: StoredResponse | None = None
+    """the completed payment's answer, replayed to every later call"""

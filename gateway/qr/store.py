@@ -186,6 +186,11 @@ class QrStore(ABC):
         code (its reference) this payment paid is marked paid in the same write."""
 
     @abstractmethod
+    async def save_entry(self, key: Key, entry: Entry) -> None:
+        """An idempotency entry alone (a step-up challenge: no payment yet); the payment that
+        completes it replaces it."""
+
+    @abstractmethod
     async def issue_code(self, reference: str, created: float) -> None:
         """A dynamic QR code issued (open until a payment pays it). Bounded like payments:
         the oldest codes beyond ``max_payments`` are forgotten."""
@@ -252,6 +257,9 @@ class MemoryQrStore(QrStore):
         self._put_entry(key, entry)
         if code is not None:
             self._put_code(code, payment.payment_id)
+
+    async def save_entry(self, key: Key, entry: Entry) -> None:
+        self._put_entry(key, entry)
 
     async def issue_code(self, reference: str, created: float) -> None:
         if reference not in self._codes:
@@ -498,6 +506,10 @@ class SqliteQrStore(QrStore):
         statements = [(_INSERT_PAYMENT, values), trim, *self._entry_statements(key, entry)]
         if code is not None:
             statements.append((_PAY_CODE, (code, p.payment_id, entry.created)))
+        await self._call(lambda db: self._write(db, statements))
+
+    async def save_entry(self, key: Key, entry: Entry) -> None:
+        statements = self._entry_statements(key, entry)
         await self._call(lambda db: self._write(db, statements))
 
     async def issue_code(self, reference: str, created: float) -> None:

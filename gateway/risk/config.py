@@ -145,6 +145,113 @@ class CurrencyLimits(Limits):
 
 
 @dataclass(frozen=True, config=_CFG)
+class NoCvmLimit:
+    """A contactless no-CVM cap for one currency, one MCC, or both (the most specific wins:
+    both, then the MCC, then the currency)."""
+
+    max_amount: int
+    """the most one tap without CVM may be: in ``currency`` when given (and then only for
+    requests in it), else in ``limit_currency``"""
+    currency: str | None = None
+    """ISO 4217 numeric code"""
+    mcc: str | None = None
+    """merchant category code"""
+
+    @pydantic.field_validator("max_amount")
+    @classmethod
+    def _non_negative(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("max_amount must be >= 0")
+        return v
+
+    @pydantic.field_validator("currency")
+    @classmethod
+    def _check_currency(cls, v: str | None) -> str | None:
+        return None if v is None else _currency(v, "currency")
+
+    @pydantic.field_validator("mcc")
+    @classmethod
+    def _check_mcc(cls, v: str | None) -> str | None:
+        return None if v is None else _digits(v, "mcc", range(4, 5))
+
+    @pydantic.model_validator(mode="after")
+    def _names_something(self) -> NoCvmLimit:
+        if self.currency is None and self.mcc is None:
+            raise ValueError("name a currency, an mcc or both (the base is no_cvm_max_amount)")
+        return self
+
+
+@dataclass(frozen=True, config=_CFG)
+class ContactlessConfig:
+    """Contactless taps without any CVM (no PIN, no consumer-device CVM): above the cap the
+    answer is 65, "PIN required", so the terminal asks for the PIN and retries (a soft
+    decline, as the schemes do)."""
+
+    no_cvm_max_amount: int | None = None
+    """in ``limit_currency``; None: no cap (but for ``no_cvm_limits``)"""
+    no_cvm_limits: tuple[NoCvmLimit, ...] = ()
+    """caps per currency and MCC, overriding the base"""
+
+    @pydantic.field_validator("no_cvm_max_amount")
+    @classmethod
+    def _non_negative(cls, v: int | None) -> int | None:
+        return _positive(v, "no_cvm_max_amount")
+
+    @pydantic.model_validator(mode="after")
+    def _unique(self) -> ContactlessConfig:
+        keys = [(c.currency, c.mcc) for c in self.no_cvm_limits]
+        if len(set(keys)) != len(keys):
+            raise ValueError("no_cvm_limits lists the same currency and mcc twice")
+        return self
+
+
+@dataclass(frozen=True, config=_CFG)
+class QrTiersConfig:
+    """What a QR payer (the funding card's key) may pay by QR per local day, in
+    ``limit_currency``, by the verification tier of the payment
+    (:func:`gateway.risk.verification.qr_tier`): the day's QR total, this payment included,
+    must fit the tier's cap. None: no cap of ours (the issuer's limit only)."""
+
+    static: int | None = None
+    """a static merchant-presented code, whatever the wallet verified"""
+    one_factor: int | None = None
+    """a dynamic code with fewer than two factors"""
+    two_factor: int | None = None
+    """two factors or more, no certificate among them"""
+    certified: int | None = None
+    """two factors or more with a device certificate or an e-signature"""
+
+    @pydantic.field_validator("static", "one_factor", "two_factor", "certified")
+    @classmethod
+    def _non_negative(cls, v: int | None, info: pydantic.ValidationInfo) -> int | None:
+        return _positive(v, str(info.field_name))
+
+
+@dataclass(frozen=True, config=_CFG)
+class StructuringConfig:
+    """Payments just below a limit, repeated on one card: an alert naming the pattern
+    (``below_single_amount``, ``below_no_cvm_cap``, ``below_qr_tier``), never a decline."""
+
+    enabled: bool = False
+    """off unless configured: each payment near a cap then costs one more counter step"""
+    margin_percent: int = 10
+    """"just below": within this share under the limit, the limit itself included"""
+    count: int = 3
+    """this many such payments per card and pattern within the window (this one included)
+    alert; for a QR tier, whose cap is the day's total, this many days ending just below it"""
+    window_seconds: int = 7 * 86_400
+    """the sliding window: a week by default, as a day's cap is approached once a day"""
+
+    @pydantic.model_validator(mode="after")
+    def _check(self) -> StructuringConfig:
+        if not 0 < self.margin_percent < 100:
+            raise ValueError("margin_percent must be within 1-99")
+        if self.count < 2 or self.window_seconds < 1:
+            raise ValueError("count must be >= 2 and window_seconds >= 1")
+        return self
+
+
+@dataclass(frozen=True, config=_CFG)
 class Actions:
     """Per rule: ``decline`` (answer the rule's code) or ``alert`` (report only, go on)."""
 
@@ -168,6 +275,10 @@ class Actions:
     """same card in another country within the window -> 59"""
     score: Action = "decline"
     """risk score at or above ``score.decline_at`` -> ``score.decline_rc``"""
+    qr_tier: Action = "decline"
+    """a QR payer's day total above the cap of the payment's verification tier -> 61"""
+    no_cvm_cap: Action = "decline"
+    """a contactless tap without CVM above its cap -> 65 ("PIN required")"""
 
 
 @dataclass(frozen=True, config=_CFG)
@@ -308,6 +419,12 @@ class RiskConfig(Limits):
     """limit overrides per currency (least specific layer)"""
     actions: Actions = pydantic.Field(default_factory=Actions)
     """decline or alert, per rule"""
+    contactless: ContactlessConfig = pydantic.Field(default_factory=ContactlessConfig)
+    """caps of contactless taps without CVM"""
+    qr_tiers: QrTiersConfig = pydantic.Field(default_factory=QrTiersConfig)
+    """a QR payer's daily caps by verification tier"""
+    structuring: StructuringConfig = pydantic.Field(default_factory=StructuringConfig)
+    """the anti-structuring alert (payments repeatedly just below a limit)"""
     score: ScoreConfig = pydantic.Field(default_factory=ScoreConfig)
     """risk score signals and thresholds"""
     redis: RedisConfig = pydantic.Field(default_factory=RedisConfig)

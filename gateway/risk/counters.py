@@ -11,6 +11,8 @@ Counters:
   engine passes its limit currency only (amounts converted first): one total per card;
 - velocity: attempt times per card (approved and declined), a sliding window;
 - travel: last time the card was seen per merchant country, within the travel window;
+- marks: per card and structuring pattern, the members (transactions, or days) that landed
+  just below a cap, a sliding window;
 - profile: running mean/variance of approved amounts and the set of countries with approvals;
   forgotten ``profile_ttl_days`` after the card's last approval (the Redis keys' TTL).
 
@@ -23,6 +25,7 @@ per new card (no scan, no timer); ``memory_max_cards`` stays a hard cap.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -150,6 +153,32 @@ class CounterStore(Protocol):
     async def usage(self, card_key: str, currency: str, day: str) -> tuple[int, int]:
         """(daily amount in currency, daily count) of a card."""
 
+    async def add_within(
+        self,
+        card_key: str,
+        counter: str,
+        day: str,
+        day_expires_at: int,
+        now_ms: int,
+        amount: int,
+        limit: int,
+        blocks: bool,
+    ) -> tuple[bool, int]:
+        """Add ``amount`` to one more daily amount of a card (``counter`` in place of a
+        currency; :meth:`release` with count 0 gives back) unless it would pass ``limit`` and
+        ``blocks``: ``(added, the amount before)``."""
+
+    async def mark(
+        self,
+        card_key: str,
+        names: Sequence[str],
+        members: Sequence[str],
+        now_ms: int,
+        window_ms: int,
+    ) -> list[int]:
+        """Record ``members[i]`` (at ``now_ms``; again: its time moves) in the card's sliding
+        window ``names[i]``: the members within ``window_ms`` of each, this one included."""
+
     async def aclose(self) -> None: ...
 
 
@@ -158,7 +187,7 @@ class _Card:
     benchmarks.risk_memory``): the dicts are made on first use and the countries are a
     tuple (a card has approvals in one or two; an empty set alone is 216 bytes)."""
 
-    __slots__ = ("attempts", "countries", "profile", "profile_until", "seen", "until")
+    __slots__ = ("attempts", "countries", "marks", "profile", "profile_until", "seen", "until")
 
     def __init__(self) -> None:
         self.attempts: dict[str, int] | None = None
@@ -166,6 +195,8 @@ class _Card:
         moves its score); pruned by time on each reserve"""
         self.seen: dict[str, int] | None = None
         """merchant country -> last time (ms) within the travel window"""
+        self.marks: dict[str, dict[str, int]] | None = None
+        """structuring pattern -> member -> time (ms) within the window"""
         self.profile = _NO_PROFILE
         self.countries: tuple[str, ...] = ()
         """merchant countries with an approval, each once"""
@@ -404,6 +435,64 @@ class MemoryCounterStore:
         card.profile = update_profile(card.profile, amount, samples)
         if country not in card.countries:
             card.countries = (*card.countries, country)
+
+    async def add_within(
+        self,
+        card_key: str,
+        counter: str,
+        day: str,
+        day_expires_at: int,
+        now_ms: int,
+        amount: int,
+        limit: int,
+        blocks: bool,
+    ) -> tuple[bool, int]:
+        bucket = self._days.get(day)
+        akey = (card_key, counter)
+        before = 0 if bucket is None else bucket.amounts.get(akey, 0)
+        if blocks and before + amount > limit:
+            return False, before
+        if bucket is None:
+            bucket = self._days[day] = _Day(day_expires_at)
+            self._next_prune = min(self._next_prune or day_expires_at, day_expires_at)
+        bucket.amounts[akey] = before + amount
+        return True, before
+
+    async def mark(
+        self,
+        card_key: str,
+        names: Sequence[str],
+        members: Sequence[str],
+        now_ms: int,
+        window_ms: int,
+    ) -> list[int]:
+        return self.mark_now(card_key, names, members, now_ms, window_ms)
+
+    def mark_now(
+        self,
+        card_key: str,
+        names: Sequence[str],
+        members: Sequence[str],
+        now: int,
+        window_ms: int,
+    ) -> list[int]:
+        """:meth:`mark` as a plain call."""
+        if now > self._clock:
+            self._clock = now
+        card = self._card(card_key, now)
+        if now + window_ms > card.until:  # the marks matter for their window
+            card.until = now + window_ms
+        marks = card.marks
+        if marks is None:
+            marks = card.marks = {}
+        cutoff = now - window_ms
+        counts = []
+        for name, member in zip(names, members, strict=True):
+            times = {m: t for m, t in marks.get(name, {}).items() if t > cutoff and m != member}
+            times[member] = now
+            marks[name] = times
+            counts.append(len(times))
+        return counts
 
     async def usage(self, card_key: str, currency: str, day: str) -> tuple[int, int]:
         bucket = self._days.get(day)

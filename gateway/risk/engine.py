@@ -34,8 +34,16 @@ from gateway.risk.counters import (
 )
 from gateway.risk.model import Reservation, RiskDecision, RiskInput, RuleHit
 from gateway.risk.redis_counters import RedisCounterStore
-from gateway.risk.rules import RULE_ORDER, EffectiveLimits, RuleSet
+from gateway.risk.rules import (
+    BELOW_QR_TIER,
+    QR_COUNTER,
+    RULE_ORDER,
+    EffectiveLimits,
+    Near,
+    RuleSet,
+)
 from gateway.risk.score import Scorer
+from gateway.risk.verification import step_up
 
 # A store failure (96) ranks after the list rules, whose codes tell more, and before the
 # rules the store would have decided.
@@ -105,6 +113,13 @@ class RiskEngine:
         )
         self._approved = self._decisions.labels(result="approve")
         self._declined = self._decisions.labels(result="decline")
+        self.tier_declines = Counter(
+            "payswitch_risk_tier_declines",
+            "Declines by a verification tier's cap: no_cvm (a tap without CVM) or the QR "
+            "payment's tier (the QR API may turn one into a step-up)",
+            ["tier"],
+            registry=registry,
+        )
         # The in-memory store never awaits, so nothing can cancel it halfway: no shield needed.
         self._shield = not isinstance(self.store, MemoryCounterStore)
         # Exactly the in-memory store (not a subclass that may override its coroutines): the
@@ -141,7 +156,7 @@ class RiskEngine:
         ``rc`` None means go on; the decision then holds the reservation that
         :meth:`confirm` keeps or :meth:`release` gives back.
         """
-        if self._memory is not None:
+        if self._memory is not None and inp.qr is None:
             return self._assess_now(inp, self._memory)
         compiled = self._compiled  # one read: a concurrent reload never mixes two rule sets
         rules = compiled.rules
@@ -152,6 +167,11 @@ class RiskEngine:
         if amount is None:
             return self._no_rate(inp, rules)
         limits, plan, hits, ts, day, expires_at = _plan(rules, inp, amount)
+        qr_held = qr_total = 0
+        if inp.qr is not None and not _declines(hits):
+            qr_held, qr_total = await self._qr_reserve(
+                inp, rules, amount, day, expires_at, hits, compiled
+            )
         request = ReserveRequest(
             inp.card_key,
             inp.txn_id,
@@ -169,7 +189,20 @@ class RiskEngine:
         reservation: Reservation | None = None
         if outcome is not None:
             score, reservation = self._judge(compiled, inp, amount, limits, outcome, hits, day, ts)
+        if rules.structuring is not None:
+            marks = rules.near_caps(inp, limits, amount)
+            if qr_total and inp.qr is not None:
+                cap = rules.qr_caps[inp.qr.tier]
+                if cap is not None and rules.near(qr_total, cap):
+                    marks.append(Near(BELOW_QR_TIER, day, cap))  # a day's total: one per day
+            if marks:
+                hits += await self._structuring(inp, rules, marks)
         rc = _rc(hits)
+        if qr_held:
+            if reservation is not None:
+                reservation.qr_amount = qr_held  # given back with it
+            else:  # the card's own limits declined: the QR day gives back at once
+                await self._release(inp.card_key, QR_COUNTER, day, qr_held, 0, "release")
         if rc is not None and reservation is not None:
             # only a score decline comes after the atomic reserve: give it back at once
             await self._give_back(reservation, count=1, op="release")
@@ -201,6 +234,17 @@ class RiskEngine:
             plan,
         )
         score, reservation = self._judge(compiled, inp, amount, limits, outcome, hits, day, ts)
+        if rules.structuring is not None:
+            marks = rules.near_caps(inp, limits, amount)
+            if marks:
+                counts = store.mark_now(
+                    inp.card_key,
+                    [m.pattern for m in marks],
+                    [m.member for m in marks],
+                    int(ts * 1000),
+                    rules.structuring_window_ms,
+                )
+                hits += rules.structuring_hits(marks, counts)
         rc = _rc(hits)
         if rc is not None and reservation is not None:
             # only a score decline comes after the atomic reserve: give it back at once
@@ -262,7 +306,13 @@ class RiskEngine:
     ) -> RiskDecision:
         """The decision, counted and (when something fired) published as an alert event."""
         decision = RiskDecision(inp.txn_id, rc, inp.masked_pan, tuple(hits), score, reservation)
-        (self._approved if rc is None else self._declined).inc()
+        if rc is None:
+            self._approved.inc()
+        else:
+            self._declined.inc()
+            tier = _declining_tier(inp, hits)
+            if tier is not None:
+                self.tier_declines.labels(tier).inc()
         if hits and decision.alerted:
             self.alerts.publish(
                 AlertEvent.from_decision(
@@ -276,6 +326,69 @@ class RiskEngine:
             )
         return decision
 
+    async def _structuring(
+        self, inp: RiskInput, rules: RuleSet, marks: list[Near]
+    ) -> list[RuleHit]:
+        """Mark the patterns this request lands just below; alerts for those seen often
+        enough. A store failure only loses the alert (counted): it never declines."""
+        try:
+            with anyio.CancelScope(shield=self._shield):
+                counts = await self.store.mark(
+                    inp.card_key,
+                    [m.pattern for m in marks],
+                    [m.member for m in marks],
+                    int(inp.now.timestamp() * 1000),
+                    rules.structuring_window_ms,
+                )
+        except StoreError:
+            self._store_errors.labels(op="structuring").inc()
+            return []
+        return rules.structuring_hits(marks, counts)
+
+    async def _qr_reserve(
+        self,
+        inp: RiskInput,
+        rules: RuleSet,
+        amount: int,
+        day: str,
+        expires_at: int,
+        hits: list[RuleHit],
+        compiled: _Compiled,
+    ) -> tuple[int, int]:
+        """Hold ``amount`` (limit currency) on the QR payer's day total when the payment's
+        tier allows it: what was held (0: nothing) and the day's total with it (0: no cap).
+        Over the cap: a ``qr_tier`` hit, and the step-up that would lift the payment is
+        written back to ``inp.qr``."""
+        qr = inp.qr
+        assert qr is not None
+        tier = qr.tier
+        cap = rules.qr_caps[tier]
+        if cap is None:
+            return 0, 0
+        blocks = rules.blocks("qr_tier")
+        try:
+            with anyio.CancelScope(shield=self._shield):
+                added, before = await self.store.add_within(
+                    inp.card_key,
+                    QR_COUNTER,
+                    day,
+                    expires_at,
+                    int(inp.now.timestamp() * 1000),
+                    amount,
+                    cap,
+                    blocks,
+                )
+        except StoreError:
+            self._store_errors.labels(op="qr_reserve").inc()
+            hits.append(_store_hit(compiled.config))
+            return 0, 0
+        total = before + amount
+        if total > cap:
+            hits.append(rules.qr_tier_hit(tier, total, cap))
+            if blocks:
+                qr.step_up = step_up(qr, total, rules.qr_caps)
+        return (amount, total) if added else (0, total)
+
     async def _reserve(
         self, request: ReserveRequest, hits: list[RuleHit], config: RiskConfig
     ) -> ReserveOutcome | None:
@@ -288,18 +401,7 @@ class RiskEngine:
                 outcome = await self.store.reserve(request)
         except StoreError:
             self._store_errors.labels(op="reserve").inc()
-            closed = config.fail_mode == "closed"
-            hits.append(
-                RuleHit(
-                    name="counter_store",
-                    kind="error",
-                    action="decline" if closed else "alert",
-                    value="unavailable",
-                    threshold=None,
-                    rc="96" if closed else None,
-                    detail=f"fail_mode={config.fail_mode}",
-                )
-            )
+            hits.append(_store_hit(config))
             return None
         return outcome
 
@@ -379,6 +481,8 @@ class RiskEngine:
 
     async def _give_back(self, res: Reservation, *, count: int, op: str) -> None:
         await self._release(res.card_key, res.currency, res.day, res.amount, count, op)
+        if res.qr_amount:
+            await self._release(res.card_key, QR_COUNTER, res.day, res.qr_amount, 0, op)
 
     async def _release(
         self, card_key: str, currency: str, day: str, amount: int, count: int, op: str
@@ -456,6 +560,35 @@ class RiskEngine:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _store_hit(config: RiskConfig) -> RuleHit:
+    """The counter store did not answer: 96 (``fail_mode = "closed"``) or an alert."""
+    closed = config.fail_mode == "closed"
+    return RuleHit(
+        name="counter_store",
+        kind="error",
+        action="decline" if closed else "alert",
+        value="unavailable",
+        threshold=None,
+        rc="96" if closed else None,
+        detail=f"fail_mode={config.fail_mode}",
+    )
+
+
+NO_CVM_TIER = "no_cvm"
+"""The tier label of a contactless tap declined over the no-CVM cap."""
+
+
+def _declining_tier(inp: RiskInput, hits: list[RuleHit]) -> str | None:
+    """The verification tier whose cap declined the request, if one did."""
+    for hit in hits:
+        if hit.action == "decline":
+            if hit.name == "no_cvm_cap":
+                return NO_CVM_TIER
+            if hit.name == "qr_tier" and inp.qr is not None:
+                return inp.qr.tier.value
+    return None
 
 
 def _declines(hits: list[RuleHit]) -> bool:

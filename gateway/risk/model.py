@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Literal
 
 from gateway.risk.cardkey import looks_clear
+from gateway.risk.verification import Cvm, QrVerification
 
 
 class RiskInputError(ValueError):
@@ -83,6 +84,11 @@ class RiskInput:
     now: datetime
     """tz-aware; the engine never reads the clock"""
     kind: TxnKind = TxnKind.PURCHASE
+    cvm: Cvm | None = None
+    """how a contactless card was verified (:func:`gateway.risk.verification.card_cvm`);
+    None: not a contactless tap"""
+    qr: QrVerification | None = None
+    """a QR payment's verification (its tier caps the payer's QR day); None: not QR"""
 
     def __post_init__(self) -> None:
         if self.now.tzinfo is None or self.now.utcoffset() is None:
@@ -150,6 +156,8 @@ class Reservation:
     txn_id: str
     original_time: datetime
     state: ReservationState = "held"
+    qr_amount: int = 0
+    """also held on the payer's QR day total (its tier's counter), given back with it"""
 
 
 @dataclass(frozen=True, slots=True)

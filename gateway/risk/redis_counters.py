@@ -9,6 +9,8 @@ profile after ``profile_ttl_days`` without approvals.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from gateway.risk.counters import Profile, ReserveOutcome, ReserveRequest, StoreError
 from gateway.risk.resp import Arg, LuaScript, RedisClient, RedisError, RespValue
 
@@ -80,6 +82,30 @@ for i = 1, 2 do
   end
 end
 return 1
+""")
+
+# KEYS: 1 day amount; ARGV: 1 amount, 2 limit, 3 blocks, 4 ttl seconds
+ADD_WITHIN = LuaScript("""
+local before = tonumber(redis.call('GET', KEYS[1]) or '0')
+local amount = tonumber(ARGV[1])
+if ARGV[3] == '1' and before + amount > tonumber(ARGV[2]) then return {0, before} end
+redis.call('INCRBY', KEYS[1], amount)
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return {1, before}
+""")
+
+# KEYS: one sorted set per structuring pattern; ARGV: 1 now ms, 2 window ms, 3.. a member per key
+MARK = LuaScript("""
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local out = {}
+for i = 1, #KEYS do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - window)
+  redis.call('ZADD', KEYS[i], now, ARGV[i + 2])
+  redis.call('PEXPIRE', KEYS[i], window)
+  out[i] = redis.call('ZCARD', KEYS[i])
+end
+return out
 """)
 
 # KEYS: 1 profile hash, 2 countries set; ARGV: 1 amount, 2 samples, 3 country, 4 ttl seconds
@@ -208,6 +234,38 @@ class RedisCounterStore:
     ) -> None:
         keys = (self._key(card_key, "prf"), self._key(card_key, "cty"))
         await self._script(APPROVE, keys, (amount, samples, country, ttl_seconds))
+
+    async def add_within(
+        self,
+        card_key: str,
+        counter: str,
+        day: str,
+        day_expires_at: int,
+        now_ms: int,
+        amount: int,
+        limit: int,
+        blocks: bool,
+    ) -> tuple[bool, int]:
+        amount_key, _ = self._day_keys(card_key, counter, day)
+        ttl = max(1, day_expires_at - now_ms // 1000)  # relative to the injected now
+        reply = await self._script(ADD_WITHIN, (amount_key,), (amount, limit, _flag(blocks), ttl))
+        if not isinstance(reply, list) or len(reply) != 2:
+            raise StoreError("unexpected reply to the add-within script")
+        return _int(reply[0]) == 1, _int(reply[1])
+
+    async def mark(
+        self,
+        card_key: str,
+        names: Sequence[str],
+        members: Sequence[str],
+        now_ms: int,
+        window_ms: int,
+    ) -> list[int]:
+        keys = tuple(self._key(card_key, f"str:{name}") for name in names)
+        reply = await self._script(MARK, keys, (now_ms, window_ms, *members))
+        if not isinstance(reply, list) or len(reply) != len(keys):
+            raise StoreError("unexpected reply to the mark script")
+        return [_int(n) for n in reply]
 
     async def usage(self, card_key: str, currency: str, day: str) -> tuple[int, int]:
         amount_key, count_key = self._day_keys(card_key, currency, day)

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from gateway.risk.config import Action, Limits, RiskConfig, Velocity
 from gateway.risk.counters import ReserveOutcome, ReservePlan
 from gateway.risk.model import RiskInput, RuleHit, TxnKind
+from gateway.risk.verification import Cvm, QrTier
 from protocols.currency import MinorRate, minor_rate
 
 RULE_RC: dict[str, str] = {
@@ -35,8 +37,17 @@ RULE_RC: dict[str, str] = {
     "velocity": "65",
     "daily_count": "65",
     "daily_amount": "61",
+    # after the limits a step-up cannot lift: with one of those, more verification is no use
+    "qr_tier": "61",
+    "no_cvm_cap": "65",
 }
 """Response code of each rule (SPEC); the score's code is configurable."""
+
+PIN_REQUIRED = "PIN required"
+"""The detail of a ``no_cvm_cap`` hit: a soft decline, the terminal retries with the PIN."""
+QR_COUNTER = "qr"
+"""The payer's QR day total sits beside the card's daily amounts under this name (not a
+currency code: never one of the card's totals)."""
 
 RULE_ORDER: tuple[str, ...] = (*RULE_RC, "score")
 """Precedence: the first declining rule in this order gives the response code."""
@@ -44,6 +55,22 @@ RULE_ORDER: tuple[str, ...] = (*RULE_RC, "score")
 NO_RATE = "currency_without_rate"
 """A counted request in a currency with no rate to the limit currency: declined ``12`` before
 any counter moves (its amount cannot be added to the card's one daily total)."""
+
+STRUCTURING = "structuring"
+"""The anti-structuring rule: an alert only (no code), its pattern first in the hit's detail."""
+BELOW_SINGLE_AMOUNT = "below_single_amount"
+BELOW_NO_CVM_CAP = "below_no_cvm_cap"
+BELOW_QR_TIER = "below_qr_tier"
+
+
+class Near(NamedTuple):
+    """A counted request just below one of its caps: one mark of a structuring pattern."""
+
+    pattern: str
+    member: str
+    """what one mark is: the transaction (a retry marks once), or the day for a QR tier"""
+    cap: int
+
 
 DAY_GRACE = timedelta(days=1)
 """Daily counters outlive their day by this much, so late reversals still give back."""
@@ -122,6 +149,26 @@ class RuleSet:
         # Per-rule decisions read on every request, resolved once per configuration.
         self._decline = {rule: self.action(rule) == "decline" for rule in RULE_RC}
         self._rule_hit_base = {rule: (self.action(rule), RULE_RC[rule]) for rule in RULE_RC}
+        contactless = config.contactless
+        # (currency or None, MCC or None) -> (cap, cap is in that currency): taps without CVM
+        self._no_cvm: dict[tuple[str | None, str | None], tuple[int, bool]] = {
+            (c.currency, c.mcc): (c.max_amount, c.currency is not None)
+            for c in contactless.no_cvm_limits
+        }
+        if contactless.no_cvm_max_amount is not None:
+            self._no_cvm[None, None] = (contactless.no_cvm_max_amount, False)
+        tiers = config.qr_tiers
+        self.qr_caps: dict[QrTier, int | None] = {
+            QrTier.STATIC: tiers.static,
+            QrTier.ONE_FACTOR: tiers.one_factor,
+            QrTier.TWO_FACTOR: tiers.two_factor,
+            QrTier.CERTIFIED: tiers.certified,
+        }
+        structuring = config.structuring
+        self.structuring = structuring if structuring.enabled else None
+        """None: the anti-structuring alert is off"""
+        self.structuring_window_ms = structuring.window_seconds * 1000
+        self._floor_percent = 100 - structuring.margin_percent
         # (currency, merchant, prefix) override keys that applied -> limits and reserve plan;
         # bounded by the combinations the configuration can produce.
         self._resolved: dict[
@@ -252,7 +299,77 @@ class RuleSet:
                 hits.append(
                     self._hit("single_amount", single, limits.max_single_amount, limits.layers)
                 )
+        if inp.cvm is Cvm.NONE and limits is not None and self._no_cvm:
+            hit = self.no_cvm_hit(inp, inp.amount if amount is None else amount)
+            if hit is not None:
+                hits.append(hit)
         return hits
+
+    def near(self, value: int, cap: int) -> bool:
+        """``value`` is within the structuring margin under ``cap`` (the cap included)."""
+        return value <= cap and value * 100 >= cap * self._floor_percent
+
+    def near_caps(self, inp: RiskInput, limits: EffectiveLimits, amount: int) -> list[Near]:
+        """The single-amount limit and no-CVM cap this request lands just below (``amount``:
+        in the limit currency). The QR tier's is the engine's: it needs the day's total."""
+        found: list[Near] = []
+        cap = limits.max_single_amount
+        if cap is not None:
+            single = inp.amount if limits.single_in_currency else amount
+            if self.near(single, cap):
+                found.append(Near(BELOW_SINGLE_AMOUNT, inp.txn_id, cap))
+        if inp.cvm is Cvm.NONE:
+            no_cvm = self.no_cvm_cap(inp.currency, inp.mcc)
+            if no_cvm is not None:
+                cap, in_currency = no_cvm
+                if self.near(inp.amount if in_currency else amount, cap):
+                    found.append(Near(BELOW_NO_CVM_CAP, inp.txn_id, cap))
+        return found
+
+    def structuring_hits(self, marks: list[Near], counts: list[int]) -> list[RuleHit]:
+        """Patterns marked ``count`` times or more within the window: alerts, never codes."""
+        cfg = self.config.structuring
+        return [
+            RuleHit(
+                STRUCTURING,
+                "rule",
+                "alert",
+                n,
+                cfg.count,
+                None,
+                0,
+                f"{near.pattern}: {n} within {cfg.margin_percent}% under {near.cap} "
+                f"in {cfg.window_seconds}s",
+            )
+            for near, n in zip(marks, counts, strict=True)
+            if n >= cfg.count
+        ]
+
+    def qr_tier_hit(self, tier: QrTier, total: int, cap: int) -> RuleHit:
+        """The QR payer's day total (this payment included) over its tier's cap."""
+        return self._hit("qr_tier", total, cap, f"tier {tier.value}; {self.limit_currency}")
+
+    def no_cvm_cap(self, currency: str, mcc: str) -> tuple[int, bool] | None:
+        """The cap of a tap without CVM and whether it is in ``currency`` (else in the limit
+        currency): currency and MCC, then the MCC, then the currency, then the base."""
+        caps = self._no_cvm
+        return (
+            caps.get((currency, mcc))
+            or caps.get((None, mcc))
+            or caps.get((currency, None))
+            or caps.get((None, None))
+        )
+
+    def no_cvm_hit(self, inp: RiskInput, amount: int) -> RuleHit | None:
+        """A tap without CVM above its cap (``amount``: in the limit currency)."""
+        found = self.no_cvm_cap(inp.currency, inp.mcc)
+        if found is None:
+            return None
+        cap, in_currency = found
+        value = inp.amount if in_currency else amount
+        if value <= cap:
+            return None
+        return self._hit("no_cvm_cap", value, cap, PIN_REQUIRED)
 
     def counter_hits(
         self, inp: RiskInput, limits: EffectiveLimits, outcome: ReserveOutcome, amount: int

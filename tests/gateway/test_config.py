@@ -27,6 +27,17 @@ def test_demo_data_is_the_shared_contract() -> None:
     assert load_dataset(shared) == load_dataset(DEMO_CONF / "data.toml")
 
 
+def test_demo_otp_enrolment_is_the_shared_one() -> None:
+    import tomllib
+
+    shared = ROOT.parent / "shared" / "demo" / "otp.toml"
+    if not shared.exists():
+        pytest.skip("shared/demo/otp.toml is not beside this checkout")
+    ours = tomllib.loads((DEMO_CONF / "otp.toml").read_text())
+    assert tomllib.loads(shared.read_text()) == ours
+    assert ours["payers"]  # the step-up demo needs enrolled payers
+
+
 def test_unknown_key_is_rejected_with_its_path(tmp_path: Path) -> None:
     conf = tmp_path / "gateway.toml"
     conf.write_text(

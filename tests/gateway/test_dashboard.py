@@ -11,13 +11,16 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import Counter
 from starlette.applications import Starlette
 
 from gateway.metrics import Metrics
 from gateway.ops.dashboard import dashboard_routes, quantile_ms
 from gateway.upstream.saf import SafMetrics
-from tests.helpers import purchase, running_stack, terminal
+from loadtest.pos_sim import card_for
+from tests.helpers import demo_dataset, purchase, running_stack, terminal
 from tests.integration.journal_support import write_conf
+from tests.integration.test_contactless import BETA_CARDS, contactless
 
 CLEAR_PAN = "4761730000000011"
 MASKED_PAN = "476173******0011"
@@ -35,6 +38,7 @@ TOP_KEYS = {
     "journal",
     "hsm",
     "alerts",
+    "verification",
 }
 WINDOW_KEYS = {"seconds", "answers", "approved", "approval_rate", "by_rc", "p50_ms", "p99_ms"}
 ISSUER_KEYS = {
@@ -261,6 +265,37 @@ async def test_data_keys_and_numbers_move_with_transactions() -> None:
 
 
 @pytest.mark.anyio
+async def test_declines_and_step_ups_by_tier_and_challenge_success() -> None:
+    metrics, clock = Metrics(), Clock()
+    r = metrics.registry
+    # the families the risk engine and the QR API register on the gateway's registry
+    declines = Counter("payswitch_risk_tier_declines", "", ["tier"], registry=r)
+    step_ups = Counter("switch_qr_step_ups", "", ["tier"], registry=r)
+    outcomes = Counter("switch_qr_challenges", "", ["outcome"], registry=r)
+    async with make_client(metrics, clock) as client:
+        empty = (await client.get("/dashboard/data")).json()["verification"]
+        assert empty == {"tiers": [], "challenges": {}, "challenge_success_rate": None}
+        declines.labels("one_factor").inc(4)
+        declines.labels("no_cvm").inc(2)
+        declines.labels("static").inc()
+        step_ups.labels("one_factor").inc(4)
+        outcomes.labels("completed").inc(3)
+        outcomes.labels("wrong_code").inc(5)
+        outcomes.labels("locked").inc()
+        clock.now += 1.0
+        seen = (await client.get("/dashboard/data")).json()["verification"]
+    assert seen == {
+        "tiers": [  # weakest first
+            {"tier": "no_cvm", "declines": 2, "step_ups": 0},
+            {"tier": "static", "declines": 1, "step_ups": 0},
+            {"tier": "one_factor", "declines": 4, "step_ups": 4},
+        ],
+        "challenges": {"completed": 3, "locked": 1, "wrong_code": 5},
+        "challenge_success_rate": 0.75,  # completed per challenge issued
+    }
+
+
+@pytest.mark.anyio
 async def test_no_clear_pan_in_data_when_an_alert_carries_one() -> None:
     alert: dict[str, object] = {
         "event": "risk.decline",
@@ -362,9 +397,12 @@ async def test_with_the_real_gateway(pki_dir: Path, tmp_path: Path) -> None:
         transport = httpx.ASGITransport(app=Starlette(routes=routes))
         async with httpx.AsyncClient(transport=transport, base_url="http://admin") as client:
             before = (await client.get("/dashboard/data")).json()
+            card = card_for(demo_dataset(), BETA_CARDS[0], atc=300)
             async with terminal(stack.port) as term:
                 assert (await term.exchange(purchase(CLEAR_PAN, 1250)))["39"] == "00"
                 assert (await term.exchange(purchase(CLEAR_PAN, 6_000_000)))["39"] == "61"
+                tap, _ = contactless(card, 100_001)  # no CVM over the demo's CNY 1,000
+                assert (await term.exchange(tap))["39"] == "65"
             clock.now += 1.0
             resp = await client.get("/dashboard/data")
     after = resp.json()
@@ -376,9 +414,10 @@ async def test_with_the_real_gateway(pki_dir: Path, tmp_path: Path) -> None:
     assert before["hsm"]["healthy"] is True
     assert CLEAR_PAN not in resp.text
     assert after["totals"]["by_rc"]["00"] >= 1
-    assert after["window"]["by_rc"] == {"00": 1, "61": 1}
-    assert after["window"]["approval_rate"] == 0.5
-    assert after["tps"] == 2.0
+    assert after["window"]["by_rc"] == {"00": 1, "61": 1, "65": 1}
+    assert after["window"]["approval_rate"] == 0.3333
+    assert after["tps"] == 3.0
+    assert after["verification"]["tiers"] == [{"tier": "no_cvm", "declines": 1, "step_ups": 0}]
     alpha = next(i for i in after["issuers"] if i["issuer"] == "alpha")
     assert alpha["breaker"] == "closed"  # a breaker exists once the issuer was asked
     assert alpha["p99_ms"] is not None

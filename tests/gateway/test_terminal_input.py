@@ -15,6 +15,7 @@ from gateway.flow import switch as switch_module
 from gateway.flow.participants import CheckFields
 from gateway.flow.switch import Switch
 from gateway.metrics import Metrics
+from gateway.risk.verification import QrVerification
 from kit.fastio import FrameChannel
 from protocols.codec import MessageFormatError, UndecodableError
 from protocols.dialects import get_dialect
@@ -69,7 +70,9 @@ class Answers(Switch):
         super().__init__([], Metrics(), log_transactions=False)
         self.resp = resp
 
-    async def handle(self, req: Message, raw: bytes = b"") -> Message | None:
+    async def handle(
+        self, req: Message, raw: bytes = b"", *, qr: QrVerification | None = None
+    ) -> Message | None:
         return Message(self.resp.mti, dict(self.resp.fields))
 
 

@@ -260,8 +260,10 @@ async def test_declined_with_valid_arqc_carries_arc_3035(stack: Stack) -> None:
     pan = BETA_CARDS[1]
     card = card_for(demo_dataset(), pan, atc=1)
     balance = stack.account_balance("beta", pan)
+    # above the no-CVM cap: a wallet with its consumer-device CVM (9F6C), so the issuer answers
+    icc = card.icc_data(balance + 1).extended([("9F6C", bytes.fromhex("0080"))])
     async with terminal(stack.port) as term:
-        req, icc = contactless(card, balance + 1)
+        req, _ = contactless(card, balance + 1, icc=icc)
         resp = await term.exchange(req)
     assert resp["39"] == "51"
     ok, note = card.check_issuer_auth(icc, resp.get("55"))

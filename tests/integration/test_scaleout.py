@@ -1,5 +1,6 @@
 """Two gateway processes sharing one Redis and one PostgreSQL: limits and books stay exact
-across them (issues 5 and 7)."""
+across them (issues 5 and 7), and so do the limits that know how the payer was verified
+(issue 18): a QR tier's day, the no-CVM cap and the anti-structuring window."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import anyio
 import asyncpg
 import httpx
 import pytest
+import redis
 from anyio.abc import Process
 
 from gateway.journal import SettlementTotal, open_journal
@@ -24,8 +26,11 @@ from gateway.journal import load_config as load_journal_config
 from hsm_sim.config import load_config as load_hsm_config
 from hsm_sim.server import HsmServer
 from issuer_sim.server import IssuerServer
+from loadtest.pos_sim import card_for
 from loadtest.procstat import free_port
 from tests.helpers import DEMO_CONF, ISSUERS, demo_dataset, issuer_server, purchase, terminal
+from tests.integration.test_contactless import BETA_CARDS, contactless
+from tests.qr.test_api import GROCERY, KEY, WALLET, payment
 
 BIN = Path(sys.executable).parent
 RICH = "4761730000000060"  # balance 99,999,999: only the switch's limits stop it
@@ -45,16 +50,18 @@ def write_gateway_conf(
     pki_dir: Path,
     risk: Path,
     hsm: int,
-    journal: Path,
+    journal: Path | None,
+    *,
+    qr_port: int = -1,
 ) -> tuple[Path, int, int]:
     port, admin = free_port(), free_port()
     conf = tmp / f"{name}.toml"
     conf.write_text(
         f'data = "{DEMO_CONF / "data.toml"}"\npki_dir = "{pki_dir}"\nrisk = "{risk}"\n'
-        f'journal = "{journal}"\n'
-        f"node = {1 if name == 'gw1' else 2}\n"
+        + (f'journal = "{journal}"\n' if journal is not None else "")
+        + f"node = {1 if name == 'gw1' else 2}\n"
         f"[terminal]\nport = {port}\ntls_port = -1\n[admin]\nport = {admin}\n"
-        f'[qr_api]\nport = -1\n[hsm]\nendpoints = ["127.0.0.1:{hsm}"]\n'
+        f'[qr_api]\nport = {qr_port}\n[hsm]\nendpoints = ["127.0.0.1:{hsm}"]\n'
         '[log]\nlevel = "warning"\ntransactions = false\n'
         + "".join(
             f'[[links]]\nissuer = "{i}"\nendpoints = ["127.0.0.1:{p}"]\nconnections = 1\n'
@@ -78,9 +85,11 @@ async def wait_ready(admin: int, proc: Process) -> None:
 
 
 @asynccontextmanager
-async def gateway_process(conf: Path, admin: int) -> AsyncIterator[Process]:
+async def gateway_process(
+    conf: Path, admin: int, backend: str = "uvloop"
+) -> AsyncIterator[Process]:
     proc = await anyio.open_process(
-        [str(BIN / "gateway"), "run", "--conf", str(conf), "--backend", "uvloop"],
+        [str(BIN / "gateway"), "run", "--conf", str(conf), "--backend", backend],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -124,33 +133,48 @@ async def drop_schema(dsn: str, schema: str) -> None:
 
 @pytest.mark.postgres
 async def test_two_gateway_processes_share_limits_and_books_exactly(
-    redis_url: str, postgres_dsn: str, pki_dir: Path, tmp_path: Path
+    redis_risk: Path, postgres_dsn: str, pki_dir: Path, tmp_path: Path
 ) -> None:
     schema = f"scaleout_{uuid.uuid4().hex[:12]}"
     journal = write_journal_conf(tmp_path, postgres_dsn, schema)
     try:
-        await _run_two_gateways(redis_url, pki_dir, tmp_path, journal)
+        await _run_two_gateways(redis_risk, pki_dir, tmp_path, journal)
     finally:
         await drop_schema(postgres_dsn, schema)
 
 
-async def _run_two_gateways(redis_url: str, pki_dir: Path, tmp_path: Path, journal: Path) -> None:
+@pytest.fixture
+def redis_risk(redis_url: str, tmp_path: Path) -> Iterator[Path]:
+    """The demo's risk.toml on Redis under a prefix of the test's own (deleted after); only
+    the amount limits and caps bind: velocity, count and score are opened up."""
     prefix = f"payswitch:test:{uuid.uuid4().hex}:"
     text = (DEMO_CONF / "risk.toml").read_text()
     text = text.replace('backend = "memory"', 'backend = "redis"')
     text = text.replace('url = "redis://127.0.0.1:6379/0"', f'url = "{redis_url}"')
     text = text.replace('prefix = "payswitch:risk:"', f'prefix = "{prefix}"')
-    # Only the daily amount binds: velocity, count and score are opened up.
     text = text.replace(
         "velocity = { count = 5, seconds = 60 }", "velocity = { count = 1000, seconds = 60 }"
     )
     text = text.replace("daily_count_per_card = 20 ", "daily_count_per_card = 1000 ")
-    text = text.replace("enabled = true", "enabled = false")
+    text = text.replace("[score]\nenabled = true", "[score]\nenabled = false")
     risk = tmp_path / "risk.toml"
     risk.write_text(text)
     assert 'backend = "redis"' in text
     assert "count = 1000" in text
+    assert "[score]\nenabled = false" in text
+    yield risk
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
 
+
+@asynccontextmanager
+async def simulators(pki_dir: Path) -> AsyncIterator[tuple[dict[str, IssuerServer], int]]:
+    """The three issuer simulators and the HSM simulator, in this process."""
     dataset = demo_dataset()
     async with anyio.create_task_group() as tg:
         servers: dict[str, IssuerServer] = {}
@@ -159,8 +183,14 @@ async def _run_two_gateways(redis_url: str, pki_dir: Path, tmp_path: Path, journ
             await tg.start(servers[issuer].run)
         hsm_cfg = dataclasses.replace(load_hsm_config(DEMO_CONF / "hsm.toml"), port=0)
         hsm_port = await tg.start(HsmServer(hsm_cfg).serve)
+        yield servers, hsm_port
+        tg.cancel_scope.cancel()
+
+
+async def _run_two_gateways(redis_risk: Path, pki_dir: Path, tmp_path: Path, journal: Path) -> None:
+    async with simulators(pki_dir) as (servers, hsm_port):
         ports = {i: s.port for i, s in servers.items()}
-        common = (ports, pki_dir, risk, hsm_port, journal)
+        common = (ports, pki_dir, redis_risk, hsm_port, journal)
         conf1, port1, admin1 = write_gateway_conf(tmp_path, "gw1", *common)
         conf2, port2, admin2 = write_gateway_conf(tmp_path, "gw2", *common)
         before = servers["alpha"].host.book.find(RICH)
@@ -179,7 +209,6 @@ async def _run_two_gateways(redis_url: str, pki_dir: Path, tmp_path: Path, journ
         ):
             for i in range(200):
                 load.start_soon(one, port1 if i % 2 else port2)
-        tg.cancel_scope.cancel()
 
     # 10,000,000 daily limit / 100,000 per purchase: exactly 100 fit, whichever process.
     assert codes.count("00") == 100, sorted(set(codes))
@@ -190,3 +219,66 @@ async def _run_two_gateways(redis_url: str, pki_dir: Path, tmp_path: Path, journ
     # The shared journal's books agree with the issuer's, whichever process answered.
     books = [t for t in await journal_books(journal) if t.issuer_id == "alpha"]
     assert [(t.debit_count, t.debit_amount) for t in books] == [(100, 100 * 100_000)]
+
+
+async def test_verification_tiers_hold_across_two_gateway_processes(
+    redis_risk: Path, pki_dir: Path, tmp_path: Path
+) -> None:
+    """A static-code QR payer's CNY 500 day is one total for both processes (20 concurrent
+    CNY 50 payments, half to each: exactly 10 paid), the no-CVM cap holds on both, and taps
+    just below it count in one structuring window. One process on uvloop, one on trio."""
+    auth = {"Authorization": f"Bearer {KEY}"}
+    cap = 100_000  # conf/demo/risk.toml: [contactless] no_cvm_max_amount
+    async with simulators(pki_dir) as (servers, hsm_port):
+        common = ({i: s.port for i, s in servers.items()}, pki_dir, redis_risk, hsm_port, None)
+        qr1, qr2 = free_port(), free_port()
+        conf1, port1, admin1 = write_gateway_conf(tmp_path, "gw1", *common, qr_port=qr1)
+        conf2, port2, admin2 = write_gateway_conf(tmp_path, "gw2", *common, qr_port=qr2)
+        book = servers["gamma"].host.book
+        opening = book.find(WALLET)
+        assert opening is not None
+        opening_balance = opening.balance
+        codes: list[str] = []
+        async with (
+            gateway_process(conf1, admin1),
+            gateway_process(conf2, admin2, backend="trio"),
+            httpx.AsyncClient(headers=auth, timeout=60) as http,
+        ):
+            mpm = await http.post(
+                f"http://127.0.0.1:{qr1}/v1/qr/mpm", json={"merchant_id": GROCERY}
+            )
+            static = mpm.json()["qr"]
+            assert mpm.json()["dynamic"] is False
+
+            async def pay(i: int) -> None:
+                url = f"http://127.0.0.1:{qr1 if i % 2 else qr2}/v1/qr/payments"
+                body = payment(static, 5_000, f"tier-{i}", payer_pan=WALLET)
+                resp = await http.post(url, json=body)
+                assert resp.status_code == 201, resp.text
+                codes.append(resp.json()["response_code"])
+
+            async with anyio.create_task_group() as load:
+                for i in range(20):
+                    load.start_soon(pay, i)
+
+            card = card_for(demo_dataset(), BETA_CARDS[0], atc=500)
+            taps: list[str] = []
+            for port in (port1, port2, port1):
+                async with terminal(port) as term:
+                    over, _ = contactless(card, cap + 1)
+                    taps.append((await term.exchange(over, timeout=30))["39"])
+                    at_cap, _ = contactless(card, cap)  # just below it (the cap included)
+                    taps.append((await term.exchange(at_cap, timeout=30))["39"])
+            alerts = (await http.get(f"http://127.0.0.1:{admin1}/alerts")).json()
+
+    assert sorted(codes) == ["00"] * 10 + ["61"] * 10
+    paid = book.find(WALLET)
+    assert paid is not None
+    assert opening_balance - paid.balance == 50_000
+    # over the cap: 65 on either process; at it: sent on (the card's CNY 2,000 is spent by
+    # the third, which its issuer declines 51: the risk stage had marked it already)
+    assert taps == ["65", "00", "65", "00", "65", "51"]
+    # the third tap at the cap, the second on gw1: counted with gw2's in the shared window
+    [hit] = [h for a in alerts for h in a["hits"] if h["name"] == "structuring"]
+    assert (hit["action"], hit["value"]) == ("alert", 3)
+    assert hit["detail"].startswith("below_no_cvm_cap:")

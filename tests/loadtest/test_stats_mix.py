@@ -156,3 +156,39 @@ def test_qr_body(factory: TxnFactory) -> None:
     assert body["merchant_id"] == "M00000000000001"
     assert body["currency"] == "156"
     assert len(body["idempotency_key"]) == 32
+
+
+def test_contactless_over_the_no_cvm_cap_carries_a_device_cvm() -> None:
+    """Load taps must not turn into 65 "PIN required": over the cap a tap is a phone wallet's
+    (9F6C consumer-device CVM), as the switch reads it; its ARQC stays valid."""
+    from gateway.risk.verification import Cvm, card_cvm
+
+    def tap(amount: int) -> dict[str, str]:
+        factory = TxnFactory(load_data(), amount=(amount, amount), rnd=random.Random(3))
+        return CODEC.decode(factory.build("contactless").payload).fields
+
+    assert card_cvm(tap(100_000)) is Cvm.NONE  # at the demo cap: no CVM needed
+    over = tap(100_001)
+    assert card_cvm(over) is Cvm.DEVICE
+    icc = tlv.decode(bytes.fromhex(over["55"]))
+    imk = load_data().issuer("alpha" if over["2"].startswith("476173") else "beta").imk_ac
+    assert imk is not None
+    atc, arqc = icc.get("9F36"), icc.get("9F26")
+    assert atc is not None
+    assert arqc is not None
+    key = bytes.fromhex(imk.key)
+    assert emv.verify_arqc(key, over["2"], over["23"], atc, tlv.arqc_input(icc), arqc)
+    from gateway.risk import load_config
+    from loadtest.mix import DEMO_NO_CVM_MAX, ROOT
+
+    demo = load_config(ROOT / "conf" / "demo" / "risk.toml", env={})
+    assert demo.contactless.no_cvm_max_amount == DEMO_NO_CVM_MAX
+    never = TxnFactory(load_data(), amount=(100_001, 100_001), no_cvm_max=None)
+    assert card_cvm(CODEC.decode(never.build("contactless").payload).fields) is Cvm.NONE
+
+
+def test_qr_body_states_the_payer_verification() -> None:
+    factors = ("password", "biometric")
+    body = TxnFactory(load_data(), qr_verification=factors).qr_body()
+    assert body["payer_verification"] == ["password", "biometric"]
+    assert "payer_verification" not in TxnFactory(load_data()).qr_body()

@@ -18,6 +18,7 @@ import pytest
 import structlog
 
 from gateway.qr.problems import MEDIA_TYPE, PROBLEM_BASE
+from gateway.risk.verification import QrVerification
 from kit.dataset import QrAcquirer
 from loadtest import qr_sim
 from loadtest.pos_sim import card_for
@@ -592,7 +593,9 @@ async def test_internal_error_is_a_problem_without_traceback(
     service = stack.gateway.qr
     healthy = service.handler
 
-    async def broken(_: Message) -> Message | None:
+    async def broken(
+        _: Message, raw: bytes = b"", *, qr: QrVerification | None = None
+    ) -> Message | None:
         raise RuntimeError("boom at /secret/path")
 
     service.handler = broken
@@ -628,6 +631,12 @@ async def test_qr_sim_commands(stack: Stack, capsys: pytest.CaptureFixture[str])
     assert (rc, body["status"], body["kind"]) == (0, "approved", "mpm")
     rc, body = await run("mpm", "--payer-pan", WALLET_2, "--amount", "10", "--static")
     assert (rc, body["status"]) == (0, "approved")
+    # over the one-factor tier's CNY 1,000: two stated factors lift it; an unknown one is 422
+    two = "password,biometric"
+    rc, body = await run("cpm", "--pan", WALLET_2, "--amount", "150000", "--verification", two)
+    assert (rc, body["status"]) == (0, "approved")
+    rc, body = await run("cpm", "--pan", WALLET_2, "--amount", "100", "--verification", "retina")
+    assert (rc, body["status"], body["type"].rsplit("/", 1)[-1]) == (1, 422, "validation-error")
     rc, body = await run("cpm", "--pan", LOW, "--amount", "500", "--track2")
     assert (rc, body["response_code"]) == (1, "51")
     rc, body = await run("cpm", "--pan", "5413330000000027", "--amount", "75", "--cryptogram")

@@ -34,6 +34,7 @@ from gateway.qr.store import (
     StoreKeyError,
     store_from_config,
 )
+from gateway.risk.verification import QrVerification
 from kit.conf import ConfigError
 from protocols.message import Message
 from tests.helpers import DEMO_CONF, Stack, demo_dataset, running_stack
@@ -208,7 +209,9 @@ async def test_a_paid_dynamic_code_is_refused_after_a_restart(tmp_path: Path) ->
     path = tmp_path / "qr.sqlite3"
     sent: list[Message] = []
 
-    async def approve(msg: Message) -> Message:
+    async def approve(
+        msg: Message, raw: bytes = b"", *, qr: QrVerification | None = None
+    ) -> Message:
         sent.append(msg)
         return Message("0210", {"37": f"RRN{len(sent):09d}", "38": "A00001", "39": "00"})
 

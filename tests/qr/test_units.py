@@ -21,6 +21,7 @@ from gateway.qr.api import _SwallowErrors, qr_app
 from gateway.qr.models import MPM_PREFIX
 from gateway.qr.service import QrService
 from gateway.qr.terminals import virtual_terminals, with_virtual_terminals
+from gateway.risk.verification import QrVerification
 from kit.dataset import Terminal
 from protocols import qr_cpm, qr_mpm
 from protocols.message import Message
@@ -38,7 +39,9 @@ class FakeSwitch:
     def __init__(self) -> None:
         self.seen: list[Message] = []
 
-    async def handle(self, msg: Message) -> Message | None:
+    async def handle(
+        self, msg: Message, raw: bytes = b"", *, qr: QrVerification | None = None
+    ) -> Message | None:
         self.seen.append(msg)
         fields: dict[str, str] = {
             k: msg.fields[k] for k in ("2", "3", "4", "11", "41") if k in msg.fields

@@ -34,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, hsm_healthy
 from kit.logs import get_logger
 from protocols.redact import mask_pan
 
@@ -303,7 +303,7 @@ def _hsm(value: object) -> dict[str, Any] | None:
     errors = _dict(value.get("errors"))
     endpoint = value.get("endpoint")
     return {
-        "healthy": endpoint is not None and _number(value.get("connections")) > 0,
+        "healthy": hsm_healthy(value),
         "endpoint": None if endpoint is None else str(endpoint),
         "connections": int(_number(value.get("connections"))),
         "requests": int(_number(value.get("requests"))),

@@ -380,7 +380,11 @@ class Gateway:
             if journal is not None:
                 # Before any traffic: what a crash left with the issuer is reversed.
                 self.recovered = await recover_in_flight(
-                    journal, self.pools, acquirer_id=self.cfg.acquirer_id, now=utcnow()
+                    journal,
+                    self.pools,
+                    acquirer_id=self.cfg.acquirer_id,
+                    now=utcnow(),
+                    node=self.cfg.node,
                 )
                 await self.journal_runtime.load_known(utcnow(), self.recent.max_entries)
                 self.saf = SafService(

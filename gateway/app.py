@@ -71,6 +71,9 @@ class Gateway:
         self.metrics = Metrics()
         self.codec = best_codec(get_dialect("terminal"))
         pki.ensure_pki(self.pki_dir, self.certificate_names(cfg))
+        for name in (pki.CA_NAME, *self.certificate_names(cfg)):
+            expiry = pki.not_after(self.pki_dir, name).timestamp()
+            self.metrics.certificate_expiry.labels(name).set(expiry)
         self.pools: dict[str, IssuerPool] = {}
         client_ctx: dict[str, Any] = {}
         for link in cfg.links:
@@ -86,6 +89,7 @@ class Gateway:
                 on_state=self._on_link_state,
             )
         self.metrics.watch_links(lambda: [p.status() for p in self.pools.values()])
+        self.metrics.watch_status(self.status)
         self.bins = BinTable((b, i.id) for i in self.dataset.issuers for b in i.bins)
         self.recent = RecentTransactions(window=cfg.duplicate_window)
         self.risk_path = (base_dir / cfg.risk) if cfg.risk else None
@@ -385,7 +389,11 @@ class Gateway:
             if journal is not None:
                 # Before any traffic: what a crash left with the issuer is reversed.
                 self.recovered = await recover_in_flight(
-                    journal, self.pools, acquirer_id=self.cfg.acquirer_id, now=utcnow()
+                    journal,
+                    self.pools,
+                    acquirer_id=self.cfg.acquirer_id,
+                    now=utcnow(),
+                    node=self.cfg.node,
                 )
                 await self.journal_runtime.load_known(utcnow(), self.recent.max_entries)
                 self.saf = SafService(

@@ -1,8 +1,9 @@
-"""``gateway`` command: run, check-config, certs, demo, journal, audit."""
+"""``gateway`` command: run, check-config, certs, init-conf, demo, journal, audit."""
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -120,6 +121,28 @@ def _cmd_certs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_init_conf(args: argparse.Namespace) -> int:
+    """Copy the packaged conf templates (demo and scale-out profiles) into ``DIR/conf``: the
+    layout of a checkout, so their relative paths (``../../var/certs``) land in ``DIR/var``."""
+    from importlib.resources import as_file, files
+
+    target: Path = args.dir / "conf"
+    with as_file(files("gateway") / "conf_templates") as templates:
+        copies = [
+            (source, target / source.relative_to(templates))
+            for source in sorted(templates.glob("*/*"))
+            if source.is_file()
+        ]
+        existing = [str(dest) for _, dest in copies if dest.exists()]
+        if existing:
+            raise ConfigError(f"not overwriting {', '.join(existing)}")
+        for source, dest in copies:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, dest)
+    print(f"{len(copies)} files in {target}: edit them, then gateway check-config --conf ...")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
@@ -154,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("certs", help="generate the demo CA and certificates")
     p.add_argument("--conf", type=Path, default=conf)
     p.set_defaults(func=_cmd_certs)
+    p = sub.add_parser("init-conf", help="write the conf templates into DIR/conf")
+    p.add_argument("dir", type=Path, metavar="DIR")
+    p.set_defaults(func=_cmd_init_conf)
     p = sub.add_parser("demo", help="run the whole demo stack in the foreground")
     p.add_argument("--conf", type=Path, default=Path("conf/demo"))
     p.set_defaults(func=_cmd_demo)

@@ -123,6 +123,12 @@ def ensure_pki(directory: Path, names: Iterable[str]) -> Path:
     return directory
 
 
+def not_after(directory: Path, name: str) -> dt.datetime:
+    """When ``name``'s certificate expires (UTC): exported so operators see it coming."""
+    cert = x509.load_pem_x509_certificate((directory / f"{name}.pem").read_bytes())
+    return cert.not_valid_after_utc
+
+
 def server_context(directory: Path, name: str, *, require_client_cert: bool) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from tests.tools import in_ci
+
 BACKENDS = [
     pytest.param(("asyncio", {}), id="asyncio"),
     pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
@@ -34,7 +36,7 @@ def _require_server(name: str, port: int) -> None:
     if _port_open(port):
         return
     message = f"{name} is not reachable on 127.0.0.1:{port}"
-    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+    if in_ci():
         pytest.fail(f"{message} and CI=true: the scale-out backend must be tested in CI")
     pytest.skip(f"{message}: start it to run the scale-out backend tests")
 

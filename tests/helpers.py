@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -184,9 +185,11 @@ class Stack:
             with anyio.fail_after(10):
                 await stopped.wait()
 
-    async def start_gateway(self, *, wait_ready: bool = True) -> Gateway:
-        """A new gateway instance with the same config (same journal file): a restart."""
-        self.gateway = Gateway(self.gateway.cfg, DEMO_CONF, self.gateway.dataset)
+    async def start_gateway(self, *, wait_ready: bool = True, node: int | None = None) -> Gateway:
+        """A new gateway instance with the same config (same journal file): a restart, or
+        with ``node`` another node on the same journal."""
+        cfg = self.gateway.cfg if node is None else dataclasses.replace(self.gateway.cfg, node=node)
+        self.gateway = Gateway(cfg, DEMO_CONF, self.gateway.dataset)
         self.gateway_scope = await self.task_group.start(_run_gateway, self.gateway)
         if wait_ready:
             with anyio.fail_after(10):

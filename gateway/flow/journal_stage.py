@@ -39,6 +39,7 @@ import anyio
 from gateway.flow.participants import REVERSALS, CheckDuplicate, FindOriginal, IssuerMessageHook
 from gateway.flow.pipeline import BaseParticipant, Context
 from gateway.flow.recent import RecentTransactions, TxnEntry
+from gateway.flow.rrn import rrn_node
 from gateway.flow.switch import ECHO, ECHO_REVERSAL
 from gateway.journal import (
     Journal,
@@ -606,11 +607,17 @@ async def recover_in_flight(
     *,
     acquirer_id: str,
     now: dt.datetime,
+    node: int,
 ) -> int:
-    """At start, before any traffic: every transaction a crash left ``sent_to_issuer`` is
-    marked ``timed_out`` and gets its 0420 queued (in one commit each)."""
+    """At start, before any traffic: every transaction a crash of this node left
+    ``sent_to_issuer`` is marked ``timed_out`` and gets its 0420 queued (in one commit each).
+    Another node's (its number in the RRN) is its own, live on a shared PostgreSQL journal:
+    reversing it would reverse an approval that node is answering, so that node recovers it
+    when it starts again."""
     count = 0
     for stored in await journal.in_flight():
+        if rrn_node(stored.txn_id) != node:
+            continue
         sent = message_of(stored.request)
         pool = pools.get(stored.issuer_id or "")
         if sent is None or pool is None or issuer_keys(stored) is None:

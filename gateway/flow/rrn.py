@@ -21,6 +21,12 @@ def _base36(value: int, width: int) -> str:
     return "".join(reversed(out))
 
 
+def rrn_node(rrn: str) -> int | None:
+    """The node that issued ``rrn`` (its last base-36 digit); None for a malformed one."""
+    node = _DIGITS.find(rrn[-1:])
+    return node if node >= 0 and len(rrn) == 12 else None
+
+
 class RrnGenerator:
     __slots__ = ("_high", "_high_text", "_last", "_node")
 

@@ -76,11 +76,18 @@ class Role(enum.IntEnum):
         return self.name.lower()
 
 
+# /dashboard is the page alone (no data: it asks for a token, then reads /dashboard/data
+# with it), so a browser can open it without a bearer header; /favicon.ico, which every
+# browser asks for with it, is empty (a 401 there was a console error and an audit refusal
+# on every page load).
+_ALWAYS_PUBLIC = frozenset({"/healthz", "/readyz", "/dashboard", "/favicon.ico"})
+
+
 @dataclass(frozen=True, slots=True)
 class AccessPolicy:
     """The role a request needs, by path prefix and method; None for a public path."""
 
-    public: frozenset[str] = frozenset({"/healthz", "/readyz", "/metrics", "/dashboard"})
+    public: frozenset[str] = frozenset({*_ALWAYS_PUBLIC, "/metrics"})
     """Exact paths anyone may read (GET/HEAD)."""
     prefixes: tuple[tuple[str, Role], ...] = (("/admin/", Role.OPERATOR),)
     """Path prefixes needing more than the default, longest match first."""
@@ -93,9 +100,7 @@ class AccessPolicy:
 
     @classmethod
     def from_config(cls, cfg: AdminConfig) -> AccessPolicy:
-        # /dashboard is the page alone (no data: it asks for a token, then reads
-        # /dashboard/data with it), so a browser can open it without a bearer header.
-        public = {"/healthz", "/readyz", "/dashboard"}
+        public = set(_ALWAYS_PUBLIC)
         if cfg.metrics_public:
             public.add("/metrics")
         return cls(public=frozenset(public))

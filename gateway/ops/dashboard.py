@@ -34,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, hsm_healthy
 from kit.logs import get_logger
 from protocols.redact import mask_pan
 
@@ -345,7 +345,7 @@ def _hsm(value: object) -> dict[str, Any] | None:
     errors = _dict(value.get("errors"))
     endpoint = value.get("endpoint")
     return {
-        "healthy": endpoint is not None and _number(value.get("connections")) > 0,
+        "healthy": hsm_healthy(value),
         "endpoint": None if endpoint is None else str(endpoint),
         "connections": int(_number(value.get("connections"))),
         "requests": int(_number(value.get("requests"))),
@@ -360,6 +360,7 @@ _STYLE = """
 body{font:14px system-ui,sans-serif;margin:0;background:#0f1419;color:#d8dee9}
 header{display:flex;gap:16px;align-items:center;padding:8px 16px;background:#1b2129}
 h1{font-size:16px;margin:0}h2{font-size:13px;margin:0 0 6px;color:#8fa1b3;text-transform:uppercase}
+h2:not(:first-child){margin-top:14px}
 main{display:grid;grid-template-columns:repeat(auto-fit,minmax(320px,1fr));gap:12px;padding:12px}
 section{background:#1b2129;border-radius:6px;padding:10px 12px}
 .big{font-size:28px;font-weight:600}.dim{color:#8fa1b3}
@@ -538,7 +539,8 @@ def dashboard_routes(
     *,
     clock: Callable[[], float] = time.monotonic,
 ) -> list[Route]:
-    """``/dashboard`` and ``/dashboard/data`` for the admin app's route list."""
+    """``/dashboard``, ``/dashboard/data`` and the page's empty ``/favicon.ico`` for the
+    admin app's route list."""
     board = Dashboard(status, metrics, alerts, clock=clock)
 
     async def page(_: Request) -> Response:
@@ -552,4 +554,11 @@ def dashboard_routes(
             body, code = {"error": "status unavailable"}, 503
         return JSONResponse(body, status_code=code, headers=_DATA_HEADERS)
 
-    return [Route("/dashboard", page), Route("/dashboard/data", data)]
+    async def no_icon(_: Request) -> Response:
+        return Response(status_code=204, headers={"Cache-Control": "max-age=86400"})
+
+    return [
+        Route("/dashboard", page),
+        Route("/dashboard/data", data),
+        Route("/favicon.ico", no_icon),
+    ]

@@ -184,6 +184,9 @@ async def test_dashboard_page_is_public_its_data_is_not_and_polls_are_audited_sp
         page = await http.get("/dashboard")
         assert page.status_code == 200
         assert "text/html" in page.headers["content-type"]
+        # The icon a browser asks for with the page: empty and open, so no 401 in its console.
+        icon = await http.get("/favicon.ico")
+        assert (icon.status_code, icon.content) == (204, b"")
         assert (await http.get("/dashboard/data")).status_code == 401
         for _ in range(5):
             assert (await http.get("/dashboard/data", headers=bearer(VIEWER))).status_code == 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -102,3 +103,39 @@ def test_observe_all_falls_back_to_observe() -> None:
     child = Plain()
     observe_all(child, [0.1, 0.2])
     assert child.seen == [0.1, 0.2]
+
+
+def _gauges(m: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in m.registry.collect()
+        for s in f.samples
+        if s.name in {"switch_hsm_up", "switch_breaker_open", "switch_standin_approvals_total"}
+    }
+
+
+def test_status_gauges_show_hsm_breakers_and_stand_in() -> None:
+    status: dict[str, Any] = {
+        "hsm": {"endpoint": "127.0.0.1:1500", "connections": 2},
+        "journal": {
+            "breakers": {"alpha": {"state": "open"}, "beta": {"state": "closed"}},
+            "stand_in_approved": 7,
+        },
+    }
+    m = Metrics()
+    m.watch_status(lambda: status)
+    assert _gauges(m) == {
+        ("switch_hsm_up", ()): 1.0,
+        ("switch_breaker_open", (("issuer", "alpha"),)): 1.0,
+        ("switch_breaker_open", (("issuer", "beta"),)): 0.0,
+        ("switch_standin_approvals_total", ()): 7.0,
+    }
+    # The HSM lost its connections (half-open breakers answer stand-in too); no journal, no
+    # HSM configured: no breakers, and no HSM sample at all rather than a false 0.
+    status["hsm"] = {"endpoint": None, "connections": 0}
+    status["journal"]["breakers"]["beta"]["state"] = "half_open"
+    assert _gauges(m)[("switch_hsm_up", ())] == 0.0
+    assert _gauges(m)[("switch_breaker_open", (("issuer", "beta"),))] == 1.0
+    status.clear()
+    status.update({"hsm": None, "journal": None})
+    assert _gauges(m) == {("switch_standin_approvals_total", ()): 0.0}

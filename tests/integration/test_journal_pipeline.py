@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from gateway.config import SafConfig
+from gateway.flow.rrn import rrn_node
 from gateway.journal import TxnState
 from protocols.message import Message
 from tests.helpers import Stack, eventually, purchase, reversal_of, running_stack, terminal
@@ -294,6 +295,29 @@ async def test_crash_in_flight_is_reversed_at_start(stack: Stack) -> None:
     assert stack.account_balance("beta", BETA_PAN) == before
     assert beta.host.reversals_applied == 1
     assert await journal_of(gateway).in_flight() == []
+
+
+async def test_a_node_recovers_only_its_own_crash(stack: Stack) -> None:
+    """On a shared journal another node's transaction in flight is live: a node starting
+    after a crash reverses only those whose RRN it issued (issue 19: found behind HAProxy)."""
+    beta = stack.issuers["beta"]
+    before = stack.account_balance("beta", BETA_PAN)
+    beta.faults.latency_ms = 5000
+    async with terminal(stack.port) as term:
+        await term.send(purchase(BETA_PAN, 999))
+        await eventually(lambda: beta.by_mti.get("0200", 0) > 0)
+        await stack.stop_gateway(graceful=False)
+    beta.faults.latency_ms = 0
+    other = await stack.start_gateway(node=stack.gateway.cfg.node + 1)
+    assert other.recovered == 0
+    (left,) = await journal_of(other).in_flight()
+    assert rrn_node(left.txn_id) == other.cfg.node - 1
+    await stack.stop_gateway(graceful=True)
+    gateway = await stack.start_gateway(node=other.cfg.node - 1)
+    assert gateway.recovered == 1
+    await until(lambda: _zero(stack, "beta"))
+    assert stack.account_balance("beta", BETA_PAN) == before
+    assert beta.host.reversals_applied == 1
 
 
 async def test_graceful_stop_signs_off_and_flushes(stack: Stack) -> None:

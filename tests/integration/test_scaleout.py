@@ -5,9 +5,6 @@ across them (issues 5 and 7), and so do the limits that know how the payer was v
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-import signal
-import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -15,20 +12,24 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
-import asyncpg
 import httpx
 import pytest
 import redis
-from anyio.abc import Process
 
-from gateway.journal import SettlementTotal, open_journal
-from gateway.journal import load_config as load_journal_config
 from hsm_sim.config import load_config as load_hsm_config
 from hsm_sim.server import HsmServer
 from issuer_sim.server import IssuerServer
 from loadtest.pos_sim import card_for
 from loadtest.procstat import free_port
 from tests.helpers import DEMO_CONF, ISSUERS, demo_dataset, issuer_server, purchase, terminal
+from tests.integration.scaleout_support import (
+    drop_schema,
+    gateway_process,
+    journal_books,
+    write_gateway_conf,
+    write_journal_conf,
+    write_risk_conf,
+)
 from tests.integration.test_contactless import BETA_CARDS, contactless
 from tests.qr.test_api import GROCERY, KEY, WALLET, payment
 
@@ -41,94 +42,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.redis]
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"  # the gateways are separate processes; the test side needs one backend
-
-
-def write_gateway_conf(
-    tmp: Path,
-    name: str,
-    issuers: dict[str, int],
-    pki_dir: Path,
-    risk: Path,
-    hsm: int,
-    journal: Path | None,
-    *,
-    qr_port: int = -1,
-) -> tuple[Path, int, int]:
-    port, admin = free_port(), free_port()
-    conf = tmp / f"{name}.toml"
-    conf.write_text(
-        f'data = "{DEMO_CONF / "data.toml"}"\npki_dir = "{pki_dir}"\nrisk = "{risk}"\n'
-        + (f'journal = "{journal}"\n' if journal is not None else "")
-        + f"node = {1 if name == 'gw1' else 2}\n"
-        f"[terminal]\nport = {port}\ntls_port = -1\n[admin]\nport = {admin}\n"
-        f'[qr_api]\nport = {qr_port}\n[hsm]\nendpoints = ["127.0.0.1:{hsm}"]\n'
-        '[log]\nlevel = "warning"\ntransactions = false\n'
-        + "".join(
-            f'[[links]]\nissuer = "{i}"\nendpoints = ["127.0.0.1:{p}"]\nconnections = 1\n'
-            for i, p in issuers.items()
-        )
-    )
-    return conf, port, admin
-
-
-async def wait_ready(admin: int, proc: Process) -> None:
-    async with httpx.AsyncClient() as http:
-        with anyio.fail_after(60):
-            while True:
-                assert proc.returncode is None, "gateway exited during start"
-                try:
-                    if (await http.get(f"http://127.0.0.1:{admin}/readyz")).status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-                await anyio.sleep(0.1)
-
-
-@asynccontextmanager
-async def gateway_process(
-    conf: Path, admin: int, backend: str = "uvloop"
-) -> AsyncIterator[Process]:
-    proc = await anyio.open_process(
-        [str(BIN / "gateway"), "run", "--conf", str(conf), "--backend", backend],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        await wait_ready(admin, proc)
-        yield proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        with anyio.move_on_after(15):
-            await proc.wait()
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        await proc.aclose()
-
-
-def write_journal_conf(tmp: Path, dsn: str, schema: str) -> Path:
-    text = (DEMO_CONF / "journal.toml").read_text()
-    text = text.replace('backend = "sqlite"', 'backend = "postgres"')
-    text = text.replace('path = "var/journal.sqlite3"', f'dsn = "{dsn}"\nschema = "{schema}"')
-    text = text.replace('writer = "process"', 'writer = "loop"')  # PostgreSQL writes itself
-    assert 'backend = "postgres"' in text
-    conf = tmp / "journal.toml"
-    conf.write_text(text)
-    return conf
-
-
-async def journal_books(conf: Path) -> list[SettlementTotal]:
-    async with open_journal(load_journal_config(conf)) as journal:
-        assert (await journal.verify()).ok
-        return await journal.settlement(dt.datetime.now(dt.UTC).date())
-
-
-async def drop_schema(dsn: str, schema: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
 
 
 @pytest.mark.postgres
@@ -148,21 +61,7 @@ def redis_risk(redis_url: str, tmp_path: Path) -> Iterator[Path]:
     """The demo's risk.toml on Redis under a prefix of the test's own (deleted after); only
     the amount limits and caps bind: velocity, count and score are opened up."""
     prefix = f"payswitch:test:{uuid.uuid4().hex}:"
-    text = (DEMO_CONF / "risk.toml").read_text()
-    text = text.replace('backend = "memory"', 'backend = "redis"')
-    text = text.replace('url = "redis://127.0.0.1:6379/0"', f'url = "{redis_url}"')
-    text = text.replace('prefix = "payswitch:risk:"', f'prefix = "{prefix}"')
-    text = text.replace(
-        "velocity = { count = 5, seconds = 60 }", "velocity = { count = 1000, seconds = 60 }"
-    )
-    text = text.replace("daily_count_per_card = 20 ", "daily_count_per_card = 1000 ")
-    text = text.replace("[score]\nenabled = true", "[score]\nenabled = false")
-    risk = tmp_path / "risk.toml"
-    risk.write_text(text)
-    assert 'backend = "redis"' in text
-    assert "count = 1000" in text
-    assert "[score]\nenabled = false" in text
-    yield risk
+    yield write_risk_conf(tmp_path, redis_url, prefix)
     client = redis.Redis.from_url(redis_url)
     try:
         keys = list(client.scan_iter(match=f"{prefix}*", count=1000))

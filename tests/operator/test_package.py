@@ -44,7 +44,14 @@ def test_wheel_from_the_sdist_installs_and_runs_in_a_clean_venv(tmp_path: Path) 
 
     site = tmp_path / "site"
     out = run(bin_dir / "gateway", "init-conf", site)
-    assert "11 files" in out
+    shipped = sorted(
+        p.relative_to(ROOT / "conf") for p in (ROOT / "conf").rglob("*") if p.is_file()
+    )
+    assert f"{len(shipped)} files" in out  # every template of conf/, nothing else
+    assert (
+        sorted(p.relative_to(site / "conf") for p in (site / "conf").rglob("*") if p.is_file())
+        == shipped
+    )
     out = run(bin_dir / "gateway", "check-config", cwd=site)
     assert "conf/demo/gateway.toml: ok (3 issuer links" in out
     out = run(bin_dir / "gateway", "check-config", "--conf", "conf/scaleout/node1.toml", cwd=site)

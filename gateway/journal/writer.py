@@ -49,7 +49,12 @@ class _Child:
         self.checkpointing: threading.Thread | None = None
 
     def open(self) -> None:
-        self.journal._open_sync()
+        journal = self.journal
+        journal._open_sync()
+        # This process is the only writer of its gateway: it may wait for the lock another
+        # process holds (the archive CLI) once per batch, set here once rather than per batch.
+        assert journal._writer is not None
+        journal._writer.execute(f"PRAGMA busy_timeout = {int(journal.config.busy_timeout_ms)}")
 
     def close(self) -> None:
         if self.checkpointing is not None:
@@ -63,7 +68,7 @@ class _Child:
             self.catch_up = False
             journal._checkpoint_sync()
         ops = [Op(OpKind(kind), args, durable=durable) for kind, args, durable in batch]
-        journal._commit_waiting(ops)
+        journal._commit_sync(ops, waiting=True)
         fd = journal._wal_fd
         if journal.config.synchronous == "FULL" and fd is not None and any(o.durable for o in ops):
             getattr(os, "fdatasync", os.fsync)(fd)

@@ -79,6 +79,8 @@ class JournalBase(abc.ABC):
         self._sql = self._make_sql()
         self._committer: GroupCommitter | None = None
         self._tg: Any = None
+        self._commit_depth = 1
+        """Batches committing at once (the backend sets more if it applies them in order)."""
 
     # -- backend hooks -----------------------------------------------------------------------
 
@@ -129,6 +131,7 @@ class JournalBase(abc.ABC):
             max_batch=self.config.group_commit_max_batch,
             max_delay=self.config.group_commit_max_delay_ms / 1000.0,
             queue_size=self.config.queue_size,
+            depth=self._commit_depth,
         )
         tg = anyio.create_task_group()
         await tg.__aenter__()

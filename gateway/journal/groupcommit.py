@@ -14,6 +14,12 @@ the cost of an fsync is shared by everyone who arrived during the previous one.
 
 If a batch fails, each op is retried alone, so one bad record fails only its own writer.
 Ops marked ``exclusive`` (archive, restore, rebuild) always run in a batch of their own.
+
+``depth`` > 1 lets that many batches be committing at once, for a backend that applies them
+in the order they were handed over (the writer process: one pipe, one writer): the next
+batch leaves while the one before is being written and synced, instead of waiting for its
+answer to travel back through a busy event loop first. Each batch keeps its own event; an
+exclusive batch waits until none is in flight.
 """
 
 from __future__ import annotations
@@ -61,9 +67,18 @@ CommitFn = Callable[[list[Op]], Awaitable[None]]
 
 class GroupCommitter:
     def __init__(
-        self, commit: CommitFn, *, max_batch: int, max_delay: float, queue_size: int
+        self,
+        commit: CommitFn,
+        *,
+        max_batch: int,
+        max_delay: float,
+        queue_size: int,
+        depth: int = 1,
     ) -> None:
         self._commit = commit
+        self._depth = depth
+        self._in_flight = 0
+        self._slot_free: anyio.Event | None = None  # set when a batch in flight is done
         self._max_batch = max_batch
         self._max_delay = max_delay
         self._queue_size = queue_size
@@ -72,7 +87,6 @@ class GroupCommitter:
         self._wake: anyio.Event | None = None  # set when the idle committer has work
         self._batch_done: anyio.Event | None = None  # set (and replaced) after each batch
         self._forming: anyio.Event | None = None  # the next batch's: what queued ops wait on
-        self._taken: anyio.Event | None = None  # the batch being committed
         self._ops = self._batches = self._largest = self._failed = 0
 
     def statistics(self) -> JournalStatistics:
@@ -118,7 +132,7 @@ class GroupCommitter:
         finally:
             self._wake = None
 
-    async def _next_batch(self) -> list[Op] | None:
+    async def _next_batch(self) -> tuple[list[Op], anyio.Event] | None:
         queue = self._queue
         while not queue:
             if self._closed:
@@ -138,13 +152,13 @@ class GroupCommitter:
                 batch.append(queue.popleft())
         # Ops queued from now on form the next batch; ops left over (past max_batch) wake at
         # this batch's end and wait again on the new event.
-        self._taken, self._forming = self._forming, anyio.Event()
-        return batch
+        taken, self._forming = self._forming, anyio.Event()
+        assert taken is not None  # set by run() before the first batch
+        return batch, taken
 
-    def _finish(self, batch: list[Op]) -> None:
+    def _finish(self, batch: list[Op], taken: anyio.Event | None) -> None:
         for op in batch:
             op.finished = True
-        taken, self._taken = self._taken, None
         if taken is not None:
             taken.set()
         done, self._batch_done = self._batch_done, anyio.Event()
@@ -157,8 +171,11 @@ class GroupCommitter:
         self._forming = anyio.Event()
         task_status.started()
         try:
-            while (batch := await self._next_batch()) is not None:
-                await self._run_batch(batch)
+            if self._depth <= 1:
+                while (formed := await self._next_batch()) is not None:
+                    await self._run_batch(*formed)
+            else:
+                await self._run_pipelined()
         finally:
             # Cancelled or done: nothing queued waits for a committer that is gone.
             self._closed = True
@@ -166,11 +183,40 @@ class GroupCommitter:
             self._queue.clear()
             for op in left:
                 op.error = JournalClosedError("the journal is closed")
-            self._finish(left)
+            self._finish(left, None)
             if self._forming is not None:
                 self._forming.set()  # wake whoever still waits on a batch that never forms
 
-    async def _run_batch(self, batch: list[Op]) -> None:
+    async def _run_pipelined(self) -> None:
+        async with anyio.create_task_group() as tg:
+            while True:
+                # A free slot first, then the batch: ops keep piling up while none is free.
+                while self._in_flight >= self._depth:
+                    await self._wait_slot()
+                formed = await self._next_batch()
+                if formed is None:
+                    return
+                if formed[0][0].exclusive:
+                    while self._in_flight:
+                        await self._wait_slot()
+                    await self._run_batch(*formed)
+                    continue
+                self._in_flight += 1
+                tg.start_soon(self._run_slot, *formed)
+
+    async def _wait_slot(self) -> None:
+        self._slot_free = event = anyio.Event()
+        await event.wait()
+
+    async def _run_slot(self, batch: list[Op], taken: anyio.Event) -> None:
+        try:
+            await self._run_batch(batch, taken)
+        finally:
+            self._in_flight -= 1
+            if self._slot_free is not None:
+                self._slot_free.set()
+
+    async def _run_batch(self, batch: list[Op], taken: anyio.Event | None = None) -> None:
         self._batches += 1
         self._ops += len(batch)
         self._largest = max(self._largest, len(batch))
@@ -194,4 +240,4 @@ class GroupCommitter:
                     op.error = JournalClosedError("the journal closed during the write")
             raise
         finally:
-            self._finish(batch)
+            self._finish(batch, taken)

@@ -58,6 +58,9 @@ _CHUNK = 2000
 CHECKPOINT_RECORDS = 4000
 """Records appended between two background checkpoints (each dirties a few WAL pages)."""
 Custom = Callable[[sqlite3.Connection], Any]
+PIPELINE_DEPTH = 2
+"""Batches handed to the writer process before the first is answered (it applies them in
+order): the next leaves while one is written and synced."""
 
 
 class _SqliteReader:
@@ -215,6 +218,7 @@ class SqliteJournal(JournalBase):
             process = WriterProcess()
             await process.start(self.config, self._chain)
             self._process = process
+            self._commit_depth = PIPELINE_DEPTH
             try:
                 await anyio.to_thread.run_sync(self._open_readers_sync)
             except BaseException:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import pickle
 import struct
 import sys
+from collections import deque
 from typing import Any
 
 import anyio
@@ -48,11 +49,19 @@ def loads(data: bytes) -> Any:
 
 
 class WriterProcess:
-    """The gateway's side: starts the child, sends batches, hands back their results."""
+    """The gateway's side: starts the child, sends batches, hands back their results.
+
+    Several batches may be on their way (the group committer's ``depth``): the child answers
+    them in the order they were sent. A batch waiting for its answer reads answers (one
+    reader at a time) and hands each to the oldest batch sent until its own has come: no
+    reader task of its own to own and stop."""
 
     def __init__(self) -> None:
         self._proc: Process | None = None
         self._buf = b""
+        self._waiting: deque[_Pending] = deque()
+        self._sending = anyio.Lock()  # one frame at a time, in the order answers come back
+        self._reading = anyio.Lock()
 
     async def start(self, config: Any, chain: Any) -> None:
         proc = await anyio.open_process(
@@ -62,17 +71,23 @@ class WriterProcess:
         try:
             await self._send(frame((config, chain)))
             answer = await self._receive()
+            if answer[0] != "ready":
+                raise JournalWriteError(f"journal writer did not start: {answer[1]}: {answer[2]}")
         except BaseException:
             await self.aclose()
             raise
-        if answer[0] != "ready":
-            await self.aclose()
-            raise JournalWriteError(f"journal writer did not start: {answer[1]}: {answer[2]}")
 
     async def commit(self, ops: list[Op]) -> None:
         """One batch, all or nothing: each op's ``result`` set, or an error raised."""
-        await self._send(frame([(op.kind.value, op.args, op.durable) for op in ops]))
-        answer = await self._receive()
+        pending = _Pending()
+        data = frame([(op.kind.value, op.args, op.durable) for op in ops])
+        async with self._sending:
+            self._waiting.append(pending)
+            await self._send(data)
+        async with self._reading:
+            while not pending.settled:
+                self._waiting.popleft().settle(await self._receive())
+        answer = pending.answer
         if answer[0] != "ok":
             raise JournalWriteError(f"journal writer: {answer[1]}: {answer[2]}")
         for op, result in zip(ops, answer[1], strict=True):
@@ -91,6 +106,7 @@ class WriterProcess:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+            await proc.aclose()
 
     async def _send(self, data: bytes) -> None:
         stdin = self._stream().stdin
@@ -112,10 +128,27 @@ class WriterProcess:
                     return loads(data)
             try:
                 self._buf += await stdout.receive()
-            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError) as exc:
+            except (
+                anyio.EndOfStream,
+                anyio.BrokenResourceError,
+                anyio.ClosedResourceError,
+                OSError,
+            ) as exc:
                 raise JournalClosedError("the journal writer process is gone") from exc
 
     def _stream(self) -> Process:
         if self._proc is None:
             raise JournalClosedError("the journal writer process is not running")
         return self._proc
+
+
+class _Pending:
+    __slots__ = ("answer", "settled")
+
+    def __init__(self) -> None:
+        self.settled = False
+        self.answer: Any = None
+
+    def settle(self, answer: Any) -> None:
+        self.answer = answer
+        self.settled = True

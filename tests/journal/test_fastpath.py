@@ -291,3 +291,52 @@ def test_event_accepts_other_time_zones_and_state_strings() -> None:
     event = JournalEvent(txn_id="T1", state="answered", at=east, amount=0)  # type: ignore[arg-type]
     assert event.state is TxnState.ANSWERED
     assert to_us(event.at) == to_us(datetime(2026, 3, 14, 20, tzinfo=UTC))
+
+
+@pytest.mark.anyio
+async def test_group_commit_depth_two_overlaps_batches_and_exclusive_waits_for_none() -> None:
+    """depth=2 (the writer process): a second batch is handed over while the first is still
+    committing; every writer gets its own batch's result; an exclusive op waits until no
+    batch is in flight and runs alone."""
+    gates = [anyio.Event() for _ in range(3)]
+    started: list[list[object]] = []
+    running = [0]
+    most = [0]
+
+    async def commit(ops: list[Op]) -> None:
+        started.append([op.args for op in ops])
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        for op in ops:
+            op.result = op.args
+        try:
+            await gates[min(len(started), 3) - 1].wait()
+        finally:
+            running[0] -= 1
+
+    committer = GroupCommitter(commit, max_batch=10, max_delay=0.0, queue_size=100, depth=2)
+    results: dict[object, object] = {}
+
+    async def write(op: Op) -> None:
+        results[op.args] = await committer.submit(op)
+
+    async with anyio.create_task_group() as outer, anyio.create_task_group() as inner:
+        await inner.start(committer.run)
+        outer.start_soon(write, Op(OpKind.APPEND, "a"))
+        await anyio.sleep(0.02)  # batch [a] is committing, held
+        outer.start_soon(write, Op(OpKind.APPEND, "b"))
+        await anyio.sleep(0.02)  # batch [b] is handed over too: two in flight
+        assert started == [["a"], ["b"]]
+        assert running[0] == 2
+        outer.start_soon(write, Op(OpKind.CUSTOM, "x", exclusive=True))
+        await anyio.sleep(0.02)
+        assert len(started) == 2  # the exclusive op waits for both to finish
+        gates[0].set()
+        gates[1].set()
+        await anyio.sleep(0.02)
+        assert started[2] == ["x"]
+        gates[2].set()
+        await anyio.sleep(0.02)
+        committer.close()
+    assert results == {"a": "a", "b": "b", "x": "x"}
+    assert most[0] == 2

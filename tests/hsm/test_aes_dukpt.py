@@ -9,14 +9,18 @@ there. BDK IDs and counters are the supplement's: initial key ID 123456789012345
 
 from __future__ import annotations
 
+import psec
 import pytest
 
-from hsm_sim import aes_dukpt
-from hsm_sim.errors import InvalidInputError, KeyLengthError
+from hsm_sim import aes_dukpt, pinblock, terminal
+from hsm_sim.errors import InvalidInputError, InvalidPinBlockError, KeyLengthError
 
 BDK128 = bytes.fromhex("FEDCBA9876543210F1F1F1F1F1F1F1F1")
 BDK256 = bytes.fromhex("FEDCBA9876543210F1F1F1F1F1F1F1F1FEDCBA9876543210F1F1F1F1F1F1F1F1")
 IKID = bytes.fromhex("1234567890123456")
+PIN, PAN = "1234", "4111111111111111"
+# The supplement's format 4 example (page 31): the PIN field's random fill is fixed.
+RANDOM_FILL = bytes.fromhex("2F69ADDE2E9E7ACE")
 
 
 def ksn(counter: int) -> str:
@@ -205,3 +209,63 @@ def test_next_counter_walks_only_valid_counters() -> None:
         nxt = aes_dukpt.next_counter(counter)
         assert all(c.bit_count() > 16 for c in range(counter + 1, nxt))
         counter = nxt
+
+
+# ------------------------------------------------------------------ ISO 9564-1 format 4
+
+
+def test_format4_fields_published() -> None:
+    # Supplement page 31: plaintext PIN field and PAN field of PIN 1234, PAN 4111111111111111.
+    assert psec.pinblock.encode_pan_field_iso_4(PAN).hex().upper() == (
+        "44111111111111111000000000000000"
+    )
+    assert psec.pinblock.encode_pin_field_iso_4(PIN).hex().upper()[:16] == "441234AAAAAAAAAA"
+
+
+def test_format4_intermediate_blocks_published() -> None:
+    # Supplement page 31, counter 1: block B = D(K, PIN block), A = B xor PAN field,
+    # PIN field = D(K, A).
+    key = bytes.fromhex(AES128_VECTORS[1][1])
+    block = bytes.fromhex(AES128_VECTORS[1][4])
+    b = psec.aes.decrypt_aes_ecb(key, block)
+    assert b.hex().upper() == "9A95036DE7CDB6CEF47BDE89057CB820"
+    a = psec.tools.xor(b, psec.pinblock.encode_pan_field_iso_4(PAN))
+    assert a.hex().upper() == "DE84127CF6DCA7DFE47BDE89057CB820"
+    assert psec.aes.decrypt_aes_ecb(key, a).hex().upper() == "441234AAAAAAAAAA2F69ADDE2E9E7ACE"
+
+
+@pytest.mark.parametrize("counter", sorted(AES128_VECTORS))
+def test_format4_pin_blocks_published(counter: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    expected = bytes.fromhex(AES128_VECTORS[counter][4])
+    assert aes_dukpt.decrypt_pin_block(BDK128, ksn(counter), expected, PAN) == PIN
+    # Enciphering with the supplement's random fill gives its block, byte for byte.
+    monkeypatch.setattr(psec.pinblock, "_urandom", lambda n: RANDOM_FILL[:n])
+    assert aes_dukpt.encrypt_pin_block(BDK128, ksn(counter), PIN, PAN) == expected
+    assert terminal.pin_block_under_aes_dukpt(BDK128, ksn(counter), PIN, PAN) == expected
+
+
+def test_format4_psec_docstring_example() -> None:
+    # psec's published decipher example (psec.pinblock.decipher_pinblock_iso_4).
+    key = bytes.fromhex("00112233445566778899AABBCCDDEEFF")
+    block = bytes.fromhex("E4BE5B623AF7E006AC319E5B93544564")
+    assert pinblock.decrypt_pin_block(key, pinblock.FORMAT_ISO4, block, "1234567890123456") == (
+        "1234"
+    )
+
+
+def test_format4_wrong_key_or_pan_is_not_a_pin() -> None:
+    block = bytes.fromhex(AES128_VECTORS[1][4])
+    with pytest.raises(InvalidPinBlockError) as caught:
+        aes_dukpt.decrypt_pin_block(BDK128, ksn(2), block, PAN)
+    assert PIN not in str(caught.value)
+    # A different PAN unbinds the block: never the PIN back.
+    try:
+        pin = aes_dukpt.decrypt_pin_block(BDK128, ksn(1), block, "4111111111111129")
+    except InvalidPinBlockError:
+        pin = None
+    assert pin != PIN
+
+
+def test_terminal_next_aes_ksn() -> None:
+    assert terminal.next_aes_ksn(ksn(1)) == ksn(2)
+    assert terminal.next_aes_ksn(ksn(0x1FFFE)) == ksn(0x20000)

@@ -49,13 +49,15 @@ KQ      1N mode (0 verify, 1 verify + ARPC, 2 ARPC only), 1N scheme (1   [8B ARP
 
 ``Z0`` is this simulator's own command: the public payShield manuals document DUKPT PIN
 translation (``CI``, ``G0``) for TDES DUKPT only, so AES DUKPT (ANSI X9.24-3-2017) gets a code
-payShield does not use rather than a changed ``G0``. It takes the 12-byte KSN (8-byte initial key
-ID, 4-byte counter), derives the PIN encryption key (usage ``1000``) of that KSN from the BDK,
-deciphers the ISO 9564-1 format 4 block with the whole PAN and re-enciphers the PIN under the ZPK
-in a TDES format (``01``, ``05``, ``47``) with the same PAN; the clear PIN stays in the HSM.
-Answer ``Z1``, laid out as ``CB``. Errors as G0's, and ``15`` for a KSN counter no device sends
-(0, ``FFFFFFFF``, more than 16 bits set), ``27`` for a BDK whose length is not its flag's or a
-PIN key longer than the BDK, ``23`` for destination format ``48``.
+of the simulator's own (none of the payShield commands modelled here uses ``Z``) rather than a
+``G0`` with another layout; a real HSM's AES DUKPT command would replace it in the client. It
+takes the 12-byte KSN (8-byte initial key ID, 4-byte counter), derives the PIN encryption key
+(usage ``1000``) of that KSN from the BDK, deciphers the ISO 9564-1 format 4 block with the
+whole PAN and re-enciphers the PIN under the ZPK in a TDES format (``01``, ``05``, ``47``) with
+the same PAN; the clear PIN stays in the HSM. Answer ``Z1``, laid out as ``CB``. Errors as G0's,
+and ``15`` for a KSN counter no device sends (0, ``FFFFFFFF``, more than 16 bits set), ``27``
+for a BDK whose length is not its flag's or a PIN key longer than the BDK, ``23`` for
+destination format ``48``.
 
 Error codes (payShield): ``00`` success, ``01`` verification failure, ``04`` invalid key type,
 ``10``/``11`` first/second key parity error, ``13`` LMK parity error, ``15`` invalid input data,

@@ -15,13 +15,15 @@ from typing import Any, Final
 
 import structlog
 
+from hsm_sim import aes_dukpt, dukpt, emv, mac, pinblock, pinverify
 from hsm_sim import cvv as cvv_mod
-from hsm_sim import dukpt, emv, mac, pinblock, pinverify
 from hsm_sim.errors import (
     HsmCryptoError,
     InvalidInputError,
+    KeyLengthError,
     KeySchemeError,
     KeyTypeError,
+    PinBlockFormatError,
     PinLengthError,
 )
 from hsm_sim.lmk import Lmk, kcv_hex, parse_hex
@@ -37,6 +39,8 @@ KEY_TYPES: Final = frozenset(
     {"000", "001", "002", "003", "008", "009", "109", "209", "309", "402", "509"}
 )
 MAC_KEY_TYPES: Final = frozenset({"003", "008"})
+#: Z0's length flags: 1 AES-128, 2 AES-256.
+AES_KEY_TYPES: Final = {proto.AES_128: aes_dukpt.AES128, proto.AES_256: aes_dukpt.AES256}
 
 Result = tuple[str, proto.Message | None]
 
@@ -73,6 +77,7 @@ class HsmCore:
             proto.TranslatePinTpkToZpk: self._ca,
             proto.TranslatePinZpkToZpk: self._cc,
             proto.TranslatePinDukptToZpk: self._g0,
+            proto.TranslatePinAesDukptToZpk: self._z0,
             proto.VerifyPinPvv: self._ec,
             proto.VerifyPinIbmTpk: self._da,
             proto.VerifyPinIbmZpk: self._ea,
@@ -221,6 +226,31 @@ class HsmCore:
             req.dst_format,
         )
         return proto.OK, proto.PinTranslatedDukpt(f"{n:02d}", req.dst_format, block.hex().upper())
+
+    def _z0(self, req: proto.TranslatePinAesDukptToZpk) -> Result:
+        bdk_type = AES_KEY_TYPES.get(req.bdk_length)
+        pin_key_type = AES_KEY_TYPES.get(req.pin_key_length)
+        if bdk_type is None or pin_key_type is None:
+            raise InvalidInputError("AES key length flags must be 1 or 2")
+        if req.dst_format not in (proto.FORMAT_ISO0, proto.FORMAT_ISO1, proto.FORMAT_ISO3):
+            # The ZPK is a TDES key: format 4 under it would be no zone format at all.
+            raise PinBlockFormatError("destination format must be a TDES format")
+        bdk = self._key(req.bdk, parity_error_code=None)  # AES keys carry no DES parity
+        if len(bdk) != bdk_type.length:
+            raise KeyLengthError("BDK length does not match its flag")
+        zpk = self._key(req.zpk, proto.SECOND_KEY_PARITY_ERROR)
+        pin_key = aes_dukpt.derive_pin_key(bdk, req.ksn, pin_key_type)
+        n, block = pinblock.translate_pin_block(
+            pin_key,
+            zpk,
+            parse_hex(req.pin_block, what="PIN block"),
+            req.account,
+            pinblock.FORMAT_ISO4,
+            req.dst_format,
+        )
+        return proto.OK, proto.PinTranslatedAesDukpt(
+            f"{n:02d}", req.dst_format, block.hex().upper()
+        )
 
     # ------------------------------------------------------------------ PIN verification
 

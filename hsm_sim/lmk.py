@@ -6,6 +6,9 @@ Scheme (documented, simpler than a real payShield's LMK pairs and variants):
   encrypted with TDES-ECB (two 8-byte blocks, K1K2K1) under the 16-byte LMK. There is one LMK
   and no per-key-type variant, so key type separation is by convention of the caller, not
   enforced cryptographically (a real HSM would refuse, for example, a ZPK used as a TPK).
+* An AES-256 key (32 bytes, an AES DUKPT BDK) under the LMK is ``U`` + 64 hex, the same
+  TDES-ECB over its four blocks. AES-128 keys are 16 bytes and travel as ``U`` + 32 hex; AES keys
+  carry no DES parity.
 * A key under a ZMK (key exchange with another party) is ``X`` or ``U`` + 32 hex: the same
   TDES-ECB encryption under the ZMK (ANSI X9.17 style, no variant).
 * The key check value (KCV) is the first 3 bytes of TDES-encrypting 8 zero bytes with the clear
@@ -78,22 +81,23 @@ class Lmk:
         return key_check_value(self._key, length).hex().upper()
 
     def encrypt(self, clear_key: bytes) -> str:
-        """A clear 16-byte key to its ``U`` + 32 hex form under the LMK."""
-        if len(clear_key) != 16:
-            raise KeyLengthError("key must be double length (16 bytes)")
+        """A clear 16-byte key (or 32-byte AES-256 key) to ``U`` + 32 (64) hex under the LMK."""
+        if len(clear_key) not in (16, 32):
+            raise KeyLengthError("key must be double length (16 bytes) or AES-256 (32 bytes)")
         return LMK_SCHEME + tdes_ecb_encrypt(self._key, clear_key).hex().upper()
 
     def decrypt(self, key_under_lmk: str, *, parity_error_code: str | None = None) -> bytes:
-        """``U`` + 32 hex to the clear key.
+        """``U`` + 32 hex (or 64 for an AES-256 key) to the clear key.
 
         With ``parity_error_code`` set, a key without odd parity raises KeyParityError with
         that code (payShield answers 10 for the first key of a command, 11 for the second).
         """
         cached = self._cache.get(key_under_lmk)
         if cached is None:
-            if len(key_under_lmk) != 33 or key_under_lmk[0] != LMK_SCHEME:
-                raise KeySchemeError("key under LMK must be 'U' followed by 32 hex characters")
-            clear = tdes_ecb_decrypt(self._key, parse_hex(key_under_lmk[1:], length=32))
+            if len(key_under_lmk) not in (33, 65) or key_under_lmk[0] != LMK_SCHEME:
+                raise KeySchemeError("key under LMK must be 'U' followed by 32 or 64 hex")
+            hex_part = key_under_lmk[1:]
+            clear = tdes_ecb_decrypt(self._key, parse_hex(hex_part, length=len(hex_part)))
             cached = (clear, has_odd_parity(clear))
             if len(self._cache) >= 4096:
                 self._cache.clear()

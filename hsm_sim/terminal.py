@@ -5,6 +5,7 @@ Keys are clear (16 bytes or 32 hex) or under the LMK (``U`` + 32 hex, with ``lmk
 
 from __future__ import annotations
 
+from hsm_sim import aes_dukpt as _aes_dukpt
 from hsm_sim import dukpt as _dukpt
 from hsm_sim import emv as _emv
 from hsm_sim import mac as _mac
@@ -40,6 +41,19 @@ def next_ksn(ksn: str | bytes) -> str:
     if counter > _dukpt.COUNTER_MASK:
         raise ValueError("DUKPT transaction counter exhausted")
     return ((raw & ~_dukpt.COUNTER_MASK) | counter).to_bytes(10, "big").hex().upper()
+
+
+def pin_block_under_aes_dukpt(
+    bdk: KeyLike, ksn: str | bytes, pin: str, pan: str, *, lmk: LmkLike = None
+) -> bytes:
+    """An ISO format 4 PIN block under the X9.24-3 AES DUKPT PIN key of this KSN (16 bytes)."""
+    return _aes_dukpt.encrypt_pin_block(resolve_key(bdk, lmk), ksn, pin, pan)
+
+
+def next_aes_ksn(ksn: str | bytes) -> str:
+    """The 12-byte KSN (24 hex) of an AES DUKPT PIN pad's next transaction."""
+    ikid, counter = _aes_dukpt.split_ksn(ksn)
+    return (ikid + _aes_dukpt.next_counter(counter).to_bytes(4, "big")).hex().upper()
 
 
 def retail_mac(tak: KeyLike, data: bytes, *, lmk: LmkLike = None) -> bytes:

@@ -28,6 +28,10 @@ CA      KEY TPK, KEY ZPK, 2N max PIN length, 2N source format,           2N PIN 
 CC      KEY source ZPK, KEY destination ZPK, then as CA                  as CA
 G0      KEY BDK, KEY ZPK, 3H KSN descriptor, 20H KSN, 2N destination     as CA
         format, 16H PIN block (format 0 under the DUKPT PIN key), PAN;
+Z0      1N BDK length (1 AES-128: KEY, 2 AES-256: U + 64H), BDK, KEY     as CA
+        ZPK, 1N PIN key length (1 AES-128, 2 AES-256), 24H KSN, 2N
+        destination format, 32H PIN block (format 4 under the AES DUKPT
+        PIN key), PAN; (the whole PAN)
 EC      KEY ZPK, KEY PVK, 2N format, PB, PAN;, 1N PVKI, 4N PVV           (none)
 DA      KEY TPK, KEY PVK, 2N max PIN length, 2N format, PB, 2N check     (none)
         length, PAN;, 16N decimalisation table, 12A validation data
@@ -42,6 +46,18 @@ KQ      1N mode (0 verify, 1 verify + ARPC, 2 ARPC only), 1N scheme (1   [8B ARP
         EMV common session key), KEY MK-AC, 8B PAN/PSN (option A Y),
         2B ATC, 4B UN, 2H:B transaction data, ';', 8B ARQC, 2B ARC
 ======  ===============================================================  ======================
+
+``Z0`` is this simulator's own command: the public payShield manuals document DUKPT PIN
+translation (``CI``, ``G0``) for TDES DUKPT only, so AES DUKPT (ANSI X9.24-3-2017) gets a code
+of the simulator's own (none of the payShield commands modelled here uses ``Z``) rather than a
+``G0`` with another layout; a real HSM's AES DUKPT command would replace it in the client. It
+takes the 12-byte KSN (8-byte initial key ID, 4-byte counter), derives the PIN encryption key
+(usage ``1000``) of that KSN from the BDK, deciphers the ISO 9564-1 format 4 block with the
+whole PAN and re-enciphers the PIN under the ZPK in a TDES format (``01``, ``05``, ``47``) with
+the same PAN; the clear PIN stays in the HSM. Answer ``Z1``, laid out as ``CB``. Errors as G0's,
+and ``15`` for a KSN counter no device sends (0, ``FFFFFFFF``, more than 16 bits set), ``27``
+for a BDK whose length is not its flag's or a PIN key longer than the BDK, ``23`` for
+destination format ``48``.
 
 Error codes (payShield): ``00`` success, ``01`` verification failure, ``04`` invalid key type,
 ``10``/``11`` first/second key parity error, ``13`` LMK parity error, ``15`` invalid input data,
@@ -148,6 +164,17 @@ class Field:
 def _pin_block_hex(fmt_field: str) -> Callable[[Mapping[str, Any]], int]:
     def rule(values: Mapping[str, Any]) -> int:
         return 32 if values.get(fmt_field) == FORMAT_ISO4 else 16
+
+    return rule
+
+
+AES_128: Final = "1"
+AES_256: Final = "2"
+
+
+def _aes_key_chars(flag_field: str) -> Callable[[Mapping[str, Any]], int]:
+    def rule(values: Mapping[str, Any]) -> int:
+        return 65 if values.get(flag_field) == AES_256 else KEY_LENGTH
 
     return rule
 
@@ -323,6 +350,35 @@ class TranslatePinDukptToZpk(Message):
         _hex("ksn", 20),
         _num("dst_format", 2),
         _hex("pin_block", 16),
+        _pan("account"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TranslatePinAesDukptToZpk(Message):
+    """Z0: translate a format 4 PIN block from the X9.24-3 AES DUKPT PIN key (BDK + KSN) to a ZPK.
+
+    The simulator's own code (see the module docstring). ``bdk_length`` says whether ``bdk`` is
+    an AES-128 (``U`` + 32H) or AES-256 (``U`` + 64H) key; ``pin_key_length`` which PIN key the
+    device derives (AES-128 unless the device was set up for AES-256)."""
+
+    CODE: ClassVar[str] = "Z0"
+    bdk: str
+    zpk: str
+    ksn: str
+    pin_block: str
+    account: str
+    dst_format: str = FORMAT_ISO0
+    bdk_length: str = AES_128
+    pin_key_length: str = AES_128
+    LAYOUT: ClassVar[tuple[Field, ...]] = (
+        _num("bdk_length", 1),
+        Field("bdk", Kind.KEY, _aes_key_chars("bdk_length")),
+        _key("zpk"),
+        _num("pin_key_length", 1),
+        _hex("ksn", 24),
+        _num("dst_format", 2),
+        _hex("pin_block", 32),
         _pan("account"),
     )
 
@@ -599,6 +655,15 @@ class PinTranslatedDukpt(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class PinTranslatedAesDukpt(Message):
+    CODE: ClassVar[str] = "Z1"
+    pin_length: str
+    dst_format: str
+    pin_block: str
+    LAYOUT: ClassVar[tuple[Field, ...]] = _TRANSLATED_LAYOUT
+
+
+@dataclass(frozen=True, slots=True)
 class CvvResult(Message):
     CODE: ClassVar[str] = "CX"
     cvv: str
@@ -636,6 +701,7 @@ Request = (
     | TranslatePinTpkToZpk
     | TranslatePinZpkToZpk
     | TranslatePinDukptToZpk
+    | TranslatePinAesDukptToZpk
     | VerifyPinPvv
     | VerifyPinIbmTpk
     | VerifyPinIbmZpk
@@ -654,6 +720,7 @@ ResponseBody = (
     | PinTranslated
     | PinTranslatedZpk
     | PinTranslatedDukpt
+    | PinTranslatedAesDukpt
     | CvvResult
     | MacResult
     | ArpcResult
@@ -671,6 +738,7 @@ REQUESTS: Final[dict[str, type[Request]]] = {
         TranslatePinTpkToZpk,
         TranslatePinZpkToZpk,
         TranslatePinDukptToZpk,
+        TranslatePinAesDukptToZpk,
         VerifyPinPvv,
         VerifyPinIbmTpk,
         VerifyPinIbmZpk,
@@ -692,6 +760,7 @@ _BODIES: Final[dict[str, type[ResponseBody]]] = {
         PinTranslated,
         PinTranslatedZpk,
         PinTranslatedDukpt,
+        PinTranslatedAesDukpt,
         CvvResult,
         MacResult,
         ArpcResult,
@@ -862,6 +931,8 @@ _CACHED_FIELDS: Final = frozenset(
         "dst_format",
         "pin_block_format",
         "ksn_descriptor",
+        "bdk_length",
+        "pin_key_length",
         "check_length",
         "decimalisation_table",
         "scheme_id",

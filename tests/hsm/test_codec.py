@@ -16,6 +16,7 @@ from tests.hsm.conftest import LMK_HEX
 
 hexs = st.text("0123456789ABCDEF", min_size=32, max_size=32)
 key = hexs.map(lambda h: "U" + h)
+aes256_key = st.text("0123456789ABCDEF", min_size=64, max_size=64).map(lambda h: "U" + h)
 digits = st.text("0123456789", min_size=12, max_size=19)
 
 
@@ -54,6 +55,26 @@ REQUESTS = st.one_of(
     ),
     st.builds(
         hsm.TranslatePinDukptToZpk, bdk=key, zpk=key, ksn=h(20), pin_block=h(16), account=digits
+    ),
+    st.builds(
+        hsm.TranslatePinAesDukptToZpk,
+        bdk=key,
+        zpk=key,
+        ksn=h(24),
+        pin_block=h(32),
+        account=digits,
+        dst_format=fmt,
+        pin_key_length=st.just("1"),
+    ),
+    st.builds(
+        hsm.TranslatePinAesDukptToZpk,
+        bdk=aes256_key,
+        zpk=key,
+        ksn=h(24),
+        pin_block=h(32),
+        account=digits,
+        bdk_length=st.just("2"),
+        pin_key_length=st.sampled_from(["1", "2"]),
     ),
     st.builds(
         hsm.VerifyPinPvv, zpk=key, pvk=key, pin_block=h(16), account=digits, pvv=n(4), pvki=n(1)
@@ -99,6 +120,7 @@ RESPONSES = st.one_of(
     st.builds(hsm.PinTranslated, pin_length=n(2), dst_format=st.just("01"), pin_block=h(16)),
     st.builds(hsm.PinTranslatedZpk, pin_length=n(2), dst_format=st.just("48"), pin_block=h(32)),
     st.builds(hsm.PinTranslatedDukpt, pin_length=n(2), dst_format=fmt, pin_block=h(16)),
+    st.builds(hsm.PinTranslatedAesDukpt, pin_length=n(2), dst_format=fmt, pin_block=h(16)),
     st.builds(hsm.CvvResult, cvv=n(3)),
     st.builds(hsm.MacResult, mac=h(16)),
     st.builds(hsm.ArpcResult, arpc=st.none() | st.binary(min_size=8, max_size=8)),
@@ -138,6 +160,7 @@ def test_error_response_has_no_fields() -> None:
         ("M6", "M7"),
         ("M8", "M9"),
         ("G0", "G1"),
+        ("Z0", "Z1"),
         ("NC", "ND"),
         ("KQ", "KR"),
         ("A0", "A1"),
@@ -181,6 +204,22 @@ def test_malformed_requests(payload: bytes, error_code: str, header: str, comman
         hsm.encode_error(err.header, err.command, err.error_code)[4:8]
         == (hsm.response_code(command) + error_code).encode()
     )
+
+
+def test_z0_bdk_length_follows_its_flag() -> None:
+    tail = "U" + "1" * 32 + "1" + "0" * 24 + "01" + "A" * 32 + "4111111111111111;"
+    aes128 = b"0001Z01U" + b"B" * 32 + tail.encode()
+    aes256 = b"0001Z02U" + b"B" * 64 + tail.encode()
+    assert hsm.decode_request(aes128)[1] == hsm.TranslatePinAesDukptToZpk(
+        "U" + "B" * 32, "U" + "1" * 32, "0" * 24, "A" * 32, "4111111111111111"
+    )
+    request = hsm.decode_request(aes256)[1]
+    assert isinstance(request, hsm.TranslatePinAesDukptToZpk)
+    assert (request.bdk_length, len(request.bdk)) == ("2", 65)
+    # An AES-128 BDK under flag 2 (or the reverse) does not parse.
+    for wrong in (b"0001Z02U" + b"B" * 32 + tail.encode(), b"0001Z01U" + b"B" * 64 + tail.encode()):
+        with pytest.raises(hsm.HsmProtocolError):
+            hsm.decode_request(wrong)
 
 
 def test_encoding_invalid_requests_is_a_local_error() -> None:

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from hsm_sim import dukpt, emv, mac, pinblock, pinverify, terminal
+from hsm_sim import aes_dukpt, dukpt, emv, mac, pinblock, pinverify, terminal
 from hsm_sim.core import HsmCore
 from hsm_sim.lmk import Lmk
 from protocols import hsm
@@ -257,3 +257,109 @@ def test_statistics_count_commands_and_errors(core: HsmCore) -> None:
     stats = core.statistics()
     assert stats.commands["NC"] == 1
     assert stats.errors["68"] == 1
+
+
+# Z0, AES DUKPT to ZPK. Vectors: the ANSI X9.24-3-2017 supplement's AES-128 BDK and its format 4
+# PIN blocks of PIN 1234, PAN 4111111111111111, counters 1-8 (page 31), as embedded in
+# openemv/dukpt test/dukpt_aes128_test.c (see tests/hsm/test_aes_dukpt.py).
+AES_BDK = "FEDCBA9876543210F1F1F1F1F1F1F1F1"
+AES_BDK256 = AES_BDK * 2
+AES_PAN = "4111111111111111"
+X924_3_PIN_BLOCKS = {
+    1: "A912150391AB65A67E52883D81CE2D15",
+    2: "52A00503BD34BA1383F6A7EE9FE2547F",
+    3: "A5A27E82B43A9A866A93D7ABE89CEF93",
+    4: "71B3D0528669498777555A8BE6698E44",
+    5: "881A7F77A2E04E5BEA985E342FD0B628",
+    6: "BDC1C3871AFB0B340AA5B5CEFD08695E",
+    7: "4A8E6B8C7DBEE6CBA6DC774F0CB83396",
+    8: "8308BB857C17F390369F761F8EB358FA",
+}
+
+
+def aes_ksn(counter: int) -> str:
+    return f"1234567890123456{counter:08X}"
+
+
+@pytest.mark.parametrize("counter", sorted(X924_3_PIN_BLOCKS))
+def test_z0_translates_published_format4_blocks_to_format0(core: HsmCore, counter: int) -> None:
+    zpk_hex = BETA["zpk"]["key"]
+    request = hsm.TranslatePinAesDukptToZpk(
+        u(AES_BDK), u(zpk_hex), aes_ksn(counter), X924_3_PIN_BLOCKS[counter], AES_PAN
+    )
+    r = call(core, request)
+    assert isinstance(r.body, hsm.PinTranslatedAesDukpt)
+    assert (r.body.pin_length, r.body.dst_format, len(r.body.pin_block)) == ("04", "01", 16)
+    block = bytes.fromhex(r.body.pin_block)
+    assert pinblock.decrypt_pin_block(bytes.fromhex(zpk_hex), "01", block, AES_PAN) == "1234"
+    # Format 0 is deterministic: exactly the issuer's own block of that PIN and PAN.
+    assert block == pinblock.encrypt_pin_block(bytes.fromhex(zpk_hex), "01", "1234", AES_PAN)
+
+
+def test_z0_aes256_bdk_and_other_formats(core: HsmCore) -> None:
+    zpk_hex = ALPHA["zpk"]["key"]
+    zpk = bytes.fromhex(zpk_hex)
+    bdk256 = bytes.fromhex(AES_BDK256)
+    ksn = aes_ksn(0x20001)
+    for pin_key_length, kind in (("1", aes_dukpt.AES128), ("2", aes_dukpt.AES256)):
+        pin_key = aes_dukpt.derive_pin_key(bdk256, ksn, kind)
+        block = pinblock.encrypt_pin_block(pin_key, "48", "98765432", PAN)
+        r = call(
+            core,
+            hsm.TranslatePinAesDukptToZpk(
+                LMK.encrypt(bdk256),
+                u(zpk_hex),
+                ksn,
+                block.hex(),
+                PAN,
+                "47",
+                bdk_length="2",
+                pin_key_length=pin_key_length,
+            ),
+        )
+        assert isinstance(r.body, hsm.PinTranslatedAesDukpt)
+        assert (r.body.pin_length, r.body.dst_format) == ("08", "47")
+        assert pinblock.decrypt_pin_block(zpk, "47", bytes.fromhex(r.body.pin_block), PAN) == (
+            "98765432"
+        )
+    # A token's block goes to format 1 (05), then CC to format 0 with the funding PAN (as G0).
+    block = terminal.pin_block_under_aes_dukpt(AES_BDK, aes_ksn(9), PIN, TOKEN)
+    z0 = call(
+        core,
+        hsm.TranslatePinAesDukptToZpk(u(AES_BDK), u(zpk_hex), aes_ksn(9), block.hex(), TOKEN, "05"),
+    )
+    assert isinstance(z0.body, hsm.PinTranslatedAesDukpt)
+    cc = call(core, hsm.TranslatePinZpkToZpk(u(zpk_hex), u(zpk_hex), z0.body.pin_block, PAN, "05"))
+    assert isinstance(cc.body, hsm.PinTranslatedZpk)
+    assert pinblock.decrypt_pin_block(zpk, "01", bytes.fromhex(cc.body.pin_block), PAN) == PIN
+
+
+def test_z0_errors(core: HsmCore) -> None:
+    zpk = u(BETA["zpk"]["key"])
+    block = X924_3_PIN_BLOCKS[1]
+
+    def z0(**changes: str) -> str:
+        request = hsm.TranslatePinAesDukptToZpk(u(AES_BDK), zpk, aes_ksn(1), block, AES_PAN)
+        return call(core, dataclasses.replace(request, **changes)).error_code
+
+    assert z0() == "00"
+    assert z0(ksn=aes_ksn(2)) == "20"  # another counter's key: not a PIN block
+    assert z0(account="4111111111111129") == "20"  # the PAN is bound into format 4
+    for counter in (0, 0x1FFFF, 0xFFFFFFFF):  # counters no device sends
+        assert z0(ksn=aes_ksn(counter)) == "15"
+    assert z0(pin_key_length="2") == "27"  # an AES-256 PIN key from an AES-128 BDK
+    assert z0(pin_key_length="3") == "15"
+    assert z0(dst_format="48") == "23"  # the ZPK is a TDES key
+    assert z0(dst_format="99") == "23"
+    assert z0(bdk="X" + u(AES_BDK)[1:]) == "26"
+    odd = bytearray(bytes.fromhex(BETA["zpk"]["key"]))
+    odd[0] ^= 1
+    assert z0(zpk=LMK.encrypt(bytes(odd))) == "11"
+    # Built by hand (the codec would not carry it): a flag that does not match the key.
+    wrong = hsm.TranslatePinAesDukptToZpk(
+        LMK.encrypt(bytes.fromhex(AES_BDK256)), zpk, aes_ksn(1), block, AES_PAN
+    )
+    assert core.execute(wrong) == ("27", None)
+    disabled = HsmCore(LMK_HEX, disabled_commands=["Z0"])
+    request = hsm.TranslatePinAesDukptToZpk(u(AES_BDK), zpk, aes_ksn(1), block, AES_PAN)
+    assert call(disabled, request).error_code == "68"

@@ -29,6 +29,7 @@ from pydantic.dataclasses import dataclass
 
 from hsm_sim.errors import HsmCryptoError
 from hsm_sim.lmk import Lmk
+from kit.pki import policy_context
 
 _FROZEN = pydantic.ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
@@ -97,12 +98,12 @@ class HsmConfig:
             raise HsmConfigError(f"LMK is not usable: {exc.reason}") from None
 
     def server_ssl_context(self) -> ssl.SSLContext | None:
-        """The server-side TLS context (TLS 1.2 minimum), or ``None`` for plain TCP."""
+        """The server-side TLS context (the project's policy: TLS 1.2 minimum, AEAD ciphers),
+        or ``None`` for plain TCP."""
         if self.tls is None:
             return None
         tls = self.tls
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx = policy_context(ssl.Purpose.CLIENT_AUTH)
         try:
             ctx.load_cert_chain(tls.cert_file, tls.key_file)
             if tls.ca_file:

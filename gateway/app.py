@@ -49,6 +49,7 @@ from gateway.upstream.hsm_client import HsmClient, HsmCommandError, HsmError
 from gateway.upstream.links import IssuerPool
 from gateway.upstream.saf import SafMetrics, SafService
 from kit import fastio, pki
+from kit.admission import Admission
 from kit.conf import ConfigError
 from kit.dataset import Dataset, load_dataset
 from kit.keys import load_keys
@@ -435,28 +436,31 @@ class Gateway:
         reuse_port = self.cfg.workers > 1  # worker processes share the listening ports
         with anyio.CancelScope() as scope:
             async with anyio.create_task_group() as tg:
+                limits = functools.partial(
+                    fastio.serve,
+                    tg,
+                    host=cfg.host,
+                    max_size=cfg.max_frame,
+                    partial_timeout=cfg.partial_frame_timeout,
+                    idle_timeout=cfg.idle_timeout,
+                    frame_deadline=cfg.frame_deadline,
+                    handshake_timeout=cfg.tls_handshake_timeout,
+                    reuse_port=reuse_port,
+                )
                 if cfg.port >= 0:
-                    self.terminal_port = await fastio.serve(
-                        tg,
+                    self.terminal_port = await limits(
                         self._tcp_handler,
-                        host=cfg.host,
                         port=cfg.port,
                         ssl_context=None,
-                        max_size=cfg.max_frame,
-                        partial_timeout=cfg.partial_frame_timeout,
-                        reuse_port=reuse_port,
+                        admission=self._admission(),
                     )
                 if cfg.tls_port >= 0:
                     ctx = pki.server_context(self.pki_dir, cfg.tls_cert, require_client_cert=False)
-                    self.tls_port = await fastio.serve(
-                        tg,
+                    self.tls_port = await limits(
                         self._tls_handler,
-                        host=cfg.host,
                         port=cfg.tls_port,
                         ssl_context=ctx,
-                        max_size=cfg.max_frame,
-                        partial_timeout=cfg.partial_frame_timeout,
-                        reuse_port=reuse_port,
+                        admission=self._admission(),
                     )
                 qr_cfg = self.cfg.qr_api
                 if qr_cfg.port >= 0:
@@ -468,6 +472,13 @@ class Gateway:
                         qr_cfg.port,
                     )
                 task_status.started(scope)
+
+    def _admission(self) -> Admission:
+        """A terminal listener's connection caps (one each: TCP, TLS)."""
+        cfg = self.cfg.terminal
+        return Admission(
+            cfg.max_connections, cfg.max_connections_per_address, self.terminals.refused
+        )
 
     async def shutdown(self, grace: float | None = None) -> None:
         """Graceful stop (SIGTERM): refuse new transactions, let those in flight finish (at

@@ -25,12 +25,36 @@ class TerminalConfig:
     """Certificate name in the PKI directory for the TLS listener."""
     max_frame: int = 8192
     """Largest accepted message, bytes."""
-    partial_frame_timeout: float = 10.0
-    """Seconds a partial frame may stall before the connection is closed."""
+    partial_frame_timeout: float = Field(default=10.0, gt=0)
+    """Seconds a partial frame may go without a new byte before the connection is closed."""
+    frame_deadline: float = Field(default=15.0, gt=0)
+    """Seconds a frame may take from its first byte to its last, however it is dripped: each
+    gap within ``partial_frame_timeout`` does not make a slow-loris connection last for ever
+    (a 109-byte purchase at 200 ms a byte took 21.9 s and was answered)."""
+    idle_timeout: float = Field(default=300.0, gt=0)
+    """Seconds a connection may send nothing at all (a zero-length keep-alive counts) before it
+    is closed: idle connections held for ever cost a file descriptor and about 8 KB each. Keep
+    it above ``request_timeout``: a terminal waiting for its answer sends nothing."""
+    max_connections: int = Field(default=10_000, ge=1)
+    """Connections per listener (TCP and TLS each); beyond, a new one is closed at once. Bounds
+    the file descriptors and memory a flood can take (keep it under the open-files limit)."""
+    max_connections_per_address: int = Field(default=1_000, ge=1)
+    """Connections per listener from one source address; beyond, closed at once, so one
+    machine cannot take the whole listener. Not small: terminals on a mobile network reach us
+    through their carrier's few NAT addresses."""
+    tls_handshake_timeout: float = Field(default=10.0, gt=0)
+    """Seconds a TLS client has to complete its handshake (a connection counts against the
+    caps only once it has)."""
     max_in_flight: int = 64
     """Requests processed at once per connection; reading pauses beyond (back-pressure)."""
     request_timeout: float = 30.0
     """Overall budget for one request inside the switch, seconds."""
+
+    def __post_init__(self) -> None:
+        if self.frame_deadline < self.partial_frame_timeout:
+            raise ValueError("frame_deadline must not be shorter than partial_frame_timeout")
+        if self.max_connections_per_address > self.max_connections:
+            raise ValueError("max_connections_per_address must not exceed max_connections")
 
 
 @dataclass(config=FROZEN)

@@ -11,7 +11,7 @@ import anyio
 from gateway.flow.switch import ECHOED, Switch
 from gateway.metrics import Metrics
 from kit.fastio import FrameChannel, fast_path
-from kit.framed import StalledFrameError
+from kit.framed import FrameDeadlineError, IdleTimeoutError, StalledFrameError
 from kit.logs import PeerWarnings, get_logger
 from protocols.codec import Codec, MessageFormatError, UndecodableError
 from protocols.errors import FramingError, LocalProtocolError
@@ -47,6 +47,10 @@ class TerminalServer:
         self.metrics.rejected.labels(reason).inc()
         self._warnings.warning(event, peer, **fields)
 
+    def refused(self, peer: str, reason: str) -> None:
+        """A new connection over a listener's cap (``kit.admission``), closed at once."""
+        self._reject(reason, "terminal_connection_refused", peer, reason=reason)
+
     async def handle_connection(self, channel: FrameChannel, listener_name: str) -> None:
         """The connection's driver loop: the only code awaiting this terminal's bytes.
 
@@ -77,8 +81,12 @@ class TerminalServer:
             return None
         except FramingError as exc:
             self._reject("framing", "terminal_framing_error", channel.peer, reason=exc.reason)
+        except FrameDeadlineError as exc:
+            self._reject("frame_deadline", "terminal_frame_deadline", channel.peer, reason=str(exc))
         except StalledFrameError as exc:
             self._reject("stalled", "terminal_stalled", channel.peer, reason=str(exc))
+        except IdleTimeoutError as exc:
+            self._reject("idle", "terminal_idle_timeout", channel.peer, reason=str(exc))
         except (*_GONE, ssl.SSLError):
             pass
         return None

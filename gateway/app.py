@@ -177,6 +177,7 @@ class Gateway:
             max_frame=cfg.terminal.max_frame,
             partial_timeout=cfg.terminal.partial_frame_timeout,
             max_in_flight=cfg.terminal.max_in_flight,
+            max_pending_per_terminal=cfg.terminal.max_pending_per_terminal,
         )
         # QR payments and idempotency keys: in memory, or a SQLite file under its own key.
         qr_store, qr_cipher = store_from_config(cfg.qr_api, base_dir, self.pan_cipher)

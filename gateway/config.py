@@ -47,6 +47,11 @@ class TerminalConfig:
     caps only once it has)."""
     max_in_flight: int = 64
     """Requests processed at once per connection; reading pauses beyond (back-pressure)."""
+    max_pending_per_terminal: int = Field(default=1_000, ge=1)
+    """Requests of one terminal id (field 41) in the switch at once, over all connections;
+    beyond, answered 96 at once, not processed: one id (a device, or a flood using its name)
+    cannot fill the switch's pending tables. High: the load generator drives one id at
+    hundreds in flight."""
     request_timeout: float = 30.0
     """Overall budget for one request inside the switch, seconds."""
 

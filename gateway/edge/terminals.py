@@ -32,6 +32,7 @@ class TerminalServer:
         max_frame: int,
         partial_timeout: float,
         max_in_flight: int,
+        max_pending_per_terminal: int = 1_000,
     ) -> None:
         self.switch = switch
         self.codec = codec
@@ -39,6 +40,8 @@ class TerminalServer:
         self.max_frame = max_frame
         self.partial_timeout = partial_timeout
         self.max_in_flight = max_in_flight
+        self.max_pending_per_terminal = max_pending_per_terminal
+        self._pending: dict[str, int] = {}  # terminal id -> requests in the switch (> 0 only)
         self._warnings = PeerWarnings(log)
 
     def _reject(self, reason: str, event: str, peer: str, /, **fields: Any) -> None:
@@ -132,7 +135,7 @@ class TerminalServer:
                 return
             else:
                 mti = req.mti
-                resp = await self.switch.handle(req, frame)
+                resp = await self._handle(req, frame, peer)
             if resp is None:
                 self._reject("not_request", "terminal_sent_response", peer, mti=mti)
                 return
@@ -143,6 +146,24 @@ class TerminalServer:
             log.exception("terminal_request_failed", peer=peer)
         finally:
             in_flight.release()
+
+    async def _handle(self, req: Message, frame: bytes, peer: str) -> Message | None:
+        """``switch.handle``, unless the request's terminal id has too many pending: 96."""
+        pending = self._pending
+        tid = req.fields.get("41", "")
+        count = pending.get(tid, 0)
+        if count >= self.max_pending_per_terminal:
+            self._reject("pending_per_terminal", "terminal_too_many_pending", peer, terminal=tid)
+            return self.switch.refuse(req, "96")
+        pending[tid] = count + 1
+        try:
+            return await self.switch.handle(req, frame)
+        finally:
+            count = pending[tid] - 1
+            if count:
+                pending[tid] = count
+            else:
+                del pending[tid]  # the map holds busy terminal ids only
 
     def _encode(self, resp: Message, peer: str) -> bytes:
         """``resp`` on the wire; if it cannot be encoded, its MTI, the fields it copied from

@@ -17,7 +17,8 @@ import structlog
 from kit.framed import FramedStream
 from protocols.framing import encode_frame
 from protocols.message import Message
-from tests.helpers import CODEC, AsyncTerminal, Stack, eventually, running_stack
+from tests.helpers import CODEC, AsyncTerminal, Stack, eventually, purchase, running_stack
+from tests.integration.test_security import BETA_PAN
 
 pytestmark = pytest.mark.anyio
 
@@ -120,3 +121,27 @@ async def test_connections_are_capped_per_listener_and_per_source_address(pki_di
                     assert await served(a4)  # the closed one's place is free again
     refusals = warnings(logs, "terminal_connection_refused")
     assert sorted(e["reason"] for e in refusals) == ["max_connections", "max_per_address"]
+
+
+async def test_requests_pending_per_terminal_id_are_capped(pki_dir: Any) -> None:
+    options = {"max_pending_per_terminal": 2}
+    with structlog.testing.capture_logs() as logs:
+        async with running_stack(pki_dir, hsm=False, terminal_options=options) as stack:
+            stack.issuers["beta"].faults.latency_ms = 300  # the first two stay pending
+            requests = [purchase(BETA_PAN, 100 + i, stan=f"{i + 1:06d}") for i in range(3)]
+            async with connection(stack.port) as one, connection(stack.port) as other:
+                for term, req in zip((one, one, other), requests, strict=True):
+                    await term.send(req)
+                third = await other.receive()  # at once: the terminal id has two pending
+                first, second = await one.receive(), await one.receive()
+                stack.issuers["beta"].faults.latency_ms = 0
+                assert (await one.exchange(purchase(BETA_PAN, 104)))["39"] == "00"
+            assert rejected(stack, "pending_per_terminal") == 1
+    assert (third.mti, third["11"], third["41"], third["39"]) == (
+        "0210",
+        "000003",
+        "T0000001",
+        "96",
+    )
+    assert [first["39"], second["39"]] == ["00", "00"]
+    assert len(warnings(logs, "terminal_too_many_pending")) == 1

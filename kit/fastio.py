@@ -24,7 +24,7 @@ import sniffio
 from anyio.abc import SocketAttribute, TaskGroup
 
 from kit.admission import Admission
-from kit.framed import FrameDeadlineError, FramedStream, IdleTimeoutError, StalledFrameError
+from kit.framed import Deadlines, FramedStream
 from protocols.errors import FramingError
 from protocols.framing import Framer, encode_frame
 
@@ -65,13 +65,12 @@ def fast_path() -> bool:
 
 
 class FrameProtocol(asyncio.Protocol):
-    """A frame channel on asyncio. Its time limits (idle, partial frame, whole frame) share
-    one timer per connection, the watchdog: a read only stores the time (and when a frame
-    began); the watchdog, when it fires, compares, then expires the connection or arms itself
-    again for the next deadline, at most ``min(partial_timeout, frame_deadline)`` ahead. So
-    no timer is made or moved per frame or per read: a busy connection's watchdog wakes once
-    every few seconds, an idle one's as often (10,000 idle connections: about 1,000 cheap
-    callbacks a second with the defaults)."""
+    """A frame channel on asyncio. Its time limits (idle, partial frame, whole frame:
+    :class:`kit.framed.Deadlines`) share one timer per connection, the watchdog: a read only
+    stores times; the watchdog, when it fires, expires the connection or arms itself again
+    for the next deadline, at most ``min(partial_timeout, frame_deadline)`` ahead. So no timer
+    is made or moved per frame or per read: a connection's watchdog wakes once every few
+    seconds (10,000 idle connections: about 1,000 cheap callbacks a second by default)."""
 
     def __init__(
         self,
@@ -85,15 +84,14 @@ class FrameProtocol(asyncio.Protocol):
     ) -> None:
         self.max_size = max_size
         self.partial_timeout = partial_timeout
-        self.idle_timeout = idle_timeout
-        self.frame_deadline = frame_deadline
         self.peer = "?"
         self._admission = admission
         self._admitted = False
+        self._deadlines = Deadlines(
+            partial_timeout, frame_deadline=frame_deadline, idle_timeout=idle_timeout
+        )
         self._expired: Exception | None = None
         self._clock: Callable[[], float] = time.monotonic  # the loop's, once connected
-        self._last_read = 0.0
-        self._frame_start = -1.0  # time of the partial frame's first read; -1: none
         self._watchdog: asyncio.TimerHandle | None = None
         self._framer = Framer(max_size)
         self._frames: deque[bytes] = deque()
@@ -122,8 +120,8 @@ class FrameProtocol(asyncio.Protocol):
                 return
             self._admitted = True
         self._clock = loop.time
-        self._last_read = now = loop.time()
-        self._arm(self._next_check(now))
+        now = self._deadlines.last_read = loop.time()
+        self._watchdog = loop.call_at(self._deadlines.next_check(now, False), self._watch)
         if self._on_connect is not None:
             self._on_connect(self)
 
@@ -131,7 +129,6 @@ class FrameProtocol(asyncio.Protocol):
         framer = self._framer
         frames = self._frames
         queued = len(frames)
-        now = self._last_read = self._clock()
         framer.feed(data)
         try:
             while (frame := framer.next_frame()) is not None:
@@ -140,11 +137,7 @@ class FrameProtocol(asyncio.Protocol):
             self._framing_error = exc
             if self._transport is not None:
                 self._transport.pause_reading()
-        if framer.has_partial:
-            if len(frames) > queued or self._frame_start < 0:
-                self._frame_start = now  # a new frame began in this read
-        else:
-            self._frame_start = -1.0
+        self._deadlines.read(self._clock(), framer.has_partial, len(frames) > queued)
         if len(self._frames) >= _HIGH_FRAMES and not self._reading_paused:
             self._reading_paused = True
             if self._transport is not None:
@@ -184,49 +177,17 @@ class FrameProtocol(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(False)
 
-    # -- the watchdog: idle, partial-frame and whole-frame limits ----------------------------
-
-    def _next_check(self, now: float) -> float:
-        """When the watchdog must look again: the partial frame's deadline, else the idle one,
-        but no later than a partial frame that begins now could expire (reads never re-arm)."""
-        if self._framer.has_partial:
-            due = self._last_read + self.partial_timeout
-            if self.frame_deadline is not None:
-                due = min(due, self._frame_start + self.frame_deadline)
-            return due
-        due = now + self.partial_timeout
-        if self.frame_deadline is not None:
-            due = min(due, now + self.frame_deadline)
-        if self.idle_timeout is not None:
-            due = min(due, self._last_read + self.idle_timeout)
-        return due
-
-    def _arm(self, at: float) -> None:
-        if self._loop is not None:
-            self._watchdog = self._loop.call_at(at, self._watch)
-
     def _watch(self) -> None:
+        """The watchdog: the connection's one timer for its time limits (``Deadlines``)."""
         self._watchdog = None
-        if self._eof:
+        if self._eof or self._loop is None:
             return
-        now = self._clock()
+        now, partial, deadlines = self._clock(), self._framer.has_partial, self._deadlines
         if self._frames or self._reading_paused:
-            # Frames wait for the driver: the time is ours, not the peer's.
-            self._last_read = now
-            if self._framer.has_partial:
-                self._frame_start = now
-        expired: Exception | None = None
-        if self._framer.has_partial:
-            if self.frame_deadline is not None and now >= self._frame_start + self.frame_deadline:
-                expired = FrameDeadlineError(
-                    f"frame incomplete {self.frame_deadline:g} s after its first byte"
-                )
-            elif now >= self._last_read + self.partial_timeout:
-                expired = StalledFrameError(f"partial frame stalled for {self.partial_timeout:g} s")
-        elif self.idle_timeout is not None and now >= self._last_read + self.idle_timeout:
-            expired = IdleTimeoutError(f"nothing received for {self.idle_timeout:g} s")
+            deadlines.waiting_on_us(now)
+        expired = deadlines.expired(now, partial)
         if expired is None:
-            self._arm(self._next_check(now))
+            self._watchdog = self._loop.call_at(deadlines.next_check(now, partial), self._watch)
             return
         self._expired = expired
         if self._transport is not None:

@@ -25,17 +25,75 @@ class IdleTimeoutError(Exception):
     """The peer sent nothing (not even a keep-alive) for the idle timeout."""
 
 
+class Deadlines:
+    """The time limits of one connection's reads, sans-IO (the caller passes its clock's time):
+    a partial frame without a new byte for ``partial_timeout``, a frame not complete
+    ``frame_deadline`` after its first byte, nothing at all for ``idle_timeout`` (None: no
+    such limit). A read only stores times; the owner's one timer asks :meth:`expired` and
+    sleeps until :meth:`next_check`, so no timer is made or moved per read."""
+
+    __slots__ = ("frame_deadline", "frame_start", "idle_timeout", "last_read", "partial_timeout")
+
+    def __init__(
+        self,
+        partial_timeout: float,
+        *,
+        frame_deadline: float | None = None,
+        idle_timeout: float | None = None,
+        now: float = 0.0,
+    ) -> None:
+        self.partial_timeout = partial_timeout
+        self.frame_deadline = frame_deadline
+        self.idle_timeout = idle_timeout
+        self.last_read = now
+        self.frame_start = -1.0  # first read of the partial frame; -1: none
+
+    def read(self, now: float, partial: bool, completed: bool) -> None:
+        """Bytes read at ``now``; ``partial``: a frame is incomplete after them; ``completed``:
+        they completed a frame (so a partial one after it began in this read)."""
+        self.last_read = now
+        if not partial:
+            self.frame_start = -1.0
+        elif completed or self.frame_start < 0:
+            self.frame_start = now
+
+    def waiting_on_us(self, now: float) -> None:
+        """Frames read wait for us: the time is ours, not the peer's."""
+        self.last_read = now
+        if self.frame_start >= 0:
+            self.frame_start = now
+
+    def expired(self, now: float, partial: bool) -> Exception | None:
+        """The limit passed at ``now``, as the error to raise, or None."""
+        if partial:
+            if self.frame_deadline is not None and now >= self.frame_start + self.frame_deadline:
+                return FrameDeadlineError(
+                    f"frame incomplete {self.frame_deadline:g} s after its first byte"
+                )
+            if now >= self.last_read + self.partial_timeout:
+                return StalledFrameError(f"partial frame stalled for {self.partial_timeout:g} s")
+        elif self.idle_timeout is not None and now >= self.last_read + self.idle_timeout:
+            return IdleTimeoutError(f"nothing received for {self.idle_timeout:g} s")
+        return None
+
+    def next_check(self, now: float, partial: bool) -> float:
+        """When to look again: the partial frame's deadline, else the idle one, but no later
+        than a partial frame beginning now could expire (reads never move the timer)."""
+        if partial:
+            due = self.last_read + self.partial_timeout
+            if self.frame_deadline is not None:
+                due = min(due, self.frame_start + self.frame_deadline)
+            return due
+        due = now + self.partial_timeout
+        if self.frame_deadline is not None:
+            due = min(due, now + self.frame_deadline)
+        if self.idle_timeout is not None:
+            due = min(due, self.last_read + self.idle_timeout)
+        return due
+
+
 class FramedStream:
-    __slots__ = (
-        "_frame_start",
-        "_framer",
-        "_send_lock",
-        "frame_deadline",
-        "idle_timeout",
-        "max_size",
-        "partial_timeout",
-        "stream",
-    )
+    __slots__ = ("_deadlines", "_framer", "_send_lock", "max_size", "partial_timeout", "stream")
 
     def __init__(
         self,
@@ -49,51 +107,38 @@ class FramedStream:
         self.stream = stream
         self.max_size = max_size
         self.partial_timeout = partial_timeout
-        self.idle_timeout = idle_timeout
-        self.frame_deadline = frame_deadline
         self._framer = Framer(max_size)
         self._send_lock = anyio.Lock()
-        self._frame_start: float | None = None
+        self._deadlines = Deadlines(
+            partial_timeout,
+            frame_deadline=frame_deadline,
+            idle_timeout=idle_timeout,
+            now=anyio.current_time(),
+        )
 
     async def receive_frame(self) -> bytes:
         """Next whole frame. Raises ``anyio.EndOfStream`` at a clean close,
         :class:`protocols.errors.FramingError` on a bad header, :class:`StalledFrameError`
         when a partial frame stalls (:class:`FrameDeadlineError`: past its deadline) and
         :class:`IdleTimeoutError` after ``idle_timeout`` seconds without a byte."""
-        framer = self._framer
-        while True:
-            frame = framer.next_frame()
-            if frame is not None:
-                self._frame_start = None
-                return frame
-            if framer.has_partial:
-                now = anyio.current_time()
-                if self._frame_start is None:
-                    self._frame_start = now
-                wait, expired = self.partial_timeout, "stalled"
-                if self.frame_deadline is not None:
-                    left = self._frame_start + self.frame_deadline - now
-                    if left < wait:
-                        wait, expired = left, "deadline"
-            elif self.idle_timeout is not None:
-                wait, expired = self.idle_timeout, "idle"
-            else:
-                framer.feed(await self.stream.receive())
-                continue
-            with anyio.move_on_after(wait) as scope:
+        framer, deadlines = self._framer, self._deadlines
+        while (frame := framer.next_frame()) is None:
+            now, partial = anyio.current_time(), framer.has_partial
+            expired = deadlines.expired(now, partial)
+            if expired is not None:
+                raise expired
+            if not partial and deadlines.idle_timeout is None:
                 data = await self.stream.receive()
-            if scope.cancelled_caught:
-                raise self._expired(expired)
+            else:
+                with anyio.move_on_after(deadlines.next_check(now, partial) - now) as scope:
+                    data = await self.stream.receive()
+                if scope.cancelled_caught:
+                    continue  # look at the limits again
             framer.feed(data)
-
-    def _expired(self, what: str) -> Exception:
-        if what == "idle":
-            return IdleTimeoutError(f"nothing received for {self.idle_timeout:g} s")
-        if what == "deadline":
-            return FrameDeadlineError(
-                f"frame incomplete {self.frame_deadline:g} s after its first byte"
-            )
-        return StalledFrameError(f"partial frame stalled for {self.partial_timeout:g} s")
+            deadlines.read(anyio.current_time(), True, False)
+        # What is left after this frame came in the same read: a new frame begins there.
+        deadlines.read(deadlines.last_read, framer.has_partial, True)
+        return frame
 
     async def send_frame(self, payload: bytes) -> None:
         data = encode_frame(payload, self.max_size)

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import socket
 import ssl
-import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, cast
@@ -64,6 +63,53 @@ def fast_path() -> bool:
     return sniffio.current_async_library() == "asyncio"
 
 
+class Watchdog:
+    """One timer per connection enforcing its :class:`kit.framed.Deadlines` on asyncio: reads
+    only store times (``deadlines.read``); when the timer fires it calls ``on_expired`` with the
+    limit's error, or arms itself for the next check. ``ours()`` true means data read waits
+    for us (back-pressure): that time is not held against the peer."""
+
+    __slots__ = ("_framer", "_handle", "_loop", "_on_expired", "_ours", "deadlines")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        deadlines: Deadlines,
+        framer: Framer,
+        on_expired: Callable[[Exception], object],
+        ours: Callable[[], bool] | None = None,
+    ) -> None:
+        self._loop = loop
+        self.deadlines = deadlines
+        self._framer = framer
+        self._on_expired = on_expired
+        self._ours = ours
+        now = deadlines.last_read = loop.time()
+        self._handle: asyncio.TimerHandle | None = loop.call_at(
+            deadlines.next_check(now, False), self._fire
+        )
+
+    def read(self, completed: bool) -> None:
+        """Bytes were just fed to the framer; ``completed``: they completed a frame."""
+        self.deadlines.read(self._loop.time(), self._framer.has_partial, completed)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _fire(self) -> None:
+        self._handle = None
+        now, partial, deadlines = self._loop.time(), self._framer.has_partial, self.deadlines
+        if self._ours is not None and self._ours():
+            deadlines.waiting_on_us(now)
+        expired = deadlines.expired(now, partial)
+        if expired is not None:
+            self._on_expired(expired)
+        else:
+            self._handle = self._loop.call_at(deadlines.next_check(now, partial), self._fire)
+
+
 class FrameProtocol(asyncio.Protocol):
     """A frame channel on asyncio. Its time limits (idle, partial frame, whole frame:
     :class:`kit.framed.Deadlines`) share one timer per connection, the watchdog: a read only
@@ -91,8 +137,7 @@ class FrameProtocol(asyncio.Protocol):
             partial_timeout, frame_deadline=frame_deadline, idle_timeout=idle_timeout
         )
         self._expired: Exception | None = None
-        self._clock: Callable[[], float] = time.monotonic  # the loop's, once connected
-        self._watchdog: asyncio.TimerHandle | None = None
+        self._watchdog: Watchdog | None = None
         self._framer = Framer(max_size)
         self._frames: deque[bytes] = deque()
         self._waiter: asyncio.Future[bool] | None = None
@@ -119,9 +164,7 @@ class FrameProtocol(asyncio.Protocol):
                 self._transport.abort()  # over a cap: nothing read, nothing to send
                 return
             self._admitted = True
-        self._clock = loop.time
-        now = self._deadlines.last_read = loop.time()
-        self._watchdog = loop.call_at(self._deadlines.next_check(now, False), self._watch)
+        self._watchdog = Watchdog(loop, self._deadlines, self._framer, self._expire, self._ours)
         if self._on_connect is not None:
             self._on_connect(self)
 
@@ -137,7 +180,8 @@ class FrameProtocol(asyncio.Protocol):
             self._framing_error = exc
             if self._transport is not None:
                 self._transport.pause_reading()
-        self._deadlines.read(self._clock(), framer.has_partial, len(frames) > queued)
+        if self._watchdog is not None:
+            self._watchdog.read(len(frames) > queued)
         if len(self._frames) >= _HIGH_FRAMES and not self._reading_paused:
             self._reading_paused = True
             if self._transport is not None:
@@ -151,8 +195,7 @@ class FrameProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
+            self._watchdog.stop()
         if self._admitted and self._admission is not None:
             self._admitted = False
             self._admission.release(self.peer)
@@ -177,18 +220,10 @@ class FrameProtocol(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(False)
 
-    def _watch(self) -> None:
-        """The watchdog: the connection's one timer for its time limits (``Deadlines``)."""
-        self._watchdog = None
-        if self._eof or self._loop is None:
-            return
-        now, partial, deadlines = self._clock(), self._framer.has_partial, self._deadlines
-        if self._frames or self._reading_paused:
-            deadlines.waiting_on_us(now)
-        expired = deadlines.expired(now, partial)
-        if expired is None:
-            self._watchdog = self._loop.call_at(deadlines.next_check(now, partial), self._watch)
-            return
+    def _ours(self) -> bool:
+        return bool(self._frames) or self._reading_paused
+
+    def _expire(self, expired: Exception) -> None:
         self._expired = expired
         if self._transport is not None:
             self._transport.pause_reading()

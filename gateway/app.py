@@ -14,7 +14,7 @@ from anyio.abc import TaskStatus
 
 from gateway.config import GatewayConfig
 from gateway.edge.draining import DrainingSwitch
-from gateway.edge.http import serve_asgi
+from gateway.edge.http import Rejections, serve_asgi
 from gateway.edge.terminals import TerminalServer
 from gateway.flow.emv_check import CheckEmv
 from gateway.flow.journal_stage import (
@@ -409,7 +409,14 @@ class Gateway:
                     extra_routes=dashboard_routes(self.status, self.metrics, self._alerts),
                 )
                 self.admin_port = await tg.start(
-                    serve_asgi, app, self.cfg.admin.host, self.cfg.admin.port
+                    functools.partial(
+                        serve_asgi,
+                        limits=self.cfg.admin.limits,
+                        refused=Rejections(self.metrics.http_rejected, "admin"),
+                    ),
+                    app,
+                    self.cfg.admin.host,
+                    self.cfg.admin.port,
                 )
             log.info(
                 "gateway_started",
@@ -467,7 +474,12 @@ class Gateway:
                 if qr_cfg.port >= 0:
                     qr = qr_app(self.qr, max_body=qr_cfg.max_body)
                     self.qr_port = await tg.start(
-                        functools.partial(serve_asgi, reuse_port=reuse_port),
+                        functools.partial(
+                            serve_asgi,
+                            limits=qr_cfg.limits,
+                            refused=Rejections(self.metrics.http_rejected, "qr"),
+                            reuse_port=reuse_port,
+                        ),
                         qr,
                         qr_cfg.host,
                         qr_cfg.port,

@@ -63,6 +63,21 @@ class TerminalConfig:
 
 
 @dataclass(config=FROZEN)
+class HttpLimits:
+    """Limits of an HTTP API's connections against slow or stalled clients."""
+
+    body_timeout: float = Field(default=10.0, gt=0)
+    """Seconds a request body may take to arrive after the request's head, however dripped;
+    then 408 and the connection is closed (complete headers with a partial body were held for
+    90 s and more)."""
+    header_timeout: float = Field(default=5.0, gt=0)
+    """Seconds a connection may go without a complete request head, at its opening and between
+    keep-alive requests (hypercorn's ``keep_alive_timeout``: it closes without an answer)."""
+    max_header_bytes: int = Field(default=16384, ge=1024)
+    """Largest request head (hypercorn's ``h11_max_incomplete_size``); beyond, refused."""
+
+
+@dataclass(config=FROZEN)
 class AdminTokenConfig:
     id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$")]
     """Who holds the token: written to the audit log (the token itself never is)."""
@@ -90,6 +105,7 @@ class AdminConfig:
     """Audit file (JSON lines, hash-chained, fsync'd), relative to this file; empty: audit
     records go to the log only. With several workers each appends to its own
     ``<stem>-node<N><suffix>``."""
+    limits: HttpLimits = Field(default_factory=HttpLimits)
 
     def __post_init__(self) -> None:
         ids = [t.id for t in self.tokens]
@@ -135,6 +151,7 @@ class QrApiConfig:
     request fingerprints in the store file; the same key at every start."""
     store_key_env: str = ""
     """Environment variable holding the store key as 64 hex (production)."""
+    limits: HttpLimits = Field(default_factory=HttpLimits)
 
     def __post_init__(self) -> None:
         if self.store_file and bool(self.store_key) == bool(self.store_key_env):

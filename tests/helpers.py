@@ -289,8 +289,8 @@ async def running_stack(
                     **(terminal_options or {}),
                 }
             ),
-            admin=AdminConfig(port=0),
-            qr_api=QrApiConfig(port=0),
+            admin=gateway_options.pop("admin", AdminConfig(port=0)),
+            qr_api=gateway_options.pop("qr_api", QrApiConfig(port=0)),
             links=tuple(
                 LinkConfig(
                     issuer=i,

@@ -29,6 +29,7 @@ from protocols.framing import Framer, encode_frame
 
 # Frames buffered before reading pauses: back-pressure instead of an unbounded queue.
 _HIGH_FRAMES = 256
+_NEVER = float("inf")
 
 
 class FrameChannel(Protocol):
@@ -64,12 +65,13 @@ def fast_path() -> bool:
 
 
 class Watchdog:
-    """One timer per connection enforcing its :class:`kit.framed.Deadlines` on asyncio: reads
-    only store times (``deadlines.read``); when the timer fires it calls ``on_expired`` with the
-    limit's error, or arms itself for the next check. ``ours()`` true means data read waits
-    for us (back-pressure): that time is not held against the peer."""
+    """One timer per connection enforcing its :class:`kit.framed.Deadlines` on asyncio. A read
+    only stores times, and moves the timer only when a partial frame begins whose deadline
+    comes first (a rare read, not one per frame); when the timer fires, it calls
+    ``on_expired`` with the limit's error, or arms itself for the deadline as it now stands.
+    ``ours()`` true means data read waits for us (back-pressure): not held against the peer."""
 
-    __slots__ = ("_framer", "_handle", "_loop", "_on_expired", "_ours", "deadlines")
+    __slots__ = ("_at", "_framer", "_handle", "_loop", "_on_expired", "_ours", "deadlines")
 
     def __init__(
         self,
@@ -84,22 +86,32 @@ class Watchdog:
         self._framer = framer
         self._on_expired = on_expired
         self._ours = ours
-        now = deadlines.last_read = loop.time()
-        self._handle: asyncio.TimerHandle | None = loop.call_at(
-            deadlines.next_check(now, False), self._fire
-        )
+        self._handle: asyncio.TimerHandle | None = None
+        self._at = _NEVER
+        deadlines.last_read = loop.time()
+        self._arm(deadlines.due(False))
 
     def read(self, completed: bool) -> None:
         """Bytes were just fed to the framer; ``completed``: they completed a frame."""
-        self.deadlines.read(self._loop.time(), self._framer.has_partial, completed)
+        deadlines = self.deadlines
+        if deadlines.read(self._loop.time(), self._framer.has_partial, completed):
+            due = deadlines.due(True)
+            if due is not None and due < self._at:
+                self._arm(due)
 
     def stop(self) -> None:
+        self._arm(None)
+
+    def _arm(self, at: float | None) -> None:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+        self._at = _NEVER if at is None else at
+        if at is not None:
+            self._handle = self._loop.call_at(at, self._fire)
 
     def _fire(self) -> None:
-        self._handle = None
+        self._handle, self._at = None, _NEVER
         now, partial, deadlines = self._loop.time(), self._framer.has_partial, self.deadlines
         if self._ours is not None and self._ours():
             deadlines.waiting_on_us(now)
@@ -107,16 +119,14 @@ class Watchdog:
         if expired is not None:
             self._on_expired(expired)
         else:
-            self._handle = self._loop.call_at(deadlines.next_check(now, partial), self._fire)
+            self._arm(deadlines.due(partial))
 
 
 class FrameProtocol(asyncio.Protocol):
     """A frame channel on asyncio. Its time limits (idle, partial frame, whole frame:
-    :class:`kit.framed.Deadlines`) share one timer per connection, the watchdog: a read only
-    stores times; the watchdog, when it fires, expires the connection or arms itself again
-    for the next deadline, at most ``min(partial_timeout, frame_deadline)`` ahead. So no timer
-    is made or moved per frame or per read: a connection's watchdog wakes once every few
-    seconds (10,000 idle connections: about 1,000 cheap callbacks a second by default)."""
+    :class:`kit.framed.Deadlines`) share one timer per connection (:class:`Watchdog`), as the
+    partial-frame timeout alone used to: no timer is made per frame, and an idle connection's
+    timer fires once per ``idle_timeout``."""
 
     def __init__(
         self,

@@ -29,8 +29,8 @@ class Deadlines:
     """The time limits of one connection's reads, sans-IO (the caller passes its clock's time):
     a partial frame without a new byte for ``partial_timeout``, a frame not complete
     ``frame_deadline`` after its first byte, nothing at all for ``idle_timeout`` (None: no
-    such limit). A read only stores times; the owner's one timer asks :meth:`expired` and
-    sleeps until :meth:`next_check`, so no timer is made or moved per read."""
+    such limit). A read only stores times; the owner waits until :meth:`due` and then asks
+    :meth:`expired` (a read may have moved the deadline later)."""
 
     __slots__ = ("frame_deadline", "frame_start", "idle_timeout", "last_read", "partial_timeout")
 
@@ -48,14 +48,17 @@ class Deadlines:
         self.last_read = now
         self.frame_start = -1.0  # first read of the partial frame; -1: none
 
-    def read(self, now: float, partial: bool, completed: bool) -> None:
+    def read(self, now: float, partial: bool, completed: bool) -> bool:
         """Bytes read at ``now``; ``partial``: a frame is incomplete after them; ``completed``:
-        they completed a frame (so a partial one after it began in this read)."""
+        they completed a frame (so a partial one after it began in this read). True when a
+        partial frame began: its deadline may come before the one the owner waits for."""
         self.last_read = now
         if not partial:
             self.frame_start = -1.0
         elif completed or self.frame_start < 0:
             self.frame_start = now
+            return True
+        return False
 
     def waiting_on_us(self, now: float) -> None:
         """Frames read wait for us: the time is ours, not the peer's."""
@@ -76,20 +79,14 @@ class Deadlines:
             return IdleTimeoutError(f"nothing received for {self.idle_timeout:g} s")
         return None
 
-    def next_check(self, now: float, partial: bool) -> float:
-        """When to look again: the partial frame's deadline, else the idle one, but no later
-        than a partial frame beginning now could expire (reads never move the timer)."""
+    def due(self, partial: bool) -> float | None:
+        """When a limit passes if nothing more is read (None: never)."""
         if partial:
             due = self.last_read + self.partial_timeout
             if self.frame_deadline is not None:
                 due = min(due, self.frame_start + self.frame_deadline)
             return due
-        due = now + self.partial_timeout
-        if self.frame_deadline is not None:
-            due = min(due, now + self.frame_deadline)
-        if self.idle_timeout is not None:
-            due = min(due, self.last_read + self.idle_timeout)
-        return due
+        return None if self.idle_timeout is None else self.last_read + self.idle_timeout
 
 
 class FramedStream:
@@ -127,10 +124,11 @@ class FramedStream:
             expired = deadlines.expired(now, partial)
             if expired is not None:
                 raise expired
-            if not partial and deadlines.idle_timeout is None:
+            due = deadlines.due(partial)
+            if due is None:
                 data = await self.stream.receive()
             else:
-                with anyio.move_on_after(deadlines.next_check(now, partial) - now) as scope:
+                with anyio.move_on_after(due - now) as scope:
                     data = await self.stream.receive()
                 if scope.cancelled_caught:
                     continue  # look at the limits again

@@ -135,7 +135,20 @@ class TerminalServer:
                 return
             else:
                 mti = req.mti
-                resp = await self._handle(req, frame, peer)
+                # Pending per terminal id, inline: no extra coroutine per request.
+                tid = req.fields.get("41", "")
+                count = self._pending.get(tid, 0)
+                if count >= self.max_pending_per_terminal:
+                    self._reject(
+                        "pending_per_terminal", "terminal_too_many_pending", peer, terminal=tid
+                    )
+                    resp = self.switch.refuse(req, "96")
+                else:
+                    self._pending[tid] = count + 1
+                    try:
+                        resp = await self.switch.handle(req, frame)
+                    finally:
+                        self._done(tid)
             if resp is None:
                 self._reject("not_request", "terminal_sent_response", peer, mti=mti)
                 return
@@ -147,23 +160,13 @@ class TerminalServer:
         finally:
             in_flight.release()
 
-    async def _handle(self, req: Message, frame: bytes, peer: str) -> Message | None:
-        """``switch.handle``, unless the request's terminal id has too many pending: 96."""
-        pending = self._pending
-        tid = req.fields.get("41", "")
-        count = pending.get(tid, 0)
-        if count >= self.max_pending_per_terminal:
-            self._reject("pending_per_terminal", "terminal_too_many_pending", peer, terminal=tid)
-            return self.switch.refuse(req, "96")
-        pending[tid] = count + 1
-        try:
-            return await self.switch.handle(req, frame)
-        finally:
-            count = pending[tid] - 1
-            if count:
-                pending[tid] = count
-            else:
-                del pending[tid]  # the map holds busy terminal ids only
+    def _done(self, tid: str) -> None:
+        """A request of terminal id ``tid`` has left the switch."""
+        count = self._pending[tid] - 1
+        if count:
+            self._pending[tid] = count
+        else:
+            del self._pending[tid]  # the map holds busy terminal ids only
 
     def _encode(self, resp: Message, peer: str) -> bytes:
         """``resp`` on the wire; if it cannot be encoded, its MTI, the fields it copied from

@@ -31,7 +31,10 @@ def write_conf(tmp: Path, ports: dict[str, int], gw_port: int, admin: int) -> No
     pki = (ROOT / "var" / "certs").resolve()
     (tmp / "gateway.toml").write_text(
         f'data = "{demo / "data.toml"}"\npki_dir = "{pki}"\nrisk = "{demo / "risk.toml"}"\n'
-        f"[terminal]\nport = {gw_port}\ntls_port = -1\n[admin]\nport = {admin}\n"
+        f"[terminal]\nport = {gw_port}\ntls_port = -1\n"
+        # benchmarks.idle_connections opens its thousands from one address: no caps here.
+        "max_connections = 100000\nmax_connections_per_address = 100000\n"
+        f"[admin]\nport = {admin}\n"
         "[qr_api]\nport = -1\n[hsm]\nendpoints = []\n"
         '[log]\nlevel = "warning"\ntransactions = false\n'
         + "".join(

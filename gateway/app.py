@@ -14,7 +14,7 @@ from anyio.abc import TaskStatus
 
 from gateway.config import GatewayConfig
 from gateway.edge.draining import DrainingSwitch
-from gateway.edge.http import serve_asgi
+from gateway.edge.http import Rejections, serve_asgi
 from gateway.edge.terminals import TerminalServer
 from gateway.flow.emv_check import CheckEmv
 from gateway.flow.journal_stage import (
@@ -50,6 +50,7 @@ from gateway.upstream.hsm_client import HsmClient, HsmCommandError, HsmError
 from gateway.upstream.links import IssuerPool
 from gateway.upstream.saf import SafMetrics, SafService
 from kit import fastio, pki
+from kit.admission import Admission
 from kit.conf import ConfigError
 from kit.dataset import Dataset, load_dataset
 from kit.keys import load_keys
@@ -181,6 +182,7 @@ class Gateway:
             max_frame=cfg.terminal.max_frame,
             partial_timeout=cfg.terminal.partial_frame_timeout,
             max_in_flight=cfg.terminal.max_in_flight,
+            max_pending_per_terminal=cfg.terminal.max_pending_per_terminal,
         )
         # QR payments and idempotency keys: in memory, or a SQLite file under its own key.
         qr_store, qr_cipher = store_from_config(cfg.qr_api, base_dir, self.pan_cipher)
@@ -424,7 +426,14 @@ class Gateway:
                     extra_routes=dashboard_routes(self.status, self.metrics, self._alerts),
                 )
                 self.admin_port = await tg.start(
-                    serve_asgi, app, self.cfg.admin.host, self.cfg.admin.port
+                    functools.partial(
+                        serve_asgi,
+                        limits=self.cfg.admin.limits,
+                        refused=Rejections(self.metrics.http_rejected, "admin"),
+                    ),
+                    app,
+                    self.cfg.admin.host,
+                    self.cfg.admin.port,
                 )
             log.info(
                 "gateway_started",
@@ -452,39 +461,54 @@ class Gateway:
         reuse_port = self.cfg.workers > 1  # worker processes share the listening ports
         with anyio.CancelScope() as scope:
             async with anyio.create_task_group() as tg:
+                limits = functools.partial(
+                    fastio.serve,
+                    tg,
+                    host=cfg.host,
+                    max_size=cfg.max_frame,
+                    partial_timeout=cfg.partial_frame_timeout,
+                    idle_timeout=cfg.idle_timeout,
+                    frame_deadline=cfg.frame_deadline,
+                    handshake_timeout=cfg.tls_handshake_timeout,
+                    reuse_port=reuse_port,
+                )
                 if cfg.port >= 0:
-                    self.terminal_port = await fastio.serve(
-                        tg,
+                    self.terminal_port = await limits(
                         self._tcp_handler,
-                        host=cfg.host,
                         port=cfg.port,
                         ssl_context=None,
-                        max_size=cfg.max_frame,
-                        partial_timeout=cfg.partial_frame_timeout,
-                        reuse_port=reuse_port,
+                        admission=self._admission(),
                     )
                 if cfg.tls_port >= 0:
                     ctx = pki.server_context(self.pki_dir, cfg.tls_cert, require_client_cert=False)
-                    self.tls_port = await fastio.serve(
-                        tg,
+                    self.tls_port = await limits(
                         self._tls_handler,
-                        host=cfg.host,
                         port=cfg.tls_port,
                         ssl_context=ctx,
-                        max_size=cfg.max_frame,
-                        partial_timeout=cfg.partial_frame_timeout,
-                        reuse_port=reuse_port,
+                        admission=self._admission(),
                     )
                 qr_cfg = self.cfg.qr_api
                 if qr_cfg.port >= 0:
                     qr = qr_app(self.qr, max_body=qr_cfg.max_body)
                     self.qr_port = await tg.start(
-                        functools.partial(serve_asgi, reuse_port=reuse_port),
+                        functools.partial(
+                            serve_asgi,
+                            limits=qr_cfg.limits,
+                            refused=Rejections(self.metrics.http_rejected, "qr"),
+                            reuse_port=reuse_port,
+                        ),
                         qr,
                         qr_cfg.host,
                         qr_cfg.port,
                     )
                 task_status.started(scope)
+
+    def _admission(self) -> Admission:
+        """A terminal listener's connection caps (one each: TCP, TLS)."""
+        cfg = self.cfg.terminal
+        return Admission(
+            cfg.max_connections, cfg.max_connections_per_address, self.terminals.refused
+        )
 
     async def shutdown(self, grace: float | None = None) -> None:
         """Graceful stop (SIGTERM): refuse new transactions, let those in flight finish (at

@@ -25,12 +25,56 @@ class TerminalConfig:
     """Certificate name in the PKI directory for the TLS listener."""
     max_frame: int = 8192
     """Largest accepted message, bytes."""
-    partial_frame_timeout: float = 10.0
-    """Seconds a partial frame may stall before the connection is closed."""
+    partial_frame_timeout: float = Field(default=10.0, gt=0)
+    """Seconds a partial frame may go without a new byte before the connection is closed."""
+    frame_deadline: float = Field(default=15.0, gt=0)
+    """Seconds a frame may take from its first byte to its last, however it is dripped: each
+    gap within ``partial_frame_timeout`` does not make a slow-loris connection last for ever
+    (a 109-byte purchase at 200 ms a byte took 21.9 s and was answered)."""
+    idle_timeout: float = Field(default=300.0, gt=0)
+    """Seconds a connection may send nothing at all (a zero-length keep-alive counts) before it
+    is closed: idle connections held for ever cost a file descriptor and about 8 KB each. Keep
+    it above ``request_timeout``: a terminal waiting for its answer sends nothing."""
+    max_connections: int = Field(default=10_000, ge=1)
+    """Connections per listener (TCP and TLS each); beyond, a new one is closed at once. Bounds
+    the file descriptors and memory a flood can take (keep it under the open-files limit)."""
+    max_connections_per_address: int = Field(default=1_000, ge=1)
+    """Connections per listener from one source address; beyond, closed at once, so one
+    machine cannot take the whole listener. Not small: terminals on a mobile network reach us
+    through their carrier's few NAT addresses."""
+    tls_handshake_timeout: float = Field(default=10.0, gt=0)
+    """Seconds a TLS client has to complete its handshake (a connection counts against the
+    caps only once it has)."""
     max_in_flight: int = 64
     """Requests processed at once per connection; reading pauses beyond (back-pressure)."""
+    max_pending_per_terminal: int = Field(default=1_000, ge=1)
+    """Requests of one terminal id (field 41) in the switch at once, over all connections;
+    beyond, answered 96 at once, not processed: one id (a device, or a flood using its name)
+    cannot fill the switch's pending tables. High: the load generator drives one id at
+    hundreds in flight."""
     request_timeout: float = 30.0
     """Overall budget for one request inside the switch, seconds."""
+
+    def __post_init__(self) -> None:
+        if self.frame_deadline < self.partial_frame_timeout:
+            raise ValueError("frame_deadline must not be shorter than partial_frame_timeout")
+        if self.max_connections_per_address > self.max_connections:
+            raise ValueError("max_connections_per_address must not exceed max_connections")
+
+
+@dataclass(config=FROZEN)
+class HttpLimits:
+    """Limits of an HTTP API's connections against slow or stalled clients."""
+
+    body_timeout: float = Field(default=10.0, gt=0)
+    """Seconds a request body may take to arrive after the request's head, however dripped;
+    then 408 and the connection is closed (complete headers with a partial body were held for
+    90 s and more)."""
+    header_timeout: float = Field(default=5.0, gt=0)
+    """Seconds a connection may go without a complete request head, at its opening and between
+    keep-alive requests (hypercorn's ``keep_alive_timeout``: it closes without an answer)."""
+    max_header_bytes: int = Field(default=16384, ge=1024)
+    """Largest request head (hypercorn's ``h11_max_incomplete_size``); beyond, refused."""
 
 
 @dataclass(config=FROZEN)
@@ -61,6 +105,7 @@ class AdminConfig:
     """Audit file (JSON lines, hash-chained, fsync'd), relative to this file; empty: audit
     records go to the log only. With several workers each appends to its own
     ``<stem>-node<N><suffix>``."""
+    limits: HttpLimits = Field(default_factory=HttpLimits)
 
     def __post_init__(self) -> None:
         ids = [t.id for t in self.tokens]
@@ -116,6 +161,7 @@ class QrApiConfig:
     """Wrong codes a challenge takes; the last one ends it."""
     max_challenges: int = 100_000
     """Challenges kept (pending and answered), the oldest forgotten first."""
+    limits: HttpLimits = Field(default_factory=HttpLimits)
 
     def __post_init__(self) -> None:
         if self.store_file and bool(self.store_key) == bool(self.store_key_env):

@@ -153,6 +153,12 @@ class Metrics:
         self.rejected = Counter(
             "switch_terminal_rejected", "Frames or connections refused", ["reason"], registry=r
         )
+        self.http_rejected = Counter(
+            "switch_http_rejected",
+            "HTTP requests refused by a limit (QR and admin APIs)",
+            ["api", "reason"],
+            registry=r,
+        )
         self.duplicates = Counter(
             "switch_duplicate_transmissions", "Duplicates answered from the original", registry=r
         )

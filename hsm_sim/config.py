@@ -18,6 +18,7 @@ Relative paths are taken from the configuration file's folder.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import ssl
 import tomllib
@@ -29,6 +30,7 @@ from pydantic.dataclasses import dataclass
 
 from hsm_sim.errors import HsmCryptoError
 from hsm_sim.lmk import Lmk
+from kit.pki import policy_context
 
 _FROZEN = pydantic.ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
@@ -76,12 +78,43 @@ class HsmConfig:
     """Largest accepted command in bytes; a longer frame closes that connection."""
     max_connections: int = pydantic.Field(default=256, ge=1)
     """Connections beyond this are closed at once."""
+    max_connections_per_client: int = pydantic.Field(default=64, ge=1)
+    """Connections from one client address; beyond, closed at once, so one client (or the
+    connections it forgot) cannot take every slot and lock the others out."""
+    idle_timeout: float = pydantic.Field(default=300.0, gt=0)
+    """Seconds a connection may send nothing before it is closed (idle connections held for
+    ever filled ``max_connections``); the gateway reconnects at its next command."""
+    allowed_addresses: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    """Client addresses served (IP networks, CIDR); any other is closed at once. Loopback by
+    default: an HSM is open to named hosts only. On plain TCP (no ``[tls]``) a network of every
+    address is refused: name the clients, or use mutual TLS."""
     partial_frame_timeout: float = pydantic.Field(default=10.0, gt=0)
     """Seconds a connection may leave a frame half-sent before it is closed."""
     backend: Literal["asyncio", "trio"] = "asyncio"
     """Event loop: asyncio (with uvloop when installed) or trio."""
     tls: TlsConfig | None = None
     """TLS settings; plain TCP when absent."""
+
+    @pydantic.field_validator("allowed_addresses")
+    @classmethod
+    def _check_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError("allowed_addresses: each entry is an IP network") from None
+        return value
+
+    def __post_init__(self) -> None:
+        if self.tls is None and any(n.prefixlen == 0 for n in self.networks()):
+            raise ValueError(
+                "allowed_addresses names every address on plain TCP: list the clients' "
+                "networks, or configure [tls] (mutual TLS)"
+            )
+
+    def networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """``allowed_addresses`` parsed."""
+        return tuple(ipaddress.ip_network(a, strict=False) for a in self.allowed_addresses)
 
     def load_lmk(self, environ: dict[str, str] | None = None) -> Lmk:
         """The LMK from ``lmk`` or ``lmk_env``; a missing or bad one is an HsmConfigError."""
@@ -97,12 +130,12 @@ class HsmConfig:
             raise HsmConfigError(f"LMK is not usable: {exc.reason}") from None
 
     def server_ssl_context(self) -> ssl.SSLContext | None:
-        """The server-side TLS context (TLS 1.2 minimum), or ``None`` for plain TCP."""
+        """The server-side TLS context (the project's policy: TLS 1.2 minimum, AEAD ciphers),
+        or ``None`` for plain TCP."""
         if self.tls is None:
             return None
         tls = self.tls
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx = policy_context(ssl.Purpose.CLIENT_AUTH)
         try:
             ctx.load_cert_chain(tls.cert_file, tls.key_file)
             if tls.ca_file:

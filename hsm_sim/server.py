@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import socket
 import ssl
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
@@ -29,6 +31,10 @@ from anyio.streams.tls import TLSAttribute, TLSListener
 
 from hsm_sim.config import HsmConfig
 from hsm_sim.core import CoreStatistics, HsmCore
+from kit.admission import Admission
+from kit.fastio import Watchdog
+from kit.framed import Deadlines, StalledFrameError
+from kit.logs import PeerWarnings, peer_host
 from kit.pki import client_allowed
 from protocols.errors import FramingError
 from protocols.framing import Framer, encode_frame
@@ -48,6 +54,9 @@ class ServerStatistics:
     connections_refused: int
     frames: int
     core: CoreStatistics
+    closed_by_limit: dict[str, int]
+    """Connections refused or closed by a limit, by reason: ``address_not_allowed``,
+    ``client_not_allowed``, ``max_connections``, ``max_per_address``, ``idle``, ``stalled``."""
 
 
 class HsmServer:
@@ -70,14 +79,24 @@ class HsmServer:
         )
         self._ssl: ssl.SSLContext | None = config.server_ssl_context()
         self.port: int | None = None
-        self._open = 0
+        self._networks = config.networks()
+        self._admission = Admission(
+            config.max_connections, config.max_connections_per_client, self._refuse
+        )
+        self._warnings = PeerWarnings(log)
+        self._limits: Counter[str] = Counter()
         self._total = 0
         self._refused = 0
         self._frames = 0
 
     def statistics(self) -> ServerStatistics:
         return ServerStatistics(
-            self._open, self._total, self._refused, self._frames, self.core.statistics()
+            self._admission.open,
+            self._total,
+            self._refused,
+            self._frames,
+            self.core.statistics(),
+            dict(self._limits),
         )
 
     async def serve(
@@ -139,19 +158,44 @@ class HsmServer:
                 conn.close("server stopping")
 
     def _admit(self, peer: str, der: bytes | None) -> bool:
-        """Count a new connection, or log why it is refused (the caller closes it)."""
-        if self._open >= self.config.max_connections:
-            self._refused += 1
-            log.warning("hsm.connection_refused", peer=peer, reason="max_connections")
+        """Count a new connection, or say why it is refused (the caller closes it)."""
+        if not self._address_allowed(peer):
+            self._refuse(peer, "address_not_allowed")
             return False
         if self.config.tls is not None and not client_allowed(self.config.tls.allowed_clients, der):
-            self._refused += 1
-            log.warning("hsm.connection_refused", peer=peer, reason="client not allowed")
+            self._refuse(peer, "client_not_allowed")
             return False
-        self._open += 1
+        if not self._admission.admit(peer):
+            return False
         self._total += 1
         log.info("hsm.connected", peer=peer)
         return True
+
+    def _address_allowed(self, peer: str) -> bool:
+        try:
+            address = ipaddress.ip_address(peer_host(peer))
+        except ValueError:
+            return False
+        return any(address in network for network in self._networks)
+
+    def _refuse(self, peer: str, reason: str) -> None:
+        self._refused += 1
+        self._limited(peer, reason, "hsm.connection_refused")
+
+    def _limited(self, peer: str, reason: str, event: str) -> None:
+        """Counted by reason; a warning rate-limited per client address (a flood of refused
+        connections must not flood the log)."""
+        self._limits[reason] += 1
+        self._warnings.warning(event, peer, reason=reason)
+
+    def _expired(self, peer: str, reason: str) -> str:
+        """A time limit closed ``peer``'s connection (``idle``, ``stalled``); the reason."""
+        self._limited(peer, reason, "hsm.connection_timeout")
+        return reason
+
+    def _closed(self, peer: str, reason: str) -> None:
+        self._admission.release(peer)
+        log.info("hsm.disconnected", peer=peer, reason=reason)
 
     async def _handle(self, stream: anyio.abc.ByteStream) -> None:
         peer = _peer(stream)
@@ -163,25 +207,23 @@ class HsmServer:
             )
             if not self._admit(peer, der):
                 return
+            reason = "closed"
             try:
-                reason = await self._drive(stream)
+                reason = await self._drive(stream, peer)
             finally:
-                self._open -= 1
-            log.info("hsm.disconnected", peer=peer, reason=reason)
+                self._closed(peer, reason)
 
-    async def _drive(self, stream: anyio.abc.ByteStream) -> str:
+    async def _drive(self, stream: anyio.abc.ByteStream, peer: str) -> str:
         """The connection's loop; returns why it ended."""
         framer = Framer(self.config.max_frame)
         process = self.core.process
         while True:
             try:
-                if framer.has_partial:
-                    with anyio.fail_after(self.config.partial_frame_timeout):
-                        data = await stream.receive(_READ_SIZE)
-                else:
+                limit = self.config.partial_frame_timeout if framer.has_partial else None
+                with anyio.fail_after(limit or self.config.idle_timeout):
                     data = await stream.receive(_READ_SIZE)
             except TimeoutError:
-                return "partial frame timeout"
+                return self._expired(peer, "stalled" if framer.has_partial else "idle")
             except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 return "closed by peer"
             except (OSError, ssl.SSLError) as exc:
@@ -234,7 +276,7 @@ class _HsmProtocol(asyncio.Protocol):
         self._process = server.core.process
         self._transport: asyncio.Transport | None = None
         self._admitted = False
-        self._stall: asyncio.TimerHandle | None = None
+        self._watchdog: Watchdog | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
@@ -255,6 +297,11 @@ class _HsmProtocol(asyncio.Protocol):
             return
         self._admitted = True
         self.connections.add(self)
+        config = self.server.config
+        deadlines = Deadlines(config.partial_frame_timeout, idle_timeout=config.idle_timeout)
+        self._watchdog = Watchdog(
+            asyncio.get_running_loop(), deadlines, self._framer, self._timed_out
+        )
 
     def data_received(self, data: bytes) -> None:
         if not self._admitted or self._transport is None:
@@ -265,15 +312,8 @@ class _HsmProtocol(asyncio.Protocol):
             self._transport.write(out[0] if len(out) == 1 else b"".join(out))
         if broken is not None:
             self.close(broken)
-            return
-        # A partial frame must complete within partial_frame_timeout of this read.
-        if self._stall is not None:
-            self._stall.cancel()
-            self._stall = None
-        if self._framer.has_partial:
-            self._stall = asyncio.get_running_loop().call_later(
-                self.server.config.partial_frame_timeout, self.close, "partial frame timeout"
-            )
+        elif self._watchdog is not None:
+            self._watchdog.read(bool(out))
 
     def eof_received(self) -> bool:
         return False
@@ -292,15 +332,17 @@ class _HsmProtocol(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
+    def _timed_out(self, expired: Exception) -> None:
+        reason = "stalled" if isinstance(expired, StalledFrameError) else "idle"
+        self.close(self.server._expired(self.peer, reason))
+
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._stall is not None:
-            self._stall.cancel()
-            self._stall = None
+        if self._watchdog is not None:
+            self._watchdog.stop()
         if not self._admitted:
             return
         self._admitted = False
         self.connections.discard(self)
-        self.server._open -= 1
         if exc is not None and self.reason == "closed by peer":
             self.reason = f"read error: {type(exc).__name__}"
-        log.info("hsm.disconnected", peer=self.peer, reason=self.reason)
+        self.server._closed(self.peer, self.reason)

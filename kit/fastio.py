@@ -22,12 +22,14 @@ import anyio
 import sniffio
 from anyio.abc import SocketAttribute, TaskGroup
 
-from kit.framed import FramedStream, StalledFrameError
+from kit.admission import Admission
+from kit.framed import Deadlines, FramedStream
 from protocols.errors import FramingError
 from protocols.framing import Framer, encode_frame
 
 # Frames buffered before reading pauses: back-pressure instead of an unbounded queue.
 _HIGH_FRAMES = 256
+_NEVER = float("inf")
 
 
 class FrameChannel(Protocol):
@@ -62,16 +64,90 @@ def fast_path() -> bool:
     return sniffio.current_async_library() == "asyncio"
 
 
+class Watchdog:
+    """One timer per connection enforcing its :class:`kit.framed.Deadlines` on asyncio. A read
+    only stores times, and moves the timer only when a partial frame begins whose deadline
+    comes first (a rare read, not one per frame); when the timer fires, it calls
+    ``on_expired`` with the limit's error, or arms itself for the deadline as it now stands.
+    ``ours()`` true means data read waits for us (back-pressure): not held against the peer."""
+
+    __slots__ = ("_at", "_framer", "_handle", "_loop", "_on_expired", "_ours", "deadlines")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        deadlines: Deadlines,
+        framer: Framer,
+        on_expired: Callable[[Exception], object],
+        ours: Callable[[], bool] | None = None,
+    ) -> None:
+        self._loop = loop
+        self.deadlines = deadlines
+        self._framer = framer
+        self._on_expired = on_expired
+        self._ours = ours
+        self._handle: asyncio.TimerHandle | None = None
+        self._at = _NEVER
+        deadlines.last_read = loop.time()
+        self._arm(deadlines.due(False))
+
+    def read(self, completed: bool) -> None:
+        """Bytes were just fed to the framer; ``completed``: they completed a frame."""
+        deadlines = self.deadlines
+        if deadlines.read(self._loop.time(), self._framer.has_partial, completed):
+            due = deadlines.due(True)
+            if due is not None and due < self._at:
+                self._arm(due)
+
+    def stop(self) -> None:
+        self._arm(None)
+
+    def _arm(self, at: float | None) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._at = _NEVER if at is None else at
+        if at is not None:
+            self._handle = self._loop.call_at(at, self._fire)
+
+    def _fire(self) -> None:
+        self._handle, self._at = None, _NEVER
+        now, partial, deadlines = self._loop.time(), self._framer.has_partial, self.deadlines
+        if self._ours is not None and self._ours():
+            deadlines.waiting_on_us(now)
+        expired = deadlines.expired(now, partial)
+        if expired is not None:
+            self._on_expired(expired)
+        else:
+            self._arm(deadlines.due(partial))
+
+
 class FrameProtocol(asyncio.Protocol):
+    """A frame channel on asyncio. Its time limits (idle, partial frame, whole frame:
+    :class:`kit.framed.Deadlines`) share one timer per connection (:class:`Watchdog`), as the
+    partial-frame timeout alone used to: no timer is made per frame, and an idle connection's
+    timer fires once per ``idle_timeout``."""
+
     def __init__(
         self,
         max_size: int,
         partial_timeout: float,
         on_connect: Callable[[FrameProtocol], object] | None = None,
+        *,
+        idle_timeout: float | None = None,
+        frame_deadline: float | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.max_size = max_size
         self.partial_timeout = partial_timeout
         self.peer = "?"
+        self._admission = admission
+        self._admitted = False
+        self._deadlines = Deadlines(
+            partial_timeout, frame_deadline=frame_deadline, idle_timeout=idle_timeout
+        )
+        self._expired: Exception | None = None
+        self._watchdog: Watchdog | None = None
         self._framer = Framer(max_size)
         self._frames: deque[bytes] = deque()
         self._waiter: asyncio.Future[bool] | None = None
@@ -90,21 +166,32 @@ class FrameProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = stream_transport(transport)
-        self._loop = asyncio.get_running_loop()  # kept: the lookup is not free per frame
+        self._loop = loop = asyncio.get_running_loop()  # kept: the lookup is not free per frame
         self.peer = transport_peer(transport)
+        if self._admission is not None:
+            if not self._admission.admit(self.peer):
+                self._eof = True
+                self._transport.abort()  # over a cap: nothing read, nothing to send
+                return
+            self._admitted = True
+        self._watchdog = Watchdog(loop, self._deadlines, self._framer, self._expire, self._ours)
         if self._on_connect is not None:
             self._on_connect(self)
 
     def data_received(self, data: bytes) -> None:
         framer = self._framer
+        frames = self._frames
+        queued = len(frames)
         framer.feed(data)
         try:
             while (frame := framer.next_frame()) is not None:
-                self._frames.append(frame)
+                frames.append(frame)
         except FramingError as exc:
             self._framing_error = exc
             if self._transport is not None:
                 self._transport.pause_reading()
+        if self._watchdog is not None:
+            self._watchdog.read(len(frames) > queued)
         if len(self._frames) >= _HIGH_FRAMES and not self._reading_paused:
             self._reading_paused = True
             if self._transport is not None:
@@ -117,6 +204,11 @@ class FrameProtocol(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._watchdog is not None:
+            self._watchdog.stop()
+        if self._admitted and self._admission is not None:
+            self._admitted = False
+            self._admission.release(self.peer)
         self._eof = True
         self._lost = exc
         self._wake()
@@ -138,11 +230,14 @@ class FrameProtocol(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(False)
 
-    @staticmethod
-    def _stalled(waiter: asyncio.Future[bool]) -> None:
-        # A timer, not a cancel scope: this runs for every partial frame on the hot path.
-        if not waiter.done():
-            waiter.set_result(True)
+    def _ours(self) -> bool:
+        return bool(self._frames) or self._reading_paused
+
+    def _expire(self, expired: Exception) -> None:
+        self._expired = expired
+        if self._transport is not None:
+            self._transport.pause_reading()
+        self._wake()
 
     # -- the channel ------------------------------------------------------------------------
 
@@ -151,6 +246,8 @@ class FrameProtocol(asyncio.Protocol):
         while not frames:
             if self._framing_error is not None:
                 raise self._framing_error
+            if self._expired is not None:
+                raise self._expired
             if self._eof:
                 if self._lost is not None:
                     raise anyio.BrokenResourceError from self._lost
@@ -158,17 +255,10 @@ class FrameProtocol(asyncio.Protocol):
             loop = self._loop or asyncio.get_running_loop()
             waiter: asyncio.Future[bool] = loop.create_future()
             self._waiter = waiter
-            stall = None
-            if self._framer.has_partial:
-                stall = loop.call_later(self.partial_timeout, self._stalled, waiter)
             try:
                 await waiter
             finally:
                 self._waiter = None
-                if stall is not None:
-                    stall.cancel()
-            if stall is not None and waiter.result():
-                raise StalledFrameError(f"partial frame stalled for {self.partial_timeout:g} s")
         frame = frames.popleft()
         if self._reading_paused and len(frames) < _HIGH_FRAMES // 2:
             self._reading_paused = False
@@ -211,8 +301,8 @@ class _StreamChannel(FramedStream):
 
     __slots__ = ("peer",)
 
-    def __init__(self, stream: Any, *, max_size: int, partial_timeout: float) -> None:
-        super().__init__(stream, max_size=max_size, partial_timeout=partial_timeout)
+    def __init__(self, stream: Any, **options: Any) -> None:
+        super().__init__(stream, **options)
         try:
             address = stream.extra(SocketAttribute.remote_address)
             self.peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else "?"
@@ -262,18 +352,32 @@ async def serve(
     ssl_context: ssl.SSLContext | None,
     max_size: int,
     partial_timeout: float,
+    idle_timeout: float | None = None,
+    frame_deadline: float | None = None,
+    handshake_timeout: float = 10.0,
+    admission: Admission | None = None,
     reuse_port: bool = False,
 ) -> int:
     """Listen and serve each connection with ``handler`` in ``tg``; returns the bound port.
 
     The listener lives until ``tg`` is cancelled. ``reuse_port`` lets several worker
-    processes listen on one port (SO_REUSEPORT: the kernel spreads connections).
+    processes listen on one port (SO_REUSEPORT: the kernel spreads connections). A connection
+    over one of ``admission``'s caps is closed before ``handler`` sees it. With TLS, a
+    connection is counted once its handshake is done: until then ``handshake_timeout`` bounds it.
     """
+    options: dict[str, Any] = {
+        "max_size": max_size,
+        "partial_timeout": partial_timeout,
+        "idle_timeout": idle_timeout,
+        "frame_deadline": frame_deadline,
+    }
     if fast_path():
         loop = asyncio.get_running_loop()
 
         def factory() -> FrameProtocol:
-            return FrameProtocol(max_size, partial_timeout, lambda p: tg.start_soon(handler, p))
+            return FrameProtocol(
+                on_connect=lambda p: tg.start_soon(handler, p), admission=admission, **options
+            )
 
         server = await loop.create_server(
             factory,
@@ -283,7 +387,7 @@ async def serve(
             backlog=4096,
             reuse_address=True,
             reuse_port=reuse_port or None,
-            ssl_handshake_timeout=10.0 if ssl_context is not None else None,
+            ssl_handshake_timeout=handshake_timeout if ssl_context is not None else None,
         )
         bound: int = server.sockets[0].getsockname()[1]
         tg.start_soon(_hold_server, server)
@@ -296,13 +400,24 @@ async def serve(
     )
     bound = raw.extra(SocketAttribute.local_port)
     listener: Any = (
-        TLSListener(raw, ssl_context, standard_compatible=False, handshake_timeout=10)
+        TLSListener(
+            raw, ssl_context, standard_compatible=False, handshake_timeout=handshake_timeout
+        )
         if ssl_context is not None
         else raw
     )
 
     async def on_stream(stream: Any) -> None:
-        await handler(_StreamChannel(stream, max_size=max_size, partial_timeout=partial_timeout))
+        channel = _StreamChannel(stream, **options)
+        if admission is None:
+            await handler(channel)
+        elif not admission.admit(channel.peer):
+            await stream.aclose()
+        else:
+            try:
+                await handler(channel)
+            finally:
+                admission.release(channel.peer)
 
     async def run_listener() -> None:
         async with listener:

@@ -254,13 +254,15 @@ async def running_stack(
     replicas: dict[str, int] | None = None,
     connections: int = 2,
     qr_api: QrApiConfig | None = None,
+    terminal_options: dict[str, Any] | None = None,
     **gateway_options: Any,
 ) -> AsyncIterator[Stack]:
     """Gateway + the three issuer simulators on 127.0.0.1; ``risk`` is relative to conf/demo
     (or absolute), empty to run without the risk stage. With ``hsm`` (and an ``[hsm]`` LMK
     in the dataset) an HSM simulator runs in-process on a free port for the gateway.
     ``journal`` names a journal TOML (absolute, or relative to conf/demo; empty: none);
-    ``replicas`` adds endpoints per issuer (simulators sharing the issuer's books)."""
+    ``replicas`` adds endpoints per issuer (simulators sharing the issuer's books);
+    ``terminal_options`` overrides ``[terminal]`` settings (ports 0, partial frames 0.5 s)."""
     dataset = dataset or demo_dataset()
     async with anyio.create_task_group() as tg:
         hsm_sim = None
@@ -283,9 +285,16 @@ async def running_stack(
         cfg = GatewayConfig(
             pki_dir=str(pki_dir),
             risk=risk,
-            terminal=TerminalConfig(port=0, tls_port=0, partial_frame_timeout=0.5),
-            admin=AdminConfig(port=0),
-            qr_api=qr_api or QrApiConfig(port=0),
+            terminal=TerminalConfig(
+                **{
+                    "port": 0,
+                    "tls_port": 0,
+                    "partial_frame_timeout": 0.5,
+                    **(terminal_options or {}),
+                }
+            ),
+            admin=gateway_options.pop("admin", AdminConfig(port=0)),
+            qr_api=qr_api or gateway_options.pop("qr_api", QrApiConfig(port=0)),
             links=tuple(
                 LinkConfig(
                     issuer=i,

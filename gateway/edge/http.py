@@ -8,15 +8,22 @@ import math
 import os
 import socket
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Final
 
 import anyio
+import orjson
 import sniffio
 from anyio.abc import TaskStatus
 from hypercorn.config import Config
+from prometheus_client import Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.config import HttpLimits
+from kit.logs import PeerWarnings, get_logger
 from protocols.bounded import BoundedFifo
+
+log = get_logger("gateway.edge.http")
 
 AUTH_FAILURES_LIMIT: Final = 20
 """Failed authentications one address may make within ``AUTH_FAILURES_WINDOW`` seconds; past
@@ -46,10 +53,14 @@ async def serve_asgi(
     host: str,
     port: int,
     *,
+    limits: HttpLimits | None = None,
+    refused: Refused | None = None,
     reuse_port: bool = False,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until cancelled; reports the bound port (useful with port 0)."""
+    """Serve until cancelled; reports the bound port (useful with port 0). ``refused`` hears
+    of each request refused by a limit (peer, reason)."""
+    limits = limits or HttpLimits()
     sock = bind_socket(host, port, reuse_port=reuse_port)
     config = Config()
     # hypercorn closes the descriptor it is given: hand it a duplicate and keep ours.
@@ -57,6 +68,11 @@ async def serve_asgi(
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 1.0
+    # A head must complete within keep_alive_timeout: hypercorn's idle timer runs until then.
+    # Its read_timeout stays off: it would also cut a request whose answer takes longer.
+    config.keep_alive_timeout = limits.header_timeout
+    config.h11_max_incomplete_size = limits.max_header_bytes
+    app = BodyDeadline(app, timeout=limits.body_timeout, refused=refused)
     stop = anyio.Event()
     bound: int = sock.getsockname()[1]
     try:
@@ -83,6 +99,81 @@ async def _run(serve: Any, app: Any, config: Config, stop: anyio.Event) -> None:
     # graceful_timeout), never by cancellation, which its asyncio worker does not survive.
     with anyio.CancelScope(shield=True):
         await serve(app, config, shutdown_trigger=stop.wait)
+
+
+Refused = Callable[[str, str], object]
+"""Told of each request refused by a limit: (peer ``host:port``, reason)."""
+
+_TIMEOUT_BODY: Final = orjson.dumps(
+    {"title": "Request Timeout", "status": 408, "detail": "the request body came too slowly"}
+)
+
+
+class BodyDeadline:
+    """ASGI middleware: a request's body must arrive within ``timeout`` seconds of its head,
+    however it is dripped. Past that, the client gets 408 with ``Connection: close`` (unless
+    an answer has started) and the app sees the client gone (``http.disconnect``); what the
+    app sends then is dropped. Without it, a client holding a partial body held the
+    connection and its task for as long as it liked."""
+
+    def __init__(self, app: ASGIApp, *, timeout: float, refused: Refused | None = None) -> None:
+        self.app = app
+        self.timeout = timeout
+        self.refused = refused
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        deadline = anyio.current_time() + self.timeout
+        started = complete = expired = ours = False
+
+        async def timed_receive() -> Message:
+            nonlocal complete, expired, ours
+            if expired:
+                return {"type": "http.disconnect"}
+            if complete:
+                return await receive()  # only the client's going remains to be told
+            with anyio.move_on_after(deadline - anyio.current_time()):
+                message = await receive()
+                complete = message["type"] != "http.request" or not message.get("more_body")
+                return message
+            expired = True
+            if self.refused is not None:
+                client = scope.get("client") or ("?", 0)
+                self.refused(f"{client[0]}:{client[1]}", "body_timeout")
+            if not started:
+                ours = True
+                headers = [
+                    (b"content-type", b"application/problem+json"),
+                    (b"connection", b"close"),
+                ]
+                await send({"type": "http.response.start", "status": 408, "headers": headers})
+                await send({"type": "http.response.body", "body": _TIMEOUT_BODY})
+            return {"type": "http.disconnect"}
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if ours:
+                return  # our 408 went out instead
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        await self.app(scope, timed_receive, guarded_send)
+
+
+class Rejections:
+    """An HTTP API's requests refused by a limit: counted in ``switch_http_rejected{api,
+    reason}`` and a warning rate-limited per address (a flood must not flood the logs)."""
+
+    def __init__(self, counter: Counter, api: str) -> None:
+        self.counter = counter
+        self.api = api
+        self.warnings = PeerWarnings(log)
+
+    def __call__(self, peer: str, reason: str) -> None:
+        self.counter.labels(self.api, reason).inc()
+        self.warnings.warning("http_limit", peer, api=self.api, reason=reason)
 
 
 class DrainBody:

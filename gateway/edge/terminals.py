@@ -11,7 +11,7 @@ import anyio
 from gateway.flow.switch import ECHOED, Switch
 from gateway.metrics import Metrics
 from kit.fastio import FrameChannel, fast_path
-from kit.framed import StalledFrameError
+from kit.framed import FrameDeadlineError, IdleTimeoutError, StalledFrameError
 from kit.logs import PeerWarnings, get_logger
 from protocols.codec import Codec, MessageFormatError, UndecodableError
 from protocols.errors import FramingError, LocalProtocolError
@@ -32,6 +32,7 @@ class TerminalServer:
         max_frame: int,
         partial_timeout: float,
         max_in_flight: int,
+        max_pending_per_terminal: int = 1_000,
     ) -> None:
         self.switch = switch
         self.codec = codec
@@ -39,6 +40,8 @@ class TerminalServer:
         self.max_frame = max_frame
         self.partial_timeout = partial_timeout
         self.max_in_flight = max_in_flight
+        self.max_pending_per_terminal = max_pending_per_terminal
+        self._pending: dict[str, int] = {}  # terminal id -> requests in the switch (> 0 only)
         self._warnings = PeerWarnings(log)
 
     def _reject(self, reason: str, event: str, peer: str, /, **fields: Any) -> None:
@@ -46,6 +49,10 @@ class TerminalServer:
         interval, as a warning without traceback (a flood must not flood the logs)."""
         self.metrics.rejected.labels(reason).inc()
         self._warnings.warning(event, peer, **fields)
+
+    def refused(self, peer: str, reason: str) -> None:
+        """A new connection over a listener's cap (``kit.admission``), closed at once."""
+        self._reject(reason, "terminal_connection_refused", peer, reason=reason)
 
     async def handle_connection(self, channel: FrameChannel, listener_name: str) -> None:
         """The connection's driver loop: the only code awaiting this terminal's bytes.
@@ -77,8 +84,12 @@ class TerminalServer:
             return None
         except FramingError as exc:
             self._reject("framing", "terminal_framing_error", channel.peer, reason=exc.reason)
+        except FrameDeadlineError as exc:
+            self._reject("frame_deadline", "terminal_frame_deadline", channel.peer, reason=str(exc))
         except StalledFrameError as exc:
             self._reject("stalled", "terminal_stalled", channel.peer, reason=str(exc))
+        except IdleTimeoutError as exc:
+            self._reject("idle", "terminal_idle_timeout", channel.peer, reason=str(exc))
         except (*_GONE, ssl.SSLError):
             pass
         return None
@@ -124,7 +135,20 @@ class TerminalServer:
                 return
             else:
                 mti = req.mti
-                resp = await self.switch.handle(req, frame)
+                # Pending per terminal id, inline: no extra coroutine per request.
+                tid = req.fields.get("41", "")
+                count = self._pending.get(tid, 0)
+                if count >= self.max_pending_per_terminal:
+                    self._reject(
+                        "pending_per_terminal", "terminal_too_many_pending", peer, terminal=tid
+                    )
+                    resp = self.switch.refuse(req, "96")
+                else:
+                    self._pending[tid] = count + 1
+                    try:
+                        resp = await self.switch.handle(req, frame)
+                    finally:
+                        self._done(tid)
             if resp is None:
                 self._reject("not_request", "terminal_sent_response", peer, mti=mti)
                 return
@@ -135,6 +159,14 @@ class TerminalServer:
             log.exception("terminal_request_failed", peer=peer)
         finally:
             in_flight.release()
+
+    def _done(self, tid: str) -> None:
+        """A request of terminal id ``tid`` has left the switch."""
+        count = self._pending[tid] - 1
+        if count:
+            self._pending[tid] = count
+        else:
+            del self._pending[tid]  # the map holds busy terminal ids only
 
     def _encode(self, resp: Message, peer: str) -> bytes:
         """``resp`` on the wire; if it cannot be encoded, its MTI, the fields it copied from

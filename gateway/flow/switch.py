@@ -96,6 +96,16 @@ class Switch:
         self.metrics.observe_transaction(exc.mti, exc.rc, 0.0)
         return resp
 
+    def refuse(self, req: Message, rc: str) -> Message | None:
+        """The answer to a request refused before the pipeline (the edge's limits): its
+        response MTI, the fields it echoes, ``rc``; ``None`` for a message without answer."""
+        if not is_request(req.mti):
+            return None
+        resp = Message(response_mti(req.mti), {k: v for k, v in req.fields.items() if k in ECHOED})
+        resp["39"] = rc
+        self.metrics.observe_transaction(req.mti, rc, 0.0)
+        return resp
+
     def _network(self, req: Message) -> Message:
         resp = Message(
             response_mti(req.mti), {k: req.fields[k] for k in ECHO_NETWORK if k in req.fields}

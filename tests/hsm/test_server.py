@@ -221,3 +221,64 @@ def test_cli_run_serves_and_stops_on_sigterm(backend: str) -> None:
         for pipe in (proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()
+
+
+async def _closed_by_server(stream: anyio.abc.ByteStream) -> bool:
+    with anyio.fail_after(5):
+        try:
+            await stream.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+            return True
+    return False
+
+
+@pytest.mark.anyio
+async def test_idle_connections_are_closed_and_one_client_cannot_take_every_slot() -> None:
+    """Issue 15: idle connections held every slot and locked new clients out. Now a client
+    address has at most max_connections_per_client, and a silent connection is closed."""
+    config = {"max_connections": 3, "max_connections_per_client": 2, "idle_timeout": 0.3}
+    async with running_server(**config) as server:
+        port = server.port or 0
+        one = await anyio.connect_tcp("127.0.0.1", port)
+        two = await anyio.connect_tcp("127.0.0.1", port)
+        async with one, two, await anyio.connect_tcp("127.0.0.1", port) as three:
+            assert await _closed_by_server(three)  # a third from the same address
+            answer = await _exchange_from("127.0.0.2", port, encode_frame(b"0001NC"))
+            assert answer[:8] == b"0001ND00"  # another client is served
+            assert await _closed_by_server(one)  # idle
+            assert await _closed_by_server(two)
+        stats = server.statistics()
+    assert stats.closed_by_limit == {"max_per_address": 1, "idle": 2}
+
+
+async def _exchange_from(source: str, port: int, data: bytes) -> bytes:
+    async with await anyio.connect_tcp("127.0.0.1", port, local_host=source) as stream:
+        await stream.send(data)
+        framer = Framer()
+        with anyio.fail_after(5):
+            while (frame := framer.next_frame()) is None:
+                framer.feed(await stream.receive())
+        return frame
+
+
+@pytest.mark.anyio
+async def test_plain_tcp_clients_outside_the_allow_list_are_refused() -> None:
+    async with running_server(allowed_addresses=("127.0.0.2/32",)) as server:
+        port = server.port or 0
+        assert (await _exchange_from("127.0.0.2", port, encode_frame(b"0001NC")))[:4] == b"0001"
+        async with await anyio.connect_tcp("127.0.0.1", port, local_host="127.0.0.1") as other:
+            await other.send(encode_frame(b"0002NC"))
+            assert await _closed_by_server(other)
+        stats = server.statistics()
+    assert (stats.frames, stats.closed_by_limit) == (1, {"address_not_allowed": 1})
+
+
+def test_plain_tcp_outside_loopback_needs_an_allow_list() -> None:
+    with pytest.raises(HsmConfigError, match="allowed_addresses"):
+        parse_config({"lmk": LMK_HEX, "host": "0.0.0.0", "allowed_addresses": ["0.0.0.0/0"]})
+    assert parse_config({"lmk": LMK_HEX, "host": "0.0.0.0"}).allowed_addresses == (
+        "127.0.0.0/8",
+        "::1/128",
+    )
+    with pytest.raises(HsmConfigError, match="allowed_addresses"):
+        parse_config({"lmk": LMK_HEX, "allowed_addresses": ["not an address"]})

@@ -12,7 +12,7 @@ import pytest
 
 from protocols.codec import Codec
 from protocols.dialects import DIALECTS, get_dialect
-from protocols.fastcodec import best_codec
+from protocols.fastcodec import FastCodec, best_codec
 from protocols.message import Message
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,3 +58,11 @@ def test_golden_vectors_both_directions(dialect: str, codec_kind: str) -> None:
         msg, raw = message(case["fields"]), bytes.fromhex(case["hex"])
         assert codec.encode(msg) == raw, case["name"]
         assert codec.decode(raw) == msg, case["name"]
+        if isinstance(codec, FastCodec):  # real traffic takes the fast paths
+            assert codec._encode_fast(msg) == raw, case["name"]
+            assert codec._decode_fast(raw) == msg, case["name"]
+
+
+@pytest.mark.parametrize("dialect", sorted(DIALECTS))
+def test_the_switch_gets_the_fast_codec_for_every_dialect(dialect: str) -> None:
+    assert type(best_codec(get_dialect(dialect))) is FastCodec

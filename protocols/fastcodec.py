@@ -42,6 +42,12 @@ __all__ = ["FastCodec", "UnsupportedSpecError", "best_codec"]
 # Field spec compiled to a tuple: (key, length-prefix width in bytes, max_len, binary data,
 # counted in nibbles, left pad, right pad, prefix bytes -> length, length -> prefix as latin-1).
 _Field = tuple[str, int, int, bool, bool, str, str, dict[bytes, int], tuple[str, ...]]
+# What the fast paths' loops unpack (short tuples: unpacking is per field and message): key,
+# prefix width, max_len, kind (_TEXT, _BYTES, _NIBBLES) and the prefix table (decoder: bytes ->
+# length; encoder: the reverse).
+_DecField = tuple[str, int, int, int, dict[bytes, int]]
+_EncField = tuple[str, int, int, int, tuple[str, ...]]
+_TEXT, _BYTES, _NIBBLES = 0, 1, 2
 
 # Bounded memo of per-bitmap plans: real traffic has a handful of shapes; random input must not
 # grow memory, so past the limit plans are computed and not stored.
@@ -51,8 +57,8 @@ _BAD_LENGTH = 1 << 30  # what the length table answers for anything but len_type
 _PREFIXES: dict[tuple[bool, int], tuple[str, ...]] = {}
 _LENGTHS: dict[tuple[bool, int], dict[bytes, int]] = {}
 # Cached plan of a message shape the fast path cannot take (a field missing from the spec).
-_NO_PLAN: tuple[_Field, ...] = (("", -1, -1, False, False, "", "", {}, ()),)
-_NO_ENC_PLAN: tuple[str, tuple[_Field, ...]] = ("", ())
+_NO_PLAN: tuple[_DecField, ...] = (("", -1, -1, _TEXT, {}),)
+_NO_ENC_PLAN: tuple[str, tuple[_EncField, ...]] = ("", ())
 
 
 class UnsupportedSpecError(LocalProtocolError):
@@ -167,10 +173,13 @@ class FastCodec(Codec):
     __slots__ = (
         "_bcd_mti",
         "_by_number",
+        "_dec_fields",
         "_dec_plans",
         "_enc_bits",
+        "_enc_fields",
         "_enc_plans",
         "_hex_bitmap",
+        "_pads",
         "_transcribed",
     )
 
@@ -215,8 +224,12 @@ class FastCodec(Codec):
         )
         # Encoder: canonical key -> bit in the 128-bit combined bitmap (field n at bit 128 - n).
         self._enc_bits = {key: 1 << (128 - n) for n, (key, *_rest) in by_number.items()}
-        self._dec_plans: dict[bytes, tuple[_Field, ...]] = {}
-        self._enc_plans: dict[tuple[str, ...], tuple[str, tuple[_Field, ...]]] = {}
+        kinds = {n: _NIBBLES if f[4] else _BYTES if f[3] else _TEXT for n, f in by_number.items()}
+        self._dec_fields = {n: (*f[:3], kinds[n], f[7]) for n, f in by_number.items()}
+        self._enc_fields = {n: (*f[:3], kinds[n], f[8]) for n, f in by_number.items()}
+        self._pads = {f[0]: (f[5], f[6]) for f in by_number.values()}
+        self._dec_plans: dict[bytes, tuple[_DecField, ...]] = {}
+        self._enc_plans: dict[tuple[str, ...], tuple[str, tuple[_EncField, ...]]] = {}
 
     # ------------------------------------------------------------------ decode
 
@@ -226,15 +239,15 @@ class FastCodec(Codec):
             return self._decode_exact(data)
         return msg
 
-    def _decode_plan(self, bitmap: bytes) -> tuple[_Field, ...]:
+    def _decode_plan(self, bitmap: bytes) -> tuple[_DecField, ...]:
         """Fields present, ascending, for a primary (+ secondary without bit 65) bitmap."""
         value = int.from_bytes(bitmap, "big")
         width = len(bitmap) * 8
-        by_number = self._by_number
-        plan: list[_Field] = []
+        fields = self._dec_fields
+        plan: list[_DecField] = []
         for n in range(2, width + 1):
             if value >> (width - n) & 1:
-                entry = by_number.get(n)
+                entry = fields.get(n)
                 if entry is None:
                     return _NO_PLAN  # not in the spec: the exact path reports it
                 plan.append(entry)
@@ -248,12 +261,15 @@ class FastCodec(Codec):
             data = bytes(data)
         if self._bcd_mti:
             mti = data[:2].hex()
+            if len(mti) != 4 or not mti.isdigit():  # hex text: digits when it is valid BCD
+                return None
             pos = 2
         else:
-            mti = data[:4].decode("latin-1")
+            head = data[:4]
+            if len(head) != 4 or not head.isdigit():  # bytes.isdigit: ASCII digits only
+                return None
+            mti = head.decode("ascii")
             pos = 4
-        if len(mti) != 4 or not mti.isascii() or not mti.isdigit():  # BCD's hex: digits if valid
-            return None
         if self._hex_bitmap:
             bitmap = _unhex_or_none(data[pos : pos + 16])
             if bitmap is None or len(bitmap) != 8:
@@ -265,16 +281,16 @@ class FastCodec(Codec):
                     return None  # short, not hex, or bit 65 (tertiary): the exact path
                 bitmap += secondary
                 pos += 16
-        else:
+        elif len(data) < pos + 8:
+            return None
+        elif data[pos] < 0x80:
             bitmap = data[pos : pos + 8]
-            if len(bitmap) != 8:
-                return None
             pos += 8
-            if bitmap[0] & 0x80:
-                bitmap = data[pos - 8 : pos + 8]
-                if len(bitmap) != 16 or bitmap[8] & 0x80:  # no tertiary bitmap (bit 65)
-                    return None
-                pos += 8
+        elif len(data) >= pos + 16 and data[pos + 8] < 0x80:  # secondary, no tertiary (bit 65)
+            bitmap = data[pos : pos + 16]
+            pos += 16
+        else:
+            return None
         plans = self._dec_plans
         plan = plans.get(bitmap)
         if plan is None:
@@ -288,7 +304,7 @@ class FastCodec(Codec):
         # one object per field); that they are really ASCII is checked once, at the end.
         text = data.decode("latin-1")
         out: dict[str, str] = {}
-        for key, len_type, max_len, binary, nibbles, lpad, rpad, lengths, _ in plan:
+        for key, len_type, max_len, kind, lengths in plan:
             if len_type:
                 # Exactly the prefixes pyiso8583 reads plainly, else _BAD_LENGTH (> any max_len).
                 size = lengths.get(data[pos : pos + len_type], _BAD_LENGTH)
@@ -297,10 +313,14 @@ class FastCodec(Codec):
                 pos += len_type
             else:
                 size = max_len
-            if nibbles:
+            if kind == _TEXT:
+                end = pos + size
+                out[key] = text[pos:end]
+            elif kind == _NIBBLES:
                 end = pos + (size + 1) // 2
                 value = data[pos:end].hex().upper()
                 if size & 1:  # one pad nibble, removed as pyiso8583 does (left pad first)
+                    lpad, rpad = self._pads[key]
                     if lpad and value[:1] == lpad:
                         value = value[1:]
                     elif rpad and value[-1:] == rpad:
@@ -308,12 +328,9 @@ class FastCodec(Codec):
                     else:
                         return None
                 out[key] = value
-            elif binary:
-                end = pos + size
-                out[key] = data[pos:end].hex().upper()
             else:
                 end = pos + size
-                out[key] = text[pos:end]
+                out[key] = data[pos:end].hex().upper()
             pos = end
         # A short field leaves pos past the end. All bytes after the bitmap ASCII (no binary
         # field, or binary bytes that happen to be ASCII): every ASCII field is; otherwise one
@@ -440,7 +457,7 @@ class FastCodec(Codec):
             return self._encode_exact(msg)
         return raw
 
-    def _encode_plan(self, keys: tuple[str, ...]) -> tuple[str, tuple[_Field, ...]]:
+    def _encode_plan(self, keys: tuple[str, ...]) -> tuple[str, tuple[_EncField, ...]]:
         """Bitmap (as latin-1 text) and fields in wire order for a message with these keys;
         ``_NO_ENC_PLAN`` when a key is not a field of the spec written canonically (the exact
         path handles it)."""
@@ -459,8 +476,8 @@ class FastCodec(Codec):
         else:
             raw = (bits >> 64).to_bytes(8, "big")
         bitmap = raw.hex().upper() if self._hex_bitmap else raw.decode("latin-1")
-        by_number = self._by_number
-        plan = tuple(by_number[n] for n in range(2, 129) if bits >> (128 - n) & 1)
+        fields = self._enc_fields
+        plan = tuple(fields[n] for n in range(2, 129) if bits >> (128 - n) & 1)
         return bitmap, plan
 
     def _encode_fast(self, msg: Message) -> bytes | None:
@@ -488,21 +505,22 @@ class FastCodec(Codec):
             # ASCII, so their length is their byte length), binary ones as latin-1 characters.
             parts = [mti, bitmap]
             append = parts.append
-            for key, len_type, max_len, binary, nibbles, lpad, rpad, _, prefixes in plan:
+            for key, len_type, max_len, kind, prefixes in plan:
                 value = fields[key]
                 size = len(value)
-                if nibbles:  # counted in nibbles, an odd count padded as pyiso8583 pads
+                if kind == _TEXT:
+                    if not value.isascii():
+                        return None
+                elif kind == _NIBBLES:  # counted in nibbles, an odd count padded as pyiso8583 pads
                     if size & 1:
-                        pad = lpad or rpad
-                        if not pad:
+                        lpad, rpad = self._pads[key]
+                        if not (lpad or rpad):
                             return None
-                        value = pad + value if lpad else value + pad
+                        value = lpad + value if lpad else value + rpad
                     value = a2b_hex(value).decode("latin-1")
-                elif binary:
+                else:
                     value = a2b_hex(value).decode("latin-1")
                     size = len(value)
-                elif not value.isascii():
-                    return None
                 if len_type:
                     if size > max_len:
                         return None

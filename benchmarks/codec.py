@@ -69,12 +69,12 @@ def sample_0200() -> Message:
 
 
 def sample(dialect: str = "iso87-ascii") -> Message:
-    """:func:`sample_0200` as ``dialect`` carries it: iso87-bcd without SPEC's 20-character KSN
+    """:func:`sample_0200` as ``dialect`` carries it; iso87-bcd without SPEC's 20-character KSN
     (53 is n16 there); the 1993 dialects as a 1200, with 12 as YYMMDDhhmmss, 22 as the
     12-character POS data code, 24 the function code and 56 for 90, without 13 and 25 (other
     meanings in 1993)."""
     fields = sample_0200().fields
-    if dialect == "iso87-ascii":
+    if dialect.startswith("iso87-ascii"):
         return Message("0200", fields)
     del fields["53"]
     if not dialect.startswith("iso93"):

@@ -8,12 +8,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from protocols.dialects import iso87_ascii, iso87_bcd, iso93_ascii, iso93_bcd
+from protocols.dialects import iso87_ascii, iso87_ascii_hex, iso87_bcd, iso93_ascii, iso93_bcd
 
 Spec = Mapping[str, Mapping[str, Any]]
 
 DIALECTS: dict[str, Spec] = {
     "iso87-ascii": iso87_ascii.SPEC,
+    "iso87-ascii-hex": iso87_ascii_hex.SPEC,
     "iso87-bcd": iso87_bcd.SPEC,
     "iso93-ascii": iso93_ascii.SPEC,
     "iso93-bcd": iso93_bcd.SPEC,

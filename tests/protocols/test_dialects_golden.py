@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT.parent / "shared" / "golden" / "jpos"
 PACKAGERS = {
     "iso87-ascii": "ISO87APackagerBBitmap",
+    "iso87-ascii-hex": "ISO87APackagerBBitmap",  # every vector: 52, 64, 128 as hex text too
     "iso87-bcd": "ISO87BPackager",
     "iso93-ascii": "ISO93APackager",
     "iso93-bcd": "ISO93BPackager",

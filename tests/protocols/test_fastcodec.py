@@ -331,6 +331,26 @@ def test_errors_carry_no_raw_bytes_pan_or_chained_exception() -> None:
     assert local.value.__context__ is None
 
 
+@pytest.mark.parametrize("dialect", NAMES)
+def test_every_dialects_errors_carry_no_pan_or_chained_exception(dialect: str) -> None:
+    # On the BCD and hex-bitmap dialects the exact path is pyiso8583 itself, whose errors hold
+    # the message: they must not survive in __context__.
+    fast = PAIRS[dialect][1]
+    msg = samples(dialect)
+    with pytest.raises(MessageFormatError) as info:
+        fast.decode(fast.encode(msg)[:-3])
+    err = info.value
+    assert (err.mti, err.rc, err.echo["11"]) == (msg.mti, "30", "000123")
+    assert PAN not in str(err)
+    assert PAN not in repr(err.echo)
+    assert err.__cause__ is None
+    assert err.__context__ is None
+    with pytest.raises(LocalProtocolError) as local:
+        fast.encode(Message(msg.mti, {**msg.fields, "2": PAN + "é"}))
+    assert PAN not in str(local.value)
+    assert local.value.__context__ is None
+
+
 @pytest.mark.parametrize(
     "raw",
     [

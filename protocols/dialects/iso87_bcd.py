@@ -8,15 +8,17 @@ against jPOS 2.1.10's own vectors (tests/protocols/test_dialects_golden.py).
 Where jPOS and the standard differ (jPOS followed; the vectors are what a jPOS peer sends):
 
 - Odd-length numerics: jPOS pads fixed fields with a 0 nibble on the left (22 ``051`` is
-  ``0051``) but variable ones (LLNUM: 2, 32, 33, 35, 36, 99, 100) on the right (32 ``4123456``
+  ``0051``) but variable ones (LLNUM: 2, 32, 33, 35, 99, 100) on the right (32 ``4123456``
   is ``07 41234560``). The standard only says numerics are right-justified and zero-filled,
   which fits the fixed fields; for variable BCD it names no pad (some networks pad ``F``).
 - 55: "reserved ISO" (ans..999) in 1987 and ``IFB_LLLCHAR`` in jPOS, which carries the EMV
   bytes verbatim; here binary (hex text), the same bytes on the wire.
-- Not in the vectors, so unverified against jPOS: 28-31 and 97 (x+n: a C/D sign then digits)
-  are ASCII here (jPOS: a sign character then BCD, which a pyiso8583 field cannot express); 35
-  travels as BCD nibbles with ``D`` as separator; 53 is n16 as the standard says, so SPEC's
-  20-character DUKPT KSN does not fit (it is never sent to an issuer).
+- Fields the vectors do not carry take the packager's declarations (unverified against its
+  bytes): 36 characters (the standard: n..104), 93 an6 (an5), 96 16 bytes (b64). 28-31 and
+  97 (x+n: a C/D sign, then digits) are ASCII here: jPOS sends the sign as a character and the
+  digits as BCD, which a pyiso8583 field cannot express. 35 travels as BCD nibbles with ``D``
+  as separator; 53 is n16, so SPEC's 20-character DUKPT KSN does not fit (it is never sent to
+  an issuer).
 """
 
 from __future__ import annotations
@@ -325,12 +327,10 @@ SPEC: dict[str, dict[str, Any]] = {
         "desc": "Track 2 Data",
     },
     "36": {
-        "data_enc": "b",
+        "data_enc": "ascii",
         "len_enc": "bcd",
         "len_type": 2,
         "max_len": 104,
-        "len_count": "nibbles",
-        "right_pad": "0",
         "desc": "Track 3 Data",
     },
     "37": {
@@ -741,7 +741,7 @@ SPEC: dict[str, dict[str, Any]] = {
         "data_enc": "ascii",
         "len_enc": "b",
         "len_type": 0,
-        "max_len": 5,
+        "max_len": 6,
         "desc": "Response Indicator",
     },
     "94": {
@@ -762,7 +762,7 @@ SPEC: dict[str, dict[str, Any]] = {
         "data_enc": "b",
         "len_enc": "b",
         "len_type": 0,
-        "max_len": 8,
+        "max_len": 16,
         "desc": "Message Security Code",
     },
     "97": {
@@ -816,7 +816,7 @@ SPEC: dict[str, dict[str, Any]] = {
         "data_enc": "ascii",
         "len_enc": "bcd",
         "len_type": 2,
-        "max_len": 999,
+        "max_len": 100,
         "desc": "Transaction Description",
     },
     "105": {

@@ -31,7 +31,9 @@ HEX_TEXT_IN_JPOS = {"iso87-ascii": {"52", "64", "128"}}
 def vectors(dialect: str) -> list[dict[str, Any]]:
     path = GOLDEN / f"{PACKAGERS[dialect]}.json"
     if not path.is_file():
-        pytest.skip(f"{path} is absent (the jPOS vectors live in shared/, beside /work/main)")
+        pytest.skip(
+            f"{path} is absent: the jPOS vectors are read from ../shared, beside a checkout"
+        )
     doc = json.loads(path.read_text())
     skip = HEX_TEXT_IN_JPOS.get(dialect, set())
     return [v for v in doc["vectors"] if not skip & set(v["fields"])]

@@ -1,5 +1,6 @@
-"""Codec (pyiso8583) against FastCodec on the 22-field 0200 of SPEC: ``python -m
-benchmarks.codec [--runs 7] [--number 2000]``.
+"""Codec (pyiso8583) against FastCodec, per dialect, on a chip purchase (SPEC's 22-field 0200,
+or the same purchase as each dialect carries it): ``python -m benchmarks.codec [--runs 7]
+[--number 2000] [--dialect NAME]``.
 
 Each run times decode and encode of both codecs in turn (so that both see the same machine
 load) with ``time.process_time``; the figures are medians over the runs, in microseconds per
@@ -15,7 +16,7 @@ import statistics
 from collections.abc import Callable
 
 from protocols.codec import Codec
-from protocols.dialects import get_dialect
+from protocols.dialects import DIALECTS, get_dialect
 from protocols.fastcodec import FastCodec
 from protocols.message import Message
 
@@ -67,11 +68,31 @@ def sample_0200() -> Message:
     )
 
 
-def measure(clock: Callable[[], float], runs: int, number: int) -> dict[str, dict[str, float]]:
+def sample(dialect: str = "iso87-ascii") -> Message:
+    """:func:`sample_0200` as ``dialect`` carries it; iso87-bcd without SPEC's 20-character KSN
+    (53 is n16 there); the 1993 dialects as a 1200, with 12 as YYMMDDhhmmss, 22 as the
+    12-character POS data code, 24 the function code and 56 for 90, without 13 and 25 (other
+    meanings in 1993)."""
+    fields = sample_0200().fields
+    if dialect.startswith("iso87-ascii"):
+        return Message("0200", fields)
+    del fields["53"]
+    if not dialect.startswith("iso93"):
+        return Message("0200", fields)
+    del fields["13"], fields["25"], fields["90"]
+    fields.update(
+        {"12": "241127101500", "22": "51010151334C", "24": "200", "56": "0200000123241127101500"}
+    )
+    return Message("1200", fields)
+
+
+def measure(
+    clock: Callable[[], float], runs: int, number: int, dialect: str = "iso87-ascii"
+) -> dict[str, dict[str, float]]:
     """Median microseconds per message, per codec and operation, and the ratios."""
-    spec = get_dialect("terminal")
+    spec = get_dialect(dialect)
     ref, fast = Codec(spec), FastCodec(spec)
-    msg = sample_0200()
+    msg = sample(dialect)
     raw = ref.encode(msg)
     if fast.encode(msg) != raw or fast.decode(raw) != msg or ref.decode(raw) != msg:
         raise SystemExit("FastCodec and Codec disagree on the sample: not benchmarking")
@@ -112,28 +133,32 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=7, help="timed runs (median reported)")
     parser.add_argument("--number", type=int, default=2000, help="messages per timed run")
+    names = [name for name in DIALECTS if name != "terminal"]  # the alias of iso87-ascii
+    parser.add_argument("--dialect", choices=names, help="one dialect (default: every one)")
     args = parser.parse_args(argv)
 
-    load_before = os.getloadavg()
-    result = measure(time.process_time, args.runs, args.number)
-    load_after = os.getloadavg()
-    us, best = result["us_per_message"], result["best_us_per_message"]
-    sample = sample_0200()
-    size = len(FastCodec(get_dialect("terminal")).encode(sample))
-    print(f"sample 0200: {len(sample.fields)} fields, {size} bytes")
     print(f"runs={args.runs} number={args.number} clock=process_time; us/message: median (best)")
-    for what in ("decode", "encode"):
-        ref, fast = f"Codec {what}", f"FastCodec {what}"
+    load_before = os.getloadavg()
+    for dialect in [args.dialect] if args.dialect else names:
+        result = measure(time.process_time, args.runs, args.number, dialect)
+        us, best = result["us_per_message"], result["best_us_per_message"]
+        msg = sample(dialect)
+        size = len(FastCodec(get_dialect(dialect)).encode(msg))
+        print(f"{dialect}: {msg.mti} of {len(msg.fields)} fields, {size} bytes")
+        for what in ("decode", "encode"):
+            ref, fast = f"Codec {what}", f"FastCodec {what}"
+            print(
+                f"  {what}: Codec {us[ref]:6.2f} ({best[ref]:6.2f})   "
+                f"FastCodec {us[fast]:5.2f} ({best[fast]:5.2f})   "
+                f"ratio {result['ratio'][what]:4.1f}x (median of per-run ratios)"
+            )
+        ref_fwd = 2 * (us["Codec decode"] + us["Codec encode"])
+        fast_fwd = 2 * (us["FastCodec decode"] + us["FastCodec encode"])
         print(
-            f"{what}: Codec {us[ref]:6.2f} ({best[ref]:6.2f})   "
-            f"FastCodec {us[fast]:5.2f} ({best[fast]:5.2f})   "
-            f"ratio {result['ratio'][what]:4.1f}x (median of per-run ratios)"
+            f"  forwarding (2 decodes + 2 encodes): Codec {ref_fwd:.1f} us,"
+            f" FastCodec {fast_fwd:.1f} us"
         )
-    ref_fwd = 2 * (us["Codec decode"] + us["Codec encode"])
-    fast_fwd = 2 * (us["FastCodec decode"] + us["FastCodec encode"])
-    print(
-        f"forwarding (2 decodes + 2 encodes): Codec {ref_fwd:.1f} us, FastCodec {fast_fwd:.1f} us"
-    )
+    load_after = os.getloadavg()
     print(
         "load average before/after: "
         + " ".join(f"{x:.2f}" for x in load_before)

@@ -12,9 +12,14 @@ subset, which raises the same error as ``Codec`` (class, field, reason, MTI, ech
 never reaches the exact path; invalid input pays for both, which is still cheaper than pyiso8583.
 
 Supported spec subset (anything else raises :class:`UnsupportedSpecError`, and the caller keeps
-:class:`Codec`; :func:`best_codec` does that): no header (``h`` max_len 0), ASCII MTI, binary
-primary and secondary bitmaps, fields 2-128 with ``data_enc`` ASCII or ``b`` (hex text in
-:class:`Message`), fixed length or ASCII length prefixes of 1-4 digits counted in bytes.
+:class:`Codec`; :func:`best_codec` does that): no header (``h`` max_len 0), ASCII or BCD MTI,
+binary or hex-text primary and secondary bitmaps, fields 2-128 with ``data_enc`` ASCII or ``b``
+(hex text in :class:`Message`), fixed length or length prefixes of 1-4 ASCII digits or 1-2 BCD
+bytes, counted in bytes, or in nibbles for ``b`` fields (BCD, padded as ``left_pad`` or
+``right_pad`` says). The exact path transcribes pyiso8583 for the ASCII-MTI, binary-bitmap,
+ASCII-prefix, byte-counted subset (the terminal dialect); for a spec using any of the rest
+(BCD, hex-text bitmaps) it is pyiso8583 itself, through :class:`Codec`, so invalid input on
+those dialects costs what it costs in pyiso8583.
 
 Errors never carry raw bytes or field values other than the ``ECHO_SAFE`` echo, and are raised
 outside any ``except`` block so that no library exception (which may hold the raw message) hangs
@@ -34,19 +39,25 @@ from protocols.message import Message
 
 __all__ = ["FastCodec", "UnsupportedSpecError", "best_codec"]
 
-# Field spec compiled to a tuple: (key, length-prefix digits, max_len, binary data).
-_Field = tuple[str, int, int, bool]
-# Encoder plan entry: the field plus the shared table of its ASCII length prefixes.
-_EncField = tuple[str, int, int, bool, tuple[str, ...]]
+# Field spec compiled to a tuple: (key, length-prefix width in bytes, max_len, binary data,
+# counted in nibbles, left pad, right pad, prefix bytes -> length, length -> prefix as latin-1).
+_Field = tuple[str, int, int, bool, bool, str, str, dict[bytes, int], tuple[str, ...]]
+# What the fast paths' loops unpack (short tuples: unpacking is per field and message): key,
+# prefix width, max_len, kind (_TEXT, _BYTES, _NIBBLES) and the prefix table (decoder: bytes ->
+# length; encoder: the reverse).
+_DecField = tuple[str, int, int, int, dict[bytes, int]]
+_EncField = tuple[str, int, int, int, tuple[str, ...]]
+_TEXT, _BYTES, _NIBBLES = 0, 1, 2
 
 # Bounded memo of per-bitmap plans: real traffic has a handful of shapes; random input must not
 # grow memory, so past the limit plans are computed and not stored.
 _PLAN_CACHE_MAX = 512
 _BIT1 = 1 << 127  # field 1 (secondary bitmap present) in the 128-bit combined bitmap
 _BAD_LENGTH = 1 << 30  # what the length table answers for anything but len_type digits
-_PREFIXES: dict[int, tuple[str, ...]] = {}
+_PREFIXES: dict[tuple[bool, int], tuple[str, ...]] = {}
+_LENGTHS: dict[tuple[bool, int], dict[bytes, int]] = {}
 # Cached plan of a message shape the fast path cannot take (a field missing from the spec).
-_NO_PLAN: tuple[_Field, ...] = (("", -1, -1, False),)
+_NO_PLAN: tuple[_DecField, ...] = (("", -1, -1, _TEXT, {}),)
 _NO_ENC_PLAN: tuple[str, tuple[_EncField, ...]] = ("", ())
 
 
@@ -62,12 +73,28 @@ def best_codec(spec: Mapping[str, Mapping[str, Any]]) -> Codec:
         return Codec(spec)
 
 
-def _prefix_table(digits: int) -> tuple[str, ...]:
-    """Length prefixes of ``digits`` ASCII digits, indexed by length (shared by all codecs)."""
-    table = _PREFIXES.get(digits)
+def _prefix_table(bcd: bool, width: int) -> tuple[str, ...]:
+    """Length prefixes ``width`` bytes wide (ASCII digits or BCD) as latin-1 text, indexed by
+    length (shared by all codecs)."""
+    table = _PREFIXES.get((bcd, width))
     if table is None:
-        table = tuple(f"{n:0{digits}d}" for n in range(10**digits))
-        _PREFIXES[digits] = table
+        if bcd:
+            table = tuple(
+                a2b_hex(f"{n:0{2 * width}d}").decode("latin-1") for n in range(100**width)
+            )
+        else:
+            table = tuple(f"{n:0{width}d}" for n in range(10**width))
+        _PREFIXES[bcd, width] = table
+    return table
+
+
+def _length_table(bcd: bool, width: int) -> dict[bytes, int]:
+    """Prefix bytes -> length: exactly the prefixes pyiso8583 reads as a number, but for ASCII
+    ones only the zero-filled digits (" 9", "+9" or "-0" take the exact path)."""
+    table = _LENGTHS.get((bcd, width))
+    if table is None:
+        table = {p.encode("latin-1"): n for n, p in enumerate(_prefix_table(bcd, width))}
+        _LENGTHS[bcd, width] = table
     return table
 
 
@@ -87,18 +114,37 @@ def _compile_field(key: str, fspec: Mapping[str, Any]) -> _Field:
     data_enc = fspec.get("data_enc")
     len_type = fspec.get("len_type")
     max_len = fspec.get("max_len")
+    len_enc = fspec.get("len_enc")
+    len_count = fspec.get("len_count", "bytes")
     if data_enc != "b" and not _is_ascii_codec(data_enc):
         raise unsupported(f"data encoding {data_enc!r} (only ascii and b)")
     if type(len_type) is not int or not 0 <= len_type <= 4:
         raise unsupported(f"length type {len_type!r} (only 0-4 digits)")
     if type(max_len) is not int or max_len < 0:
         raise unsupported(f"max_len {max_len!r}")
-    if fspec.get("len_count", "bytes") != "bytes":
-        raise unsupported("length counted in nibbles")
+    if len_count not in ("bytes", "nibbles") or (len_count == "nibbles" and data_enc != "b"):
+        raise unsupported(f"length counted in {len_count!r} (nibbles for b fields only)")
     # pyiso8583 reads len_enc only for variable-length fields.
-    if len_type and not _is_ascii_codec(fspec.get("len_enc")):
-        raise unsupported(f"length encoding {fspec.get('len_enc')!r} (only ascii)")
-    return (key, len_type, max_len, data_enc == "b")
+    bcd = len_type > 0 and len_enc == "bcd"
+    if len_type and not bcd and not _is_ascii_codec(len_enc):
+        raise unsupported(f"length encoding {len_enc!r} (only ascii and bcd)")
+    if bcd and len_type > 2:
+        raise unsupported(f"length type {len_type!r} (only 1-2 BCD bytes)")
+    pads = (fspec.get("left_pad", ""), fspec.get("right_pad", ""))
+    if not all(isinstance(pad, str) for pad in pads):
+        raise unsupported("pad is not text")
+    nibbles = len_count == "nibbles"
+    return (
+        key,
+        len_type,
+        max_len,
+        data_enc == "b",
+        nibbles,
+        pads[0][:1] if nibbles else "",  # pyiso8583 pads with the first character only
+        pads[1][:1] if nibbles else "",
+        _length_table(bcd, len_type) if len_type else {},
+        _prefix_table(bcd, len_type) if len_type else (),
+    )
 
 
 def _valid_mti(mti: object) -> bool:
@@ -124,7 +170,18 @@ class FastCodec(Codec):
     construction (later changes to the spec mapping are not seen). Stateless apart from a
     bounded memo of message shapes; one instance per dialect is shared."""
 
-    __slots__ = ("_by_number", "_dec_plans", "_enc_bits", "_enc_plans", "_lengths")
+    __slots__ = (
+        "_bcd_mti",
+        "_by_number",
+        "_dec_fields",
+        "_dec_plans",
+        "_enc_bits",
+        "_enc_fields",
+        "_enc_plans",
+        "_hex_bitmap",
+        "_pads",
+        "_transcribed",
+    )
 
     def __init__(self, spec: Mapping[str, Mapping[str, Any]]) -> None:
         super().__init__(spec)
@@ -133,14 +190,20 @@ class FastCodec(Codec):
             raise UnsupportedSpecError("FastCodec: spec has no 'h' entry; use Codec")
         if header["max_len"] > 0:
             raise UnsupportedSpecError("FastCodec: message headers are not supported; use Codec")
-        if "t" not in spec or not _is_ascii_codec(spec["t"].get("data_enc")):
-            raise UnsupportedSpecError("FastCodec: only an ASCII MTI is supported; use Codec")
-        for key in ("p", "1"):
-            if key not in spec or spec[key].get("data_enc") != "b":
-                raise UnsupportedSpecError(
-                    f"FastCodec: bitmap {key!r} must be binary ('b'); use Codec"
-                )
+        mti_enc = spec["t"].get("data_enc") if "t" in spec else None
+        if mti_enc != "b" and not _is_ascii_codec(mti_enc):
+            raise UnsupportedSpecError(
+                "FastCodec: only an ASCII or BCD MTI is supported; use Codec"
+            )
+        bitmap_encs = {spec[key].get("data_enc") if key in spec else None for key in ("p", "1")}
+        if bitmap_encs != {"b"} and not all(_is_ascii_codec(enc) for enc in bitmap_encs):
+            raise UnsupportedSpecError(
+                "FastCodec: bitmaps 'p' and '1' must both be binary ('b') or ASCII hex; use Codec"
+            )
+        self._bcd_mti = mti_enc == "b"
+        self._hex_bitmap = bitmap_encs != {"b"}
         by_number: dict[int, _Field] = {}
+        bcd_lengths = False
         for key, fspec in spec.items():
             if not isinstance(key, str) or not key.isdigit() or key in ("1", "65"):
                 continue  # h/t/p handled above; 65 is the tertiary-bitmap bit, never a field
@@ -150,17 +213,23 @@ class FastCodec(Codec):
                     f"FastCodec: spec key {key!r} (tertiary bitmap or odd key); use Codec"
                 )
             by_number[number] = _compile_field(key, fspec)
+            bcd_lengths |= bool(fspec.get("len_type")) and fspec.get("len_enc") == "bcd"
         self._by_number = by_number
+        # The exact path transcribes pyiso8583 for this subset only; otherwise it is Codec.
+        self._transcribed = not (
+            self._bcd_mti
+            or self._hex_bitmap
+            or bcd_lengths
+            or any(f[4] for f in by_number.values())
+        )
         # Encoder: canonical key -> bit in the 128-bit combined bitmap (field n at bit 128 - n).
         self._enc_bits = {key: 1 << (128 - n) for n, (key, *_rest) in by_number.items()}
-        self._dec_plans: dict[bytes, tuple[_Field, ...]] = {}
+        kinds = {n: _NIBBLES if f[4] else _BYTES if f[3] else _TEXT for n, f in by_number.items()}
+        self._dec_fields = {n: (*f[:3], kinds[n], f[7]) for n, f in by_number.items()}
+        self._enc_fields = {n: (*f[:3], kinds[n], f[8]) for n, f in by_number.items()}
+        self._pads = {f[0]: (f[5], f[6]) for f in by_number.values()}
+        self._dec_plans: dict[bytes, tuple[_DecField, ...]] = {}
         self._enc_plans: dict[tuple[str, ...], tuple[str, tuple[_EncField, ...]]] = {}
-        # Decoder: exactly-n-digit length prefix -> its value, for the widths the spec uses.
-        self._lengths = {
-            p.encode("ascii"): n
-            for width in {f[1] for f in by_number.values() if f[1]}
-            for n, p in enumerate(_prefix_table(width))
-        }
 
     # ------------------------------------------------------------------ decode
 
@@ -170,15 +239,15 @@ class FastCodec(Codec):
             return self._decode_exact(data)
         return msg
 
-    def _decode_plan(self, bitmap: bytes) -> tuple[_Field, ...]:
+    def _decode_plan(self, bitmap: bytes) -> tuple[_DecField, ...]:
         """Fields present, ascending, for a primary (+ secondary without bit 65) bitmap."""
         value = int.from_bytes(bitmap, "big")
         width = len(bitmap) * 8
-        by_number = self._by_number
-        plan: list[_Field] = []
+        fields = self._dec_fields
+        plan: list[_DecField] = []
         for n in range(2, width + 1):
             if value >> (width - n) & 1:
-                entry = by_number.get(n)
+                entry = fields.get(n)
                 if entry is None:
                     return _NO_PLAN  # not in the spec: the exact path reports it
                 plan.append(entry)
@@ -190,14 +259,36 @@ class FastCodec(Codec):
             if not isinstance(data, bytearray):
                 return None
             data = bytes(data)
-        if len(data) < 12 or not data[:4].isdigit():
+        if self._bcd_mti:
+            mti = data[:2].hex()
+            if len(mti) != 4 or not mti.isdigit():  # hex text: digits when it is valid BCD
+                return None
+            pos = 2
+        else:
+            head = data[:4]
+            if len(head) != 4 or not head.isdigit():  # bytes.isdigit: ASCII digits only
+                return None
+            mti = head.decode("ascii")
+            pos = 4
+        if self._hex_bitmap:
+            bitmap = _unhex_or_none(data[pos : pos + 16])
+            if bitmap is None or len(bitmap) != 8:
+                return None
+            pos += 16
+            if bitmap[0] & 0x80:
+                secondary = _unhex_or_none(data[pos : pos + 16])
+                if secondary is None or len(secondary) != 8 or secondary[0] & 0x80:
+                    return None  # short, not hex, or bit 65 (tertiary): the exact path
+                bitmap += secondary
+                pos += 16
+        elif len(data) < pos + 8:
             return None
-        if data[4] < 0x80:
-            bitmap = data[4:12]
-            pos = 12
-        elif len(data) >= 20 and data[12] < 0x80:  # secondary bitmap, no tertiary (bit 65)
-            bitmap = data[4:20]
-            pos = 20
+        elif data[pos] < 0x80:
+            bitmap = data[pos : pos + 8]
+            pos += 8
+        elif len(data) >= pos + 16 and data[pos + 8] < 0x80:  # secondary, no tertiary (bit 65)
+            bitmap = data[pos : pos + 16]
+            pos += 16
         else:
             return None
         plans = self._dec_plans
@@ -212,22 +303,34 @@ class FastCodec(Codec):
         # ASCII fields are sliced from one latin-1 decoding of the whole message (one C pass,
         # one object per field); that they are really ASCII is checked once, at the end.
         text = data.decode("latin-1")
-        length_of = self._lengths.get
         out: dict[str, str] = {}
-        for key, len_type, max_len, binary in plan:
+        for key, len_type, max_len, kind, lengths in plan:
             if len_type:
-                # Exactly len_type ASCII digits, else _BAD_LENGTH (> any max_len).
-                size = length_of(data[pos : pos + len_type], _BAD_LENGTH)
+                # Exactly the prefixes pyiso8583 reads plainly, else _BAD_LENGTH (> any max_len).
+                size = lengths.get(data[pos : pos + len_type], _BAD_LENGTH)
                 if size > max_len:
                     return None
                 pos += len_type
+            else:
+                size = max_len
+            if kind == _TEXT:
                 end = pos + size
-            else:
-                end = pos + max_len
-            if binary:
-                out[key] = data[pos:end].hex().upper()
-            else:
                 out[key] = text[pos:end]
+            elif kind == _NIBBLES:
+                end = pos + (size + 1) // 2
+                value = data[pos:end].hex().upper()
+                if size & 1:  # one pad nibble, removed as pyiso8583 does (left pad first)
+                    lpad, rpad = self._pads[key]
+                    if lpad and value[:1] == lpad:
+                        value = value[1:]
+                    elif rpad and value[-1:] == rpad:
+                        value = value[:-1]
+                    else:
+                        return None
+                out[key] = value
+            else:
+                end = pos + size
+                out[key] = data[pos:end].hex().upper()
             pos = end
         # A short field leaves pos past the end. All bytes after the bitmap ASCII (no binary
         # field, or binary bytes that happen to be ASCII): every ASCII field is; otherwise one
@@ -236,10 +339,12 @@ class FastCodec(Codec):
             return None
         if not data[start:].isascii() and not "".join(out.values()).isascii():
             return None
-        return Message(text[:4], out)
+        return Message(mti, out)
 
     def _decode_exact(self, data: bytes | bytearray) -> Message:
         """pyiso8583 ``decode`` + ``Codec.decode`` step by step: same result or same error."""
+        if not self._transcribed:
+            return super().decode(data)  # type: ignore[arg-type]  # bytearray: as pyiso8583
         if isinstance(data, bytes | bytearray):
             data = bytes(data)
         else:
@@ -288,7 +393,7 @@ class FastCodec(Codec):
             entry = by_number.get(number)
             if entry is None:  # pyiso8583: KeyError on the spec, which Codec maps to this
                 raise UndecodableError("message could not be decoded")
-            field, len_type, max_len, binary = entry
+            field, len_type, max_len, binary = entry[:4]
             partial[field] = ""
             prefix = data[pos : pos + len_type]
             if len(prefix) != len_type:
@@ -353,8 +458,9 @@ class FastCodec(Codec):
         return raw
 
     def _encode_plan(self, keys: tuple[str, ...]) -> tuple[str, tuple[_EncField, ...]]:
-        """Bitmap bytes and fields in wire order for a message with these keys; ``_NO_ENC_PLAN``
-        when a key is not a field of the spec written canonically (the exact path handles it)."""
+        """Bitmap (as latin-1 text) and fields in wire order for a message with these keys;
+        ``_NO_ENC_PLAN`` when a key is not a field of the spec written canonically (the exact
+        path handles it)."""
         bits_of = self._enc_bits
         bits = 0
         for key in keys:
@@ -366,16 +472,12 @@ class FastCodec(Codec):
             else:
                 return _NO_ENC_PLAN
         if bits & ((1 << 64) - 1):
-            bits |= _BIT1
-            bitmap = bits.to_bytes(16, "big").decode("latin-1")
+            raw = (bits | _BIT1).to_bytes(16, "big")
         else:
-            bitmap = (bits >> 64).to_bytes(8, "big").decode("latin-1")
-        by_number = self._by_number
-        plan = tuple(
-            (*by_number[n], _prefix_table(by_number[n][1]))
-            for n in range(2, 129)
-            if bits >> (128 - n) & 1
-        )
+            raw = (bits >> 64).to_bytes(8, "big")
+        bitmap = raw.hex().upper() if self._hex_bitmap else raw.decode("latin-1")
+        fields = self._enc_fields
+        plan = tuple(fields[n] for n in range(2, 129) if bits >> (128 - n) & 1)
         return bitmap, plan
 
     def _encode_fast(self, msg: Message) -> bytes | None:
@@ -395,17 +497,30 @@ class FastCodec(Codec):
             mti = msg.mti
             if len(mti) != 4 or not mti.isascii():
                 return None
+            if self._bcd_mti:
+                if not mti.isdigit():
+                    return None
+                mti = a2b_hex(mti).decode("latin-1")
             # Built as latin-1 text and encoded once: ASCII values go in as they are (checked
             # ASCII, so their length is their byte length), binary ones as latin-1 characters.
             parts = [mti, bitmap]
             append = parts.append
-            for key, len_type, max_len, binary, prefixes in plan:
+            for key, len_type, max_len, kind, prefixes in plan:
                 value = fields[key]
-                if binary:
-                    value = a2b_hex(value).decode("latin-1")
-                elif not value.isascii():
-                    return None
                 size = len(value)
+                if kind == _TEXT:
+                    if not value.isascii():
+                        return None
+                elif kind == _NIBBLES:  # counted in nibbles, an odd count padded as pyiso8583 pads
+                    if size & 1:
+                        lpad, rpad = self._pads[key]
+                        if not (lpad or rpad):
+                            return None
+                        value = lpad + value if lpad else value + rpad
+                    value = a2b_hex(value).decode("latin-1")
+                else:
+                    value = a2b_hex(value).decode("latin-1")
+                    size = len(value)
                 if len_type:
                     if size > max_len:
                         return None
@@ -421,6 +536,8 @@ class FastCodec(Codec):
         """pyiso8583 ``encode`` + ``Codec.encode`` step by step: same bytes or the same
         LocalProtocolError. Where pyiso8583 itself crashes (a KeyError or ValueError that
         Codec lets escape) this raises LocalProtocolError instead."""
+        if not self._transcribed:
+            return self._encode_by_codec(msg)
         doc: dict[Any, Any] = dict(msg.fields)
         doc["t"] = msg.mti
         doc.pop("1", None)
@@ -467,7 +584,7 @@ class FastCodec(Codec):
                 raise _encode_error(key, "Field is not in the dialect")
             if key not in doc:  # pyiso8583 raises a bare KeyError (key written as "02", "٢")
                 raise _encode_error(key, "Field key is not written as a plain number")
-            _, len_type, max_len, binary = entry
+            _, len_type, max_len, binary = entry[:4]
             value = doc[key]
             if binary:
                 data = _unhex_or_none(value)
@@ -501,6 +618,19 @@ class FastCodec(Codec):
             parts.append(prefix)
             parts.append(data)
         return b"".join(parts)
+
+    def _encode_by_codec(self, msg: Message) -> bytes:
+        """Codec's encode (pyiso8583), its error raised anew outside the ``except`` block (no
+        EncodeError, which holds the fields, in ``__context__``) and pyiso8583's own crashes
+        as LocalProtocolError, as on the transcribed path."""
+        failure: LocalProtocolError
+        try:
+            return super().encode(msg)
+        except LocalProtocolError as exc:
+            failure = LocalProtocolError(str(exc))
+        except Exception:  # KeyError, ValueError, TypeError on odd keys or values
+            failure = LocalProtocolError("cannot encode: pyiso8583 refused the message")
+        raise failure
 
 
 # ---------------------------------------------------------------------- helpers of the exact path

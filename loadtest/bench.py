@@ -58,7 +58,7 @@ from loadtest.stats import RunStats, format_report
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 DEMO = ROOT / "conf" / "demo"
-PATH_KEYS = frozenset({"data", "pki_dir", "risk"})
+PATH_KEYS = frozenset({"data", "pki_dir", "risk", "otp_enrolment"})
 PATH_SUFFIXES = ("_file", "_dir")
 
 

@@ -198,7 +198,8 @@ def parse_field48(value: str) -> dict[str, str]:
     i = 0
     while i < len(value):
         head = value[i : i + 4]
-        if len(head) != 4 or not head.isdigit():
+        # isascii: str.isdigit() also takes digits int() refuses, such as "²"
+        if len(head) != 4 or not head.isascii() or not head.isdigit():
             raise Field48Error("subelement header must be 4 digits")
         length = int(head[2:])
         item = value[i + 4 : i + 4 + length]

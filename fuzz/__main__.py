@@ -3,7 +3,7 @@
 One target runs in this process (atheris owns it: ``atheris.Fuzz`` exits when done); ``all``
 runs each target in a child process, one after the other, and fails if any failed. The seed
 corpus ``fuzz/corpus/TARGET/`` is read, never written: new inputs go to ``var/fuzz/TARGET/``
-and a crashing input to ``var/fuzz/crashes/TARGET-crash-<sha1>``.
+and a crashing input to ``var/fuzz/crashes/TARGET-crash-<sha1>`` (``--work`` moves both).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def _target_names() -> list[str]:
     return sorted(p.name for p in CORPUS.iterdir() if p.is_dir())
 
 
-def run_one(name: str, runs: int, max_len: int, seconds: int) -> None:
+def run_one(name: str, runs: int, max_len: int, seconds: int, work: Path) -> None:
     try:
         import atheris  # optional: only the fuzzed process needs it
     except ImportError:
@@ -32,8 +32,8 @@ def run_one(name: str, runs: int, max_len: int, seconds: int) -> None:
     with atheris.instrument_imports(include=["protocols", "gateway.qr"]):
         from fuzz.targets import TARGETS  # imported here to be instrumented
 
-    new_inputs = WORK / name
-    crashes = WORK / "crashes"
+    new_inputs = work / name
+    crashes = work / "crashes"
     new_inputs.mkdir(parents=True, exist_ok=True)
     crashes.mkdir(parents=True, exist_ok=True)
     # libFuzzer writes what it finds into the first corpus directory: the work one.
@@ -51,12 +51,12 @@ def run_one(name: str, runs: int, max_len: int, seconds: int) -> None:
     atheris.Fuzz()
 
 
-def run_all(names: list[str], runs: int, max_len: int, seconds: int) -> int:
+def run_all(names: list[str], runs: int, max_len: int, seconds: int, work: Path) -> int:
     failed = []
     for name in names:
         start = time.monotonic()
         cmd = [sys.executable, "-m", "fuzz", name, "--runs", str(runs)]
-        cmd += ["--max-len", str(max_len), "--seconds", str(seconds)]
+        cmd += ["--max-len", str(max_len), "--seconds", str(seconds), "--work", str(work)]
         done = subprocess.run(cmd, cwd=ROOT.parent, check=False)  # noqa: S603 - our own module
         print(
             f"fuzz {name}: exit {done.returncode} in {time.monotonic() - start:.1f} s", flush=True
@@ -75,10 +75,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=100_000, help="executions (-1: forever)")
     parser.add_argument("--max-len", type=int, default=4096, help="longest input, bytes")
     parser.add_argument("--seconds", type=int, default=0, help="stop after (0: no limit)")
+    parser.add_argument("--work", type=Path, default=WORK, help="new inputs and crashes")
     args = parser.parse_args()
     if args.target == "all":
-        sys.exit(run_all(names, args.runs, args.max_len, args.seconds))
-    run_one(args.target, args.runs, args.max_len, args.seconds)
+        sys.exit(run_all(names, args.runs, args.max_len, args.seconds, args.work))
+    run_one(args.target, args.runs, args.max_len, args.seconds, args.work)
 
 
 if __name__ == "__main__":

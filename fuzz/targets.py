@@ -8,6 +8,7 @@ comes back unchanged through encode then decode.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from gateway.qr import models
 from protocols import emv, hsm, qr_cpm, qr_mpm
 from protocols.codec import Codec, MessageFormatError, UndecodableError
+from protocols.crc import crc16_hex
 from protocols.dialects import DIALECTS
 from protocols.errors import FramingError, ProtocolError
 from protocols.fastcodec import FastCodec
@@ -91,20 +93,33 @@ def emv_tlv(data: bytes) -> None:
     emv.redact(data)  # logs any peer's field 55: never raises
 
 
-def qr_mpm_payload(data: bytes) -> None:
+def _with_crc(text: str) -> str:
+    # A mutation almost always breaks the CRC, which decode checks first: this copy gets a
+    # right one, so the fuzzer reaches the structure behind it.
     try:
-        qr = qr_mpm.decode(_text(data))
-    except qr_mpm.MpmError:
-        return
-    assert qr_mpm.decode(qr_mpm.encode(qr.objects)) == qr
+        return text[:-4] + crc16_hex(text[:-4].encode("utf-8"))
+    except UnicodeEncodeError:
+        return text
+
+
+def qr_mpm_payload(data: bytes) -> None:
+    text = _text(data)
+    for payload in (text, _with_crc(text)):
+        try:
+            qr = qr_mpm.decode(payload)
+        except qr_mpm.MpmError:
+            continue
+        assert qr_mpm.decode(qr_mpm.encode(qr.objects)) == qr
 
 
 def qr_cpm_payload(data: bytes) -> None:
-    try:
-        qr = qr_cpm.decode(data)
-    except qr_cpm.CpmError:
-        return
-    assert qr_cpm.decode(qr_cpm.encode(qr.tlv)) == qr
+    """The bytes as sent, and as the BER-TLV inside the base64 (where the structure is)."""
+    for payload in (data, base64.b64encode(data)):
+        try:
+            qr = qr_cpm.decode(payload)
+        except qr_cpm.CpmError:
+            continue
+        assert qr_cpm.decode(qr_cpm.encode(qr.tlv)) == qr
 
 
 def hsm_request(data: bytes) -> None:

@@ -62,14 +62,14 @@ def test_crashes_found_by_fuzzing_stay_fixed(name: str, data: bytes) -> None:
 
 
 @pytest.mark.slow
-def test_atheris_smoke_runs_every_target() -> None:
+def test_atheris_smoke_runs_every_target(tmp_path: Path) -> None:
     if importlib.util.find_spec("atheris") is None:
         if in_ci():
             pytest.fail("atheris is not installed and CI=true: the dev extra must bring it")
         pytest.skip("atheris is not installed: pip install -e '.[dev]'")
     start = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "fuzz", "all", "--runs", str(SMOKE_RUNS)],
+        [sys.executable, "-m", "fuzz", "all", "--runs", str(SMOKE_RUNS), "--work", str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,

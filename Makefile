@@ -27,8 +27,9 @@ test: $(STAMP)
 
 ## Fuzz every peer-bytes decoder (atheris): FUZZ_RUNS executions each, new inputs in var/fuzz.
 FUZZ_RUNS ?= 100000
+FUZZ_JOBS ?= 1
 fuzz: $(STAMP)
-	$(BIN)/python -m fuzz all --runs $(FUZZ_RUNS)
+	$(BIN)/python -m fuzz all --runs $(FUZZ_RUNS) --jobs $(FUZZ_JOBS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

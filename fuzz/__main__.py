@@ -1,7 +1,7 @@
 """``python -m fuzz TARGET|all --runs N``: coverage-guided fuzzing with atheris (libFuzzer).
 
 One target runs in this process (atheris owns it: ``atheris.Fuzz`` exits when done); ``all``
-runs each target in a child process, one after the other, and fails if any failed. The seed
+runs each target in a child process, ``--jobs`` at a time, and fails if any failed. The seed
 corpus ``fuzz/corpus/TARGET/`` is read, never written: new inputs go to ``var/fuzz/TARGET/``
 and a crashing input to ``var/fuzz/crashes/TARGET-crash-<sha1>`` (``--work`` moves both).
 """
@@ -12,6 +12,7 @@ import argparse
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -29,7 +30,7 @@ def run_one(name: str, runs: int, max_len: int, seconds: int, work: Path) -> Non
         import atheris  # optional: only the fuzzed process needs it
     except ImportError:
         sys.exit("atheris is not installed: pip install -e '.[dev]' (it ships Linux wheels)")
-    with atheris.instrument_imports(include=["protocols", "gateway.qr"]):
+    with atheris.instrument_imports(include=["protocols", "gateway.qr.models"]):
         from fuzz.targets import TARGETS  # imported here to be instrumented
 
     new_inputs = work / name
@@ -51,18 +52,24 @@ def run_one(name: str, runs: int, max_len: int, seconds: int, work: Path) -> Non
     atheris.Fuzz()
 
 
-def run_all(names: list[str], runs: int, max_len: int, seconds: int, work: Path) -> int:
-    failed = []
-    for name in names:
+def run_all(names: list[str], argv: list[str], jobs: int) -> int:
+    """Each target in a child process, ``jobs`` at a time; with more than one, a child's
+    libFuzzer log is printed whole when it ends, not interleaved."""
+
+    def run(name: str) -> bool:
         start = time.monotonic()
-        cmd = [sys.executable, "-m", "fuzz", name, "--runs", str(runs)]
-        cmd += ["--max-len", str(max_len), "--seconds", str(seconds), "--work", str(work)]
-        done = subprocess.run(cmd, cwd=ROOT.parent, check=False)  # noqa: S603 - our own module
-        print(
-            f"fuzz {name}: exit {done.returncode} in {time.monotonic() - start:.1f} s", flush=True
+        cmd = [sys.executable, "-m", "fuzz", name, *argv]
+        out = None if jobs == 1 else subprocess.PIPE
+        done = subprocess.run(  # noqa: S603 - our own module
+            cmd, cwd=ROOT.parent, check=False, stdout=out, stderr=out, text=True
         )
-        if done.returncode:
-            failed.append(name)
+        log = (done.stdout or "") + (done.stderr or "")
+        took = time.monotonic() - start
+        print(f"{log}fuzz {name}: exit {done.returncode} in {took:.1f} s", flush=True)
+        return done.returncode == 0
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        failed = [n for n, ok in zip(names, pool.map(run, names), strict=True) if not ok]
     if failed:
         print(f"fuzz: failed: {' '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
@@ -76,9 +83,12 @@ def main() -> None:
     parser.add_argument("--max-len", type=int, default=4096, help="longest input, bytes")
     parser.add_argument("--seconds", type=int, default=0, help="stop after (0: no limit)")
     parser.add_argument("--work", type=Path, default=WORK, help="new inputs and crashes")
+    parser.add_argument("--jobs", type=int, default=1, help="targets at a time (all)")
     args = parser.parse_args()
     if args.target == "all":
-        sys.exit(run_all(names, args.runs, args.max_len, args.seconds, args.work))
+        child = ["--runs", str(args.runs), "--max-len", str(args.max_len)]
+        child += ["--seconds", str(args.seconds), "--work", str(args.work)]
+        sys.exit(run_all(names, child, max(1, args.jobs)))
     run_one(args.target, args.runs, args.max_len, args.seconds, args.work)
 
 

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint venv clean certs
+.PHONY: demo test lint venv clean certs fuzz
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,12 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+## Fuzz every peer-bytes decoder (atheris): FUZZ_RUNS executions each, new inputs in var/fuzz.
+FUZZ_RUNS ?= 100000
+FUZZ_JOBS ?= 1
+fuzz: $(STAMP)
+	$(BIN)/python -m fuzz all --runs $(FUZZ_RUNS) --jobs $(FUZZ_JOBS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -45,6 +45,7 @@ from protocols.errors import ProtocolError
 from protocols.fastcodec import best_codec
 from protocols.mac import MAC_LENGTH
 from protocols.message import Message
+from protocols.validate import Field48Error, parse_field48
 
 
 class PinAccount(Protocol):
@@ -66,27 +67,6 @@ MACED_CLASSES = frozenset("124")
 """MTI classes (second digit) whose messages carry a MAC on a MACed issuer link."""
 _REFERENCE_ACCOUNT = "000000000000"
 """Account number of the PIN blocks a synthetic range's PIN is kept in (under the LMK)."""
-
-
-class Field48Error(ValueError):
-    """Field 48 is not a sequence of tag(2) length(2) value subelements."""
-
-
-def parse_field48(value: str) -> dict[str, str]:
-    """Subelements of field 48: ``TTLLvalue`` repeated (2-digit tag and length)."""
-    out: dict[str, str] = {}
-    i = 0
-    while i < len(value):
-        head = value[i : i + 4]
-        if len(head) != 4 or not head.isdigit():
-            raise Field48Error("field 48 subelement header must be 4 digits")
-        length = int(head[2:])
-        item = value[i + 4 : i + 4 + length]
-        if len(item) != length:
-            raise Field48Error("field 48 subelement shorter than its length")
-        out[head[:2]] = item
-        i += 4 + length
-    return out
 
 
 def field48_cvv2(cvv2: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from protocols.currency import is_payment_currency
+from protocols.errors import RemoteProtocolError
 from protocols.message import Message
 
 
@@ -182,3 +183,28 @@ def card_of(msg: Message) -> tuple[str, str | None]:
         return fields["2"], fields.get("14")
     pan, expiry = split_track2(fields.get("35", ""))
     return pan, expiry or None
+
+
+class Field48Error(RemoteProtocolError):
+    """Field 48 is not a sequence of tag(2) length(2) value subelements."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, field="48")
+
+
+def parse_field48(value: str) -> dict[str, str]:
+    """Subelements of field 48: ``TTLLvalue`` repeated (2-digit tag and length)."""
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(value):
+        head = value[i : i + 4]
+        # isascii: str.isdigit() also takes digits int() refuses, such as "²"
+        if len(head) != 4 or not head.isascii() or not head.isdigit():
+            raise Field48Error("subelement header must be 4 digits")
+        length = int(head[2:])
+        item = value[i + 4 : i + 4 + length]
+        if len(item) != length:
+            raise Field48Error("subelement shorter than its length")
+        out[head[:2]] = item
+        i += 4 + length
+    return out

@@ -14,7 +14,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("protocols", "kit", "gateway", "hsm_sim", "issuer_sim", "loadtest", "benchmarks")
+PACKAGES = (
+    "protocols",
+    "kit",
+    "gateway",
+    "hsm_sim",
+    "issuer_sim",
+    "loadtest",
+    "benchmarks",
+    "fuzz",
+)
 IO_LIBRARIES = ("anyio", "asyncio", "trio", "sniffio", "uvloop", "socket", "ssl", "structlog")
 
 # (importer, forbidden import prefixes): a module matches a prefix when it is that module or
@@ -30,6 +39,8 @@ RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("gateway.upstream", ("gateway.edge", "gateway.ops", "gateway.app", "gateway.cli")),
     ("gateway.journal", ("gateway.edge", "gateway.flow", "gateway.upstream", "gateway.ops")),
     ("gateway.risk", ("gateway.edge", "gateway.flow", "gateway.upstream", "gateway.ops")),
+    ("fuzz", tuple(p for p in PACKAGES if p not in ("protocols", "fuzz"))),
+    *((p, ("fuzz",)) for p in PACKAGES if p != "fuzz"),
 )
 EXCEPTIONS: Mapping[tuple[str, str], str] = {
     ("kit.keys", "hsm_sim"): "a dataset's clear test keys are put under the HSM's LMK with "
@@ -40,6 +51,8 @@ EXCEPTIONS: Mapping[tuple[str, str], str] = {
     ("loadtest.chaos", "gateway.journal"): "white box: checks the books in the switch's journal",
     ("loadtest.bench", "gateway.upstream.hsm_client"): "white box: `--target hsm` drives the "
     "HSM simulator through the switch's own HSM client, so the figure is what the switch sees",
+    ("fuzz", "gateway.qr.models"): "the QR API's request models parse a peer's JSON bodies: "
+    "a decoder to fuzz like the protocols' own",
 }
 
 

@@ -27,7 +27,7 @@ from hsm_sim import terminal as pinpad
 from hsm_sim.lmk import Lmk
 from issuer_sim.accounts import AccountBook
 from issuer_sim.host import IssuerHost
-from issuer_sim.pin import IssuerSecurity, field48_cvv2, parse_field48
+from issuer_sim.pin import IssuerSecurity, field48_cvv2
 from kit.dataset import KeySpec, SyntheticRange, Terminal
 from kit.keys import KeyLoadError, load_keys
 from loadtest.pos_sim import INITIAL_KSN, add_mac, add_pin_block, terminal_of
@@ -35,6 +35,7 @@ from protocols.codec import Codec
 from protocols.dialects import get_dialect
 from protocols.mac import mac_field, mac_input
 from protocols.message import Message
+from protocols.validate import parse_field48
 from tests.helpers import demo_dataset, purchase
 
 CODEC = Codec(get_dialect("terminal"))

@@ -8,7 +8,14 @@ from protocols.currency import is_payment_currency
 from protocols.keys import duplicate_key, link_key
 from protocols.message import Message
 from protocols.redact import mask_pan, redact_fields
-from protocols.validate import card_of, check_request, luhn_ok, split_track2
+from protocols.validate import (
+    Field48Error,
+    card_of,
+    check_request,
+    luhn_ok,
+    parse_field48,
+    split_track2,
+)
 
 
 def req(**fields: str) -> Message:
@@ -220,3 +227,24 @@ def test_check_request_agrees_with_the_reference(msg: Message) -> None:
 @given(st.one_of(_DIGIT_TEXT, _ODD_TEXT))
 def test_luhn_agrees_with_the_reference(pan: str) -> None:
     assert luhn_ok(pan) == _ref_luhn(pan)
+
+
+def test_field48_subelements() -> None:
+    assert parse_field48("") == {}
+    assert parse_field48("92031230104abcd") == {"92": "123", "01": "abcd"}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "920",  # header cut short
+        "92a3123",  # header not digits
+        "9205123",  # value shorter than its length
+        "92\u00b23",  # a digit to str.isdigit() that int() refuses: was a ValueError
+        "\u0669\u0662031",  # Arabic-Indic digits, likewise
+    ],
+)
+def test_field48_defects_are_field48_errors(value: str) -> None:
+    with pytest.raises(Field48Error) as info:
+        parse_field48(value)
+    assert info.value.field == "48"

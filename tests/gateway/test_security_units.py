@@ -24,7 +24,7 @@ from gateway.upstream.hsm_client import HsmCommandError, HsmUnavailableError, Pi
 from hsm_sim import dukpt, pinblock
 from hsm_sim import mac as core_mac
 from hsm_sim import terminal as pinpad
-from hsm_sim.lmk import Lmk
+from hsm_sim.lmk import Lmk, kcv_hex
 from issuer_sim.accounts import AccountBook
 from issuer_sim.host import IssuerHost
 from issuer_sim.pin import IssuerSecurity, field48_cvv2, parse_field48
@@ -139,6 +139,22 @@ def test_key_load_errors_name_the_key_never_its_value() -> None:
         load_keys(dataclasses.replace(DATA, terminals=(no_tak,)))
     with pytest.raises(KeyLoadError, match="needs the LMK"):
         load_keys(dataclasses.replace(DATA, hsm=None))
+
+
+def test_aes_dukpt_bdk_is_checked_by_its_cmac_kcv() -> None:
+    t3, spec = KEYS.terminal("T0000003"), terminal_of(DATA, "T0000003")
+    assert t3 is not None
+    assert t3.key_mode == "aes_dukpt"
+    assert t3.bdk is not None
+    assert spec.bdk is not None
+    assert LMK.decrypt(t3.bdk).hex().upper() == spec.bdk.key
+    # The TDES KCV of the same key is not accepted for it, and the error hides the key.
+    tdes_kcv = dataclasses.replace(
+        spec, bdk=KeySpec(key=spec.bdk.key, kcv=kcv_hex(LMK.decrypt(t3.bdk)))
+    )
+    with pytest.raises(KeyLoadError, match="T0000003 bdk: key check value") as exc:
+        load_keys(dataclasses.replace(DATA, terminals=(tdes_kcv,)))
+    assert spec.bdk.key not in str(exc.value)
 
 
 def test_keys_already_under_the_lmk_are_taken_as_they_are() -> None:

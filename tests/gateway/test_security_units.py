@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from psec import mac as psec_mac
 
+from gateway.flow.participants import QueryIssuer
 from gateway.flow.pipeline import Context
 from gateway.flow.security import (
     IssuerLinkMac,
@@ -20,6 +21,7 @@ from gateway.flow.security import (
     VerifyMac,
     received_mac,
 )
+from gateway.metrics import Metrics
 from gateway.upstream.hsm_client import HsmCommandError, HsmUnavailableError, PinTranslation
 from hsm_sim import dukpt, pinblock
 from hsm_sim import mac as core_mac
@@ -290,6 +292,22 @@ class FakePool:
     def __init__(self, issuer: str) -> None:
         self.issuer = issuer
         self.codec = CODEC
+
+    def next_stan(self) -> str:
+        return "000001"
+
+
+def test_terminal_pin_data_never_goes_to_the_issuer() -> None:
+    req = purchase(PAN, 1, terminal_id="T0000003")
+    req.fields["123"] = "0" * 56
+    req.fields["53"] = "0" * 20
+    ctx = ctx_for(req, terminal_of(DATA, "T0000003"))
+    sent = QueryIssuer("12345678", Metrics())._issuer_request(ctx, FakePool("alpha"))  # type: ignore[arg-type]
+    assert not {"52", "53", "123"} & sent.fields.keys()
+    ctx.pin_block = "0123456789ABCDEF"  # what TranslatePin leaves: the only PIN that goes on
+    sent = QueryIssuer("12345678", Metrics())._issuer_request(ctx, FakePool("alpha"))  # type: ignore[arg-type]
+    assert sent.fields["52"] == ctx.pin_block
+    assert not {"53", "123"} & sent.fields.keys()
 
 
 @pytest.mark.anyio

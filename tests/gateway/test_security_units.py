@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +25,7 @@ from gateway.flow.security import (
 )
 from gateway.metrics import Metrics
 from gateway.upstream.hsm_client import HsmCommandError, HsmUnavailableError, PinTranslation
-from hsm_sim import dukpt, pinblock
+from hsm_sim import aes_dukpt, dukpt, pinblock
 from hsm_sim import mac as core_mac
 from hsm_sim import terminal as pinpad
 from hsm_sim.lmk import Lmk, kcv_hex
@@ -32,7 +34,14 @@ from issuer_sim.host import IssuerHost
 from issuer_sim.pin import IssuerSecurity, field48_cvv2, parse_field48
 from kit.dataset import KeySpec, SyntheticRange, Terminal
 from kit.keys import KeyLoadError, load_keys
-from loadtest.pos_sim import INITIAL_KSN, add_mac, add_pin_block, terminal_of
+from loadtest.pos_sim import (
+    INITIAL_AES_KSN,
+    INITIAL_KSN,
+    add_mac,
+    add_pin_block,
+    next_ksn_for,
+    terminal_of,
+)
 from protocols.codec import Codec
 from protocols.dialects import get_dialect
 from protocols.mac import mac_field, mac_input
@@ -167,6 +176,35 @@ def test_keys_already_under_the_lmk_are_taken_as_they_are() -> None:
     given_form = dataclasses.replace(T2, tak=KeySpec(key=t2.tak), bdk=KeySpec(key=t2.bdk))
     keys = load_keys(dataclasses.replace(DATA, terminals=(given_form,), issuers=(), hsm=None))
     assert keys.terminal("T0000002").tak == t2.tak  # type: ignore[union-attr]
+
+
+# ------------------------------------------------------------------ pos-sim's PIN pad
+
+
+def test_pos_sim_aes_dukpt_pin_pad_sends_field_123(tmp_path: Path) -> None:
+    t3 = terminal_of(DATA, "T0000003")
+    assert t3.bdk is not None
+    state = tmp_path / "pos-sim-ksn.json"
+    first = next_ksn_for(state, "T0000003", aes=True)
+    assert first == INITIAL_AES_KSN[:-1] + "1"
+    assert next_ksn_for(state, "T0000003", aes=True) == INITIAL_AES_KSN[:-1] + "2"
+    assert next_ksn_for(state, "T0000002") == pinpad.next_ksn(INITIAL_KSN)  # kept apart
+    assert json.loads(state.read_text())["T0000003"] == INITIAL_AES_KSN[:-1] + "2"
+    req = purchase(PAN, 1, terminal_id="T0000003")
+    add_pin_block(req, t3, PIN, PAN, first)
+    assert not {"52", "53"} & req.fields.keys()
+    value = req.fields["123"]
+    assert value[:24] == first
+    block = bytes.fromhex(value[24:])  # format 4: random fill, so deciphered, not compared
+    assert (
+        pinblock.decrypt_pin_block(
+            aes_dukpt.derive_pin_key(bytes.fromhex(t3.bdk.key), first),
+            pinblock.FORMAT_ISO4,
+            block,
+            PAN,
+        )
+        == PIN
+    )
 
 
 # ------------------------------------------------------------------ MAC placement

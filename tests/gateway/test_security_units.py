@@ -79,19 +79,30 @@ class MemoryHsm:
         return core_mac.retail_mac(LMK.decrypt(key), data)
 
     async def translate_pin_tpk_to_zpk(
-        self, tpk: str, zpk: str, block: bytes, pan: str
+        self, tpk: str, zpk: str, block: bytes, pan: str, *, dst_format: str = "01"
     ) -> PinTranslation:
         self._call("CA")
-        length, out = pinblock.translate_pin_block(LMK.decrypt(tpk), LMK.decrypt(zpk), block, pan)
-        return PinTranslation(length, out, "01")
+        pin = pinblock.decrypt_pin_block(LMK.decrypt(tpk), pinblock.FORMAT_ISO0, block, pan)
+        return self._to_zpk(zpk, pin, pan, dst_format)
 
     async def translate_pin_dukpt_to_zpk(
-        self, bdk: str, zpk: str, ksn: str, block: bytes, pan: str
+        self, bdk: str, zpk: str, ksn: str, block: bytes, pan: str, *, dst_format: str = "01"
     ) -> PinTranslation:
         self._call("G0")
         pin = dukpt.decrypt_pin_block(LMK.decrypt(bdk), ksn, block, pan)
-        out = pinblock.encrypt_pin_block(LMK.decrypt(zpk), pinblock.FORMAT_ISO0, pin, pan)
-        return PinTranslation(len(pin), out, "01")
+        return self._to_zpk(zpk, pin, pan, dst_format)
+
+    async def translate_pin_aes_dukpt_to_zpk(
+        self, bdk: str, zpk: str, ksn: str, block: bytes, pan: str, *, dst_format: str = "01"
+    ) -> PinTranslation:
+        self._call("Z0")
+        pin_key = aes_dukpt.derive_pin_key(LMK.decrypt(bdk), ksn)
+        pin = pinblock.decrypt_pin_block(pin_key, pinblock.FORMAT_ISO4, block, pan)
+        return self._to_zpk(zpk, pin, pan, dst_format)
+
+    def _to_zpk(self, zpk: str, pin: str, pan: str, dst_format: str) -> PinTranslation:
+        out = pinblock.encrypt_pin_block(LMK.decrypt(zpk), dst_format, pin, pan)
+        return PinTranslation(len(pin), out, dst_format)
 
 
 def ctx_for(

@@ -13,6 +13,7 @@ Scheme (documented, simpler than a real payShield's LMK pairs and variants):
   TDES-ECB encryption under the ZMK (ANSI X9.17 style, no variant).
 * The key check value (KCV) is the first 3 bytes of TDES-encrypting 8 zero bytes with the clear
   key; the LMK's own check value is computed the same way (6 hex digits, ``666EA8`` for the demo).
+  An AES key's is the first 3 bytes of its AES-CMAC of a zero block (X9.24-3, TR-31).
 
 The LMK itself comes from configuration (the demo LMK is in ``demo.toml``). Clear keys exist only
 inside the HSM process; every function here is pure.
@@ -24,6 +25,7 @@ import binascii
 import os
 
 from hsm_sim.errors import InvalidInputError, KeyLengthError, KeyParityError, KeySchemeError
+from hsm_sim.mac import aes_cmac
 from hsm_sim.tdes import (
     adjust_odd_parity,
     has_odd_parity,
@@ -138,6 +140,11 @@ class Lmk:
 def kcv_hex(clear_key: bytes) -> str:
     """6-hex-digit key check value of a clear TDES key."""
     return key_check_value(clear_key).hex().upper()
+
+
+def aes_kcv_hex(clear_key: bytes) -> str:
+    """6-hex-digit check value of a clear AES key: AES-CMAC of 16 zero bytes (X9.24-3)."""
+    return aes_cmac(clear_key, bytes(16))[:3].hex().upper()
 
 
 def encrypt_under_lmk(lmk_hex: str, clear_key_hex: str) -> str:

@@ -16,9 +16,11 @@ from kit.conf import FROZEN, load
 @dataclass(config=FROZEN)
 class KeySpec:
     key: str = dataclasses.field(repr=False)
-    """Clear double-length TDES key, 32 hex (test keys only)."""
+    """Clear double-length TDES key, 32 hex; an ``aes_dukpt`` BDK is AES-128, 32 hex (test keys
+    only)."""
     kcv: str = ""
-    """Key check value: first 3 bytes of the key encrypting 8 zero bytes."""
+    """Key check value: first 3 bytes of the key encrypting 8 zero bytes (TDES), of its AES-CMAC
+    of 16 zero bytes (AES)."""
 
 
 @dataclass(config=FROZEN)
@@ -63,7 +65,7 @@ class Terminal:
     id: str
     merchant: str
     kind: Literal["pos", "nfc", "atm"] = "pos"
-    key_mode: Literal["tpk", "dukpt"] = "tpk"
+    key_mode: Literal["tpk", "dukpt", "aes_dukpt"] = "tpk"
     mac_required: bool = False
     tpk: KeySpec | None = None
     bdk: KeySpec | None = None

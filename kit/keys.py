@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from hsm_sim.errors import HsmCryptoError
-from hsm_sim.lmk import Lmk, kcv_hex, parse_clear_key
+from hsm_sim.lmk import Lmk, aes_kcv_hex, kcv_hex, parse_clear_key
 from kit.conf import ConfigError
 from kit.dataset import Dataset, KeySpec
 
@@ -31,7 +31,8 @@ class TerminalKeys:
 
     terminal: str
     key_mode: str
-    """``tpk`` (fixed PIN key) or ``dukpt`` (ANSI X9.24-1 TDES DUKPT from the BDK)."""
+    """``tpk`` (fixed PIN key), ``dukpt`` (ANSI X9.24-1 TDES DUKPT from the BDK) or
+    ``aes_dukpt`` (ANSI X9.24-3 AES DUKPT from an AES-128 BDK, PIN in field 123)."""
     mac_required: bool = False
     tpk: str | None = field(default=None, repr=False)
     bdk: str | None = field(default=None, repr=False)
@@ -61,8 +62,11 @@ class KeyStore:
         return self.issuers.get(issuer_id)
 
 
-def key_under_lmk(lmk: Lmk | None, spec: KeySpec | None, name: str) -> str | None:
-    """One dataset key in its LMK form, after checking its KCV when it is given in clear."""
+def key_under_lmk(
+    lmk: Lmk | None, spec: KeySpec | None, name: str, *, aes: bool = False
+) -> str | None:
+    """One dataset key in its LMK form, after checking its KCV when it is given in clear
+    (``aes``: an AES-128 key, whose KCV is its AES-CMAC's)."""
     if spec is None:
         return None
     value = spec.key.strip()
@@ -74,7 +78,8 @@ def key_under_lmk(lmk: Lmk | None, spec: KeySpec | None, name: str) -> str | Non
         clear = parse_clear_key(value, what=name)
     except HsmCryptoError:
         raise KeyLoadError(f"{name}: must be 32 hex characters") from None
-    if spec.kcv and kcv_hex(clear) != spec.kcv.upper():
+    kcv = aes_kcv_hex(clear) if aes else kcv_hex(clear)
+    if spec.kcv and kcv != spec.kcv.upper():
         raise KeyLoadError(f"{name}: key check value does not match the dataset's kcv")
     return lmk.encrypt(clear)
 
@@ -103,7 +108,7 @@ def load_keys(dataset: Dataset) -> KeyStore:
             key_mode=t.key_mode,
             mac_required=t.mac_required,
             tpk=key_under_lmk(lmk, t.tpk, f"terminal {t.id} tpk"),
-            bdk=key_under_lmk(lmk, t.bdk, f"terminal {t.id} bdk"),
+            bdk=key_under_lmk(lmk, t.bdk, f"terminal {t.id} bdk", aes=t.key_mode == "aes_dukpt"),
             tak=key_under_lmk(lmk, t.tak, f"terminal {t.id} tak"),
         )
         if t.mac_required and keys.tak is None:

@@ -14,13 +14,17 @@ PINs and MACs, as the terminal's PIN pad would do them with its keys from the da
 
     pos-sim purchase --terminal T0000001 --pan 4761730000000011 --amount 1250 --pin 1234
     pos-sim purchase --terminal T0000002 --pan 4761730000000011 --amount 1250 --pin 1234
+    pos-sim purchase --terminal T0000003 --pan 4761730000000011 --amount 1250 --pin 1234
 
 ``--pin`` adds field 52, ISO format 0 under the terminal's TPK, or under the DUKPT key of the
-next KSN for a DUKPT terminal (sent in field 53). The KSN is ``--ksn`` when given, else the one
-after the last used, kept in ``var/pos-sim-ksn.json`` per terminal (starting from the ANSI test
-KSN ``FFFF9876543210E00000``). A terminal with ``mac_required`` gets its field 64 MAC under the
-TAK (``--mac none`` leaves it out, ``--mac bad`` sends a wrong one). ``--cvv2`` sends a manual
-entry (22 = 011) with the CVV2 in field 48 (subelement 92).
+next KSN for a DUKPT terminal (sent in field 53). An AES DUKPT terminal (X9.24-3) sends field 123
+instead: the 24-hex KSN and the ISO format 4 block under that KSN's AES PIN key. The KSN is
+``--ksn`` when given, else the one after the last used, kept in ``var/pos-sim-ksn.json`` per
+terminal (starting from the ANSI test KSN ``FFFF9876543210E00000``, or for AES DUKPT the
+X9.24-3 supplement's initial key ID at counter 0, ``123456789012345600000000``). A terminal
+with ``mac_required`` gets its field 64 MAC under the TAK (``--mac none`` leaves it out, ``--mac
+bad`` sends a wrong one). ``--cvv2`` sends a manual entry (22 = 011) with the CVV2 in field 48
+(subelement 92).
 """
 
 from __future__ import annotations
@@ -199,6 +203,8 @@ def _next_atc(state: Path, card: SimulatedCard) -> int:
 
 INITIAL_KSN = "FFFF9876543210E00000"
 """The demo DUKPT terminals' initial KSN (ANSI X9.24-1 test KSN, counter 0)."""
+INITIAL_AES_KSN = "123456789012345600000000"
+"""The demo AES DUKPT terminal's initial KSN (X9.24-3 supplement's initial key ID, counter 0)."""
 CODEC = Codec(get_dialect("terminal"))
 
 
@@ -212,7 +218,14 @@ def terminal_of(data: Dataset, terminal_id: str) -> Terminal:
 def add_pin_block(
     request: Message, terminal: Terminal, pin: str, pan: str, ksn: str | None = None
 ) -> None:
-    """Field 52 (and 53 for DUKPT) as the terminal's PIN pad builds them (test keys only)."""
+    """Field 52 (and 53 for DUKPT), or 123 for AES DUKPT, as the terminal's PIN pad builds them
+    (test keys only)."""
+    if terminal.key_mode == "aes_dukpt":
+        if terminal.bdk is None or ksn is None:
+            raise ValueError(f"terminal {terminal.id}: AES DUKPT needs a BDK and a KSN")
+        block = pinpad.pin_block_under_aes_dukpt(terminal.bdk.key, ksn, pin, pan)
+        request.fields["123"] = ksn.upper() + block.hex().upper()
+        return
     if terminal.key_mode == "dukpt":
         if terminal.bdk is None or ksn is None:
             raise ValueError(f"terminal {terminal.id}: DUKPT needs a BDK and a KSN")
@@ -233,13 +246,17 @@ def add_mac(request: Message, tak: str, *, wrong: bool = False) -> None:
     request.fields[mac_field(request.fields)] = mac.hex().upper()
 
 
-def next_ksn_for(state: Path, terminal_id: str, initial: str = INITIAL_KSN) -> str:
-    """The KSN after the last one this terminal used (kept in ``state`` across runs)."""
+def next_ksn_for(state: Path, terminal_id: str, *, aes: bool = False) -> str:
+    """The KSN after the last one this terminal used (kept in ``state`` across runs); ``aes``:
+    an AES DUKPT terminal's (24 hex)."""
     try:
         used = json.loads(state.read_text())
     except (OSError, ValueError):
         used = {}
-    ksn = pinpad.next_ksn(used.get(terminal_id, initial))
+    if aes:
+        ksn = pinpad.next_aes_ksn(used.get(terminal_id, INITIAL_AES_KSN))
+    else:
+        ksn = pinpad.next_ksn(used.get(terminal_id, INITIAL_KSN))
     used[terminal_id] = ksn
     try:
         state.parent.mkdir(parents=True, exist_ok=True)
@@ -265,8 +282,9 @@ def secure(args: argparse.Namespace, request: Message) -> str | None:
         return f"no keys for terminal {args.terminal} in {args.data}: {exc}"
     if args.pin is not None and args.pan:
         ksn = None
-        if terminal.key_mode == "dukpt":
-            ksn = args.ksn or next_ksn_for(args.ksn_state, terminal.id)
+        if terminal.key_mode in ("dukpt", "aes_dukpt"):
+            aes = terminal.key_mode == "aes_dukpt"
+            ksn = args.ksn or next_ksn_for(args.ksn_state, terminal.id, aes=aes)
         try:
             add_pin_block(request, terminal, args.pin, args.pan, ksn)
         except Exception as exc:  # a bad PIN or KSN: say so, never echo it
@@ -342,8 +360,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=Path("conf/demo/data.toml"))
     parser.add_argument("--atc", type=int, default=None, help="contactless: the card's ATC")
     parser.add_argument("--atc-state", type=Path, default=Path("var/pos-sim-atc.json"))
-    parser.add_argument("--pin", default=None, help="PIN entered: adds field 52 (and 53)")
-    parser.add_argument("--ksn", default=None, help="DUKPT KSN (20 hex) instead of the next one")
+    parser.add_argument(
+        "--pin", default=None, help="PIN entered: adds field 52 (and 53), or 123 for AES DUKPT"
+    )
+    parser.add_argument(
+        "--ksn", default=None, help="DUKPT KSN (20 hex, AES DUKPT 24) instead of the next one"
+    )
     parser.add_argument("--ksn-state", type=Path, default=Path("var/pos-sim-ksn.json"))
     parser.add_argument("--cvv2", default=None, help="manual entry with this CVV2 (field 48)")
     parser.add_argument(
@@ -387,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     if "52" in request.fields:
         ksn = request.fields.get("53")
         print(f"  PIN block sent under {'DUKPT, KSN ' + ksn if ksn else 'the TPK'}")
+    if "123" in request.fields:  # the KSN only, as for TDES DUKPT: never the PIN block
+        print(f"  PIN block sent under AES DUKPT, KSN {request.fields['123'][:24]}")
     if "64" in request.fields or "128" in request.fields:
         print(f"  MAC sent ({'wrong on purpose' if args.mac == 'bad' else 'TAK'})")
     print(f"response {response.mti}")

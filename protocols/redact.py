@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-# Fields never shown at all: track data, CVV2 (48), PIN block, KSN, EMV data, MAC, expiry.
-HIDDEN_FIELDS = frozenset({"35", "36", "45", "48", "52", "53", "55", "64", "128", "14"})
+# Fields never shown at all: track data, CVV2 (48), PIN block, KSN, EMV data, MAC, expiry,
+# and 123 (an AES DUKPT terminal's KSN and PIN block).
+HIDDEN_FIELDS = frozenset({"35", "36", "45", "48", "52", "53", "55", "64", "128", "14", "123"})
 PAN_FIELDS = frozenset({"2"})
 
 

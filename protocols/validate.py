@@ -38,6 +38,8 @@ _FORMATS: dict[str, tuple[int, int, str]] = {
     "42": (15, 15, "text"),
     "49": _digits(3),
     "53": (20, 20, "hex"),
+    # SPEC "AES DUKPT terminals": 24 hex KSN then the 32 hex format 4 PIN block, upper case.
+    "123": (56, 56, "HEX"),
     "70": _digits(3),
     "90": _digits(42),
     "95": (42, 42, "text"),
@@ -61,6 +63,7 @@ _PROCESSING: dict[str, frozenset[str]] = {
 }
 NETWORK_CODES = frozenset({"001", "002", "301"})
 _HEX = frozenset("0123456789ABCDEFabcdef")
+_UPPER_HEX = frozenset("0123456789ABCDEF")
 _TRACK2 = frozenset("0123456789=D")
 
 
@@ -103,6 +106,8 @@ def _format_ok(value: str, rule: tuple[int, int, str]) -> bool:
         return value.isdigit()
     if kind == "hex":
         return _HEX.issuperset(value)
+    if kind == "HEX":
+        return _UPPER_HEX.issuperset(value)
     if kind == "track2":
         return _TRACK2.issuperset(value) and value[0].isdigit()
     return value.isprintable()

@@ -23,6 +23,8 @@ log = get_logger("gateway.flow.pipeline")
 
 # Terminal fields passed on to the issuer unchanged; 52 only as translated by the HSM
 # (Context.pin_block), 53 and 64 never.
+# What goes on to the issuer: never 52 as received, 53 or 123 (the terminal's PIN data; the
+# translated block is added as 52).
 ISSUER_FIELDS = (
     "2", "3", "4", "12", "13", "14", "22", "23", "35", "41", "42", "48", "49", "55", "95",
 )  # fmt: skip

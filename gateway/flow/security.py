@@ -7,9 +7,11 @@ Participants (see ``Gateway`` for their place in the pipeline):
   as received without its last 8 bytes. A missing or wrong MAC is declined ``63``.
 * :class:`TranslatePin` (after the risk stage, before the issuer): field 52 is re-encrypted by
   the HSM from the terminal's TPK (``CA``) or from the DUKPT key of the KSN in field 53 (``G0``)
-  to the issuer's ZPK, ISO format 0. Only the translated block goes on (``Context.pin_block``);
-  field 53 never leaves the switch. A token's PIN block (formed with the token) goes through
-  ISO format 1 and a ``CC`` to format 0 with the funding PAN.
+  to the issuer's ZPK, ISO format 0; an AES DUKPT terminal's field 123 (KSN and ISO format 4
+  block) goes the same way through ``Z0``. Only the translated block goes on
+  (``Context.pin_block``); fields 53 and 123 never leave the switch. A token's PIN block
+  (formed with the token) goes through ISO format 1 and a ``CC`` to format 0 with the funding
+  PAN.
 * :class:`IssuerLinkMac`, the issuer-message hook of ``QueryIssuer``: on the links of issuers
   with a ZAK, the MAC is added to each request once it is complete, and checked on answers that
   carry one. An answer whose MAC is wrong, or that the HSM could not verify, is not used
@@ -33,6 +35,7 @@ Nothing logged here carries a PAN, a PIN block, a MAC or a key.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -45,7 +48,7 @@ from gateway.upstream.hsm_client import (
     HsmUnavailableError,
     PinTranslation,
 )
-from kit.keys import KeyStore
+from kit.keys import KeyStore, TerminalKeys
 from kit.logs import get_logger
 from protocols.bounded import BoundedFifo
 from protocols.errors import ProtocolError
@@ -194,17 +197,27 @@ class VerifyMac(_HsmStage):
 
 
 KSN_MEMORY = 500_000
-"""DUKPT KSNs remembered per BDK to refuse a second use (oldest forgotten first)."""
+"""DUKPT KSNs remembered per BDK to refuse a second use (oldest forgotten first); also the
+AES DUKPT devices (BDK, initial key ID) whose last counter is remembered."""
+AES_KSN_BYTES = 12
+"""Field 123: the AES DUKPT KSN (8-byte initial key ID, 4-byte counter), then the 16-byte
+format 4 block, 56 hex in all."""
+
+First = Callable[[str], Awaitable[PinTranslation]]
+"""The terminal-to-ZPK translation, given the destination format."""
 
 
 class TranslatePin(_HsmStage):
-    """Field 52 from the terminal's key to the issuer's ZPK (TPK: ``CA``; DUKPT: ``G0``).
+    """The terminal's PIN to the issuer's ZPK (TPK: ``CA``; DUKPT: ``G0``; AES DUKPT: ``Z0``).
 
     A DUKPT device never uses a KSN twice (its counter advances with every PIN entry), so a
-    KSN seen before under the same BDK is a replayed PIN block: ``63``. Repeats of one
-    request (same 41/11/7) are answered from the duplicate check before they get here.
+    KSN seen before under the same BDK is a replayed PIN block: ``63``. An AES DUKPT terminal
+    (SPEC "AES DUKPT terminals") sends its KSN and ISO format 4 block in field 123; its
+    counter must rise for each (BDK, initial key ID), and one that does not is refused the
+    same way. Repeats of one request (same 41/11/7) are answered from the duplicate check
+    before they get here.
 
-    The terminal formed its ISO format 0 block with the PAN it read; for a wallet that is the
+    The terminal formed its PIN block with the PAN it read; for a wallet that is the
     token, while the issuer checks the PIN with the funding PAN. Then the PIN goes to the
     issuer's ZPK in ISO format 1 (``05``, no PAN in it) with the token, and ``CC`` reformats it
     under that ZPK to ISO format 0 with the funding PAN: the clear PIN stays in the HSM. Either
@@ -218,11 +231,15 @@ class TranslatePin(_HsmStage):
     ) -> None:
         super().__init__(hsm, keys, metrics)
         self._ksns: BoundedFifo[tuple[str, str], None] = BoundedFifo(KSN_MEMORY)
+        self._aes_counters: BoundedFifo[tuple[str, str], int] = BoundedFifo(KSN_MEMORY)
 
     async def prepare(self, ctx: Context) -> str | None:
         req = ctx.request
         block_hex = req.fields.get("52")
-        if block_hex is None or req.mti not in PIN_MTIS or ctx.issuer is None:
+        aes_data = req.fields.get("123")
+        if (block_hex is None and aes_data is None) or req.mti not in PIN_MTIS:
+            return None
+        if ctx.issuer is None:
             return None
         hsm = self.hsm
         if hsm is None:
@@ -233,9 +250,18 @@ class TranslatePin(_HsmStage):
             return self._fail(ctx, "96", "no_key", "no keys for this terminal")
         if issuer is None or issuer.zpk is None:
             return self._fail(ctx, "96", "no_key", "no ZPK for this issuer", issuer=ctx.issuer)
+        if (aes_data is not None) != (terminal.key_mode == "aes_dukpt"):
+            # SPEC: an AES DUKPT terminal's PIN is in 123, never in 52; nobody else's is.
+            return self._fail(ctx, "30", "format", "PIN field not the terminal's key mode's")
         zpk = issuer.zpk
         try:
-            block = bytes.fromhex(block_hex)
+            if aes_data is not None:
+                raw = bytes.fromhex(aes_data)
+                if len(raw) != AES_KSN_BYTES + 16:
+                    raise ValueError
+                ksn, block = raw[:AES_KSN_BYTES], raw[AES_KSN_BYTES:]
+            else:
+                ksn, block = b"", bytes.fromhex(block_hex or "")
             # The PIN block was formed with the PAN the terminal read (the token, if any);
             # the issuer verifies the PIN with the PAN it is sent (the funding PAN).
             shown = presented(req)
@@ -244,54 +270,108 @@ class TranslatePin(_HsmStage):
         except (ValueError, ProtocolError, KeyError):
             return self._fail(ctx, "30", "format", "PIN block or PAN unusable")
         try:
+            if aes_data is not None:
+                return await self._aes_dukpt(ctx, terminal, zpk, ksn, block, pan, funding)
             if terminal.key_mode == "dukpt":
-                ksn = req.fields.get("53")
-                if ksn is None:
+                ksn53 = req.fields.get("53")
+                if ksn53 is None:
                     return self._fail(ctx, "30", "format", "DUKPT PIN block without KSN (53)")
                 if terminal.bdk is None:
                     return self._fail(ctx, "96", "no_key", "no BDK for this terminal")
-                used = (terminal.bdk, ksn.upper())
+                used = (terminal.bdk, ksn53.upper())
                 if used in self._ksns:
                     return self._fail(ctx, "63", "ksn_reused", "DUKPT KSN used before")
                 self._ksns[used] = None  # taken now: a concurrent twin is refused too
+                bdk = terminal.bdk
                 try:
-                    if funding == pan:
-                        result = await hsm.translate_pin_dukpt_to_zpk(
-                            terminal.bdk, zpk, ksn, block, pan
-                        )
-                    else:
-                        result = await hsm.translate_pin_dukpt_to_zpk(
-                            terminal.bdk, zpk, ksn, block, pan, dst_format=FORMAT_ISO1
-                        )
-                        result = await _reformat(hsm, zpk, result, funding)
+                    result = await _to_issuer(
+                        hsm,
+                        zpk,
+                        lambda fmt: hsm.translate_pin_dukpt_to_zpk(
+                            bdk, zpk, ksn53, block, pan, dst_format=fmt
+                        ),
+                        pan,
+                        funding,
+                    )
                 except BaseException:
                     self._ksns.pop(used, None)  # not translated: the KSN was not consumed
                     raise
             else:
                 if terminal.tpk is None:
                     return self._fail(ctx, "96", "no_key", "no TPK for this terminal")
-                if funding == pan:
-                    result = await hsm.translate_pin_tpk_to_zpk(terminal.tpk, zpk, block, pan)
-                else:
-                    result = await hsm.translate_pin_tpk_to_zpk(
-                        terminal.tpk, zpk, block, pan, dst_format=FORMAT_ISO1
-                    )
-                    result = await _reformat(hsm, zpk, result, funding)
+                tpk = terminal.tpk
+                result = await _to_issuer(
+                    hsm,
+                    zpk,
+                    lambda fmt: hsm.translate_pin_tpk_to_zpk(tpk, zpk, block, pan, dst_format=fmt),
+                    pan,
+                    funding,
+                )
         except (HsmUnavailableError, HsmCommandError) as exc:
             return self._hsm_failed(ctx, exc)
-        ctx.pin_block = result.pin_block.hex().upper()
-        self.metrics.count(self.check, "ok")
+        self._translated(ctx, result)
         return None
 
+    async def _aes_dukpt(
+        self,
+        ctx: Context,
+        terminal: TerminalKeys,
+        zpk: str,
+        ksn: bytes,
+        block: bytes,
+        pan: str,
+        funding: str,
+    ) -> str | None:
+        """Field 123 through ``Z0``: the KSN's counter must rise for its device."""
+        hsm = self.hsm
+        assert hsm is not None
+        if terminal.bdk is None:
+            return self._fail(ctx, "96", "no_key", "no BDK for this terminal")
+        bdk = terminal.bdk
+        device = (bdk, ksn[:8].hex().upper())
+        counter = int.from_bytes(ksn[8:], "big")
+        last = self._aes_counters.get(device)
+        if last is not None and counter <= last:
+            return self._fail(ctx, "63", "ksn_reused", "AES DUKPT counter did not rise")
+        self._aes_counters[device] = counter  # taken now: a concurrent twin is refused too
+        try:
+            result = await _to_issuer(
+                hsm,
+                zpk,
+                lambda fmt: hsm.translate_pin_aes_dukpt_to_zpk(
+                    bdk, zpk, ksn.hex(), block, pan, dst_format=fmt
+                ),
+                pan,
+                funding,
+            )
+        except BaseException:
+            # Not translated: the counter was not consumed. Put the last one back unless a
+            # later counter has been taken meanwhile.
+            if self._aes_counters.get(device) == counter:
+                if last is None:
+                    self._aes_counters.pop(device, None)
+                else:
+                    self._aes_counters[device] = last
+            raise
+        self._translated(ctx, result)
+        return None
 
-async def _reformat(
-    hsm: HsmClient, zpk: str, first: PinTranslation, funding_pan: str
+    def _translated(self, ctx: Context, result: PinTranslation) -> None:
+        ctx.pin_block = result.pin_block.hex().upper()
+        self.metrics.count(self.check, "ok")
+
+
+async def _to_issuer(
+    hsm: HsmClient, zpk: str, first: First, pan: str, funding_pan: str
 ) -> PinTranslation:
-    """``CC`` under the issuer's ZPK: ISO format 1 to ISO format 0 with the funding PAN."""
+    """ISO format 0 under the issuer's ZPK with the funding PAN: ``first`` straight to format 0
+    for a card; for a token, ``first`` to format 1 then ``CC`` to format 0 with the funding PAN."""
+    if funding_pan == pan:
+        return await first(FORMAT_ISO0)
     return await hsm.translate_pin_zpk_to_zpk(
         zpk,
         zpk,
-        first.pin_block,
+        (await first(FORMAT_ISO1)).pin_block,
         funding_pan,
         src_format=FORMAT_ISO1,
         dst_format=FORMAT_ISO0,

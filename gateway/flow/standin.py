@@ -290,7 +290,7 @@ class StandIn(BaseParticipant):
             rc, issuer_auth = await self._verify_arqc(ctx, issuer)
             if rc is not None:
                 return rc
-        if "52" in fields:
+        if "52" in fields or "123" in fields:  # 123: an AES DUKPT terminal's PIN
             rc = await self._verify_pin(ctx, issuer)
             if rc is not None:
                 return rc

@@ -7,6 +7,8 @@ hex. :func:`strip_sensitive` removes, before anything else sees the payload:
 - ``35`` track 2, ``36`` track 3, ``45`` track 1: full track data;
 - ``52`` PIN block, and ``53`` security control information (the DUKPT KSN: not secret, but
   useless after the transaction and in other dialects a carrier of key data);
+- ``123``, an AES DUKPT terminal's KSN and format 4 PIN block (SPEC: the PIN block of 52 by
+  another road);
 - from ``55`` (EMV, BER-TLV), at any nesting depth: ``56`` track 1, ``57`` track 2 equivalent,
   ``99`` PIN data, ``9F1F`` track 1 / ``9F20`` track 2 discretionary data, ``9F6B`` track 2
   (contactless). The ARQC, ARPC (tag 91), counters and amounts stay. A ``55`` that is not valid
@@ -25,7 +27,7 @@ from gateway.journal.errors import JournalValueError
 from protocols import redact
 
 # 48 carries the CVV2 (subelement 92) on manual entry: never stored.
-DROPPED_FIELDS = frozenset({"35", "36", "45", "48", "52", "53"})
+DROPPED_FIELDS = frozenset({"35", "36", "45", "48", "52", "53", "123"})
 SENSITIVE_EMV_TAGS = frozenset({"56", "57", "99", "9F1F", "9F20", "9F6B"})
 
 # Field numbers 1-999 without leading zeros ("035" must not dodge "35"), and pyiso8583's

@@ -472,6 +472,32 @@ class HsmClient:
         body = _body(request, await self.request(request), proto.PinTranslatedDukpt)
         return _translation(body)
 
+    async def translate_pin_aes_dukpt_to_zpk(
+        self,
+        bdk: str,
+        zpk: str,
+        ksn: str,
+        pin_block: bytes,
+        pan: str,
+        *,
+        dst_format: str = proto.FORMAT_ISO0,
+    ) -> PinTranslation:
+        """Z0: an AES DUKPT terminal's format 4 PIN block (BDK + 24-hex KSN) to a ZPK.
+
+        The BDK's length flag follows its LMK form (``U`` + 32H AES-128, + 64H AES-256); the
+        PIN key is AES-128, as SPEC's terminals derive it."""
+        request = proto.TranslatePinAesDukptToZpk(
+            bdk,
+            zpk,
+            ksn.upper(),
+            pin_block.hex().upper(),
+            pan,
+            dst_format,
+            bdk_length=proto.AES_256 if len(bdk) == 65 else proto.AES_128,
+        )
+        body = _body(request, await self.request(request), proto.PinTranslatedAesDukpt)
+        return _translation(body)
+
     async def verify_pin_pvv(
         self,
         zpk: str,
@@ -629,7 +655,10 @@ def _verified(request: proto.Request, response: proto.HsmResponse) -> bool:
 
 
 def _translation(
-    body: proto.PinTranslated | proto.PinTranslatedZpk | proto.PinTranslatedDukpt,
+    body: proto.PinTranslated
+    | proto.PinTranslatedZpk
+    | proto.PinTranslatedDukpt
+    | proto.PinTranslatedAesDukpt,
 ) -> PinTranslation:
     return PinTranslation(int(body.pin_length), bytes.fromhex(body.pin_block), body.dst_format)
 

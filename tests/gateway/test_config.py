@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -7,7 +8,7 @@ import pytest
 from gateway.cli import main as gateway_main
 from gateway.config import load_gateway_config
 from kit.conf import ConfigError
-from kit.dataset import load_dataset
+from kit.dataset import Dataset, load_dataset
 from tests.helpers import DEMO_CONF, ROOT
 
 
@@ -20,11 +21,20 @@ def test_demo_config_loads() -> None:
     assert base == DEMO_CONF
 
 
-def test_demo_data_is_the_shared_contract() -> None:
+def test_demo_data_holds_the_shared_contract() -> None:
+    """Every entry of the shared demo.toml is in conf/demo/data.toml, in the same order; ours
+    may have more (T0000003, AES DUKPT, is not in the shared data yet)."""
     shared = ROOT.parent / "shared" / "demo" / "demo.toml"
     if not shared.exists():
         pytest.skip("shared/demo/demo.toml is not beside this checkout")
-    assert load_dataset(shared) == load_dataset(DEMO_CONF / "data.toml")
+    theirs, ours = load_dataset(shared), load_dataset(DEMO_CONF / "data.toml")
+    for f in dataclasses.fields(Dataset):
+        contract, mine = getattr(theirs, f.name), getattr(ours, f.name)
+        if isinstance(contract, tuple):
+            assert [item for item in mine if item in contract] == list(contract), f.name
+        else:
+            assert mine == contract, f.name
+    assert "T0000003" in {t.id for t in ours.terminals}
 
 
 def test_demo_otp_enrolment_is_the_shared_one() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from psec import mac as psec_mac
 
+from gateway.flow.participants import QueryIssuer
 from gateway.flow.pipeline import Context
 from gateway.flow.security import (
     IssuerLinkMac,
@@ -20,17 +23,25 @@ from gateway.flow.security import (
     VerifyMac,
     received_mac,
 )
+from gateway.metrics import Metrics
 from gateway.upstream.hsm_client import HsmCommandError, HsmUnavailableError, PinTranslation
-from hsm_sim import dukpt, pinblock
+from hsm_sim import aes_dukpt, dukpt, pinblock
 from hsm_sim import mac as core_mac
 from hsm_sim import terminal as pinpad
-from hsm_sim.lmk import Lmk
+from hsm_sim.lmk import Lmk, kcv_hex
 from issuer_sim.accounts import AccountBook
 from issuer_sim.host import IssuerHost
 from issuer_sim.pin import IssuerSecurity, field48_cvv2
 from kit.dataset import KeySpec, SyntheticRange, Terminal
 from kit.keys import KeyLoadError, load_keys
-from loadtest.pos_sim import INITIAL_KSN, add_mac, add_pin_block, terminal_of
+from loadtest.pos_sim import (
+    INITIAL_AES_KSN,
+    INITIAL_KSN,
+    add_mac,
+    add_pin_block,
+    next_ksn_for,
+    terminal_of,
+)
 from protocols.codec import Codec
 from protocols.dialects import get_dialect
 from protocols.mac import mac_field, mac_input
@@ -69,19 +80,30 @@ class MemoryHsm:
         return core_mac.retail_mac(LMK.decrypt(key), data)
 
     async def translate_pin_tpk_to_zpk(
-        self, tpk: str, zpk: str, block: bytes, pan: str
+        self, tpk: str, zpk: str, block: bytes, pan: str, *, dst_format: str = "01"
     ) -> PinTranslation:
         self._call("CA")
-        length, out = pinblock.translate_pin_block(LMK.decrypt(tpk), LMK.decrypt(zpk), block, pan)
-        return PinTranslation(length, out, "01")
+        pin = pinblock.decrypt_pin_block(LMK.decrypt(tpk), pinblock.FORMAT_ISO0, block, pan)
+        return self._to_zpk(zpk, pin, pan, dst_format)
 
     async def translate_pin_dukpt_to_zpk(
-        self, bdk: str, zpk: str, ksn: str, block: bytes, pan: str
+        self, bdk: str, zpk: str, ksn: str, block: bytes, pan: str, *, dst_format: str = "01"
     ) -> PinTranslation:
         self._call("G0")
         pin = dukpt.decrypt_pin_block(LMK.decrypt(bdk), ksn, block, pan)
-        out = pinblock.encrypt_pin_block(LMK.decrypt(zpk), pinblock.FORMAT_ISO0, pin, pan)
-        return PinTranslation(len(pin), out, "01")
+        return self._to_zpk(zpk, pin, pan, dst_format)
+
+    async def translate_pin_aes_dukpt_to_zpk(
+        self, bdk: str, zpk: str, ksn: str, block: bytes, pan: str, *, dst_format: str = "01"
+    ) -> PinTranslation:
+        self._call("Z0")
+        pin_key = aes_dukpt.derive_pin_key(LMK.decrypt(bdk), ksn)
+        pin = pinblock.decrypt_pin_block(pin_key, pinblock.FORMAT_ISO4, block, pan)
+        return self._to_zpk(zpk, pin, pan, dst_format)
+
+    def _to_zpk(self, zpk: str, pin: str, pan: str, dst_format: str) -> PinTranslation:
+        out = pinblock.encrypt_pin_block(LMK.decrypt(zpk), dst_format, pin, pan)
+        return PinTranslation(len(pin), out, dst_format)
 
 
 def ctx_for(
@@ -142,6 +164,22 @@ def test_key_load_errors_name_the_key_never_its_value() -> None:
         load_keys(dataclasses.replace(DATA, hsm=None))
 
 
+def test_aes_dukpt_bdk_is_checked_by_its_cmac_kcv() -> None:
+    t3, spec = KEYS.terminal("T0000003"), terminal_of(DATA, "T0000003")
+    assert t3 is not None
+    assert t3.key_mode == "aes_dukpt"
+    assert t3.bdk is not None
+    assert spec.bdk is not None
+    assert LMK.decrypt(t3.bdk).hex().upper() == spec.bdk.key
+    # The TDES KCV of the same key is not accepted for it, and the error hides the key.
+    tdes_kcv = dataclasses.replace(
+        spec, bdk=KeySpec(key=spec.bdk.key, kcv=kcv_hex(LMK.decrypt(t3.bdk)))
+    )
+    with pytest.raises(KeyLoadError, match="T0000003 bdk: key check value") as exc:
+        load_keys(dataclasses.replace(DATA, terminals=(tdes_kcv,)))
+    assert spec.bdk.key not in str(exc.value)
+
+
 def test_keys_already_under_the_lmk_are_taken_as_they_are() -> None:
     t2 = KEYS.terminal("T0000002")
     assert t2 is not None
@@ -150,6 +188,35 @@ def test_keys_already_under_the_lmk_are_taken_as_they_are() -> None:
     given_form = dataclasses.replace(T2, tak=KeySpec(key=t2.tak), bdk=KeySpec(key=t2.bdk))
     keys = load_keys(dataclasses.replace(DATA, terminals=(given_form,), issuers=(), hsm=None))
     assert keys.terminal("T0000002").tak == t2.tak  # type: ignore[union-attr]
+
+
+# ------------------------------------------------------------------ pos-sim's PIN pad
+
+
+def test_pos_sim_aes_dukpt_pin_pad_sends_field_123(tmp_path: Path) -> None:
+    t3 = terminal_of(DATA, "T0000003")
+    assert t3.bdk is not None
+    state = tmp_path / "pos-sim-ksn.json"
+    first = next_ksn_for(state, "T0000003", aes=True)
+    assert first == INITIAL_AES_KSN[:-1] + "1"
+    assert next_ksn_for(state, "T0000003", aes=True) == INITIAL_AES_KSN[:-1] + "2"
+    assert next_ksn_for(state, "T0000002") == pinpad.next_ksn(INITIAL_KSN)  # kept apart
+    assert json.loads(state.read_text())["T0000003"] == INITIAL_AES_KSN[:-1] + "2"
+    req = purchase(PAN, 1, terminal_id="T0000003")
+    add_pin_block(req, t3, PIN, PAN, first)
+    assert not {"52", "53"} & req.fields.keys()
+    value = req.fields["123"]
+    assert value[:24] == first
+    block = bytes.fromhex(value[24:])  # format 4: random fill, so deciphered, not compared
+    assert (
+        pinblock.decrypt_pin_block(
+            aes_dukpt.derive_pin_key(bytes.fromhex(t3.bdk.key), first),
+            pinblock.FORMAT_ISO4,
+            block,
+            PAN,
+        )
+        == PIN
+    )
 
 
 # ------------------------------------------------------------------ MAC placement
@@ -275,6 +342,22 @@ class FakePool:
     def __init__(self, issuer: str) -> None:
         self.issuer = issuer
         self.codec = CODEC
+
+    def next_stan(self) -> str:
+        return "000001"
+
+
+def test_terminal_pin_data_never_goes_to_the_issuer() -> None:
+    req = purchase(PAN, 1, terminal_id="T0000003")
+    req.fields["123"] = "0" * 56
+    req.fields["53"] = "0" * 20
+    ctx = ctx_for(req, terminal_of(DATA, "T0000003"))
+    sent = QueryIssuer("12345678", Metrics())._issuer_request(ctx, FakePool("alpha"))  # type: ignore[arg-type]
+    assert not {"52", "53", "123"} & sent.fields.keys()
+    ctx.pin_block = "0123456789ABCDEF"  # what TranslatePin leaves: the only PIN that goes on
+    sent = QueryIssuer("12345678", Metrics())._issuer_request(ctx, FakePool("alpha"))  # type: ignore[arg-type]
+    assert sent.fields["52"] == ctx.pin_block
+    assert not {"53", "123"} & sent.fields.keys()
 
 
 @pytest.mark.anyio

@@ -18,14 +18,16 @@ def demo_data() -> dict[str, Any]:
         return tomllib.load(fh)
 
 
-def demo_keys() -> list[tuple[str, str, str]]:
-    """(name, clear key, kcv) for every key in demo.toml."""
+def demo_keys(*, aes: bool = False) -> list[tuple[str, str, str]]:
+    """(name, clear key, kcv) for every TDES key in demo.toml (``aes``: every AES key instead,
+    the BDKs of ``aes_dukpt`` terminals)."""
     data = demo_data()
-    out = [("hsm.lmk", data["hsm"]["lmk"]["key"], data["hsm"]["lmk"]["kcv"])]
+    out = [] if aes else [("hsm.lmk", data["hsm"]["lmk"]["key"], data["hsm"]["lmk"]["kcv"])]
     for group in ("issuers", "terminals"):
         for item in data[group]:
             for name, value in item.items():
-                if isinstance(value, dict) and "key" in value:
+                is_aes = name == "bdk" and item.get("key_mode") == "aes_dukpt"
+                if isinstance(value, dict) and "key" in value and is_aes == aes:
                     out.append((f"{item['id']}.{name}", value["key"], value["kcv"]))
     return out
 

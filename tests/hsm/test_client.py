@@ -25,6 +25,7 @@ ALPHA, BETA = DATA["issuers"][0], DATA["issuers"][1]
 TPK = DATA["terminals"][0]["tpk"]["key"]
 BDK = DATA["terminals"][1]["bdk"]["key"]
 TAK = DATA["terminals"][1]["tak"]["key"]
+AES_BDK = next(t for t in DATA["terminals"] if t["id"] == "T0000003")["bdk"]["key"]
 PAN, PIN = "4761730000000011", "1234"
 
 
@@ -51,6 +52,17 @@ async def test_every_command_through_the_client() -> None:
         dukpt_block = terminal.pin_block_under_dukpt(BDK, ksn, PIN, PAN)
         g0 = await hsm.translate_pin_dukpt_to_zpk(u(BDK), zpk_a, ksn, dukpt_block, PAN)
         assert zpk_pin(g0.pin_block, ALPHA["zpk"]["key"]) == PIN
+
+        aes_ksn = "123456789012345600000001"
+        aes_block = terminal.pin_block_under_aes_dukpt(AES_BDK, aes_ksn, PIN, PAN)
+        z0 = await hsm.translate_pin_aes_dukpt_to_zpk(u(AES_BDK), zpk_a, aes_ksn, aes_block, PAN)
+        assert (z0.pin_length, z0.pin_block_format) == (4, "01")
+        assert zpk_pin(z0.pin_block, ALPHA["zpk"]["key"]) == PIN
+        with pytest.raises(HsmCommandError) as info:  # the next counter's key: not this block
+            await hsm.translate_pin_aes_dukpt_to_zpk(
+                u(AES_BDK), zpk_a, aes_ksn[:-1] + "2", aes_block, PAN
+            )
+        assert (info.value.command, info.value.error_code) == ("Z0", "20")
 
         pvk = ALPHA["pvk"]["key"]
         pvv = pinverify.visa_pvv(bytes.fromhex(pvk), PAN, PIN)
@@ -93,13 +105,13 @@ async def test_every_command_through_the_client() -> None:
         assert info.value.error_code == "20"
         stats = hsm.statistics()
         assert stats.by_command["CA"] == 2
-        assert stats.by_error_code["20"] == 1
+        assert stats.by_error_code["20"] == 2  # Z0 with the wrong KSN, CA with the wrong key
         assert stats.answered == stats.requests
         assert stats.latency_max_ms >= stats.latency_p50_ms > 0
 
 
 async def test_pin_format_arguments_through_the_client() -> None:
-    """CA/G0 to ISO format 1 (05) with one PAN, CC 05 -> 01 with another (a token's PIN)."""
+    """CA/G0/Z0 to ISO format 1 (05) with one PAN, CC 05 -> 01 with another (a token's PIN)."""
     token = "4895370000000015"
     zpk_hex = ALPHA["zpk"]["key"]
     zpk = u(zpk_hex)
@@ -114,7 +126,12 @@ async def test_pin_format_arguments_through_the_client() -> None:
         g0 = await hsm.translate_pin_dukpt_to_zpk(
             u(BDK), zpk, ksn, dukpt_block, token, dst_format=proto.FORMAT_ISO1
         )
-        for first in (ca, g0):
+        aes_ksn = "123456789012345600000002"
+        aes_block = terminal.pin_block_under_aes_dukpt(AES_BDK, aes_ksn, PIN, token)
+        z0 = await hsm.translate_pin_aes_dukpt_to_zpk(
+            u(AES_BDK), zpk, aes_ksn, aes_block, token, dst_format=proto.FORMAT_ISO1
+        )
+        for first in (ca, g0, z0):
             assert (first.pin_length, first.pin_block_format) == (4, "05")
             cc = await hsm.translate_pin_zpk_to_zpk(
                 zpk,

@@ -23,7 +23,14 @@ from hsm_sim.errors import (
     PinBlockFormatError,
     PinLengthError,
 )
-from hsm_sim.lmk import Lmk, decrypt_under_lmk, encrypt_under_lmk, kcv_hex, resolve_key
+from hsm_sim.lmk import (
+    Lmk,
+    aes_kcv_hex,
+    decrypt_under_lmk,
+    encrypt_under_lmk,
+    kcv_hex,
+    resolve_key,
+)
 from hsm_sim.tdes import (
     adjust_odd_parity,
     has_odd_parity,
@@ -48,6 +55,28 @@ def test_demo_kcv(name: str, key: str, kcv: str) -> None:
     assert kcv_hex(clear) == kcv
     assert psec.des.generate_kcv(clear, 3).hex().upper() == kcv
     assert has_odd_parity(clear)
+
+
+def _cmac_of_zero_block(key: bytes) -> bytes:
+    """NIST SP 800-38B by hand on psec's AES: one full zero block is AES(K, K1)."""
+    ell = int.from_bytes(psec.aes.encrypt_aes_ecb(key, bytes(16)), "big")
+    k1 = (ell << 1) & (2**128 - 1) ^ (0x87 if ell >> 127 else 0)
+    return psec.aes.encrypt_aes_ecb(key, k1.to_bytes(16, "big"))
+
+
+AES_KEYS = demo_keys(aes=True)
+
+
+@pytest.mark.parametrize(("name", "key", "kcv"), AES_KEYS, ids=[k[0] for k in AES_KEYS])
+def test_demo_aes_kcv(name: str, key: str, kcv: str, lmk: Lmk) -> None:
+    # psec has no AES KCV: X9.24-3 / TR-31's is the AES-CMAC of a zero block, left 3 bytes.
+    clear = bytes.fromhex(key)
+    assert aes_kcv_hex(clear) == kcv == _cmac_of_zero_block(clear)[:3].hex().upper()
+    assert lmk.decrypt(lmk.encrypt(clear)) == clear
+
+
+def test_aes_demo_bdk_is_the_supplements() -> None:
+    assert [k[1] for k in AES_KEYS] == ["FEDCBA9876543210F1F1F1F1F1F1F1F1"]
 
 
 @pytest.mark.parametrize(("name", "key", "kcv"), demo_keys(), ids=[k[0] for k in demo_keys()])

@@ -28,7 +28,7 @@ from issuer_sim.pin import IssuerSecurity, field48_cvv2
 from issuer_sim.server import IssuerServer
 from kit.dataset import Terminal
 from kit.logs import configure
-from loadtest.pos_sim import INITIAL_KSN, add_mac, add_pin_block, terminal_of
+from loadtest.pos_sim import INITIAL_AES_KSN, INITIAL_KSN, add_mac, add_pin_block, terminal_of
 from protocols.message import Message
 from protocols.validate import luhn_ok
 from tests.helpers import (
@@ -46,6 +46,7 @@ pytestmark = pytest.mark.anyio
 DATA = demo_dataset()
 TPK_TERMINAL = terminal_of(DATA, "T0000001")
 DUKPT_TERMINAL = terminal_of(DATA, "T0000002")  # DUKPT and mac_required
+AES_TERMINAL = terminal_of(DATA, "T0000003")  # AES DUKPT: KSN and format 4 block in field 123
 PAN, PIN = "4761730000000011", "1234"  # alpha, the issuer link with a ZAK
 BETA_PAN, BETA_PIN = "5413330000000019", "4321"  # beta: no link MAC
 ALPHA = DATA.issuer("alpha")
@@ -66,11 +67,12 @@ def synthetic_cards(prefix: str = "4761739", seed: int = 3) -> Callable[[], str]
 
 
 def ksns(start: str = INITIAL_KSN) -> Callable[[], str]:
-    """The PIN pad's KSN sequence (counters 1, 2, ...)."""
+    """The PIN pad's KSN sequence (counters 1, 2, ...; AES DUKPT from a 24-hex start)."""
     state = [start]
+    step = pinpad.next_aes_ksn if len(start) == 24 else pinpad.next_ksn
 
     def following() -> str:
-        state[0] = pinpad.next_ksn(state[0])
+        state[0] = step(state[0])
         return state[0]
 
     return following
@@ -215,6 +217,40 @@ async def test_replayed_pin_block_under_its_own_ksn_is_63(stack: Stack) -> None:
         after = pin_purchase(DUKPT_TERMINAL, BETA_PAN, BETA_PIN, 300, ksn=next_ksn())
         assert (await term.exchange(after))["39"] == "00"
     assert len(seen) == 2  # the original and the next one; never the replay
+
+
+async def test_aes_dukpt_right_pin_00_wrong_pin_55_replay_63(stack: Stack) -> None:
+    """SPEC "AES DUKPT terminals": field 123 translated through Z0 to the issuer's ZPK, which
+    gets format 0 in 52 and never 123; a counter that does not rise is 63 and never sent on."""
+    seen = spy(stack.issuers["alpha"])
+    before = stack.account_balance("alpha", PAN)
+    next_ksn = ksns(INITIAL_AES_KSN)
+    first = next_ksn()
+    async with terminal(stack.port) as term:
+        right = pin_purchase(AES_TERMINAL, PAN, PIN, 1250, ksn=first)
+        assert not {"52", "53"} & right.fields.keys()
+        assert (await term.exchange(right))["39"] == "00"
+        wrong = await term.exchange(pin_purchase(AES_TERMINAL, PAN, "9999", ksn=next_ksn()))
+        assert wrong["39"] == "55"
+        assert "38" not in wrong
+        replay = pin_purchase(AES_TERMINAL, PAN, None, 1250)
+        replay.fields["123"] = right["123"]  # captured, sent again under a new STAN
+        assert replay["11"] != right["11"]
+        assert (await term.exchange(replay))["39"] == "63"
+        assert (await term.exchange(pin_purchase(AES_TERMINAL, PAN, PIN, ksn=first)))["39"] == "63"
+        later = await term.exchange(pin_purchase(AES_TERMINAL, PAN, PIN, 50, ksn=next_ksn()))
+        assert later["39"] == "00"
+        bad = pin_purchase(AES_TERMINAL, PAN, PIN, ksn=next_ksn())
+        bad.fields["123"] = bad["123"].lower()  # SPEC: upper-case hex
+        assert (await term.exchange(bad))["39"] == "30"
+    assert stack.account_balance("alpha", PAN) == before - 1250 - 50
+    sent = [m for m, _ in seen if m.mti == "0200"]
+    assert len(sent) == 3  # right, wrong, later: never a replay, never the malformed one
+    assert ALPHA.zpk is not None
+    assert sent[0]["52"] == pinpad.pin_block_under_tpk(ALPHA.zpk.key, PIN, PAN).hex().upper()
+    assert all("52" in m and not {"53", "123"} & m.fields.keys() for m in sent)
+    assert checks(stack, "pin_translation", "ksn_reused") == 2
+    assert stack.gateway.hsm.statistics().by_command["Z0"] == 3  # type: ignore[union-attr]
 
 
 async def test_wrong_pin_55_tpk_and_dukpt(stack: Stack) -> None:
@@ -373,13 +409,15 @@ async def test_no_pan_pin_block_key_or_mac_in_logs(pki_dir: Path) -> None:
     sent: list[Message] = []
     try:
         async with running_stack(pki_dir) as stack:
-            next_ksn = ksns()
+            next_ksn, next_aes_ksn = ksns(), ksns(INITIAL_AES_KSN)
             async with terminal(stack.port) as term:
                 for req in (
                     pin_purchase(TPK_TERMINAL, PAN, PIN),
                     pin_purchase(TPK_TERMINAL, BETA_PAN, "9999"),
                     pin_purchase(DUKPT_TERMINAL, PAN, PIN, ksn=next_ksn()),
                     pin_purchase(DUKPT_TERMINAL, BETA_PAN, BETA_PIN, ksn=next_ksn(), mac="bad"),
+                    pin_purchase(AES_TERMINAL, PAN, PIN, ksn=next_aes_ksn()),
+                    pin_purchase(AES_TERMINAL, BETA_PAN, "9999", ksn=next_aes_ksn()),
                 ):
                     sent.append(req)
                     await term.exchange(req)
@@ -401,7 +439,9 @@ async def test_no_pan_pin_block_key_or_mac_in_logs(pki_dir: Path) -> None:
             if spec is not None:
                 secrets |= {spec.key, lmk.encrypt(bytes.fromhex(spec.key))[1:]}
     for req in sent:
-        secrets |= {req.fields[k] for k in ("52", "64") if k in req.fields}
+        secrets |= {req.fields[k] for k in ("52", "64", "123") if k in req.fields}
+        if "123" in req.fields:
+            secrets.add(req.fields["123"][24:])  # the format 4 block alone
     assert ALPHA.zpk is not None
     secrets.add(pinpad.pin_block_under_tpk(ALPHA.zpk.key, PIN, PAN).hex().upper())
     leaked = [s for s in secrets if s.upper() in text.upper()]
@@ -416,6 +456,8 @@ def test_fixture_helpers_are_deterministic() -> None:
     assert all(luhn_ok(p) and p.startswith("4761739") for p in three)
     following = ksns()
     assert [following()[-6:] for _ in range(3)] == ["E00001", "E00002", "E00003"]
+    aes = ksns(INITIAL_AES_KSN)
+    assert [aes()[-8:] for _ in range(2)] == ["00000001", "00000002"]
 
 
 # ------------------------------------------------------------------ the demo, real processes
@@ -479,9 +521,13 @@ def test_demo_starts_the_hsm_and_pos_sim_sends_pin_purchases(tmp_path: Path) -> 
             assert "response_code        00" in out
         assert "E00002" in out
         assert "response_code        63" in pos_sim("--terminal", "T0000002", *card, "--mac", "bad")
+        for _ in range(2):  # AES DUKPT: field 123, its 24-hex KSN in the same state file
+            out = pos_sim("--terminal", "T0000003", *card, "--pin", PIN)
+            assert "response_code        00" in out
+        assert "KSN 123456789012345600000002" in out
         viewer = {"Authorization": "Bearer demo-viewer-TEST-ONLY"}  # conf/demo test token
         status = httpx.get(f"http://127.0.0.1:{admin}/status", headers=viewer, timeout=5).json()
-        assert status["hsm"]["requests"] >= 7
+        assert status["hsm"]["requests"] >= 9
     finally:
         demo.send_signal(signal.SIGTERM)
         try:

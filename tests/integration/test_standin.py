@@ -17,7 +17,7 @@ from gateway.config import SafConfig, StandInConfig, StandInLimit
 from gateway.flow.standin import _cryptogram
 from gateway.journal import TxnState
 from hsm_sim.issuer import derive_pvv
-from loadtest.pos_sim import add_pin_block, card_for, terminal_of
+from loadtest.pos_sim import INITIAL_AES_KSN, add_pin_block, card_for, terminal_of
 from protocols import emv
 from protocols.message import Message
 from tests.helpers import (
@@ -154,15 +154,18 @@ async def test_breaker_opens_after_timeouts_and_closes_after_a_probe(stack: Stac
     await until(lambda: _saf_empty(stack))  # two 0420s and the 0120
 
 
-def _track2_request(pan: str, pin: str, amount: int) -> Message:
+def _track2_request(
+    pan: str, pin: str, amount: int, terminal_id: str = "T0000001", ksn: str | None = None
+) -> Message:
     data = demo_dataset()
     pvk = next(i.pvk for i in data.issuers if i.id == "alpha")
     assert pvk is not None
     pvv = derive_pvv(pvk.key, pan, "1234", "1")
-    req = purchase(pan, amount)
+    term = terminal_of(data, terminal_id)
+    req = purchase(pan, amount, terminal_id=term.id, merchant=term.merchant)
     del req.fields["2"]
     req.fields["35"] = f"{pan}=28121011{pvv}00000"
-    add_pin_block(req, terminal_of(data, "T0000001"), pin, pan)
+    add_pin_block(req, term, pin, pan, ksn)
     return req
 
 
@@ -174,7 +177,12 @@ async def test_stand_in_verifies_the_pin_at_the_hsm(stack: Stack) -> None:
         no_pvv = purchase(PAN, 100)
         add_pin_block(no_pvv, terminal_of(demo_dataset(), "T0000001"), "1234", PAN)
         unverifiable = await term.exchange(no_pvv)
+        # An AES DUKPT terminal's PIN (field 123, no 52) is checked the same way.
+        ksn = INITIAL_AES_KSN[:-1]
+        aes_good = await term.exchange(_track2_request(PAN, "1234", 100, "T0000003", ksn + "1"))
+        aes_wrong = await term.exchange(_track2_request(PAN, "9999", 100, "T0000003", ksn + "2"))
     assert (good["39"], wrong["39"], unverifiable["39"]) == ("00", "55", "91")
+    assert (aes_good["39"], aes_wrong["39"]) == ("00", "55")
 
 
 async def test_failover_to_the_second_endpoint(pki_dir: Path, tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from gateway.journal.sensitive import mask_pan, strip_emv, strip_sensitive
 
 def test_strip_sensitive_drops_track_pin_and_ksn() -> None:
     fields = {"2": "4761730000000011", "35": "x", "36": "y", "45": "z", "52": "AB", "53": "0"}
+    fields["123"] = "0" * 56  # AES DUKPT: KSN and PIN block
     assert strip_sensitive({**fields, "39": "00"}) == {"2": "4761730000000011", "39": "00"}
 
 

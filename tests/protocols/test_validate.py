@@ -4,7 +4,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from protocols.codec import Codec
 from protocols.currency import is_payment_currency
+from protocols.dialects import get_dialect
 from protocols.keys import duplicate_key, link_key
 from protocols.message import Message
 from protocols.redact import mask_pan, redact_fields
@@ -49,6 +51,10 @@ def test_valid_purchase() -> None:
         ({"4": "000000000000"}, "4", "13"),
         ({"3": "310000"}, "4", "13"),
         ({"53": "XYZ"}, "53", "30"),
+        ({"123": "0" * 55}, "123", "30"),
+        ({"123": "0" * 57}, "123", "30"),
+        ({"123": "a" * 56}, "123", "30"),  # SPEC: upper case
+        ({"123": "G" * 56}, "123", "30"),
         # ISO 4217: only active payment currencies (not 000, XXX 999, XTS 963, unassigned)
         ({"49": "000"}, "49", "30"),
         ({"49": "999"}, "49", "30"),
@@ -60,6 +66,14 @@ def test_field_issues(fields: dict[str, str], field: str, rc: str) -> None:
     issue = check_request(req(**fields))
     assert issue is not None
     assert (issue.field, issue.rc) == (field, rc)
+
+
+def test_aes_dukpt_pin_field_123() -> None:
+    value = "FFFF9876543210E0" + "00000001" + "0123456789ABCDEF" * 2
+    msg = req(**{"123": value})
+    assert check_request(msg) is None
+    codec = Codec(get_dialect("terminal"))
+    assert codec.decode(codec.encode(msg)).fields["123"] == value
 
 
 def test_track2_card() -> None:
@@ -94,9 +108,11 @@ def test_redaction() -> None:
             "2": "4761730000000011",
             "35": "4761730000000011=2812",
             "52": "0123456789ABCDEF",
+            "123": "FFFF9876543210E000000001" + "0123456789ABCDEF" * 2,
             "4": "000000000100",
         }
     )
+    assert shown["123"] == "<56 hidden>"
     assert shown["2"] == "476173******0011"
     assert "4761730000000011" not in repr(shown)
     assert "0123456789ABCDEF" not in repr(shown)
@@ -129,6 +145,8 @@ def _ref_format_ok(value: str, rule: tuple[int, int, str]) -> bool:
         return value.isdigit()
     if kind == "hex":
         return all(c in _REF_HEX for c in value)
+    if kind == "HEX":
+        return all(c in "0123456789ABCDEF" for c in value)
     if kind == "track2":
         return all(c in _REF_TRACK2 for c in value) and value[0].isdigit()
     return value.isprintable()
@@ -195,6 +213,7 @@ _FIELD_VALUES = {
     "41": st.sampled_from(["T0000001", "T000001", "T000000\n"]),
     "49": st.sampled_from(["156", "840", "15a", "000", "999", "157"]),
     "53": st.sampled_from(["0" * 20, "XYZ", "a" * 20]),
+    "123": st.sampled_from(["A" * 56, "a" * 56, "0" * 55]),
     "70": st.sampled_from(["001", "002", "301", "999"]),
     "90": st.sampled_from(["0" * 42, "0" * 41]),
     "95": st.sampled_from([" " * 42, "0" * 42]),

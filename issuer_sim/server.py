@@ -181,6 +181,17 @@ class IssuerServer:
         if self._scope is not None:
             self._scope.cancel()
 
+    def restarted(self) -> IssuerServer:
+        """A new server for this one's host on its port, as after a crash of the host
+        process: same accounts, TLS, pinned clients and live faults (tests and chaos)."""
+        return IssuerServer(
+            self.host,
+            self.ssl_context,
+            faults=self.faults,
+            port=self.port,
+            allowed_clients=self.allowed_clients,
+        )
+
     def admit(self, peer: str, der: bytes | None) -> bool:
         """Whether a connection whose TLS handshake is done may be served (``der``: the client
         certificate); a refusal is counted and logged, rate-limited per peer address, and the

@@ -245,13 +245,7 @@ class Issuers:
         old = self.servers[issuer]
         old.stop()
         await anyio.sleep(seconds)
-        new = IssuerServer(
-            old.host,
-            old.ssl_context,
-            faults=old.faults,
-            port=old.port,
-            allowed_clients=old.allowed_clients,
-        )
+        new = old.restarted()
         await self.tg.start(new.run)
         self.servers[issuer] = new
         self.down.discard(issuer)

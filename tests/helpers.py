@@ -217,13 +217,7 @@ class Stack:
 
     async def restart_issuer(self, issuer: str) -> IssuerServer:
         old = self.issuers[issuer]
-        new = IssuerServer(
-            old.host,
-            old.ssl_context,
-            faults=old.faults,
-            port=old.port,
-            allowed_clients=old.allowed_clients,
-        )
+        new = old.restarted()
         await self.task_group.start(new.run)
         self.issuers[issuer] = new
         return new

@@ -161,20 +161,15 @@ class SqliteJournal(JournalBase):
             writer.execute("PRAGMA wal_autocheckpoint = 0")
             writer.execute("PRAGMA busy_timeout = 0")
             wal_fd = os.open(f"{self.config.path}-wal", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-            readers = []
             checkpointer = self._connect()
             try:
                 checkpointer.execute(f"PRAGMA synchronous = {self._commit_level}")
                 if self.config.synchronous == "FULL":
                     os.fsync(wal_fd)
                     _fsync_dir(Path(self.config.path).resolve().parent)  # the WAL's entry
-                for _ in range(self.config.pool_size):
-                    reader = self._connect()
-                    reader.execute("PRAGMA query_only = ON")
-                    readers.append(reader)
+                readers = self._new_readers()
             except BaseException:
-                for con in (checkpointer, *readers):
-                    con.close()
+                checkpointer.close()
                 os.close(wal_fd)
                 raise
         except BaseException:
@@ -199,9 +194,9 @@ class SqliteJournal(JournalBase):
             os.close(self._wal_fd)
             self._wal_fd = None
 
-    def _open_readers_sync(self) -> None:
-        """``writer = "process"``: this process only reads (the child created the file)."""
-        readers = []
+    def _new_readers(self) -> list[sqlite3.Connection]:
+        """The pool's ``pool_size`` read-only connections (none left open on failure)."""
+        readers: list[sqlite3.Connection] = []
         try:
             for _ in range(self.config.pool_size):
                 reader = self._connect()
@@ -211,7 +206,11 @@ class SqliteJournal(JournalBase):
             for con in readers:
                 con.close()
             raise
-        self._readers = readers
+        return readers
+
+    def _open_readers_sync(self) -> None:
+        """``writer = "process"``: this process only reads (the child created the file)."""
+        self._readers = self._new_readers()
 
     async def _open_backend(self) -> None:
         if self.config.writer == "process":
@@ -300,13 +299,7 @@ class SqliteJournal(JournalBase):
         try:
             con.execute(f"PRAGMA synchronous = {self.config.synchronous}")
             con.execute("BEGIN IMMEDIATE")
-            try:
-                self._apply(con, ops)
-                con.execute("COMMIT")
-            except BaseException:
-                if con.in_transaction:
-                    con.execute("ROLLBACK")
-                raise
+            self._apply_and_commit(con, ops)
         finally:
             con.close()
 
@@ -320,6 +313,10 @@ class SqliteJournal(JournalBase):
             if not waiting and _is_busy(exc):
                 raise _WriterBusy from None
             raise
+        self._apply_and_commit(con, ops)
+
+    def _apply_and_commit(self, con: sqlite3.Connection, ops: list[Op]) -> None:
+        """Inside a begun write transaction: all of ``ops`` committed, or none (rolled back)."""
         try:
             self._apply(con, ops)
             con.execute("COMMIT")

@@ -286,9 +286,7 @@ async def _scenario(haproxy: str, pki_dir: Path, tmp: Path, journal: Path, risk:
 
             # Node 2's issuers come back; every advice is delivered.
             for name, old in replicas.items():
-                replicas[name] = IssuerServer(
-                    old.host, old.ssl_context, port=old.port, allowed_clients=old.allowed_clients
-                )
+                replicas[name] = old.restarted()  # no faults were set on replicas
                 await tg.start(replicas[name].run)
             assert await node2.ready(timeout=30)
 

@@ -296,6 +296,12 @@ class GatewayConfig:
     """Risk and limits rules (gateway.risk), relative to this file; empty disables the stage."""
     duplicate_window: float = 86400.0
     """Seconds a request's answer is kept for duplicate transmissions."""
+    duplicate_max_entries: int = Field(default=500_000, ge=1)
+    """Transactions the in-memory duplicate window holds (about 820 bytes each: 500,000 is
+    about 400 MiB); past it the oldest go first and the journal answers for them."""
+    ksn_memory: int = Field(default=500_000, ge=1)
+    """DUKPT KSNs remembered per BDK to refuse a replayed PIN block (and AES DUKPT devices
+    whose last counter is kept), oldest forgotten first."""
     journal: str = ""
     """Journal and store-and-forward config (gateway.journal TOML), relative to this file;
     empty runs without a journal (no SAF, no stand-in, no crash recovery)."""

@@ -157,6 +157,17 @@ def dump_toml(doc: Mapping[str, Any], prefix: str = "") -> str:
     return "\n".join(line for line in lines if line)
 
 
+def merge(doc: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``doc`` with ``extra``'s keys set, tables merged key by key."""
+    out = dict(doc)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 # -- processes --------------------------------------------------------------------------
 
 
@@ -238,10 +249,14 @@ def start_stack(
     log_transactions: bool = False,
     workers: int = 1,
     writer: str = "",
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Iterator[Stack]:
     """The demo profile's processes on free ports; stopped (SIGTERM) on exit. ``workers``
     and ``writer`` (the journal's: ``loop`` or ``process``; empty: the profile's) override
-    the profile."""
+    the profile; ``overrides`` maps a profile file (``gateway.toml``, ``issuer-sim.toml``,
+    ``risk.toml``, ``journal.toml``, ``hsm.toml``) to keys merged into it (the soak's
+    lowered caps)."""
+    extra = dict(overrides or {})
     from kit import pki
 
     gw_doc = materialize(conf / "gateway.toml", "gateway.config", "GatewayConfig")
@@ -259,13 +274,19 @@ def start_stack(
 
     # Files the configs name by default (risk.toml, ...) resolve next to the rewritten ones.
     for entry in conf.iterdir():
-        if entry.name not in ("gateway.toml", "issuer-sim.toml", "hsm.toml", "journal.toml"):
+        if entry.name in ("gateway.toml", "issuer-sim.toml", "hsm.toml", "journal.toml"):
+            continue
+        if entry.name in extra:
+            doc = relocate(tomllib.loads(entry.read_text()), conf, ports)
+            (tmp / entry.name).write_text(dump_toml(merge(doc, extra[entry.name])))
+        else:
             (tmp / entry.name).symlink_to(entry.resolve())
     gw_doc.setdefault("pki_dir", str(stack.pki_dir))
     sim_doc.setdefault("pki_dir", str(stack.pki_dir))
     sim = relocate(sim_doc, conf, ports)
     sim["log_level"] = "warning"
     sim["issuers"] = [i for i in sim["issuers"] if i["id"] in wanted]
+    sim = merge(sim, extra.get("issuer-sim.toml", {}))
     (tmp / "issuer-sim.toml").write_text(dump_toml(sim))
     gw = relocate(gw_doc, conf, ports)
     gw.setdefault("log", {}).update(level="warning", transactions=log_transactions)
@@ -292,8 +313,10 @@ def start_stack(
             jdoc["journal"]["path"] = str(tmp / "journal.sqlite3")
             if writer:
                 jdoc["journal"]["writer"] = writer
+        jdoc = merge(jdoc, extra.get("journal.toml", {}))
         (tmp / "journal.toml").write_text(dump_toml(jdoc))
         gw["journal"] = "journal.toml"
+    gw = merge(gw, extra.get("gateway.toml", {}))
     (tmp / "gateway.toml").write_text(dump_toml(gw))
     stack.terminal_port = ports[8583]
     stack.admin_port = ports[9090]
@@ -308,6 +331,7 @@ def start_stack(
         if hsm and hsm_conf.exists() and (BIN / "hsm-sim").exists():
             doc = relocate(materialize(hsm_conf, "hsm_sim.config", "HsmConfig"), conf, ports)
             doc["backend"] = "asyncio"  # hsm-sim picks uvloop itself when installed
+            doc = merge(doc, extra.get("hsm.toml", {}))
             (tmp / "hsm.toml").write_text(dump_toml(doc))
             svc = _spawn(
                 "hsm-sim", [str(BIN / "hsm-sim"), "run", "--conf", str(tmp / "hsm.toml")],

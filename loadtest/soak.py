@@ -24,6 +24,7 @@ every process alive. Exit status 0 when it passes, 1 when not, 2 when the stack 
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime as dt
 import math
 import os
@@ -577,6 +578,10 @@ def run_soak(args: argparse.Namespace, tmp: Path) -> int:
             amount=(100, 5000),
             rnd=random.Random(cfg.seed),
         )
+        # Reversals take the oldest approved purchase still queued: a queue of one second of
+        # traffic keeps their originals within the issuer-sim's lowered max_records (a longer
+        # one has them answered 25, original forgotten, once the caps are reached).
+        factory.approved = collections.deque(maxlen=max(10, int(rate)))
         name, options = backend_args(args.backend)
         emit = (lambda line: print(line, flush=True)) if not args.quiet else (lambda line: None)
         gen = anyio.run(
@@ -597,8 +602,6 @@ def run_soak(args: argparse.Namespace, tmp: Path) -> int:
         lines.append(
             "FAIL  mix items left out: " + "; ".join(f"{k}: {v}" for k, v in unavailable.items())
         )
-    # Reversals go to the oldest approved purchase not yet reversed: in a long run it falls
-    # behind the issuer-sim's lowered max_records, and the issuer answers 25 (no original).
     lines.append(f"info  non-00 answers by kind: {', '.join(declines) or 'none'}")
     print(f"\nverdict: {'PASS' if ok else 'FAIL'}")
     print("\n".join(lines), flush=True)

@@ -225,7 +225,13 @@ class IssuerServer:
         self.received += 1
         by_mti = self.by_mti
         by_mti[msg.mti] = by_mti.get(msg.mti, 0) + 1
-        answer = self.host.handle(msg, dt.datetime.now(dt.UTC))
+        try:
+            answer = self.host.handle(msg, dt.datetime.now(dt.UTC))
+        except (ProtocolError, ValueError, KeyError, IndexError) as exc:
+            # A request no answer fits (a response MTI sent in, a field the host cannot
+            # read): logged by kind only, as its text may quote a card number; no answer.
+            log.warning("issuer_sim_bad_request", mti=msg.mti, error=type(exc).__name__)
+            return None
         faulty = msg.mti != "0800" or faults.apply_to_network
         if faulty and faults.drop_ratio and random.random() < faults.drop_ratio:
             return None, 0.0  # processed, but the answer is lost

@@ -182,6 +182,8 @@ class Service:
 class Stack:
     services: list[Service] = field(default_factory=list)
     terminal_port: int = 0
+    terminal_tls_port: int = 0
+    """0: no TLS terminal listener (``start_stack(terminal_tls=False)``)."""
     admin_port: int = 0
     admin_token: str = ""
     """Bearer token (viewer) of the gateway's admin API."""
@@ -189,6 +191,8 @@ class Stack:
     issuer_ports: dict[str, int] = field(default_factory=dict)
     hsm_port: int = 0
     pki_dir: Path = ROOT / "var" / "certs"
+    log: Path | None = None
+    """The file every service's output goes to."""
 
     def stop(self) -> None:
         for s in self.services:
@@ -250,19 +254,23 @@ def start_stack(
     workers: int = 1,
     writer: str = "",
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    terminal_tls: bool = False,
+    log_level: str = "warning",
 ) -> Iterator[Stack]:
     """The demo profile's processes on free ports; stopped (SIGTERM) on exit. ``workers``
     and ``writer`` (the journal's: ``loop`` or ``process``; empty: the profile's) override
     the profile; ``overrides`` maps a profile file (``gateway.toml``, ``issuer-sim.toml``,
     ``risk.toml``, ``journal.toml``, ``hsm.toml``) to keys merged into it (the soak's
-    lowered caps)."""
+    lowered caps). ``terminal_tls`` keeps the TLS terminal listener (the bench drives TCP
+    only); ``log_level`` is the gateway's and the issuer simulators'."""
     extra = dict(overrides or {})
     from kit import pki
 
     gw_doc = materialize(conf / "gateway.toml", "gateway.config", "GatewayConfig")
     sim_doc = materialize(conf / "issuer-sim.toml", "issuer_sim.config", "IssuerSimConfig")
     wanted = list(issuers) if issuers is not None else [i["id"] for i in sim_doc["issuers"]]
-    ports: dict[int, int] = {8584: -1}  # no TLS terminal listener: the bench drives TCP
+    # No TLS terminal listener unless asked: the bench drives TCP.
+    ports: dict[int, int] = {8584: free_port() if terminal_tls else -1}
     stack = Stack(pki_dir=(conf / gw_doc.get("pki_dir", "../../var/certs")).resolve())
     for demo_port in (8583, 9090, 8080, 1500):
         ports[demo_port] = free_port()
@@ -284,12 +292,12 @@ def start_stack(
     gw_doc.setdefault("pki_dir", str(stack.pki_dir))
     sim_doc.setdefault("pki_dir", str(stack.pki_dir))
     sim = relocate(sim_doc, conf, ports)
-    sim["log_level"] = "warning"
+    sim["log_level"] = log_level
     sim["issuers"] = [i for i in sim["issuers"] if i["id"] in wanted]
     sim = merge(sim, extra.get("issuer-sim.toml", {}))
     (tmp / "issuer-sim.toml").write_text(dump_toml(sim))
     gw = relocate(gw_doc, conf, ports)
-    gw.setdefault("log", {}).update(level="warning", transactions=log_transactions)
+    gw.setdefault("log", {}).update(level=log_level, transactions=log_transactions)
     if workers > 1:
         gw["workers"] = workers
     # The admin API wants a bearer token for /status: a viewer token of this bench only,
@@ -319,12 +327,14 @@ def start_stack(
     gw = merge(gw, extra.get("gateway.toml", {}))
     (tmp / "gateway.toml").write_text(dump_toml(gw))
     stack.terminal_port = ports[8583]
+    stack.terminal_tls_port = max(0, ports[8584])
     stack.admin_port = ports[9090]
     qr_port = gw.get("qr_api", {}).get("port", -1)
     if isinstance(qr_port, int) and qr_port > 0:
         stack.qr_url = f"http://127.0.0.1:{qr_port}"
 
     log = tmp / "services.log"
+    stack.log = log
     back = ["--backend", backend]
     try:
         hsm_conf = conf / "hsm.toml"

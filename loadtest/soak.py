@@ -301,10 +301,13 @@ async def drive(
     async with qr_cm as qr:
         gen = LoadGenerator(cfg, factory, qr=qr if cfg.qr_url else None)
         done = anyio.Event()
+        failed: list[GeneratorError] = []
 
         async def run() -> None:
             try:
                 await gen.run(None)
+            except GeneratorError as exc:
+                failed.append(exc)  # raised below, not as a task group's exception group
             finally:
                 done.set()
 
@@ -326,6 +329,8 @@ async def drive(
             tg.start_soon(sampler)
             await run()
             tg.cancel_scope.cancel()
+        if failed:
+            raise failed[0]
         start, end = gen.window
         last = (end - start) - (soak.rows[-1].until if soak.rows else 0.0)
         emit(format_row(await take_row(soak, gen, end - start, last), soak))

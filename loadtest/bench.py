@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -256,13 +256,16 @@ def start_stack(
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     terminal_tls: bool = False,
     log_level: str = "warning",
+    before_gateway: Callable[[Stack], None] | None = None,
 ) -> Iterator[Stack]:
     """The demo profile's processes on free ports; stopped (SIGTERM) on exit. ``workers``
     and ``writer`` (the journal's: ``loop`` or ``process``; empty: the profile's) override
     the profile; ``overrides`` maps a profile file (``gateway.toml``, ``issuer-sim.toml``,
     ``risk.toml``, ``journal.toml``, ``hsm.toml``) to keys merged into it (the soak's
     lowered caps). ``terminal_tls`` keeps the TLS terminal listener (the bench drives TCP
-    only); ``log_level`` is the gateway's and the issuer simulators'."""
+    only); ``log_level`` is the gateway's and the issuer simulators'. ``before_gateway`` is
+    called once the simulators listen, before the gateway starts (an issuer of the caller's
+    own, on a port of ``issuer_ports`` whose simulator ``issuers`` left out)."""
     extra = dict(overrides or {})
     from kit import pki
 
@@ -356,6 +359,8 @@ def start_stack(
             stack.services.append(svc)
         for svc in stack.services:
             _wait_port(svc)
+        if before_gateway is not None:
+            before_gateway(stack)
         if gateway:
             cmd = [str(BIN / "gateway"), "run", "--conf", str(tmp / "gateway.toml"), *back]
             svc = _spawn("gateway", cmd, stack.terminal_port, log)

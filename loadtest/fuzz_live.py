@@ -40,6 +40,7 @@ import ssl
 import sys
 import tempfile
 import time
+import tomllib
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -51,7 +52,7 @@ import orjson
 
 from loadtest.bench import DEMO, ROOT, BenchError, Stack, start_stack
 from loadtest.mix import MixError, TxnFactory, load_data
-from loadtest.mutate import HttpSeed, framed_case, http_case
+from loadtest.mutate import HttpSeed, frame, framed_case, http_case
 from loadtest.runs import backend_args
 
 HOST = "127.0.0.1"
@@ -309,8 +310,11 @@ async def health(
     admin_port: int,
     stack: Stack | None,
     ports: Sequence[tuple[str, int]],
+    notes: list[str] | None = None,
 ) -> list[str]:
-    """What is wrong with the stack now (empty: all well)."""
+    """What is wrong with the stack now (empty: all well). With ``notes`` (a hostile issuer
+    runs), /readyz other than 200 is noted there, not wrong: a switch that finds an issuer's
+    link broken is right to say it is not ready."""
     import httpx
 
     wrong: list[str] = []
@@ -360,7 +364,7 @@ async def health(
                 status = 0
                 wrong.append(f"/readyz: {type(exc).__name__}")
             if status and status != 200:
-                wrong.append(f"/readyz answered {status}")
+                (notes if notes is not None else wrong).append(f"/readyz answered {status}")
     return wrong
 
 
@@ -432,7 +436,10 @@ async def campaign(
     admin_port: int,
     stack: Stack | None,
     emit: Callable[[str], None],
+    notes: list[str] | None = None,
 ) -> tuple[Tally, list[str]]:
+    """The batches; ``factory`` builds the checks' purchases (not in a hostile issuer's
+    ranges), ``notes`` collects what a hostile issuer makes the switch say."""
     rnd = random.Random(plan.seed)
     tally = Tally()
     problems: list[str] = []
@@ -460,6 +467,7 @@ async def campaign(
             admin_port=admin_port,
             stack=stack,
             ports=ports,
+            notes=notes,
         )
         sent = sum(tally.sent.values())
         state = "all alive, purchase 00" if not wrong else "; ".join(wrong)
@@ -517,15 +525,47 @@ def _run(args: argparse.Namespace, tmp: Path) -> int:
         )
         return 2
     logs: list[Path] = list(args.log)
+    hostile_id = args.hostile_issuer
+    hostile: list[Any] = []
+    notes: list[str] | None = None
+    if hostile_id:
+        # The checks' purchases and QR payments go to the other issuers; the hostile one gets
+        # purchases of its own ranges through the switch (target "via-switch").
+        ranges = factory.ranges
+        mine = tuple(r.prefix for r in ranges if r.issuer == hostile_id)
+        others = tuple(r.prefix for r in ranges if r.issuer != hostile_id)
+        if not mine or not others:
+            print(f"loadtest fuzz-live: {hostile_id!r} needs synthetic ranges of its own and"
+                  " another issuer's", file=sys.stderr)  # fmt: skip
+            return 2
+        data = load_data(args.conf / "data.toml")
+        factory = TxnFactory(data, prefixes=others, rnd=random.Random(args.seed))
+        hostile_factory = TxnFactory(data, prefixes=mine, rnd=random.Random(args.seed + 1))
+        notes = []
+
+    def start_hostile(stack: Stack) -> None:
+        from loadtest.hostile_issuer import HostileThread
+
+        thread = HostileThread(
+            args.conf, hostile_id, stack.issuer_ports[hostile_id],
+            ratio=args.hostile_ratio, seed=args.seed,
+        )  # fmt: skip
+        thread.start()
+        hostile.append(thread)
+
     with contextlib.ExitStack() as stack_cm:
         stack: Stack | None = None
         if args.stack:
+            sim_doc = tomllib.loads((args.conf / "issuer-sim.toml").read_text())
+            sims = [i["id"] for i in sim_doc.get("issuers", []) if i["id"] != hostile_id]
             stack = stack_cm.enter_context(
                 start_stack(
                     args.conf, tmp, backend="uvloop", terminal_tls=True, log_level="info",
-                    log_transactions=True,
+                    log_transactions=True, issuers=sims if hostile_id else None,
+                    before_gateway=start_hostile if hostile_id else None,
                 )
             )  # fmt: skip
+            stack_cm.callback(lambda: [h.stop() for h in hostile])
             assert stack.log is not None
             logs.append(stack.log)
             ports = {
@@ -556,6 +596,15 @@ def _run(args: argparse.Namespace, tmp: Path) -> int:
             issuer_ports=issuers,
             pki_dir=pki_dir,
         )
+        if hostile_id:
+            targets = [t for t in targets if t.name != f"issuer-{hostile_id}"]
+            targets.append(
+                Target(
+                    f"via-switch-to-{hostile_id}",
+                    ports["terminal"],
+                    lambda r: ("purchase", frame(hostile_factory.build("magstripe").payload)),
+                )
+            )
         qr_url = f"http://{HOST}:{ports['qr']}" if ports["qr"] else ""
         print(
             f"fuzz-live: {', '.join(t.name for t in targets)}; {plan.batches} batches of"
@@ -568,6 +617,7 @@ def _run(args: argparse.Namespace, tmp: Path) -> int:
             lambda: campaign(
                 plan, factory, targets, terminal_port=ports["terminal"], qr_url=qr_url,
                 admin_port=ports["admin"], stack=stack, emit=lambda s: print(s, flush=True),
+                notes=notes,
             ),
             backend=name,
             backend_options=options,
@@ -582,6 +632,13 @@ def _run(args: argparse.Namespace, tmp: Path) -> int:
             args.keep_logs.mkdir(parents=True, exist_ok=True)
             shutil.copy(path, args.keep_logs / path.name)
     ok, text = report(tally, problems, log_findings)
+    if hostile:
+        answers = hostile[0].server.answers
+        seen = Counter(notes or [])
+        text += (
+            f"\nhostile issuer {hostile_id}: answers {dict(answers)}; the switch's /readyz"
+            f" meanwhile: {dict(seen) or 'always 200'}"
+        )
     print(text, flush=True)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -594,6 +651,7 @@ def _run(args: argparse.Namespace, tmp: Path) -> int:
                     "answer_findings": tally.findings,
                     "problems": problems,
                     "log_findings": log_findings,
+                    "hostile_answers": dict(hostile[0].server.answers) if hostile else None,
                     "pass": ok,
                 },
                 option=orjson.OPT_INDENT_2,
@@ -631,12 +689,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="ID=PORT of an issuer simulator (default: alpha=9583 beta=9584 gamma=9585)",
     )
     parser.add_argument("--pki-dir", type=Path, default=ROOT / "var" / "certs")
+    parser.add_argument(
+        "--hostile-issuer",
+        default="",
+        help="with --stack: this issuer (alpha or beta: it needs synthetic cards) answers the "
+        "switch with mutated bytes (loadtest.hostile_issuer); its purchases are sent through "
+        "the switch, the checks use the other issuers",
+    )
+    parser.add_argument("--hostile-ratio", type=float, default=0.7, help="answers mutated")
     parser.add_argument("--log", type=Path, action="append", default=[], help="log to scan")
     parser.add_argument("--keep-logs", type=Path, default=None, help="copy the logs here")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     if not args.issuer and not args.stack:
         args.issuer = ["alpha=9583", "beta=9584", "gamma=9585"]
+    if args.hostile_issuer and not args.stack:
+        parser.error("--hostile-issuer needs --stack (the issuer's simulator is replaced)")
     if args.source.split(".")[0] != "127":
         parser.error("--source must be a loopback address (127.x.x.x)")
     args.seed = args.seed if args.seed is not None else random.randrange(2**32)

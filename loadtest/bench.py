@@ -193,6 +193,9 @@ class Stack:
     pki_dir: Path = ROOT / "var" / "certs"
     log: Path | None = None
     """The file every service's output goes to."""
+    ports: dict[int, int] = field(default_factory=dict)
+    """The profile's ports and the free ones used instead (-1: listener off), also of the
+    services not started (``hsm=False``: the HSM endpoint the gateway is given)."""
 
     def stop(self) -> None:
         for s in self.services:
@@ -329,6 +332,7 @@ def start_stack(
         gw["journal"] = "journal.toml"
     gw = merge(gw, extra.get("gateway.toml", {}))
     (tmp / "gateway.toml").write_text(dump_toml(gw))
+    stack.ports = ports
     stack.terminal_port = ports[8583]
     stack.terminal_tls_port = max(0, ports[8584])
     stack.admin_port = ports[9090]

@@ -311,10 +311,12 @@ async def health(
     stack: Stack | None,
     ports: Sequence[tuple[str, int]],
     notes: list[str] | None = None,
+    pin_noted: bool = False,
 ) -> list[str]:
     """What is wrong with the stack now (empty: all well). With ``notes`` (a hostile issuer
     runs), /readyz other than 200 is noted there, not wrong: a switch that finds an issuer's
-    link broken is right to say it is not ready."""
+    link broken is right to say it is not ready. ``pin_noted`` (a hostile HSM runs): the PIN
+    purchase's answer is noted too, as the HSM it needs answers garbage."""
     import httpx
 
     wrong: list[str] = []
@@ -333,13 +335,14 @@ async def health(
     for kind in ("magstripe", "pin_tpk"):
         if factory.missing(kind) is not None:
             continue
+        told = notes if pin_noted and kind == "pin_tpk" and notes is not None else wrong
         try:
             code = await purchase_code(terminal_port, factory.build(kind).payload)
         except (OSError, TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError) as exc:
-            wrong.append(f"{kind} purchase: no answer ({type(exc).__name__})")
+            told.append(f"{kind} purchase: no answer ({type(exc).__name__})")
             continue
         if code != "00":
-            wrong.append(f"{kind} purchase answered {code}, not 00")
+            told.append(f"{kind} purchase answered {code}, not 00")
     async with httpx.AsyncClient(timeout=10) as client:
         if qr_url and factory.qr_api_key:
             try:
@@ -437,6 +440,7 @@ async def campaign(
     stack: Stack | None,
     emit: Callable[[str], None],
     notes: list[str] | None = None,
+    pin_noted: bool = False,
 ) -> tuple[Tally, list[str]]:
     """The batches; ``factory`` builds the checks' purchases (not in a hostile issuer's
     ranges), ``notes`` collects what a hostile issuer makes the switch say."""
@@ -468,6 +472,7 @@ async def campaign(
             stack=stack,
             ports=ports,
             notes=notes,
+            pin_noted=pin_noted,
         )
         sent = sum(tally.sent.values())
         state = "all alive, purchase 00" if not wrong else "; ".join(wrong)
@@ -543,15 +548,39 @@ def _run(args: argparse.Namespace, tmp: Path) -> int:
         hostile_factory = TxnFactory(data, prefixes=mine, rnd=random.Random(args.seed + 1))
         notes = []
 
-    def start_hostile(stack: Stack) -> None:
-        from loadtest.hostile_issuer import HostileThread
+    if args.hostile_hsm:
+        # The checks' purchases go to issuers whose links need no MAC (the HSM computes it),
+        # and their PIN purchase is only noted; PIN purchases go through the switch.
+        data = load_data(args.conf / "data.toml")
+        macless = {i.id for i in data.issuers if i.zak is None}
+        plain = tuple(r.prefix for r in factory.ranges if r.issuer in macless)
+        if not plain:
+            print("loadtest fuzz-live: no synthetic range of an issuer without a link MAC",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        factory = TxnFactory(data, prefixes=plain, rnd=random.Random(args.seed))
+        hostile_factory = TxnFactory(data, rnd=random.Random(args.seed + 1))
+        notes = []
 
-        thread = HostileThread(
-            args.conf, hostile_id, stack.issuer_ports[hostile_id],
-            ratio=args.hostile_ratio, seed=args.seed,
-        )  # fmt: skip
+    def start_hostile(stack: Stack) -> None:
+        thread: Any
+        if args.hostile_hsm:
+            from loadtest.hostile_hsm import HostileHsmThread
+
+            thread = HostileHsmThread(
+                args.conf, stack.ports[1500], ratio=args.hostile_ratio, seed=args.seed
+            )
+        else:
+            from loadtest.hostile_issuer import HostileThread
+
+            thread = HostileThread(
+                args.conf, hostile_id, stack.issuer_ports[hostile_id],
+                ratio=args.hostile_ratio, seed=args.seed,
+            )  # fmt: skip
         thread.start()
         hostile.append(thread)
+
+    hostile_any = bool(hostile_id or args.hostile_hsm)
 
     with contextlib.ExitStack() as stack_cm:
         stack: Stack | None = None
@@ -562,7 +591,8 @@ def _run(args: argparse.Namespace, tmp: Path) -> int:
                 start_stack(
                     args.conf, tmp, backend="uvloop", terminal_tls=True, log_level="info",
                     log_transactions=True, issuers=sims if hostile_id else None,
-                    before_gateway=start_hostile if hostile_id else None,
+                    hsm=not args.hostile_hsm,
+                    before_gateway=start_hostile if hostile_any else None,
                 )
             )  # fmt: skip
             stack_cm.callback(lambda: [h.stop() for h in hostile])
@@ -596,6 +626,15 @@ def _run(args: argparse.Namespace, tmp: Path) -> int:
             issuer_ports=issuers,
             pki_dir=pki_dir,
         )
+        if args.hostile_hsm:
+            targets = [t for t in targets if t.name != "hsm"]
+            targets.append(
+                Target(
+                    "via-switch-to-hsm",
+                    ports["terminal"],
+                    lambda r: ("pin-purchase", frame(hostile_factory.build("pin_tpk").payload)),
+                )
+            )
         if hostile_id:
             targets = [t for t in targets if t.name != f"issuer-{hostile_id}"]
             targets.append(
@@ -617,7 +656,7 @@ def _run(args: argparse.Namespace, tmp: Path) -> int:
             lambda: campaign(
                 plan, factory, targets, terminal_port=ports["terminal"], qr_url=qr_url,
                 admin_port=ports["admin"], stack=stack, emit=lambda s: print(s, flush=True),
-                notes=notes,
+                notes=notes, pin_noted=args.hostile_hsm,
             ),
             backend=name,
             backend_options=options,
@@ -633,11 +672,11 @@ def _run(args: argparse.Namespace, tmp: Path) -> int:
             shutil.copy(path, args.keep_logs / path.name)
     ok, text = report(tally, problems, log_findings)
     if hostile:
-        answers = hostile[0].server.answers
+        who = "HSM" if args.hostile_hsm else f"issuer {hostile_id}"
         seen = Counter(notes or [])
         text += (
-            f"\nhostile issuer {hostile_id}: answers {dict(answers)}; the switch's /readyz"
-            f" meanwhile: {dict(seen) or 'always 200'}"
+            f"\nhostile {who}: answers {dict(hostile[0].answers)}; noted meanwhile (not"
+            f" failures): {dict(seen) or 'nothing'}"
         )
     print(text, flush=True)
     if args.json is not None:
@@ -651,7 +690,8 @@ def _run(args: argparse.Namespace, tmp: Path) -> int:
                     "answer_findings": tally.findings,
                     "problems": problems,
                     "log_findings": log_findings,
-                    "hostile_answers": dict(hostile[0].server.answers) if hostile else None,
+                    "hostile_answers": dict(hostile[0].answers) if hostile else None,
+                    "notes": notes,
                     "pass": ok,
                 },
                 option=orjson.OPT_INDENT_2,
@@ -696,6 +736,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "switch with mutated bytes (loadtest.hostile_issuer); its purchases are sent through "
         "the switch, the checks use the other issuers",
     )
+    parser.add_argument(
+        "--hostile-hsm",
+        action="store_true",
+        help="with --stack: the HSM answers the switch with mutated bytes "
+        "(loadtest.hostile_hsm); PIN purchases are sent through the switch",
+    )
     parser.add_argument("--hostile-ratio", type=float, default=0.7, help="answers mutated")
     parser.add_argument("--log", type=Path, action="append", default=[], help="log to scan")
     parser.add_argument("--keep-logs", type=Path, default=None, help="copy the logs here")
@@ -703,8 +749,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.issuer and not args.stack:
         args.issuer = ["alpha=9583", "beta=9584", "gamma=9585"]
-    if args.hostile_issuer and not args.stack:
-        parser.error("--hostile-issuer needs --stack (the issuer's simulator is replaced)")
+    if (args.hostile_issuer or args.hostile_hsm) and not args.stack:
+        parser.error("--hostile-issuer and --hostile-hsm need --stack (a simulator is replaced)")
+    if args.hostile_issuer and args.hostile_hsm:
+        parser.error("one hostile peer at a time: the checks need a well-behaved path")
     if args.source.split(".")[0] != "127":
         parser.error("--source must be a loopback address (127.x.x.x)")
     args.seed = args.seed if args.seed is not None else random.randrange(2**32)

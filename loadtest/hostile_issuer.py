@@ -65,6 +65,10 @@ class HostileThread:
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"hostile-{issuer}", daemon=True)
 
+    @property
+    def answers(self) -> Counter[str]:
+        return self.server.answers
+
     def start(self, timeout: float = 10.0) -> None:
         self._thread.start()
         if not self._started.wait(timeout):

@@ -109,3 +109,24 @@ def test_fuzz_live_against_a_stack_leaves_every_process_well(tmp_path: Path) -> 
     for card in demo_dataset().cards:
         assert card.pan not in text
     assert scan_logs(text, [c.pan for c in demo_dataset().cards]) == []
+
+
+def test_fuzz_live_with_a_hostile_hsm_leaves_the_switch_well(tmp_path: Path) -> None:
+    """The HSM mutates most of its answers: PIN purchases through the switch get declines, and
+    nothing else suffers (about 12 s)."""
+    logs, report = tmp_path / "logs", tmp_path / "fuzz.json"
+    cmd = [
+        str(BIN / "loadtest"), "fuzz-live", "--stack", "--hostile-hsm", "--batches", "1",
+        "--count", "30", "--seconds", "20", "--seed", "8", "--keep-logs", str(logs),
+        "--json", str(report), "--targets", "terminal,qr",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    result = json.loads(report.read_text())
+    assert result["pass"] is True
+    assert result["hostile_answers"]["mutated"] > 0
+    assert {key.split(" ")[0] for key in result["sent"]} == {"terminal", "qr", "via-switch-to-hsm"}
+    text = (logs / "services.log").read_text(errors="replace")
+    assert "Traceback" not in text
+    assert scan_logs(text, [c.pan for c in demo_dataset().cards]) == []

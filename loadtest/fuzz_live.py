@@ -52,7 +52,7 @@ import orjson
 
 from loadtest.bench import DEMO, ROOT, BenchError, Stack, start_stack
 from loadtest.mix import MixError, TxnFactory, load_data
-from loadtest.mutate import HttpSeed, frame, framed_case, http_case
+from loadtest.mutate import HttpSeed, IsoFields, frame, framed_case, http_case
 from loadtest.runs import backend_args
 
 HOST = "127.0.0.1"
@@ -167,18 +167,23 @@ def build_targets(
     pki_dir: Path,
 ) -> list[Target]:
     from kit import pki
+    from protocols.dialects import get_dialect
+    from protocols.fastcodec import best_codec
 
     wanted = set(names)
     out: list[Target] = []
+    spec = get_dialect("terminal")
+    codec = best_codec(spec)
     iso = iso_seeds(factory)
+    fields = IsoFields(codec, spec, iso)
     if "terminal" in wanted and terminal_port:
-        out.append(Target("terminal", terminal_port, lambda r: framed_case(iso, r)))
+        out.append(Target("terminal", terminal_port, lambda r: framed_case(iso, r, fields)))
     if "tls" in wanted and tls_port:
         out.append(
             Target(
                 "tls",
                 tls_port,
-                lambda r: framed_case(iso, r),
+                lambda r: framed_case(iso, r, fields),
                 tls=pki.client_context(pki_dir, None),
                 hostname="localhost",
             )
@@ -196,11 +201,12 @@ def build_targets(
         client = pki.client_context(pki_dir, "switch")
         for issuer, port in sorted(issuer_ports.items()):
             link = link_seeds(factory, issuer)
+            link_fields = IsoFields(codec, spec, link)
             out.append(
                 Target(
                     f"issuer-{issuer}",
                     port,
-                    lambda r, seeds=link: framed_case(seeds, r),  # type: ignore[misc]
+                    lambda r, seeds=link, lf=link_fields: framed_case(seeds, r, lf),  # type: ignore[misc]
                     tls=client,
                     hostname=f"issuer-{issuer}",
                 )

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 Mutator = Callable[[bytes, random.Random], bytes]
 
@@ -107,10 +108,18 @@ FRAME_KINDS = (
 )
 
 
-def framed_case(seeds: Sequence[bytes], rnd: random.Random) -> tuple[str, bytes]:
-    """(kind of case, bytes to send) for a framed protocol."""
-    kind = rnd.choice(FRAME_KINDS)
-    seed = rnd.choice(seeds)
+def framed_case(
+    seeds: Sequence[bytes], rnd: random.Random, fields: IsoFields | None = None
+) -> tuple[str, bytes]:
+    """(kind of case, bytes to send) for a framed protocol; with ``fields``, also ISO 8583
+    messages whose fields were changed and that encode (kind ``fields``)."""
+    kind = rnd.choice(FRAME_KINDS + ("fields",) * 3 if fields is not None else FRAME_KINDS)
+    if kind == "fields" and fields is not None:
+        payload = fields.case(rnd)
+        if payload is not None:
+            return kind, frame(payload)
+        kind = "payload"  # the change did not encode: bytes, then
+    seed = (fields.fresh_seed(rnd) if fields is not None else None) or rnd.choice(seeds)
     if kind == "valid":
         return kind, frame(seed)
     if kind == "length-short":
@@ -125,6 +134,111 @@ def framed_case(seeds: Sequence[bytes], rnd: random.Random) -> tuple[str, bytes]
     if kind == "pipelined":
         return kind, b"".join(frame(mutate(rnd.choice(seeds), rnd, seeds)) for _ in range(3))
     return kind, frame(mutate(seed, rnd, seeds))
+
+
+class IsoFields:
+    """Field-level changes to decoded ISO 8583 seeds, re-encoded by the codec (which writes
+    what it is given where the length fits, so the switch's own checks meet them): a field's
+    content replaced (digits, letters, printable, any byte), doubled, a field added or dropped,
+    edge values (amounts, currencies, expiry, a PAN failing Luhn, an unknown terminal), another
+    MTI."""
+
+    EDGES: Mapping[str, tuple[str, ...]] = {
+        "2": ("4761730000000012", "0000000000000", "9" * 19),
+        "3": ("990000", "310000", "200000", "000099"),
+        "4": ("000000000000", "999999999999", "000000000001"),
+        "7": ("1332256161", "0000000000", "1231235959"),
+        "14": ("0000", "9913", "2413"),
+        "22": ("999", "000", "071", "051"),
+        "41": ("ZZZZZZZZ", "T000000\u00e9", "        "),
+        "49": ("000", "999", "963", "840"),
+        "52": ("0" * 16, "F" * 16),
+        "53": ("F" * 20, "0" * 20),
+        "55": ("9F26", "9F2608", "FFFF" * 30, "9F02060000000001009F2608" + "00" * 8),
+        "90": ("0" * 42, "0200" + "9" * 38),
+    }
+    MTIS = ("0100", "0200", "0220", "0400", "0420", "0800", "0210", "0810", "9999", "0120")
+    CHARSETS = (
+        "0123456789",
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789",
+        "".join(chr(c) for c in range(32, 127)),
+        "".join(chr(c) for c in range(256)),
+    )
+
+    def __init__(self, codec: Any, spec: Mapping[str, Mapping[str, Any]], seeds: Sequence[bytes]):
+        self.codec = codec
+        self.spec = spec
+        self.messages = []
+        for seed in seeds:
+            try:
+                self.messages.append(codec.decode(seed))
+            except Exception:  # a seed the codec cannot read is no seed here
+                continue
+
+    @staticmethod
+    def fresh(fields: dict[str, str], rnd: random.Random) -> dict[str, str]:
+        """A new STAN and card number in the seed's range: else the switch answers a repeat
+        from its duplicate window, or a card's velocity limit, and no change gets further."""
+        from loadtest.mix import fresh_pan
+
+        if "11" in fields:
+            fields["11"] = f"{rnd.randrange(1, 1_000_000):06d}"
+        if "35" in fields and "=" in fields["35"]:
+            pan, rest = fields["35"].split("=", 1)
+            fields["35"] = f"{fresh_pan(pan[:7], rnd, len(pan))}={rest}"
+        if "2" in fields and len(fields["2"]) >= 13:
+            fields["2"] = fresh_pan(fields["2"][:7], rnd, len(fields["2"]))
+        return fields
+
+    def fresh_seed(self, rnd: random.Random) -> bytes | None:
+        """A seed with a new STAN and card number (see :meth:`fresh`), encoded."""
+        from protocols.message import Message
+
+        if not self.messages:
+            return None
+        msg = rnd.choice(self.messages)
+        try:
+            data: bytes = self.codec.encode(Message(msg.mti, self.fresh(dict(msg.fields), rnd)))
+        except Exception:
+            return None
+        return data
+
+    def case(self, rnd: random.Random) -> bytes | None:
+        from protocols.message import Message
+
+        if not self.messages:
+            return None
+        msg = rnd.choice(self.messages)
+        fields = self.fresh(dict(msg.fields), rnd)
+        mti = msg.mti
+        op = rnd.randrange(6)
+        present = [k for k in fields if k.isdigit()]
+        if op == 0 and present:
+            k = rnd.choice(present)
+            chars = rnd.choice(self.CHARSETS)
+            fields[k] = "".join(rnd.choice(chars) for _ in fields[k])
+        elif op == 1 and present:
+            k = rnd.choice(present)
+            fields[k] = fields[k] * 2
+        elif op == 2:
+            numbers = [n for n in self.spec if n.isdigit() and n not in fields and n not in "01"]
+            k = rnd.choice(numbers)
+            size = int(self.spec[k].get("max_len", 8))
+            if int(self.spec[k].get("len_type", 0)):
+                size = rnd.randint(0, size)
+            fields[k] = "".join(rnd.choice("0123456789") for _ in range(min(size, 999)))
+        elif op == 3 and present:
+            del fields[rnd.choice(present)]
+        elif op == 4:
+            k = rnd.choice(list(self.EDGES))
+            fields[k] = rnd.choice(self.EDGES[k])
+        else:
+            mti = rnd.choice(self.MTIS)
+        try:
+            data: bytes = self.codec.encode(Message(mti, fields))
+        except Exception:
+            return None
+        return data
 
 
 # -- HTTP -------------------------------------------------------------------------------

@@ -190,7 +190,13 @@ def build_targets(
         )
     if "qr" in wanted and qr_port:
         qr = qr_seeds(factory)
-        out.append(Target("qr", qr_port, lambda r: http_case(qr, r)))
+        payment = qr[0]
+
+        def fresh_payment(_: random.Random) -> HttpSeed:
+            return HttpSeed(payment.method, payment.path, payment.headers,
+                            orjson.dumps(factory.qr_body()))  # fmt: skip
+
+        out.append(Target("qr", qr_port, lambda r: http_case(qr, r, fresh_payment)))
     if "admin" in wanted and admin_port:
         admin = admin_seeds(admin_token)
         out.append(Target("admin", admin_port, lambda r: http_case(admin, r)))

@@ -349,9 +349,15 @@ HTTP_KINDS = (
 )
 
 
-def http_case(seeds: Sequence[HttpSeed], rnd: random.Random) -> tuple[str, bytes]:
-    """(kind of case, bytes to send) for an HTTP API."""
-    seed = rnd.choice(seeds)
+def http_case(
+    seeds: Sequence[HttpSeed],
+    rnd: random.Random,
+    fresh: Callable[[random.Random], HttpSeed] | None = None,
+) -> tuple[str, bytes]:
+    """(kind of case, bytes to send) for an HTTP API; ``fresh`` makes a new valid request
+    (half the cases start from one: a new idempotency key and card, so a change is not
+    answered from the idempotency store)."""
+    seed = fresh(rnd) if fresh is not None and rnd.random() < 0.5 else rnd.choice(seeds)
     req = _Request(seed.method, seed.path, headers=list(seed.headers), body=seed.body)
     kind = rnd.choice(HTTP_KINDS)
     if kind == "json" and seed.body:

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 from pydantic.dataclasses import dataclass
 
 from kit.conf import FROZEN, ConfigError, load
+from kit.linkdialect import TranslationConfig, check_link_dialect
 from protocols.currency import is_payment_currency
 
 
@@ -193,10 +194,34 @@ class LinkConfig:
     """First reconnect delay, seconds; doubles up to backoff_max."""
     backoff_max: float = 5.0
     dialect: str = "terminal"
+    """ISO 8583 dialect the issuer's host speaks (``protocols.dialects.DIALECTS``): the
+    terminal one by default; a 1993 dialect (``iso93-ascii``, ``iso93-bcd``) is translated
+    from and to the canonical form at this link (``protocols.translate``)."""
+    header: str = ""
+    """Static header (printable ASCII) sent before every message to this host; as many bytes
+    are taken off every message from it. Empty: none."""
+    translation: TranslationConfig | None = None
+    """Overrides of the translation table (1993 dialects only): ``fallback``,
+    ``response_codes``, ``mti``."""
     server_name: str = ""
     """TLS name expected from the issuer (default: issuer-<id>)."""
     client_cert: str = "switch"
     """Our certificate name in the PKI directory (mutual TLS)."""
+
+    @field_validator("dialect")
+    @classmethod
+    def _known_dialect(cls, dialect: str) -> str:
+        check_link_dialect(dialect, "", None)
+        return dialect
+
+    @field_validator("header")
+    @classmethod
+    def _printable_header(cls, header: str) -> str:
+        check_link_dialect("terminal", header, None)
+        return header
+
+    def __post_init__(self) -> None:
+        check_link_dialect(self.dialect, self.header, self.translation)
 
 
 @dataclass(config=FROZEN)

@@ -6,6 +6,7 @@ from pydantic import Field, field_validator
 from pydantic.dataclasses import dataclass
 
 from kit.conf import FROZEN
+from kit.linkdialect import TranslationConfig, check_link_dialect
 
 
 @dataclass(config=FROZEN)
@@ -30,6 +31,15 @@ class IssuerEndpoint:
     port: int = 9583
     faults: Faults | None = None
     """Overrides the file-wide faults for this issuer."""
+    dialect: str = "terminal"
+    """ISO 8583 dialect this host speaks (``protocols.dialects.DIALECTS``); a 1993 one is
+    translated at the host's edge (``protocols.translate``): the host logic stays canonical
+    and answers 1993 requests with 1993 MTIs and action codes. The switch's link to this
+    host must name the same dialect."""
+    header: str = ""
+    """Static header before every message, as the switch's link has it."""
+    translation: TranslationConfig | None = None
+    """Overrides of the translation table (1993 dialects only), as the switch's link."""
     allowed_clients: tuple[str, ...] = Field(default=(), validate_default=True)
     """Client certificates this host serves: subject CN, or ``sha256:`` + hex fingerprint of the
     DER certificate (as hsm-sim's ``[tls] allowed_clients``). Required: a bank's host pins
@@ -44,6 +54,15 @@ class IssuerEndpoint:
                 " fingerprint), e.g. the gateway link's client_cert"
             )
         return names
+
+    @field_validator("dialect")
+    @classmethod
+    def _known_dialect(cls, dialect: str) -> str:
+        check_link_dialect(dialect, "", None)
+        return dialect
+
+    def __post_init__(self) -> None:
+        check_link_dialect(self.dialect, self.header, self.translation)
 
 
 @dataclass(config=FROZEN)

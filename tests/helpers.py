@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -31,10 +32,11 @@ from issuer_sim.accounts import AccountBook
 from issuer_sim.emv import EmvAuthenticator
 from issuer_sim.host import IssuerHost
 from issuer_sim.pin import IssuerSecurity
-from issuer_sim.server import IssuerServer
+from issuer_sim.server import IssuerServer, fallback_logger
 from kit import pki
 from kit.dataset import Dataset, load_dataset
 from kit.framed import FramedStream
+from kit.linkdialect import TranslationConfig, link_codec
 from loadtest.terminal_client import build_request
 from protocols.codec import Codec
 from protocols.dialects import get_dialect
@@ -223,14 +225,30 @@ class Stack:
         return new
 
 
-def issuer_server(issuer: str, dataset: Dataset, pki_dir: Path) -> IssuerServer:
+def issuer_server(
+    issuer: str,
+    dataset: Dataset,
+    pki_dir: Path,
+    *,
+    dialect: str = "terminal",
+    translation: TranslationConfig | None = None,
+) -> IssuerServer:
+    """An issuer simulator as ``issuer-sim run`` builds it, speaking ``dialect``."""
     security = IssuerSecurity.from_dataset(dataset, issuer)
     book = AccountBook.from_cards(
         issuer, dataset.cards, dataset.issuer_behaviour.synthetic, security
     )
     ctx = pki.server_context(pki_dir, f"issuer-{issuer}", require_client_cert=True)
     host = IssuerHost(book, emv=EmvAuthenticator.for_issuer(dataset, issuer))
-    return IssuerServer(host, ctx, allowed_clients=(LINK_CLIENT,))
+    codec = link_codec(
+        dialect,
+        translation=translation,
+        clock=lambda: dt.datetime.now(dt.UTC),
+        on_fallback=fallback_logger(issuer),
+    )
+    if security is not None:
+        security.codec = codec
+    return IssuerServer(host, ctx, allowed_clients=(LINK_CLIENT,), codec=codec)
 
 
 @asynccontextmanager
@@ -249,6 +267,8 @@ async def running_stack(
     connections: int = 2,
     qr_api: QrApiConfig | None = None,
     terminal_options: dict[str, Any] | None = None,
+    dialects: dict[str, str] | None = None,
+    issuer_translations: dict[str, TranslationConfig] | None = None,
     **gateway_options: Any,
 ) -> AsyncIterator[Stack]:
     """Gateway + the three issuer simulators on 127.0.0.1; ``risk`` is relative to conf/demo
@@ -256,7 +276,9 @@ async def running_stack(
     in the dataset) an HSM simulator runs in-process on a free port for the gateway.
     ``journal`` names a journal TOML (absolute, or relative to conf/demo; empty: none);
     ``replicas`` adds endpoints per issuer (simulators sharing the issuer's books);
-    ``terminal_options`` overrides ``[terminal]`` settings (ports 0, partial frames 0.5 s)."""
+    ``terminal_options`` overrides ``[terminal]`` settings (ports 0, partial frames 0.5 s);
+    ``dialects`` sets an issuer's link dialect on both ends (default: the terminal dialect),
+    ``issuer_translations`` an issuer simulator's own translation overrides."""
     dataset = dataset or demo_dataset()
     async with anyio.create_task_group() as tg:
         hsm_sim = None
@@ -266,13 +288,22 @@ async def running_stack(
         servers: dict[str, IssuerServer] = {}
         extra: dict[str, list[IssuerServer]] = {}
         for issuer in ISSUERS:
-            servers[issuer] = issuer_server(issuer, dataset, pki_dir)
+            servers[issuer] = issuer_server(
+                issuer,
+                dataset,
+                pki_dir,
+                dialect=(dialects or {}).get(issuer, "terminal"),
+                translation=(issuer_translations or {}).get(issuer),
+            )
             await tg.start(servers[issuer].run)
             extra[issuer] = []
             for _ in range((replicas or {}).get(issuer, 0)):
                 first = servers[issuer]
                 replica = IssuerServer(
-                    first.host, first.ssl_context, allowed_clients=first.allowed_clients
+                    first.host,
+                    first.ssl_context,
+                    allowed_clients=first.allowed_clients,
+                    codec=first.codec,
                 )
                 await tg.start(replica.run)
                 extra[issuer].append(replica)
@@ -299,6 +330,7 @@ async def running_stack(
                     timeout=link_timeout,
                     backoff_initial=0.05,
                     backoff_max=0.2,
+                    dialect=(dialects or {}).get(i, "terminal"),
                 )
                 for i in ISSUERS
             ),

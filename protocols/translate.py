@@ -187,6 +187,11 @@ def table_size(t: Table | None = None) -> dict[str, int]:
 def _year(mmdd: str, now: dt.datetime) -> str:
     """The two-digit year that puts month-day ``mmdd`` nearest to ``now`` (a message's date is
     within a day or so of the present; across New Year this picks the right side)."""
+    month = mmdd[:2]
+    if month.isdigit() and abs(int(month) - now.month) <= 5 and 0 < int(month) <= 12:
+        # Within five months of now's month the same year is always the nearest (at most
+        # 184 days away, the neighbouring years at least 185): the usual case, no dates built.
+        return f"{now.year % 100:02d}"
     best: tuple[float, int] | None = None
     for year in (now.year - 1, now.year, now.year + 1):
         try:
@@ -224,13 +229,13 @@ class Translator:
             raise LocalProtocolError(f"MTI {msg.mti} has no 1993 form in the table")
         link_mti, function, reason = row
         src = msg.fields
-        out: dict[str, str] = {}
+        # Most fields pass as they are (one comprehension); the loop sees only the others.
+        out = {k: v for k, v in src.items() if k in SAME_FIELDS}
         mac: str | None = None
         mti_class = msg.mti[1]
-        for key, value in src.items():
-            if key in SAME_FIELDS:
-                out[key] = value
-            elif key in _MAC_FIELDS:
+        for key in src.keys() - SAME_FIELDS if len(out) < len(src) else ():
+            value = src[key]
+            if key in _MAC_FIELDS:
                 mac = value
             elif key == "12" or key == "13":
                 continue  # below, together
@@ -330,12 +335,11 @@ class Translator:
         src = msg.fields
         canonical_mti = self._mti_from_link(msg.mti, src.get("25"))
         mti_class = canonical_mti[1]
-        out: dict[str, str] = {}
+        out = {k: v for k, v in src.items() if k in SAME_FIELDS}
         mac: str | None = None
-        for key, value in src.items():
-            if key in SAME_FIELDS:
-                out[key] = value
-            elif key in _MAC_FIELDS:
+        for key in src.keys() - SAME_FIELDS if len(out) < len(src) else ():
+            value = src[key]
+            if key in _MAC_FIELDS:
                 mac = value
             elif key == "12" and len(value) == 12:
                 out["12"], out["13"] = value[6:], value[2:6]

@@ -27,6 +27,7 @@ from protocols.translate import (
     LinkCodec,
     TranslationError,
     Translator,
+    _year,
     default_table,
     table_size,
 )
@@ -295,3 +296,31 @@ def test_round_trip_canonical_to_1993_to_canonical(msg: Message, dialect: str) -
     back = codec.decode(codec.encode(msg))
     assert (back.mti, back.fields) == (msg.mti, msg.fields)
     assert seen == []
+
+
+@given(
+    st.datetimes(min_value=dt.datetime(2001, 1, 1), max_value=dt.datetime(2098, 12, 31)),
+    st.integers(1, 12),
+    st.integers(1, 31),
+)
+def test_year_is_the_nearest_one(now: dt.datetime, month: int, day: int) -> None:
+    """The shortcut for months near now's agrees with trying the three candidate years."""
+    candidates = []
+    for year in (now.year - 1, now.year, now.year + 1):
+        try:
+            candidates.append((abs((dt.datetime(year, month, day) - now).total_seconds()), year))
+        except ValueError:
+            continue
+    if not candidates:
+        return  # 31 February: no such day in any year
+    assert _year(f"{month:02d}{day:02d}", now) == f"{min(candidates)[1] % 100:02d}"
+
+
+def test_translate_bench_runs_and_checks_its_links() -> None:
+    import time
+
+    from benchmarks.translate import measure
+
+    result = measure(time.process_time, 1, 20)
+    assert set(result) == {"iso87-ascii", "iso87-bcd", "iso93-bcd", "translation alone"}
+    assert all(us > 0 for us in result.values())

@@ -8,14 +8,25 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import pytest
 import structlog
 
+from gateway.config import SafConfig
 from issuer_sim.server import IssuerServer
 from kit.linkdialect import TranslationConfig
 from loadtest.pos_sim import add_pin_block, terminal_of
 from protocols.message import Message
-from tests.helpers import Stack, demo_dataset, purchase, reversal_of, running_stack, terminal
+from tests.helpers import (
+    Stack,
+    demo_dataset,
+    eventually,
+    purchase,
+    reversal_of,
+    running_stack,
+    terminal,
+)
+from tests.integration.journal_support import saf_depth, write_conf
 
 pytestmark = pytest.mark.anyio
 
@@ -154,3 +165,38 @@ async def test_link_mac_on_a_1993_link_covers_the_1993_bytes(pki_dir: Path) -> N
     assert "64" in on_wire
     assert "128" not in on_wire
     assert "56" in on_wire
+
+
+async def test_timeout_advice_reaches_a_1993_host_as_1420_and_is_applied_once(
+    pki_dir: Path, tmp_path: Path
+) -> None:
+    """The switch's own 0420 (store-and-forward after a timeout) leaves the journal in the
+    canonical form and reaches gamma's host as a 1420 with reason 4021; its 1430 clears it."""
+    pan = CARDS["gamma"][0]
+    saf = SafConfig(reversal_delay=0.3, poll_interval=0.1, backoff_base=0.05, backoff_max=0.3)
+    async with running_stack(
+        pki_dir,
+        link_timeout=0.3,
+        risk="",
+        journal=write_conf(tmp_path),
+        saf=saf,
+        dialects=DIALECTS,
+    ) as stack:
+        gamma = stack.issuers["gamma"]
+        tap = wiretap(gamma)
+        before = stack.account_balance("gamma", pan)
+        gamma.faults.drop_ratio = 1.0  # processed, answer lost: the switch times out
+        async with terminal(stack.port) as term:
+            lost = await term.exchange(purchase(pan, 700, terminal_id=TERMINAL.id))
+        assert lost["39"] == "91"
+        gamma.faults.drop_ratio = 0.0
+        await eventually(lambda: gamma.host.reversals_applied == 1)
+        await eventually(lambda: stack.account_balance("gamma", pan) == before)
+        with anyio.fail_after(10):
+            while await saf_depth(stack.gateway, "gamma"):  # noqa: ASYNC110 - polls the journal
+                await anyio.sleep(0.02)
+    inner = gamma.codec.inner  # type: ignore[attr-defined]
+    advices = [inner.decode(frame) for frame, msg in tap if msg.mti == "0420"]
+    assert advices
+    assert {(a.mti, a["24"], a["25"]) for a in advices} == {("1420", "400", "4021")}
+    assert gamma.by_mti.get("0420", 0) >= 1  # canonical at the host

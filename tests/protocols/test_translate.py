@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from protocols.codec import UndecodableError
 from protocols.dialects import get_dialect
 from protocols.dialects import map_iso87_iso93 as data
-from protocols.errors import LocalProtocolError
+from protocols.errors import LocalProtocolError, ProtocolError
 from protocols.fastcodec import best_codec
 from protocols.keys import original_data
 from protocols.mac import mac_field, mac_input
@@ -324,3 +324,31 @@ def test_translate_bench_runs_and_checks_its_links() -> None:
     result = measure(time.process_time, 1, 20)
     assert set(result) == {"iso87-ascii", "iso87-bcd", "iso93-bcd", "translation alone"}
     assert all(us > 0 for us in result.values())
+
+
+def _golden_hex(packager: str) -> list[bytes]:
+    path = GOLDEN / f"{packager}.json"
+    if not path.is_file():
+        return []
+    return [bytes.fromhex(v["hex"]) for v in json.loads(path.read_text())["vectors"]]
+
+
+_MUTABLE = _golden_hex("ISO93BPackager")
+
+
+@pytest.mark.skipif(not _MUTABLE, reason="the jPOS vectors live in ../shared")
+@given(st.data())
+def test_bad_bytes_on_a_translated_link_raise_only_protocol_errors(draw: st.DataObject) -> None:
+    """jPOS's 1993 messages with bytes changed, cut or added: the link codec either gives a
+    canonical message or raises a ProtocolError (the link logs it), never anything else."""
+    codec = LinkCodec(best_codec(get_dialect("iso93-bcd")), Translator(), clock=lambda: NOW)
+    raw = bytearray(draw.draw(st.sampled_from(_MUTABLE)))
+    for _ in range(draw.draw(st.integers(1, 4))):
+        at = draw.draw(st.integers(0, len(raw) - 1))
+        raw[at] = draw.draw(st.integers(0, 255))
+    raw = raw[: draw.draw(st.integers(0, len(raw)))] + draw.draw(st.binary(max_size=8))
+    try:
+        msg = codec.decode(bytes(raw))
+    except ProtocolError:
+        return
+    assert msg.mti in set(data.MTI_TO_LINK) | set(data.MTI_DEFAULT_FROM_LINK.values())

@@ -407,8 +407,9 @@ class Translator:
         mti, stan, when = value[:4], value[4:10], value[10:22]
         length = value[22:24]
         ident = value[24:]
-        if not length.isdigit() or int(length) != len(ident):
-            self._fallback("from_link", "56", "acquirer length", "")
+        if not length.isdigit() or int(length) != len(ident) or len(ident) > 11:
+            # Not an original this switch could name: refused, as a field that fails to decode.
+            raise TranslationError("original data elements malformed", field="56")
         try:
             canonical = self._mti_from_link(mti, None)
         except TranslationError:

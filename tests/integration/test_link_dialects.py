@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
+import httpx
 import pytest
 import structlog
 
@@ -16,6 +17,7 @@ from gateway.config import SafConfig
 from issuer_sim.server import IssuerServer
 from kit.linkdialect import TranslationConfig
 from loadtest.pos_sim import add_pin_block, terminal_of
+from protocols import qr_cpm
 from protocols.message import Message
 from tests.helpers import (
     Stack,
@@ -200,3 +202,32 @@ async def test_timeout_advice_reaches_a_1993_host_as_1420_and_is_applied_once(
     assert advices
     assert {(a.mti, a["24"], a["25"]) for a in advices} == {("1420", "400", "4021")}
     assert gamma.by_mti.get("0420", 0) >= 1  # canonical at the host
+
+
+async def test_qr_payments_reach_a_1993_host_and_come_back_canonical(pki_dir: Path) -> None:
+    """Gamma is the demo's QR wallet bank: a consumer-presented QR payment enters the pipeline
+    as a 0200 with 22 = 031 and reaches gamma's iso93-bcd host with a POS data code whose
+    card data input mode is bar code (3); the API answers in SPEC's codes (00, 51)."""
+    wallet, low = CARDS["gamma"][0], "6250940000000035"
+    async with running_stack(pki_dir, dialects=DIALECTS) as stack:
+        tap = wiretap(stack.issuers["gamma"])
+        headers = {"Authorization": "Bearer demo-qr-acquirer-key-0001"}
+        async with httpx.AsyncClient(base_url=stack.qr_url, headers=headers, timeout=10) as client:
+            answers = []
+            for pan, key in ((wallet, "t16-1"), (low, "t16-2")):
+                body = {
+                    "qr": qr_cpm.build(aid="A000000333010101", pan=pan, expiry="3012"),
+                    "amount": 500,
+                    "currency": "156",
+                    "merchant_id": "M00000000000001",
+                    "idempotency_key": key,
+                }
+                resp = await client.post("/v1/qr/payments", json=body)
+                assert resp.status_code == 201, resp.text
+                answers.append(resp.json()["response_code"])
+    assert answers == ["00", "51"]
+    inner = stack.issuers["gamma"].codec.inner  # type: ignore[attr-defined]
+    sent = [inner.decode(frame) for frame, msg in tap if msg.mti == "0200"]
+    assert [m.mti for m in sent] == ["1200", "1200"]
+    assert all(m["22"][6] == "3" and m["24"] == "200" for m in sent)
+    assert all(msg["22"] == "031" for _, msg in tap if msg.mti == "0200")

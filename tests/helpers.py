@@ -231,6 +231,7 @@ def issuer_server(
     pki_dir: Path,
     *,
     dialect: str = "terminal",
+    header: str = "",
     translation: TranslationConfig | None = None,
 ) -> IssuerServer:
     """An issuer simulator as ``issuer-sim run`` builds it, speaking ``dialect``."""
@@ -242,6 +243,7 @@ def issuer_server(
     host = IssuerHost(book, emv=EmvAuthenticator.for_issuer(dataset, issuer))
     codec = link_codec(
         dialect,
+        header=header,
         translation=translation,
         clock=lambda: dt.datetime.now(dt.UTC),
         on_fallback=fallback_logger(issuer),
@@ -268,6 +270,7 @@ async def running_stack(
     qr_api: QrApiConfig | None = None,
     terminal_options: dict[str, Any] | None = None,
     dialects: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
     issuer_translations: dict[str, TranslationConfig] | None = None,
     **gateway_options: Any,
 ) -> AsyncIterator[Stack]:
@@ -278,6 +281,7 @@ async def running_stack(
     ``replicas`` adds endpoints per issuer (simulators sharing the issuer's books);
     ``terminal_options`` overrides ``[terminal]`` settings (ports 0, partial frames 0.5 s);
     ``dialects`` sets an issuer's link dialect on both ends (default: the terminal dialect),
+    ``headers`` its static link header,
     ``issuer_translations`` an issuer simulator's own translation overrides."""
     dataset = dataset or demo_dataset()
     async with anyio.create_task_group() as tg:
@@ -293,6 +297,7 @@ async def running_stack(
                 dataset,
                 pki_dir,
                 dialect=(dialects or {}).get(issuer, "terminal"),
+                header=(headers or {}).get(issuer, ""),
                 translation=(issuer_translations or {}).get(issuer),
             )
             await tg.start(servers[issuer].run)
@@ -331,6 +336,7 @@ async def running_stack(
                     backoff_initial=0.05,
                     backoff_max=0.2,
                     dialect=(dialects or {}).get(i, "terminal"),
+                    header=(headers or {}).get(i, ""),
                 )
                 for i in ISSUERS
             ),

@@ -139,12 +139,16 @@ async def test_unmapped_action_code_becomes_the_fallback_with_a_log_and_a_count(
     )
 
 
-async def test_link_mac_on_a_1993_link_covers_the_1993_bytes(pki_dir: Path) -> None:
+@pytest.mark.parametrize("header", ["", "ISO026000075"])
+async def test_link_mac_on_a_1993_link_covers_the_1993_bytes(pki_dir: Path, header: str) -> None:
     """Alpha's link MACs (ZAK): on iso93-bcd the switch MACs what it sends and the host
     verifies what it receives (a MAC over anything else would be answered 63), and the
-    switch verifies the host's MAC over the 1993 answer as it came."""
+    switch verifies the host's MAC over the 1993 answer as it came; a static header travels
+    before every message both ways and is not MACed."""
     pan, pin = CARDS["alpha"]
-    async with running_stack(pki_dir, dialects={"alpha": "iso93-bcd"}) as stack:
+    async with running_stack(
+        pki_dir, dialects={"alpha": "iso93-bcd"}, headers={"alpha": header}
+    ) as stack:
         tap = wiretap(stack.issuers["alpha"])
         async with terminal(stack.port) as term:
             req = purchase(pan, 1250, terminal_id=TERMINAL.id, merchant=TERMINAL.merchant)
@@ -155,6 +159,9 @@ async def test_link_mac_on_a_1993_link_covers_the_1993_bytes(pki_dir: Path) -> N
         checks = stack.gateway.security_metrics.checks
         assert checks.labels("issuer_mac", "verified")._value.get() >= 2
         [(frame, msg), (rframe, rmsg)] = [(f, m) for f, m in tap if m.mti != "0800"]
+    assert frame.startswith(header.encode())
+    assert rframe.startswith(header.encode())
+    frame, rframe = frame[len(header) :], rframe[len(header) :]
     inner = stack.issuers["alpha"].codec.inner  # type: ignore[attr-defined]
     assert frame.startswith(bytes.fromhex("1200"))
     assert "64" in msg

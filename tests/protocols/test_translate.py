@@ -352,3 +352,13 @@ def test_bad_bytes_on_a_translated_link_raise_only_protocol_errors(draw: st.Data
     except ProtocolError:
         return
     assert msg.mti in set(data.MTI_TO_LINK) | set(data.MTI_DEFAULT_FROM_LINK.values())
+
+
+def test_every_registered_dialect_has_a_version() -> None:
+    """A new dialect must say which version it is, or its links would not know whether to
+    translate (README, "How to add a dialect that needs translation")."""
+    from protocols.dialects import DIALECTS
+    from protocols.translate import DIALECT_VERSIONS
+
+    assert set(DIALECT_VERSIONS) == set(DIALECTS)
+    assert set(DIALECT_VERSIONS.values()) == {"1987", "1993"}

@@ -266,6 +266,10 @@ class Translator:
                 date = src.get("7", "")[:4]  # 1993 12 needs a date: the transmission's
             if len(date) == 4 and len(time_) == 6:
                 out["12"] = _year(date, now) + date + time_
+            else:
+                self._fallback("to_link", "12", "dropped", "")
+        elif date is not None:
+            self._fallback("to_link", "13", "dropped", "")  # a date alone has no 1993 home
         if function:
             out["24"] = function
         if reason:

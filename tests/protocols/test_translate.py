@@ -362,3 +362,16 @@ def test_every_registered_dialect_has_a_version() -> None:
 
     assert set(DIALECT_VERSIONS) == set(DIALECTS)
     assert set(DIALECT_VERSIONS.values()) == {"1987", "1993"}
+
+
+def test_what_has_no_1993_home_is_reported() -> None:
+    t, seen = collect()
+    link = t.to_link(Message("0200", {"7": "1207101500", "12": "101500", "26": "12"}), NOW)
+    assert link["12"] == "261207101500"  # a time without 13 is dated by field 7
+    assert seen == [Fallback("to_link", "26", "dropped", "")]
+    t.to_link(Message("0200", {"13": "1207"}), NOW)
+    t.to_link(Message("0200", {"22": "901"}), NOW)  # 90: full magnetic stripe, not in the table
+    assert seen[1:] == [
+        Fallback("to_link", "13", "dropped", ""),
+        Fallback("to_link", "22", "90", "00"),
+    ]

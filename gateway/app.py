@@ -13,6 +13,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from gateway.config import GatewayConfig
+from gateway.edge.affinity import CardAffinity, Handler, socket_dir
 from gateway.edge.draining import DrainingSwitch
 from gateway.edge.http import Rejections, serve_asgi
 from gateway.edge.terminals import TerminalServer
@@ -63,7 +64,14 @@ log = get_logger("gateway.app")
 
 
 class Gateway:
-    def __init__(self, cfg: GatewayConfig, base_dir: Path, dataset: Dataset | None = None) -> None:
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        base_dir: Path,
+        dataset: Dataset | None = None,
+        *,
+        worker: int = 0,
+    ) -> None:
         self.cfg = cfg
         self.base_dir = base_dir
         # QR acquirers enter the pipeline from virtual terminals (gateway/qr/terminals.py).
@@ -175,8 +183,21 @@ class Gateway:
             request_timeout=cfg.terminal.request_timeout,
             log_transactions=cfg.log.transactions,
         )
+        # Several workers: each card's requests run in the worker that owns it.
+        self.affinity: CardAffinity | None = None
+        front: Handler = self.switch
+        if cfg.workers > 1 and cfg.card_affinity:
+            front = self.affinity = CardAffinity(
+                self.switch,
+                index=worker,
+                workers=cfg.workers,
+                directory=socket_dir(base_dir),
+                vault=self.tokens,
+                timeout=2 * cfg.terminal.request_timeout + 1.0,
+                requests=self.metrics.affinity,
+            )
         self.terminals = TerminalServer(
-            self.switch,
+            front,
             self.codec,
             self.metrics,
             max_frame=cfg.terminal.max_frame,
@@ -188,7 +209,7 @@ class Gateway:
         qr_store, qr_cipher = store_from_config(cfg.qr_api, base_dir, self.pan_cipher)
         self.qr = QrService(
             self.dataset,
-            self.switch.handle,
+            front.handle,
             qr_cipher,
             idempotency_window=cfg.qr_api.idempotency_window,
             max_payments=cfg.qr_api.max_payments,
@@ -409,6 +430,8 @@ class Gateway:
                 )
             if self.risk is not None:
                 await tg.start(self.risk.run)
+            if self.affinity is not None:
+                await tg.start(self.affinity.run)
             if self.hsm is not None:
                 await tg.start(self.hsm.run)
                 tg.start_soon(self._check_hsm, self.hsm)

@@ -288,8 +288,13 @@ class GatewayConfig:
     (700, 10, 10): far more frequent young collections on the per-transaction garbage."""
     workers: int = Field(default=1, ge=1, le=32)
     """Gateway worker processes on this machine (SO_REUSEPORT on the terminal and QR ports;
-    admin port and node number + worker index). Exact limits across workers need the Redis
-    risk backend; the journal is PostgreSQL or one SQLite file per worker."""
+    admin port and node number + worker index). With ``card_affinity`` each card's requests
+    run in one worker, so limits, duplicates, reversals and stand-in stay exact with in-memory
+    risk counters and one SQLite journal per worker."""
+    card_affinity: bool = True
+    """With several workers: hand each request to the worker owning its card (crc32 of the
+    PAN mod workers) over a private Unix socket. Off only where every piece of state is
+    shared anyway (Redis risk backend and PostgreSQL journal), to save the hop."""
     node: int = 0
     """Node number (0-35), the last RRN digit so nodes never collide; worker I uses node+I."""
     risk: str = "risk.toml"

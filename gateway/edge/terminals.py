@@ -8,7 +8,8 @@ from typing import Any
 
 import anyio
 
-from gateway.flow.switch import ECHOED, Switch
+from gateway.edge.affinity import Handler
+from gateway.flow.switch import ECHOED
 from gateway.metrics import Metrics
 from kit.fastio import FrameChannel, fast_path
 from kit.framed import FrameDeadlineError, IdleTimeoutError, StalledFrameError
@@ -25,7 +26,7 @@ _GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream
 class TerminalServer:
     def __init__(
         self,
-        switch: Switch,
+        switch: Handler,
         codec: Codec,
         metrics: Metrics,
         *,

@@ -51,7 +51,7 @@ def request(framing: Framing, msg: Message) -> bytes:
 
 async def answers(stream: anyio.abc.ByteStream, framing: Framing, n: int) -> list[bytes]:
     """``n`` frames as the framing's framer splits them (with their TPDU)."""
-    framer, out = framing.framer(), []
+    framer, out = framing.framer(), list[bytes]()
     with anyio.fail_after(5):
         while len(out) < n:
             frame = framer.next_frame()

@@ -19,6 +19,7 @@ from gateway.config import ListenerConfig
 from hsm_sim import terminal as pinpad
 from kit.framed import FramedStream
 from kit.logs import configure
+from loadtest import pos_sim
 from loadtest.pos_sim import terminal_of
 from protocols.dialects import get_dialect
 from protocols.fastcodec import best_codec
@@ -30,7 +31,15 @@ from protocols.framing import (
     make_tpdu,
 )
 from protocols.message import Message
-from tests.helpers import Stack, demo_dataset, purchase, reversal_of, running_stack, terminal
+from tests.helpers import (
+    DEMO_CONF,
+    Stack,
+    demo_dataset,
+    purchase,
+    reversal_of,
+    running_stack,
+    terminal,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -169,3 +178,22 @@ async def test_links_in_ascii4_and_tpdu_framing_to_issuers_framed_the_same(
                 assert answer["39"] == "00", issuer
                 assert stack.account_balance(issuer, pan) == before - 1250
                 assert stack.issuers[issuer].received > received  # sign-on, echoes, this
+
+
+async def test_pos_sim_cup_speaks_to_the_tpdu_listener(
+    stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = str(stack.gateway.listener_ports["cup"])
+    common = ["--port", port, "--data", str(DEMO_CONF / "data.toml")]
+    argv = ["purchase", "--cup", *common, "--pan", PAN, "--amount", "1250", "--pin", PIN]
+    assert await anyio.to_thread.run_sync(pos_sim.main, argv) == 0
+    out = capsys.readouterr().out
+    assert "TPDU sent 6000030000, answered 6000000003" in out
+    assert "response_code        00" in out
+    assert PAN not in out
+    # T0000002 MACs every request: over the BCD bytes it sends, as the gateway checks them.
+    mac = ["purchase", "--cup", *common, "--terminal", "T0000002", "--pan", PAN]
+    assert await anyio.to_thread.run_sync(pos_sim.main, mac) == 0
+    assert "MAC sent (TAK)" in capsys.readouterr().out
+    assert await anyio.to_thread.run_sync(pos_sim.main, [*mac, "--mac", "bad"]) == 1
+    assert "response_code        63" in capsys.readouterr().out

@@ -6,11 +6,13 @@ each framing closes only that connection, logged and counted."""
 from __future__ import annotations
 
 import io
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import orjson
 import pytest
 import structlog
@@ -49,14 +51,26 @@ TPDU = bytes.fromhex("6000030000")  # to NII 0003 from 0000, as a UnionPay POS s
 LISTENERS = (
     ListenerConfig(name="cup", port=0, framing="binary2-tpdu", dialect="iso87-bcd"),
     ListenerConfig(name="text", port=0, framing="ascii4"),
+    ListenerConfig(name="cuptls", port=0, tls=True, framing="binary2-tpdu", dialect="iso87-bcd"),
 )
 PAN, PIN = "4761730000000011", "1234"  # alpha; T0000001 has a TPK
 BETA_PAN = "5413330000000019"  # beta: no link MAC (the stacks without an HSM)
 
 
 @asynccontextmanager
-async def connect(port: int, framing: Framing) -> AsyncIterator[FramedStream]:
-    stream = await anyio.connect_tcp("127.0.0.1", port)
+async def connect(
+    port: int, framing: Framing, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[FramedStream]:
+    if tls is None:
+        stream: anyio.abc.ByteStream = await anyio.connect_tcp("127.0.0.1", port)
+    else:
+        stream = await anyio.connect_tcp(
+            "127.0.0.1",
+            port,
+            ssl_context=tls,
+            tls_hostname="localhost",
+            tls_standard_compatible=False,
+        )
     framed = FramedStream(stream, max_size=8192, partial_timeout=10.0, framing=framing)
     try:
         yield framed
@@ -97,6 +111,12 @@ async def test_tpdu_bcd_terminal_purchase_pin_and_reversal(stack: Stack) -> None
         assert (reversal.mti, reversal["39"]) == ("0410", "00")
         assert stack.gateway.metrics.connections.labels("cup")._value.get() == 1  # its label
     assert stack.account_balance("alpha", PAN) == before - 700
+
+
+async def test_a_tls_listener_in_tpdu_framing(stack: Stack) -> None:
+    port = stack.gateway.listener_ports["cuptls"]
+    async with connect(port, BINARY2_TPDU, stack.client_tls()) as term:
+        assert (await cup_exchange(term, purchase(PAN, 1250)))["39"] == "00"
 
 
 async def test_tpdu_answers_follow_each_requests_tpdu_when_pipelined(stack: Stack) -> None:

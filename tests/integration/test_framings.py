@@ -93,7 +93,7 @@ async def stack(pki_dir: Path) -> AsyncIterator[Stack]:
         yield s
 
 
-async def test_tpdu_bcd_terminal_purchase_pin_and_reversal(stack: Stack) -> None:
+async def test_tpdu_bcd_terminal_purchase_pin_reversal_and_balance(stack: Stack) -> None:
     port = stack.gateway.listener_ports["cup"]
     before = stack.account_balance("alpha", PAN)
     sale = purchase(PAN, 1250)
@@ -109,6 +109,8 @@ async def test_tpdu_bcd_terminal_purchase_pin_and_reversal(stack: Stack) -> None
         assert (await cup_exchange(term, pin_sale, make_tpdu(0x0001, 0x0123)))["39"] == "00"
         reversal = await cup_exchange(term, reversal_of(sale))
         assert (reversal.mti, reversal["39"]) == ("0410", "00")
+        balance = await cup_exchange(term, purchase(PAN, 0, processing="310000"))
+        assert (balance["39"], balance["54"][:4]) == ("00", "0002")  # available, in field 54
         assert stack.gateway.metrics.connections.labels("cup")._value.get() == 1  # its label
     assert stack.account_balance("alpha", PAN) == before - 700
 

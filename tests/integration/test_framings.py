@@ -219,3 +219,8 @@ async def test_pos_sim_cup_speaks_to_the_tpdu_listener(
     assert "MAC sent (TAK)" in capsys.readouterr().out
     assert await anyio.to_thread.run_sync(pos_sim.main, [*mac, "--mac", "bad"]) == 1
     assert "response_code        63" in capsys.readouterr().out
+    # Contactless: field 55 both ways (the ARQC in, the ARPC back) in BCD's binary layout.
+    tap = ["contactless", "--cup", *common, "--terminal", "N0000001", "--pan", BETA_PAN]
+    tap += ["--atc-state", str(tmp_path / "atc.json")]
+    assert await anyio.to_thread.run_sync(pos_sim.main, tap) == 0
+    assert "card: ARPC verified" in capsys.readouterr().out

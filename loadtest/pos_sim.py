@@ -4,6 +4,11 @@
     pos-sim reverse  --terminal T0000001 --pan 4761730000000011 --amount 1250 \
                      --original-stan 000123 --original-time 1127101500
     pos-sim contactless --terminal N0000001 --pan 5413330000000019 --amount 1250
+    pos-sim purchase --cup --terminal T0000001 --pan 4761730000000011 --amount 1250
+
+``--cup`` plays a UnionPay-style POS on the demo's 8585 listener: a 2-byte length and a 5-byte
+TPDU (``--tpdu``, default ``6000030000``) before each message, ISO 8583:1987 in BCD; the answer's
+TPDU (addresses swapped) is printed. ``--framing`` and ``--dialect`` choose them one by one.
 
 ``contactless`` plays the card too: it builds field 55 with an ARQC under the card's keys (derived
 from the demo IMK-AC of the card's issuer, or of the funding card's issuer for a token), sends

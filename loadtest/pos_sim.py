@@ -51,6 +51,7 @@ from loadtest.terminal_client import TERMINAL_TPDU, TerminalClient, build_reques
 from protocols import emv
 from protocols.codec import Codec
 from protocols.dialects import get_dialect
+from protocols.errors import ProtocolError
 from protocols.framing import FRAMINGS, get_framing
 from protocols.keys import original_data
 from protocols.mac import mac_field, mac_input
@@ -426,7 +427,10 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         icc = card.icc_data(args.amount, currency=args.currency, country=country)
         request.fields.update({"22": "071", "23": f"0{card.psn}", "55": icc.encode().hex().upper()})
-    problem = secure(args, request)  # last: the MAC covers everything above
+    try:
+        problem = secure(args, request)  # last: the MAC covers everything above
+    except ProtocolError as exc:  # the MAC's input: a field this dialect cannot carry
+        problem = f"{args.dialect}: {exc}"
     if problem is not None:
         print(f"pos-sim: {problem}", file=sys.stderr)
         return 2
@@ -445,6 +449,9 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"pos-sim: cannot reach the gateway at {args.host}:{args.port}: {exc}", file=sys.stderr
         )
+        return 2
+    except ProtocolError as exc:  # a field this dialect cannot carry, or a broken answer
+        print(f"pos-sim: {args.dialect}: {exc}", file=sys.stderr)
         return 2
     print(f"request  {request.mti}  stan={request.fields.get('11')} time={request.fields.get('7')}")
     if "52" in request.fields:

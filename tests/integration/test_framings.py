@@ -224,3 +224,10 @@ async def test_pos_sim_cup_speaks_to_the_tpdu_listener(
     tap += ["--atc-state", str(tmp_path / "atc.json")]
     assert await anyio.to_thread.run_sync(pos_sim.main, tap) == 0
     assert "card: ARPC verified" in capsys.readouterr().out
+    # A DUKPT terminal's 20-hex KSN does not fit iso87-bcd's n16 field 53: said, not a trace.
+    dukpt = ["purchase", "--cup", *common, "--terminal", "T0000002", "--pan", PAN, "--pin", PIN]
+    dukpt += ["--ksn-state", str(tmp_path / "ksn.json")]
+    assert await anyio.to_thread.run_sync(pos_sim.main, dukpt) == 2
+    err = capsys.readouterr().err
+    assert "pos-sim: iso87-bcd: " in err
+    assert "53" in err

@@ -325,6 +325,8 @@ async def connect(
 ) -> FrameChannel:
     """A client channel (TCP, or TLS when ``ssl_context`` is given) in ``framing``; with a
     TPDU framing, every frame sent carries ``tpdu`` (:class:`TpduChannel`)."""
+    if framing.tpdu and (len(tpdu) != TPDU_SIZE or tpdu[0] != TPDU_ID):
+        raise ValueError("a TPDU is 5 bytes beginning with 60")  # before connecting
     channel = await _connect(
         host, port, ssl_context, server_hostname, max_size, partial_timeout, framing
     )
@@ -338,8 +340,6 @@ class TpduChannel:
     __slots__ = ("_channel", "_tpdu", "peer")
 
     def __init__(self, channel: FrameChannel, tpdu: bytes) -> None:
-        if len(tpdu) != TPDU_SIZE or tpdu[0] != TPDU_ID:
-            raise ValueError("a TPDU is 5 bytes beginning with 60")
         self._channel = channel
         self._tpdu = tpdu
         self.peer = channel.peer

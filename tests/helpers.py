@@ -38,6 +38,7 @@ from kit.framed import FramedStream
 from loadtest.terminal_client import build_request
 from protocols.codec import Codec
 from protocols.dialects import get_dialect
+from protocols.framing import get_framing
 from protocols.message import Message
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -223,14 +224,16 @@ class Stack:
         return new
 
 
-def issuer_server(issuer: str, dataset: Dataset, pki_dir: Path) -> IssuerServer:
+def issuer_server(
+    issuer: str, dataset: Dataset, pki_dir: Path, framing: str = "binary2"
+) -> IssuerServer:
     security = IssuerSecurity.from_dataset(dataset, issuer)
     book = AccountBook.from_cards(
         issuer, dataset.cards, dataset.issuer_behaviour.synthetic, security
     )
     ctx = pki.server_context(pki_dir, f"issuer-{issuer}", require_client_cert=True)
     host = IssuerHost(book, emv=EmvAuthenticator.for_issuer(dataset, issuer))
-    return IssuerServer(host, ctx, allowed_clients=(LINK_CLIENT,))
+    return IssuerServer(host, ctx, allowed_clients=(LINK_CLIENT,), framing=get_framing(framing))
 
 
 @asynccontextmanager
@@ -249,6 +252,7 @@ async def running_stack(
     connections: int = 2,
     qr_api: QrApiConfig | None = None,
     terminal_options: dict[str, Any] | None = None,
+    framings: dict[str, str] | None = None,
     **gateway_options: Any,
 ) -> AsyncIterator[Stack]:
     """Gateway + the three issuer simulators on 127.0.0.1; ``risk`` is relative to conf/demo
@@ -256,7 +260,9 @@ async def running_stack(
     in the dataset) an HSM simulator runs in-process on a free port for the gateway.
     ``journal`` names a journal TOML (absolute, or relative to conf/demo; empty: none);
     ``replicas`` adds endpoints per issuer (simulators sharing the issuer's books);
-    ``terminal_options`` overrides ``[terminal]`` settings (ports 0, partial frames 0.5 s)."""
+    ``terminal_options`` overrides ``[terminal]`` settings (ports 0, partial frames 0.5 s);
+    ``framings`` names an issuer link's framing (both ends; default binary2)."""
+    framings = framings or {}
     dataset = dataset or demo_dataset()
     async with anyio.create_task_group() as tg:
         hsm_sim = None
@@ -266,13 +272,18 @@ async def running_stack(
         servers: dict[str, IssuerServer] = {}
         extra: dict[str, list[IssuerServer]] = {}
         for issuer in ISSUERS:
-            servers[issuer] = issuer_server(issuer, dataset, pki_dir)
+            servers[issuer] = issuer_server(
+                issuer, dataset, pki_dir, framings.get(issuer, "binary2")
+            )
             await tg.start(servers[issuer].run)
             extra[issuer] = []
             for _ in range((replicas or {}).get(issuer, 0)):
                 first = servers[issuer]
                 replica = IssuerServer(
-                    first.host, first.ssl_context, allowed_clients=first.allowed_clients
+                    first.host,
+                    first.ssl_context,
+                    allowed_clients=first.allowed_clients,
+                    framing=first.framing,
                 )
                 await tg.start(replica.run)
                 extra[issuer].append(replica)
@@ -299,6 +310,7 @@ async def running_stack(
                     timeout=link_timeout,
                     backoff_initial=0.05,
                     backoff_max=0.2,
+                    framing=framings.get(i, "binary2"),
                 )
                 for i in ISSUERS
             ),

@@ -22,6 +22,7 @@ from kit.dataset import load_dataset
 from kit.linkdialect import link_codec
 from kit.logs import configure
 from kit.runtime import default_backend, run, tune_gc
+from protocols.framing import get_framing
 
 
 def build_server(cfg: IssuerSimConfig, base: Path, issuer: str, port: int | None) -> IssuerServer:
@@ -57,6 +58,7 @@ def build_server(cfg: IssuerSimConfig, base: Path, issuer: str, port: int | None
         postings_file=postings,
         allowed_clients=ep.allowed_clients,
         codec=codec,
+        framing=get_framing(ep.framing),
     )
 
 

@@ -30,6 +30,7 @@ from protocols.codec import Codec
 from protocols.dialects import get_dialect
 from protocols.errors import ProtocolError
 from protocols.fastcodec import best_codec
+from protocols.framing import BINARY2, TPDU_SIZE, Framing, answer_tpdu
 from protocols.message import Message
 from protocols.translate import Fallback
 
@@ -90,8 +91,11 @@ class IssuerServer:
         postings_file: Path | None = None,
         allowed_clients: tuple[str, ...] = (),
         codec: Codec | None = None,
+        framing: Framing = BINARY2,
     ) -> None:
         self.host = host
+        self.framing = framing
+        """The link's framing (``protocols.framing``): the gateway's link must use the same."""
         self.allowed_clients = allowed_clients
         """Client certificates served over TLS (CN or ``sha256:`` fingerprint, as hsm-sim's
         allow-list); empty: none (a bank's host pins its acquirer). Unused on plain TCP."""
@@ -172,6 +176,7 @@ class IssuerServer:
                     ssl_context=self.ssl_context,
                     max_size=MAX_FRAME,
                     partial_timeout=self.partial_timeout,
+                    framing=self.framing,
                 )
                 log.info("issuer_sim_started", issuer=self.host.book.issuer, port=self.port)
                 task_status.started(self.port)
@@ -212,6 +217,7 @@ class IssuerServer:
             port=self.port,
             allowed_clients=self.allowed_clients,
             codec=self.codec,
+            framing=self.framing,
         )
 
     def admit(self, peer: str, der: bytes | None) -> bool:
@@ -279,15 +285,18 @@ class IssuerServer:
                     except (*_GONE, ProtocolError, StalledFrameError, ssl.SSLError):
                         break
                     count += 1
+                    tpdu = b""
+                    if self.framing.tpdu:  # answered with its addresses swapped
+                        tpdu, frame = answer_tpdu(frame[:TPDU_SIZE]), frame[TPDU_SIZE:]
                     served = self.serve_frame(frame)
                     if served is None:
                         continue
                     answer, delay_ms = served
                     if answer is not None:
                         if delay_ms:
-                            tg.start_soon(self._answer_later, framed, answer, delay_ms)
+                            tg.start_soon(self._answer_later, framed, answer, delay_ms, tpdu)
                         else:
-                            await framed.send_frame(self.encode(answer))
+                            await framed.send_frame(tpdu + self.encode(answer))
                     disconnect_after = self.faults.disconnect_after
                     if disconnect_after and count >= disconnect_after:
                         log.info("issuer_sim_disconnect", after=count)
@@ -302,11 +311,11 @@ class IssuerServer:
                 await framed.aclose()
 
     async def _answer_later(
-        self, framed: fastio.FrameChannel, answer: Message, delay_ms: float
+        self, framed: fastio.FrameChannel, answer: Message, delay_ms: float, tpdu: bytes = b""
     ) -> None:
         await anyio.sleep(delay_ms / 1000)
         with contextlib.suppress(*_GONE):
-            await framed.send_frame(self.encode(answer))
+            await framed.send_frame(tpdu + self.encode(answer))
 
 
 def _channel_client(framed: fastio.FrameChannel) -> tuple[str, bytes | None]:

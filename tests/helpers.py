@@ -40,6 +40,7 @@ from kit.linkdialect import TranslationConfig, link_codec
 from loadtest.terminal_client import build_request
 from protocols.codec import Codec
 from protocols.dialects import get_dialect
+from protocols.framing import get_framing
 from protocols.message import Message
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -229,6 +230,7 @@ def issuer_server(
     issuer: str,
     dataset: Dataset,
     pki_dir: Path,
+    framing: str = "binary2",
     *,
     dialect: str = "terminal",
     header: str = "",
@@ -250,7 +252,13 @@ def issuer_server(
     )
     if security is not None:
         security.codec = codec
-    return IssuerServer(host, ctx, allowed_clients=(LINK_CLIENT,), codec=codec)
+    return IssuerServer(
+        host,
+        ctx,
+        allowed_clients=(LINK_CLIENT,),
+        codec=codec,
+        framing=get_framing(framing),
+    )
 
 
 @asynccontextmanager
@@ -272,6 +280,7 @@ async def running_stack(
     dialects: dict[str, str] | None = None,
     headers: dict[str, str] | None = None,
     issuer_translations: dict[str, TranslationConfig] | None = None,
+    framings: dict[str, str] | None = None,
     **gateway_options: Any,
 ) -> AsyncIterator[Stack]:
     """Gateway + the three issuer simulators on 127.0.0.1; ``risk`` is relative to conf/demo
@@ -280,9 +289,11 @@ async def running_stack(
     ``journal`` names a journal TOML (absolute, or relative to conf/demo; empty: none);
     ``replicas`` adds endpoints per issuer (simulators sharing the issuer's books);
     ``terminal_options`` overrides ``[terminal]`` settings (ports 0, partial frames 0.5 s);
+    ``framings`` names an issuer link's framing (both ends; default binary2);
     ``dialects`` sets an issuer's link dialect on both ends (default: the terminal dialect),
     ``headers`` its static link header,
     ``issuer_translations`` an issuer simulator's own translation overrides."""
+    framings = framings or {}
     dataset = dataset or demo_dataset()
     async with anyio.create_task_group() as tg:
         hsm_sim = None
@@ -296,6 +307,7 @@ async def running_stack(
                 issuer,
                 dataset,
                 pki_dir,
+                framings.get(issuer, "binary2"),
                 dialect=(dialects or {}).get(issuer, "terminal"),
                 header=(headers or {}).get(issuer, ""),
                 translation=(issuer_translations or {}).get(issuer),
@@ -309,6 +321,7 @@ async def running_stack(
                     first.ssl_context,
                     allowed_clients=first.allowed_clients,
                     codec=first.codec,
+                    framing=first.framing,
                 )
                 await tg.start(replica.run)
                 extra[issuer].append(replica)
@@ -337,6 +350,7 @@ async def running_stack(
                     backoff_max=0.2,
                     dialect=(dialects or {}).get(i, "terminal"),
                     header=(headers or {}).get(i, ""),
+                    framing=framings.get(i, "binary2"),
                 )
                 for i in ISSUERS
             ),

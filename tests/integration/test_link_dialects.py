@@ -238,3 +238,21 @@ async def test_qr_payments_reach_a_1993_host_and_come_back_canonical(pki_dir: Pa
     assert [m.mti for m in sent] == ["1200", "1200"]
     assert all(m["22"][6] == "3" and m["24"] == "200" for m in sent)
     assert all(msg["22"] == "031" for _, msg in tap if msg.mti == "0200")
+
+
+@pytest.mark.parametrize("framing", ["ascii4", "binary2-tpdu"])
+async def test_a_1993_link_in_another_framing(pki_dir: Path, framing: str) -> None:
+    """Framing and dialect are independent per link: gamma in iso93-bcd inside a 4-digit ASCII
+    length or a UnionPay TPDU, a purchase and its reversal approved and mapped back."""
+    pan = CARDS["gamma"][0]
+    async with running_stack(
+        pki_dir, dialects={"gamma": "iso93-bcd"}, framings={"gamma": framing}
+    ) as stack:
+        before = stack.account_balance("gamma", pan)
+        tap = wiretap(stack.issuers["gamma"])
+        async with terminal(stack.port) as term:
+            req = purchase(pan, 300, terminal_id=TERMINAL.id, merchant=TERMINAL.merchant)
+            assert (await term.exchange(req))["39"] == "00"
+            assert (await term.exchange(reversal_of(req)))["39"] == "00"
+        assert stack.account_balance("gamma", pan) == before
+    assert [frame[:2].hex() for frame, _ in tap] == ["1200", "1420"]

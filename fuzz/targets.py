@@ -9,6 +9,7 @@ comes back unchanged through encode then decode.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
@@ -20,9 +21,10 @@ from protocols.codec import Codec, MessageFormatError, UndecodableError
 from protocols.crc import crc16_hex
 from protocols.dialects import DIALECTS
 from protocols.errors import FramingError, ProtocolError
-from protocols.fastcodec import FastCodec
+from protocols.fastcodec import FastCodec, best_codec
 from protocols.framing import ASCII4, FRAMINGS, TPDU_SIZE, Framing
 from protocols.message import Message
+from protocols.translate import LinkCodec, Translator
 from protocols.validate import check_request, parse_field48
 
 Check = Callable[[bytes], None]
@@ -59,6 +61,25 @@ def iso8583(dialect: str) -> Check:
             assert exact.decode(exact.encode(msg)) == msg
 
     return check
+
+
+def translated(dialect: str) -> Check:
+    """An issuer link translating ``dialect`` (1993) to the canonical form: bad bytes raise
+    only ProtocolError, and what decodes goes back onto the link (a host's answer echoes it)."""
+    codec = LinkCodec(best_codec(DIALECTS[dialect]), Translator(), clock=_fixed_now)
+
+    def check(data: bytes) -> None:
+        try:
+            msg = codec.decode(data)
+        except ProtocolError:
+            return
+        codec.decode(codec.encode(msg))
+
+    return check
+
+
+def _fixed_now() -> dt.datetime:
+    return dt.datetime(2026, 12, 7, 12, 0, tzinfo=dt.UTC)
 
 
 def framing(data: bytes) -> None:
@@ -184,6 +205,7 @@ def qr_api_body(data: bytes) -> None:
 
 TARGETS: dict[str, Check] = {
     **{f"iso8583-{name}": iso8583(name) for name in sorted(DIALECTS) if name != "terminal"},
+    "translate-iso93-bcd": translated("iso93-bcd"),
     "framing": framing,
     "emv-tlv": emv_tlv,
     "qr-mpm": qr_mpm_payload,

@@ -57,11 +57,13 @@ from kit.admission import Admission
 from kit.conf import ConfigError
 from kit.dataset import Dataset, load_dataset
 from kit.keys import load_keys
+from kit.linkdialect import link_codec
 from kit.logs import get_logger
 from protocols.dialects import get_dialect
 from protocols.fastcodec import best_codec
 from protocols.framing import get_framing
 from protocols.message import Message
+from protocols.translate import Fallback
 
 log = get_logger("gateway.app")
 
@@ -94,7 +96,13 @@ class Gateway:
                 client_ctx[link.client_cert] = pki.client_context(self.pki_dir, link.client_cert)
             self.pools[link.issuer] = IssuerPool(
                 link,
-                best_codec(get_dialect(link.dialect)),
+                link_codec(
+                    link.dialect,
+                    header=link.header,
+                    translation=link.translation,
+                    clock=utcnow,
+                    on_fallback=self._translation_fallback(link.issuer),
+                ),
                 client_ctx[link.client_cert],
                 clock=utcnow,
                 on_unmatched=self._on_unmatched,
@@ -254,6 +262,24 @@ class Gateway:
         if cfg.hsm.tls:
             names.add(cfg.hsm.client_cert)
         return sorted(names)
+
+    def _translation_fallback(self, issuer: str) -> Callable[[Fallback], None]:
+        """Log and count a code the link's translation table lacks (protocols.translate):
+        the fallback is explicit, never a silent pass-through or approval."""
+        counter = self.metrics.translation_fallbacks
+
+        def report(fb: Fallback) -> None:
+            counter.labels(issuer, fb.direction, fb.field, fb.code).inc()
+            log.warning(
+                "link_translation_fallback",
+                issuer=issuer,
+                direction=fb.direction,
+                field=fb.field,
+                code=fb.code,
+                used=fb.used,
+            )
+
+        return report
 
     def _on_unmatched(self, issuer: str, msg: Message) -> None:
         self.metrics.late_responses.labels(issuer).inc()

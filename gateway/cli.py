@@ -82,7 +82,11 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from gateway.risk import load_config as load_risk_config
     from kit.keys import load_keys
 
-    parts = [f"{len(cfg.links)} issuer links", f"{len(data.terminals)} terminals"]
+    dialects = ", ".join(f"{link.issuer} {link.dialect}" for link in cfg.links)
+    parts = [
+        f"{len(cfg.links)} issuer links" + (f" ({dialects})" if dialects else ""),
+        f"{len(data.terminals)} terminals",
+    ]
     load_keys(data)
     risk: RiskConfig | None = None
     if cfg.risk:

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 from pydantic.dataclasses import dataclass
 
 from kit.conf import FROZEN, ConfigError, load
+from kit.linkdialect import TranslationConfig, check_link_dialect
 from protocols.currency import is_payment_currency
 from protocols.framing import FRAMINGS
 
@@ -255,6 +256,15 @@ class LinkConfig:
     """First reconnect delay, seconds; doubles up to backoff_max."""
     backoff_max: float = 5.0
     dialect: str = "terminal"
+    """ISO 8583 dialect the issuer's host speaks (``protocols.dialects.DIALECTS``): the
+    terminal one by default; a 1993 dialect (``iso93-ascii``, ``iso93-bcd``) is translated
+    from and to the canonical form at this link (``protocols.translate``)."""
+    header: str = ""
+    """Static header (printable ASCII) sent before every message to this host; as many bytes
+    are taken off every message from it. Empty: none."""
+    translation: TranslationConfig | None = None
+    """Overrides of the translation table (1993 dialects only): ``fallback``,
+    ``response_codes``, ``mti``."""
     framing: str = "binary2"
     """Framing toward this issuer: ``binary2`` (SPEC), ``ascii4`` or ``binary2-tpdu``; the
     issuer's host must use the same (issuer-sim: its ``framing``)."""
@@ -267,6 +277,21 @@ class LinkConfig:
     """Our certificate name in the PKI directory (mutual TLS)."""
 
     _framing = field_validator("framing")(known_framing)
+
+    @field_validator("dialect")
+    @classmethod
+    def _known_dialect(cls, dialect: str) -> str:
+        check_link_dialect(dialect, "", None)
+        return dialect
+
+    @field_validator("header")
+    @classmethod
+    def _printable_header(cls, header: str) -> str:
+        check_link_dialect("terminal", header, None)
+        return header
+
+    def __post_init__(self) -> None:
+        check_link_dialect(self.dialect, self.header, self.translation)
 
 
 @dataclass(config=FROZEN)

@@ -141,6 +141,13 @@ class Metrics:
             ["issuer", "kind"],
             registry=r,
         )
+        self.translation_fallbacks = Counter(
+            "switch_translation_fallbacks",
+            "Codes an issuer link's translation table lacks, replaced by the fallback"
+            " (direction from_link/to_link; field 39, 22, ...; code as received or 'dropped')",
+            ["issuer", "direction", "field", "code"],
+            registry=r,
+        )
         self.late_responses = Counter(
             "switch_issuer_late_responses",
             "Issuer answers after the timeout",

@@ -6,6 +6,7 @@ from pydantic import Field, field_validator
 from pydantic.dataclasses import dataclass
 
 from kit.conf import FROZEN
+from kit.linkdialect import TranslationConfig, check_link_dialect
 from protocols.framing import FRAMINGS
 
 
@@ -31,6 +32,15 @@ class IssuerEndpoint:
     port: int = 9583
     faults: Faults | None = None
     """Overrides the file-wide faults for this issuer."""
+    dialect: str = "terminal"
+    """ISO 8583 dialect this host speaks (``protocols.dialects.DIALECTS``); a 1993 one is
+    translated at the host's edge (``protocols.translate``): the host logic stays canonical
+    and answers 1993 requests with 1993 MTIs and action codes. The switch's link to this
+    host must name the same dialect."""
+    header: str = ""
+    """Static header before every message, as the switch's link has it."""
+    translation: TranslationConfig | None = None
+    """Overrides of the translation table (1993 dialects only), as the switch's link."""
     framing: str = "binary2"
     """The link's framing: ``binary2`` (SPEC), ``ascii4`` or ``binary2-tpdu`` (answers carry
     the request's TPDU, addresses swapped); the gateway's ``[[links]] framing`` must match."""
@@ -55,6 +65,15 @@ class IssuerEndpoint:
                 " fingerprint), e.g. the gateway link's client_cert"
             )
         return names
+
+    @field_validator("dialect")
+    @classmethod
+    def _known_dialect(cls, dialect: str) -> str:
+        check_link_dialect(dialect, "", None)
+        return dialect
+
+    def __post_init__(self) -> None:
+        check_link_dialect(self.dialect, self.header, self.translation)
 
 
 @dataclass(config=FROZEN)

@@ -9,6 +9,7 @@ import gc
 import random
 import signal
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,11 +26,13 @@ from kit import fastio
 from kit.framed import FramedStream, StalledFrameError
 from kit.logs import PeerWarnings, get_logger
 from kit.pki import certificate_identity, client_allowed
+from protocols.codec import Codec
 from protocols.dialects import get_dialect
 from protocols.errors import ProtocolError
 from protocols.fastcodec import best_codec
 from protocols.framing import BINARY2, TPDU_SIZE, Framing, answer_tpdu
 from protocols.message import Message
+from protocols.translate import Fallback
 
 log = get_logger("issuer_sim")
 
@@ -46,6 +49,22 @@ class LiveFaults:
     disconnect_after: int = 0
     apply_to_network: bool = False
     bad_mac_ratio: float = 0.0
+
+
+def fallback_logger(issuer: str) -> Callable[[Fallback], None]:
+    """Log a code the host's translation table lacks (protocols.translate)."""
+
+    def report(fb: Fallback) -> None:
+        log.warning(
+            "issuer_sim_translation_fallback",
+            issuer=issuer,
+            direction=fb.direction,
+            field=fb.field,
+            code=fb.code,
+            used=fb.used,
+        )
+
+    return report
 
 
 def corrupt_mac(answer: Message) -> Message:
@@ -71,6 +90,7 @@ class IssuerServer:
         port: int = 0,
         postings_file: Path | None = None,
         allowed_clients: tuple[str, ...] = (),
+        codec: Codec | None = None,
         framing: Framing = BINARY2,
     ) -> None:
         self.host = host
@@ -85,7 +105,8 @@ class IssuerServer:
         self.faults = faults or LiveFaults()
         self.bind = bind
         self.port = port
-        self.codec = best_codec(get_dialect("terminal"))
+        self.codec = codec or best_codec(get_dialect("terminal"))
+        """The link's codec: canonical messages for the host, its dialect on the wire."""
         self.received = 0
         self.by_mti: dict[str, int] = {}
         self.refused = 0
@@ -195,6 +216,7 @@ class IssuerServer:
             faults=self.faults,
             port=self.port,
             allowed_clients=self.allowed_clients,
+            codec=self.codec,
             framing=self.framing,
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -31,10 +32,11 @@ from issuer_sim.accounts import AccountBook
 from issuer_sim.emv import EmvAuthenticator
 from issuer_sim.host import IssuerHost
 from issuer_sim.pin import IssuerSecurity
-from issuer_sim.server import IssuerServer
+from issuer_sim.server import IssuerServer, fallback_logger
 from kit import pki
 from kit.dataset import Dataset, load_dataset
 from kit.framed import FramedStream
+from kit.linkdialect import TranslationConfig, link_codec
 from loadtest.terminal_client import build_request
 from protocols.codec import Codec
 from protocols.dialects import get_dialect
@@ -225,15 +227,38 @@ class Stack:
 
 
 def issuer_server(
-    issuer: str, dataset: Dataset, pki_dir: Path, framing: str = "binary2"
+    issuer: str,
+    dataset: Dataset,
+    pki_dir: Path,
+    framing: str = "binary2",
+    *,
+    dialect: str = "terminal",
+    header: str = "",
+    translation: TranslationConfig | None = None,
 ) -> IssuerServer:
+    """An issuer simulator as ``issuer-sim run`` builds it, speaking ``dialect``."""
     security = IssuerSecurity.from_dataset(dataset, issuer)
     book = AccountBook.from_cards(
         issuer, dataset.cards, dataset.issuer_behaviour.synthetic, security
     )
     ctx = pki.server_context(pki_dir, f"issuer-{issuer}", require_client_cert=True)
     host = IssuerHost(book, emv=EmvAuthenticator.for_issuer(dataset, issuer))
-    return IssuerServer(host, ctx, allowed_clients=(LINK_CLIENT,), framing=get_framing(framing))
+    codec = link_codec(
+        dialect,
+        header=header,
+        translation=translation,
+        clock=lambda: dt.datetime.now(dt.UTC),
+        on_fallback=fallback_logger(issuer),
+    )
+    if security is not None:
+        security.codec = codec
+    return IssuerServer(
+        host,
+        ctx,
+        allowed_clients=(LINK_CLIENT,),
+        codec=codec,
+        framing=get_framing(framing),
+    )
 
 
 @asynccontextmanager
@@ -252,6 +277,9 @@ async def running_stack(
     connections: int = 2,
     qr_api: QrApiConfig | None = None,
     terminal_options: dict[str, Any] | None = None,
+    dialects: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+    issuer_translations: dict[str, TranslationConfig] | None = None,
     framings: dict[str, str] | None = None,
     **gateway_options: Any,
 ) -> AsyncIterator[Stack]:
@@ -261,7 +289,10 @@ async def running_stack(
     ``journal`` names a journal TOML (absolute, or relative to conf/demo; empty: none);
     ``replicas`` adds endpoints per issuer (simulators sharing the issuer's books);
     ``terminal_options`` overrides ``[terminal]`` settings (ports 0, partial frames 0.5 s);
-    ``framings`` names an issuer link's framing (both ends; default binary2)."""
+    ``framings`` names an issuer link's framing (both ends; default binary2);
+    ``dialects`` sets an issuer's link dialect on both ends (default: the terminal dialect),
+    ``headers`` its static link header,
+    ``issuer_translations`` an issuer simulator's own translation overrides."""
     framings = framings or {}
     dataset = dataset or demo_dataset()
     async with anyio.create_task_group() as tg:
@@ -273,7 +304,13 @@ async def running_stack(
         extra: dict[str, list[IssuerServer]] = {}
         for issuer in ISSUERS:
             servers[issuer] = issuer_server(
-                issuer, dataset, pki_dir, framings.get(issuer, "binary2")
+                issuer,
+                dataset,
+                pki_dir,
+                framings.get(issuer, "binary2"),
+                dialect=(dialects or {}).get(issuer, "terminal"),
+                header=(headers or {}).get(issuer, ""),
+                translation=(issuer_translations or {}).get(issuer),
             )
             await tg.start(servers[issuer].run)
             extra[issuer] = []
@@ -283,6 +320,7 @@ async def running_stack(
                     first.host,
                     first.ssl_context,
                     allowed_clients=first.allowed_clients,
+                    codec=first.codec,
                     framing=first.framing,
                 )
                 await tg.start(replica.run)
@@ -310,6 +348,8 @@ async def running_stack(
                     timeout=link_timeout,
                     backoff_initial=0.05,
                     backoff_max=0.2,
+                    dialect=(dialects or {}).get(i, "terminal"),
+                    header=(headers or {}).get(i, ""),
                     framing=framings.get(i, "binary2"),
                 )
                 for i in ISSUERS

@@ -59,6 +59,9 @@ def build_server(cfg: IssuerSimConfig, base: Path, issuer: str, port: int | None
         allowed_clients=ep.allowed_clients,
         codec=codec,
         framing=get_framing(ep.framing),
+        alternate=link_codec(ep.also_accept, clock=lambda: dt.datetime.now(dt.UTC))
+        if ep.also_accept
+        else None,
     )
 
 

@@ -6,7 +6,7 @@ from pydantic import Field, field_validator
 from pydantic.dataclasses import dataclass
 
 from kit.conf import FROZEN
-from kit.linkdialect import TranslationConfig, check_link_dialect
+from kit.linkdialect import TranslationConfig, check_link_dialect, mti_is_ascii
 from protocols.framing import FRAMINGS
 
 
@@ -41,6 +41,12 @@ class IssuerEndpoint:
     """Static header before every message, as the switch's link has it."""
     translation: TranslationConfig | None = None
     """Overrides of the translation table (1993 dialects only), as the switch's link."""
+    also_accept: str = ""
+    """A second dialect answered on this port, chosen per connection by its first message:
+    an ASCII MTI begins with a digit byte (0x30-0x39), a BCD one with 0x00-0x09. For test
+    rigs whose other switch speaks another dialect than the demo's link (the jPOS rig's beta
+    channel speaks SPEC's ``iso87-ascii`` while the demo's beta link is ``iso87-bcd``). One
+    of the two must have an ASCII MTI and the other a BCD one; no static header."""
     framing: str = "binary2"
     """The link's framing: ``binary2`` (SPEC), ``ascii4`` or ``binary2-tpdu`` (answers carry
     the request's TPDU, addresses swapped); the gateway's ``[[links]] framing`` must match."""
@@ -74,6 +80,16 @@ class IssuerEndpoint:
 
     def __post_init__(self) -> None:
         check_link_dialect(self.dialect, self.header, self.translation)
+        if self.also_accept:
+            check_link_dialect(self.also_accept, "", None)
+            if self.header:
+                raise ValueError("also_accept: not with a static header (the first byte decides)")
+            if mti_is_ascii(self.dialect) == mti_is_ascii(self.also_accept):
+                raise ValueError(
+                    f"also_accept: {self.also_accept!r} and {self.dialect!r} both have "
+                    f"{'an ASCII' if mti_is_ascii(self.dialect) else 'a BCD'} MTI: a "
+                    "connection's first byte could not tell them apart"
+                )
 
 
 @dataclass(config=FROZEN)

@@ -26,6 +26,7 @@ from typing import Protocol
 
 from kit.fastio import stream_transport, transport_peer
 from kit.logs import get_logger
+from protocols.codec import Codec
 from protocols.errors import FramingError
 from protocols.framing import BINARY2, TPDU_SIZE, Framer, Framing, answer_tpdu
 from protocols.message import Message
@@ -48,9 +49,13 @@ class Server(Protocol):
     @property
     def faults(self) -> _Faults: ...
 
-    def serve_frame(self, frame: bytes) -> tuple[Message | None, float] | None: ...
+    def codec_for(self, first: bytes) -> Codec: ...
 
-    def encode(self, answer: Message) -> bytes: ...
+    def serve_frame(
+        self, frame: bytes, codec: Codec | None = None
+    ) -> tuple[Message | None, float] | None: ...
+
+    def encode(self, answer: Message, codec: Codec | None = None) -> bytes: ...
 
     def admit(self, peer: str, der: bytes | None) -> bool: ...
 
@@ -75,6 +80,8 @@ class LinkConnection(asyncio.Protocol):
         self._encode = framing.encode
         self._framer: Framer | None = None if framing is BINARY2 else framing.framer(MAX_FRAME)
         self._tpdu = framing.tpdu
+        self._codec: Codec | None = None
+        """This connection's codec, from its first frame (the server's ``also_accept``)."""
 
     # -- asyncio callbacks --------------------------------------------------------------
 
@@ -147,7 +154,10 @@ class LinkConnection(asyncio.Protocol):
         if self._tpdu:
             tpdu, frame = answer_tpdu(frame[:TPDU_SIZE]), frame[TPDU_SIZE:]
         self._count += 1
-        served = server.serve_frame(frame)
+        codec = self._codec
+        if codec is None:
+            codec = self._codec = server.codec_for(frame)
+        served = server.serve_frame(frame, codec)
         if served is None:
             return False  # undecodable, logged
         answer, delay_ms = served
@@ -155,7 +165,7 @@ class LinkConnection(asyncio.Protocol):
             if delay_ms:
                 self._answer_later(answer, delay_ms, tpdu)
             else:
-                encoded = server.encode(answer)
+                encoded = server.encode(answer, codec)
                 out.append(self._encode(tpdu + encoded if tpdu else encoded, MAX_FRAME))
         disconnect_after = server.faults.disconnect_after
         if disconnect_after and self._count >= disconnect_after:
@@ -224,7 +234,8 @@ class LinkConnection(asyncio.Protocol):
             if self._closing or transport is None or transport.is_closing():
                 return
             try:
-                transport.write(self._encode(tpdu + self.server.encode(answer), MAX_FRAME))
+                encoded = self.server.encode(answer, self._codec)
+                transport.write(self._encode(tpdu + encoded, MAX_FRAME))
             except Exception:
                 log.exception("issuer_sim_connection_failed")
                 self.close()

@@ -92,6 +92,7 @@ class IssuerServer:
         allowed_clients: tuple[str, ...] = (),
         codec: Codec | None = None,
         framing: Framing = BINARY2,
+        alternate: Codec | None = None,
     ) -> None:
         self.host = host
         self.framing = framing
@@ -107,6 +108,10 @@ class IssuerServer:
         self.port = port
         self.codec = codec or best_codec(get_dialect("terminal"))
         """The link's codec: canonical messages for the host, its dialect on the wire."""
+        self.alternate = alternate
+        """``also_accept``'s codec: a connection whose first byte is of its MTI's kind
+        (ASCII digit or BCD) speaks it instead."""
+        self._alternate_ascii = alternate is not None and _ascii_mti(alternate)
         self.received = 0
         self.by_mti: dict[str, int] = {}
         self.refused = 0
@@ -218,6 +223,7 @@ class IssuerServer:
             allowed_clients=self.allowed_clients,
             codec=self.codec,
             framing=self.framing,
+            alternate=self.alternate,
         )
 
     def admit(self, peer: str, der: bytes | None) -> bool:
@@ -240,13 +246,23 @@ class IssuerServer:
         )
         return False
 
-    def serve_frame(self, frame: bytes) -> tuple[Message | None, float] | None:
+    def codec_for(self, first: bytes) -> Codec:
+        """The codec of a connection, from its first frame (``also_accept``)."""
+        alternate = self.alternate
+        if alternate is None or not first:
+            return self.codec
+        ascii_first = 0x30 <= first[0] <= 0x39
+        return alternate if ascii_first == self._alternate_ascii else self.codec
+
+    def serve_frame(
+        self, frame: bytes, codec: Codec | None = None
+    ) -> tuple[Message | None, float] | None:
         """Decode and answer one request: ``None`` when it cannot be decoded (logged), else
         the answer (``None`` when the drop fault loses it) and the delay before sending it
         (latency fault, ms; 0: now)."""
         faults = self.faults
         try:
-            msg = self.codec.decode(frame)
+            msg = (codec or self.codec).decode(frame)
         except ProtocolError as exc:
             log.warning("issuer_sim_bad_message", reason=str(exc))
             return None
@@ -263,18 +279,20 @@ class IssuerServer:
             return answer, faults.latency_ms
         return answer, 0.0
 
-    def encode(self, answer: Message) -> bytes:
+    def encode(self, answer: Message, codec: Codec | None = None) -> bytes:
+        codec = codec or self.codec
         # A MACed answer was encoded when it was sealed: reuse those bytes.
         security = self.host.book.security
-        if security is not None and security.codec.spec is self.codec.spec:
+        if security is not None and security.codec.spec is codec.spec:
             frame = security.take_encoded(answer)
             if frame is not None:
                 return frame
-        return self.codec.encode(answer)
+        return codec.encode(answer)
 
     async def _connection(self, framed: fastio.FrameChannel) -> None:
         """Trio: one connection over the frame channel (asyncio: LinkConnection)."""
         count = 0
+        codec: Codec | None = None
         try:
             if not self.admit(*_channel_client(framed)):
                 return
@@ -288,15 +306,17 @@ class IssuerServer:
                     tpdu = b""
                     if self.framing.tpdu:  # answered with its addresses swapped
                         tpdu, frame = answer_tpdu(frame[:TPDU_SIZE]), frame[TPDU_SIZE:]
-                    served = self.serve_frame(frame)
+                    if codec is None:
+                        codec = self.codec_for(frame)
+                    served = self.serve_frame(frame, codec)
                     if served is None:
                         continue
                     answer, delay_ms = served
                     if answer is not None:
                         if delay_ms:
-                            tg.start_soon(self._answer_later, framed, answer, delay_ms, tpdu)
+                            tg.start_soon(self._answer_later, framed, answer, delay_ms, tpdu, codec)
                         else:
-                            await framed.send_frame(tpdu + self.encode(answer))
+                            await framed.send_frame(tpdu + self.encode(answer, codec))
                     disconnect_after = self.faults.disconnect_after
                     if disconnect_after and count >= disconnect_after:
                         log.info("issuer_sim_disconnect", after=count)
@@ -311,11 +331,20 @@ class IssuerServer:
                 await framed.aclose()
 
     async def _answer_later(
-        self, framed: fastio.FrameChannel, answer: Message, delay_ms: float, tpdu: bytes = b""
+        self,
+        framed: fastio.FrameChannel,
+        answer: Message,
+        delay_ms: float,
+        tpdu: bytes = b"",
+        codec: Codec | None = None,
     ) -> None:
         await anyio.sleep(delay_ms / 1000)
         with contextlib.suppress(*_GONE):
-            await framed.send_frame(tpdu + self.encode(answer))
+            await framed.send_frame(tpdu + self.encode(answer, codec))
+
+
+def _ascii_mti(codec: Codec) -> bool:
+    return str(codec.spec["t"]["data_enc"]) == "ascii"
 
 
 def _channel_client(framed: fastio.FrameChannel) -> tuple[str, bytes | None]:

@@ -70,6 +70,12 @@ def table_for(translation: TranslationConfig | None) -> Table:
         raise ValueError(f"translation.{exc}") from None
 
 
+def mti_is_ascii(dialect: str) -> bool:
+    """Whether ``dialect`` sends its MTI as ASCII digits (else BCD): what tells two dialects
+    apart from a connection's first byte."""
+    return str(get_dialect(dialect)["t"]["data_enc"]) == "ascii"
+
+
 def link_codec(
     dialect: str,
     *,

@@ -54,9 +54,9 @@ def wiretap(server: IssuerServer) -> list[tuple[bytes, Message]]:
     serve = server.serve_frame
     decode = server.codec.decode
 
-    def tapped(frame: bytes):  # type: ignore[no-untyped-def]
+    def tapped(frame: bytes, codec: object = None):  # type: ignore[no-untyped-def]
         seen.append((frame, decode(frame)))
-        return serve(frame)
+        return serve(frame, codec)  # type: ignore[arg-type]
 
     server.serve_frame = tapped  # type: ignore[method-assign]
     return seen

@@ -76,6 +76,8 @@ class PostgresJournal(JournalBase):
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self.config.schema)
                 for statement in self._sql.ddl():
                     await conn.execute(statement)
+                for table, column in self._sql.ADDED_COLUMNS:
+                    await conn.execute(self._sql.add_column(table, column))
                 await conn.executemany(self._sql.init_state, self._genesis_state())
             self._pool = await asyncpg.create_pool(
                 self.config.dsn, min_size=1, max_size=self.config.pool_size

@@ -23,7 +23,7 @@ D = dt.date
 
 
 def utc(*args: int) -> dt.datetime:
-    return dt.datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+    return dt.datetime(*args, tzinfo=UTC)  # type: ignore[misc,arg-type]
 
 
 def test_an_evening_cutover_in_shanghai_moves_the_date_at_23_00_local() -> None:

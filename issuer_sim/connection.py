@@ -144,6 +144,14 @@ class LinkConnection(asyncio.Protocol):
 
     # -- ours ---------------------------------------------------------------------------
 
+    def send(self, payload: bytes) -> bool:
+        """A message of our own (the host's 0800) to the acquirer; False if closed."""
+        transport = self._transport
+        if self._closing or transport is None or transport.is_closing():
+            return False
+        transport.write(encode_frame(payload, MAX_FRAME))
+        return True
+
     def close(self) -> None:
         self._closing = True
         self._cancel_timers()

@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import datetime as dt
 import gc
+import itertools
 import random
 import signal
 import ssl
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from protocols.dialects import get_dialect
 from protocols.errors import ProtocolError
 from protocols.fastcodec import best_codec
 from protocols.message import Message
+from protocols.mti import is_request
 
 log = get_logger("issuer_sim")
 
@@ -70,8 +73,11 @@ class IssuerServer:
         port: int = 0,
         postings_file: Path | None = None,
         allowed_clients: tuple[str, ...] = (),
+        cutover_signal: bool = False,
     ) -> None:
         self.host = host
+        self.cutover_signal = cutover_signal
+        """``SIGUSR2`` sends a cutover (``send_cutover``, field 15 today's UTC date)."""
         self.allowed_clients = allowed_clients
         """Client certificates served over TLS (CN or ``sha256:`` fingerprint, as hsm-sim's
         allow-list); empty: none (a bank's host pins its acquirer). Unused on plain TCP."""
@@ -91,16 +97,32 @@ class IssuerServer:
         """A partial frame waiting longer than this (s) for its next bytes closes the link."""
         self.live: set[LinkConnection] = set()
         """Open connections on asyncio (closed when the server stops)."""
+        self.channels: set[fastio.FrameChannel] = set()
+        """Open connections on trio (for messages of our own)."""
+        self.answers_received: deque[Message] = deque(maxlen=1000)
+        """Answers the acquirer sent to our own requests (the 0810 to our cutover)."""
+        self._stan = itertools.count(1)
         self._scope: anyio.CancelScope | None = None
 
     async def run(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
-        if self.postings_file is None:
+        if self.postings_file is None and not self.cutover_signal:
             await self._serve(task_status=task_status)
             return
         async with anyio.create_task_group() as tg:
-            await tg.start(self._export_on_signal, self.postings_file)
+            if self.postings_file is not None:
+                await tg.start(self._export_on_signal, self.postings_file)
+            if self.cutover_signal:
+                await tg.start(self._cutover_on_signal)
             await self._serve(task_status=task_status)
             tg.cancel_scope.cancel()
+
+    async def _cutover_on_signal(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        with anyio.open_signal_receiver(signal.SIGUSR2) as signals:
+            task_status.started()
+            async for _ in signals:
+                await self.send_cutover(dt.datetime.now(dt.UTC).date())
 
     async def _export_on_signal(
         self, path: Path, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -212,6 +234,24 @@ class IssuerServer:
         )
         return False
 
+    async def send_cutover(self, business_date: dt.date | None = None) -> int:
+        """Tell the acquirer our business day moved on: 0800/201 (field 15 = the new date,
+        MMDD, when given) on every open connection; how many it went out on. The answers
+        land in ``answers_received``."""
+        now = dt.datetime.now(dt.UTC)
+        fields = {"7": now.strftime("%m%d%H%M%S"), "11": f"{next(self._stan) % 1_000_000:06d}"}
+        fields["70"] = "201"
+        if business_date is not None:
+            fields["15"] = f"{business_date.month:02d}{business_date.day:02d}"
+        payload = self.codec.encode(Message("0800", fields))
+        sent = sum(conn.send(payload) for conn in list(self.live))
+        for channel in list(self.channels):
+            with contextlib.suppress(*_GONE):
+                await channel.send_frame(payload)
+                sent += 1
+        log.info("issuer_sim_cutover_sent", issuer=self.host.book.issuer, connections=sent)
+        return sent
+
     def serve_frame(self, frame: bytes) -> tuple[Message | None, float] | None:
         """Decode and answer one request: ``None`` when it cannot be decoded (logged), else
         the answer (``None`` when the drop fault loses it) and the delay before sending it
@@ -225,6 +265,10 @@ class IssuerServer:
         self.received += 1
         by_mti = self.by_mti
         by_mti[msg.mti] = by_mti.get(msg.mti, 0) + 1
+        if not is_request(msg.mti):
+            # The answer to a request of ours (an 0810): kept, never answered.
+            self.answers_received.append(msg)
+            return None
         answer = self.host.handle(msg, dt.datetime.now(dt.UTC))
         faulty = msg.mti != "0800" or faults.apply_to_network
         if faulty and faults.drop_ratio and random.random() < faults.drop_ratio:
@@ -250,6 +294,7 @@ class IssuerServer:
         try:
             if not self.admit(*_channel_client(framed)):
                 return
+            self.channels.add(framed)
             async with anyio.create_task_group() as tg:
                 while True:
                     try:
@@ -276,6 +321,7 @@ class IssuerServer:
         except Exception:
             log.exception("issuer_sim_connection_failed")
         finally:
+            self.channels.discard(framed)
             with anyio.CancelScope(shield=True):
                 await framed.aclose()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -24,6 +25,7 @@ from gateway.config import (
     StandInConfig,
     TerminalConfig,
 )
+from gateway.flow.switch import utcnow
 from hsm_sim.config import HsmConfig as HsmServerConfig
 from hsm_sim.config import TlsConfig as HsmTlsConfig
 from hsm_sim.server import HsmServer
@@ -189,7 +191,7 @@ class Stack:
         """A new gateway instance with the same config (same journal file): a restart, or
         with ``node`` another node on the same journal."""
         cfg = self.gateway.cfg if node is None else dataclasses.replace(self.gateway.cfg, node=node)
-        self.gateway = Gateway(cfg, DEMO_CONF, self.gateway.dataset)
+        self.gateway = Gateway(cfg, DEMO_CONF, self.gateway.dataset, clock=self.gateway.clock)
         self.gateway_scope = await self.task_group.start(_run_gateway, self.gateway)
         if wait_ready:
             with anyio.fail_after(10):
@@ -249,6 +251,8 @@ async def running_stack(
     connections: int = 2,
     qr_api: QrApiConfig | None = None,
     terminal_options: dict[str, Any] | None = None,
+    link_options: dict[str, dict[str, Any]] | None = None,
+    clock: Callable[[], dt.datetime] = utcnow,
     **gateway_options: Any,
 ) -> AsyncIterator[Stack]:
     """Gateway + the three issuer simulators on 127.0.0.1; ``risk`` is relative to conf/demo
@@ -256,7 +260,8 @@ async def running_stack(
     in the dataset) an HSM simulator runs in-process on a free port for the gateway.
     ``journal`` names a journal TOML (absolute, or relative to conf/demo; empty: none);
     ``replicas`` adds endpoints per issuer (simulators sharing the issuer's books);
-    ``terminal_options`` overrides ``[terminal]`` settings (ports 0, partial frames 0.5 s)."""
+    ``terminal_options`` overrides ``[terminal]`` settings (ports 0, partial frames 0.5 s);
+    ``link_options`` more ``[[links]]`` settings per issuer; ``clock`` the gateway's."""
     dataset = dataset or demo_dataset()
     async with anyio.create_task_group() as tg:
         hsm_sim = None
@@ -299,6 +304,7 @@ async def running_stack(
                     timeout=link_timeout,
                     backoff_initial=0.05,
                     backoff_max=0.2,
+                    **(link_options or {}).get(i, {}),
                 )
                 for i in ISSUERS
             ),
@@ -312,7 +318,7 @@ async def running_stack(
             standin=standin or StandInConfig(),
             **gateway_options,
         )
-        gateway = Gateway(cfg, DEMO_CONF, dataset)
+        gateway = Gateway(cfg, DEMO_CONF, dataset, clock=clock)
         scope = await tg.start(_run_gateway, gateway)
         with anyio.fail_after(10):
             await gateway.wait_ready()

@@ -205,7 +205,7 @@ class QueryIssuer(BaseParticipant):
             fields["18"] = ctx.merchant.mcc
         if ctx.pin_block is not None:
             fields["52"] = ctx.pin_block
-        if pool.cfg.send_settlement_date and ctx.business_date is not None:
+        if ctx.business_date is not None and pool.cfg.send_settlement_date:
             fields["15"] = settlement_mmdd(ctx.business_date)
         original = ctx.original
         if original is not None and original.issuer_stan:

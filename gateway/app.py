@@ -305,8 +305,14 @@ class Gateway:
         return self.risk.recent_alerts(limit) if self.risk is not None else []
 
     def status(self) -> dict[str, Any]:
+        start, end, business_date = self.calendar.span(self.clock())
         return {
             "ready": self.ready,
+            "business_day": {
+                "date": business_date.isoformat(),
+                "started": start.isoformat(),
+                "next_cutover": end.isoformat(),
+            },
             "links": [p.status() for p in self.pools.values()],
             "recent_transactions": len(self.recent),
             "hsm": self._hsm_status(),

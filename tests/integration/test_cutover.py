@@ -92,7 +92,8 @@ async def test_transactions_on_both_sides_of_the_cutover_land_in_their_business_
         # Before the cutover (22:59:30 in Shanghai).
         for name, pan, amount in [("a1", ALPHA, 100), ("a2", ALPHA, 200)]:
             answers[name] = await term.exchange(purchase(pan, amount, stan=None))
-        assert gateway.calendar.business_date(clock()) == DEC7
+        assert gateway.status()["business_day"]["date"] == "2026-12-07"
+        assert gateway.status()["business_day"]["next_cutover"] == CUTOVER_AT.isoformat()
 
         # Received before the cutover, answered after it.
         stack.issuers["beta"].faults.latency_ms = 1500
@@ -115,6 +116,7 @@ async def test_transactions_on_both_sides_of_the_cutover_land_in_their_business_
             DEC8,
             {"alpha": "00", "beta": "00", "gamma": "00"},
         )
+        assert gateway.status()["business_day"]["date"] == "2026-12-08"
         metrics = gateway.metrics.registry
         for issuer in ("alpha", "beta", "gamma"):
             labels = {"issuer": issuer, "outcome": "ok"}

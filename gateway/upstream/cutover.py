@@ -53,9 +53,13 @@ class CutoverAnnouncer:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while True:
-            at = self.calendar.next_cutover(self.clock())
-            await self._sleep_until(at)
-            await self.announce(self.calendar.business_date(at))
+            await self._sleep_until(self.calendar.next_cutover(self.clock()))
+            # The date now (a clock stepped over several cutovers announces today's), and
+            # never one announced already (a clock stepped back crosses a cutover again).
+            day = self.calendar.business_date(self.clock())
+            if self.announced and day <= self.announced[-1][0]:
+                continue
+            await self.announce(day)
 
     async def _sleep_until(self, at: dt.datetime) -> None:
         # Polls on purpose: what it waits for is the wall clock, which no event signals.

@@ -153,3 +153,35 @@ async def test_at_the_cutover_every_link_is_told_and_each_outcome_counted() -> N
     ]  # once: the next cutover is a day later
     assert sorted(outcomes) == [("alpha", "ok"), ("beta", "refused"), ("gamma", "no_answer")]
     assert all(p.days == [dt.date(2026, 12, 8)] for p in pools.values())
+
+
+async def test_a_stepped_clock_announces_todays_date_and_never_one_twice() -> None:
+    pools = {"alpha": FakePool("alpha", "00")}
+    clock = Clock(dt.datetime(2026, 12, 7, 14, 59, 59, tzinfo=dt.UTC))
+    announcer = CutoverAnnouncer(
+        BusinessCalendar.of("23:00", "Asia/Shanghai"),
+        pools,  # type: ignore[arg-type]
+        clock=clock,
+        poll=0.01,
+    )
+
+    async def announced(count: int) -> None:
+        with anyio.fail_after(2):
+            while len(announcer.announced) < count:  # noqa: ASYNC110 - another task's state
+                await anyio.sleep(0.005)
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(announcer.run)
+        clock.at = dt.datetime(2026, 12, 7, 15, 0, 1, tzinfo=dt.UTC)
+        await announced(1)
+        # Stepped back over the cutover and forward again: the 8th was announced already.
+        clock.at = dt.datetime(2026, 12, 7, 14, 59, 59, tzinfo=dt.UTC)
+        await anyio.sleep(0.05)
+        clock.at = dt.datetime(2026, 12, 7, 15, 0, 2, tzinfo=dt.UTC)
+        await anyio.sleep(0.05)
+        assert len(announcer.announced) == 1
+        # Three days on at once (a suspended machine): the date of now, not of the next day.
+        clock.at = dt.datetime(2026, 12, 10, 16, 0, tzinfo=dt.UTC)
+        await announced(2)
+        tg.cancel_scope.cancel()
+    assert [day for day, _ in announcer.announced] == [dt.date(2026, 12, 8), dt.date(2026, 12, 11)]

@@ -4,11 +4,16 @@ before the column existed (whose chain keeps verifying)."""
 
 from __future__ import annotations
 
+import gzip
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
+import orjson
 import pytest
 
 from gateway.journal import JournalEvent, JournalValueError, SettlementTotal, TxnState
+from gateway.journal.archive import verify_archive
+from gateway.journal.config import resolve_keys
 from protocols.business_day import BusinessCalendar
 from tests.journal.conftest import Backend, answered, purchase
 
@@ -91,3 +96,37 @@ async def test_a_journal_from_before_the_column_gets_it_and_keeps_verifying(
 def test_a_business_date_is_a_date() -> None:
     with pytest.raises(JournalValueError, match="business_date"):
         purchase("x", "000001", business_date=datetime(2026, 12, 7, tzinfo=UTC))
+
+
+async def test_archives_keep_the_date_and_older_ones_without_it_still_verify(
+    backend: Backend, tmp_path: Path
+) -> None:
+    old = BEFORE - timedelta(days=2000)
+    async with backend.open() as journal:
+        await journal.append(_purchase("dated", "000001", old, 100))
+        await journal.append(purchase("undated", "000002", at=old))
+        await journal.append(_purchase("live", "000003", AFTER, 100))
+        result = await journal.archive(tmp_path / "a", now=AFTER)
+        assert result.path is not None
+        assert result.count == 2
+        path = Path(result.path)
+        keys = resolve_keys(backend.config())
+        assert verify_archive(path, keys.chain)[0].ok
+        # The same archive as written before the column: no business_date key where none.
+        stripped, dates = _without_null_dates(path, tmp_path / "stripped.jsonl.gz")
+        assert dates == ["2021-06-16", None]
+        assert verify_archive(stripped, keys.chain)[0].ok
+        restored = await journal.restore(result.path)
+        assert restored.count == 2
+        dated = await journal.get("dated")
+        assert dated is not None
+        assert dated.business_date == date(2021, 6, 16)
+
+
+def _without_null_dates(path: Path, out: Path) -> tuple[Path, list[object]]:
+    """``path`` rewritten to ``out`` without the ``business_date`` keys whose value is null;
+    and the dates of its rows."""
+    lines = [orjson.loads(line) for line in gzip.decompress(path.read_bytes()).splitlines()]
+    kept = [{k: v for k, v in o.items() if k != "business_date" or v is not None} for o in lines]
+    out.write_bytes(gzip.compress(b"".join(orjson.dumps(o) + b"\n" for o in kept)))
+    return out, [o.get("business_date") for o in lines if "seq" in o]

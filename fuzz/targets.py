@@ -21,7 +21,7 @@ from protocols.crc import crc16_hex
 from protocols.dialects import DIALECTS
 from protocols.errors import FramingError, ProtocolError
 from protocols.fastcodec import FastCodec
-from protocols.framing import Framer, encode_frame
+from protocols.framing import ASCII4, FRAMINGS, TPDU_SIZE, Framing
 from protocols.message import Message
 from protocols.validate import check_request, parse_field48
 
@@ -62,24 +62,27 @@ def iso8583(dialect: str) -> Check:
 
 
 def framing(data: bytes) -> None:
-    """Fed all at once or byte by byte, a stream gives the same frames and the same error."""
+    """Each framing: fed all at once or byte by byte, a stream gives the same frames and the
+    same error, and each frame encodes back to its bytes."""
+    for framing in FRAMINGS.values():
 
-    def frames(chunks: list[bytes]) -> tuple[list[bytes], bool]:
-        framer, out = Framer(max_size=256), []
-        try:
-            for chunk in chunks:
-                framer.feed(chunk)
-                while (frame := framer.next_frame()) is not None:
-                    out.append(frame)
-        except FramingError:
-            return out, True
-        return out, False
+        def frames(chunks: list[bytes], framing: Framing = framing) -> tuple[list[bytes], bool]:
+            framer, out = framing.framer(256), []
+            try:
+                for chunk in chunks:
+                    framer.feed(chunk)
+                    while (frame := framer.next_frame()) is not None:
+                        out.append(frame)
+            except FramingError:
+                return out, True
+            return out, False
 
-    whole = frames([data])
-    assert whole == frames([data[i : i + 1] for i in range(len(data))])
-    for frame in whole[0]:
-        assert 0 < len(frame) <= 256
-        assert encode_frame(frame)[2:] == frame
+        whole = frames([data])
+        assert whole == frames([data[i : i + 1] for i in range(len(data))])
+        header = 4 if framing is ASCII4 else 2
+        for frame in whole[0]:
+            assert 0 < len(frame) <= 256 + (TPDU_SIZE if framing.tpdu else 0)
+            assert framing.encode(frame, 256)[header:] == frame
 
 
 def emv_tlv(data: bytes) -> None:

@@ -6,7 +6,8 @@ import dataclasses
 import datetime as dt
 import functools
 import os
-from collections.abc import Callable
+import ssl
+from collections.abc import Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,10 @@ import anyio
 from anyio.abc import TaskStatus
 
 from gateway.config import GatewayConfig
+from gateway.edge.affinity import CardAffinity, Handler, socket_dir
 from gateway.edge.draining import DrainingSwitch
 from gateway.edge.http import Rejections, serve_asgi
-from gateway.edge.terminals import TerminalServer
+from gateway.edge.terminals import Listener, TerminalServer
 from gateway.flow.emv_check import CheckEmv
 from gateway.flow.journal_stage import (
     JournalCheckDuplicate,
@@ -60,6 +62,7 @@ from kit.keys import load_keys
 from kit.logs import get_logger
 from protocols.dialects import get_dialect
 from protocols.fastcodec import best_codec
+from protocols.framing import get_framing
 from protocols.message import Message
 
 log = get_logger("gateway.app")
@@ -72,6 +75,7 @@ class Gateway:
         base_dir: Path,
         dataset: Dataset | None = None,
         *,
+        worker: int = 0,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self.cfg = cfg
@@ -83,7 +87,7 @@ class Gateway:
         self.dataset = with_virtual_terminals(dataset or load_dataset(base_dir / cfg.data))
         self.pki_dir = (base_dir / cfg.pki_dir).resolve()
         self.metrics = Metrics()
-        self.codec = best_codec(get_dialect("terminal"))
+        self.codec = best_codec(get_dialect(cfg.terminal.dialect))
         pki.ensure_pki(self.pki_dir, self.certificate_names(cfg))
         for name in (pki.CA_NAME, *self.certificate_names(cfg)):
             expiry = pki.not_after(self.pki_dir, name).timestamp()
@@ -197,8 +201,21 @@ class Gateway:
             timeout=cfg.switch.cutover_timeout,
             on_outcome=lambda issuer, outcome: self.metrics.cutovers.labels(issuer, outcome).inc(),
         )
+        # Several workers: each card's requests run in the worker that owns it.
+        self.affinity: CardAffinity | None = None
+        front: Handler = self.switch
+        if cfg.workers > 1 and cfg.card_affinity:
+            front = self.affinity = CardAffinity(
+                self.switch,
+                index=worker,
+                workers=cfg.workers,
+                directory=socket_dir(base_dir),
+                vault=self.tokens,
+                timeout=2 * cfg.terminal.request_timeout + 1.0,
+                requests=self.metrics.affinity,
+            )
         self.terminals = TerminalServer(
-            self.switch,
+            front,
             self.codec,
             self.metrics,
             max_frame=cfg.terminal.max_frame,
@@ -210,7 +227,7 @@ class Gateway:
         qr_store, qr_cipher = store_from_config(cfg.qr_api, base_dir, self.pan_cipher)
         self.qr = QrService(
             self.dataset,
-            self.switch.handle,
+            front.handle,
             qr_cipher,
             idempotency_window=cfg.qr_api.idempotency_window,
             max_payments=cfg.qr_api.max_payments,
@@ -229,6 +246,8 @@ class Gateway:
         self._ready: anyio.Event | None = None
         self.terminal_port: int | None = None
         self.tls_port: int | None = None
+        self.listener_ports: dict[str, int] = {}
+        """Bound ports of ``[terminal] listeners``, by name."""
         self.admin_port: int | None = None
         # Admin tokens and audit file: a bad [admin] config stops the start here, before
         # anything listens (tokens_env unset, no token on a non-loopback address).
@@ -437,6 +456,8 @@ class Gateway:
                 )
             if self.risk is not None:
                 await tg.start(self.risk.run)
+            if self.affinity is not None:
+                await tg.start(self.affinity.run)
             if self.hsm is not None:
                 await tg.start(self.hsm.run)
                 tg.start_soon(self._check_hsm, self.hsm)
@@ -469,6 +490,7 @@ class Gateway:
                 "gateway_started",
                 terminal_port=self.terminal_port,
                 tls_port=self.tls_port,
+                listener_ports=self.listener_ports,
                 admin_port=self.admin_port,
                 qr_port=self.qr_port,
                 issuers=sorted(self.pools),
@@ -502,20 +524,22 @@ class Gateway:
                     handshake_timeout=cfg.tls_handshake_timeout,
                     reuse_port=reuse_port,
                 )
+                framing = get_framing(cfg.framing)
                 if cfg.port >= 0:
                     self.terminal_port = await limits(
-                        self._tcp_handler,
+                        self._handler("tcp", cfg.dialect, cfg.framing),
                         port=cfg.port,
                         ssl_context=None,
                         admission=self._admission(),
+                        framing=framing,
                     )
                 if cfg.tls_port >= 0:
-                    ctx = pki.server_context(self.pki_dir, cfg.tls_cert, require_client_cert=False)
                     self.tls_port = await limits(
-                        self._tls_handler,
+                        self._handler("tls", cfg.dialect, cfg.framing),
                         port=cfg.tls_port,
-                        ssl_context=ctx,
+                        ssl_context=self._tls_context(),
                         admission=self._admission(),
+                        framing=framing,
                     )
                 qr_cfg = self.cfg.qr_api
                 if qr_cfg.port >= 0:
@@ -531,7 +555,38 @@ class Gateway:
                         qr_cfg.host,
                         qr_cfg.port,
                     )
+                for extra in cfg.listeners:
+                    if extra.port >= 0:
+                        self.listener_ports[extra.name] = await limits(
+                            self._handler(extra.name, extra.dialect, extra.framing),
+                            port=extra.port,
+                            ssl_context=self._tls_context() if extra.tls else None,
+                            admission=self._admission(),
+                            framing=get_framing(extra.framing),
+                        )
                 task_status.started(scope)
+
+    def _tls_context(self) -> ssl.SSLContext:
+        return pki.server_context(
+            self.pki_dir, self.cfg.terminal.tls_cert, require_client_cert=False
+        )
+
+    def _handler(
+        self, name: str, dialect: str, framing: str
+    ) -> Callable[[fastio.FrameChannel], Coroutine[Any, Any, None]]:
+        """The connection handler of a terminal listener speaking ``dialect`` in ``framing``."""
+        codec = (
+            self.codec if dialect == self.cfg.terminal.dialect else best_codec(get_dialect(dialect))
+        )
+        listener = Listener(name, codec, tpdu=get_framing(framing).tpdu)
+
+        async def handle(channel: fastio.FrameChannel) -> None:
+            if self.switch.draining:
+                await channel.aclose()  # stopping: no new terminal connections
+                return
+            await self.terminals.handle_connection(channel, listener)
+
+        return handle
 
     def _admission(self) -> Admission:
         """A terminal listener's connection caps (one each: TCP, TLS)."""
@@ -562,15 +617,3 @@ class Gateway:
         """End ``run`` now (cancels everything; the journal still flushes what is queued)."""
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
-
-    async def _tcp_handler(self, channel: fastio.FrameChannel) -> None:
-        if self.switch.draining:
-            await channel.aclose()  # stopping: no new terminal connections
-            return
-        await self.terminals.handle_connection(channel, "tcp")
-
-    async def _tls_handler(self, channel: fastio.FrameChannel) -> None:
-        if self.switch.draining:
-            await channel.aclose()
-            return
-        await self.terminals.handle_connection(channel, "tls")

@@ -159,6 +159,13 @@ class Metrics:
         self.rejected = Counter(
             "switch_terminal_rejected", "Frames or connections refused", ["reason"], registry=r
         )
+        self.affinity = Counter(
+            "switch_affinity_requests",
+            "Requests by where their card's worker is (workers > 1): local, remote (handed to "
+            "the owner), served (taken from another worker), unavailable (owner unreachable: 96)",
+            ["route"],
+            registry=r,
+        )
         self.http_rejected = Counter(
             "switch_http_rejected",
             "HTTP requests refused by a limit (QR and admin APIs)",

@@ -22,6 +22,7 @@ from kit.conf import ConfigError, load
 from kit.dataset import load_dataset
 from kit.logs import configure
 from kit.runtime import default_backend, run, tune_gc
+from protocols.framing import get_framing
 
 
 def build_server(cfg: IssuerSimConfig, base: Path, issuer: str, port: int | None) -> IssuerServer:
@@ -47,6 +48,7 @@ def build_server(cfg: IssuerSimConfig, base: Path, issuer: str, port: int | None
         port=ep.port if port is None else port,
         postings_file=postings,
         allowed_clients=ep.allowed_clients,
+        framing=get_framing(ep.framing),
         cutover_signal=True,
     )
 

@@ -6,6 +6,7 @@ from pydantic import Field, field_validator
 from pydantic.dataclasses import dataclass
 
 from kit.conf import FROZEN
+from protocols.framing import FRAMINGS
 
 
 @dataclass(config=FROZEN)
@@ -30,10 +31,20 @@ class IssuerEndpoint:
     port: int = 9583
     faults: Faults | None = None
     """Overrides the file-wide faults for this issuer."""
+    framing: str = "binary2"
+    """The link's framing: ``binary2`` (SPEC), ``ascii4`` or ``binary2-tpdu`` (answers carry
+    the request's TPDU, addresses swapped); the gateway's ``[[links]] framing`` must match."""
     allowed_clients: tuple[str, ...] = Field(default=(), validate_default=True)
     """Client certificates this host serves: subject CN, or ``sha256:`` + hex fingerprint of the
     DER certificate (as hsm-sim's ``[tls] allowed_clients``). Required: a bank's host pins
     the acquirer it serves, any other certificate of the CA is refused."""
+
+    @field_validator("framing")
+    @classmethod
+    def _known_framing(cls, name: str) -> str:
+        if name not in FRAMINGS:
+            raise ValueError(f"unknown framing {name!r}; known: {', '.join(sorted(FRAMINGS))}")
+        return name
 
     @field_validator("allowed_clients")
     @classmethod

@@ -19,7 +19,7 @@ import anyio.lowlevel
 from anyio.abc import TaskStatus
 from anyio.streams.tls import TLSAttribute
 
-from issuer_sim.connection import MAX_FRAME, PARTIAL_TIMEOUT, LinkConnection
+from issuer_sim.connection import MAX_FRAME, OWN_TPDU, PARTIAL_TIMEOUT, LinkConnection
 from issuer_sim.host import IssuerHost
 from issuer_sim.linkmac import link_mac_field
 from issuer_sim.postings import Snapshot, rows_of, write_csv
@@ -30,6 +30,7 @@ from kit.pki import certificate_identity, client_allowed
 from protocols.dialects import get_dialect
 from protocols.errors import ProtocolError
 from protocols.fastcodec import best_codec
+from protocols.framing import BINARY2, TPDU_SIZE, Framing, answer_tpdu
 from protocols.message import Message
 from protocols.mti import is_request
 
@@ -73,9 +74,12 @@ class IssuerServer:
         port: int = 0,
         postings_file: Path | None = None,
         allowed_clients: tuple[str, ...] = (),
+        framing: Framing = BINARY2,
         cutover_signal: bool = False,
     ) -> None:
         self.host = host
+        self.framing = framing
+        """The link's framing (``protocols.framing``): the gateway's link must use the same."""
         self.cutover_signal = cutover_signal
         """``SIGUSR2`` sends a cutover (``send_cutover``, field 15 today's UTC date)."""
         self.allowed_clients = allowed_clients
@@ -173,6 +177,7 @@ class IssuerServer:
                     ssl_context=self.ssl_context,
                     max_size=MAX_FRAME,
                     partial_timeout=self.partial_timeout,
+                    framing=self.framing,
                 )
                 log.info("issuer_sim_started", issuer=self.host.book.issuer, port=self.port)
                 task_status.started(self.port)
@@ -212,6 +217,7 @@ class IssuerServer:
             faults=self.faults,
             port=self.port,
             allowed_clients=self.allowed_clients,
+            framing=self.framing,
         )
 
     def admit(self, peer: str, der: bytes | None) -> bool:
@@ -244,10 +250,11 @@ class IssuerServer:
         if business_date is not None:
             fields["15"] = f"{business_date.month:02d}{business_date.day:02d}"
         payload = self.codec.encode(Message("0800", fields))
+        framed_payload = OWN_TPDU + payload if self.framing.tpdu else payload
         sent = sum(conn.send(payload) for conn in list(self.live))
         for channel in list(self.channels):
             with contextlib.suppress(*_GONE):
-                await channel.send_frame(payload)
+                await channel.send_frame(framed_payload)
                 sent += 1
         log.info("issuer_sim_cutover_sent", issuer=self.host.book.issuer, connections=sent)
         return sent
@@ -302,15 +309,18 @@ class IssuerServer:
                     except (*_GONE, ProtocolError, StalledFrameError, ssl.SSLError):
                         break
                     count += 1
+                    tpdu = b""
+                    if self.framing.tpdu:  # answered with its addresses swapped
+                        tpdu, frame = answer_tpdu(frame[:TPDU_SIZE]), frame[TPDU_SIZE:]
                     served = self.serve_frame(frame)
                     if served is None:
                         continue
                     answer, delay_ms = served
                     if answer is not None:
                         if delay_ms:
-                            tg.start_soon(self._answer_later, framed, answer, delay_ms)
+                            tg.start_soon(self._answer_later, framed, answer, delay_ms, tpdu)
                         else:
-                            await framed.send_frame(self.encode(answer))
+                            await framed.send_frame(tpdu + self.encode(answer))
                     disconnect_after = self.faults.disconnect_after
                     if disconnect_after and count >= disconnect_after:
                         log.info("issuer_sim_disconnect", after=count)
@@ -326,11 +336,11 @@ class IssuerServer:
                 await framed.aclose()
 
     async def _answer_later(
-        self, framed: fastio.FrameChannel, answer: Message, delay_ms: float
+        self, framed: fastio.FrameChannel, answer: Message, delay_ms: float, tpdu: bytes = b""
     ) -> None:
         await anyio.sleep(delay_ms / 1000)
         with contextlib.suppress(*_GONE):
-            await framed.send_frame(self.encode(answer))
+            await framed.send_frame(tpdu + self.encode(answer))
 
 
 def _channel_client(framed: fastio.FrameChannel) -> tuple[str, bytes | None]:

@@ -247,7 +247,8 @@ def start_stack(
     gw_doc = materialize(conf / "gateway.toml", "gateway.config", "GatewayConfig")
     sim_doc = materialize(conf / "issuer-sim.toml", "issuer_sim.config", "IssuerSimConfig")
     wanted = list(issuers) if issuers is not None else [i["id"] for i in sim_doc["issuers"]]
-    ports: dict[int, int] = {8584: -1}  # no TLS terminal listener: the bench drives TCP
+    # No TLS or UnionPay-style (8585) terminal listener: the bench drives TCP on 8583.
+    ports: dict[int, int] = {8584: -1, 8585: -1}
     stack = Stack(pki_dir=(conf / gw_doc.get("pki_dir", "../../var/certs")).resolve())
     for demo_port in (8583, 9090, 8080, 1500):
         ports[demo_port] = free_port()

@@ -40,6 +40,7 @@ from kit.framed import FramedStream
 from loadtest.terminal_client import build_request
 from protocols.codec import Codec
 from protocols.dialects import get_dialect
+from protocols.framing import get_framing
 from protocols.message import Message
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -225,14 +226,16 @@ class Stack:
         return new
 
 
-def issuer_server(issuer: str, dataset: Dataset, pki_dir: Path) -> IssuerServer:
+def issuer_server(
+    issuer: str, dataset: Dataset, pki_dir: Path, framing: str = "binary2"
+) -> IssuerServer:
     security = IssuerSecurity.from_dataset(dataset, issuer)
     book = AccountBook.from_cards(
         issuer, dataset.cards, dataset.issuer_behaviour.synthetic, security
     )
     ctx = pki.server_context(pki_dir, f"issuer-{issuer}", require_client_cert=True)
     host = IssuerHost(book, emv=EmvAuthenticator.for_issuer(dataset, issuer))
-    return IssuerServer(host, ctx, allowed_clients=(LINK_CLIENT,))
+    return IssuerServer(host, ctx, allowed_clients=(LINK_CLIENT,), framing=get_framing(framing))
 
 
 @asynccontextmanager
@@ -251,6 +254,7 @@ async def running_stack(
     connections: int = 2,
     qr_api: QrApiConfig | None = None,
     terminal_options: dict[str, Any] | None = None,
+    framings: dict[str, str] | None = None,
     link_options: dict[str, dict[str, Any]] | None = None,
     clock: Callable[[], dt.datetime] = utcnow,
     **gateway_options: Any,
@@ -261,7 +265,9 @@ async def running_stack(
     ``journal`` names a journal TOML (absolute, or relative to conf/demo; empty: none);
     ``replicas`` adds endpoints per issuer (simulators sharing the issuer's books);
     ``terminal_options`` overrides ``[terminal]`` settings (ports 0, partial frames 0.5 s);
+    ``framings`` names an issuer link's framing (both ends; default binary2);
     ``link_options`` more ``[[links]]`` settings per issuer; ``clock`` the gateway's."""
+    framings = framings or {}
     dataset = dataset or demo_dataset()
     async with anyio.create_task_group() as tg:
         hsm_sim = None
@@ -271,13 +277,18 @@ async def running_stack(
         servers: dict[str, IssuerServer] = {}
         extra: dict[str, list[IssuerServer]] = {}
         for issuer in ISSUERS:
-            servers[issuer] = issuer_server(issuer, dataset, pki_dir)
+            servers[issuer] = issuer_server(
+                issuer, dataset, pki_dir, framings.get(issuer, "binary2")
+            )
             await tg.start(servers[issuer].run)
             extra[issuer] = []
             for _ in range((replicas or {}).get(issuer, 0)):
                 first = servers[issuer]
                 replica = IssuerServer(
-                    first.host, first.ssl_context, allowed_clients=first.allowed_clients
+                    first.host,
+                    first.ssl_context,
+                    allowed_clients=first.allowed_clients,
+                    framing=first.framing,
                 )
                 await tg.start(replica.run)
                 extra[issuer].append(replica)
@@ -304,6 +315,7 @@ async def running_stack(
                     timeout=link_timeout,
                     backoff_initial=0.05,
                     backoff_max=0.2,
+                    framing=framings.get(i, "binary2"),
                     **(link_options or {}).get(i, {}),
                 )
                 for i in ISSUERS

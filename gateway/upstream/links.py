@@ -24,6 +24,7 @@ from kit.logs import get_logger
 from protocols.business_day import settlement_mmdd
 from protocols.codec import Codec
 from protocols.errors import LocalProtocolError, ProtocolError
+from protocols.framing import get_framing
 from protocols.keys import LinkKey, link_key
 from protocols.message import Message
 from protocols.mti import is_request, response_mti
@@ -142,6 +143,8 @@ class IssuerConnection:
                         server_hostname=cfg.server_name or f"issuer-{cfg.issuer}",
                         max_size=8192,
                         partial_timeout=max(cfg.timeout, 5.0),
+                        framing=get_framing(cfg.framing),
+                        tpdu=bytes.fromhex(cfg.tpdu),
                     )
             except (*_LINK_ERRORS, TimeoutError) as exc:
                 log.warning(

@@ -183,3 +183,25 @@ async def test_an_issuers_cutover_is_answered_in_kind(stack: Stack) -> None:
         "1208",
     )
     assert stack.gateway.pools["gamma"].cutovers_received >= 1
+
+
+@pytest.mark.parametrize("framing", ["ascii4", "binary2-tpdu"])
+async def test_cutover_both_ways_in_every_framing(pki_dir: Path, framing: str) -> None:
+    clock = MovableClock(CUTOVER_AT - dt.timedelta(seconds=5))
+    async with running_stack(
+        pki_dir,
+        risk="",
+        clock=clock,
+        switch=SwitchConfig(cutover="23:00", timezone="Asia/Shanghai"),
+        framings={"gamma": framing},
+        link_options={"gamma": {"send_settlement_date": True}},
+    ) as stack:
+        gamma = stack.issuers["gamma"]
+        await eventually(lambda: stack.gateway.pools["gamma"].ready)
+        assert await gamma.send_cutover(DEC8) >= 1
+        await eventually(lambda: len(gamma.answers_received) >= 1)
+        fields = gamma.answers_received[0].fields
+        assert (fields["39"], fields["70"], fields["15"]) == ("00", CUTOVER, "1208")
+        clock.move_to(CUTOVER_AT)
+        await eventually(lambda: bool(gamma.host.cutovers))
+        assert gamma.host.cutovers[-1][1] == "1208"

@@ -40,12 +40,18 @@ def parse_cutover(text: str) -> dt.time:
     return dt.time(hour, minute)
 
 
-def load_zone(name: str) -> ZoneInfo:
-    """An IANA time zone by name (``Asia/Shanghai``, ``UTC``...)."""
+def load_zone(name: str) -> dt.tzinfo:
+    """An IANA time zone by name (``Asia/Shanghai``...). ``UTC`` needs no tz database (the
+    default must work on a host without one); the others come from the system's (or the
+    ``tzdata`` package's)."""
+    if name == "UTC":
+        return dt.UTC
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise BusinessDayError(f"unknown time zone {name!r}") from exc
+        raise BusinessDayError(
+            f"unknown time zone {name!r} (an IANA name, from the tz database)"
+        ) from exc
 
 
 def settlement_mmdd(day: dt.date) -> str:

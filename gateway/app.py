@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import functools
 import os
 import ssl
@@ -49,6 +50,7 @@ from gateway.qr import QrService, qr_app, with_virtual_terminals
 from gateway.qr.otp import OtpEnrolment
 from gateway.qr.store import store_from_config
 from gateway.risk import RiskEngine
+from gateway.upstream.cutover import CutoverAnnouncer
 from gateway.upstream.hsm_client import HsmClient, HsmCommandError, HsmError
 from gateway.upstream.links import IssuerPool
 from gateway.upstream.saf import SafMetrics, SafService
@@ -76,8 +78,12 @@ class Gateway:
         dataset: Dataset | None = None,
         *,
         worker: int = 0,
+        clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self.cfg = cfg
+        self.clock = clock
+        """Wall clock of requests, links and the business day (tests move it)."""
+        self.calendar = cfg.switch.calendar()
         self.base_dir = base_dir
         # QR acquirers enter the pipeline from virtual terminals (gateway/qr/terminals.py).
         self.dataset = with_virtual_terminals(dataset or load_dataset(base_dir / cfg.data))
@@ -104,7 +110,7 @@ class Gateway:
                     on_fallback=self._translation_fallback(link.issuer),
                 ),
                 client_ctx[link.client_cert],
-                clock=utcnow,
+                clock=clock,
                 on_unmatched=self._on_unmatched,
                 on_state=self._on_link_state,
             )
@@ -193,6 +199,15 @@ class Gateway:
             node=cfg.node,
             request_timeout=cfg.terminal.request_timeout,
             log_transactions=cfg.log.transactions,
+            clock=clock,
+            calendar=self.calendar,
+        )
+        self.cutover = CutoverAnnouncer(
+            self.calendar,
+            self.pools,
+            clock=clock,
+            timeout=cfg.switch.cutover_timeout,
+            on_outcome=lambda issuer, outcome: self.metrics.cutovers.labels(issuer, outcome).inc(),
         )
         # Several workers: each card's requests run in the worker that owns it.
         self.affinity: CardAffinity | None = None
@@ -335,8 +350,14 @@ class Gateway:
         return self.risk.recent_alerts(limit) if self.risk is not None else []
 
     def status(self) -> dict[str, Any]:
+        start, end, business_date = self.calendar.span(self.clock())
         return {
             "ready": self.ready,
+            "business_day": {
+                "date": business_date.isoformat(),
+                "started": start.isoformat(),
+                "next_cutover": end.isoformat(),
+            },
             "links": [p.status() for p in self.pools.values()],
             "recent_transactions": len(self.recent),
             "hsm": self._hsm_status(),
@@ -446,10 +467,10 @@ class Gateway:
                     journal,
                     self.pools,
                     acquirer_id=self.cfg.acquirer_id,
-                    now=utcnow(),
+                    now=self.clock(),
                     node=self.cfg.node,
                 )
-                await self.journal_runtime.load_known(utcnow(), self.recent.max_entries)
+                await self.journal_runtime.load_known(self.clock(), self.recent.max_entries)
                 self.saf = SafService(
                     self.journal_runtime,
                     journal,
@@ -457,7 +478,7 @@ class Gateway:
                     self.cfg.saf,
                     self.saf_metrics,
                     hook=self.link_hook,
-                    clock=utcnow,
+                    clock=self.clock,
                 )
             if self.risk is not None:
                 await tg.start(self.risk.run)
@@ -468,6 +489,8 @@ class Gateway:
                 tg.start_soon(self._check_hsm, self.hsm)
             for pool in self.pools.values():
                 await tg.start(pool.run)
+            if self.pools:
+                await tg.start(self.cutover.run)
             if self.saf is not None:
                 self._saf_scope = await tg.start(self._run_saf, self.saf)
             self._front = await tg.start(self._serve_front)

@@ -11,6 +11,7 @@ from pydantic.dataclasses import dataclass
 
 from kit.conf import FROZEN, ConfigError, load
 from kit.linkdialect import TranslationConfig, check_link_dialect
+from protocols.business_day import BusinessCalendar, BusinessDayError, load_zone, parse_cutover
 from protocols.currency import is_payment_currency
 from protocols.framing import FRAMINGS
 
@@ -275,6 +276,9 @@ class LinkConfig:
     """TLS name expected from the issuer (default: issuer-<id>)."""
     client_cert: str = "switch"
     """Our certificate name in the PKI directory (mutual TLS)."""
+    send_settlement_date: bool = False
+    """Send field 15 (settlement date, MMDD: the transaction's business date) in requests and
+    advices to this issuer. Off by default: a host that does not expect 15 may refuse it."""
 
     _framing = field_validator("framing")(known_framing)
 
@@ -292,6 +296,43 @@ class LinkConfig:
 
     def __post_init__(self) -> None:
         check_link_dialect(self.dialect, self.header, self.translation)
+
+
+@dataclass(config=FROZEN)
+class SwitchConfig:
+    """The switch's business day (settlement date)."""
+
+    cutover: str = "00:00"
+    """Local time (``HH:MM``, 24 h) at which the business date moves on: at or after 12:00 the
+    next date starts then (``23:00``: from 23:00 on the 7th it is the 8th), before 12:00 the
+    night still belongs to the day before (``02:00``). Default: midnight, i.e. the calendar
+    date, which is what settlement used before there was a cutover."""
+    timezone: str = "UTC"
+    """IANA time zone of ``cutover`` (``Asia/Shanghai``); DST as the zone has it."""
+    cutover_timeout: float = Field(default=5.0, gt=0)
+    """Seconds an issuer has to answer the cutover message (0800/201) before it is logged as
+    not acknowledged (the business date moves on regardless)."""
+
+    @field_validator("cutover")
+    @classmethod
+    def _check_cutover(cls, v: str) -> str:
+        try:
+            parse_cutover(v)
+        except BusinessDayError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, v: str) -> str:
+        try:
+            load_zone(v)
+        except BusinessDayError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
+    def calendar(self) -> BusinessCalendar:
+        return BusinessCalendar.of(self.cutover, self.timezone)
 
 
 @dataclass(config=FROZEN)
@@ -401,6 +442,7 @@ class GatewayConfig:
     empty runs without a journal (no SAF, no stand-in, no crash recovery)."""
     shutdown_grace: float = Field(default=10.0, ge=0)
     """On SIGTERM: seconds in-flight requests get to finish before links sign off."""
+    switch: SwitchConfig = Field(default_factory=SwitchConfig)
     terminal: TerminalConfig = Field(default_factory=TerminalConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     qr_api: QrApiConfig = Field(default_factory=QrApiConfig)

@@ -148,6 +148,12 @@ class Metrics:
             ["issuer", "direction", "field", "code"],
             registry=r,
         )
+        self.cutovers = Counter(
+            "switch_cutover_messages",
+            "Cutover messages (0800/201) sent to issuers, by outcome (ok, refused, no_answer)",
+            ["issuer", "outcome"],
+            registry=r,
+        )
         self.late_responses = Counter(
             "switch_issuer_late_responses",
             "Issuer answers after the timeout",

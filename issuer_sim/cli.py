@@ -1,7 +1,9 @@
 """``issuer-sim run --conf conf/demo/issuer-sim.toml --issuer alpha``
 
 With ``postings_file`` in the config, ``kill -USR1 <pid>`` makes the running simulator write
-its posting file (``issuer_sim/postings.py``) for ``gateway journal reconcile``."""
+its posting file (``issuer_sim/postings.py``) for ``gateway journal reconcile``; ``kill -USR2
+<pid>`` makes it announce a cutover (0800/201, field 15 today's UTC date) to the connected
+gateway."""
 
 from __future__ import annotations
 
@@ -62,6 +64,7 @@ def build_server(cfg: IssuerSimConfig, base: Path, issuer: str, port: int | None
         alternate=link_codec(ep.also_accept, clock=lambda: dt.datetime.now(dt.UTC))
         if ep.also_accept
         else None,
+        cutover_signal=True,
     )
 
 

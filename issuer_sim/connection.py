@@ -28,7 +28,7 @@ from kit.fastio import stream_transport, transport_peer
 from kit.logs import get_logger
 from protocols.codec import Codec
 from protocols.errors import FramingError
-from protocols.framing import BINARY2, TPDU_SIZE, Framer, Framing, answer_tpdu
+from protocols.framing import BINARY2, TPDU_ID, TPDU_SIZE, Framer, Framing, answer_tpdu
 from protocols.message import Message
 
 
@@ -62,6 +62,9 @@ class Server(Protocol):
 
 log = get_logger("issuer_sim")
 
+OWN_TPDU = bytes([TPDU_ID, 0, 0, 0, 0])
+"""The TPDU of a request of the host's own in a TPDU framing: no addresses to answer to."""
+
 MAX_FRAME = 8192
 PARTIAL_TIMEOUT = 30.0
 
@@ -80,7 +83,7 @@ class LinkConnection(asyncio.Protocol):
         self._encode = framing.encode
         self._framer: Framer | None = None if framing is BINARY2 else framing.framer(MAX_FRAME)
         self._tpdu = framing.tpdu
-        self._codec: Codec | None = None
+        self.codec: Codec | None = None
         """This connection's codec, from its first frame (the server's ``also_accept``)."""
 
     # -- asyncio callbacks --------------------------------------------------------------
@@ -154,9 +157,9 @@ class LinkConnection(asyncio.Protocol):
         if self._tpdu:
             tpdu, frame = answer_tpdu(frame[:TPDU_SIZE]), frame[TPDU_SIZE:]
         self._count += 1
-        codec = self._codec
+        codec = self.codec
         if codec is None:
-            codec = self._codec = server.codec_for(frame)
+            codec = self.codec = server.codec_for(frame)
         served = server.serve_frame(frame, codec)
         if served is None:
             return False  # undecodable, logged
@@ -200,6 +203,15 @@ class LinkConnection(asyncio.Protocol):
 
     # -- ours ---------------------------------------------------------------------------
 
+    def send(self, payload: bytes) -> bool:
+        """A message of our own (the host's 0800) to the acquirer, in the link's framing
+        (a TPDU framing: :data:`OWN_TPDU`); False if closed."""
+        transport = self._transport
+        if self._closing or transport is None or transport.is_closing():
+            return False
+        transport.write(self._encode(OWN_TPDU + payload if self._tpdu else payload, MAX_FRAME))
+        return True
+
     def close(self) -> None:
         self._closing = True
         self._cancel_timers()
@@ -234,7 +246,7 @@ class LinkConnection(asyncio.Protocol):
             if self._closing or transport is None or transport.is_closing():
                 return
             try:
-                encoded = self.server.encode(answer, self._codec)
+                encoded = self.server.encode(answer, self.codec)
                 transport.write(self._encode(tpdu + encoded, MAX_FRAME))
             except Exception:
                 log.exception("issuer_sim_connection_failed")

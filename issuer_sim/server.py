@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import datetime as dt
 import gc
+import itertools
 import random
 import signal
 import ssl
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,7 @@ import anyio.lowlevel
 from anyio.abc import TaskStatus
 from anyio.streams.tls import TLSAttribute
 
-from issuer_sim.connection import MAX_FRAME, PARTIAL_TIMEOUT, LinkConnection
+from issuer_sim.connection import MAX_FRAME, OWN_TPDU, PARTIAL_TIMEOUT, LinkConnection
 from issuer_sim.host import IssuerHost
 from issuer_sim.linkmac import link_mac_field
 from issuer_sim.postings import Snapshot, rows_of, write_csv
@@ -32,6 +34,7 @@ from protocols.errors import ProtocolError
 from protocols.fastcodec import best_codec
 from protocols.framing import BINARY2, TPDU_SIZE, Framing, answer_tpdu
 from protocols.message import Message
+from protocols.mti import is_request
 from protocols.translate import Fallback
 
 log = get_logger("issuer_sim")
@@ -93,10 +96,13 @@ class IssuerServer:
         codec: Codec | None = None,
         framing: Framing = BINARY2,
         alternate: Codec | None = None,
+        cutover_signal: bool = False,
     ) -> None:
         self.host = host
         self.framing = framing
         """The link's framing (``protocols.framing``): the gateway's link must use the same."""
+        self.cutover_signal = cutover_signal
+        """``SIGUSR2`` sends a cutover (``send_cutover``, field 15 today's UTC date)."""
         self.allowed_clients = allowed_clients
         """Client certificates served over TLS (CN or ``sha256:`` fingerprint, as hsm-sim's
         allow-list); empty: none (a bank's host pins its acquirer). Unused on plain TCP."""
@@ -121,16 +127,32 @@ class IssuerServer:
         """A partial frame waiting longer than this (s) for its next bytes closes the link."""
         self.live: set[LinkConnection] = set()
         """Open connections on asyncio (closed when the server stops)."""
+        self.channels: set[fastio.FrameChannel] = set()
+        """Open connections on trio (for messages of our own)."""
+        self.answers_received: deque[Message] = deque(maxlen=1000)
+        """Answers the acquirer sent to our own requests (the 0810 to our cutover)."""
+        self._stan = itertools.count(1)
         self._scope: anyio.CancelScope | None = None
 
     async def run(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
-        if self.postings_file is None:
+        if self.postings_file is None and not self.cutover_signal:
             await self._serve(task_status=task_status)
             return
         async with anyio.create_task_group() as tg:
-            await tg.start(self._export_on_signal, self.postings_file)
+            if self.postings_file is not None:
+                await tg.start(self._export_on_signal, self.postings_file)
+            if self.cutover_signal:
+                await tg.start(self._cutover_on_signal)
             await self._serve(task_status=task_status)
             tg.cancel_scope.cancel()
+
+    async def _cutover_on_signal(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        with anyio.open_signal_receiver(signal.SIGUSR2) as signals:
+            task_status.started()
+            async for _ in signals:
+                await self.send_cutover(dt.datetime.now(dt.UTC).date())
 
     async def _export_on_signal(
         self, path: Path, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -254,6 +276,27 @@ class IssuerServer:
         ascii_first = 0x30 <= first[0] <= 0x39
         return alternate if ascii_first == self._alternate_ascii else self.codec
 
+    async def send_cutover(self, business_date: dt.date | None = None) -> int:
+        """Tell the acquirer our business day moved on: 0800/201 (field 15 = the new date,
+        MMDD, when given) on every open connection; how many it went out on. The answers
+        land in ``answers_received``."""
+        now = dt.datetime.now(dt.UTC)
+        fields = {"7": now.strftime("%m%d%H%M%S"), "11": f"{next(self._stan) % 1_000_000:06d}"}
+        fields["70"] = "201"
+        if business_date is not None:
+            fields["15"] = f"{business_date.month:02d}{business_date.day:02d}"
+        msg = Message("0800", fields)
+        payload = self.codec.encode(msg)
+        framed_payload = OWN_TPDU + payload if self.framing.tpdu else payload
+        # Each connection in its own dialect (also_accept); trio's channels in the host's.
+        sent = sum(conn.send((conn.codec or self.codec).encode(msg)) for conn in list(self.live))
+        for channel in list(self.channels):
+            with contextlib.suppress(*_GONE):
+                await channel.send_frame(framed_payload)
+                sent += 1
+        log.info("issuer_sim_cutover_sent", issuer=self.host.book.issuer, connections=sent)
+        return sent
+
     def serve_frame(
         self, frame: bytes, codec: Codec | None = None
     ) -> tuple[Message | None, float] | None:
@@ -269,6 +312,10 @@ class IssuerServer:
         self.received += 1
         by_mti = self.by_mti
         by_mti[msg.mti] = by_mti.get(msg.mti, 0) + 1
+        if not is_request(msg.mti):
+            # The answer to a request of ours (an 0810): kept, never answered.
+            self.answers_received.append(msg)
+            return None
         answer = self.host.handle(msg, dt.datetime.now(dt.UTC))
         faulty = msg.mti != "0800" or faults.apply_to_network
         if faulty and faults.drop_ratio and random.random() < faults.drop_ratio:
@@ -296,6 +343,7 @@ class IssuerServer:
         try:
             if not self.admit(*_channel_client(framed)):
                 return
+            self.channels.add(framed)
             async with anyio.create_task_group() as tg:
                 while True:
                     try:
@@ -327,6 +375,7 @@ class IssuerServer:
         except Exception:
             log.exception("issuer_sim_connection_failed")
         finally:
+            self.channels.discard(framed)
             with anyio.CancelScope(shield=True):
                 await framed.aclose()
 

@@ -25,6 +25,7 @@ from gateway.config import (
     StandInConfig,
     TerminalConfig,
 )
+from gateway.flow.switch import utcnow
 from hsm_sim.config import HsmConfig as HsmServerConfig
 from hsm_sim.config import TlsConfig as HsmTlsConfig
 from hsm_sim.server import HsmServer
@@ -192,7 +193,7 @@ class Stack:
         """A new gateway instance with the same config (same journal file): a restart, or
         with ``node`` another node on the same journal."""
         cfg = self.gateway.cfg if node is None else dataclasses.replace(self.gateway.cfg, node=node)
-        self.gateway = Gateway(cfg, DEMO_CONF, self.gateway.dataset)
+        self.gateway = Gateway(cfg, DEMO_CONF, self.gateway.dataset, clock=self.gateway.clock)
         self.gateway_scope = await self.task_group.start(_run_gateway, self.gateway)
         if wait_ready:
             with anyio.fail_after(10):
@@ -281,6 +282,8 @@ async def running_stack(
     headers: dict[str, str] | None = None,
     issuer_translations: dict[str, TranslationConfig] | None = None,
     framings: dict[str, str] | None = None,
+    link_options: dict[str, dict[str, Any]] | None = None,
+    clock: Callable[[], dt.datetime] = utcnow,
     **gateway_options: Any,
 ) -> AsyncIterator[Stack]:
     """Gateway + the three issuer simulators on 127.0.0.1; ``risk`` is relative to conf/demo
@@ -292,7 +295,8 @@ async def running_stack(
     ``framings`` names an issuer link's framing (both ends; default binary2);
     ``dialects`` sets an issuer's link dialect on both ends (default: the terminal dialect),
     ``headers`` its static link header,
-    ``issuer_translations`` an issuer simulator's own translation overrides."""
+    ``issuer_translations`` an issuer simulator's own translation overrides,
+    ``link_options`` more ``[[links]]`` settings per issuer; ``clock`` the gateway's."""
     framings = framings or {}
     dataset = dataset or demo_dataset()
     async with anyio.create_task_group() as tg:
@@ -351,6 +355,7 @@ async def running_stack(
                     dialect=(dialects or {}).get(i, "terminal"),
                     header=(headers or {}).get(i, ""),
                     framing=framings.get(i, "binary2"),
+                    **(link_options or {}).get(i, {}),
                 )
                 for i in ISSUERS
             ),
@@ -364,7 +369,7 @@ async def running_stack(
             standin=standin or StandInConfig(),
             **gateway_options,
         )
-        gateway = Gateway(cfg, DEMO_CONF, dataset)
+        gateway = Gateway(cfg, DEMO_CONF, dataset, clock=clock)
         scope = await tg.start(_run_gateway, gateway)
         with anyio.fail_after(10):
             await gateway.wait_ready()

@@ -6,9 +6,12 @@ import asyncio
 import contextlib
 import datetime as dt
 import gc
+import itertools
 import random
 import signal
 import ssl
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +20,7 @@ import anyio.lowlevel
 from anyio.abc import TaskStatus
 from anyio.streams.tls import TLSAttribute
 
-from issuer_sim.connection import MAX_FRAME, PARTIAL_TIMEOUT, LinkConnection
+from issuer_sim.connection import MAX_FRAME, OWN_TPDU, PARTIAL_TIMEOUT, LinkConnection
 from issuer_sim.host import IssuerHost
 from issuer_sim.linkmac import link_mac_field
 from issuer_sim.postings import Snapshot, rows_of, write_csv
@@ -25,10 +28,14 @@ from kit import fastio
 from kit.framed import FramedStream, StalledFrameError
 from kit.logs import PeerWarnings, get_logger
 from kit.pki import certificate_identity, client_allowed
+from protocols.codec import Codec
 from protocols.dialects import get_dialect
 from protocols.errors import ProtocolError
 from protocols.fastcodec import best_codec
+from protocols.framing import BINARY2, TPDU_SIZE, Framing, answer_tpdu
 from protocols.message import Message
+from protocols.mti import is_request
+from protocols.translate import Fallback
 
 log = get_logger("issuer_sim")
 
@@ -45,6 +52,22 @@ class LiveFaults:
     disconnect_after: int = 0
     apply_to_network: bool = False
     bad_mac_ratio: float = 0.0
+
+
+def fallback_logger(issuer: str) -> Callable[[Fallback], None]:
+    """Log a code the host's translation table lacks (protocols.translate)."""
+
+    def report(fb: Fallback) -> None:
+        log.warning(
+            "issuer_sim_translation_fallback",
+            issuer=issuer,
+            direction=fb.direction,
+            field=fb.field,
+            code=fb.code,
+            used=fb.used,
+        )
+
+    return report
 
 
 def corrupt_mac(answer: Message) -> Message:
@@ -70,8 +93,16 @@ class IssuerServer:
         port: int = 0,
         postings_file: Path | None = None,
         allowed_clients: tuple[str, ...] = (),
+        codec: Codec | None = None,
+        framing: Framing = BINARY2,
+        alternate: Codec | None = None,
+        cutover_signal: bool = False,
     ) -> None:
         self.host = host
+        self.framing = framing
+        """The link's framing (``protocols.framing``): the gateway's link must use the same."""
+        self.cutover_signal = cutover_signal
+        """``SIGUSR2`` sends a cutover (``send_cutover``, field 15 today's UTC date)."""
         self.allowed_clients = allowed_clients
         """Client certificates served over TLS (CN or ``sha256:`` fingerprint, as hsm-sim's
         allow-list); empty: none (a bank's host pins its acquirer). Unused on plain TCP."""
@@ -81,7 +112,12 @@ class IssuerServer:
         self.faults = faults or LiveFaults()
         self.bind = bind
         self.port = port
-        self.codec = best_codec(get_dialect("terminal"))
+        self.codec = codec or best_codec(get_dialect("terminal"))
+        """The link's codec: canonical messages for the host, its dialect on the wire."""
+        self.alternate = alternate
+        """``also_accept``'s codec: a connection whose first byte is of its MTI's kind
+        (ASCII digit or BCD) speaks it instead."""
+        self._alternate_ascii = alternate is not None and _ascii_mti(alternate)
         self.received = 0
         self.by_mti: dict[str, int] = {}
         self.refused = 0
@@ -91,16 +127,32 @@ class IssuerServer:
         """A partial frame waiting longer than this (s) for its next bytes closes the link."""
         self.live: set[LinkConnection] = set()
         """Open connections on asyncio (closed when the server stops)."""
+        self.channels: set[fastio.FrameChannel] = set()
+        """Open connections on trio (for messages of our own)."""
+        self.answers_received: deque[Message] = deque(maxlen=1000)
+        """Answers the acquirer sent to our own requests (the 0810 to our cutover)."""
+        self._stan = itertools.count(1)
         self._scope: anyio.CancelScope | None = None
 
     async def run(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
-        if self.postings_file is None:
+        if self.postings_file is None and not self.cutover_signal:
             await self._serve(task_status=task_status)
             return
         async with anyio.create_task_group() as tg:
-            await tg.start(self._export_on_signal, self.postings_file)
+            if self.postings_file is not None:
+                await tg.start(self._export_on_signal, self.postings_file)
+            if self.cutover_signal:
+                await tg.start(self._cutover_on_signal)
             await self._serve(task_status=task_status)
             tg.cancel_scope.cancel()
+
+    async def _cutover_on_signal(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        with anyio.open_signal_receiver(signal.SIGUSR2) as signals:
+            task_status.started()
+            async for _ in signals:
+                await self.send_cutover(dt.datetime.now(dt.UTC).date())
 
     async def _export_on_signal(
         self, path: Path, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -151,6 +203,7 @@ class IssuerServer:
                     ssl_context=self.ssl_context,
                     max_size=MAX_FRAME,
                     partial_timeout=self.partial_timeout,
+                    framing=self.framing,
                 )
                 log.info("issuer_sim_started", issuer=self.host.book.issuer, port=self.port)
                 task_status.started(self.port)
@@ -190,6 +243,9 @@ class IssuerServer:
             faults=self.faults,
             port=self.port,
             allowed_clients=self.allowed_clients,
+            codec=self.codec,
+            framing=self.framing,
+            alternate=self.alternate,
         )
 
     def admit(self, peer: str, der: bytes | None) -> bool:
@@ -212,23 +268,59 @@ class IssuerServer:
         )
         return False
 
-    def serve_frame(self, frame: bytes) -> tuple[Message | None, float] | None:
+    def codec_for(self, first: bytes) -> Codec:
+        """The codec of a connection, from its first frame (``also_accept``)."""
+        alternate = self.alternate
+        if alternate is None or not first:
+            return self.codec
+        ascii_first = 0x30 <= first[0] <= 0x39
+        return alternate if ascii_first == self._alternate_ascii else self.codec
+
+    async def send_cutover(self, business_date: dt.date | None = None) -> int:
+        """Tell the acquirer our business day moved on: 0800/201 (field 15 = the new date,
+        MMDD, when given) on every open connection; how many it went out on. The answers
+        land in ``answers_received``."""
+        now = dt.datetime.now(dt.UTC)
+        fields = {"7": now.strftime("%m%d%H%M%S"), "11": f"{next(self._stan) % 1_000_000:06d}"}
+        fields["70"] = "201"
+        if business_date is not None:
+            fields["15"] = f"{business_date.month:02d}{business_date.day:02d}"
+        msg = Message("0800", fields)
+        payload = self.codec.encode(msg)
+        framed_payload = OWN_TPDU + payload if self.framing.tpdu else payload
+        # Each connection in its own dialect (also_accept); trio's channels in the host's.
+        sent = sum(conn.send((conn.codec or self.codec).encode(msg)) for conn in list(self.live))
+        for channel in list(self.channels):
+            with contextlib.suppress(*_GONE):
+                await channel.send_frame(framed_payload)
+                sent += 1
+        log.info("issuer_sim_cutover_sent", issuer=self.host.book.issuer, connections=sent)
+        return sent
+
+    def serve_frame(
+        self, frame: bytes, codec: Codec | None = None
+    ) -> tuple[Message | None, float] | None:
         """Decode and answer one request: ``None`` when it cannot be decoded (logged), else
         the answer (``None`` when the drop fault loses it) and the delay before sending it
         (latency fault, ms; 0: now)."""
         faults = self.faults
         try:
-            msg = self.codec.decode(frame)
+            msg = (codec or self.codec).decode(frame)
         except ProtocolError as exc:
             log.warning("issuer_sim_bad_message", reason=str(exc))
             return None
         self.received += 1
         by_mti = self.by_mti
-        by_mti[msg.mti] = by_mti.get(msg.mti, 0) + 1
+        if msg.mti in by_mti or len(by_mti) < 256:  # a peer's made-up MTIs stay bounded
+            by_mti[msg.mti] = by_mti.get(msg.mti, 0) + 1
+        if not is_request(msg.mti):
+            # The answer to a request of ours (an 0810): kept, never answered.
+            self.answers_received.append(msg)
+            return None
         try:
             answer = self.host.handle(msg, dt.datetime.now(dt.UTC))
         except (ProtocolError, ValueError, KeyError, IndexError) as exc:
-            # A request no answer fits (a response MTI sent in, a field the host cannot
+            # A request no answer fits (an MTI without a response, a field the host cannot
             # read): logged by kind only, as its text may quote a card number; no answer.
             log.warning("issuer_sim_bad_request", mti=msg.mti, error=type(exc).__name__)
             return None
@@ -241,21 +333,24 @@ class IssuerServer:
             return answer, faults.latency_ms
         return answer, 0.0
 
-    def encode(self, answer: Message) -> bytes:
+    def encode(self, answer: Message, codec: Codec | None = None) -> bytes:
+        codec = codec or self.codec
         # A MACed answer was encoded when it was sealed: reuse those bytes.
         security = self.host.book.security
-        if security is not None and security.codec.spec is self.codec.spec:
+        if security is not None and security.codec.spec is codec.spec:
             frame = security.take_encoded(answer)
             if frame is not None:
                 return frame
-        return self.codec.encode(answer)
+        return codec.encode(answer)
 
     async def _connection(self, framed: fastio.FrameChannel) -> None:
         """Trio: one connection over the frame channel (asyncio: LinkConnection)."""
         count = 0
+        codec: Codec | None = None
         try:
             if not self.admit(*_channel_client(framed)):
                 return
+            self.channels.add(framed)
             async with anyio.create_task_group() as tg:
                 while True:
                     try:
@@ -263,15 +358,20 @@ class IssuerServer:
                     except (*_GONE, ProtocolError, StalledFrameError, ssl.SSLError):
                         break
                     count += 1
-                    served = self.serve_frame(frame)
+                    tpdu = b""
+                    if self.framing.tpdu:  # answered with its addresses swapped
+                        tpdu, frame = answer_tpdu(frame[:TPDU_SIZE]), frame[TPDU_SIZE:]
+                    if codec is None:
+                        codec = self.codec_for(frame)
+                    served = self.serve_frame(frame, codec)
                     if served is None:
                         continue
                     answer, delay_ms = served
                     if answer is not None:
                         if delay_ms:
-                            tg.start_soon(self._answer_later, framed, answer, delay_ms)
+                            tg.start_soon(self._answer_later, framed, answer, delay_ms, tpdu, codec)
                         else:
-                            await framed.send_frame(self.encode(answer))
+                            await framed.send_frame(tpdu + self.encode(answer, codec))
                     disconnect_after = self.faults.disconnect_after
                     if disconnect_after and count >= disconnect_after:
                         log.info("issuer_sim_disconnect", after=count)
@@ -282,15 +382,25 @@ class IssuerServer:
         except Exception:
             log.exception("issuer_sim_connection_failed")
         finally:
+            self.channels.discard(framed)
             with anyio.CancelScope(shield=True):
                 await framed.aclose()
 
     async def _answer_later(
-        self, framed: fastio.FrameChannel, answer: Message, delay_ms: float
+        self,
+        framed: fastio.FrameChannel,
+        answer: Message,
+        delay_ms: float,
+        tpdu: bytes = b"",
+        codec: Codec | None = None,
     ) -> None:
         await anyio.sleep(delay_ms / 1000)
         with contextlib.suppress(*_GONE):
-            await framed.send_frame(self.encode(answer))
+            await framed.send_frame(tpdu + self.encode(answer, codec))
+
+
+def _ascii_mti(codec: Codec) -> bool:
+    return str(codec.spec["t"]["data_enc"]) == "ascii"
 
 
 def _channel_client(framed: fastio.FrameChannel) -> tuple[str, bytes | None]:

@@ -2,11 +2,11 @@
 --hostile-issuer ID``: the other side of the issuer link, where the switch decodes a peer's
 answers (its link codec, matching by STAN and time, MAC check, SAF retries).
 
-It is the issuer simulator (``issuer_sim``: same accounts, TLS and pinned client) with one
-change: each answer other than a network management one (08xx, so sign-on and echo keep the
-link up) is, with probability ``ratio``, mutated before it is framed (``loadtest.mutate``:
-bit flips, truncation, a duplicated slice, random bytes or digits). It runs in a thread of
-its own, beside the stack ``loadtest.bench.start_stack`` starts.
+It is the issuer simulator (``issuer_sim``: same accounts, dialect, framing, TLS and pinned
+client) with one change: each answer other than a network management one (08xx, so sign-on
+and echo keep the link up) is, with probability ``ratio``, mutated before it is framed
+(``loadtest.mutate``: bit flips, truncation, a duplicated slice, random bytes or digits). It
+runs in a thread of its own, beside the stack ``loadtest.bench.start_stack`` starts.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import anyio
 
 from issuer_sim.server import IssuerServer
 from loadtest.mutate import mutate
+from protocols.codec import Codec
 from protocols.message import Message
 
 _MAX = 8000
@@ -27,18 +28,21 @@ _MAX = 8000
 own framing, not reach the switch)."""
 
 
-class HostileIssuer(IssuerServer):
-    def __init__(self, base: IssuerServer, *, port: int, ratio: float, seed: int) -> None:
-        super().__init__(
-            base.host, base.ssl_context, port=port, allowed_clients=base.allowed_clients
-        )
+class HostileAnswers:
+    """Mutates the answers of one :class:`IssuerServer` (its ``encode``, replaced on the
+    instance: the server keeps its dialect, framing, MAC keys and pinned client)."""
+
+    def __init__(self, server: IssuerServer, *, ratio: float, seed: int) -> None:
+        self.server = server
         self.rnd = random.Random(seed)
         self.ratio = ratio
         self.answers: Counter[str] = Counter()
         """Answers sent, ``mutated`` or ``intact``."""
+        self._encode = server.encode
+        server.encode = self.encode  # type: ignore[method-assign]
 
-    def encode(self, answer: Message) -> bytes:
-        raw = super().encode(answer)
+    def encode(self, answer: Message, codec: Codec | None = None) -> bytes:
+        raw = self._encode(answer, codec)
         if answer.mti.startswith("08") or self.rnd.random() >= self.ratio:
             self.answers["intact"] += 1
             return raw
@@ -58,16 +62,15 @@ class HostileThread:
 
         configure("critical")  # its complaints about the switch are not this run's findings
         cfg = load(IssuerSimConfig, conf / "issuer-sim.toml")
-        self.server = HostileIssuer(
-            build_server(cfg, conf, issuer, port), port=port, ratio=ratio, seed=seed
-        )
+        self.server = build_server(cfg, conf, issuer, port)
+        self.hostile = HostileAnswers(self.server, ratio=ratio, seed=seed)
         self._stop = threading.Event()
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"hostile-{issuer}", daemon=True)
 
     @property
     def answers(self) -> Counter[str]:
-        return self.server.answers
+        return self.hostile.answers
 
     def start(self, timeout: float = 10.0) -> None:
         self._thread.start()

@@ -140,3 +140,31 @@ def test_check_config_refuses_limits_that_cannot_work(
     assert gateway_main(["check-config", "--conf", str(bad)]) == 2
     err = capsys.readouterr().err
     assert re.search(refused, err), err
+
+
+def test_the_business_day_is_configured_and_checked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg, _ = load_gateway_config(DEMO_CONF / "gateway.toml")
+    assert (cfg.switch.cutover, cfg.switch.timezone) == ("23:00", "Asia/Shanghai")
+    default, _ = load_gateway_config(_write(tmp_path, ""))
+    assert (default.switch.cutover, default.switch.timezone) == ("00:00", "UTC")
+    assert default.switch.calendar().cutover.isoformat() == "00:00:00"
+    conf = _write(
+        tmp_path,
+        '[switch]\ncutover = "24:00"\ntimezone = "Mars/Olympus"\ncutover_timeout = 0\n'
+        '[[links]]\nissuer = "alpha"\nendpoints = []\nsend_settlement_date = "sometimes"\n',
+    )
+    assert gateway_main(["check-config", "--conf", str(conf)]) == 2
+    err = capsys.readouterr().err
+    assert "switch.cutover: " in err
+    assert "switch.timezone: " in err
+    assert "Mars/Olympus" in err
+    assert "switch.cutover_timeout: " in err
+    assert "links.0.send_settlement_date: " in err
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    conf = tmp_path / "gateway.toml"
+    conf.write_text(text)
+    return conf

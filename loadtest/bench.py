@@ -260,6 +260,7 @@ def start_stack(
     terminal_tls: bool = False,
     log_level: str = "warning",
     before_gateway: Callable[[Stack], None] | None = None,
+    further_listeners: bool = False,
 ) -> Iterator[Stack]:
     """The demo profile's processes on free ports; stopped (SIGTERM) on exit. ``workers``
     and ``writer`` (the journal's: ``loop`` or ``process``; empty: the profile's) override
@@ -268,7 +269,9 @@ def start_stack(
     lowered caps). ``terminal_tls`` keeps the TLS terminal listener (the bench drives TCP
     only); ``log_level`` is the gateway's and the issuer simulators'. ``before_gateway`` is
     called once the simulators listen, before the gateway starts (an issuer of the caller's
-    own, on a port of ``issuer_ports`` whose simulator ``issuers`` left out)."""
+    own, on a port of ``issuer_ports`` whose simulator ``issuers`` left out).
+    ``further_listeners`` keeps the profile's further terminal listener (8585, UnionPay
+    style) on a free port (``ports[8585]``)."""
     extra = dict(overrides or {})
     from kit import pki
 
@@ -277,7 +280,10 @@ def start_stack(
     wanted = list(issuers) if issuers is not None else [i["id"] for i in sim_doc["issuers"]]
     # No TLS terminal listener unless asked, no UnionPay-style one (8585): the bench drives
     # TCP on 8583.
-    ports: dict[int, int] = {8584: free_port() if terminal_tls else -1, 8585: -1}
+    ports: dict[int, int] = {
+        8584: free_port() if terminal_tls else -1,
+        8585: free_port() if further_listeners else -1,
+    }
     stack = Stack(pki_dir=(conf / gw_doc.get("pki_dir", "../../var/certs")).resolve())
     for demo_port in (8583, 9090, 8080, 1500):
         ports[demo_port] = free_port()

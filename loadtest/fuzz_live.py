@@ -44,6 +44,7 @@ import tomllib
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,7 @@ from loadtest.mutate import HttpSeed, IsoFields, frame, framed_case, http_case
 from loadtest.runs import backend_args
 
 HOST = "127.0.0.1"
-TARGETS = ("terminal", "tls", "qr", "admin", "hsm", "issuer")
+TARGETS = ("terminal", "tls", "cup", "qr", "admin", "hsm", "issuer")
 TRACEBACK = re.compile(rb"Traceback \(most recent call last\)|File \"[^\"]+\.py\", line \d+")
 TOKEN = re.compile(r"[0-9A-Za-z]+")
 DIGIT_RUN = re.compile(r"(?<![0-9])[1-9][0-9]{12,18}(?![0-9])")
@@ -165,7 +166,11 @@ def build_targets(
     hsm_port: int,
     issuer_ports: dict[str, int],
     pki_dir: Path,
+    conf: Path = DEMO,
+    cup_port: int = 0,
 ) -> list[Target]:
+    """Every target that has a port; ISO 8583 seeds in each port's dialect and framing (the
+    terminal ports' from ``gateway.toml``, each issuer's from ``issuer-sim.toml``)."""
     from kit import pki
     from protocols.dialects import get_dialect
     from protocols.fastcodec import best_codec
@@ -206,18 +211,73 @@ def build_targets(
     if "issuer" in wanted:
         client = pki.client_context(pki_dir, "switch")
         for issuer, port in sorted(issuer_ports.items()):
-            link = link_seeds(factory, issuer)
-            link_fields = IsoFields(codec, spec, link)
+            ep_codec, ep_framing = issuer_link(conf, issuer)
+            link = _reencode(codec, ep_codec, link_seeds(factory, issuer))
+            lf = IsoFields(ep_codec, spec, link)
             out.append(
                 Target(
                     f"issuer-{issuer}",
                     port,
-                    lambda r, seeds=link, lf=link_fields: framed_case(seeds, r, lf),  # type: ignore[misc]
+                    partial(_framed, link, lf, ep_framing),
                     tls=client,
                     hostname=f"issuer-{issuer}",
                 )
             )
+    if "cup" in wanted and cup_port:
+        cup_codec, cup_framing = terminal_listener(conf, "cup")
+        cup = _reencode(codec, cup_codec, iso)
+        out.append(
+            Target(
+                "cup",
+                cup_port,
+                partial(_framed, cup, IsoFields(cup_codec, spec, cup), cup_framing),
+            )
+        )
     return out
+
+
+def _reencode(source: Any, target: Any, seeds: list[bytes]) -> list[bytes]:
+    """``seeds`` in another dialect (those it can carry; all as they are if none)."""
+    out = []
+    for seed in seeds:
+        try:
+            out.append(target.encode(source.decode(seed)))
+        except Exception:  # a message this dialect cannot carry is no seed for it
+            continue
+    return out or list(seeds)
+
+
+def _framed(
+    seeds: list[bytes], fields: IsoFields, framing: str, rnd: random.Random
+) -> tuple[str, bytes]:
+    return framed_case(seeds, rnd, fields, framing)
+
+
+def issuer_link(conf: Path, issuer: str) -> tuple[Any, str]:
+    """(codec, framing) of an issuer simulator's link, from the profile's issuer-sim.toml."""
+    import datetime as dt
+
+    from issuer_sim.config import IssuerSimConfig
+    from kit.conf import load
+    from kit.linkdialect import link_codec
+
+    ep = load(IssuerSimConfig, conf / "issuer-sim.toml").endpoint(issuer)
+    codec = link_codec(
+        ep.dialect, header=ep.header, translation=ep.translation,
+        clock=lambda: dt.datetime.now(dt.UTC),
+    )  # fmt: skip
+    return codec, ep.framing
+
+
+def terminal_listener(conf: Path, name: str) -> tuple[Any, str]:
+    """(codec, framing) of one of the gateway's further terminal listeners."""
+    from gateway.config import load_gateway_config
+    from protocols.dialects import get_dialect
+    from protocols.fastcodec import best_codec
+
+    cfg, _ = load_gateway_config(conf / "gateway.toml")
+    listener = next(x for x in cfg.terminal.listeners if x.name == name)
+    return best_codec(get_dialect(listener.dialect)), listener.framing
 
 
 # -- sending ----------------------------------------------------------------------------
@@ -603,7 +663,7 @@ def _run(args: argparse.Namespace, tmp: Path) -> int:
                 start_stack(
                     args.conf, tmp, backend="uvloop", terminal_tls=True, log_level="info",
                     log_transactions=True, issuers=sims if hostile_id else None,
-                    hsm=not args.hostile_hsm,
+                    hsm=not args.hostile_hsm, further_listeners=True,
                     before_gateway=start_hostile if hostile_any else None,
                 )
             )  # fmt: skip
@@ -616,12 +676,13 @@ def _run(args: argparse.Namespace, tmp: Path) -> int:
                 "qr": int(stack.qr_url.rsplit(":", 1)[1]) if stack.qr_url else 0,
                 "admin": stack.admin_port,
                 "hsm": stack.hsm_port,
+                "cup": max(0, stack.ports.get(8585, 0)),
             }
             issuers, token, pki_dir = stack.issuer_ports, stack.admin_token, stack.pki_dir
         else:
             ports = {
                 "terminal": args.terminal_port, "tls": args.tls_port, "qr": args.qr_port,
-                "admin": args.admin_port, "hsm": args.hsm_port,
+                "admin": args.admin_port, "hsm": args.hsm_port, "cup": args.cup_port,
             }  # fmt: skip
             pairs = [item.split("=", 1) for item in args.issuer]
             issuers = {k: int(v) for k, v in pairs}
@@ -637,6 +698,8 @@ def _run(args: argparse.Namespace, tmp: Path) -> int:
             hsm_port=ports["hsm"],
             issuer_ports=issuers,
             pki_dir=pki_dir,
+            conf=args.conf,
+            cup_port=ports["cup"],
         )
         if args.hostile_hsm:
             targets = [t for t in targets if t.name != "hsm"]
@@ -734,6 +797,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--admin-port", type=int, default=9090)
     parser.add_argument("--admin-token", default=DEMO_VIEWER)
     parser.add_argument("--hsm-port", type=int, default=1500)
+    parser.add_argument("--cup-port", type=int, default=8585, help="UnionPay-style listener")
     parser.add_argument(
         "--issuer",
         action="append",

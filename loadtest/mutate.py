@@ -89,8 +89,17 @@ def mutate(data: bytes, rnd: random.Random, seeds: Sequence[bytes] = ()) -> byte
     return data
 
 
-def frame(payload: bytes, length: int | None = None) -> bytes:
+TPDU = bytes.fromhex("6000000000")
+"""The 5-byte TPDU a ``binary2-tpdu`` frame carries before its message."""
+
+
+def frame(payload: bytes, length: int | None = None, framing: str = "binary2") -> bytes:
+    """``payload`` with its length header (``length``: the one to state, maybe a lie):
+    ``binary2`` 2 bytes big-endian, ``ascii4`` 4 ASCII digits; ``binary2-tpdu`` is ``binary2``
+    around a payload that begins with its TPDU (see :func:`framed_case`)."""
     n = len(payload) if length is None else length
+    if framing == "ascii4":
+        return f"{n % 10_000:04d}".encode() + payload
     return (n & 0xFFFF).to_bytes(2, "big") + payload
 
 
@@ -109,31 +118,41 @@ FRAME_KINDS = (
 
 
 def framed_case(
-    seeds: Sequence[bytes], rnd: random.Random, fields: IsoFields | None = None
+    seeds: Sequence[bytes],
+    rnd: random.Random,
+    fields: IsoFields | None = None,
+    framing: str = "binary2",
 ) -> tuple[str, bytes]:
     """(kind of case, bytes to send) for a framed protocol; with ``fields``, also ISO 8583
-    messages whose fields were changed and that encode (kind ``fields``)."""
+    messages whose fields were changed and that encode (kind ``fields``). With the
+    ``binary2-tpdu`` framing the TPDU is part of what is mutated."""
+    tp = TPDU if framing == "binary2-tpdu" else b""
+
+    def framed(payload: bytes, length: int | None = None) -> bytes:
+        return frame(payload, length, framing)
+
     kind = rnd.choice(FRAME_KINDS + ("fields",) * 3 if fields is not None else FRAME_KINDS)
     if kind == "fields" and fields is not None:
         payload = fields.case(rnd)
         if payload is not None:
-            return kind, frame(payload)
+            return kind, framed(tp + payload)
         kind = "payload"  # the change did not encode: bytes, then
-    seed = (fields.fresh_seed(rnd) if fields is not None else None) or rnd.choice(seeds)
+    seed = tp + ((fields.fresh_seed(rnd) if fields is not None else None) or rnd.choice(seeds))
     if kind == "valid":
-        return kind, frame(seed)
+        return kind, framed(seed)
     if kind == "length-short":
-        return kind, frame(seed, rnd.randrange(max(1, len(seed))))
+        return kind, framed(seed, rnd.randrange(max(1, len(seed))))
     if kind == "length-long":
-        return kind, frame(seed, len(seed) + rnd.randint(1, 200))
+        return kind, framed(seed, len(seed) + rnd.randint(1, 200))
     if kind == "zero":
-        return kind, frame(b"") + frame(seed)
+        return kind, framed(b"") + framed(seed)
     if kind == "oversized":
         big = oversized(seed, rnd)
-        return kind, frame(big[:65_535])
+        return kind, framed(big[: 9999 if framing == "ascii4" else 65_535])
     if kind == "pipelined":
-        return kind, b"".join(frame(mutate(rnd.choice(seeds), rnd, seeds)) for _ in range(3))
-    return kind, frame(mutate(seed, rnd, seeds))
+        parts = [tp + mutate(rnd.choice(seeds), rnd, seeds) for _ in range(3)]
+        return kind, b"".join(framed(p) for p in parts)
+    return kind, framed(mutate(seed, rnd, seeds))
 
 
 class IsoFields:

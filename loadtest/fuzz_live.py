@@ -270,14 +270,16 @@ def issuer_link(conf: Path, issuer: str) -> tuple[Any, str]:
 
 
 def terminal_listener(conf: Path, name: str) -> tuple[Any, str]:
-    """(codec, framing) of one of the gateway's further terminal listeners."""
-    from gateway.config import load_gateway_config
+    """(codec, framing) of one of the gateway's further terminal listeners (read from the
+    profile's TOML: the load kit speaks the wire, it does not import the switch)."""
     from protocols.dialects import get_dialect
     from protocols.fastcodec import best_codec
 
-    cfg, _ = load_gateway_config(conf / "gateway.toml")
-    listener = next(x for x in cfg.terminal.listeners if x.name == name)
-    return best_codec(get_dialect(listener.dialect)), listener.framing
+    doc = tomllib.loads((conf / "gateway.toml").read_text())
+    listeners = doc.get("terminal", {}).get("listeners", [])
+    listener = next(x for x in listeners if x.get("name") == name)
+    dialect = listener.get("dialect", "iso87-ascii")
+    return best_codec(get_dialect(dialect)), str(listener.get("framing", "binary2"))
 
 
 # -- sending ----------------------------------------------------------------------------

@@ -1,9 +1,12 @@
 """Benchmark: HSM commands per second through hsm_sim with the HsmClient, and the CPU each
 side spends per command: CA (TPK -> ZPK) or G0 (DUKPT -> ZPK) PIN translations, M6/M8 MACs
-of a 180-byte message (the issuer-link MAC).
+of a 180-byte message (the issuer-link MAC), A0 key generation with export under a ZMK (what a
+link's key change costs), with the keys in the variant form (``U`` + 32H) or as TR-31 key
+blocks (``S`` + block, header checked on every command), or both one after the other.
 
-    python -m benchmarks.hsm [--command CA|G0|M6|M8] [--requests 20000] [--concurrency 64]
+    python -m benchmarks.hsm [--command CA|G0|M6|M8|A0] [--requests 20000] [--concurrency 64]
                             [--connections 2] [--backend asyncio|trio] [--repeat 1]
+                            [--keys variant|block|both]
                             [--server subprocess|inprocess|HOST:PORT]
 
 By default the server runs as a separate ``hsm-sim`` process on a free loopback port (as in
@@ -31,8 +34,10 @@ import anyio
 from gateway.upstream.hsm_client import HsmClient
 from hsm_sim import terminal
 from hsm_sim.config import HsmConfig
+from hsm_sim.keyblock import Attributes, LmkBlocks
 from hsm_sim.lmk import Lmk
 from hsm_sim.server import HsmServer
+from protocols import hsm as proto
 
 # Demo test keys (demo.toml): terminal T0000001's TPK and issuer alpha's ZPK.
 DEMO_LMK = "ECC25208B6FD2023E9767A5489BC9415"
@@ -42,11 +47,19 @@ DEMO_BDK = "0123456789ABCDEFFEDCBA9876543210"  # ANSI X9.24 test BDK (terminal T
 INITIAL_KSN = "FFFF9876543210E00000"
 PAN = "4761730000000011"
 MESSAGE = bytes(range(180))  # about an issuer request's size
-KINDS = {"CA": "translations", "G0": "translations", "M6": "MACs", "M8": "MAC checks"}
+DEMO_ZMK = "C1D0F8FB4958670DBA40AB1F3752EF0D"
+KINDS = {
+    "CA": "translations",
+    "G0": "translations",
+    "M6": "MACs",
+    "M8": "MAC checks",
+    "A0": "keys generated and exported",
+}
 
 
 @dataclass(frozen=True, slots=True)
 class Run:
+    keys: str
     elapsed: float
     client_cpu: float
     server_cpu: float | None
@@ -62,10 +75,38 @@ def _proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _drive(endpoint: str, args: argparse.Namespace, server_pid: int | None) -> list[Run]:
+def _keys(form: str) -> tuple[str, str, str, str, str]:
+    """(TPK, ZPK, BDK, ZAK, ZMK) under the demo LMK in the variant or key-block form; the ZAK
+    has the ZPK's value (the variant form does not tell them apart; a key block must)."""
     lmk = Lmk(DEMO_LMK)
-    tpk, zpk = lmk.encrypt(bytes.fromhex(DEMO_TPK)), lmk.encrypt(bytes.fromhex(DEMO_ZPK))
-    bdk = lmk.encrypt(bytes.fromhex(DEMO_BDK))
+    if form == "variant":
+        tpk, zpk = lmk.encrypt(bytes.fromhex(DEMO_TPK)), lmk.encrypt(bytes.fromhex(DEMO_ZPK))
+        bdk, zmk = lmk.encrypt(bytes.fromhex(DEMO_BDK)), lmk.encrypt(bytes.fromhex(DEMO_ZMK))
+        return tpk, zpk, bdk, zpk, zmk
+    blocks = LmkBlocks(lmk)
+    return (
+        blocks.wrap(Attributes("P0", mode="D"), bytes.fromhex(DEMO_TPK)),
+        blocks.wrap(Attributes("P0", mode="E"), bytes.fromhex(DEMO_ZPK)),
+        blocks.wrap(Attributes("B0", mode="X"), bytes.fromhex(DEMO_BDK)),
+        blocks.wrap(Attributes("M3", mode="C"), bytes.fromhex(DEMO_ZPK)),
+        blocks.wrap(Attributes("K0", mode="B"), bytes.fromhex(DEMO_ZMK)),
+    )
+
+
+async def _drive(endpoint: str, args: argparse.Namespace, server_pid: int | None) -> list[Run]:
+    forms = ("variant", "block") if args.keys == "both" else (args.keys,)
+    runs: list[Run] = []
+    async with HsmClient([endpoint], connections=args.connections, timeout=10.0) as hsm:
+        await hsm.diagnostics()  # connect and warm up before the clock starts
+        for form in forms:
+            runs += await _measure(hsm, form, args, server_pid)
+    return runs
+
+
+async def _measure(
+    hsm: HsmClient, form: str, args: argparse.Namespace, server_pid: int | None
+) -> list[Run]:
+    tpk, zpk, bdk, zak, zmk = _keys(form)
     blocks = [terminal.pin_block_under_tpk(DEMO_TPK, f"{i:04d}", PAN) for i in range(100)]
     ksns, dukpt_blocks = [], []
     ksn = INITIAL_KSN
@@ -75,49 +116,50 @@ async def _drive(endpoint: str, args: argparse.Namespace, server_pid: int | None
         dukpt_blocks.append(terminal.pin_block_under_dukpt(DEMO_BDK, ksn, f"{i:04d}", PAN))
     mac = terminal.retail_mac(DEMO_ZPK, MESSAGE)
     runs: list[Run] = []
-    async with HsmClient([endpoint], connections=args.connections, timeout=10.0) as hsm:
-        await hsm.diagnostics()  # connect and warm up before the clock starts
-        for _ in range(args.repeat):
-            remaining = args.requests
-            timeouts = hsm.statistics().timeouts
+    for _ in range(args.repeat):
+        remaining = args.requests
+        timeouts = hsm.statistics().timeouts
 
-            async def worker(offset: int) -> None:
-                nonlocal remaining
-                i = offset
-                while remaining > 0:
-                    remaining -= 1
-                    if args.command == "G0":
-                        k = i % 100
-                        await hsm.translate_pin_dukpt_to_zpk(
-                            bdk, zpk, ksns[k], dukpt_blocks[k], PAN
-                        )
-                    elif args.command == "M6":
-                        await hsm.generate_mac(zpk, MESSAGE)
-                    elif args.command == "M8":
-                        await hsm.verify_mac(zpk, MESSAGE, mac)
-                    else:
-                        await hsm.translate_pin_tpk_to_zpk(tpk, zpk, blocks[i % 100], PAN)
-                    i += 1
+        async def worker(offset: int) -> None:
+            nonlocal remaining
+            i = offset
+            while remaining > 0:
+                remaining -= 1
+                if args.command == "G0":
+                    k = i % 100
+                    await hsm.translate_pin_dukpt_to_zpk(bdk, zpk, ksns[k], dukpt_blocks[k], PAN)
+                elif args.command == "M6":
+                    await hsm.generate_mac(zak, MESSAGE)
+                elif args.command == "M8":
+                    await hsm.verify_mac(zak, MESSAGE, mac)
+                elif args.command == "A0" and form == "block":
+                    await hsm.generate_key_block("P0", zmk=zmk)
+                elif args.command == "A0":
+                    await hsm.request(proto.GenerateKey("001", "1", "U", zmk, "X"))
+                else:
+                    await hsm.translate_pin_tpk_to_zpk(tpk, zpk, blocks[i % 100], PAN)
+                i += 1
 
-            server_before = None if server_pid is None else _proc_cpu(server_pid)
-            cpu_before, started = time.process_time(), time.perf_counter()
-            async with anyio.create_task_group() as tg:
-                for w in range(args.concurrency):
-                    tg.start_soon(worker, w)
-            elapsed = time.perf_counter() - started
-            cpu = time.process_time() - cpu_before
-            server = None if server_pid is None else _proc_cpu(server_pid) - (server_before or 0)
-            stats = hsm.statistics()
-            runs.append(
-                Run(
-                    elapsed,
-                    cpu,
-                    server,
-                    stats.latency_p50_ms,
-                    stats.latency_p99_ms,
-                    stats.timeouts - timeouts,
-                )
+        server_before = None if server_pid is None else _proc_cpu(server_pid)
+        cpu_before, started = time.process_time(), time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for w in range(args.concurrency):
+                tg.start_soon(worker, w)
+        elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu_before
+        server = None if server_pid is None else _proc_cpu(server_pid) - (server_before or 0)
+        stats = hsm.statistics()
+        runs.append(
+            Run(
+                form,
+                elapsed,
+                cpu,
+                server,
+                stats.latency_p50_ms,
+                stats.latency_p99_ms,
+                stats.timeouts - timeouts,
             )
+        )
     return runs
 
 
@@ -135,7 +177,7 @@ def _report(args: argparse.Namespace, where: str, runs: list[Run]) -> None:
     for run in runs:
         server = "" if run.server_cpu is None else f", server {run.server_cpu / n * 1e6:.1f}"
         print(
-            f"{args.command} {KINDS[args.command]}: {n} in {run.elapsed:.2f} s = "
+            f"{args.command} {KINDS[args.command]}, {run.keys} keys: {n} in {run.elapsed:.2f} s = "
             f"{n / run.elapsed:,.0f}/s; CPU us/command: client {run.client_cpu / n * 1e6:.1f}"
             f"{server} (server {where}, client {args.backend}, {args.connections} connections, "
             f"{args.concurrency} in flight; latency p50 {run.p50_ms:.2f} ms, "
@@ -152,6 +194,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=2)
     parser.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
     parser.add_argument("--repeat", type=int, default=1, help="measured runs on one client")
+    parser.add_argument(
+        "--keys",
+        choices=("variant", "block", "both"),
+        default="variant",
+        help="keys as U + 32H (variant), as S + TR-31 key block, or both one after the other",
+    )
     parser.add_argument("--server", default="subprocess", help="subprocess, inprocess or HOST:PORT")
     args = parser.parse_args(argv)
     options = {"use_uvloop": True} if args.backend == "asyncio" else {}

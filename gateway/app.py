@@ -47,6 +47,7 @@ from gateway.qr.otp import OtpEnrolment
 from gateway.qr.store import store_from_config
 from gateway.risk import RiskEngine
 from gateway.upstream.hsm_client import HsmClient, HsmCommandError, HsmError
+from gateway.upstream.link_keys import LinkKeyExchange, LinkKeyMetrics
 from gateway.upstream.links import IssuerPool
 from gateway.upstream.saf import SafMetrics, SafService
 from kit import fastio, pki
@@ -115,6 +116,17 @@ class Gateway:
                 histogram=self.security_metrics.hsm_latency,
             )
         security = (self.hsm, self.keys, self.security_metrics)
+        # Working keys of issuer links changed under their ZMKs (gateway/upstream/link_keys.py).
+        self.link_key_metrics = LinkKeyMetrics(self.metrics.registry)
+        self.key_exchanges: dict[str, LinkKeyExchange] = {}
+        for issuer, pool in self.pools.items():
+            exchange = LinkKeyExchange(
+                pool, self.keys, self.hsm, self.link_key_metrics, clock=utcnow
+            )
+            self.key_exchanges[issuer] = exchange
+            pool.on_key_change = exchange.answer
+            pool.key_status = exchange.status
+            pool.on_sign_on = functools.partial(self._keys_on_sign_on, exchange)
         # Journal, store-and-forward, stand-in and crash recovery (gateway/flow/journal_stage.py).
         self.journal_config: JournalConfig | None = None
         if cfg.journal:
@@ -274,6 +286,22 @@ class Gateway:
         await audit.record({**who, "detail": result}, event="signal_reload")
         return result
 
+    async def _keys_on_sign_on(self, exchange: LinkKeyExchange) -> None:
+        if exchange.on_signed_on():
+            await exchange.rotate("sign_on")
+
+    async def rotate_link_keys(self, issuer: str) -> dict[str, Any] | None:
+        """``POST /admin/links/{issuer}/rotate-keys``: new ZPK/ZAK on the link now (None: no
+        such link)."""
+        exchange = self.key_exchanges.get(issuer)
+        if exchange is None:
+            return None
+        if not exchange.enabled:
+            return {"issuer": issuer, "rotated": False, "reason": "no ZMK or no HSM"}
+        if not exchange.pool.ready:
+            return {"issuer": issuer, "rotated": False, "reason": "link not signed on"}
+        return await exchange.rotate("operator")
+
     @property
     def ready(self) -> bool:
         return all(p.ready for p in self.pools.values())
@@ -414,6 +442,8 @@ class Gateway:
                 tg.start_soon(self._check_hsm, self.hsm)
             for pool in self.pools.values():
                 await tg.start(pool.run)
+            for exchange in self.key_exchanges.values():
+                await tg.start(exchange.run)
             if self.saf is not None:
                 self._saf_scope = await tg.start(self._run_saf, self.saf)
             self._front = await tg.start(self._serve_front)
@@ -424,6 +454,7 @@ class Gateway:
                     self,
                     access=self.admin_access,
                     extra_routes=dashboard_routes(self.status, self.metrics, self._alerts),
+                    rotate_keys=self.rotate_link_keys,
                 )
                 self.admin_port = await tg.start(
                     functools.partial(

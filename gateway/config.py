@@ -197,6 +197,13 @@ class LinkConfig:
     """TLS name expected from the issuer (default: issuer-<id>)."""
     client_cert: str = "switch"
     """Our certificate name in the PKI directory (mutual TLS)."""
+    key_exchange_on_sign_on: bool = False
+    """Send a new ZPK (and ZAK, if the link MACs) under the link's ZMK when the link signs on
+    (its first connection up). Only for issuers with a ``zmk`` in the dataset; off by default
+    (the demo turns it on), so a link keeps its configured keys unless asked."""
+    key_rotation_interval: float = Field(default=0.0, ge=0)
+    """Seconds between scheduled key changes on this link; 0 (default): none scheduled (on
+    sign-on and on demand only). Needs the issuer's ``zmk``."""
 
 
 @dataclass(config=FROZEN)

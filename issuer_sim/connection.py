@@ -144,6 +144,14 @@ class LinkConnection(asyncio.Protocol):
 
     # -- ours ---------------------------------------------------------------------------
 
+    def send(self, frame: bytes) -> bool:
+        """Write an already framed message of our own (a key change); False when closed."""
+        transport = self._transport
+        if self._closing or transport is None or transport.is_closing():
+            return False
+        transport.write(frame)
+        return True
+
     def close(self) -> None:
         self._closing = True
         self._cancel_timers()

@@ -11,8 +11,10 @@ import datetime as dt
 import itertools
 from dataclasses import dataclass, field
 
+from issuer_sim import keys
 from issuer_sim.accounts import Account, AccountBook
 from issuer_sim.emv import EmvAuthenticator
+from protocols import keychange
 from protocols.bounded import BoundedFifo
 from protocols.message import Message
 from protocols.mti import response_mti
@@ -101,6 +103,11 @@ class IssuerHost:
 
     def _handle(self, msg: Message, now: dt.datetime) -> Message:
         mti = msg.mti
+        if mti == "0800" and keychange.is_key_change(msg):
+            security = self.book.security
+            if security is None:
+                return keychange.answer(msg, keychange.REFUSED)
+            return keys.accept(security, msg)
         if mti == "0800":
             return self._answer(msg, "00", {"70": msg.fields["70"]} if "70" in msg.fields else None)
         if mti in ("0400", "0420"):

@@ -17,6 +17,7 @@ import anyio.lowlevel
 from anyio.abc import TaskStatus
 from anyio.streams.tls import TLSAttribute
 
+from issuer_sim import keys
 from issuer_sim.connection import MAX_FRAME, PARTIAL_TIMEOUT, LinkConnection
 from issuer_sim.host import IssuerHost
 from issuer_sim.linkmac import link_mac_field
@@ -25,10 +26,13 @@ from kit import fastio
 from kit.framed import FramedStream, StalledFrameError
 from kit.logs import PeerWarnings, get_logger
 from kit.pki import certificate_identity, client_allowed
+from protocols import keychange
 from protocols.dialects import get_dialect
 from protocols.errors import ProtocolError
 from protocols.fastcodec import best_codec
+from protocols.framing import encode_frame
 from protocols.message import Message
+from protocols.mti import is_request
 
 log = get_logger("issuer_sim")
 
@@ -91,6 +95,13 @@ class IssuerServer:
         """A partial frame waiting longer than this (s) for its next bytes closes the link."""
         self.live: set[LinkConnection] = set()
         """Open connections on asyncio (closed when the server stops)."""
+        self.channels: set[fastio.FrameChannel] = set()
+        """Open connections on trio (key changes are sent on one)."""
+        self._waiting: dict[str, tuple[anyio.Event, list[Message]]] = {}
+        """Our key-change 0800s awaiting their 0810, by STAN."""
+        self._stan = random.randrange(1, 999999)
+        self.key_changes: dict[str, int] = {}
+        """Our key changes by outcome: ``accepted``, ``refused``, ``no_answer``."""
         self._scope: anyio.CancelScope | None = None
 
     async def run(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -225,6 +236,14 @@ class IssuerServer:
         self.received += 1
         by_mti = self.by_mti
         by_mti[msg.mti] = by_mti.get(msg.mti, 0) + 1
+        if not is_request(msg.mti):
+            waiting = self._waiting.get(msg.fields.get("11", ""))
+            if waiting is None:
+                log.warning("issuer_sim_unmatched_response", mti=msg.mti)
+            else:
+                waiting[1].append(msg)
+                waiting[0].set()
+            return None
         answer = self.host.handle(msg, dt.datetime.now(dt.UTC))
         faulty = msg.mti != "0800" or faults.apply_to_network
         if faulty and faults.drop_ratio and random.random() < faults.drop_ratio:
@@ -234,6 +253,69 @@ class IssuerServer:
         if faulty and faults.latency_ms:
             return answer, faults.latency_ms
         return answer, 0.0
+
+    async def initiate_key_change(
+        self, kind: str, *, fault: str | None = None, timeout: float = 5.0
+    ) -> str:
+        """Send the acquirer a new ``kind`` key (``zpk``/``zak``) on one live connection: its
+        0810's field 39 (``no_answer`` when none came); refused or unanswered, the old key is
+        put back. ``fault``: ``tamper`` or ``wrong_kcv`` (tests)."""
+        security = self.host.book.security
+        if security is None:
+            raise LookupError("this issuer has no keys")
+        fields, undo = keys.offer(security, kind, fault=fault)
+        self._stan = self._stan % 999999 + 1
+        stan = f"{self._stan:06d}"
+        msg = Message(
+            "0800", {"7": dt.datetime.now(dt.UTC).strftime("%m%d%H%M%S"), "11": stan, **fields}
+        )
+        frame = self.codec.encode(msg)
+        event = anyio.Event()
+        answers: list[Message] = []
+        self._waiting[stan] = (event, answers)
+        try:
+            if not await self._send_any(frame):
+                undo()
+                return self._key_change_outcome("no_answer")
+            with anyio.move_on_after(timeout):
+                await event.wait()
+        finally:
+            self._waiting.pop(stan, None)
+        rc = answers[0].fields.get("39", "") if answers else ""
+        if rc != keychange.ACCEPTED:
+            undo()
+            log.warning(
+                "issuer_sim_key_change_not_accepted",
+                issuer=self.host.book.issuer,
+                key=kind,
+                rc=rc or None,
+            )
+            return self._key_change_outcome("refused" if rc else "no_answer", rc)
+        log.info(
+            "issuer_sim_key_changed",
+            issuer=self.host.book.issuer,
+            key=kind,
+            generation=security.generation,
+            initiator="issuer",
+        )
+        return self._key_change_outcome("accepted", rc)
+
+    def _key_change_outcome(self, outcome: str, rc: str = "") -> str:
+        self.key_changes[outcome] = self.key_changes.get(outcome, 0) + 1
+        return rc or outcome
+
+    async def _send_any(self, frame: bytes) -> bool:
+        """Write a frame on one open connection; False when there is none."""
+        for conn in list(self.live):
+            if conn.send(encode_frame(frame, MAX_FRAME)):
+                return True
+        for channel in list(self.channels):
+            try:
+                await channel.send_frame(frame)
+            except (*_GONE, ssl.SSLError):
+                continue
+            return True
+        return False
 
     def encode(self, answer: Message) -> bytes:
         # A MACed answer was encoded when it was sealed: reuse those bytes.
@@ -250,6 +332,7 @@ class IssuerServer:
         try:
             if not self.admit(*_channel_client(framed)):
                 return
+            self.channels.add(framed)
             async with anyio.create_task_group() as tg:
                 while True:
                     try:
@@ -276,6 +359,7 @@ class IssuerServer:
         except Exception:
             log.exception("issuer_sim_connection_failed")
         finally:
+            self.channels.discard(framed)
             with anyio.CancelScope(shield=True):
                 await framed.aclose()
 

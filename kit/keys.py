@@ -12,10 +12,12 @@ given as ``U`` + 32 hex is taken unchanged here for that reason, and then no cle
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from hsm_sim.errors import HsmCryptoError
+from hsm_sim.keyblock import Attributes, LmkBlocks
 from hsm_sim.lmk import Lmk, aes_kcv_hex, kcv_hex, parse_clear_key
 from kit.conf import ConfigError
 from kit.dataset import Dataset, KeySpec
@@ -41,11 +43,21 @@ class TerminalKeys:
 
 @dataclass(frozen=True, slots=True)
 class IssuerKeys:
-    """The switch's side of an issuer link: the PIN and MAC zone keys under the LMK."""
+    """The switch's side of an issuer link: the PIN and MAC zone keys under the LMK, as one
+    generation. A key change makes a new object (:meth:`KeyStore.install`): a transaction that
+    holds the old one finishes with its keys."""
 
     issuer: str
     zpk: str | None = field(default=None, repr=False)
     zak: str | None = field(default=None, repr=False)
+    zmk: str | None = field(default=None, repr=False)
+    """The link's ZMK under the LMK (``S`` + key block), for key exchange; None: no exchange."""
+    generation: int = 0
+    """0 for the configured keys, then one more per key change on the link."""
+    zpk_kcv: str = ""
+    zak_kcv: str = ""
+    changed_at: dt.datetime | None = None
+    """When this generation was installed (None: at start, from the dataset)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,13 +65,17 @@ class KeyStore:
     lmk_kcv: str
     """Check value (6 hex) of the LMK these keys are under; compared with the HSM's at start."""
     terminals: Mapping[str, TerminalKeys] = field(default_factory=dict)
-    issuers: Mapping[str, IssuerKeys] = field(default_factory=dict)
+    issuers: dict[str, IssuerKeys] = field(default_factory=dict)
 
     def terminal(self, terminal_id: str) -> TerminalKeys | None:
         return self.terminals.get(terminal_id)
 
     def issuer(self, issuer_id: str) -> IssuerKeys | None:
         return self.issuers.get(issuer_id)
+
+    def install(self, keys: IssuerKeys) -> None:
+        """Make ``keys`` the issuer's current generation (new messages use it from now on)."""
+        self.issuers[keys.issuer] = keys
 
 
 def key_under_lmk(
@@ -119,7 +135,29 @@ def load_keys(dataset: Dataset) -> KeyStore:
             issuer=i.id,
             zpk=key_under_lmk(lmk, i.zpk, f"issuer {i.id} zpk"),
             zak=key_under_lmk(lmk, i.zak, f"issuer {i.id} zak"),
+            zmk=zmk_under_lmk(lmk, i.zmk, f"issuer {i.id} zmk"),
+            zpk_kcv=_kcv(i.zpk),
+            zak_kcv=_kcv(i.zak),
         )
         for i in dataset.issuers
     }
     return KeyStore(lmk_kcv=lmk_kcv, terminals=terminals, issuers=issuers)
+
+
+def _kcv(spec: KeySpec | None) -> str:
+    return "" if spec is None else spec.kcv.upper()
+
+
+def zmk_under_lmk(lmk: Lmk | None, spec: KeySpec | None, name: str) -> str | None:
+    """A link ZMK as a key block under the LMK (``S``: usage K0, TDES, encrypt and decrypt,
+    not exportable), after its KCV check; a ZMK given under the LMK (``U``/``S``) is kept."""
+    if spec is None:
+        return None
+    value = spec.key.strip()
+    if value[:1] in ("S", "s"):
+        return value.upper()
+    variant = key_under_lmk(lmk, spec, name)
+    if value[:1] in ("U", "u") or lmk is None or variant is None:
+        return variant
+    clear = lmk.decrypt(variant)
+    return LmkBlocks(lmk).wrap(Attributes("K0", "T", "B", "00", "N"), clear)

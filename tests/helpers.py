@@ -249,6 +249,7 @@ async def running_stack(
     connections: int = 2,
     qr_api: QrApiConfig | None = None,
     terminal_options: dict[str, Any] | None = None,
+    link_options: dict[str, Any] | None = None,
     **gateway_options: Any,
 ) -> AsyncIterator[Stack]:
     """Gateway + the three issuer simulators on 127.0.0.1; ``risk`` is relative to conf/demo
@@ -256,7 +257,8 @@ async def running_stack(
     in the dataset) an HSM simulator runs in-process on a free port for the gateway.
     ``journal`` names a journal TOML (absolute, or relative to conf/demo; empty: none);
     ``replicas`` adds endpoints per issuer (simulators sharing the issuer's books);
-    ``terminal_options`` overrides ``[terminal]`` settings (ports 0, partial frames 0.5 s)."""
+    ``terminal_options`` overrides ``[terminal]`` settings (ports 0, partial frames 0.5 s),
+    ``link_options`` adds settings to every ``[[links]]``."""
     dataset = dataset or demo_dataset()
     async with anyio.create_task_group() as tg:
         hsm_sim = None
@@ -299,6 +301,7 @@ async def running_stack(
                     timeout=link_timeout,
                     backoff_initial=0.05,
                     backoff_max=0.2,
+                    **(link_options or {}),
                 )
                 for i in ISSUERS
             ),

@@ -385,7 +385,13 @@ class StandIn(BaseParticipant):
 
     async def _verify_pin(self, ctx: Context, issuer: str) -> str | None:
         pvk = self.pvks.get(issuer)
-        issuer_keys = self.keys.issuer(issuer) if self.keys is not None else None
+        # The ZPK the PIN block was translated under (a key change meanwhile does not matter).
+        held = ctx.link_keys
+        issuer_keys = (
+            held
+            if held is not None and held.issuer == issuer
+            else (self.keys.issuer(issuer) if self.keys is not None else None)
+        )
         zpk = issuer_keys.zpk if issuer_keys is not None else None
         found = pvv_from_track2(ctx.request.fields.get("35"))
         block = ctx.pin_block

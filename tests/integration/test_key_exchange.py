@@ -1,0 +1,183 @@
+"""Dynamic key exchange on issuer links over real sockets (issue 17 item 2): key changes from
+either side under steady load lose and double-count nothing; a tampered key block or a wrong
+KCV is refused and traffic continues on the old key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from gateway.config import AdminConfig, AdminTokenConfig
+from gateway.ops.admin import hash_token
+from loadtest.generator import LoadConfig, LoadGenerator
+from loadtest.stats import RunStats
+from tests.helpers import DEMO_CONF, Stack, eventually, running_stack
+
+pytestmark = pytest.mark.anyio
+
+ALPHA_SYNTHETIC = "4761739"  # alpha: a ZPK and a ZAK (the link MACs), PIN 0000
+OPERATOR = "operator-TEST-ONLY"
+VIEWER = "viewer-TEST-ONLY"
+
+
+def _admin() -> AdminConfig:
+    return AdminConfig(
+        port=0,
+        tokens=(
+            AdminTokenConfig(id="op", role="operator", sha256=hash_token(OPERATOR)),
+            AdminTokenConfig(id="view", role="viewer", sha256=hash_token(VIEWER)),
+        ),
+    )
+
+
+def _load(stack: Stack, seconds: float) -> LoadGenerator:
+    return LoadGenerator(
+        LoadConfig(
+            port=stack.port,
+            connections=2,
+            rate=120.0,
+            duration=seconds,
+            warmup=0.0,
+            mix="pin_tpk=1",
+            prefixes=(ALPHA_SYNTHETIC,),
+            timeout=5.0,
+            data=DEMO_CONF / "data.toml",
+            seed=17,
+        )
+    )
+
+
+def _assert_nothing_lost(stats: RunStats, generator: LoadGenerator, stack: Stack) -> None:
+    # Every request answered, every answer an approval: none 96 (HSM/MAC) or 63 (security).
+    assert stats.error_count == 0, stats.errors
+    assert dict(stats.codes) == {"00": stats.count}
+    assert stats.count == generator.scheduled > 0
+    # Nothing double-counted at the issuer: one posting per approval (one request each).
+    postings = stack.issuers["alpha"].host.postings
+    assert len(postings) == stats.count
+
+
+async def test_key_changes_under_load_lose_nothing(pki_dir: Path) -> None:
+    async with running_stack(pki_dir, link_timeout=2.0, risk="", admin=_admin()) as stack:
+        gateway, issuer = stack.gateway, stack.issuers["alpha"]
+        start = gateway.keys.issuer("alpha")
+        assert start is not None
+        assert start.generation == 0
+        generator = _load(stack, 3.0)
+        results: dict[str, object] = {}
+
+        async def change_keys() -> None:
+            await anyio.sleep(0.7)
+            # On demand, through the admin API (operator role, audited).
+            assert gateway.admin_port is not None
+            url = f"http://127.0.0.1:{gateway.admin_port}/admin/links/alpha/rotate-keys"
+            async with httpx.AsyncClient() as client:
+                viewer = await client.post(url, headers={"Authorization": f"Bearer {VIEWER}"})
+                assert viewer.status_code == 403
+                answer = await client.post(url, headers={"Authorization": f"Bearer {OPERATOR}"})
+            results["switch"] = answer.json()
+            assert answer.status_code == 200, answer.text
+            await anyio.sleep(0.7)
+            # The issuer changes the ZPK, then the ZAK, from its side.
+            results["issuer_zpk"] = await issuer.initiate_key_change("zpk")
+            results["issuer_zak"] = await issuer.initiate_key_change("zak")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(change_keys)
+            stats = await generator.run()
+
+        _assert_nothing_lost(stats, generator, stack)
+        switch = results["switch"]
+        assert isinstance(switch, dict)
+        assert switch["rotated"] is True
+        assert switch["keys"] == {"zpk": "changed", "zak": "changed"}
+        assert (results["issuer_zpk"], results["issuer_zak"]) == ("00", "00")
+        now = gateway.keys.issuer("alpha")
+        assert now is not None
+        assert now.generation >= 2
+        assert now.zpk != start.zpk
+        assert now.zak != start.zak
+        assert now.zpk is not None
+        assert now.zpk.startswith("S")  # held as a key block under the LMK
+        # Both sides hold the same keys: their KCVs agree with the issuer's HSM.
+        security = issuer.host.book.security
+        assert security is not None
+        assert now.zpk_kcv == security.lmk.kcv(security.zpk or "")
+        assert now.zak_kcv == security.lmk.kcv(security.zak or "")
+        status = gateway.status()
+        alpha = next(link for link in status["links"] if link["issuer"] == "alpha")
+        assert alpha["keys"]["generation"] == now.generation
+        assert alpha["keys"]["zpk_kcv"] == now.zpk_kcv
+        assert alpha["keys"]["changes"] == 4
+        assert alpha["keys"]["refusals"] == 0
+        assert now.zpk not in str(status)
+        metrics = gateway.metrics.render().decode()
+        assert 'switch_link_key_changes_total{initiator="switch",issuer="alpha",key="zpk"} 1.0' in (
+            metrics
+        )
+        assert 'switch_link_key_changes_total{initiator="issuer",issuer="alpha",key="zak"} 1.0' in (
+            metrics
+        )
+
+
+@pytest.mark.parametrize("fault", ["tamper", "wrong_kcv"])
+async def test_a_bad_key_change_is_refused_and_traffic_continues(pki_dir: Path, fault: str) -> None:
+    async with running_stack(pki_dir, link_timeout=2.0, risk="") as stack:
+        gateway, issuer = stack.gateway, stack.issuers["alpha"]
+        before = gateway.keys.issuer("alpha")
+        security = issuer.host.book.security
+        assert before is not None
+        assert security is not None
+        issuer_zpk = security.zpk
+        generator = _load(stack, 2.0)
+        outcome: list[str] = []
+
+        async def bad_change() -> None:
+            await anyio.sleep(0.5)
+            outcome.append(await issuer.initiate_key_change("zpk", fault=fault))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(bad_change)
+            stats = await generator.run()
+
+        assert outcome == ["63"]  # refused by the switch
+        _assert_nothing_lost(stats, generator, stack)
+        after = gateway.keys.issuer("alpha")
+        assert after == before  # the old key stays in use on both sides
+        assert security.zpk == issuer_zpk
+        reason = "block_refused" if fault == "tamper" else "kcv_mismatch"
+        metrics = gateway.metrics.render().decode()
+        assert (
+            f'switch_link_key_refusals_total{{by="switch",issuer="alpha",key="zpk",'
+            f'reason="{reason}"}} 1.0' in metrics
+        )
+        alpha = next(link for link in gateway.status()["links"] if link["issuer"] == "alpha")
+        assert alpha["keys"]["refusals"] == 1
+        assert reason in alpha["keys"]["last_refusal"]
+
+
+async def test_sign_on_changes_keys_when_configured(pki_dir: Path) -> None:
+    async with running_stack(
+        pki_dir, link_timeout=2.0, risk="", link_options={"key_exchange_on_sign_on": True}
+    ) as stack:
+        gateway = stack.gateway
+        dataset_kcvs = {i.id: i.zpk.kcv for i in gateway.dataset.issuers if i.zpk is not None}
+
+        def changed() -> bool:
+            keys = [gateway.keys.issuer(i) for i in ("alpha", "beta", "gamma")]
+            return all(k is not None and k.generation == 1 for k in keys)
+
+        await eventually(changed)
+        for issuer in ("alpha", "beta", "gamma"):
+            keys = gateway.keys.issuer(issuer)
+            assert keys is not None
+            assert keys.zpk_kcv != dataset_kcvs[issuer]
+            security = stack.issuers[issuer].host.book.security
+            assert security is not None
+            assert keys.zpk_kcv == security.lmk.kcv(security.zpk or "")
+        beta = gateway.keys.issuer("beta")
+        assert beta is not None
+        assert beta.zak is None  # beta's link does not MAC: only its ZPK changes

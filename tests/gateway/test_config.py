@@ -129,3 +129,16 @@ def test_check_config_refuses_stand_in_and_risk_limits_in_two_currencies(
     assert 'limit_currency "840"' in err
     conf.write_text(head + 'limit_currency = "840"\n')
     assert gateway_main(["check-config", "--conf", str(conf)]) == 0
+
+
+def test_link_key_settings_are_checked_with_their_path(tmp_path: Path) -> None:
+    conf = tmp_path / "gateway.toml"
+    conf.write_text(
+        '[[links]]\nissuer = "a"\nendpoints = []\nkey_rotation_interval = -1\n'
+        'key_exchange_on_sign_on = "maybe"\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        load_gateway_config(conf)
+    text = str(info.value)
+    assert "links.0.key_rotation_interval" in text
+    assert "links.0.key_exchange_on_sign_on" in text

@@ -181,3 +181,34 @@ async def test_sign_on_changes_keys_when_configured(pki_dir: Path) -> None:
         beta = gateway.keys.issuer("beta")
         assert beta is not None
         assert beta.zak is None  # beta's link does not MAC: only its ZPK changes
+
+
+async def test_scheduled_key_changes_and_the_next_one_shown(pki_dir: Path) -> None:
+    async with running_stack(
+        pki_dir, link_timeout=2.0, risk="", link_options={"key_rotation_interval": 0.4}
+    ) as stack:
+        gateway = stack.gateway
+
+        def generation() -> int:
+            keys = gateway.keys.issuer("alpha")
+            return keys.generation if keys is not None else 0
+
+        await eventually(lambda: generation() >= 2)
+        alpha = next(link for link in gateway.status()["links"] if link["issuer"] == "alpha")
+        keys = alpha["keys"]
+        assert keys["rotation_interval"] == 0.4
+        assert keys["next_change"] is not None
+        assert keys["last_change"] is not None
+        assert keys["next_change"] >= keys["last_change"]
+        security = stack.issuers["alpha"].host.book.security
+        assert security is not None
+        current = gateway.keys.issuer("alpha")
+        assert current is not None
+        # The last change the switch installed is the issuer's current key (a change may be
+        # under way: then the issuer is one ahead and holds ours as its previous one).
+        await eventually(
+            lambda: (
+                (k := gateway.keys.issuer("alpha")) is not None
+                and k.zpk_kcv == security.lmk.kcv(security.zpk or "")
+            )
+        )

@@ -1044,7 +1044,7 @@ def _plan(layout: tuple[Field, ...]) -> _Plan:
     run: list[int] = []
     for i, (f, name, code, size, when, optional, _) in enumerate(compiled):
         if (
-            code == _K_TEXT
+            code in (_K_TEXT, _K_KEY)
             and size >= 0
             and when is None
             and not optional
@@ -1085,7 +1085,10 @@ def _decode_fields(
             continue
         for i in run.indexes:
             pos = _decode_field(data, pos, end, compiled[i], values, make_error)
-        if len(run.decoded) < _CACHE_SIZE:
+        # A key block (``S``) is longer than a variant key: such a run is not remembered by
+        # its first ``run.size`` bytes. (Nor can it hit an entry: those have ``U``/``X`` where
+        # its first key block has ``S``.)
+        if pos == nxt and len(run.decoded) < _CACHE_SIZE:
             run.decoded[raw] = tuple(values[name] for name in run.names)
     if pos != end:
         raise make_error("unexpected data after the last field", None)

@@ -45,6 +45,7 @@ def build_server(cfg: IssuerSimConfig, base: Path, issuer: str, port: int | None
         port=ep.port if port is None else port,
         postings_file=postings,
         allowed_clients=ep.allowed_clients,
+        key_change_signal=True,
     )
 
 

@@ -74,6 +74,7 @@ class IssuerServer:
         port: int = 0,
         postings_file: Path | None = None,
         allowed_clients: tuple[str, ...] = (),
+        key_change_signal: bool = False,
     ) -> None:
         self.host = host
         self.allowed_clients = allowed_clients
@@ -81,6 +82,9 @@ class IssuerServer:
         allow-list); empty: none (a bank's host pins its acquirer). Unused on plain TCP."""
         self.postings_file = postings_file
         """Where ``SIGUSR1`` writes the posting file (``issuer_sim.postings``); None: off."""
+        self.key_change_signal = key_change_signal
+        """``SIGUSR2`` sends the acquirer a new ZPK (and ZAK, if the link MACs): the issuer's
+        side of a key change, on demand (the ``issuer-sim`` program; off in tests)."""
         self.ssl_context = ssl_context
         self.faults = faults or LiveFaults()
         self.bind = bind
@@ -105,13 +109,37 @@ class IssuerServer:
         self._scope: anyio.CancelScope | None = None
 
     async def run(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
-        if self.postings_file is None:
+        if self.postings_file is None and not self.key_change_signal:
             await self._serve(task_status=task_status)
             return
         async with anyio.create_task_group() as tg:
-            await tg.start(self._export_on_signal, self.postings_file)
+            if self.postings_file is not None:
+                await tg.start(self._export_on_signal, self.postings_file)
+            if self.key_change_signal:
+                await tg.start(self._keys_on_signal)
             await self._serve(task_status=task_status)
             tg.cancel_scope.cancel()
+
+    async def _keys_on_signal(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """``SIGUSR2``: a key change from the issuer's side (ZPK, then ZAK if there is one)."""
+        with anyio.open_signal_receiver(signal.SIGUSR2) as signals:
+            task_status.started()
+            async for _ in signals:
+                security = self.host.book.security
+                if security is None or security.zmk is None:
+                    log.warning("issuer_sim_key_change_unavailable", issuer=self.host.book.issuer)
+                    continue
+                for kind in ("zpk", "zak"):
+                    if getattr(security, kind) is not None:
+                        rc = await self.initiate_key_change(kind)
+                        log.info(
+                            "issuer_sim_key_change_sent",
+                            issuer=self.host.book.issuer,
+                            key=kind,
+                            rc=rc,
+                        )
 
     async def _export_on_signal(
         self, path: Path, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED

@@ -4,6 +4,8 @@ KCV is refused and traffic continues on the old key."""
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import anyio
@@ -212,3 +214,21 @@ async def test_scheduled_key_changes_and_the_next_one_shown(pki_dir: Path) -> No
                 and k.zpk_kcv == security.lmk.kcv(security.zpk or "")
             )
         )
+
+
+async def test_the_issuer_program_changes_keys_on_sigusr2(pki_dir: Path) -> None:
+    async with running_stack(pki_dir, link_timeout=2.0, risk="") as stack:
+        issuer = stack.issuers["alpha"]
+        await stack.task_group.start(issuer._keys_on_signal)  # what issuer-sim run starts
+        os.kill(os.getpid(), signal.SIGUSR2)
+
+        def both_changed() -> bool:
+            return issuer.key_changes.get("accepted", 0) == 2
+
+        await eventually(both_changed)
+        keys = stack.gateway.keys.issuer("alpha")
+        security = issuer.host.book.security
+        assert keys is not None
+        assert security is not None
+        assert keys.zpk_kcv == security.lmk.kcv(security.zpk or "")
+        assert keys.zak_kcv == security.lmk.kcv(security.zak or "")

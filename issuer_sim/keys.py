@@ -59,7 +59,7 @@ def accept(security: IssuerSecurity, msg: Message) -> Message:
         log.warning(
             "issuer_sim_key_change_refused",
             issuer=security.issuer,
-            key=change.kind,
+            key_kind=change.kind,
             reason="key block refused",
             hsm_error=error,
         )
@@ -68,7 +68,7 @@ def accept(security: IssuerSecurity, msg: Message) -> Message:
         log.warning(
             "issuer_sim_key_change_refused",
             issuer=security.issuer,
-            key=change.kind,
+            key_kind=change.kind,
             reason="kcv mismatch",
         )
         return keychange.answer(msg, keychange.REFUSED)
@@ -76,7 +76,7 @@ def accept(security: IssuerSecurity, msg: Message) -> Message:
     log.info(
         "issuer_sim_key_changed",
         issuer=security.issuer,
-        key=change.kind,
+        key_kind=change.kind,
         kcv=body.kcv,
         generation=security.generation,
         initiator="acquirer",

@@ -137,7 +137,7 @@ class IssuerServer:
                         log.info(
                             "issuer_sim_key_change_sent",
                             issuer=self.host.book.issuer,
-                            key=kind,
+                            key_kind=kind,
                             rc=rc,
                         )
 
@@ -315,14 +315,14 @@ class IssuerServer:
             log.warning(
                 "issuer_sim_key_change_not_accepted",
                 issuer=self.host.book.issuer,
-                key=kind,
+                key_kind=kind,
                 rc=rc or None,
             )
             return self._key_change_outcome("refused" if rc else "no_answer", rc)
         log.info(
             "issuer_sim_key_changed",
             issuer=self.host.book.issuer,
-            key=kind,
+            key_kind=kind,
             generation=security.generation,
             initiator="issuer",
         )

@@ -295,7 +295,7 @@ class Dashboard:
                     "saf_delivered": int(_number(delivered.get(name))),
                     "p99_ms": quantile_ms(0.99, lat),
                     "failures": round(failures),
-                    **_link_keys(link.get("keys")),
+                    **_link_keys(link.get("key_lifecycle")),
                 }
             )
         return out

@@ -138,12 +138,13 @@ class LinkKeyExchange:
                 results[kind] = outcome
             self._schedule()
         changed = any(r == "changed" for r in results.values())
-        log.info("link_keys_rotated", issuer=self.issuer, reason=reason, **results)
+        outcome = [f"{kind}: {result}" for kind, result in results.items()]
+        log.info("link_keys_rotated", issuer=self.issuer, reason=reason, results=outcome)
         return {
             "issuer": self.issuer,
             "rotated": changed,
             "generation": self.status()["generation"],
-            "keys": results,
+            "results": outcome,
         }
 
     async def _send_key(self, kind: str, generation: int) -> str:
@@ -227,7 +228,7 @@ class LinkKeyExchange:
         log.info(
             "link_key_changed",
             issuer=self.issuer,
-            key=kind,
+            key_kind=kind,
             kcv=kcv,
             generation=new.generation,
             initiator=initiator,
@@ -240,7 +241,12 @@ class LinkKeyExchange:
         self._history.last_refusal_at = self.clock()
         self.metrics.refusals.labels(self.issuer, kind, by, reason).inc()
         log.warning(
-            "link_key_change_refused", issuer=self.issuer, key=kind, by=by, reason=reason, **info
+            "link_key_change_refused",
+            issuer=self.issuer,
+            key_kind=kind,
+            by=by,
+            reason=reason,
+            **info,
         )
         return f"refused: {reason}"
 

@@ -436,5 +436,5 @@ class IssuerPool:
                 {"index": c.index, "state": c.state, "endpoint": c.endpoint, "connects": c.connects}
                 for c in self.connections
             ],
-            "keys": None if self.key_status is None else self.key_status(),
+            "key_lifecycle": None if self.key_status is None else self.key_status(),
         }

@@ -543,7 +543,7 @@ async def test_rotate_keys_needs_the_operator_and_is_audited(tmp_path: Path) -> 
         calls.append(issuer)
         if issuer != "alpha":
             return None
-        return {"issuer": "alpha", "rotated": True, "generation": 3, "keys": {"zpk": "changed"}}
+        return {"issuer": "alpha", "rotated": True, "generation": 3, "results": ["zpk: changed"]}
 
     cfg = AdminConfig(tokens=TOKENS, audit_file="audit.log")
     access = AdminAccess.from_config(cfg, tmp_path)
@@ -566,6 +566,6 @@ async def test_rotate_keys_needs_the_operator_and_is_audited(tmp_path: Path) -> 
         "issuer": "alpha",
         "rotated": True,
         "generation": 3,
-        "keys": {"zpk": "changed"},
+        "results": ["zpk: changed"],
     }
     assert any(r.get("status") == 403 and r["token_id"] == "ops-bob" for r in records)

@@ -442,7 +442,7 @@ async def test_link_keys_show_generation_and_check_values_never_keys() -> None:
 
     def status() -> dict[str, Any]:
         st = gateway_status()
-        st["links"][0]["keys"] = {
+        st["links"][0]["key_lifecycle"] = {
             "exchange": True,
             "generation": 3,
             "zpk_kcv": "21D805",

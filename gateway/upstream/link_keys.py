@@ -134,17 +134,16 @@ class LinkKeyExchange:
             for kind in ("zpk", "zak"):
                 if getattr(current, kind) is None:
                     continue
-                outcome = await self._send_key(kind, generation)
-                results[kind] = outcome
+                results[kind] = await self._send_key(kind, generation)
             self._schedule()
         changed = any(r == "changed" for r in results.values())
-        outcome = [f"{kind}: {result}" for kind, result in results.items()]
-        log.info("link_keys_rotated", issuer=self.issuer, reason=reason, results=outcome)
+        summary = [f"{kind}: {result}" for kind, result in results.items()]
+        log.info("link_keys_rotated", issuer=self.issuer, reason=reason, results=summary)
         return {
             "issuer": self.issuer,
             "rotated": changed,
             "generation": self.status()["generation"],
-            "results": outcome,
+            "results": summary,
         }
 
     async def _send_key(self, kind: str, generation: int) -> str:

@@ -101,7 +101,7 @@ class Gateway:
         self.pan_cipher = PanCipher.from_env(cfg.tokens.key_env)
         self.tokens = TokenVault(self.pan_cipher, self.dataset.tokens)
         # Keys under the LMK, once (kit/keys.py); the HSM does every PIN and MAC operation.
-        self.keys = load_keys(self.dataset)
+        self.keys = load_keys(self.dataset, key_blocks=cfg.hsm.key_blocks)
         self.security_metrics = SecurityMetrics(self.metrics.registry)
         self.hsm: HsmClient | None = None
         if cfg.hsm.endpoints:
@@ -162,6 +162,7 @@ class Gateway:
                 keys=self.keys,
                 acquirer_id=cfg.acquirer_id,
                 risk=self.risk,
+                key_blocks=cfg.hsm.key_blocks,
             )
         self.participants: list[Participant] = [
             *([JournalStage(rt, started, self.pools)] if journaled else []),

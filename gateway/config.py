@@ -223,6 +223,11 @@ class HsmConfig:
     be ``server_name``; the gateway presents ``client_cert`` (put it in the HSM's allow-list)."""
     server_name: str = "hsm"
     client_cert: str = "switch"
+    key_blocks: bool = False
+    """Hold the dataset's clear test keys as TR-31 / X9.143 key blocks under the LMK (``S`` +
+    block: usage and mode of use per role, enforced by the HSM on every command) instead of
+    the variant form ``U`` + 32 hex (default, as before key blocks; keys given under the LMK are
+    kept in their form either way). Keys received from issuers are key blocks regardless."""
 
 
 @dataclass(config=FROZEN)

@@ -371,8 +371,12 @@ class HsmCore:
             raise PinBlockFormatError("destination format must be a TDES format")
         # AES keys carry no DES parity.
         bdk = self._key(req.bdk, parity_error_code=None, use=keyblock.AES_BDK)
-        if len(bdk) != bdk_type.length:
+        # A key block's length is inside it, and that is what counts (the flag is for the
+        # variant form, whose length the field's size gives).
+        if len(bdk) != bdk_type.length and not keyblock.is_key_block(req.bdk):
             raise KeyLengthError("BDK length does not match its flag")
+        if len(bdk) not in (16, 32):
+            raise KeyLengthError("an AES BDK is AES-128 or AES-256")
         zpk = self._key(req.zpk, proto.SECOND_KEY_PARITY_ERROR, keyblock.PIN_ENCRYPT)
         pin_key = aes_dukpt.derive_pin_key(bdk, req.ksn, pin_key_type)
         n, block = pinblock.translate_pin_block(

@@ -113,19 +113,59 @@ def dataset_lmk(dataset: Dataset) -> Lmk | None:
     return lmk
 
 
-def load_keys(dataset: Dataset) -> KeyStore:
-    """Every terminal and issuer key of the dataset under the LMK (see the module doc)."""
+#: The key-block header of each dataset key held as a key block (``load_keys(key_blocks=True)``):
+#: (usage, mode of use) for what the switch does with it; none is exportable.
+BLOCK_ROLES: Mapping[str, tuple[str, str]] = {
+    "tpk": ("P0", "D"),  # the switch only decrypts terminals' PIN blocks (CA source)
+    "bdk": ("B0", "X"),  # derives the DUKPT keys (G0, Z0)
+    "tak": ("M3", "C"),  # terminal MACs
+    "zpk": ("P0", "B"),  # encrypts for the issuer (CA/G0/Z0/CC), decrypts in stand-in (EC)
+    "zak": ("M3", "C"),  # issuer-link MACs, both ways
+    "pvk": ("V2", "V"),  # stand-in's PVV check (EC)
+    "imk_ac": ("E0", "X"),  # stand-in's ARQC check (KQ)
+}
+
+
+def key_under_lmk_as(
+    lmk: Lmk | None,
+    spec: KeySpec | None,
+    name: str,
+    role: str,
+    *,
+    key_blocks: bool,
+    aes: bool = False,
+) -> str | None:
+    """:func:`key_under_lmk`, or with ``key_blocks`` the same key as ``S`` + a key block under
+    the LMK with ``role``'s header (:data:`BLOCK_ROLES`), which the HSM then enforces. A key
+    given already under the LMK is kept in its form."""
+    variant = key_under_lmk(lmk, spec, name, aes=aes)
+    if not key_blocks or variant is None or lmk is None or spec is None:
+        return variant
+    if spec.key.strip()[:1] in ("U", "u", "S", "s"):
+        return variant
+    usage, mode = BLOCK_ROLES[role]
+    attributes = Attributes(usage, "A" if aes else "T", mode, "00", "N")
+    return LmkBlocks(lmk).wrap(attributes, lmk.decrypt(variant))
+
+
+def load_keys(dataset: Dataset, *, key_blocks: bool = False) -> KeyStore:
+    """Every terminal and issuer key of the dataset under the LMK (see the module doc); with
+    ``key_blocks`` as TR-31 key blocks (:data:`BLOCK_ROLES`), else in the variant form."""
     lmk = dataset_lmk(dataset)
     lmk_kcv = lmk.check_value() if lmk is not None else ""
     terminals: dict[str, TerminalKeys] = {}
+
+    def under(spec: KeySpec | None, name: str, role: str, aes: bool = False) -> str | None:
+        return key_under_lmk_as(lmk, spec, name, role, key_blocks=key_blocks, aes=aes)
+
     for t in dataset.terminals:
         keys = TerminalKeys(
             terminal=t.id,
             key_mode=t.key_mode,
             mac_required=t.mac_required,
-            tpk=key_under_lmk(lmk, t.tpk, f"terminal {t.id} tpk"),
-            bdk=key_under_lmk(lmk, t.bdk, f"terminal {t.id} bdk", aes=t.key_mode == "aes_dukpt"),
-            tak=key_under_lmk(lmk, t.tak, f"terminal {t.id} tak"),
+            tpk=under(t.tpk, f"terminal {t.id} tpk", "tpk"),
+            bdk=under(t.bdk, f"terminal {t.id} bdk", "bdk", aes=t.key_mode == "aes_dukpt"),
+            tak=under(t.tak, f"terminal {t.id} tak", "tak"),
         )
         if t.mac_required and keys.tak is None:
             raise KeyLoadError(f"terminal {t.id}: mac_required without a tak")
@@ -133,8 +173,8 @@ def load_keys(dataset: Dataset) -> KeyStore:
     issuers = {
         i.id: IssuerKeys(
             issuer=i.id,
-            zpk=key_under_lmk(lmk, i.zpk, f"issuer {i.id} zpk"),
-            zak=key_under_lmk(lmk, i.zak, f"issuer {i.id} zak"),
+            zpk=under(i.zpk, f"issuer {i.id} zpk", "zpk"),
+            zak=under(i.zak, f"issuer {i.id} zak", "zak"),
             zmk=zmk_under_lmk(lmk, i.zmk, f"issuer {i.id} zmk"),
             zpk_kcv=_kcv(i.zpk),
             zak_kcv=_kcv(i.zak),

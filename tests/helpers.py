@@ -250,6 +250,7 @@ async def running_stack(
     qr_api: QrApiConfig | None = None,
     terminal_options: dict[str, Any] | None = None,
     link_options: dict[str, Any] | None = None,
+    key_blocks: bool = False,
     **gateway_options: Any,
 ) -> AsyncIterator[Stack]:
     """Gateway + the three issuer simulators on 127.0.0.1; ``risk`` is relative to conf/demo
@@ -258,7 +259,8 @@ async def running_stack(
     ``journal`` names a journal TOML (absolute, or relative to conf/demo; empty: none);
     ``replicas`` adds endpoints per issuer (simulators sharing the issuer's books);
     ``terminal_options`` overrides ``[terminal]`` settings (ports 0, partial frames 0.5 s),
-    ``link_options`` adds settings to every ``[[links]]``."""
+    ``link_options`` adds settings to every ``[[links]]``; ``key_blocks`` holds the dataset's
+    keys as TR-31 key blocks under the LMK (``[hsm] key_blocks``)."""
     dataset = dataset or demo_dataset()
     async with anyio.create_task_group() as tg:
         hsm_sim = None
@@ -308,6 +310,7 @@ async def running_stack(
             hsm=HsmConfig(
                 endpoints=(f"127.0.0.1:{hsm_sim.port}",) if hsm_sim else (),
                 tls=hsm_tls is not None,
+                key_blocks=key_blocks,
             ),
             log=LogConfig(level="warning"),
             journal=str(journal),

@@ -10,6 +10,7 @@ from hsm_sim import keyblock, terminal
 from hsm_sim.core import HsmCore
 from hsm_sim.keyblock import Attributes
 from hsm_sim.lmk import Lmk
+from kit.keys import BLOCK_ROLES
 from protocols import hsm
 from tests.hsm.conftest import LMK_HEX, demo_data
 
@@ -373,3 +374,30 @@ def test_malformed_key_blocks_never_crash(core: HsmCore) -> None:
         assert call(core, hsm.KeyCheckValue(key=key)).error_code == "A4"
     bad = b"0001BUFF1SD0099P0"  # length digits promising more than there is
     assert hsm.decode_response(core.process(bad)).error_code == "15"
+
+
+# What the switch does with each dataset key held as a key block (kit.keys.BLOCK_ROLES).
+ROLE_USES = {
+    "tpk": [keyblock.PIN_DECRYPT],
+    "bdk": [keyblock.TDES_BDK],
+    "tak": [keyblock.MAC_RETAIL_VERIFY, keyblock.MAC_RETAIL_GENERATE],
+    "zpk": [keyblock.PIN_ENCRYPT, keyblock.PIN_DECRYPT],
+    "zak": [keyblock.MAC_RETAIL_GENERATE, keyblock.MAC_RETAIL_VERIFY],
+    "pvk": [keyblock.PVK_VISA],
+    "imk_ac": [keyblock.MK_AC],
+}
+
+
+@pytest.mark.parametrize("role", sorted(ROLE_USES))
+def test_the_switch_key_roles_allow_what_the_switch_does(role: str) -> None:
+    usage, mode = BLOCK_ROLES[role]
+    header = Attributes(usage, "T", mode, "00", "N").header("D")
+    for use in ROLE_USES[role]:
+        use.check(header)  # raises the payShield code if the switch's own use were refused
+    # ... and nothing else: a PIN key is no MAC key, a MAC key no PIN key.
+    others = [keyblock.PIN_ENCRYPT, keyblock.MAC_RETAIL_GENERATE, keyblock.MK_AC]
+    refused = [u for u in others if u not in ROLE_USES[role]]
+    for use in refused:
+        with pytest.raises(keyblock.KeyBlockError):
+            use.check(header)
+    assert set(BLOCK_ROLES) == set(ROLE_USES)

@@ -288,8 +288,12 @@ class Gateway:
         return result
 
     async def _keys_on_sign_on(self, exchange: LinkKeyExchange) -> None:
-        if exchange.on_signed_on():
+        if not exchange.on_signed_on():
+            return
+        try:
             await exchange.rotate("sign_on")
+        except Exception as exc:  # a bug of ours must not take the link down with it
+            log.error("link_keys_sign_on_failed", issuer=exchange.issuer, error=type(exc).__name__)
 
     async def rotate_link_keys(self, issuer: str) -> dict[str, Any] | None:
         """``POST /admin/links/{issuer}/rotate-keys``: new ZPK/ZAK on the link now (None: no

@@ -232,3 +232,27 @@ async def test_the_issuer_program_changes_keys_on_sigusr2(pki_dir: Path) -> None
         assert security is not None
         assert keys.zpk_kcv == security.lmk.kcv(security.zpk or "")
         assert keys.zak_kcv == security.lmk.kcv(security.zak or "")
+
+
+async def test_the_issuer_refuses_a_key_under_another_zmk(pki_dir: Path) -> None:
+    async with running_stack(pki_dir, link_timeout=2.0, risk="") as stack:
+        gateway = stack.gateway
+        security = stack.issuers["alpha"].host.book.security
+        assert security is not None
+        security.zmk, _ = security.lmk.generate()  # the two sides' ZMKs no longer agree
+        before = gateway.keys.issuer("alpha")
+        result = await gateway.rotate_link_keys("alpha")
+        assert result is not None
+        assert result["rotated"] is False
+        assert result["results"] == ["zpk: refused: rc_63", "zak: refused: rc_63"]
+        assert gateway.keys.issuer("alpha") == before
+        metrics = gateway.metrics.render().decode()
+        assert (
+            'switch_link_key_refusals_total{by="issuer",issuer="alpha",key="zak",'
+            'reason="rc_63"} 1.0' in metrics
+        )
+        # Traffic goes on under the old keys.
+        generator = _load(stack, 1.0)
+        stats = await generator.run()
+        _assert_nothing_lost(stats, generator, stack)
+        assert await gateway.rotate_link_keys("omega") is None

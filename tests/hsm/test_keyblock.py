@@ -81,6 +81,52 @@ def test_psec_unwraps_the_published_examples(
     assert keyblock.check_value(keyblock.AES if section == "A.7.4" else "T", clear) == kcv
 
 
+# psec's own known values: its test suite (knovichikhin/psec tests/test_tr31.py,
+# test_kb_known_values, "known values from 3rd parties") and its documentation's example
+# (psec.tr31.unwrap docstring): (KBPK, key block, key).
+PSEC_OWN = [
+    (
+        "AAAAAAAAAAAAAAAABBBBBBBBBBBBBBBB",
+        "A0088M3TC00E000062C2C14D8785A01A9E8283525CA96F490D0CC6346FC7C2AC1E6FF354468910379AA5BBA6",
+        "EEEEEEEEEEEEEEEE",
+    ),
+    (
+        "AAAAAAAAAAAAAAAABBBBBBBBBBBBBBBB",
+        "B0096M3TC00E0000D578DACC2286C7D10F20DEA88799CA8A2F44E0CC21226A2158D5DC8FD5C78E621327DA95"
+        "6C678808",
+        "CCCCCCCCCCCCCCCCDDDDDDDDDDDDDDDD",
+    ),
+    (
+        "AAAAAAAAAAAAAAAABBBBBBBBBBBBBBBB",
+        "C0088M3TC00E00009BC6306FC31891BF87B3148463627B1D68C603D9FAB9074E4A0D2E78D40B29905A826F5C",
+        "CCCCCCCCCCCCCCCCDDDDDDDDDDDDDDDD",
+    ),
+    (
+        "89E88CF7931444F334BD7547FC3F380C",
+        "B0120P0TE12E0100KS1800604B120F9292800000E6E28F097CB0350B2EB2DF520947F779FA34D9759CEE7E0D"
+        "EEACF8353DB778D47FA4EC20DA3A9754",
+        "F039121BEC83D26B169BDCD5B22AAF8F",
+    ),
+    (
+        "AB" * 16,
+        "B0096P0TE00N0000471D4FBE35E5865BDE20DBF4C15503161F55D681170BF8DD14D01B6822EF8550CB67C569"
+        "DE8AC048",
+        "CD" * 16,
+    ),
+]
+
+
+@pytest.mark.parametrize(("kbpk", "block", "key"), PSEC_OWN)
+def test_psec_unwraps_its_own_known_values(kbpk: str, block: str, key: str) -> None:
+    header, clear = keyblock.unwrap(bytes.fromhex(kbpk), block)
+    assert clear.hex().upper() == key
+    assert header.key_usage == block[5:7]
+    # Our wrap of the same key under the same KBPK reads back (psec's pad is random).
+    attributes = keyblock.header_attributes(header)
+    again = keyblock.wrap(bytes.fromhex(kbpk), block[0], attributes, clear)
+    assert keyblock.unwrap(bytes.fromhex(kbpk), again)[1] == clear
+
+
 def test_psec_wraps_the_published_aes_example(monkeypatch: pytest.MonkeyPatch) -> None:
     # TR-31:2018 A.7.4 fixes the random padding (14 bytes) and masks nothing (key length 16).
     _, kbpk, block, key, _ = PUBLISHED[-1]

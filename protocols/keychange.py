@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from protocols.errors import RemoteProtocolError
 from protocols.message import Message
 
 ZPK_CHANGE: Final = "161"
@@ -32,8 +33,9 @@ _HEX = frozenset("0123456789ABCDEF")
 _BLOCK_CHARS = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
-class KeyChangeError(ValueError):
-    """A key-change message that cannot be used; the reason names no key material."""
+class KeyChangeError(RemoteProtocolError):
+    """A key-change message that cannot be used (answered ``63``); the reason names no key
+    material."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +55,9 @@ def is_key_change(msg: Message) -> bool:
 def request(kind: str, key_block: str, kcv: str, generation: int) -> dict[str, str]:
     """Fields 70, 48 and 53 of a key-change 0800 (the caller adds 7 and 11)."""
     if kind not in KINDS:
-        raise KeyChangeError("key kind must be zpk or zak")
+        raise KeyChangeError("key kind must be zpk or zak", field="70")
     if len(kcv) != 6 or not _HEX.issuperset(kcv) or not 0 <= generation <= 999999:
-        raise KeyChangeError("KCV must be 6 hex and the generation 0-999999")
+        raise KeyChangeError("KCV must be 6 hex and the generation 0-999999", field="53")
     return {"70": KINDS[kind], "48": key_block, "53": f"{kcv}{generation:06d}00000000"}
 
 
@@ -63,13 +65,19 @@ def parse(msg: Message) -> KeyChange:
     """The key change an 0800 carries, or :class:`KeyChangeError`."""
     kind = CODES.get(msg.fields.get("70", ""))
     if msg.mti != "0800" or kind is None:
-        raise KeyChangeError("not a key-change 0800")
+        raise KeyChangeError("not a key-change 0800", field="70")
     block = msg.fields.get("48", "")
     control = msg.fields.get("53", "")
     if not 16 < len(block) <= 999 or not _BLOCK_CHARS.issuperset(block):
-        raise KeyChangeError("field 48 is not a key block")
-    if len(control) != 20 or not _HEX.issuperset(control[:6]) or not control[6:].isdigit():
-        raise KeyChangeError("field 53 is not a KCV and generation")
+        raise KeyChangeError("field 48 is not a key block", field="48")
+    if (
+        len(control) != 20
+        or not _HEX.issuperset(control[:6])
+        or not control[6:12].isdigit()
+        or not control[6:12].isascii()
+        or control[12:] != "00000000"
+    ):
+        raise KeyChangeError("field 53 is not a KCV, a generation and zeros", field="53")
     return KeyChange(kind, block, control[:6], int(control[6:12]))
 
 

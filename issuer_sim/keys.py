@@ -39,7 +39,7 @@ def _install(security: IssuerSecurity, kind: str, key: str, generation: int) -> 
     else:
         security.previous_zak, security.zak = security.zak, key
     security.previous_until = time.monotonic() + PREVIOUS_KEY_GRACE
-    security.generation = max(generation, security.generation + 1)
+    security.generation = max(generation, security.generation)
 
 
 def accept(security: IssuerSecurity, msg: Message) -> Message:
@@ -86,9 +86,11 @@ def accept(security: IssuerSecurity, msg: Message) -> Message:
 
 def offer(
     security: IssuerSecurity, kind: str, *, fault: str | None = None
-) -> tuple[dict[str, str], Callable[[], None]]:
+) -> tuple[dict[str, str], Callable[[bool], None]]:
     """Fields 70, 48, 53 of the issuer's key-change 0800 for a new ``kind`` key, installed now;
-    and the undo that puts the old key back (when the acquirer refuses it)."""
+    and the undo that puts the old key back: ``undo(False)`` when the acquirer refused it,
+    ``undo(True)`` when no answer came (the acquirer may have installed it: the new key is
+    then still accepted, as the previous one, for the grace period)."""
     if security.zmk is None or getattr(security, kind, None) is None:
         raise LookupError(f"issuer {security.issuer} has no ZMK or no {kind}")
     if fault is not None and fault not in FAULTS:
@@ -115,7 +117,9 @@ def offer(
     generation = security.generation + 1
     _install(security, kind, body.key, generation)
 
-    def undo() -> None:
+    new_key = body.key
+
+    def undo(maybe_installed: bool) -> None:
         (
             security.zpk,
             security.zak,
@@ -124,5 +128,8 @@ def offer(
             security.previous_until,
             security.generation,
         ) = saved
+        if maybe_installed:
+            setattr(security, f"previous_{kind}", new_key)
+            security.previous_until = time.monotonic() + PREVIOUS_KEY_GRACE
 
     return keychange.request(kind, block, kcv, generation), undo

@@ -303,7 +303,7 @@ class IssuerServer:
         self._waiting[stan] = (event, answers)
         try:
             if not await self._send_any(frame):
-                undo()
+                undo(False)  # nothing was sent
                 return self._key_change_outcome("no_answer")
             with anyio.move_on_after(timeout):
                 await event.wait()
@@ -311,7 +311,7 @@ class IssuerServer:
             self._waiting.pop(stan, None)
         rc = answers[0].fields.get("39", "") if answers else ""
         if rc != keychange.ACCEPTED:
-            undo()
+            undo(not rc)  # unanswered: the acquirer may use it, so it stays acceptable
             log.warning(
                 "issuer_sim_key_change_not_accepted",
                 issuer=self.host.book.issuer,

@@ -162,12 +162,19 @@ class LinkKeyExchange:
         assert under_zmk is not None
         msg = self.pool.network_message(keychange.KINDS[kind])
         msg.fields.update(keychange.request(kind, under_zmk[1:], kcv, generation))
-        try:
-            answer = await self.pool.request(msg, self.pool.cfg.timeout)
-        except IssuerTimeout:
+        answer = None
+        # The issuer may have installed the key and its answer be lost: the same 0800 again
+        # (same STAN and time) is answered from its first answer, and imports nothing twice.
+        for _ in range(2):
+            try:
+                answer = await self.pool.request(msg, self.pool.cfg.timeout)
+                break
+            except IssuerTimeout:
+                continue
+            except (LinkUnavailable, ProtocolError):
+                return self._refused(kind, "issuer", "link_unavailable")
+        if answer is None:
             return self._refused(kind, "issuer", "timeout")
-        except (LinkUnavailable, ProtocolError):
-            return self._refused(kind, "issuer", "link_unavailable")
         rc = answer.fields.get("39", "")
         if rc != keychange.ACCEPTED:
             return self._refused(kind, "issuer", f"rc_{rc or 'missing'}")

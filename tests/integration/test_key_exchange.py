@@ -16,6 +16,7 @@ from gateway.config import AdminConfig, AdminTokenConfig
 from gateway.ops.admin import hash_token
 from loadtest.generator import LoadConfig, LoadGenerator
 from loadtest.stats import RunStats
+from protocols.message import Message
 from tests.helpers import DEMO_CONF, Stack, eventually, running_stack
 
 pytestmark = pytest.mark.anyio
@@ -256,3 +257,32 @@ async def test_the_issuer_refuses_a_key_under_another_zmk(pki_dir: Path) -> None
         stats = await generator.run()
         _assert_nothing_lost(stats, generator, stack)
         assert await gateway.rotate_link_keys("omega") is None
+
+
+async def test_a_lost_answer_to_our_key_change_is_asked_again(pki_dir: Path) -> None:
+    """The issuer installed the key but its 0810 was lost: the same 0800 again is answered
+    from its first answer (nothing imported twice) and both sides end on the same key."""
+    async with running_stack(pki_dir, link_timeout=0.5, risk="") as stack:
+        issuer = stack.issuers["alpha"]
+        serve = issuer.serve_frame
+        lost: list[bytes] = []
+
+        def losing_first_key_answer(frame: bytes) -> tuple[Message | None, float] | None:
+            served = serve(frame)
+            answer = served[0] if served is not None else None
+            if answer is not None and "53" in answer.fields and not lost:
+                lost.append(frame)
+                return None, 0.0
+            return served
+
+        issuer.serve_frame = losing_first_key_answer  # type: ignore[method-assign]
+        result = await stack.gateway.rotate_link_keys("alpha")
+        assert result is not None
+        assert result["results"] == ["zpk: changed", "zak: changed"]
+        assert len(lost) == 1
+        keys = stack.gateway.keys.issuer("alpha")
+        security = issuer.host.book.security
+        assert keys is not None
+        assert security is not None
+        assert keys.zpk_kcv == security.lmk.kcv(security.zpk or "")
+        assert security.generation == 1  # the switch's generation, both keys of it

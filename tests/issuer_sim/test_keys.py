@@ -128,8 +128,13 @@ def test_the_issuer_offers_a_key_and_undoes_it_when_refused(security: IssuerSecu
     assert fields["48"].startswith("B")  # version B under the TDES ZMK
     assert security.zpk != before[0]
     assert security.previous_zpk == before[0]
-    undo()
+    undo(False)  # refused
     assert (security.zpk, security.previous_zpk, security.generation) == before
+    fields, undo = keys.offer(security, "zpk")
+    new = security.zpk
+    undo(True)  # unanswered: the acquirer may have it, so it is still accepted
+    assert security.zpk == before[0]
+    assert security.previous_zpk == new
     with pytest.raises(ValueError, match="fault"):
         keys.offer(security, "zpk", fault="nonsense")
 

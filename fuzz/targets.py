@@ -9,6 +9,7 @@ comes back unchanged through encode then decode.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
@@ -20,9 +21,10 @@ from protocols.codec import Codec, MessageFormatError, UndecodableError
 from protocols.crc import crc16_hex
 from protocols.dialects import DIALECTS
 from protocols.errors import FramingError, ProtocolError
-from protocols.fastcodec import FastCodec
-from protocols.framing import Framer, encode_frame
+from protocols.fastcodec import FastCodec, best_codec
+from protocols.framing import ASCII4, FRAMINGS, TPDU_SIZE, Framing
 from protocols.message import Message
+from protocols.translate import LinkCodec, Translator
 from protocols.validate import check_request, parse_field48
 
 Check = Callable[[bytes], None]
@@ -61,25 +63,47 @@ def iso8583(dialect: str) -> Check:
     return check
 
 
-def framing(data: bytes) -> None:
-    """Fed all at once or byte by byte, a stream gives the same frames and the same error."""
+def translated(dialect: str) -> Check:
+    """An issuer link translating ``dialect`` (1993) to the canonical form: bad bytes raise
+    only ProtocolError, and what decodes goes back onto the link (a host's answer echoes it)."""
+    codec = LinkCodec(best_codec(DIALECTS[dialect]), Translator(), clock=_fixed_now)
 
-    def frames(chunks: list[bytes]) -> tuple[list[bytes], bool]:
-        framer, out = Framer(max_size=256), []
+    def check(data: bytes) -> None:
         try:
-            for chunk in chunks:
-                framer.feed(chunk)
-                while (frame := framer.next_frame()) is not None:
-                    out.append(frame)
-        except FramingError:
-            return out, True
-        return out, False
+            msg = codec.decode(data)
+        except ProtocolError:
+            return
+        codec.decode(codec.encode(msg))
 
-    whole = frames([data])
-    assert whole == frames([data[i : i + 1] for i in range(len(data))])
-    for frame in whole[0]:
-        assert 0 < len(frame) <= 256
-        assert encode_frame(frame)[2:] == frame
+    return check
+
+
+def _fixed_now() -> dt.datetime:
+    return dt.datetime(2026, 12, 7, 12, 0, tzinfo=dt.UTC)
+
+
+def framing(data: bytes) -> None:
+    """Each framing: fed all at once or byte by byte, a stream gives the same frames and the
+    same error, and each frame encodes back to its bytes."""
+    for framing in FRAMINGS.values():
+
+        def frames(chunks: list[bytes], framing: Framing = framing) -> tuple[list[bytes], bool]:
+            framer, out = framing.framer(256), []
+            try:
+                for chunk in chunks:
+                    framer.feed(chunk)
+                    while (frame := framer.next_frame()) is not None:
+                        out.append(frame)
+            except FramingError:
+                return out, True
+            return out, False
+
+        whole = frames([data])
+        assert whole == frames([data[i : i + 1] for i in range(len(data))])
+        header = 4 if framing is ASCII4 else 2
+        for frame in whole[0]:
+            assert 0 < len(frame) <= 256 + (TPDU_SIZE if framing.tpdu else 0)
+            assert framing.encode(frame, 256)[header:] == frame
 
 
 def emv_tlv(data: bytes) -> None:
@@ -199,6 +223,7 @@ def qr_api_body(data: bytes) -> None:
 
 TARGETS: dict[str, Check] = {
     **{f"iso8583-{name}": iso8583(name) for name in sorted(DIALECTS) if name != "terminal"},
+    "translate-iso93-bcd": translated("iso93-bcd"),
     "framing": framing,
     "emv-tlv": emv_tlv,
     "qr-mpm": qr_mpm_payload,

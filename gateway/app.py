@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import functools
 import os
+import ssl
+from collections.abc import Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -13,9 +16,10 @@ import anyio
 from anyio.abc import TaskStatus
 
 from gateway.config import GatewayConfig
+from gateway.edge.affinity import CardAffinity, Handler, socket_dir
 from gateway.edge.draining import DrainingSwitch
 from gateway.edge.http import Rejections, serve_asgi
-from gateway.edge.terminals import TerminalServer
+from gateway.edge.terminals import Listener, TerminalServer
 from gateway.flow.emv_check import CheckEmv
 from gateway.flow.journal_stage import (
     JournalCheckDuplicate,
@@ -46,6 +50,7 @@ from gateway.qr import QrService, qr_app, with_virtual_terminals
 from gateway.qr.otp import OtpEnrolment
 from gateway.qr.store import store_from_config
 from gateway.risk import RiskEngine
+from gateway.upstream.cutover import CutoverAnnouncer
 from gateway.upstream.hsm_client import HsmClient, HsmCommandError, HsmError
 from gateway.upstream.link_keys import LinkKeyExchange, LinkKeyMetrics
 from gateway.upstream.links import IssuerPool
@@ -55,23 +60,37 @@ from kit.admission import Admission
 from kit.conf import ConfigError
 from kit.dataset import Dataset, load_dataset
 from kit.keys import load_keys
+from kit.linkdialect import link_codec
 from kit.logs import get_logger
 from protocols.dialects import get_dialect
 from protocols.fastcodec import best_codec
+from protocols.framing import get_framing
 from protocols.message import Message
+from protocols.translate import Fallback
 
 log = get_logger("gateway.app")
 
 
 class Gateway:
-    def __init__(self, cfg: GatewayConfig, base_dir: Path, dataset: Dataset | None = None) -> None:
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        base_dir: Path,
+        dataset: Dataset | None = None,
+        *,
+        worker: int = 0,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
         self.cfg = cfg
+        self.clock = clock
+        """Wall clock of requests, links and the business day (tests move it)."""
+        self.calendar = cfg.switch.calendar()
         self.base_dir = base_dir
         # QR acquirers enter the pipeline from virtual terminals (gateway/qr/terminals.py).
         self.dataset = with_virtual_terminals(dataset or load_dataset(base_dir / cfg.data))
         self.pki_dir = (base_dir / cfg.pki_dir).resolve()
         self.metrics = Metrics()
-        self.codec = best_codec(get_dialect("terminal"))
+        self.codec = best_codec(get_dialect(cfg.terminal.dialect))
         pki.ensure_pki(self.pki_dir, self.certificate_names(cfg))
         for name in (pki.CA_NAME, *self.certificate_names(cfg)):
             expiry = pki.not_after(self.pki_dir, name).timestamp()
@@ -84,9 +103,15 @@ class Gateway:
                 client_ctx[link.client_cert] = pki.client_context(self.pki_dir, link.client_cert)
             self.pools[link.issuer] = IssuerPool(
                 link,
-                best_codec(get_dialect(link.dialect)),
+                link_codec(
+                    link.dialect,
+                    header=link.header,
+                    translation=link.translation,
+                    clock=utcnow,
+                    on_fallback=self._translation_fallback(link.issuer),
+                ),
                 client_ctx[link.client_cert],
-                clock=utcnow,
+                clock=clock,
                 on_unmatched=self._on_unmatched,
                 on_state=self._on_link_state,
             )
@@ -187,9 +212,31 @@ class Gateway:
             node=cfg.node,
             request_timeout=cfg.terminal.request_timeout,
             log_transactions=cfg.log.transactions,
+            clock=clock,
+            calendar=self.calendar,
         )
+        self.cutover = CutoverAnnouncer(
+            self.calendar,
+            self.pools,
+            clock=clock,
+            timeout=cfg.switch.cutover_timeout,
+            on_outcome=lambda issuer, outcome: self.metrics.cutovers.labels(issuer, outcome).inc(),
+        )
+        # Several workers: each card's requests run in the worker that owns it.
+        self.affinity: CardAffinity | None = None
+        front: Handler = self.switch
+        if cfg.workers > 1 and cfg.card_affinity:
+            front = self.affinity = CardAffinity(
+                self.switch,
+                index=worker,
+                workers=cfg.workers,
+                directory=socket_dir(base_dir),
+                vault=self.tokens,
+                timeout=2 * cfg.terminal.request_timeout + 1.0,
+                requests=self.metrics.affinity,
+            )
         self.terminals = TerminalServer(
-            self.switch,
+            front,
             self.codec,
             self.metrics,
             max_frame=cfg.terminal.max_frame,
@@ -201,7 +248,7 @@ class Gateway:
         qr_store, qr_cipher = store_from_config(cfg.qr_api, base_dir, self.pan_cipher)
         self.qr = QrService(
             self.dataset,
-            self.switch.handle,
+            front.handle,
             qr_cipher,
             idempotency_window=cfg.qr_api.idempotency_window,
             max_payments=cfg.qr_api.max_payments,
@@ -220,6 +267,8 @@ class Gateway:
         self._ready: anyio.Event | None = None
         self.terminal_port: int | None = None
         self.tls_port: int | None = None
+        self.listener_ports: dict[str, int] = {}
+        """Bound ports of ``[terminal] listeners``, by name."""
         self.admin_port: int | None = None
         # Admin tokens and audit file: a bad [admin] config stops the start here, before
         # anything listens (tokens_env unset, no token on a non-loopback address).
@@ -241,6 +290,24 @@ class Gateway:
         if cfg.hsm.tls:
             names.add(cfg.hsm.client_cert)
         return sorted(names)
+
+    def _translation_fallback(self, issuer: str) -> Callable[[Fallback], None]:
+        """Log and count a code the link's translation table lacks (protocols.translate):
+        the fallback is explicit, never a silent pass-through or approval."""
+        counter = self.metrics.translation_fallbacks
+
+        def report(fb: Fallback) -> None:
+            counter.labels(issuer, fb.direction, fb.field, fb.code).inc()
+            log.warning(
+                "link_translation_fallback",
+                issuer=issuer,
+                direction=fb.direction,
+                field=fb.field,
+                code=fb.code,
+                used=fb.used,
+            )
+
+        return report
 
     def _on_unmatched(self, issuer: str, msg: Message) -> None:
         self.metrics.late_responses.labels(issuer).inc()
@@ -316,8 +383,14 @@ class Gateway:
         return self.risk.recent_alerts(limit) if self.risk is not None else []
 
     def status(self) -> dict[str, Any]:
+        start, end, business_date = self.calendar.span(self.clock())
         return {
             "ready": self.ready,
+            "business_day": {
+                "date": business_date.isoformat(),
+                "started": start.isoformat(),
+                "next_cutover": end.isoformat(),
+            },
             "links": [p.status() for p in self.pools.values()],
             "recent_transactions": len(self.recent),
             "hsm": self._hsm_status(),
@@ -427,10 +500,10 @@ class Gateway:
                     journal,
                     self.pools,
                     acquirer_id=self.cfg.acquirer_id,
-                    now=utcnow(),
+                    now=self.clock(),
                     node=self.cfg.node,
                 )
-                await self.journal_runtime.load_known(utcnow(), self.recent.max_entries)
+                await self.journal_runtime.load_known(self.clock(), self.recent.max_entries)
                 self.saf = SafService(
                     self.journal_runtime,
                     journal,
@@ -438,10 +511,12 @@ class Gateway:
                     self.cfg.saf,
                     self.saf_metrics,
                     hook=self.link_hook,
-                    clock=utcnow,
+                    clock=self.clock,
                 )
             if self.risk is not None:
                 await tg.start(self.risk.run)
+            if self.affinity is not None:
+                await tg.start(self.affinity.run)
             if self.hsm is not None:
                 await tg.start(self.hsm.run)
                 tg.start_soon(self._check_hsm, self.hsm)
@@ -449,6 +524,8 @@ class Gateway:
                 await tg.start(pool.run)
             for exchange in self.key_exchanges.values():
                 await tg.start(exchange.run)
+            if self.pools:
+                await tg.start(self.cutover.run)
             if self.saf is not None:
                 self._saf_scope = await tg.start(self._run_saf, self.saf)
             self._front = await tg.start(self._serve_front)
@@ -475,6 +552,7 @@ class Gateway:
                 "gateway_started",
                 terminal_port=self.terminal_port,
                 tls_port=self.tls_port,
+                listener_ports=self.listener_ports,
                 admin_port=self.admin_port,
                 qr_port=self.qr_port,
                 issuers=sorted(self.pools),
@@ -508,20 +586,22 @@ class Gateway:
                     handshake_timeout=cfg.tls_handshake_timeout,
                     reuse_port=reuse_port,
                 )
+                framing = get_framing(cfg.framing)
                 if cfg.port >= 0:
                     self.terminal_port = await limits(
-                        self._tcp_handler,
+                        self._handler("tcp", cfg.dialect, cfg.framing),
                         port=cfg.port,
                         ssl_context=None,
                         admission=self._admission(),
+                        framing=framing,
                     )
                 if cfg.tls_port >= 0:
-                    ctx = pki.server_context(self.pki_dir, cfg.tls_cert, require_client_cert=False)
                     self.tls_port = await limits(
-                        self._tls_handler,
+                        self._handler("tls", cfg.dialect, cfg.framing),
                         port=cfg.tls_port,
-                        ssl_context=ctx,
+                        ssl_context=self._tls_context(),
                         admission=self._admission(),
+                        framing=framing,
                     )
                 qr_cfg = self.cfg.qr_api
                 if qr_cfg.port >= 0:
@@ -537,7 +617,38 @@ class Gateway:
                         qr_cfg.host,
                         qr_cfg.port,
                     )
+                for extra in cfg.listeners:
+                    if extra.port >= 0:
+                        self.listener_ports[extra.name] = await limits(
+                            self._handler(extra.name, extra.dialect, extra.framing),
+                            port=extra.port,
+                            ssl_context=self._tls_context() if extra.tls else None,
+                            admission=self._admission(),
+                            framing=get_framing(extra.framing),
+                        )
                 task_status.started(scope)
+
+    def _tls_context(self) -> ssl.SSLContext:
+        return pki.server_context(
+            self.pki_dir, self.cfg.terminal.tls_cert, require_client_cert=False
+        )
+
+    def _handler(
+        self, name: str, dialect: str, framing: str
+    ) -> Callable[[fastio.FrameChannel], Coroutine[Any, Any, None]]:
+        """The connection handler of a terminal listener speaking ``dialect`` in ``framing``."""
+        codec = (
+            self.codec if dialect == self.cfg.terminal.dialect else best_codec(get_dialect(dialect))
+        )
+        listener = Listener(name, codec, tpdu=get_framing(framing).tpdu)
+
+        async def handle(channel: fastio.FrameChannel) -> None:
+            if self.switch.draining:
+                await channel.aclose()  # stopping: no new terminal connections
+                return
+            await self.terminals.handle_connection(channel, listener)
+
+        return handle
 
     def _admission(self) -> Admission:
         """A terminal listener's connection caps (one each: TCP, TLS)."""
@@ -568,15 +679,3 @@ class Gateway:
         """End ``run`` now (cancels everything; the journal still flushes what is queued)."""
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
-
-    async def _tcp_handler(self, channel: fastio.FrameChannel) -> None:
-        if self.switch.draining:
-            await channel.aclose()  # stopping: no new terminal connections
-            return
-        await self.terminals.handle_connection(channel, "tcp")
-
-    async def _tls_handler(self, channel: fastio.FrameChannel) -> None:
-        if self.switch.draining:
-            await channel.aclose()
-            return
-        await self.terminals.handle_connection(channel, "tls")

@@ -32,7 +32,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from gateway.edge.workers import worker_config
 
         cfg = worker_config(cfg, args.worker)
-    gateway = Gateway(cfg, base)
+    gateway = Gateway(cfg, base, worker=args.worker or 0)
     tune_gc(cfg.gc_threshold)
 
     async def reload_on_sighup() -> None:
@@ -82,7 +82,11 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from gateway.risk import load_config as load_risk_config
     from kit.keys import load_keys
 
-    parts = [f"{len(cfg.links)} issuer links", f"{len(data.terminals)} terminals"]
+    dialects = ", ".join(f"{link.issuer} {link.dialect}" for link in cfg.links)
+    parts = [
+        f"{len(cfg.links)} issuer links" + (f" ({dialects})" if dialects else ""),
+        f"{len(data.terminals)} terminals",
+    ]
     load_keys(data)
     risk: RiskConfig | None = None
     if cfg.risk:
@@ -95,16 +99,17 @@ def _cmd_check(args: argparse.Namespace) -> int:
             raise ConfigError(str(exc)) from None
         check_limit_currency(cfg.standin, risk)  # stand-in runs with the journal
         parts.append(f"journal on {journal.backend}")
-        if cfg.workers > 1 and journal.backend == "sqlite":
+        if cfg.workers > 1 and journal.backend == "sqlite" and not cfg.card_affinity:
             print(
                 f"{args.conf}: warning: {cfg.workers} workers with SQLite keep one journal per "
-                "worker: duplicates and stand-in counts are per worker (use PostgreSQL)",
+                "worker: duplicates and stand-in counts are per worker "
+                "(use card_affinity or PostgreSQL)",
                 file=sys.stderr,
             )
-    if cfg.workers > 1 and risk is not None and risk.backend == "memory":
+    if cfg.workers > 1 and risk is not None and risk.backend == "memory" and not cfg.card_affinity:
         print(
             f"{args.conf}: warning: {cfg.workers} workers with in-memory risk counters: "
-            "limits are per worker (use the Redis backend)",
+            "limits are per worker (use card_affinity or the Redis backend)",
             file=sys.stderr,
         )
     print(f"{args.conf}: ok ({', '.join(parts)})")

@@ -10,7 +10,49 @@ from pydantic import Field, field_validator
 from pydantic.dataclasses import dataclass
 
 from kit.conf import FROZEN, ConfigError, load
+from kit.linkdialect import TranslationConfig, check_link_dialect
+from protocols.business_day import BusinessCalendar, BusinessDayError, load_zone, parse_cutover
 from protocols.currency import is_payment_currency
+from protocols.framing import FRAMINGS
+
+# Terminal dialects: the 1987 ones, whose fields are the canonical message the pipeline sees
+# as they decode; a 1993 dialect needs translation first.
+TERMINAL_DIALECTS = ("iso87-ascii", "iso87-ascii-hex", "iso87-bcd", "terminal")
+
+
+def known_framing(name: str) -> str:
+    if name not in FRAMINGS:
+        raise ValueError(f"unknown framing {name!r}; known: {', '.join(sorted(FRAMINGS))}")
+    return name
+
+
+def terminal_dialect(name: str) -> str:
+    if name not in TERMINAL_DIALECTS:
+        raise ValueError(
+            f"unknown terminal dialect {name!r}; known: {', '.join(TERMINAL_DIALECTS)}"
+        )
+    return name
+
+
+@dataclass(config=FROZEN)
+class ListenerConfig:
+    """A further terminal listener beside ``port`` and ``tls_port``, with its own framing and
+    dialect; ``host`` and every limit of ``[terminal]`` apply to it too."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z0-9_-]{1,16}$")]
+    """Its label in metrics and logs (``tcp`` and ``tls`` are the SPEC listeners')."""
+    port: int
+    """Port (0 picks a free one; -1 disables)."""
+    tls: bool = False
+    """TLS with ``[terminal] tls_cert``."""
+    framing: str = "binary2"
+    """``binary2``, ``ascii4`` or ``binary2-tpdu`` (README "Framings")."""
+    dialect: str = "iso87-ascii"
+    """A 1987 dialect of ``protocols.dialects``: ``iso87-ascii``, ``iso87-ascii-hex``,
+    ``iso87-bcd``."""
+
+    _framing = field_validator("framing")(known_framing)
+    _dialect = field_validator("dialect")(terminal_dialect)
 
 
 @dataclass(config=FROZEN)
@@ -54,8 +96,30 @@ class TerminalConfig:
     hundreds in flight."""
     request_timeout: float = 30.0
     """Overall budget for one request inside the switch, seconds."""
+    framing: str = "binary2"
+    """Framing of ``port`` and ``tls_port``: SPEC's ``binary2``; ``ascii4`` and
+    ``binary2-tpdu`` depart from SPEC (README "Framings")."""
+    dialect: str = "iso87-ascii"
+    """ISO 8583 dialect of ``port`` and ``tls_port``: SPEC's ``iso87-ascii``."""
+    listeners: tuple[ListenerConfig, ...] = ()
+    """Further listeners, each with its own port, framing and dialect (the demo's UnionPay
+    style listener: ``binary2-tpdu`` and ``iso87-bcd`` on 8585)."""
+
+    _framing = field_validator("framing")(known_framing)
+    _dialect = field_validator("dialect")(terminal_dialect)
 
     def __post_init__(self) -> None:
+        names = ["tcp", "tls", *(x.name for x in self.listeners)]
+        if len(set(names)) != len(names):
+            raise ValueError("terminal listener names must be unique and not tcp or tls")
+        for name, framing in [("framing", self.framing)] + [
+            (f"listeners.{i}.framing", x.framing) for i, x in enumerate(self.listeners)
+        ]:
+            if self.max_frame > FRAMINGS[framing].limit:
+                raise ValueError(
+                    f"{name}: {framing} carries at most {FRAMINGS[framing].limit} bytes,"
+                    f" max_frame is {self.max_frame}"
+                )
         if self.frame_deadline < self.partial_frame_timeout:
             raise ValueError("frame_deadline must not be shorter than partial_frame_timeout")
         if self.max_connections_per_address > self.max_connections:
@@ -193,10 +257,28 @@ class LinkConfig:
     """First reconnect delay, seconds; doubles up to backoff_max."""
     backoff_max: float = 5.0
     dialect: str = "terminal"
+    """ISO 8583 dialect the issuer's host speaks (``protocols.dialects.DIALECTS``): the
+    terminal one by default; a 1993 dialect (``iso93-ascii``, ``iso93-bcd``) is translated
+    from and to the canonical form at this link (``protocols.translate``)."""
+    header: str = ""
+    """Static header (printable ASCII) sent before every message to this host; as many bytes
+    are taken off every message from it. Empty: none."""
+    translation: TranslationConfig | None = None
+    """Overrides of the translation table (1993 dialects only): ``fallback``,
+    ``response_codes``, ``mti``."""
+    framing: str = "binary2"
+    """Framing toward this issuer: ``binary2`` (SPEC), ``ascii4`` or ``binary2-tpdu``; the
+    issuer's host must use the same (issuer-sim: its ``framing``)."""
+    tpdu: Annotated[str, Field(pattern=r"^60[0-9A-Fa-f]{8}$")] = "6000000000"
+    """With ``binary2-tpdu``: the TPDU every request carries, 10 hex digits, ``60`` then the
+    destination and source addresses (NII); the answers' TPDU is dropped."""
     server_name: str = ""
     """TLS name expected from the issuer (default: issuer-<id>)."""
     client_cert: str = "switch"
     """Our certificate name in the PKI directory (mutual TLS)."""
+    send_settlement_date: bool = False
+    """Send field 15 (settlement date, MMDD: the transaction's business date) in requests and
+    advices to this issuer. Off by default: a host that does not expect 15 may refuse it."""
     key_exchange_on_sign_on: bool = False
     """Send a new ZPK (and ZAK, if the link MACs) under the link's ZMK when the link signs on
     (its first connection up). Only for issuers with a ``zmk`` in the dataset; off by default
@@ -204,6 +286,60 @@ class LinkConfig:
     key_rotation_interval: float = Field(default=0.0, ge=0)
     """Seconds between scheduled key changes on this link; 0 (default): none scheduled (on
     sign-on and on demand only). Needs the issuer's ``zmk``."""
+
+    _framing = field_validator("framing")(known_framing)
+
+    @field_validator("dialect")
+    @classmethod
+    def _known_dialect(cls, dialect: str) -> str:
+        check_link_dialect(dialect, "", None)
+        return dialect
+
+    @field_validator("header")
+    @classmethod
+    def _printable_header(cls, header: str) -> str:
+        check_link_dialect("terminal", header, None)
+        return header
+
+    def __post_init__(self) -> None:
+        check_link_dialect(self.dialect, self.header, self.translation)
+
+
+@dataclass(config=FROZEN)
+class SwitchConfig:
+    """The switch's business day (settlement date)."""
+
+    cutover: str = "00:00"
+    """Local time (``HH:MM``, 24 h) at which the business date moves on: at or after 12:00 the
+    next date starts then (``23:00``: from 23:00 on the 7th it is the 8th), before 12:00 the
+    night still belongs to the day before (``02:00``). Default: midnight, i.e. the calendar
+    date, which is what settlement used before there was a cutover."""
+    timezone: str = "UTC"
+    """IANA time zone of ``cutover`` (``Asia/Shanghai``); DST as the zone has it."""
+    cutover_timeout: float = Field(default=5.0, gt=0)
+    """Seconds an issuer has to answer the cutover message (0800/201) before it is logged as
+    not acknowledged (the business date moves on regardless)."""
+
+    @field_validator("cutover")
+    @classmethod
+    def _check_cutover(cls, v: str) -> str:
+        try:
+            parse_cutover(v)
+        except BusinessDayError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, v: str) -> str:
+        try:
+            load_zone(v)
+        except BusinessDayError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
+    def calendar(self) -> BusinessCalendar:
+        return BusinessCalendar.of(self.cutover, self.timezone)
 
 
 @dataclass(config=FROZEN)
@@ -300,8 +436,13 @@ class GatewayConfig:
     (700, 10, 10): far more frequent young collections on the per-transaction garbage."""
     workers: int = Field(default=1, ge=1, le=32)
     """Gateway worker processes on this machine (SO_REUSEPORT on the terminal and QR ports;
-    admin port and node number + worker index). Exact limits across workers need the Redis
-    risk backend; the journal is PostgreSQL or one SQLite file per worker."""
+    admin port and node number + worker index). With ``card_affinity`` each card's requests
+    run in one worker, so limits, duplicates, reversals and stand-in stay exact with in-memory
+    risk counters and one SQLite journal per worker."""
+    card_affinity: bool = True
+    """With several workers: hand each request to the worker owning its card (crc32 of the
+    PAN mod workers) over a private Unix socket. Off only where every piece of state is
+    shared anyway (Redis risk backend and PostgreSQL journal), to save the hop."""
     node: int = 0
     """Node number (0-35), the last RRN digit so nodes never collide; worker I uses node+I."""
     risk: str = "risk.toml"
@@ -313,6 +454,7 @@ class GatewayConfig:
     empty runs without a journal (no SAF, no stand-in, no crash recovery)."""
     shutdown_grace: float = Field(default=10.0, ge=0)
     """On SIGTERM: seconds in-flight requests get to finish before links sign off."""
+    switch: SwitchConfig = Field(default_factory=SwitchConfig)
     terminal: TerminalConfig = Field(default_factory=TerminalConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     qr_api: QrApiConfig = Field(default_factory=QrApiConfig)

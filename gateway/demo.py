@@ -20,18 +20,25 @@ from kit.conf import load
 
 def _banner(cfg: GatewayConfig, issuers: list[str]) -> str:
     t = cfg.terminal
+    more = "".join(
+        f"\n              {x.name} 127.0.0.1:{x.port} ({x.framing}, {x.dialect})"
+        for x in t.listeners
+    )
+    dialects = {link.issuer: link.dialect for link in cfg.links}
+    hosts = ", ".join(f"{i} ({dialects[i]})" if i in dialects else i for i in issuers)
     return f"""
 payswitch demo is starting
-  terminals   tcp 127.0.0.1:{t.port}   tls 127.0.0.1:{t.tls_port}
+  terminals   tcp 127.0.0.1:{t.port}   tls 127.0.0.1:{t.tls_port}{more}
   QR API      http://127.0.0.1:{cfg.qr_api.port}/v1/qr/payments
   dashboard   http://127.0.0.1:{cfg.admin.port}/dashboard  (viewer token: demo-viewer-TEST-ONLY)
   admin       http://127.0.0.1:{cfg.admin.port}/readyz  /metrics  /status  /alerts  (bearer token)
-  issuers     {", ".join(issuers)} (issuer-sim), HSM 127.0.0.1:1500 (hsm-sim)
+  issuers     {hosts} (issuer-sim), HSM 127.0.0.1:1500 (hsm-sim)
   logs        JSON lines below, PANs masked
 try it:
   .venv/bin/pos-sim purchase --terminal T0000001 --pan 4761730000000011 --amount 1250
   .venv/bin/pos-sim purchase --terminal T0000002 --pan 4761730000000011 --amount 1250 --pin 1234
   .venv/bin/pos-sim contactless --terminal N0000001 --pan 5413330000000019 --amount 1250
+  .venv/bin/pos-sim purchase --cup --terminal T0000001 --pan 4761730000000011 --amount 1250
   .venv/bin/qr-sim --help
 Ctrl-C stops everything.
 """

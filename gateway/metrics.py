@@ -141,6 +141,19 @@ class Metrics:
             ["issuer", "kind"],
             registry=r,
         )
+        self.translation_fallbacks = Counter(
+            "switch_translation_fallbacks",
+            "Codes an issuer link's translation table lacks, replaced by the fallback"
+            " (direction from_link/to_link; field 39, 22, ...; code as received or 'dropped')",
+            ["issuer", "direction", "field", "code"],
+            registry=r,
+        )
+        self.cutovers = Counter(
+            "switch_cutover_messages",
+            "Cutover messages (0800/201) sent to issuers, by outcome (ok, refused, no_answer)",
+            ["issuer", "outcome"],
+            registry=r,
+        )
         self.late_responses = Counter(
             "switch_issuer_late_responses",
             "Issuer answers after the timeout",
@@ -152,6 +165,13 @@ class Metrics:
         )
         self.rejected = Counter(
             "switch_terminal_rejected", "Frames or connections refused", ["reason"], registry=r
+        )
+        self.affinity = Counter(
+            "switch_affinity_requests",
+            "Requests by where their card's worker is (workers > 1): local, remote (handed to "
+            "the owner), served (taken from another worker), unavailable (owner unreachable: 96)",
+            ["route"],
+            registry=r,
         )
         self.http_rejected = Counter(
             "switch_http_rejected",

@@ -1,11 +1,15 @@
 """``issuer-sim run --conf conf/demo/issuer-sim.toml --issuer alpha``
 
 With ``postings_file`` in the config, ``kill -USR1 <pid>`` makes the running simulator write
-its posting file (``issuer_sim/postings.py``) for ``gateway journal reconcile``."""
+its posting file (``issuer_sim/postings.py``) for ``gateway journal reconcile``; ``kill -USR2
+<pid>`` makes it announce a cutover (0800/201, field 15 today's UTC date) to the connected
+gateway; ``kill -HUP <pid>`` makes it send a new ZPK (and ZAK) under the link's ZMK
+(``issuer_sim.keys``)."""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 from pathlib import Path
 
@@ -14,12 +18,14 @@ from issuer_sim.config import IssuerSimConfig
 from issuer_sim.emv import EmvAuthenticator
 from issuer_sim.host import IssuerHost
 from issuer_sim.pin import IssuerSecurity
-from issuer_sim.server import IssuerServer, LiveFaults
+from issuer_sim.server import IssuerServer, LiveFaults, fallback_logger
 from kit import pki
 from kit.conf import ConfigError, load
 from kit.dataset import load_dataset
+from kit.linkdialect import link_codec
 from kit.logs import configure
 from kit.runtime import default_backend, run, tune_gc
+from protocols.framing import get_framing
 
 
 def build_server(cfg: IssuerSimConfig, base: Path, issuer: str, port: int | None) -> IssuerServer:
@@ -35,6 +41,15 @@ def build_server(cfg: IssuerSimConfig, base: Path, issuer: str, port: int | None
     faults = LiveFaults(
         f.latency_ms, f.drop_ratio, f.disconnect_after, f.apply_to_network, f.bad_mac_ratio
     )
+    codec = link_codec(
+        ep.dialect,
+        header=ep.header,
+        translation=ep.translation,
+        clock=lambda: dt.datetime.now(dt.UTC),
+        on_fallback=fallback_logger(issuer),
+    )
+    if security is not None:
+        security.codec = codec  # link MACs over the dialect's bytes
     host = IssuerHost(book, emv=EmvAuthenticator.for_issuer(data, issuer))
     postings = (base / cfg.postings_file.format(issuer=issuer)) if cfg.postings_file else None
     return IssuerServer(
@@ -45,6 +60,12 @@ def build_server(cfg: IssuerSimConfig, base: Path, issuer: str, port: int | None
         port=ep.port if port is None else port,
         postings_file=postings,
         allowed_clients=ep.allowed_clients,
+        codec=codec,
+        framing=get_framing(ep.framing),
+        alternate=link_codec(ep.also_accept, clock=lambda: dt.datetime.now(dt.UTC))
+        if ep.also_accept
+        else None,
+        cutover_signal=True,
         key_change_signal=True,
     )
 

@@ -6,6 +6,8 @@ from pydantic import Field, field_validator
 from pydantic.dataclasses import dataclass
 
 from kit.conf import FROZEN
+from kit.linkdialect import TranslationConfig, check_link_dialect, mti_is_ascii
+from protocols.framing import FRAMINGS
 
 
 @dataclass(config=FROZEN)
@@ -30,10 +32,35 @@ class IssuerEndpoint:
     port: int = 9583
     faults: Faults | None = None
     """Overrides the file-wide faults for this issuer."""
+    dialect: str = "terminal"
+    """ISO 8583 dialect this host speaks (``protocols.dialects.DIALECTS``); a 1993 one is
+    translated at the host's edge (``protocols.translate``): the host logic stays canonical
+    and answers 1993 requests with 1993 MTIs and action codes. The switch's link to this
+    host must name the same dialect."""
+    header: str = ""
+    """Static header before every message, as the switch's link has it."""
+    translation: TranslationConfig | None = None
+    """Overrides of the translation table (1993 dialects only), as the switch's link."""
+    also_accept: str = ""
+    """A second dialect answered on this port, chosen per connection by its first message:
+    an ASCII MTI begins with a digit byte (0x30-0x39), a BCD one with 0x00-0x09. For test
+    rigs whose other switch speaks another dialect than the demo's link (the jPOS rig's beta
+    channel speaks SPEC's ``iso87-ascii`` while the demo's beta link is ``iso87-bcd``). One
+    of the two must have an ASCII MTI and the other a BCD one; no static header."""
+    framing: str = "binary2"
+    """The link's framing: ``binary2`` (SPEC), ``ascii4`` or ``binary2-tpdu`` (answers carry
+    the request's TPDU, addresses swapped); the gateway's ``[[links]] framing`` must match."""
     allowed_clients: tuple[str, ...] = Field(default=(), validate_default=True)
     """Client certificates this host serves: subject CN, or ``sha256:`` + hex fingerprint of the
     DER certificate (as hsm-sim's ``[tls] allowed_clients``). Required: a bank's host pins
     the acquirer it serves, any other certificate of the CA is refused."""
+
+    @field_validator("framing")
+    @classmethod
+    def _known_framing(cls, name: str) -> str:
+        if name not in FRAMINGS:
+            raise ValueError(f"unknown framing {name!r}; known: {', '.join(sorted(FRAMINGS))}")
+        return name
 
     @field_validator("allowed_clients")
     @classmethod
@@ -44,6 +71,25 @@ class IssuerEndpoint:
                 " fingerprint), e.g. the gateway link's client_cert"
             )
         return names
+
+    @field_validator("dialect")
+    @classmethod
+    def _known_dialect(cls, dialect: str) -> str:
+        check_link_dialect(dialect, "", None)
+        return dialect
+
+    def __post_init__(self) -> None:
+        check_link_dialect(self.dialect, self.header, self.translation)
+        if self.also_accept:
+            check_link_dialect(self.also_accept, "", None)
+            if self.header:
+                raise ValueError("also_accept: not with a static header (the first byte decides)")
+            if mti_is_ascii(self.dialect) == mti_is_ascii(self.also_accept):
+                raise ValueError(
+                    f"also_accept: {self.also_accept!r} and {self.dialect!r} both have "
+                    f"{'an ASCII' if mti_is_ascii(self.dialect) else 'a BCD'} MTI: a "
+                    "connection's first byte could not tell them apart"
+                )
 
 
 @dataclass(config=FROZEN)

@@ -20,7 +20,7 @@ from protocols.message import Message
 from protocols.mti import response_mti
 from protocols.validate import card_of
 
-ECHO = ("2", "3", "4", "7", "11", "12", "13", "32", "37", "41", "42", "49")
+ECHO = ("2", "3", "4", "7", "11", "12", "13", "15", "32", "37", "41", "42", "49")
 _RESPONSE_MTI: dict[str, str] = {}
 """Request MTI -> response MTI, filled as they are seen (a handful)."""
 
@@ -70,6 +70,9 @@ class IssuerHost:
         self._auth = itertools.count(100001)
         self.reversals_applied = 0
         self.advices_applied = 0
+        self.cutovers: list[tuple[dt.datetime, str | None]] = []
+        """Cutover messages (0800/201) received: when, and their field 15 (new business
+        date, MMDD) if any. One a day: not bounded."""
         self._month: tuple[int, int, str] = (0, 0, "")
         """(year, month, "YYMM") of the last request: expiry checks format it once a month."""
 
@@ -109,7 +112,11 @@ class IssuerHost:
                 return keychange.answer(msg, keychange.REFUSED)
             return keys.accept(security, msg)
         if mti == "0800":
-            return self._answer(msg, "00", {"70": msg.fields["70"]} if "70" in msg.fields else None)
+            code = msg.fields.get("70")
+            if code == "201":  # cutover: the acquirer's business day moved on
+                self.cutovers.append((now, msg.fields.get("15")))
+            network: dict[str, str] = {k: msg.fields[k] for k in ("15", "70") if k in msg.fields}
+            return self._answer(msg, "00", network)
         if mti in ("0400", "0420"):
             return self._reverse(msg)
         if mti == "0120":

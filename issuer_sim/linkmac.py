@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, modes
 from hsm_sim.errors import KeyLengthError
 from protocols.codec import Codec
 from protocols.mac import MAC_LENGTH, mac_field
-from protocols.message import Message
+from protocols.message import Message, WireMessage
 
 _CANONICAL = frozenset(str(n) for n in range(1, 129))
 _SECONDARY = frozenset(str(n) for n in range(65, 128))
@@ -98,6 +98,8 @@ class LinkMac:
         When that field holds 8 bytes of hex and is the last one encoded, the message's own
         encoding without its last 8 bytes is the same thing (a field's value only changes its
         own bytes), and needs no copy of the message."""
+        if isinstance(msg, WireMessage) and msg.wire:
+            return msg.wire[:-MAC_LENGTH]  # translated on arrival: the MAC covers what came
         fields = msg.fields
         value = fields.get(field)
         if value is not None and len(value) == 2 * MAC_LENGTH and self._last(fields, field):
@@ -106,10 +108,10 @@ class LinkMac:
             except ValueError:
                 pass
             else:
-                return self.codec.encode(msg)[:-MAC_LENGTH]
+                return self.codec.encode_body(msg)[:-MAC_LENGTH]
         copy = dict(fields)
         copy[field] = _ZERO_MAC
-        return self.codec.encode(Message(msg.mti, copy))[:-MAC_LENGTH]
+        return self.codec.encode_body(Message(msg.mti, copy))[:-MAC_LENGTH]
 
     def seal(self, msg: Message, field: str) -> bytes:
         """Put the MAC of ``msg`` in ``field``; returns the message encoded (MAC included).
@@ -124,7 +126,8 @@ class LinkMac:
         previous = fields.get(field)
         fields[field] = _ZERO_MAC
         try:
-            head = self.codec.encode(msg)[:-MAC_LENGTH]
+            # The MAC covers the message, not a link's static header (protocols.mac).
+            head = self.codec.encode_body(msg)[:-MAC_LENGTH]
         except BaseException:
             if previous is None:
                 del fields[field]
@@ -133,4 +136,4 @@ class LinkMac:
             raise
         mac = self.mac(head)
         fields[field] = mac.hex().upper()
-        return head + mac
+        return self.codec.header + head + mac

@@ -6,9 +6,12 @@ import asyncio
 import contextlib
 import datetime as dt
 import gc
+import itertools
 import random
 import signal
 import ssl
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +21,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.tls import TLSAttribute
 
 from issuer_sim import keys
-from issuer_sim.connection import MAX_FRAME, PARTIAL_TIMEOUT, LinkConnection
+from issuer_sim.connection import MAX_FRAME, OWN_TPDU, PARTIAL_TIMEOUT, LinkConnection
 from issuer_sim.host import IssuerHost
 from issuer_sim.linkmac import link_mac_field
 from issuer_sim.postings import Snapshot, rows_of, write_csv
@@ -27,12 +30,14 @@ from kit.framed import FramedStream, StalledFrameError
 from kit.logs import PeerWarnings, get_logger
 from kit.pki import certificate_identity, client_allowed
 from protocols import keychange
+from protocols.codec import Codec
 from protocols.dialects import get_dialect
 from protocols.errors import ProtocolError
 from protocols.fastcodec import best_codec
-from protocols.framing import encode_frame
+from protocols.framing import BINARY2, TPDU_SIZE, Framing, answer_tpdu
 from protocols.message import Message
 from protocols.mti import is_request
+from protocols.translate import Fallback
 
 log = get_logger("issuer_sim")
 
@@ -49,6 +54,22 @@ class LiveFaults:
     disconnect_after: int = 0
     apply_to_network: bool = False
     bad_mac_ratio: float = 0.0
+
+
+def fallback_logger(issuer: str) -> Callable[[Fallback], None]:
+    """Log a code the host's translation table lacks (protocols.translate)."""
+
+    def report(fb: Fallback) -> None:
+        log.warning(
+            "issuer_sim_translation_fallback",
+            issuer=issuer,
+            direction=fb.direction,
+            field=fb.field,
+            code=fb.code,
+            used=fb.used,
+        )
+
+    return report
 
 
 def corrupt_mac(answer: Message) -> Message:
@@ -74,22 +95,35 @@ class IssuerServer:
         port: int = 0,
         postings_file: Path | None = None,
         allowed_clients: tuple[str, ...] = (),
+        codec: Codec | None = None,
+        framing: Framing = BINARY2,
+        alternate: Codec | None = None,
+        cutover_signal: bool = False,
         key_change_signal: bool = False,
     ) -> None:
         self.host = host
+        self.framing = framing
+        """The link's framing (``protocols.framing``): the gateway's link must use the same."""
+        self.cutover_signal = cutover_signal
+        """``SIGUSR2`` sends a cutover (``send_cutover``, field 15 today's UTC date)."""
         self.allowed_clients = allowed_clients
         """Client certificates served over TLS (CN or ``sha256:`` fingerprint, as hsm-sim's
         allow-list); empty: none (a bank's host pins its acquirer). Unused on plain TCP."""
         self.postings_file = postings_file
         """Where ``SIGUSR1`` writes the posting file (``issuer_sim.postings``); None: off."""
         self.key_change_signal = key_change_signal
-        """``SIGUSR2`` sends the acquirer a new ZPK (and ZAK, if the link MACs): the issuer's
+        """``SIGHUP`` sends the acquirer a new ZPK (and ZAK, if the link MACs): the issuer's
         side of a key change, on demand (the ``issuer-sim`` program; off in tests)."""
         self.ssl_context = ssl_context
         self.faults = faults or LiveFaults()
         self.bind = bind
         self.port = port
-        self.codec = best_codec(get_dialect("terminal"))
+        self.codec = codec or best_codec(get_dialect("terminal"))
+        """The link's codec: canonical messages for the host, its dialect on the wire."""
+        self.alternate = alternate
+        """``also_accept``'s codec: a connection whose first byte is of its MTI's kind
+        (ASCII digit or BCD) speaks it instead."""
+        self._alternate_ascii = alternate is not None and _ascii_mti(alternate)
         self.received = 0
         self.by_mti: dict[str, int] = {}
         self.refused = 0
@@ -100,31 +134,43 @@ class IssuerServer:
         self.live: set[LinkConnection] = set()
         """Open connections on asyncio (closed when the server stops)."""
         self.channels: set[fastio.FrameChannel] = set()
-        """Open connections on trio (key changes are sent on one)."""
+        """Open connections on trio (for messages of our own)."""
+        self.answers_received: deque[Message] = deque(maxlen=1000)
+        """Answers the acquirer sent to our own requests (the 0810 to our cutover)."""
+        self._stan = itertools.count(1)
         self._waiting: dict[str, tuple[anyio.Event, list[Message]]] = {}
         """Our key-change 0800s awaiting their 0810, by STAN."""
-        self._stan = random.randrange(1, 999999)
         self.key_changes: dict[str, int] = {}
         """Our key changes by outcome: ``accepted``, ``refused``, ``no_answer``."""
         self._scope: anyio.CancelScope | None = None
 
     async def run(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
-        if self.postings_file is None and not self.key_change_signal:
+        if self.postings_file is None and not self.cutover_signal and not self.key_change_signal:
             await self._serve(task_status=task_status)
             return
         async with anyio.create_task_group() as tg:
             if self.postings_file is not None:
                 await tg.start(self._export_on_signal, self.postings_file)
+            if self.cutover_signal:
+                await tg.start(self._cutover_on_signal)
             if self.key_change_signal:
                 await tg.start(self._keys_on_signal)
             await self._serve(task_status=task_status)
             tg.cancel_scope.cancel()
 
+    async def _cutover_on_signal(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        with anyio.open_signal_receiver(signal.SIGUSR2) as signals:
+            task_status.started()
+            async for _ in signals:
+                await self.send_cutover(dt.datetime.now(dt.UTC).date())
+
     async def _keys_on_signal(
         self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """``SIGUSR2``: a key change from the issuer's side (ZPK, then ZAK if there is one)."""
-        with anyio.open_signal_receiver(signal.SIGUSR2) as signals:
+        """``SIGHUP``: a key change from the issuer's side (ZPK, then ZAK if there is one)."""
+        with anyio.open_signal_receiver(signal.SIGHUP) as signals:
             task_status.started()
             async for _ in signals:
                 security = self.host.book.security
@@ -190,6 +236,7 @@ class IssuerServer:
                     ssl_context=self.ssl_context,
                     max_size=MAX_FRAME,
                     partial_timeout=self.partial_timeout,
+                    framing=self.framing,
                 )
                 log.info("issuer_sim_started", issuer=self.host.book.issuer, port=self.port)
                 task_status.started(self.port)
@@ -229,6 +276,9 @@ class IssuerServer:
             faults=self.faults,
             port=self.port,
             allowed_clients=self.allowed_clients,
+            codec=self.codec,
+            framing=self.framing,
+            alternate=self.alternate,
         )
 
     def admit(self, peer: str, der: bytes | None) -> bool:
@@ -251,13 +301,44 @@ class IssuerServer:
         )
         return False
 
-    def serve_frame(self, frame: bytes) -> tuple[Message | None, float] | None:
+    def codec_for(self, first: bytes) -> Codec:
+        """The codec of a connection, from its first frame (``also_accept``)."""
+        alternate = self.alternate
+        if alternate is None or not first:
+            return self.codec
+        ascii_first = 0x30 <= first[0] <= 0x39
+        return alternate if ascii_first == self._alternate_ascii else self.codec
+
+    async def send_cutover(self, business_date: dt.date | None = None) -> int:
+        """Tell the acquirer our business day moved on: 0800/201 (field 15 = the new date,
+        MMDD, when given) on every open connection; how many it went out on. The answers
+        land in ``answers_received``."""
+        now = dt.datetime.now(dt.UTC)
+        fields = {"7": now.strftime("%m%d%H%M%S"), "11": f"{next(self._stan) % 1_000_000:06d}"}
+        fields["70"] = "201"
+        if business_date is not None:
+            fields["15"] = f"{business_date.month:02d}{business_date.day:02d}"
+        msg = Message("0800", fields)
+        payload = self.codec.encode(msg)
+        framed_payload = OWN_TPDU + payload if self.framing.tpdu else payload
+        # Each connection in its own dialect (also_accept); trio's channels in the host's.
+        sent = sum(conn.send((conn.codec or self.codec).encode(msg)) for conn in list(self.live))
+        for channel in list(self.channels):
+            with contextlib.suppress(*_GONE):
+                await channel.send_frame(framed_payload)
+                sent += 1
+        log.info("issuer_sim_cutover_sent", issuer=self.host.book.issuer, connections=sent)
+        return sent
+
+    def serve_frame(
+        self, frame: bytes, codec: Codec | None = None
+    ) -> tuple[Message | None, float] | None:
         """Decode and answer one request: ``None`` when it cannot be decoded (logged), else
         the answer (``None`` when the drop fault loses it) and the delay before sending it
         (latency fault, ms; 0: now)."""
         faults = self.faults
         try:
-            msg = self.codec.decode(frame)
+            msg = (codec or self.codec).decode(frame)
         except ProtocolError as exc:
             log.warning("issuer_sim_bad_message", reason=str(exc))
             return None
@@ -265,10 +346,11 @@ class IssuerServer:
         by_mti = self.by_mti
         by_mti[msg.mti] = by_mti.get(msg.mti, 0) + 1
         if not is_request(msg.mti):
+            # The answer to a request of ours (an 0810): kept, never answered; a key change's
+            # wakes its sender.
+            self.answers_received.append(msg)
             waiting = self._waiting.get(msg.fields.get("11", ""))
-            if waiting is None:
-                log.warning("issuer_sim_unmatched_response", mti=msg.mti)
-            else:
+            if waiting is not None:
                 waiting[1].append(msg)
                 waiting[0].set()
             return None
@@ -292,17 +374,15 @@ class IssuerServer:
         if security is None:
             raise LookupError("this issuer has no keys")
         fields, undo = keys.offer(security, kind, fault=fault)
-        self._stan = self._stan % 999999 + 1
-        stan = f"{self._stan:06d}"
+        stan = f"{next(self._stan) % 1_000_000:06d}"
         msg = Message(
             "0800", {"7": dt.datetime.now(dt.UTC).strftime("%m%d%H%M%S"), "11": stan, **fields}
         )
-        frame = self.codec.encode(msg)
         event = anyio.Event()
         answers: list[Message] = []
         self._waiting[stan] = (event, answers)
         try:
-            if not await self._send_any(frame):
+            if not await self._send_any(msg):
                 undo(False)  # nothing was sent
                 return self._key_change_outcome("no_answer")
             with anyio.move_on_after(timeout):
@@ -332,31 +412,36 @@ class IssuerServer:
         self.key_changes[outcome] = self.key_changes.get(outcome, 0) + 1
         return rc or outcome
 
-    async def _send_any(self, frame: bytes) -> bool:
-        """Write a frame on one open connection; False when there is none."""
+    async def _send_any(self, msg: Message) -> bool:
+        """``msg`` on one open connection, in its dialect and the link's framing (as
+        :meth:`send_cutover`); False when there is none."""
         for conn in list(self.live):
-            if conn.send(encode_frame(frame, MAX_FRAME)):
+            if conn.send((conn.codec or self.codec).encode(msg)):
                 return True
+        payload = self.codec.encode(msg)
+        framed_payload = OWN_TPDU + payload if self.framing.tpdu else payload
         for channel in list(self.channels):
             try:
-                await channel.send_frame(frame)
+                await channel.send_frame(framed_payload)
             except (*_GONE, ssl.SSLError):
                 continue
             return True
         return False
 
-    def encode(self, answer: Message) -> bytes:
+    def encode(self, answer: Message, codec: Codec | None = None) -> bytes:
+        codec = codec or self.codec
         # A MACed answer was encoded when it was sealed: reuse those bytes.
         security = self.host.book.security
-        if security is not None and security.codec.spec is self.codec.spec:
+        if security is not None and security.codec.spec is codec.spec:
             frame = security.take_encoded(answer)
             if frame is not None:
                 return frame
-        return self.codec.encode(answer)
+        return codec.encode(answer)
 
     async def _connection(self, framed: fastio.FrameChannel) -> None:
         """Trio: one connection over the frame channel (asyncio: LinkConnection)."""
         count = 0
+        codec: Codec | None = None
         try:
             if not self.admit(*_channel_client(framed)):
                 return
@@ -368,15 +453,20 @@ class IssuerServer:
                     except (*_GONE, ProtocolError, StalledFrameError, ssl.SSLError):
                         break
                     count += 1
-                    served = self.serve_frame(frame)
+                    tpdu = b""
+                    if self.framing.tpdu:  # answered with its addresses swapped
+                        tpdu, frame = answer_tpdu(frame[:TPDU_SIZE]), frame[TPDU_SIZE:]
+                    if codec is None:
+                        codec = self.codec_for(frame)
+                    served = self.serve_frame(frame, codec)
                     if served is None:
                         continue
                     answer, delay_ms = served
                     if answer is not None:
                         if delay_ms:
-                            tg.start_soon(self._answer_later, framed, answer, delay_ms)
+                            tg.start_soon(self._answer_later, framed, answer, delay_ms, tpdu, codec)
                         else:
-                            await framed.send_frame(self.encode(answer))
+                            await framed.send_frame(tpdu + self.encode(answer, codec))
                     disconnect_after = self.faults.disconnect_after
                     if disconnect_after and count >= disconnect_after:
                         log.info("issuer_sim_disconnect", after=count)
@@ -392,11 +482,20 @@ class IssuerServer:
                 await framed.aclose()
 
     async def _answer_later(
-        self, framed: fastio.FrameChannel, answer: Message, delay_ms: float
+        self,
+        framed: fastio.FrameChannel,
+        answer: Message,
+        delay_ms: float,
+        tpdu: bytes = b"",
+        codec: Codec | None = None,
     ) -> None:
         await anyio.sleep(delay_ms / 1000)
         with contextlib.suppress(*_GONE):
-            await framed.send_frame(self.encode(answer))
+            await framed.send_frame(tpdu + self.encode(answer, codec))
+
+
+def _ascii_mti(codec: Codec) -> bool:
+    return str(codec.spec["t"]["data_enc"]) == "ascii"
 
 
 def _channel_client(framed: fastio.FrameChannel) -> tuple[str, bytes | None]:

@@ -25,7 +25,7 @@ from anyio.abc import SocketAttribute, TaskGroup
 from kit.admission import Admission
 from kit.framed import Deadlines, FramedStream
 from protocols.errors import FramingError
-from protocols.framing import Framer, encode_frame
+from protocols.framing import BINARY2, TPDU_ID, TPDU_SIZE, Framer, Framing
 
 # Frames buffered before reading pauses: back-pressure instead of an unbounded queue.
 _HIGH_FRAMES = 256
@@ -137,6 +137,7 @@ class FrameProtocol(asyncio.Protocol):
         idle_timeout: float | None = None,
         frame_deadline: float | None = None,
         admission: Admission | None = None,
+        framing: Framing = BINARY2,
     ) -> None:
         self.max_size = max_size
         self.partial_timeout = partial_timeout
@@ -148,7 +149,8 @@ class FrameProtocol(asyncio.Protocol):
         )
         self._expired: Exception | None = None
         self._watchdog: Watchdog | None = None
-        self._framer = Framer(max_size)
+        self._framer: Framer = framing.framer(max_size)
+        self._encode = framing.encode
         self._frames: deque[bytes] = deque()
         self._waiter: asyncio.Future[bool] | None = None
         self._transport: asyncio.Transport | None = None
@@ -274,7 +276,7 @@ class FrameProtocol(asyncio.Protocol):
         # peer process costs tens of microseconds here (syscall and wake-up), more than the
         # rest of a frame's handling, and under load several answers are ready at once.
         out = self._out
-        out.append(encode_frame(payload, self.max_size))
+        out.append(self._encode(payload, self.max_size))
         loop = self._loop or asyncio.get_running_loop()
         if len(out) == 1:
             loop.call_soon(self._flush)
@@ -318,12 +320,53 @@ async def connect(
     server_hostname: str | None,
     max_size: int,
     partial_timeout: float,
+    framing: Framing = BINARY2,
+    tpdu: bytes = b"",
 ) -> FrameChannel:
-    """A client channel (TCP, or TLS when ``ssl_context`` is given)."""
+    """A client channel (TCP, or TLS when ``ssl_context`` is given) in ``framing``; with a
+    TPDU framing, every frame sent carries ``tpdu`` (:class:`TpduChannel`)."""
+    if framing.tpdu and (len(tpdu) != TPDU_SIZE or tpdu[0] != TPDU_ID):
+        raise ValueError("a TPDU is 5 bytes beginning with 60")  # before connecting
+    channel = await _connect(
+        host, port, ssl_context, server_hostname, max_size, partial_timeout, framing
+    )
+    return TpduChannel(channel, tpdu) if framing.tpdu else channel
+
+
+class TpduChannel:
+    """A client's channel in a TPDU framing: each frame sent begins with ``tpdu``, and each
+    frame received loses its own (the server's answer to it, addresses swapped)."""
+
+    __slots__ = ("_channel", "_tpdu", "peer")
+
+    def __init__(self, channel: FrameChannel, tpdu: bytes) -> None:
+        self._channel = channel
+        self._tpdu = tpdu
+        self.peer = channel.peer
+
+    async def receive_frame(self) -> bytes:
+        return (await self._channel.receive_frame())[TPDU_SIZE:]
+
+    async def send_frame(self, payload: bytes) -> None:
+        await self._channel.send_frame(self._tpdu + payload)
+
+    async def aclose(self) -> None:
+        await self._channel.aclose()
+
+
+async def _connect(
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None,
+    server_hostname: str | None,
+    max_size: int,
+    partial_timeout: float,
+    framing: Framing,
+) -> FrameChannel:
     if fast_path():
         loop = asyncio.get_running_loop()
         _, proto = await loop.create_connection(
-            lambda: FrameProtocol(max_size, partial_timeout),
+            lambda: FrameProtocol(max_size, partial_timeout, framing=framing),
             host,
             port,
             ssl=ssl_context,
@@ -340,7 +383,9 @@ async def connect(
             tls_hostname=server_hostname,
             tls_standard_compatible=False,
         )
-    return _StreamChannel(stream, max_size=max_size, partial_timeout=partial_timeout)
+    return _StreamChannel(
+        stream, max_size=max_size, partial_timeout=partial_timeout, framing=framing
+    )
 
 
 async def serve(
@@ -357,11 +402,13 @@ async def serve(
     handshake_timeout: float = 10.0,
     admission: Admission | None = None,
     reuse_port: bool = False,
+    framing: Framing = BINARY2,
 ) -> int:
     """Listen and serve each connection with ``handler`` in ``tg``; returns the bound port.
 
     The listener lives until ``tg`` is cancelled. ``reuse_port`` lets several worker
-    processes listen on one port (SO_REUSEPORT: the kernel spreads connections). A connection
+    processes listen on one port (SO_REUSEPORT: the kernel spreads connections); ``framing``
+    is the listener's (a TPDU framing's frames reach ``handler`` with their TPDU). A connection
     over one of ``admission``'s caps is closed before ``handler`` sees it. With TLS, a
     connection is counted once its handshake is done: until then ``handshake_timeout`` bounds it.
     """
@@ -370,6 +417,7 @@ async def serve(
         "partial_timeout": partial_timeout,
         "idle_timeout": idle_timeout,
         "frame_deadline": frame_deadline,
+        "framing": framing,
     }
     if fast_path():
         loop = asyncio.get_running_loop()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import anyio
 from anyio.abc import ByteStream
 
-from protocols.framing import Framer, encode_frame
+from protocols.framing import BINARY2, Framing
 
 
 class StalledFrameError(Exception):
@@ -90,7 +90,15 @@ class Deadlines:
 
 
 class FramedStream:
-    __slots__ = ("_deadlines", "_framer", "_send_lock", "max_size", "partial_timeout", "stream")
+    __slots__ = (
+        "_deadlines",
+        "_encode",
+        "_framer",
+        "_send_lock",
+        "max_size",
+        "partial_timeout",
+        "stream",
+    )
 
     def __init__(
         self,
@@ -100,11 +108,13 @@ class FramedStream:
         partial_timeout: float,
         idle_timeout: float | None = None,
         frame_deadline: float | None = None,
+        framing: Framing = BINARY2,
     ) -> None:
         self.stream = stream
         self.max_size = max_size
         self.partial_timeout = partial_timeout
-        self._framer = Framer(max_size)
+        self._framer = framing.framer(max_size)
+        self._encode = framing.encode
         self._send_lock = anyio.Lock()
         self._deadlines = Deadlines(
             partial_timeout,
@@ -139,7 +149,7 @@ class FramedStream:
         return frame
 
     async def send_frame(self, payload: bytes) -> None:
-        data = encode_frame(payload, self.max_size)
+        data = self._encode(payload, self.max_size)
         async with self._send_lock:
             await self.stream.send(data)
 

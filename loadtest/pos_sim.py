@@ -4,6 +4,11 @@
     pos-sim reverse  --terminal T0000001 --pan 4761730000000011 --amount 1250 \
                      --original-stan 000123 --original-time 1127101500
     pos-sim contactless --terminal N0000001 --pan 5413330000000019 --amount 1250
+    pos-sim purchase --cup --terminal T0000001 --pan 4761730000000011 --amount 1250
+
+``--cup`` plays a UnionPay-style POS on the demo's 8585 listener: a 2-byte length and a 5-byte
+TPDU (``--tpdu``, default ``6000030000``) before each message, ISO 8583:1987 in BCD; the answer's
+TPDU (addresses swapped) is printed. ``--framing`` and ``--dialect`` choose them one by one.
 
 ``contactless`` plays the card too: it builds field 55 with an ARQC under the card's keys (derived
 from the demo IMK-AC of the card's issuer, or of the funding card's issuer for a token), sends
@@ -42,10 +47,12 @@ from hsm_sim import emv as hsm_emv
 from hsm_sim import terminal as pinpad
 from issuer_sim.pin import field48_cvv2
 from kit.dataset import Dataset, Terminal, load_dataset
-from loadtest.terminal_client import TerminalClient, build_request
+from loadtest.terminal_client import TERMINAL_TPDU, TerminalClient, build_request
 from protocols import emv
 from protocols.codec import Codec
 from protocols.dialects import get_dialect
+from protocols.errors import ProtocolError
+from protocols.framing import FRAMINGS, get_framing
 from protocols.keys import original_data
 from protocols.mac import mac_field, mac_input
 from protocols.message import Message
@@ -238,9 +245,10 @@ def add_pin_block(
     request.fields["52"] = block.hex().upper()
 
 
-def add_mac(request: Message, tak: str, *, wrong: bool = False) -> None:
-    """The MAC field (64; 128 with a secondary bitmap) over the encoded request, TAK in clear."""
-    mac = bytearray(pinpad.retail_mac(tak, mac_input(CODEC, request)))
+def add_mac(request: Message, tak: str, *, wrong: bool = False, codec: Codec | None = None) -> None:
+    """The MAC field (64; 128 with a secondary bitmap) over the request as ``codec`` (the
+    terminal's dialect; SPEC's by default) encodes it, TAK in clear."""
+    mac = bytearray(pinpad.retail_mac(tak, mac_input(codec or CODEC, request)))
     if wrong:
         mac[-1] ^= 0x01
     request.fields[mac_field(request.fields)] = mac.hex().upper()
@@ -290,7 +298,8 @@ def secure(args: argparse.Namespace, request: Message) -> str | None:
         except Exception as exc:  # a bad PIN or KSN: say so, never echo it
             return f"cannot build the PIN block: {type(exc).__name__}"
     if terminal.mac_required and args.mac != "none" and terminal.tak is not None:
-        add_mac(request, terminal.tak.key, wrong=args.mac == "bad")
+        codec = Codec(get_dialect(args.dialect))
+        add_mac(request, terminal.tak.key, wrong=args.mac == "bad", codec=codec)
     return None
 
 
@@ -336,7 +345,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("command", choices=sorted(MTI))
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8583)
+    parser.add_argument("--port", type=int, default=None, help="default 8583 (--cup: 8585)")
+    parser.add_argument(
+        "--cup",
+        action="store_true",
+        help="as a UnionPay-style POS to the demo's 8585 listener: binary2-tpdu, iso87-bcd",
+    )
+    parser.add_argument(
+        "--framing", choices=sorted(FRAMINGS), default=None, help="default binary2 (--cup: TPDU)"
+    )
+    parser.add_argument("--dialect", default=None, help="default iso87-ascii (--cup: iso87-bcd)")
+    parser.add_argument(
+        "--tpdu",
+        default=TERMINAL_TPDU.hex(),
+        help="TPDU framing: the TPDU sent, 10 hex (60, destination, source)",
+    )
     parser.add_argument(
         "--tls-ca",
         type=Path,
@@ -375,6 +398,17 @@ def main(argv: list[str] | None = None) -> int:
         help="field 64 of mac_required terminals: computed (auto), left out, or wrong",
     )
     args = parser.parse_args(argv)
+    args.port = args.port or (8585 if args.cup else 8583)
+    args.framing = args.framing or ("binary2-tpdu" if args.cup else "binary2")
+    args.dialect = args.dialect or ("iso87-bcd" if args.cup else "iso87-ascii")
+    try:
+        get_dialect(args.dialect)
+        tpdu = bytes.fromhex(args.tpdu)
+        if len(tpdu) != 5 or tpdu[0] != 0x60:
+            raise ValueError("a TPDU is 10 hex digits beginning with 60")
+    except (KeyError, ValueError) as exc:
+        print(f"pos-sim: {exc}", file=sys.stderr)
+        return 2
     request = build(args)
     card: SimulatedCard | None = None
     icc = emv.Tlv()
@@ -393,17 +427,31 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         icc = card.icc_data(args.amount, currency=args.currency, country=country)
         request.fields.update({"22": "071", "23": f"0{card.psn}", "55": icc.encode().hex().upper()})
-    problem = secure(args, request)  # last: the MAC covers everything above
+    try:
+        problem = secure(args, request)  # last: the MAC covers everything above
+    except ProtocolError as exc:  # the MAC's input: a field this dialect cannot carry
+        problem = f"{args.dialect}: {exc}"
     if problem is not None:
         print(f"pos-sim: {problem}", file=sys.stderr)
         return 2
     try:
-        with TerminalClient(args.host, args.port, tls_ca=args.tls_ca) as client:
+        with TerminalClient(
+            args.host,
+            args.port,
+            tls_ca=args.tls_ca,
+            framing=get_framing(args.framing),
+            dialect=args.dialect,
+            tpdu=tpdu,
+        ) as client:
             response = client.exchange(request)
+            answer_tpdu = client.answer_tpdu
     except OSError as exc:
         print(
             f"pos-sim: cannot reach the gateway at {args.host}:{args.port}: {exc}", file=sys.stderr
         )
+        return 2
+    except ProtocolError as exc:  # a field this dialect cannot carry, or a broken answer
+        print(f"pos-sim: {args.dialect}: {exc}", file=sys.stderr)
         return 2
     print(f"request  {request.mti}  stan={request.fields.get('11')} time={request.fields.get('7')}")
     if "52" in request.fields:
@@ -413,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  PIN block sent under AES DUKPT, KSN {request.fields['123'][:24]}")
     if "64" in request.fields or "128" in request.fields:
         print(f"  MAC sent ({'wrong on purpose' if args.mac == 'bad' else 'TAK'})")
+    if answer_tpdu is not None:
+        print(f"  TPDU sent {tpdu.hex().upper()}, answered {answer_tpdu.hex().upper()}")
     print(f"response {response.mti}")
     for key, value in sorted(redact_fields(response.fields).items(), key=lambda kv: int(kv[0])):
         print(f"  {key:>3} {NAMES.get(key, ''):<20} {value}")

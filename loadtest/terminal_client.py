@@ -1,6 +1,8 @@
 """A small blocking ISO 8583 terminal client (used by pos-sim and the locust users).
 
-Builds requests with :mod:`protocols` and speaks the SPEC framing over TCP or TLS.
+Builds requests with :mod:`protocols` and speaks the SPEC framing and dialect over TCP or TLS,
+or another framing and dialect (the demo's UnionPay-style listener: ``binary2-tpdu`` and
+``iso87-bcd``, each request with ``tpdu`` before it).
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from pathlib import Path
 
 from protocols.dialects import get_dialect
 from protocols.fastcodec import best_codec
-from protocols.framing import Framer, encode_frame
+from protocols.framing import BINARY2, TPDU_SIZE, Framing, make_tpdu
 from protocols.message import Message
 
+TERMINAL_TPDU = make_tpdu(0x0003, 0x0000)
+"""What a UnionPay POS commonly sends: to NII 0003, from 0000."""
 _STAN = itertools.count(random.randrange(1, 999999))
 
 
@@ -72,25 +76,35 @@ class TerminalClient:
         *,
         tls_ca: Path | None = None,
         timeout: float = 35.0,
+        framing: Framing = BINARY2,
+        dialect: str = "terminal",
+        tpdu: bytes = TERMINAL_TPDU,
     ) -> None:
         # The compiled codec: same bytes and errors as protocols.codec.Codec, 8-12x less CPU
         # (locust users share the machine with the switch they measure).
-        self.codec = best_codec(get_dialect("terminal"))
+        self.codec = best_codec(get_dialect(dialect))
+        self.framing = framing
+        self.tpdu = tpdu if framing.tpdu else b""
+        """The TPDU each request carries (TPDU framings only)."""
+        self.answer_tpdu: bytes | None = None
+        """The TPDU of the last answer (TPDU framings only)."""
         sock = socket.create_connection((host, port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if tls_ca is not None:
             ctx = ssl.create_default_context(cafile=str(tls_ca))
             sock = ctx.wrap_socket(sock, server_hostname=host)
         self.sock: socket.socket = sock
-        self.framer = Framer()
+        self.framer = framing.framer()
 
     def send(self, msg: Message) -> None:
-        self.sock.sendall(encode_frame(self.codec.encode(msg)))
+        self.sock.sendall(self.framing.encode(self.tpdu + self.codec.encode(msg), 8192))
 
     def receive(self) -> Message:
         while True:
             frame = self.framer.next_frame()
             if frame is not None:
+                if self.tpdu:
+                    self.answer_tpdu, frame = frame[:TPDU_SIZE], frame[TPDU_SIZE:]
                 return self.codec.decode(frame)
             data = self.sock.recv(65536)
             if not data:

@@ -51,10 +51,12 @@ def _valid_mti(mti: object) -> bool:
 class Codec:
     """Encode and decode one dialect. Stateless; one instance per dialect is shared."""
 
-    __slots__ = ("spec",)
+    __slots__ = ("header", "spec")
 
     def __init__(self, spec: Mapping[str, Mapping[str, Any]]) -> None:
         self.spec = spec
+        self.header = b""
+        """Static bytes before every message on the wire (a link's header; none here)."""
 
     def decode(self, data: bytes) -> Message:
         # The typed error is raised outside the ``except`` block: pyiso8583's DecodeError
@@ -103,6 +105,10 @@ class Codec:
         except Exception:  # pyiso8583 may raise more than EncodeError on odd input
             return False
         return True
+
+    def encode_body(self, msg: Message) -> bytes:
+        """The message without :attr:`header`: what a MAC covers (``protocols.mac``)."""
+        return self.encode(msg)
 
     def encode(self, msg: Message) -> bytes:
         doc: dict[str, str] = dict(msg.fields)

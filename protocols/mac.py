@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from protocols.codec import Codec
-from protocols.message import Message
+from protocols.message import Message, WireMessage
 
 MAC_LENGTH = 8
 
@@ -34,8 +34,12 @@ def mac_input(codec: Codec, msg: Message, field: str | None = None) -> bytes:
     The MAC field (``field``, found from the message when not given) is the last one encoded,
     so this is the encoding with 8 placeholder bytes, without its last 8 bytes. Decoding and
     re-encoding with the same dialect is exact, so for a received message this equals the
-    bytes on the wire before the MAC.
+    bytes on the wire before the MAC. A message translated from a link's dialect
+    (:class:`WireMessage`) is not re-encoded: its MAC covers the bytes that came (header
+    excluded), which is what the peer MACed.
     """
+    if isinstance(msg, WireMessage) and msg.wire:
+        return msg.wire[:-MAC_LENGTH]
     fields = dict(msg.fields)
     fields[field or mac_field(fields)] = "00" * MAC_LENGTH
-    return codec.encode(Message(msg.mti, fields))[:-MAC_LENGTH]
+    return codec.encode_body(Message(msg.mti, fields))[:-MAC_LENGTH]

@@ -26,3 +26,12 @@ class Message:
     def __repr__(self) -> str:
         # Never print field values: they may hold a PAN, a PIN block or track data.
         return f"Message(mti={self.mti!r}, fields={sorted(self.fields, key=int)})"
+
+
+@dataclass(slots=True, eq=False, repr=False)
+class WireMessage(Message):
+    """A message a link decoded into another form (``protocols.translate``), with the link's
+    bytes it came from (static header excluded): what a MAC on it covers, since encoding the
+    translated message again need not give those bytes back."""
+
+    wire: bytes = b""

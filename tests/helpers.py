@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -24,6 +25,7 @@ from gateway.config import (
     StandInConfig,
     TerminalConfig,
 )
+from gateway.flow.switch import utcnow
 from hsm_sim.config import HsmConfig as HsmServerConfig
 from hsm_sim.config import TlsConfig as HsmTlsConfig
 from hsm_sim.server import HsmServer
@@ -31,13 +33,15 @@ from issuer_sim.accounts import AccountBook
 from issuer_sim.emv import EmvAuthenticator
 from issuer_sim.host import IssuerHost
 from issuer_sim.pin import IssuerSecurity
-from issuer_sim.server import IssuerServer
+from issuer_sim.server import IssuerServer, fallback_logger
 from kit import pki
 from kit.dataset import Dataset, load_dataset
 from kit.framed import FramedStream
+from kit.linkdialect import TranslationConfig, link_codec
 from loadtest.terminal_client import build_request
 from protocols.codec import Codec
 from protocols.dialects import get_dialect
+from protocols.framing import get_framing
 from protocols.message import Message
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -189,7 +193,7 @@ class Stack:
         """A new gateway instance with the same config (same journal file): a restart, or
         with ``node`` another node on the same journal."""
         cfg = self.gateway.cfg if node is None else dataclasses.replace(self.gateway.cfg, node=node)
-        self.gateway = Gateway(cfg, DEMO_CONF, self.gateway.dataset)
+        self.gateway = Gateway(cfg, DEMO_CONF, self.gateway.dataset, clock=self.gateway.clock)
         self.gateway_scope = await self.task_group.start(_run_gateway, self.gateway)
         if wait_ready:
             with anyio.fail_after(10):
@@ -223,14 +227,39 @@ class Stack:
         return new
 
 
-def issuer_server(issuer: str, dataset: Dataset, pki_dir: Path) -> IssuerServer:
+def issuer_server(
+    issuer: str,
+    dataset: Dataset,
+    pki_dir: Path,
+    framing: str = "binary2",
+    *,
+    dialect: str = "terminal",
+    header: str = "",
+    translation: TranslationConfig | None = None,
+) -> IssuerServer:
+    """An issuer simulator as ``issuer-sim run`` builds it, speaking ``dialect``."""
     security = IssuerSecurity.from_dataset(dataset, issuer)
     book = AccountBook.from_cards(
         issuer, dataset.cards, dataset.issuer_behaviour.synthetic, security
     )
     ctx = pki.server_context(pki_dir, f"issuer-{issuer}", require_client_cert=True)
     host = IssuerHost(book, emv=EmvAuthenticator.for_issuer(dataset, issuer))
-    return IssuerServer(host, ctx, allowed_clients=(LINK_CLIENT,))
+    codec = link_codec(
+        dialect,
+        header=header,
+        translation=translation,
+        clock=lambda: dt.datetime.now(dt.UTC),
+        on_fallback=fallback_logger(issuer),
+    )
+    if security is not None:
+        security.codec = codec
+    return IssuerServer(
+        host,
+        ctx,
+        allowed_clients=(LINK_CLIENT,),
+        codec=codec,
+        framing=get_framing(framing),
+    )
 
 
 @asynccontextmanager
@@ -249,7 +278,12 @@ async def running_stack(
     connections: int = 2,
     qr_api: QrApiConfig | None = None,
     terminal_options: dict[str, Any] | None = None,
-    link_options: dict[str, Any] | None = None,
+    dialects: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+    issuer_translations: dict[str, TranslationConfig] | None = None,
+    framings: dict[str, str] | None = None,
+    link_options: dict[str, dict[str, Any]] | None = None,
+    clock: Callable[[], dt.datetime] = utcnow,
     key_blocks: bool = False,
     **gateway_options: Any,
 ) -> AsyncIterator[Stack]:
@@ -258,9 +292,15 @@ async def running_stack(
     in the dataset) an HSM simulator runs in-process on a free port for the gateway.
     ``journal`` names a journal TOML (absolute, or relative to conf/demo; empty: none);
     ``replicas`` adds endpoints per issuer (simulators sharing the issuer's books);
-    ``terminal_options`` overrides ``[terminal]`` settings (ports 0, partial frames 0.5 s),
-    ``link_options`` adds settings to every ``[[links]]``; ``key_blocks`` holds the dataset's
-    keys as TR-31 key blocks under the LMK (``[hsm] key_blocks``)."""
+    ``terminal_options`` overrides ``[terminal]`` settings (ports 0, partial frames 0.5 s);
+    ``framings`` names an issuer link's framing (both ends; default binary2);
+    ``dialects`` sets an issuer's link dialect on both ends (default: the terminal dialect),
+    ``headers`` its static link header,
+    ``issuer_translations`` an issuer simulator's own translation overrides,
+    ``link_options`` more ``[[links]]`` settings per issuer; ``clock`` the gateway's;
+    ``key_blocks`` holds the dataset's keys as TR-31 key blocks under the LMK (``[hsm]
+    key_blocks``)."""
+    framings = framings or {}
     dataset = dataset or demo_dataset()
     async with anyio.create_task_group() as tg:
         hsm_sim = None
@@ -270,13 +310,25 @@ async def running_stack(
         servers: dict[str, IssuerServer] = {}
         extra: dict[str, list[IssuerServer]] = {}
         for issuer in ISSUERS:
-            servers[issuer] = issuer_server(issuer, dataset, pki_dir)
+            servers[issuer] = issuer_server(
+                issuer,
+                dataset,
+                pki_dir,
+                framings.get(issuer, "binary2"),
+                dialect=(dialects or {}).get(issuer, "terminal"),
+                header=(headers or {}).get(issuer, ""),
+                translation=(issuer_translations or {}).get(issuer),
+            )
             await tg.start(servers[issuer].run)
             extra[issuer] = []
             for _ in range((replicas or {}).get(issuer, 0)):
                 first = servers[issuer]
                 replica = IssuerServer(
-                    first.host, first.ssl_context, allowed_clients=first.allowed_clients
+                    first.host,
+                    first.ssl_context,
+                    allowed_clients=first.allowed_clients,
+                    codec=first.codec,
+                    framing=first.framing,
                 )
                 await tg.start(replica.run)
                 extra[issuer].append(replica)
@@ -303,7 +355,10 @@ async def running_stack(
                     timeout=link_timeout,
                     backoff_initial=0.05,
                     backoff_max=0.2,
-                    **(link_options or {}),
+                    dialect=(dialects or {}).get(i, "terminal"),
+                    header=(headers or {}).get(i, ""),
+                    framing=framings.get(i, "binary2"),
+                    **(link_options or {}).get(i, {}),
                 )
                 for i in ISSUERS
             ),
@@ -318,7 +373,7 @@ async def running_stack(
             standin=standin or StandInConfig(),
             **gateway_options,
         )
-        gateway = Gateway(cfg, DEMO_CONF, dataset)
+        gateway = Gateway(cfg, DEMO_CONF, dataset, clock=clock)
         scope = await tg.start(_run_gateway, gateway)
         with anyio.fail_after(10):
             await gateway.wait_ready()

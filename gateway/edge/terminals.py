@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 
-from gateway.flow.switch import ECHOED, Switch
+from gateway.edge.affinity import Handler
+from gateway.flow.switch import ECHOED
 from gateway.metrics import Metrics
 from kit.fastio import FrameChannel, fast_path
 from kit.framed import FrameDeadlineError, IdleTimeoutError, StalledFrameError
 from kit.logs import PeerWarnings, get_logger
 from protocols.codec import Codec, MessageFormatError, UndecodableError
 from protocols.errors import FramingError, LocalProtocolError
+from protocols.framing import TPDU_SIZE, answer_tpdu
 from protocols.message import Message
 
 log = get_logger("gateway.edge.terminals")
@@ -22,10 +25,22 @@ log = get_logger("gateway.edge.terminals")
 _GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError)
 
 
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """What a terminal listener's connections speak: its dialect's codec, and whether its
+    framing puts a TPDU before each message (answered with the addresses swapped). The
+    pipeline sees the same canonical message from every listener."""
+
+    name: str
+    """Label of ``switch_terminal_connections`` (``tcp``, ``tls``, or a listener's name)."""
+    codec: Codec
+    tpdu: bool = False
+
+
 class TerminalServer:
     def __init__(
         self,
-        switch: Switch,
+        switch: Handler,
         codec: Codec,
         metrics: Metrics,
         *,
@@ -54,7 +69,7 @@ class TerminalServer:
         """A new connection over a listener's cap (``kit.admission``), closed at once."""
         self._reject(reason, "terminal_connection_refused", peer, reason=reason)
 
-    async def handle_connection(self, channel: FrameChannel, listener_name: str) -> None:
+    async def handle_connection(self, channel: FrameChannel, listener: Listener) -> None:
         """The connection's driver loop: the only code awaiting this terminal's bytes.
 
         Each request runs in its own task so a host may pipeline, at most ``max_in_flight``
@@ -62,13 +77,13 @@ class TerminalServer:
         an ``asyncio.TaskGroup`` with an ``asyncio.Semaphore``: measured here at ≈4 µs per
         request against ≈57 µs for AnyIO's ``start_soon`` + ``Semaphore``; on trio, AnyIO's.
         """
-        gauge = self.metrics.connections.labels(listener_name)
+        gauge = self.metrics.connections.labels(listener.name)
         gauge.inc()
         try:
             if fast_path():
-                await self._drive_asyncio(channel)
+                await self._drive_asyncio(channel, listener)
             else:
-                await self._drive_anyio(channel)
+                await self._drive_anyio(channel, listener)
         except Exception:
             log.exception("terminal_connection_failed", peer=channel.peer)
         finally:
@@ -94,19 +109,19 @@ class TerminalServer:
             pass
         return None
 
-    async def _drive_asyncio(self, channel: FrameChannel) -> None:
+    async def _drive_asyncio(self, channel: FrameChannel, listener: Listener) -> None:
         in_flight = asyncio.Semaphore(self.max_in_flight)
         async with asyncio.TaskGroup() as tg:
             while (frame := await self._next_frame(channel)) is not None:
                 await in_flight.acquire()
-                tg.create_task(self._process(channel, frame, in_flight, channel.peer))
+                tg.create_task(self._process(channel, frame, in_flight, channel.peer, listener))
 
-    async def _drive_anyio(self, channel: FrameChannel) -> None:
+    async def _drive_anyio(self, channel: FrameChannel, listener: Listener) -> None:
         in_flight = anyio.Semaphore(self.max_in_flight)
         async with anyio.create_task_group() as tg:
             while (frame := await self._next_frame(channel)) is not None:
                 await in_flight.acquire()
-                tg.start_soon(self._process, channel, frame, in_flight, channel.peer)
+                tg.start_soon(self._process, channel, frame, in_flight, channel.peer, listener)
 
     async def _process(
         self,
@@ -114,10 +129,15 @@ class TerminalServer:
         frame: bytes,
         in_flight: anyio.Semaphore | asyncio.Semaphore,
         peer: str,
+        listener: Listener,
     ) -> None:
+        codec = listener.codec
+        tpdu = b""
+        if listener.tpdu:  # the framer checked it; the answer carries it, addresses swapped
+            tpdu, frame = answer_tpdu(frame[:TPDU_SIZE]), frame[TPDU_SIZE:]
         try:
             try:
-                req = self.codec.decode(frame)
+                req = codec.decode(frame)
             except MessageFormatError as exc:
                 mti = exc.mti
                 resp = self.switch.format_error_response(exc)
@@ -152,7 +172,8 @@ class TerminalServer:
             if resp is None:
                 self._reject("not_request", "terminal_sent_response", peer, mti=mti)
                 return
-            await channel.send_frame(self._encode(resp, peer))
+            out = self._encode(resp, peer, codec)
+            await channel.send_frame(tpdu + out if tpdu else out)
         except _GONE:
             pass  # the terminal went away; its answer has nowhere to go
         except Exception:
@@ -168,16 +189,16 @@ class TerminalServer:
         else:
             del self._pending[tid]  # the map holds busy terminal ids only
 
-    def _encode(self, resp: Message, peer: str) -> bytes:
+    def _encode(self, resp: Message, peer: str, codec: Codec) -> bytes:
         """``resp`` on the wire; if it cannot be encoded, its MTI, the fields it copied from
         the request that do encode (the terminal can still match it) and field 39."""
         try:
-            return self.codec.encode(resp)
+            return codec.encode(resp)
         except LocalProtocolError as exc:
             reason = str(exc)  # names the field, never its value
         copied = {k: v for k, v in resp.fields.items() if k in ECHOED}
-        kept = self.codec.encodable(resp.mti, copied)
-        code = self.codec.encodable(resp.mti, {"39": resp.fields.get("39", "")})
+        kept = codec.encodable(resp.mti, copied)
+        code = codec.encodable(resp.mti, {"39": resp.fields.get("39", "")})
         if len(kept) < len(copied) and code:
             # The request's own data: the peer's fault, and the answer keeps its code.
             self._reject("unencodable", "terminal_answer_unencodable", peer, reason=reason)
@@ -185,4 +206,4 @@ class TerminalServer:
         else:
             log.error("response_encode_failed", mti=resp.mti, reason=reason)  # our bug
             kept["39"] = "96"
-        return self.codec.encode(Message(resp.mti, kept))
+        return codec.encode(Message(resp.mti, kept))

@@ -4,23 +4,28 @@
 ``gateway run --worker I`` children. Every worker listens on the same terminal ports with
 SO_REUSEPORT (the kernel spreads connections; worker 0 alone serves the QR API, whose payment
 and idempotency stores are per process), has its own admin port (base + I), its own
-node number (base + I, so RRNs never collide) and its own issuer links. Limits stay exact
-across workers only with shared counters (risk backend ``redis``); the journal is shared
-(PostgreSQL) or one SQLite file per worker. The supervisor restarts a worker that dies and
-stops them all on SIGINT/SIGTERM; SIGHUP is passed on (rule reload).
+node number (base + I, so RRNs never collide) and its own issuer links. With card affinity
+(the default, ``gateway/edge/affinity.py``) each card's requests run in the worker that owns
+the card, so limits, duplicates, reversals and stand-in stay exact with per-process state; the
+supervisor gives the workers a private socket directory for that. The supervisor restarts a
+worker that dies and stops them all on SIGINT/SIGTERM; SIGHUP is passed on (rule reload).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 import anyio
 from anyio.abc import Process
 
 from gateway.config import GatewayConfig
+from gateway.edge.affinity import ENV_DIR
 from kit.logs import get_logger
 
 log = get_logger("gateway.edge.workers")
@@ -53,12 +58,15 @@ async def supervise(conf: Path, workers: int, backend: str | None) -> None:
         argv += ["--backend", backend]
     procs: dict[int, Process] = {}
     stopping = False
+    # The workers' private socket directory for card affinity (mkdtemp: mode 0700).
+    sockets = tempfile.mkdtemp(prefix="payswitch-workers-")
+    env = {**os.environ, ENV_DIR: sockets}
 
     async def keep(index: int) -> None:
         delay = 0.5
         while not stopping:
             proc = await anyio.open_process(
-                [*argv, "--worker", str(index)], stdout=None, stderr=None
+                [*argv, "--worker", str(index)], stdout=None, stderr=None, env=env
             )
             procs[index] = proc
             code = await proc.wait()
@@ -95,3 +103,4 @@ async def supervise(conf: Path, workers: int, backend: str | None) -> None:
                 if proc.returncode is None:
                     proc.kill()
                     await proc.wait()
+        shutil.rmtree(sockets, ignore_errors=True)

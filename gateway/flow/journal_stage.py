@@ -63,7 +63,7 @@ log = get_logger("gateway.flow.journal_stage")
 
 # Issuer-message fields an advice carries (never 35/52/55 or a MAC; the SAF sender MACs it).
 ADVICE_FIELDS = (
-    "2", "3", "4", "12", "13", "14", "18", "22", "23", "32", "37", "41", "42", "49", "95",
+    "2", "3", "4", "12", "13", "14", "15", "18", "22", "23", "32", "37", "41", "42", "49", "95",
 )  # fmt: skip
 ISSUER_REQUESTS = frozenset({"0100", "0120", "0200", "0220", "0400", "0420"})
 APPROVED_STATES = frozenset({TxnState.ANSWERED, TxnState.STOOD_IN, TxnState.ADVISED})
@@ -216,6 +216,7 @@ def request_event(ctx: Context, state: TxnState, **extra: object) -> JournalEven
         "issuer_id": ctx.issuer,
         "rrn": ctx.rrn,
         "pan": ctx.pan or None,
+        "business_date": ctx.business_date,
     }
     if "request" not in extra:  # the caller's payload (e.g. the issuer message) wins
         values["request"] = payload(ctx.request)
@@ -498,6 +499,7 @@ def entry_from_stored(stored: StoredTxn, created: float) -> TxnEntry:
     entry.amount = stored.amount or 0
     entry.currency = stored.currency or ""
     entry.when = stored.created_at
+    entry.business_date = stored.business_date
     entry.approved = stored.response_code == "00" and stored.state in APPROVED_STATES
     entry.reversed = stored.state == TxnState.REVERSED
     entry.pan = stored.pan or ""

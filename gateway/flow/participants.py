@@ -15,6 +15,7 @@ from gateway.metrics import Metrics
 from gateway.upstream.links import IssuerPool, IssuerTimeout, LinkUnavailable, transmission_time
 from kit.dataset import Dataset, Merchant, Terminal
 from kit.logs import get_logger
+from protocols.business_day import settlement_mmdd
 from protocols.keys import DuplicateKey, duplicate_key, key_of, original_data
 from protocols.message import Message
 from protocols.validate import card_of, check_request
@@ -95,6 +96,7 @@ class CheckDuplicate(BaseParticipant):
         ctx.entry = entry = self.recent.begin(key, ctx.received, ctx.now)
         entry.pan = ctx.pan
         entry.currency = ctx.request.fields.get("49", "")
+        entry.business_date = ctx.business_date
         return None
 
     def _finish(self, ctx: Context) -> None:
@@ -137,6 +139,12 @@ class FindOriginal(BaseParticipant):
         ctx.original = original
         if not ctx.pan:
             ctx.pan = original.pan
+        if original.business_date is not None:
+            # A reversal or completion belongs to its original's business day, whichever
+            # side of the cutover it arrives: the transaction lands in exactly one day.
+            ctx.business_date = original.business_date
+            if ctx.entry is not None:
+                ctx.entry.business_date = original.business_date
         return None
 
 
@@ -197,6 +205,8 @@ class QueryIssuer(BaseParticipant):
             fields["18"] = ctx.merchant.mcc
         if ctx.pin_block is not None:
             fields["52"] = ctx.pin_block
+        if ctx.business_date is not None and pool.cfg.send_settlement_date:
+            fields["15"] = settlement_mmdd(ctx.business_date)
         original = ctx.original
         if original is not None and original.issuer_stan:
             fields["37"] = original.rrn

@@ -38,6 +38,9 @@ class Context:
     now: dt.datetime
     """Wall-clock time of the request, UTC."""
     rrn: str
+    business_date: dt.date | None = None
+    """The business (settlement) date, fixed when the request is received (the switch's
+    cutover calendar); a reversal or completion takes its original's (FindOriginal)."""
     raw: bytes = field(default=b"", repr=False)
     """The request as received (the terminal's MAC covers these bytes)."""
     pin_block: str | None = field(default=None, repr=False)

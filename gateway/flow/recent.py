@@ -70,6 +70,7 @@ class TxnEntry:
         "_state",
         "amount",
         "approved",
+        "business_date",
         "created",
         "currency",
         "issuer",
@@ -109,6 +110,8 @@ class TxnEntry:
         self.approved = False
         self.reversed = False
         self.pan = ""
+        self.business_date: dt.date | None = None
+        """The business date fixed when the request was received (its reversal keeps it)."""
 
     def __repr__(self) -> str:
         # Never the card number or the answer's values.

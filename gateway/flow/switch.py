@@ -11,6 +11,7 @@ from gateway.flow.pipeline import WAIT, Context, Hooks, Participant, resolve_hoo
 from gateway.flow.rrn import RrnGenerator
 from gateway.metrics import Metrics
 from kit.logs import get_logger
+from protocols.business_day import BusinessCalendar
 from protocols.codec import MessageFormatError
 from protocols.message import Message
 from protocols.mti import is_request, response_mti
@@ -51,6 +52,7 @@ class Switch:
         request_timeout: float = 30.0,
         log_transactions: bool = True,
         clock: Callable[[], dt.datetime] = utcnow,
+        calendar: BusinessCalendar | None = None,
     ) -> None:
         self.participants = tuple(participants)
         hooks = resolve_hooks(self.participants)
@@ -63,6 +65,8 @@ class Switch:
         self.request_timeout = request_timeout
         self.log_transactions = log_transactions
         self.clock = clock
+        self.calendar = calendar or BusinessCalendar.of()
+        """Business dates (default: the UTC calendar date)."""
         self._rrn = RrnGenerator(node, time.time_ns() // 1000)
 
     async def handle(
@@ -125,6 +129,7 @@ class Switch:
             deadline=started + self.request_timeout,
             now=now,
             rrn=self._rrn.next(int(now.timestamp() * 1_000_000)),
+            business_date=self.calendar.business_date(now),
             raw=raw,
             qr=qr,
         )

@@ -55,6 +55,7 @@ def _row_json(row: Sequence[Any]) -> bytes:
 
 def _row_from_json(obj: dict[str, Any]) -> tuple[Any, ...]:
     try:
+        obj.setdefault("business_date", None)  # archives written before the column
         return tuple(
             bytes.fromhex(obj[c]) if c in BLOB_COLUMNS and obj[c] is not None else obj[c]
             for c in EVENT_COLUMNS

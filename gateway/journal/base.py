@@ -18,7 +18,7 @@ from contextlib import AbstractAsyncContextManager, aclosing
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Literal, Protocol, Self
 
 import anyio
 
@@ -48,6 +48,8 @@ from gateway.journal.rows import (
     to_us,
 )
 from gateway.journal.sql import Sql
+
+BUSINESS_WINDOW = timedelta(days=2)
 
 _CHUNK = 2000
 
@@ -315,13 +317,27 @@ class JournalBase(abc.ABC):
         pan_hash = self._protector.pan_hash(pan)
         return await self._txns(self._sql.by_pan, pan_hash, to_us(since), to_us(until), limit)
 
-    async def settlement(self, day: date) -> list[SettlementTotal]:
-        """Approved, not reversed 02xx totals per issuer and currency created on ``day`` (UTC)."""
+    async def settlement(
+        self, day: date, *, by: Literal["calendar", "business"] = "calendar"
+    ) -> list[SettlementTotal]:
+        """Approved, not reversed 02xx totals per issuer and currency: created on ``day``
+        (UTC calendar day), or ``by="business"`` of business date ``day`` (the cutover's)."""
         start = datetime.combine(day, time(0), tzinfo=UTC)
         self._require()
-        rows = await self._fetchall(
-            self._sql.settlement, to_us(start), to_us(start + timedelta(days=1))
-        )
+        if by == "business":
+            # A business day lies within [date - 1 day 12:00, date + 1 day 12:00) local time,
+            # local time within -12/+14 h of UTC: two days either side hold it in any zone
+            # (the creation index narrows the scan; the date column decides).
+            rows = await self._fetchall(
+                self._sql.settlement_business,
+                to_us(start - BUSINESS_WINDOW),
+                to_us(start + BUSINESS_WINDOW),
+                day.isoformat(),
+            )
+        else:
+            rows = await self._fetchall(
+                self._sql.settlement, to_us(start), to_us(start + timedelta(days=1))
+            )
         return [
             SettlementTotal(day, r[0], r[1], int(r[2]), int(r[3]), int(r[4]), int(r[5]))
             for r in rows

@@ -50,6 +50,9 @@ DATA_COLUMNS: tuple[str, ...] = (
     "pan_enc",
     "request_enc",
     "response_enc",
+    # Added after the first journals were written: last, so that an event without it is
+    # chained exactly as before (``canonical`` leaves a trailing None of it out).
+    "business_date",
 )
 CHAINED_COLUMNS: tuple[str, ...] = ("seq", "txn_id", "state", "at_us", *DATA_COLUMNS)
 EVENT_COLUMNS: tuple[str, ...] = (*CHAINED_COLUMNS, "mac")
@@ -63,11 +66,18 @@ def _hex(value: object) -> str:
     raise TypeError(f"cannot chain a {type(value).__name__}")
 
 
+_CHAINED = len(CHAINED_COLUMNS)
+
+
 def canonical(values: Sequence[object]) -> bytes:
     """Deterministic bytes of a row's chained values (ints, strings, None, bytes as hex).
 
-    orjson walks the row in C and calls back only for the few binary values."""
+    A row without a business date is chained without that column, as every row was before
+    it existed: journals and archives written then keep verifying. orjson walks the row in C
+    and calls back only for the few binary values."""
     row = values if isinstance(values, tuple | list) else list(values)
+    if len(row) == _CHAINED and row[-1] is None:
+        row = row[:-1]
     return _DOMAIN + orjson.dumps(row, default=_hex)
 
 

@@ -81,7 +81,21 @@ def _parser() -> argparse.ArgumentParser:
     restore = sub.add_parser("restore", parents=[common], help="bring an archive back")
     restore.add_argument("file", type=Path)
     settlement = sub.add_parser("settlement", parents=[common], help="totals of one day")
-    settlement.add_argument("--date", required=True, type=date.fromisoformat, dest="day")
+    which = settlement.add_mutually_exclusive_group(required=True)
+    which.add_argument("--date", type=date.fromisoformat, dest="day", help="YYYY-MM-DD")
+    which.add_argument(
+        "--business-date",
+        type=date.fromisoformat,
+        dest="business_day",
+        help="YYYY-MM-DD: the same as --date D --by business",
+    )
+    settlement.add_argument(
+        "--by",
+        choices=("calendar", "business"),
+        default=None,
+        help="calendar: transactions created on the UTC day (default); business: of that "
+        "business date (the switch's cutover, [switch] in the gateway config)",
+    )
     reconcile = sub.add_parser(
         "reconcile", parents=[common], help="one day of an issuer against its posting file"
     )
@@ -183,7 +197,7 @@ async def _execute(config: JournalConfig, args: argparse.Namespace) -> int:
         totals = []
         for one in configs:
             async with open_journal(one) as journal:
-                totals.append(await journal.settlement(args.day))
+                totals.append(await journal.settlement(args.day, by=args.by))
         _print([t.as_dict() for t in merge_settlement(totals)])
         return 0
     depths = []
@@ -249,7 +263,8 @@ async def _execute_one(config: JournalConfig, args: argparse.Namespace) -> int:
             args.moved = (await journal.restore(args.file)).as_dict()
             _print(args.moved)
         elif args.command == "settlement":
-            _print([total.as_dict() for total in await journal.settlement(args.day)])
+            totals = await journal.settlement(args.day, by=args.by)
+            _print([total.as_dict() for total in totals])
         elif args.command == "rebuild-index":
             _print({"events_replayed": await journal.rebuild_index()})
         else:
@@ -261,7 +276,7 @@ def _audit_fields(args: argparse.Namespace, status: int) -> dict[str, Any]:
     """The record of one command: its arguments (paths, dates, issuer; the journal's keys
     live in the --conf file and never appear here) and its exit status."""
     arguments: dict[str, Any] = {"conf": str(args.conf), "node": args.node}
-    for name in ("out", "older_than_days", "file", "day", "issuer"):
+    for name in ("out", "older_than_days", "file", "day", "by", "issuer"):
         value = getattr(args, name, None)
         if value is not None:
             arguments[name] = value if isinstance(value, int) else str(value)
@@ -285,6 +300,13 @@ def run(argv: list[str]) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # argparse exits on --help and on usage errors
         return exc.code if isinstance(exc.code, int) else 2
+    if args.command == "settlement":
+        if args.business_day is not None:
+            if args.by == "calendar":
+                sys.stderr.write("gateway journal: --business-date with --by calendar\n")
+                return 2
+            args.day, args.by = args.business_day, "business"
+        args.by = args.by or "calendar"
     audit: AuditLog | None = None
     if args.command in AUDITED:
         path = args.audit_file or (Path(p) if (p := os.environ.get(AUDIT_ENV)) else None)

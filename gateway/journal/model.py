@@ -110,6 +110,9 @@ class JournalEvent:
     orig_transmission: str | None = None
     note: str | None = None
     """Short machine-readable reason (``issuer_timeout``...); never card data."""
+    business_date: date | None = None
+    """The business (settlement) date the transaction belongs to: fixed when the request
+    was received (a reversal or advice carries its original's), so it lands in one day."""
     pan: str | None = field(default=None, repr=False)
     request: Mapping[str, str] | None = field(default=None, repr=False)
     response: Mapping[str, str] | None = field(default=None, repr=False)
@@ -139,6 +142,9 @@ class JournalEvent:
                 raise JournalValueError(f"{name} must be at most 64 printable chars")
         if self.response_code is not None and len(self.response_code) != 2:
             raise JournalValueError("response_code must be 2 chars")
+        business = self.business_date
+        if business is not None and type(business) is not date:
+            raise JournalValueError("business_date must be a date (not a datetime)")
         if self.pan is not None:
             check_pan(self.pan)
         if self.request is not None:
@@ -173,6 +179,7 @@ class StoredTxn:
     orig_stan: str | None = None
     orig_transmission: str | None = None
     note: str | None = None
+    business_date: date | None = None
     pan_masked: str | None = None
     pan: str | None = field(default=None, repr=False)
     request: dict[str, str] | None = field(default=None, repr=False)
@@ -237,7 +244,8 @@ class SafDepth:
 class SettlementTotal:
     """Approved, not reversed financial transactions (MTI 02xx) of one issuer, currency, day.
 
-    Debits are purchases and cash (processing code 00/01), credits are refunds (20).
+    Debits are purchases and cash (processing code 00/01), credits are refunds (20). ``day``
+    is a UTC calendar day or a business date (``Journal.settlement(day, by=...)``).
     """
 
     day: date

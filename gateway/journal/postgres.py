@@ -76,6 +76,18 @@ class PostgresJournal(JournalBase):
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self.config.schema)
                 for statement in self._sql.ddl():
                     await conn.execute(statement)
+                for table, column in self._sql.ADDED_COLUMNS:
+                    # Looked up first: ALTER TABLE locks the table even when it has the column
+                    # (other nodes may be writing it).
+                    have = await conn.fetchval(
+                        "SELECT 1 FROM information_schema.columns WHERE table_schema = $1 "
+                        "AND table_name = $2 AND column_name = $3",
+                        self.config.schema,
+                        table,
+                        column,
+                    )
+                    if not have:
+                        await conn.execute(self._sql.add_column(table, column))
                 await conn.executemany(self._sql.init_state, self._genesis_state())
             self._pool = await asyncpg.create_pool(
                 self.config.dsn, min_size=1, max_size=self.config.pool_size

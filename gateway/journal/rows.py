@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from itertools import compress, repeat
 from operator import is_not
 from typing import Any
@@ -74,6 +74,7 @@ def prepare_event(event: JournalEvent, protector: DataProtector) -> Prepared:
         pan_enc,
         request_enc,
         response_enc,
+        None if event.business_date is None else event.business_date.isoformat(),
     )
 
 
@@ -137,6 +138,9 @@ def stored_txn(row: Sequence[Any], protector: DataProtector) -> StoredTxn:
         orig_stan=data["orig_stan"],
         orig_transmission=data["orig_transmission"],
         note=data["note"],
+        business_date=None
+        if data["business_date"] is None
+        else date.fromisoformat(data["business_date"]),
         pan_masked=data["pan_masked"],
         pan=None if pan_enc is None else protector.reveal_pan(bytes(pan_enc), aad("pan", txn_id)),
         request=None

@@ -126,7 +126,7 @@ class Sql:
         )
         debit = "substr(processing_code, 1, 2) IN ('00', '01')"
         credit = "substr(processing_code, 1, 2) = '20'"
-        self.settlement = self._q(
+        totals = (
             "SELECT COALESCE(issuer_id, ''), COALESCE(currency, ''), "
             f"CAST(SUM(CASE WHEN {debit} THEN 1 ELSE 0 END) AS BIGINT), "
             f"CAST(SUM(CASE WHEN {debit} THEN COALESCE(amount, 0) ELSE 0 END) AS BIGINT), "
@@ -134,8 +134,13 @@ class Sql:
             f"CAST(SUM(CASE WHEN {credit} THEN COALESCE(amount, 0) ELSE 0 END) AS BIGINT) "
             f"FROM {p}txns WHERE created_us >= ? AND created_us < ? AND response_code = '00' "
             "AND state <> 'reversed' AND substr(mti, 1, 2) = '02' "
-            "GROUP BY COALESCE(issuer_id, ''), COALESCE(currency, '') ORDER BY 1, 2"
         )
+        group = "GROUP BY COALESCE(issuer_id, ''), COALESCE(currency, '') ORDER BY 1, 2"
+        self.settlement = self._q(f"{totals}{group}")
+        # By business date: the date column, within a window of creation times around it (the
+        # txns_created index; a business day lies within a day either side of its date in
+        # any zone, and its 02xx requests are created when received).
+        self.settlement_business = self._q(f"{totals}AND business_date = ? {group}")
 
         self.events_range = self._q(
             f"SELECT {cols} FROM {p}events WHERE seq > ? AND seq <= ? ORDER BY seq"
@@ -229,6 +234,18 @@ class Sql:
             else "TEXT"
         )
         return f"{name} {kind}{' NOT NULL' if name in _NOT_NULL else ''}"
+
+    # Columns added after the first journals were written: (table, column), added at open to
+    # a journal that lacks them (NULL in existing rows).
+    ADDED_COLUMNS: tuple[tuple[str, str], ...] = (
+        ("events", "business_date"),
+        ("txns", "business_date"),
+    )
+
+    def add_column(self, table: str, column: str) -> str:
+        """The migration adding ``column`` to ``table`` (PostgreSQL: if it is not there)."""
+        guard = "IF NOT EXISTS " if self.dialect == "postgres" else ""
+        return f"ALTER TABLE {self.prefix}{table} ADD COLUMN {guard}{self._column(column)}"
 
     def ddl(self) -> list[str]:
         p = self.prefix

@@ -146,6 +146,10 @@ class SqliteJournal(JournalBase):
             try:
                 for statement in self._sql.ddl():
                     writer.execute(statement)
+                for table, column in self._sql.ADDED_COLUMNS:
+                    have = {row[1] for row in writer.execute(f"PRAGMA table_info({table})")}
+                    if column not in have:
+                        writer.execute(self._sql.add_column(table, column))
                 has_state = writer.execute("SELECT COUNT(*) FROM chain_state").fetchone()[0]
                 has_events = writer.execute("SELECT 1 FROM events LIMIT 1").fetchone()
                 if not has_state and has_events:

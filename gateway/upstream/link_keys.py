@@ -105,6 +105,11 @@ class LinkKeyExchange:
         self._next_wall: dt.datetime | None = None
         current = keys.issuer(pool.issuer)
         metrics.generation.labels(pool.issuer).set(current.generation if current else 0)
+        self.supported = _dialect_carries_key_changes(pool)
+        if not self.supported and current is not None and current.zmk is not None:
+            log.warning(
+                "link_keys_unsupported_dialect", issuer=pool.issuer, dialect=pool.cfg.dialect
+            )
 
     @property
     def issuer(self) -> str:
@@ -114,7 +119,8 @@ class LinkKeyExchange:
     def enabled(self) -> bool:
         current = self.keys.issuer(self.issuer)
         return (
-            self.hsm is not None
+            self.supported
+            and self.hsm is not None
             and current is not None
             and current.zmk is not None
             and (current.zpk is not None or current.zak is not None)
@@ -299,6 +305,24 @@ class LinkKeyExchange:
             "last_refusal": history.last_refusal,
             "last_refusal_at": _iso(history.last_refusal_at),
         }
+
+
+def _dialect_carries_key_changes(pool: IssuerPool) -> bool:
+    """Whether the link's dialect carries a key-change 0800 whole (48 and 53 as text, 70):
+    encoded then decoded, the fields come back unchanged."""
+    sample = Message(
+        "0800",
+        {
+            "7": "0101000000",
+            "11": "000001",
+            **keychange.request("zpk", "B0096P0TB00N0000" + "0" * 80, "ABC123", 1),
+        },
+    )
+    try:
+        back = pool.codec.decode(pool.codec.encode(sample))
+    except ProtocolError:
+        return False
+    return all(back.fields.get(f) == sample.fields[f] for f in ("48", "53", "70"))
 
 
 def _iso(value: dt.datetime | None) -> str | None:

@@ -22,8 +22,10 @@ from kit import fastio
 from kit.framed import StalledFrameError
 from kit.logs import get_logger
 from protocols import keychange
+from protocols.business_day import settlement_mmdd
 from protocols.codec import Codec
 from protocols.errors import LocalProtocolError, ProtocolError
+from protocols.framing import get_framing
 from protocols.keys import LinkKey, link_key
 from protocols.message import Message
 from protocols.mti import is_request, response_mti
@@ -49,6 +51,8 @@ class IssuerTimeout(Exception):
     """The issuer did not answer within the timeout."""
 
 
+CUTOVER = "201"
+"""Field 70 of the network management message announcing a new business day."""
 _NEVER = float("inf")
 _last_second: list[tuple[int, str]] = [(-1, "")]
 
@@ -141,6 +145,8 @@ class IssuerConnection:
                         server_hostname=cfg.server_name or f"issuer-{cfg.issuer}",
                         max_size=8192,
                         partial_timeout=max(cfg.timeout, 5.0),
+                        framing=get_framing(cfg.framing),
+                        tpdu=bytes.fromhex(cfg.tpdu),
                     )
             except (*_LINK_ERRORS, TimeoutError) as exc:
                 log.warning(
@@ -250,9 +256,17 @@ class IssuerConnection:
                 self._tg.start_soon(self._answer_key_change, msg)
             return
         reply = Message(
-            response_mti(msg.mti), {k: v for k, v in msg.fields.items() if k in ("7", "11", "70")}
+            response_mti(msg.mti),
+            {k: v for k, v in msg.fields.items() if k in ("7", "11", "15", "70")},
         )
         reply["39"] = "00"
+        if msg.fields.get("70") == CUTOVER:
+            # The issuer's business day moved: acknowledged in kind. Ours moves at our own
+            # cutover ([switch]); a transaction keeps the date it was received on.
+            log.info(
+                "link_cutover_received", issuer=self.pool.cfg.issuer, date=msg.fields.get("15")
+            )
+            self.pool.cutovers_received += 1
         await self._framed.send_frame(self.pool.codec.encode(reply))
 
     async def _answer_key_change(self, msg: Message) -> None:
@@ -361,6 +375,8 @@ class IssuerPool:
         self._rr = 0
         self._on_unmatched = on_unmatched
         self._on_state = on_state
+        self.cutovers_received = 0
+        """0800/201 the issuer sent us (answered 00)."""
         self.on_sign_on: Callable[[], Coroutine[Any, Any, Any]] | None = None
         """Run when the link signs on (its first connection up): the key exchange."""
         self.on_key_change: Callable[[Message], Awaitable[Message]] | None = None
@@ -410,6 +426,24 @@ class IssuerPool:
                 self._rr = (self._rr + i + 1) % n
                 return await conn.request(msg, timeout)
         raise LinkUnavailable(self.cfg.issuer)
+
+    async def cutover(self, day: dt.date, timeout: float) -> str | None:
+        """Announce business date ``day``: 0800/201 (field 15 = ``day`` on a link that sends
+        settlement dates) on one signed-on connection, the next one if it fails. The answer's
+        field 39, or None when no connection answered."""
+        msg = self.network_message(CUTOVER)
+        if self.cfg.send_settlement_date:
+            msg["15"] = settlement_mmdd(day)
+        for conn in list(self.connections):
+            if not conn.up:
+                continue
+            try:
+                answer = await conn.request(msg, timeout)
+            except (IssuerTimeout, LinkUnavailable, *_LINK_ERRORS):
+                msg = Message(msg.mti, {**msg.fields, "11": self.next_stan()})
+                continue
+            return answer.fields.get("39", "")
+        return None
 
     async def sign_off(self, timeout: float = 1.0) -> None:
         """Graceful shutdown: 0800/002 on every signed-on connection, which then takes no

@@ -142,3 +142,31 @@ def test_link_key_settings_are_checked_with_their_path(tmp_path: Path) -> None:
     text = str(info.value)
     assert "links.0.key_rotation_interval" in text
     assert "links.0.key_exchange_on_sign_on" in text
+
+
+def test_the_business_day_is_configured_and_checked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg, _ = load_gateway_config(DEMO_CONF / "gateway.toml")
+    assert (cfg.switch.cutover, cfg.switch.timezone) == ("23:00", "Asia/Shanghai")
+    default, _ = load_gateway_config(_write(tmp_path, ""))
+    assert (default.switch.cutover, default.switch.timezone) == ("00:00", "UTC")
+    assert default.switch.calendar().cutover.isoformat() == "00:00:00"
+    conf = _write(
+        tmp_path,
+        '[switch]\ncutover = "24:00"\ntimezone = "Mars/Olympus"\ncutover_timeout = 0\n'
+        '[[links]]\nissuer = "alpha"\nendpoints = []\nsend_settlement_date = "sometimes"\n',
+    )
+    assert gateway_main(["check-config", "--conf", str(conf)]) == 2
+    err = capsys.readouterr().err
+    assert "switch.cutover: " in err
+    assert "switch.timezone: " in err
+    assert "Mars/Olympus" in err
+    assert "switch.cutover_timeout: " in err
+    assert "links.0.send_settlement_date: " in err
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    conf = tmp_path / "gateway.toml"
+    conf.write_text(text)
+    return conf

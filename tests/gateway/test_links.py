@@ -93,3 +93,28 @@ async def test_each_request_times_out_on_its_own_deadline() -> None:
     # Nothing left to time: the connection's timer is disarmed (asyncio) once all expired.
     await anyio.sleep(0.01)
     assert conn._timer is None
+
+
+@pytest.mark.anyio
+async def test_a_1993_hosts_echo_is_answered_in_1993() -> None:
+    """An issuer on iso93-bcd may echo us (1804, function code 831): the link reads it as the
+    canonical 0800/301 and answers 1814 with action code 800, its function code echoed."""
+    from kit.linkdialect import link_codec
+
+    conn = signed_on()
+    codec = link_codec("iso93-bcd", clock=utcnow)
+    conn.pool.codec = codec
+    wire = best_codec(get_dialect("iso93-bcd"))
+    echo = Message("1804", {"7": "1207101500", "11": "000777", "24": "831"})
+    await conn._answer_peer_request(codec.decode(wire.encode(echo)))
+    channel = conn._framed
+    assert isinstance(channel, Channel)
+    [sent] = channel.sent
+    reply = wire.decode(sent)
+    assert (reply.mti, reply["24"], reply["39"], reply["11"], reply["7"]) == (
+        "1814",
+        "831",
+        "800",
+        "000777",
+        "1207101500",
+    )

@@ -7,11 +7,12 @@ import datetime as dt
 import anyio
 import pytest
 
-from gateway.flow.participants import CheckDuplicate
+from gateway.flow.participants import CheckDuplicate, FindOriginal
 from gateway.flow.pipeline import WAIT, BaseParticipant, Context, resolve_hooks
 from gateway.flow.recent import RecentTransactions
 from gateway.flow.switch import Switch
 from gateway.metrics import Metrics
+from protocols.business_day import BusinessCalendar
 from protocols.message import Message
 
 NOW = dt.datetime(2026, 11, 27, 10, 0, tzinfo=dt.UTC)
@@ -220,3 +221,57 @@ async def test_network_management_fields_are_checked(fields: dict[str, str], rc:
     assert resp is not None
     # Answered with the request's network fields echoed as sent (SPEC: 30 for a bad field).
     assert (resp.mti, resp.fields) == ("0810", {**fields, "39": rc})
+
+
+class SeesBusinessDate(BaseParticipant):
+    name = "sees-business-date"
+
+    def __init__(self) -> None:
+        self.seen: list[dt.date | None] = []
+
+    async def prepare(self, ctx: Context) -> str | None:
+        self.seen.append(ctx.business_date)
+        return "00"
+
+
+@pytest.mark.anyio
+async def test_the_business_date_is_fixed_from_the_switch_clock_at_receipt() -> None:
+    # 23:00 in Shanghai is 15:00 UTC: a second either side is another business date.
+    calendar = BusinessCalendar.of("23:00", "Asia/Shanghai")
+    cutover = dt.datetime(2026, 12, 7, 15, 0, tzinfo=dt.UTC)
+    moments = iter([cutover - dt.timedelta(seconds=1), cutover])
+    seer = SeesBusinessDate()
+    sw = Switch(
+        [seer], Metrics(), log_transactions=False, clock=lambda: next(moments), calendar=calendar
+    )
+    await sw.handle(purchase("000001"))
+    await sw.handle(purchase("000002"))
+    assert seer.seen == [dt.date(2026, 12, 7), dt.date(2026, 12, 8)]
+    # Default: the UTC calendar date.
+    default = SeesBusinessDate()
+    await Switch([default], Metrics(), log_transactions=False, clock=lambda: cutover).handle(
+        purchase()
+    )
+    assert default.seen == [dt.date(2026, 12, 7)]
+
+
+@pytest.mark.anyio
+async def test_a_reversal_after_the_cutover_keeps_its_originals_business_date() -> None:
+    recent = RecentTransactions(window=60)
+    calendar = BusinessCalendar.of("23:00", "Asia/Shanghai")
+    cutover = dt.datetime(2026, 12, 7, 15, 0, tzinfo=dt.UTC)
+    moments = iter([cutover - dt.timedelta(minutes=1), cutover + dt.timedelta(minutes=1)])
+    seer = SeesBusinessDate()
+    sw = Switch(
+        [CheckDuplicate(recent, Metrics()), FindOriginal(recent), seer],
+        Metrics(),
+        log_transactions=False,
+        clock=lambda: next(moments),
+        calendar=calendar,
+    )
+    original = purchase("000001")
+    await sw.handle(original)
+    f = original.fields
+    reversal = Message("0400", {**f, "11": "000002", "90": f"0200{f['11']}{f['7']}" + "0" * 22})
+    await sw.handle(reversal)
+    assert seer.seen == [dt.date(2026, 12, 7), dt.date(2026, 12, 7)]

@@ -98,7 +98,13 @@ async def answers(srv: terminals.TerminalServer, *frames: bytes) -> list[Message
     in_flight = anyio.Semaphore(1)
     for frame in frames:
         await in_flight.acquire()
-        await srv._process(cast(FrameChannel, channel), frame, in_flight, PEER)
+        await srv._process(
+            cast(FrameChannel, channel),
+            frame,
+            in_flight,
+            PEER,
+            terminals.Listener("tcp", srv.codec),
+        )
     return [CODEC.decode(data) for data in channel.sent]
 
 

@@ -22,7 +22,7 @@ import pytest
 from tests.helpers import ROOT
 
 BIN = Path(sys.executable).parent
-PORTS = (8583, 8584, 8080, 9090, 9583, 9584, 9585, 1500)
+PORTS = (8583, 8584, 8585, 8080, 9090, 9583, 9584, 9585, 1500)
 ADMIN = "http://127.0.0.1:9090"
 
 

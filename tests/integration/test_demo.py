@@ -49,4 +49,14 @@ def test_demo_stack_serves_pos_sim_and_stops_cleanly() -> None:
             timeout=30,
         )
         assert tls.returncode == 0, tls.stdout + tls.stderr
+        # The UnionPay-style listener on 8585: TPDU framing, iso87-bcd, the TPDU swapped.
+        cup = subprocess.run(
+            [str(BIN / "pos-sim"), "purchase", "--cup", "--pan", "4761730000000011"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert cup.returncode == 0, cup.stdout + cup.stderr
+        assert "TPDU sent 6000030000, answered 6000000003" in cup.stdout
     demo.assert_stopped_cleanly()

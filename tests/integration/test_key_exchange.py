@@ -16,8 +16,9 @@ from gateway.config import AdminConfig, AdminTokenConfig
 from gateway.ops.admin import hash_token
 from loadtest.generator import LoadConfig, LoadGenerator
 from loadtest.stats import RunStats
+from protocols.codec import Codec
 from protocols.message import Message
-from tests.helpers import DEMO_CONF, Stack, eventually, running_stack
+from tests.helpers import DEMO_CONF, ISSUERS, Stack, eventually, running_stack
 
 pytestmark = pytest.mark.anyio
 
@@ -164,7 +165,10 @@ async def test_a_bad_key_change_is_refused_and_traffic_continues(pki_dir: Path, 
 
 async def test_sign_on_changes_keys_when_configured(pki_dir: Path) -> None:
     async with running_stack(
-        pki_dir, link_timeout=2.0, risk="", link_options={"key_exchange_on_sign_on": True}
+        pki_dir,
+        link_timeout=2.0,
+        risk="",
+        link_options={issuer: {"key_exchange_on_sign_on": True} for issuer in ISSUERS},
     ) as stack:
         gateway = stack.gateway
         dataset_kcvs = {i.id: i.zpk.kcv for i in gateway.dataset.issuers if i.zpk is not None}
@@ -188,7 +192,7 @@ async def test_sign_on_changes_keys_when_configured(pki_dir: Path) -> None:
 
 async def test_scheduled_key_changes_and_the_next_one_shown(pki_dir: Path) -> None:
     async with running_stack(
-        pki_dir, link_timeout=2.0, risk="", link_options={"key_rotation_interval": 0.4}
+        pki_dir, link_timeout=2.0, risk="", link_options={"alpha": {"key_rotation_interval": 0.4}}
     ) as stack:
         gateway = stack.gateway
 
@@ -217,11 +221,11 @@ async def test_scheduled_key_changes_and_the_next_one_shown(pki_dir: Path) -> No
         )
 
 
-async def test_the_issuer_program_changes_keys_on_sigusr2(pki_dir: Path) -> None:
+async def test_the_issuer_program_changes_keys_on_sighup(pki_dir: Path) -> None:
     async with running_stack(pki_dir, link_timeout=2.0, risk="") as stack:
         issuer = stack.issuers["alpha"]
         await stack.task_group.start(issuer._keys_on_signal)  # what issuer-sim run starts
-        os.kill(os.getpid(), signal.SIGUSR2)
+        os.kill(os.getpid(), signal.SIGHUP)
 
         def both_changed() -> bool:
             return issuer.key_changes.get("accepted", 0) == 2
@@ -267,8 +271,10 @@ async def test_a_lost_answer_to_our_key_change_is_asked_again(pki_dir: Path) -> 
         serve = issuer.serve_frame
         lost: list[bytes] = []
 
-        def losing_first_key_answer(frame: bytes) -> tuple[Message | None, float] | None:
-            served = serve(frame)
+        def losing_first_key_answer(
+            frame: bytes, codec: Codec | None = None
+        ) -> tuple[Message | None, float] | None:
+            served = serve(frame, codec)
             answer = served[0] if served is not None else None
             if answer is not None and "53" in answer.fields and not lost:
                 lost.append(frame)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import anyio
@@ -250,3 +250,38 @@ def test_cli_refuses_a_command_it_cannot_audit(
     assert not out.exists()  # nothing archived
     assert run(["verify", "--conf", str(conf), "--audit-file", str(audit)]) == 0  # not audited
     assert json.loads(capsys.readouterr().out)["count"] == 4
+
+
+def test_cli_settlement_by_business_date(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two purchases a minute apart on 7 December UTC, either side of a 23:00 Shanghai cutover
+    (15:00 UTC): one calendar day, two business dates."""
+    conf = _write_conf(tmp_path)
+    cutover = datetime(2026, 12, 7, 15, 0, tzinfo=UTC)
+
+    async def fill() -> None:
+        async with open_journal(load_config(conf)) as journal:
+            for txn, stan, at, business in [
+                ("b", "000001", cutover - timedelta(minutes=1), date(2026, 12, 7)),
+                ("a", "000002", cutover, date(2026, 12, 8)),
+            ]:
+                await journal.append(purchase(txn, stan, at=at, business_date=business))
+                await journal.append(answered(txn, stan, at=at))
+
+    anyio.run(fill)
+    base = ["settlement", "--conf", str(conf)]
+
+    def counts(argv: list[str]) -> list[tuple[str, int]]:
+        assert run([*base, *argv]) == 0
+        return [(t["day"], t["debit_count"]) for t in json.loads(capsys.readouterr().out)]
+
+    assert counts(["--date", "2026-12-07"]) == [("2026-12-07", 2)]
+    assert counts(["--date", "2026-12-07", "--by", "calendar"]) == [("2026-12-07", 2)]
+    assert counts(["--date", "2026-12-07", "--by", "business"]) == [("2026-12-07", 1)]
+    assert counts(["--business-date", "2026-12-08"]) == [("2026-12-08", 1)]
+    assert counts(["--date", "2026-12-08"]) == []
+    assert run([*base, "--business-date", "2026-12-08", "--by", "calendar"]) == 2
+    assert run([*base, "--business-date", "2026-12-08", "--date", "2026-12-08"]) == 2
+    assert run([*base, "--date", "2026-12-08", "--by", "settled"]) == 2
+    capsys.readouterr()

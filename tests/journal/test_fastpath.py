@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 import os
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import anyio
 import pytest
@@ -60,12 +60,13 @@ def test_prepared_event_follows_the_column_order() -> None:
         transmission="0314120000", orig_mti="0100", orig_stan="000002",
         orig_transmission="0314110000", response_code="00",
     )  # fmt: skip
-    del values["request_enc"], values["response_enc"]
+    del values["request_enc"], values["response_enc"], values["business_date"]
     at = datetime(2026, 3, 14, 12, tzinfo=UTC)
     event = JournalEvent(
         txn_id="T1",
         state=TxnState.ANSWERED,
         at=at,
+        business_date=date(2026, 3, 15),
         pan="4761730000000011",
         request={"2": "4761730000000011", "52": "00"},
         response={"39": "00"},
@@ -76,6 +77,7 @@ def test_prepared_event_follows_the_column_order() -> None:
     assert (row["txn_id"], row["state"], row["at_us"]) == ("T1", "answered", to_us(at))
     for column, value in values.items():
         assert row[column] == value
+    assert row["business_date"] == "2026-03-15"
     assert row["pan_masked"] == "476173******0011"
     assert row["pan_hash"] == protector.pan_hash("4761730000000011")
     assert protector.reveal_pan(row["pan_enc"], aad("pan", "T1")) == "4761730000000011"

@@ -42,3 +42,18 @@ def test_every_file_a_demo_config_names_is_made_absolute(name: str, module: str,
     if name == "gateway.toml":
         keys = {k for k, v in _strings(doc) if Path(v).is_absolute()}
         assert {"data", "risk", "otp_enrolment"} <= keys
+
+
+def test_the_issuer_alone_speaks_what_the_load_client_writes() -> None:
+    """``--target issuer`` drives issuer-sim with the load generator, which writes SPEC's
+    dialect: the demo's beta (iso87-bcd) and gamma (iso93-bcd) are benched on it."""
+    from loadtest.bench import spoken_by_the_load_client
+
+    doc = materialize(DEMO / "issuer-sim.toml", "issuer_sim.config", "IssuerSimConfig")
+    dialects = {i["id"]: i.get("dialect") for i in doc["issuers"]}
+    assert dialects == {"alpha": "terminal", "beta": "iso87-bcd", "gamma": "iso93-bcd"}
+    for issuer in doc["issuers"]:
+        plain = spoken_by_the_load_client(issuer)
+        assert plain["dialect"] == "terminal"
+        assert plain["id"] == issuer["id"]
+        assert "translation" not in plain

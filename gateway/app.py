@@ -369,7 +369,7 @@ class Gateway:
         if exchange is None:
             return None
         if not exchange.enabled:
-            return {"issuer": issuer, "rotated": False, "reason": "no ZMK or no HSM"}
+            return {"issuer": issuer, "rotated": False, "reason": exchange.why_not()}
         if not exchange.pool.ready:
             return {"issuer": issuer, "rotated": False, "reason": "link not signed on"}
         return await exchange.rotate("operator")

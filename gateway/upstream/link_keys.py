@@ -131,7 +131,7 @@ class LinkKeyExchange:
     async def rotate(self, reason: str) -> dict[str, Any]:
         """New ZPK and ZAK (those the link has) to the issuer; the result per key."""
         if not self.enabled:
-            return {"issuer": self.issuer, "rotated": False, "reason": "no ZMK or no HSM"}
+            return {"issuer": self.issuer, "rotated": False, "reason": self.why_not()}
         async with self._lock:
             current = self.keys.issuer(self.issuer)
             assert current is not None
@@ -266,6 +266,12 @@ class LinkKeyExchange:
         if self.interval > 0:
             self._next_at = time.monotonic() + self.interval
             self._next_wall = self.clock() + dt.timedelta(seconds=self.interval)
+
+    def why_not(self) -> str:
+        """Why this link cannot change keys ("" when it can)."""
+        if not self.supported:
+            return "the link's dialect cannot carry a key change (fields 48 and 53 as text)"
+        return "" if self.enabled else "no ZMK for this issuer, or no HSM"
 
     def on_signed_on(self) -> bool:
         """Whether the link's sign-on should change keys now (the caller runs :meth:`rotate`)."""

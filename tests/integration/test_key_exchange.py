@@ -292,3 +292,28 @@ async def test_a_lost_answer_to_our_key_change_is_asked_again(pki_dir: Path) -> 
         assert security is not None
         assert keys.zpk_kcv == security.lmk.kcv(security.zpk or "")
         assert security.generation == 1  # the switch's generation, both keys of it
+
+
+async def test_a_link_whose_dialect_cannot_carry_a_key_change_keeps_its_keys(
+    pki_dir: Path,
+) -> None:
+    # iso87-bcd's field 53 is n16: no room for a KCV in hex.
+    async with running_stack(
+        pki_dir,
+        link_timeout=2.0,
+        risk="",
+        dialects={"beta": "iso87-bcd"},
+        link_options={"beta": {"key_exchange_on_sign_on": True}},
+    ) as stack:
+        gateway = stack.gateway
+        before = gateway.keys.issuer("beta")
+        result = await gateway.rotate_link_keys("beta")
+        assert result is not None
+        assert result["rotated"] is False
+        assert "dialect" in result["reason"]
+        assert gateway.keys.issuer("beta") == before
+        beta = next(link for link in gateway.status()["links"] if link["issuer"] == "beta")
+        assert beta["key_lifecycle"]["exchange"] is False
+        alpha = await gateway.rotate_link_keys("alpha")
+        assert alpha is not None
+        assert alpha["rotated"] is True

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from gateway.qr import models
-from protocols import emv, hsm, qr_cpm, qr_mpm
+from protocols import emv, hsm, keychange, qr_cpm, qr_mpm
 from protocols.codec import Codec, MessageFormatError, UndecodableError
 from protocols.crc import crc16_hex
 from protocols.dialects import DIALECTS
@@ -182,6 +182,24 @@ def terminal_request(data: bytes) -> None:
     check_request(msg)
 
 
+def key_change(data: bytes) -> None:
+    """A key-change 0800 as either end of an issuer link reads it (``protocols.keychange``):
+    only its typed error, and what parses is what the same change is written as."""
+    try:
+        msg = _TERMINAL.decode(data)
+    except ProtocolError:
+        return
+    if not keychange.is_key_change(msg):
+        return
+    try:
+        change = keychange.parse(msg)
+    except keychange.KeyChangeError:
+        return
+    fields = keychange.request(change.kind, change.key_block, change.kcv, change.generation)
+    assert fields == {k: msg.fields[k] for k in ("70", "48", "53")}
+    assert keychange.parse(Message("0800", {**msg.fields, **fields})) == change
+
+
 _TERMINAL = FastCodec(DIALECTS["terminal"])
 # The QR API's bodies; the first byte picks the model, the rest is the JSON body.
 _MODELS: tuple[type[BaseModel], ...] = (
@@ -214,5 +232,6 @@ TARGETS: dict[str, Check] = {
     "hsm-response": hsm_response,
     "field48": field48,
     "check-request": terminal_request,
+    "key-change": key_change,
     "qr-api": qr_api_body,
 }

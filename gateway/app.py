@@ -52,6 +52,7 @@ from gateway.qr.store import store_from_config
 from gateway.risk import RiskEngine
 from gateway.upstream.cutover import CutoverAnnouncer
 from gateway.upstream.hsm_client import HsmClient, HsmCommandError, HsmError
+from gateway.upstream.link_keys import LinkKeyExchange, LinkKeyMetrics
 from gateway.upstream.links import IssuerPool
 from gateway.upstream.saf import SafMetrics, SafService
 from kit import fastio, pki
@@ -127,7 +128,7 @@ class Gateway:
         self.pan_cipher = PanCipher.from_env(cfg.tokens.key_env)
         self.tokens = TokenVault(self.pan_cipher, self.dataset.tokens)
         # Keys under the LMK, once (kit/keys.py); the HSM does every PIN and MAC operation.
-        self.keys = load_keys(self.dataset)
+        self.keys = load_keys(self.dataset, key_blocks=cfg.hsm.key_blocks)
         self.security_metrics = SecurityMetrics(self.metrics.registry)
         self.hsm: HsmClient | None = None
         if cfg.hsm.endpoints:
@@ -142,6 +143,17 @@ class Gateway:
                 histogram=self.security_metrics.hsm_latency,
             )
         security = (self.hsm, self.keys, self.security_metrics)
+        # Working keys of issuer links changed under their ZMKs (gateway/upstream/link_keys.py).
+        self.link_key_metrics = LinkKeyMetrics(self.metrics.registry)
+        self.key_exchanges: dict[str, LinkKeyExchange] = {}
+        for issuer, pool in self.pools.items():
+            exchange = LinkKeyExchange(
+                pool, self.keys, self.hsm, self.link_key_metrics, clock=utcnow
+            )
+            self.key_exchanges[issuer] = exchange
+            pool.on_key_change = exchange.answer
+            pool.key_status = exchange.status
+            pool.on_sign_on = functools.partial(self._keys_on_sign_on, exchange)
         # Journal, store-and-forward, stand-in and crash recovery (gateway/flow/journal_stage.py).
         self.journal_config: JournalConfig | None = None
         if cfg.journal:
@@ -177,6 +189,7 @@ class Gateway:
                 keys=self.keys,
                 acquirer_id=cfg.acquirer_id,
                 risk=self.risk,
+                key_blocks=cfg.hsm.key_blocks,
             )
         self.participants: list[Participant] = [
             *([JournalStage(rt, started, self.pools)] if journaled else []),
@@ -343,6 +356,26 @@ class Gateway:
         await audit.record({**who, "detail": result}, event="signal_reload")
         return result
 
+    async def _keys_on_sign_on(self, exchange: LinkKeyExchange) -> None:
+        if not exchange.on_signed_on():
+            return
+        try:
+            await exchange.rotate("sign_on")
+        except Exception as exc:  # a bug of ours must not take the link down with it
+            log.error("link_keys_sign_on_failed", issuer=exchange.issuer, error=type(exc).__name__)
+
+    async def rotate_link_keys(self, issuer: str) -> dict[str, Any] | None:
+        """``POST /admin/links/{issuer}/rotate-keys``: new ZPK/ZAK on the link now (None: no
+        such link)."""
+        exchange = self.key_exchanges.get(issuer)
+        if exchange is None:
+            return None
+        if not exchange.enabled:
+            return {"issuer": issuer, "rotated": False, "reason": exchange.why_not()}
+        if not exchange.pool.ready:
+            return {"issuer": issuer, "rotated": False, "reason": "link not signed on"}
+        return await exchange.rotate("operator")
+
     @property
     def ready(self) -> bool:
         return all(p.ready for p in self.pools.values())
@@ -491,6 +524,8 @@ class Gateway:
                 tg.start_soon(self._check_hsm, self.hsm)
             for pool in self.pools.values():
                 await tg.start(pool.run)
+            for exchange in self.key_exchanges.values():
+                await tg.start(exchange.run)
             if self.pools:
                 await tg.start(self.cutover.run)
             if self.saf is not None:
@@ -503,6 +538,7 @@ class Gateway:
                     self,
                     access=self.admin_access,
                     extra_routes=dashboard_routes(self.status, self.metrics, self._alerts),
+                    rotate_keys=self.rotate_link_keys,
                 )
                 self.admin_port = await tg.start(
                     functools.partial(

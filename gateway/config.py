@@ -300,6 +300,13 @@ class LinkConfig:
     send_settlement_date: bool = False
     """Send field 15 (settlement date, MMDD: the transaction's business date) in requests and
     advices to this issuer. Off by default: a host that does not expect 15 may refuse it."""
+    key_exchange_on_sign_on: bool = False
+    """Send a new ZPK (and ZAK, if the link MACs) under the link's ZMK when the link signs on
+    (its first connection up). Only for issuers with a ``zmk`` in the dataset; off by default
+    (the demo turns it on), so a link keeps its configured keys unless asked."""
+    key_rotation_interval: float = Field(default=0.0, ge=0)
+    """Seconds between scheduled key changes on this link; 0 (default): none scheduled (on
+    sign-on and on demand only). Needs the issuer's ``zmk``."""
 
     _framing = field_validator("framing")(known_framing)
 
@@ -373,6 +380,11 @@ class HsmConfig:
     be ``server_name``; the gateway presents ``client_cert`` (put it in the HSM's allow-list)."""
     server_name: str = "hsm"
     client_cert: str = "switch"
+    key_blocks: bool = False
+    """Hold the dataset's clear test keys as TR-31 / X9.143 key blocks under the LMK (``S`` +
+    block: usage and mode of use per role, enforced by the HSM on every command) instead of
+    the variant form ``U`` + 32 hex (default, as before key blocks; keys given under the LMK are
+    kept in their form either way). Keys received from issuers are key blocks regardless."""
 
 
 @dataclass(config=FROZEN)

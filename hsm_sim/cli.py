@@ -23,6 +23,7 @@ import structlog
 
 from hsm_sim.config import HsmConfig, HsmConfigError, load_config
 from hsm_sim.errors import HsmCryptoError
+from hsm_sim.keyblock import VERSION_AES, Attributes, LmkBlocks, check_value
 from hsm_sim.lmk import Lmk, kcv_hex, parse_clear_key
 from hsm_sim.server import HsmServer
 
@@ -111,7 +112,14 @@ def _has_uvloop() -> bool:
 def _encrypt_key(args: argparse.Namespace) -> int:
     try:
         clear = parse_clear_key(args.key)
-        print(Lmk(args.lmk).encrypt(clear), kcv_hex(clear))
+        lmk = Lmk(args.lmk)
+        if args.block is None:
+            print(lmk.encrypt(clear), kcv_hex(clear))
+            return 0
+        usage, mode, algorithm, export = [*args.block.upper().split(":"), "", "", "", ""][:4]
+        attributes = Attributes(usage, algorithm or "T", mode or "B", "00", export or "N")
+        attributes.header(VERSION_AES)  # a malformed field is refused before anything is made
+        print(LmkBlocks(lmk).wrap(attributes, clear), check_value(attributes.algorithm, clear))
     except HsmCryptoError as exc:
         print(f"hsm-sim: {exc.reason}", file=sys.stderr)
         return 2
@@ -131,6 +139,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     enc = sub.add_parser("encrypt-key", help="print a clear test key under the LMK, and its KCV")
     enc.add_argument("--lmk", required=True, help="the LMK, 32 hex (test LMKs only)")
     enc.add_argument("key", help="clear key, 32 hex")
+    enc.add_argument(
+        "--block",
+        metavar="USAGE[:MODE[:ALGORITHM[:EXPORT]]]",
+        help="as S + a TR-31 key block (version D) with this header, e.g. P0:B, M3:C, K0:B,"
+        " B0:X:A (defaults: mode B, algorithm T, not exportable)",
+    )
     args = parser.parse_args(argv)
     _configure_logging(args.log_level)
     if args.command == "run":

@@ -7,6 +7,7 @@ live only in local variables here and are never logged.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -15,18 +16,21 @@ from typing import Any, Final
 
 import structlog
 
-from hsm_sim import aes_dukpt, dukpt, emv, mac, pinblock, pinverify
+from hsm_sim import aes_dukpt, dukpt, emv, keyblock, mac, pinblock, pinverify
 from hsm_sim import cvv as cvv_mod
 from hsm_sim.errors import (
     HsmCryptoError,
     InvalidInputError,
     KeyLengthError,
+    KeyParityError,
     KeySchemeError,
     KeyTypeError,
     PinBlockFormatError,
     PinLengthError,
 )
-from hsm_sim.lmk import Lmk, kcv_hex, parse_hex
+from hsm_sim.keyblock import Attributes, LmkBlocks, Use
+from hsm_sim.lmk import ZMK_SCHEMES, Lmk, kcv_hex, parse_hex
+from hsm_sim.tdes import has_odd_parity, tdes_ecb_decrypt, tdes_ecb_encrypt
 from protocols import hsm as proto
 from protocols.errors import LocalProtocolError
 
@@ -64,6 +68,7 @@ class HsmCore:
         disabled_commands: Iterable[str] = (),
     ) -> None:
         self.lmk = lmk if isinstance(lmk, Lmk) else Lmk(lmk)
+        self.blocks = LmkBlocks(self.lmk)
         self.firmware = firmware[:9].ljust(9)
         self.disabled = frozenset(disabled_commands)
         self._commands: Counter[str] = Counter()
@@ -134,10 +139,53 @@ class HsmCore:
 
     # ------------------------------------------------------------------ helpers
 
-    def _key(self, key: str, parity_error_code: str | None = proto.KEY_PARITY_ERROR) -> bytes:
+    def _key(
+        self,
+        key: str,
+        parity_error_code: str | None = proto.KEY_PARITY_ERROR,
+        use: Use | None = None,
+    ) -> bytes:
+        """The clear key of a key under the LMK. A key block (``S``) must authenticate and its
+        header allow ``use`` (payShield's A codes otherwise); the variant form (``U``) carries
+        no usage, so only its parity is checked, as before key blocks."""
+        if key[:1] == keyblock.KEY_BLOCK_SCHEME:
+            header, clear = self.blocks.unwrap(key)
+            if use is not None:
+                use.check(header)
+            if header.algorithm == keyblock.TDES and len(clear) != 16:
+                raise KeyLengthError("TDES keys must be double length")
+            return clear
         if key[:1] != "U":
-            raise KeySchemeError("keys must be under the LMK (scheme U)")
+            raise KeySchemeError("keys must be under the LMK (scheme U or S)")
         return self.lmk.decrypt(key, parity_error_code=parity_error_code)
+
+    def _kek(self, zmk: str, *, export: bool) -> tuple[bytes, str]:
+        """(clear ZMK, its algorithm) for exporting or importing under it."""
+        if keyblock.is_key_block(zmk):
+            header, _ = self.blocks.unwrap(zmk)
+            aes = header.algorithm == keyblock.AES
+            if export:
+                use = keyblock.AES_KEK_EXPORT if aes else keyblock.KEK_EXPORT
+            else:
+                use = keyblock.AES_KEK_IMPORT if aes else keyblock.KEK_IMPORT
+            return self._key(zmk, use=use), header.algorithm
+        return self._key(zmk), keyblock.TDES
+
+    def _export(self, zmk: str, scheme: str, clear: bytes, attributes: Attributes) -> str:
+        """A clear key under a ZMK: a key block (scheme ``S``, B or D after the ZMK's
+        algorithm, not exportable again by the receiver) or the variant form (``X``/``U``)."""
+        if attributes.exportability not in keyblock.EXPORTABLE:
+            raise keyblock.KeyExportError("key is not exportable")
+        kek, algorithm = self._kek(zmk, export=True)
+        if scheme == keyblock.KEY_BLOCK_SCHEME:
+            sent = dataclasses.replace(attributes, exportability=keyblock.NON_EXPORTABLE)
+            version = keyblock.version_for(algorithm)
+            return scheme + keyblock.wrap(kek, version, sent, clear)
+        if scheme not in ZMK_SCHEMES:
+            raise KeySchemeError("key scheme under ZMK must be 'U', 'X' or 'S'")
+        if algorithm != keyblock.TDES or attributes.algorithm != keyblock.TDES:
+            raise KeySchemeError("the variant form under a ZMK is for TDES keys only")
+        return scheme + tdes_ecb_encrypt(kek, clear).hex().upper()
 
     @staticmethod
     def _pin_length_limit(value: str) -> int:
@@ -152,39 +200,122 @@ class HsmCore:
         return proto.OK, proto.DiagnosticsResult(self.lmk.check_value(8), self.firmware)
 
     def _a0(self, req: proto.GenerateKey) -> Result:
-        if req.key_type.upper() not in KEY_TYPES:
-            raise KeyTypeError("unknown key type")
-        if req.key_scheme != "U":
-            raise KeySchemeError("key scheme under LMK must be U")
         if req.mode not in ("0", "1"):
             raise InvalidInputError("mode must be 0 or 1")
-        key, kcv = self.lmk.generate()
+        if req.key_scheme == keyblock.KEY_BLOCK_SCHEME:
+            attributes = self._requested_attributes(req)
+            clear = keyblock.new_key(attributes.algorithm)
+            key = self.blocks.wrap(attributes, clear)
+            kcv = keyblock.check_value(attributes.algorithm, clear)
+        else:
+            if req.key_type.upper() not in KEY_TYPES:
+                raise KeyTypeError("unknown key type")
+            if req.key_scheme != "U":
+                raise KeySchemeError("key scheme under LMK must be U or S")
+            key, kcv = self.lmk.generate()
+            if req.mode == "0":
+                return proto.OK, proto.GeneratedKey(key, kcv, None)
+            clear = self.lmk.decrypt(key)
+            attributes = Attributes.for_type(req.key_type)
         under_zmk = None
         if req.mode == "1":
             # The layout makes both present in mode 1.
             assert req.zmk is not None
             assert req.zmk_scheme is not None
-            under_zmk = self.lmk.export_under_zmk(req.zmk, key, req.zmk_scheme)
+            under_zmk = self._export(req.zmk, req.zmk_scheme, clear, attributes)
         return proto.OK, proto.GeneratedKey(key, kcv, under_zmk)
 
+    @staticmethod
+    def _requested_attributes(req: proto.GenerateKey) -> Attributes:
+        key_type = req.key_type.upper()
+        if key_type != "FFF" and key_type not in KEY_TYPES:
+            raise KeyTypeError("unknown key type")
+        # The layout makes all present with scheme S.
+        assert req.key_usage is not None
+        assert req.algorithm is not None
+        assert req.mode_of_use is not None
+        assert req.key_version is not None
+        assert req.exportability is not None
+        attributes = Attributes(
+            req.key_usage, req.algorithm, req.mode_of_use, req.key_version, req.exportability
+        )
+        if key_type != "FFF" and Attributes.for_type(key_type).usage != attributes.usage:
+            raise keyblock.KeyUsageError("key usage does not match the key type")
+        attributes.header(keyblock.VERSION_AES)  # refuses malformed fields (15)
+        return attributes
+
     def _bu(self, req: proto.KeyCheckValue) -> Result:
+        if keyblock.is_key_block(req.key):
+            header, clear = self.blocks.unwrap(req.key)
+            return proto.OK, proto.KeyCheckValueResult(
+                keyblock.check_value(header.algorithm, clear)
+            )
         if req.key_length_flag != "1":
             raise InvalidInputError("only double-length keys (flag 1)", error_code="05")
         return proto.OK, proto.KeyCheckValueResult(kcv_hex(self._key(req.key)))
 
     def _a6(self, req: proto.ImportKey) -> Result:
-        if req.key_type.upper() not in KEY_TYPES:
+        key_type = req.key_type.upper()
+        if key_type not in KEY_TYPES and not (
+            key_type == "FFF" and keyblock.is_key_block(req.key_under_zmk)
+        ):
             raise KeyTypeError("unknown key type")
-        if req.key_scheme != "U":
-            raise KeySchemeError("key scheme under LMK must be U")
-        key = self.lmk.import_under_zmk(req.zmk, req.key_under_zmk)
-        return proto.OK, proto.ImportedKey(key, self.lmk.kcv(key))
+        if req.key_scheme not in ("U", keyblock.KEY_BLOCK_SCHEME):
+            raise KeySchemeError("key scheme under LMK must be U or S")
+        variant = not keyblock.is_key_block(req.zmk) and not keyblock.is_key_block(
+            req.key_under_zmk
+        )
+        if variant and req.key_scheme == "U":
+            key = self.lmk.import_under_zmk(req.zmk, req.key_under_zmk)
+            return proto.OK, proto.ImportedKey(key, self.lmk.kcv(key))
+        kek, kek_algorithm = self._kek(req.zmk, export=False)
+        if keyblock.is_key_block(req.key_under_zmk):
+            header, clear = keyblock.unwrap(kek, req.key_under_zmk[1:])
+            if header.version_id != keyblock.version_for(kek_algorithm) and not (
+                kek_algorithm == keyblock.TDES and header.version_id in ("A", "C")
+            ):
+                raise keyblock.KeyBlockAuthError("key block version does not fit the ZMK")
+            if key_type != "FFF" and Attributes.for_type(key_type).usage != header.key_usage:
+                raise keyblock.KeyUsageError("key usage does not match the key type")
+            attributes = keyblock.header_attributes(header)
+        else:
+            if len(req.key_under_zmk) != 33 or req.key_under_zmk[0] not in ZMK_SCHEMES:
+                raise KeySchemeError("key under ZMK must be 'U' or 'X' and 32 hex, or 'S'")
+            if kek_algorithm != keyblock.TDES:
+                raise KeySchemeError("the variant form under a ZMK is for TDES ZMKs only")
+            clear = tdes_ecb_decrypt(kek, parse_hex(req.key_under_zmk[1:], length=32))
+            if not has_odd_parity(clear):
+                raise KeyParityError("imported key parity error", error_code="11")
+            attributes = Attributes.for_type(key_type)
+        if req.key_scheme == "U":
+            if attributes.algorithm != keyblock.TDES or len(clear) != 16:
+                raise KeySchemeError("the variant form under the LMK is for TDES keys only")
+            key = self.lmk.encrypt(clear)
+        else:
+            key = self.blocks.wrap(attributes, clear)
+        return proto.OK, proto.ImportedKey(key, keyblock.check_value(attributes.algorithm, clear))
 
     def _a8(self, req: proto.ExportKey) -> Result:
-        if req.key_type.upper() not in KEY_TYPES:
+        key_type = req.key_type.upper()
+        if key_type not in KEY_TYPES and not (key_type == "FFF" and keyblock.is_key_block(req.key)):
             raise KeyTypeError("unknown key type")
-        under_zmk = self.lmk.export_under_zmk(req.zmk, req.key, req.key_scheme)
-        return proto.OK, proto.ExportedKey(under_zmk, self.lmk.kcv(req.key))
+        if (
+            not keyblock.is_key_block(req.key)
+            and not keyblock.is_key_block(req.zmk)
+            and req.key_scheme in ZMK_SCHEMES
+        ):
+            under_zmk = self.lmk.export_under_zmk(req.zmk, req.key, req.key_scheme)
+            return proto.OK, proto.ExportedKey(under_zmk, self.lmk.kcv(req.key))
+        if keyblock.is_key_block(req.key):
+            header, clear = self.blocks.unwrap(req.key)
+            attributes = keyblock.header_attributes(header)
+        else:
+            clear = self._key(req.key, proto.SECOND_KEY_PARITY_ERROR)
+            attributes = Attributes.for_type(key_type)
+        under_zmk = self._export(req.zmk, req.key_scheme, clear, attributes)
+        return proto.OK, proto.ExportedKey(
+            under_zmk, keyblock.check_value(attributes.algorithm, clear)
+        )
 
     # ------------------------------------------------------------------ PIN translation
 
@@ -205,17 +336,20 @@ class HsmCore:
         )
 
     def _ca(self, req: proto.TranslatePinTpkToZpk) -> Result:
-        src, dst = self._key(req.tpk), self._key(req.zpk, proto.SECOND_KEY_PARITY_ERROR)
+        src = self._key(req.tpk, use=keyblock.PIN_DECRYPT)
+        dst = self._key(req.zpk, proto.SECOND_KEY_PARITY_ERROR, keyblock.PIN_ENCRYPT)
         n, block = self._translate(src, dst, req)
         return proto.OK, proto.PinTranslated(f"{n:02d}", req.dst_format, block.hex().upper())
 
     def _cc(self, req: proto.TranslatePinZpkToZpk) -> Result:
-        src, dst = self._key(req.src_zpk), self._key(req.dst_zpk, proto.SECOND_KEY_PARITY_ERROR)
+        src = self._key(req.src_zpk, use=keyblock.PIN_DECRYPT)
+        dst = self._key(req.dst_zpk, proto.SECOND_KEY_PARITY_ERROR, keyblock.PIN_ENCRYPT)
         n, block = self._translate(src, dst, req)
         return proto.OK, proto.PinTranslatedZpk(f"{n:02d}", req.dst_format, block.hex().upper())
 
     def _g0(self, req: proto.TranslatePinDukptToZpk) -> Result:
-        bdk, zpk = self._key(req.bdk), self._key(req.zpk, proto.SECOND_KEY_PARITY_ERROR)
+        bdk = self._key(req.bdk, use=keyblock.TDES_BDK)
+        zpk = self._key(req.zpk, proto.SECOND_KEY_PARITY_ERROR, keyblock.PIN_ENCRYPT)
         pin_key = dukpt.derive_pin_key(bdk, req.ksn)
         n, block = pinblock.translate_pin_block(
             pin_key,
@@ -235,10 +369,15 @@ class HsmCore:
         if req.dst_format not in (proto.FORMAT_ISO0, proto.FORMAT_ISO1, proto.FORMAT_ISO3):
             # The ZPK is a TDES key: format 4 under it would be no zone format at all.
             raise PinBlockFormatError("destination format must be a TDES format")
-        bdk = self._key(req.bdk, parity_error_code=None)  # AES keys carry no DES parity
-        if len(bdk) != bdk_type.length:
+        # AES keys carry no DES parity.
+        bdk = self._key(req.bdk, parity_error_code=None, use=keyblock.AES_BDK)
+        # A key block's length is inside it, and that is what counts (the flag is for the
+        # variant form, whose length the field's size gives).
+        if len(bdk) != bdk_type.length and not keyblock.is_key_block(req.bdk):
             raise KeyLengthError("BDK length does not match its flag")
-        zpk = self._key(req.zpk, proto.SECOND_KEY_PARITY_ERROR)
+        if len(bdk) not in (16, 32):
+            raise KeyLengthError("an AES BDK is AES-128 or AES-256")
+        zpk = self._key(req.zpk, proto.SECOND_KEY_PARITY_ERROR, keyblock.PIN_ENCRYPT)
         pin_key = aes_dukpt.derive_pin_key(bdk, req.ksn, pin_key_type)
         n, block = pinblock.translate_pin_block(
             pin_key,
@@ -255,7 +394,8 @@ class HsmCore:
     # ------------------------------------------------------------------ PIN verification
 
     def _ec(self, req: proto.VerifyPinPvv) -> Result:
-        zpk, pvk = self._key(req.zpk), self._key(req.pvk, proto.SECOND_KEY_PARITY_ERROR)
+        zpk = self._key(req.zpk, use=keyblock.PIN_DECRYPT)
+        pvk = self._key(req.pvk, proto.SECOND_KEY_PARITY_ERROR, keyblock.PVK_VISA)
         pin = pinblock.decrypt_pin_block(
             zpk, req.pin_block_format, parse_hex(req.pin_block, what="PIN block"), req.account
         )
@@ -263,7 +403,7 @@ class HsmCore:
         return (proto.OK if ok else proto.VERIFICATION_FAILURE), None
 
     def _ibm(self, pin_key: bytes, req: proto.VerifyPinIbmTpk | proto.VerifyPinIbmZpk) -> Result:
-        pvk = self._key(req.pvk, proto.SECOND_KEY_PARITY_ERROR)
+        pvk = self._key(req.pvk, proto.SECOND_KEY_PARITY_ERROR, keyblock.PVK_IBM)
         pin = pinblock.decrypt_pin_block(
             pin_key, req.pin_block_format, parse_hex(req.pin_block, what="PIN block"), req.account
         )
@@ -279,34 +419,40 @@ class HsmCore:
         return (proto.OK if ok else proto.VERIFICATION_FAILURE), None
 
     def _da(self, req: proto.VerifyPinIbmTpk) -> Result:
-        return self._ibm(self._key(req.tpk), req)
+        return self._ibm(self._key(req.tpk, use=keyblock.PIN_DECRYPT), req)
 
     def _ea(self, req: proto.VerifyPinIbmZpk) -> Result:
-        return self._ibm(self._key(req.zpk), req)
+        return self._ibm(self._key(req.zpk, use=keyblock.PIN_DECRYPT), req)
 
     # ------------------------------------------------------------------ card data, MAC, EMV
 
     def _cw(self, req: proto.GenerateCvv) -> Result:
-        value = cvv_mod.generate_cvv(self._key(req.cvk), req.pan, req.expiry, req.service_code)
+        cvk = self._key(req.cvk, use=keyblock.CVK_GENERATE)
+        value = cvv_mod.generate_cvv(cvk, req.pan, req.expiry, req.service_code)
         return proto.OK, proto.CvvResult(value)
 
     def _cy(self, req: proto.VerifyCvv) -> Result:
-        ok = cvv_mod.verify_cvv(self._key(req.cvk), req.pan, req.expiry, req.service_code, req.cvv)
+        cvk = self._key(req.cvk, use=keyblock.CVK_VERIFY)
+        ok = cvv_mod.verify_cvv(cvk, req.pan, req.expiry, req.service_code, req.cvv)
         return (proto.OK if ok else proto.VERIFICATION_FAILURE), None
 
     def _mac(self, req: proto.GenerateMac | proto.VerifyMac) -> tuple[bytes, bytes]:
         """(key, 8-byte MAC) for M6/M8."""
+        generate = isinstance(req, proto.GenerateMac)
         if req.mode_flag != "0" or req.input_format != "0":
             raise InvalidInputError("only single-block mode 0 with binary input is supported")
         if req.key_type not in MAC_KEY_TYPES:
             raise KeyTypeError("MAC key must be a TAK (003) or ZAK (008)")
         if req.algorithm == proto.MAC_RETAIL:
-            key = self._key(req.key)
+            use = keyblock.MAC_RETAIL_GENERATE if generate else keyblock.MAC_RETAIL_VERIFY
+            key = self._key(req.key, use=use)
             if req.padding not in ("1", "2"):
                 raise InvalidInputError("padding method must be 1 or 2")
             return key, mac.retail_mac(key, req.message, int(req.padding))
         if req.algorithm == proto.MAC_AES_CMAC:
-            key = self._key(req.key, parity_error_code=None)  # AES keys carry no DES parity
+            use = keyblock.MAC_CMAC_GENERATE if generate else keyblock.MAC_CMAC_VERIFY
+            # AES keys carry no DES parity.
+            key = self._key(req.key, parity_error_code=None, use=use)
             return key, mac.aes_cmac(key, req.message)[:8]
         raise InvalidInputError("MAC algorithm must be 3 (retail) or 6 (AES-CMAC)")
 
@@ -325,7 +471,7 @@ class HsmCore:
             raise InvalidInputError("scheme 1 (EMV common session key) only")
         if req.mode_flag not in (proto.ARQC_VERIFY, proto.ARQC_VERIFY_ARPC, proto.ARPC_ONLY):
             raise InvalidInputError("mode flag must be 0, 1 or 2")
-        imk = self._key(req.mk_ac)
+        imk = self._key(req.mk_ac, use=keyblock.MK_AC)
         sk = emv.derive_session_key(emv.icc_master_key_from_input(imk, req.pan_psn), req.atc)
         if req.mode_flag != proto.ARPC_ONLY and not hmac.compare_digest(
             emv.generate_ac(sk, req.transaction_data), req.arqc

@@ -82,6 +82,10 @@ class Lmk:
         """The LMK's check value (6 hex digits by default; 16 for the NC diagnostics)."""
         return key_check_value(self._key, length).hex().upper()
 
+    def secret_for_derivation(self) -> bytes:
+        """The clear LMK, for deriving the key-block LMKs (``hsm_sim.keyblock``) only."""
+        return self._key
+
     def encrypt(self, clear_key: bytes) -> str:
         """A clear 16-byte key (or 32-byte AES-256 key) to ``U`` + 32 (64) hex under the LMK."""
         if len(clear_key) not in (16, 32):

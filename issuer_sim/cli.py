@@ -3,7 +3,8 @@
 With ``postings_file`` in the config, ``kill -USR1 <pid>`` makes the running simulator write
 its posting file (``issuer_sim/postings.py``) for ``gateway journal reconcile``; ``kill -USR2
 <pid>`` makes it announce a cutover (0800/201, field 15 today's UTC date) to the connected
-gateway."""
+gateway; ``kill -HUP <pid>`` makes it send a new ZPK (and ZAK) under the link's ZMK
+(``issuer_sim.keys``)."""
 
 from __future__ import annotations
 
@@ -68,6 +69,7 @@ def build_server(cfg: IssuerSimConfig, base: Path, issuer: str, port: int | None
         if ep.also_accept
         else None,
         cutover_signal=True,
+        key_change_signal=True,
     )
 
 

@@ -11,8 +11,10 @@ import datetime as dt
 import itertools
 from dataclasses import dataclass, field
 
+from issuer_sim import keys
 from issuer_sim.accounts import Account, AccountBook
 from issuer_sim.emv import EmvAuthenticator
+from protocols import keychange
 from protocols.bounded import BoundedFifo
 from protocols.message import Message
 from protocols.mti import response_mti
@@ -111,6 +113,11 @@ class IssuerHost:
 
     def _handle(self, msg: Message, now: dt.datetime) -> Message:
         mti = msg.mti
+        if mti == "0800" and keychange.is_key_change(msg):
+            security = self.book.security
+            if security is None:
+                return keychange.answer(msg, keychange.REFUSED)
+            return keys.accept(security, msg)
         if mti == "0800":
             code = msg.fields.get("70")
             if code == "201":  # cutover: the acquirer's business day moved on

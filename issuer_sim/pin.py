@@ -21,13 +21,18 @@ Rules (SPEC's codes; where SPEC is silent, the choice is written here and in the
 * MAC on the issuer link (issuers with a ZAK): every 01xx/02xx/04xx request must carry an ISO
   9797-1 algorithm 3 MAC under the ZAK (field 64, or 128 with a secondary bitmap, over the
   message without its last 8 bytes); missing or wrong is answered ``63``. Answers to those
-  requests carry a MAC the same way. Network messages (08xx) are not MACed.
+  requests carry a MAC the same way, under the ZAK that verified the request. Network messages
+  (08xx) are not MACed.
+* Key changes (``issuer_sim.keys``): after a new ZPK or ZAK the previous one is still accepted
+  for ``PREVIOUS_KEY_GRACE`` seconds (the acquirer's messages in flight were made with it): a
+  PIN or MAC is checked under the current key, then under the previous one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hmac
+import time
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -65,6 +70,8 @@ CVV2_SERVICE_CODE = "000"
 PVKI = "1"
 MACED_CLASSES = frozenset("124")
 """MTI classes (second digit) whose messages carry a MAC on a MACed issuer link."""
+PREVIOUS_KEY_GRACE = 120.0
+"""Seconds a replaced ZPK or ZAK is still accepted after a key change."""
 _REFERENCE_ACCOUNT = "000000000000"
 """Account number of the PIN blocks a synthetic range's PIN is kept in (under the LMK)."""
 
@@ -85,16 +92,25 @@ class IssuerSecurity:
     cvk: str | None = dataclasses.field(default=None, repr=False)
     zak: str | None = dataclasses.field(default=None, repr=False)
     pin_tries: int = 3
+    zmk: str | None = dataclasses.field(default=None, repr=False)
+    """The link's ZMK under the LMK: new ZPKs and ZAKs travel under it (issuer_sim.keys)."""
+    generation: int = 0
+    previous_zpk: str | None = dataclasses.field(default=None, repr=False)
+    previous_zak: str | None = dataclasses.field(default=None, repr=False)
+    previous_until: float = 0.0
+    """``time.monotonic()`` until which the previous ZPK and ZAK are still accepted."""
     pin_storage_key: str = dataclasses.field(default="", repr=False)
     """Key (under the LMK) of the PIN blocks synthetic ranges keep their PIN in; random."""
     codec: Codec = dataclasses.field(
         default_factory=lambda: best_codec(get_dialect("terminal")), repr=False
     )
-    _link: LinkMac | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
-    _link_for: tuple[object, ...] = dataclasses.field(
-        default=(), init=False, repr=False, compare=False
+    _links: dict[tuple[object, ...], LinkMac] = dataclasses.field(
+        default_factory=dict, init=False, repr=False, compare=False
     )
-    """What ``_link`` was built from (ZAK, LMK, codec): rebuilt when one of them changes."""
+    """MAC contexts by what they were built from (ZAK, LMK, codec): the current and the
+    previous ZAK's, each built once."""
+    _answer_zak: str | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    """The ZAK that verified the request being answered (its answer is sealed under it)."""
     _sealed: tuple[Message, bytes] | None = dataclasses.field(
         default=None, init=False, repr=False, compare=False
     )
@@ -118,6 +134,7 @@ class IssuerSecurity:
             cvk=key_under_lmk(lmk, issuer.cvk, f"issuer {issuer_id} cvk"),
             zak=key_under_lmk(lmk, issuer.zak, f"issuer {issuer_id} zak"),
             pin_tries=data.issuer_behaviour.pin_tries,
+            zmk=key_under_lmk(lmk, issuer.zmk, f"issuer {issuer_id} zmk"),
         )
 
     # ---------------------------------------------------------------- PIN data at load
@@ -155,13 +172,16 @@ class IssuerSecurity:
         if account.wrong_pins >= self.pin_tries:
             return "75"
         ok = False
-        if self.zpk is not None and self.pvk is not None and account.pvv:
-            try:
-                ok = core.verify_pin_block_pvv(
-                    self.zpk, self.pvk, pin_block, pan, account.pvv, PVKI, lmk=self.lmk
-                )
-            except HsmCryptoError:
-                ok = False  # not a valid PIN block under our ZPK: a wrong PIN
+        if self.pvk is not None and account.pvv:
+            for zpk in self._accepted(self.zpk, self.previous_zpk):
+                try:
+                    ok = core.verify_pin_block_pvv(
+                        zpk, self.pvk, pin_block, pan, account.pvv, PVKI, lmk=self.lmk
+                    )
+                except HsmCryptoError:
+                    ok = False  # not a valid PIN block under this ZPK: a wrong PIN
+                if ok:
+                    break
         if ok:
             account.wrong_pins = 0
             return None
@@ -192,38 +212,55 @@ class IssuerSecurity:
 
     # ---------------------------------------------------------------- issuer-link MAC
 
+    def _accepted(self, current: str | None, previous: str | None) -> list[str]:
+        """The keys a PIN or MAC may be under: the current one, then the previous one while
+        its grace lasts (a key change's messages in flight)."""
+        keys = [current] if current is not None else []
+        if previous is not None and time.monotonic() < self.previous_until:
+            keys.append(previous)
+        return keys
+
     def _maced(self, msg: Message) -> bool:
         return self.zak is not None and msg.mti[1:2] in MACED_CLASSES
 
-    def _link_mac(self) -> LinkMac:
-        """The ZAK's MAC contexts, built once (a MAC is two per transaction on this link)."""
-        assert self.zak is not None
-        source = (self.zak, self.lmk, self.codec)
-        link = self._link
-        if link is None or self._link_for != source:
-            link = self._link = LinkMac(self.codec, resolve_key(self.zak, self.lmk))
-            self._link_for = source
+    def _link_mac(self, zak: str) -> LinkMac:
+        """A ZAK's MAC contexts, built once (a MAC is two per transaction on this link)."""
+        source = (zak, self.lmk, self.codec)
+        link = self._links.get(source)
+        if link is None:
+            if len(self._links) >= 4:
+                self._links.clear()
+            link = self._links[source] = LinkMac(self.codec, resolve_key(zak, self.lmk))
         return link
 
     def check_mac(self, msg: Message) -> str | None:
         """``None`` when the request's MAC is right (or the link uses none), else ``63``."""
+        self._answer_zak = None
         if not self._maced(msg):
             return None
         value = msg.fields.get(field := link_mac_field(msg.fields))
         if value is None or len(value) != 2 * MAC_LENGTH:
             return "63"
         try:
-            link = self._link_mac()
-            expected = link.mac(link.data(msg, field))
-            return None if hmac.compare_digest(expected, bytes.fromhex(value)) else "63"
+            received = bytes.fromhex(value)
+            for zak in self._accepted(self.zak, self.previous_zak):
+                link = self._link_mac(zak)
+                if hmac.compare_digest(link.mac(link.data(msg, field)), received):
+                    self._answer_zak = zak
+                    return None
         except (ValueError, ProtocolError, HsmCryptoError):
             return "63"
+        return "63"
 
     def seal(self, answer: Message) -> Message:
-        """``answer`` with its MAC added, on a MACed link (unchanged otherwise)."""
+        """``answer`` with its MAC added, on a MACed link (unchanged otherwise): under the ZAK
+        that verified the request, else the current one."""
         if self._maced(answer):
-            frame = self._link_mac().seal(answer, link_mac_field(answer.fields))
+            zak = self._answer_zak or self.zak
+            assert zak is not None
+            frame = self._link_mac(zak).seal(answer, link_mac_field(answer.fields))
             self._sealed = (answer, frame)
+        self._answer_zak = None
         return answer
 
     def take_encoded(self, answer: Message) -> bytes | None:

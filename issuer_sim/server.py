@@ -20,6 +20,7 @@ import anyio.lowlevel
 from anyio.abc import TaskStatus
 from anyio.streams.tls import TLSAttribute
 
+from issuer_sim import keys
 from issuer_sim.connection import MAX_FRAME, OWN_TPDU, PARTIAL_TIMEOUT, LinkConnection
 from issuer_sim.host import IssuerHost
 from issuer_sim.linkmac import link_mac_field
@@ -28,6 +29,7 @@ from kit import fastio
 from kit.framed import FramedStream, StalledFrameError
 from kit.logs import PeerWarnings, get_logger
 from kit.pki import certificate_identity, client_allowed
+from protocols import keychange
 from protocols.codec import Codec
 from protocols.dialects import get_dialect
 from protocols.errors import ProtocolError
@@ -97,6 +99,7 @@ class IssuerServer:
         framing: Framing = BINARY2,
         alternate: Codec | None = None,
         cutover_signal: bool = False,
+        key_change_signal: bool = False,
     ) -> None:
         self.host = host
         self.framing = framing
@@ -108,6 +111,9 @@ class IssuerServer:
         allow-list); empty: none (a bank's host pins its acquirer). Unused on plain TCP."""
         self.postings_file = postings_file
         """Where ``SIGUSR1`` writes the posting file (``issuer_sim.postings``); None: off."""
+        self.key_change_signal = key_change_signal
+        """``SIGHUP`` sends the acquirer a new ZPK (and ZAK, if the link MACs): the issuer's
+        side of a key change, on demand (the ``issuer-sim`` program; off in tests)."""
         self.ssl_context = ssl_context
         self.faults = faults or LiveFaults()
         self.bind = bind
@@ -132,10 +138,14 @@ class IssuerServer:
         self.answers_received: deque[Message] = deque(maxlen=1000)
         """Answers the acquirer sent to our own requests (the 0810 to our cutover)."""
         self._stan = itertools.count(1)
+        self._waiting: dict[str, tuple[anyio.Event, list[Message]]] = {}
+        """Our key-change 0800s awaiting their 0810, by STAN."""
+        self.key_changes: dict[str, int] = {}
+        """Our key changes by outcome: ``accepted``, ``refused``, ``no_answer``."""
         self._scope: anyio.CancelScope | None = None
 
     async def run(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
-        if self.postings_file is None and not self.cutover_signal:
+        if self.postings_file is None and not self.cutover_signal and not self.key_change_signal:
             await self._serve(task_status=task_status)
             return
         async with anyio.create_task_group() as tg:
@@ -143,6 +153,8 @@ class IssuerServer:
                 await tg.start(self._export_on_signal, self.postings_file)
             if self.cutover_signal:
                 await tg.start(self._cutover_on_signal)
+            if self.key_change_signal:
+                await tg.start(self._keys_on_signal)
             await self._serve(task_status=task_status)
             tg.cancel_scope.cancel()
 
@@ -153,6 +165,27 @@ class IssuerServer:
             task_status.started()
             async for _ in signals:
                 await self.send_cutover(dt.datetime.now(dt.UTC).date())
+
+    async def _keys_on_signal(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """``SIGHUP``: a key change from the issuer's side (ZPK, then ZAK if there is one)."""
+        with anyio.open_signal_receiver(signal.SIGHUP) as signals:
+            task_status.started()
+            async for _ in signals:
+                security = self.host.book.security
+                if security is None or security.zmk is None:
+                    log.warning("issuer_sim_key_change_unavailable", issuer=self.host.book.issuer)
+                    continue
+                for kind in ("zpk", "zak"):
+                    if getattr(security, kind) is not None:
+                        rc = await self.initiate_key_change(kind)
+                        log.info(
+                            "issuer_sim_key_change_sent",
+                            issuer=self.host.book.issuer,
+                            key_kind=kind,
+                            rc=rc,
+                        )
 
     async def _export_on_signal(
         self, path: Path, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -314,8 +347,13 @@ class IssuerServer:
         if msg.mti in by_mti or len(by_mti) < 256:  # a peer's made-up MTIs stay bounded
             by_mti[msg.mti] = by_mti.get(msg.mti, 0) + 1
         if not is_request(msg.mti):
-            # The answer to a request of ours (an 0810): kept, never answered.
+            # The answer to a request of ours (an 0810): kept, never answered; a key change's
+            # wakes its sender.
             self.answers_received.append(msg)
+            waiting = self._waiting.get(msg.fields.get("11", ""))
+            if waiting is not None:
+                waiting[1].append(msg)
+                waiting[0].set()
             return None
         try:
             answer = self.host.handle(msg, dt.datetime.now(dt.UTC))
@@ -332,6 +370,70 @@ class IssuerServer:
         if faulty and faults.latency_ms:
             return answer, faults.latency_ms
         return answer, 0.0
+
+    async def initiate_key_change(
+        self, kind: str, *, fault: str | None = None, timeout: float = 5.0
+    ) -> str:
+        """Send the acquirer a new ``kind`` key (``zpk``/``zak``) on one live connection: its
+        0810's field 39 (``no_answer`` when none came); refused or unanswered, the old key is
+        put back. ``fault``: ``tamper`` or ``wrong_kcv`` (tests)."""
+        security = self.host.book.security
+        if security is None:
+            raise LookupError("this issuer has no keys")
+        fields, undo = keys.offer(security, kind, fault=fault)
+        stan = f"{next(self._stan) % 1_000_000:06d}"
+        msg = Message(
+            "0800", {"7": dt.datetime.now(dt.UTC).strftime("%m%d%H%M%S"), "11": stan, **fields}
+        )
+        event = anyio.Event()
+        answers: list[Message] = []
+        self._waiting[stan] = (event, answers)
+        try:
+            if not await self._send_any(msg):
+                undo(False)  # nothing was sent
+                return self._key_change_outcome("no_answer")
+            with anyio.move_on_after(timeout):
+                await event.wait()
+        finally:
+            self._waiting.pop(stan, None)
+        rc = answers[0].fields.get("39", "") if answers else ""
+        if rc != keychange.ACCEPTED:
+            undo(not rc)  # unanswered: the acquirer may use it, so it stays acceptable
+            log.warning(
+                "issuer_sim_key_change_not_accepted",
+                issuer=self.host.book.issuer,
+                key_kind=kind,
+                rc=rc or None,
+            )
+            return self._key_change_outcome("refused" if rc else "no_answer", rc)
+        log.info(
+            "issuer_sim_key_changed",
+            issuer=self.host.book.issuer,
+            key_kind=kind,
+            generation=security.generation,
+            initiator="issuer",
+        )
+        return self._key_change_outcome("accepted", rc)
+
+    def _key_change_outcome(self, outcome: str, rc: str = "") -> str:
+        self.key_changes[outcome] = self.key_changes.get(outcome, 0) + 1
+        return rc or outcome
+
+    async def _send_any(self, msg: Message) -> bool:
+        """``msg`` on one open connection, in its dialect and the link's framing (as
+        :meth:`send_cutover`); False when there is none."""
+        for conn in list(self.live):
+            if conn.send((conn.codec or self.codec).encode(msg)):
+                return True
+        payload = self.codec.encode(msg)
+        framed_payload = OWN_TPDU + payload if self.framing.tpdu else payload
+        for channel in list(self.channels):
+            try:
+                await channel.send_frame(framed_payload)
+            except (*_GONE, ssl.SSLError):
+                continue
+            return True
+        return False
 
     def encode(self, answer: Message, codec: Codec | None = None) -> bytes:
         codec = codec or self.codec

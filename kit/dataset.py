@@ -37,6 +37,10 @@ class Issuer:
     pvk: KeySpec | None = None
     cvk: KeySpec | None = None
     imk_ac: KeySpec | None = None
+    zmk: KeySpec | None = None
+    """The issuer link's zone master key (shared with the issuer on paper, in components): new
+    ZPKs and ZAKs travel under it as key blocks (README, "Issuer link"). Not in the shared
+    demo data; without it the link keeps its configured keys."""
 
 
 @dataclass(config=FROZEN)

@@ -32,6 +32,7 @@ _SECRET_KEYS = frozenset(
         "bdk",
         "tak",
         "zak",
+        "zmk",
         "pvk",
         "cvk",
         "imk_ac",

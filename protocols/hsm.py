@@ -6,23 +6,28 @@ is: a 4-character header echoed in the response (the client matches answers by i
 same header, the command code with its second character advanced by one (``CA`` -> ``CB``), a
 2-digit error code, and the response fields only when the error code is ``00``.
 
-Field notation: ``nN`` n ASCII digits, ``nH`` n hex characters, ``nA`` n printable ASCII, ``nB``
-n raw bytes, ``KEY`` a key under the LMK or a ZMK (``U``/``X`` + 32H, see ``hsm_sim.lmk``), ``PAN;``
-12-19 digits closed by ``;``, ``PB`` a PIN block (16H, or 32H for format ``48``), ``LH:B`` a
-hex length of L characters followed by that many raw bytes. The layouts follow payShield's with
-these deliberate simplifications: PIN block format codes come before the PIN block (its length
-depends on them); the account number is ``PAN;`` (12 digits as payShield's, or the whole PAN,
-which ISO format 4 needs); in ``A1`` the check value precedes the optional key under ZMK.
+Field notation: ``nN`` n ASCII digits, ``nH`` n hex characters, ``nA`` n printable ASCII, ``nB`` n
+raw bytes, ``KEY`` a key under the LMK or a ZMK (``U``/``X`` + 32H, see ``hsm_sim.lmk``, or ``S`` +
+a TR-31 / X9.143 key block whose header gives its length, see ``hsm_sim.keyblock``), ``PAN;`` 12-19
+digits closed by ``;``, ``PB`` a PIN block (16H, or 32H for format ``48``), ``LH:B`` a hex length
+of L characters followed by that many raw bytes. The layouts follow payShield's with these
+deliberate simplifications: PIN block format codes come before the PIN block (its length depends on
+them); the account number is ``PAN;`` (12 digits as payShield's, or the whole PAN, which ISO format
+4 needs); in ``A1`` the check value precedes the optional key under ZMK.
 
 ======  ===============================================================  ======================
 cmd     request fields                                                   response fields (00)
 ======  ===============================================================  ======================
 NC      (none)                                                           16H LMK check, 9A fw
-A0      1N mode (0 generate, 1 and export), 3H key type, 1A scheme 'U',  KEY, 6H KCV, [KEY
-        [mode 1: KEY ZMK, 1A scheme under ZMK 'X'/'U']                   under ZMK]
+A0      1N mode (0 generate, 1 and export), 3H key type (FFF with     KEY, 6H KCV, [KEY
+        'S'), 1A scheme 'U' or 'S', [scheme S: 2A usage, 1A algorithm,   under ZMK]
+        1A mode of use, 2A key version, 1A exportability], [mode 1: KEY
+        ZMK, 1A scheme under ZMK 'X'/'U' or 'S' (a key block)]
 BU      2H key type code, 1N key length flag (1 = double), KEY           6H KCV
-A6      3H key type, KEY ZMK, KEY key under ZMK, 1A scheme 'U'           KEY, 6H KCV
+A6      3H key type, KEY ZMK, KEY key under ZMK ('S': a key block),      KEY, 6H KCV
+        1A scheme under LMK 'U' or 'S'
 A8      3H key type, KEY ZMK, KEY key under LMK, 1A scheme under ZMK     KEY under ZMK, 6H KCV
+        ('X'/'U', or 'S' for a key block)
 CA      KEY TPK, KEY ZPK, 2N max PIN length, 2N source format,           2N PIN length,
         2N destination format, PB, PAN;                                  2N format, PB
 CC      KEY source ZPK, KEY destination ZPK, then as CA                  as CA
@@ -62,8 +67,15 @@ destination format ``48``.
 Error codes (payShield): ``00`` success, ``01`` verification failure, ``04`` invalid key type,
 ``10``/``11`` first/second key parity error, ``13`` LMK parity error, ``15`` invalid input data,
 ``20`` PIN block not valid, ``23`` invalid PIN block format, ``24`` PIN length, ``26`` invalid key
-scheme, ``27`` key length, ``68`` command disabled or not provided by this HSM. A payload too
-short to carry a header and a command code is answered with command ``ZZ``.
+scheme, ``27`` key length, ``68`` command disabled or not provided by this HSM; for keys in
+key-block form (payShield's key-block codes) ``A4`` key block authentication failure (or a
+malformed block), ``A6`` key usage, ``A7`` algorithm, ``A8`` mode of use not allowed for what the
+command does with the key, ``AA`` key not exportable. A payload too short to carry a header and a
+command code is answered with command ``ZZ``.
+
+Key-block forms: wherever a command takes a ``KEY`` it takes ``S`` + a key block under the LMK,
+whose header the HSM enforces (a PIN key cannot compute a MAC). In ``A0``/``A6``/``A8`` the key
+under the ZMK may be a key block too (version ``B`` under a TDES ZMK, ``D`` under an AES one).
 """
 
 from __future__ import annotations
@@ -135,8 +147,9 @@ class Kind(Enum):
 
 _DIGITS = frozenset(b"0123456789")
 _HEXB = frozenset(b"0123456789ABCDEFabcdef")
-_KEY_SCHEMES = frozenset(b"UX")
 KEY_LENGTH: Final = 33
+#: ``S`` + the shortest key block: a 16-character header, key data and MAC.
+_MIN_KEY_BLOCK: Final = 1 + 16 + 32
 PAN_DELIMITER: Final = b";"
 
 LengthRule = int | Callable[[Mapping[str, Any]], int]
@@ -168,6 +181,13 @@ def _pin_block_hex(fmt_field: str) -> Callable[[Mapping[str, Any]], int]:
     return rule
 
 
+KEY_BLOCK_SCHEME: Final = "S"
+KEY_BLOCK_AUTH_FAILURE: Final = "A4"
+INVALID_KEY_USAGE: Final = "A6"
+INVALID_ALGORITHM: Final = "A7"
+INVALID_MODE_OF_USE: Final = "A8"
+KEY_NOT_EXPORTABLE: Final = "AA"
+
 AES_128: Final = "1"
 AES_256: Final = "2"
 
@@ -177,6 +197,10 @@ def _aes_key_chars(flag_field: str) -> Callable[[Mapping[str, Any]], int]:
         return 65 if values.get(flag_field) == AES_256 else KEY_LENGTH
 
     return rule
+
+
+def _block_scheme(values: Mapping[str, Any]) -> bool:
+    return values.get("key_scheme") == KEY_BLOCK_SCHEME
 
 
 def _num(name: str, n: int) -> Field:
@@ -234,10 +258,21 @@ class GenerateKey(Message):
     key_scheme: str = "U"
     zmk: str | None = None
     zmk_scheme: str | None = None
+    #: Scheme ``S`` only: the key block header's fields (TR-31 / X9.143).
+    key_usage: str | None = None
+    algorithm: str | None = None
+    mode_of_use: str | None = None
+    key_version: str | None = None
+    exportability: str | None = None
     LAYOUT: ClassVar[tuple[Field, ...]] = (
         _num("mode", 1),
         _hex("key_type", 3),
         _text("key_scheme", 1),
+        Field("key_usage", Kind.TEXT, 2, when=_block_scheme),
+        Field("algorithm", Kind.TEXT, 1, when=_block_scheme),
+        Field("mode_of_use", Kind.TEXT, 1, when=_block_scheme),
+        Field("key_version", Kind.TEXT, 2, when=_block_scheme),
+        Field("exportability", Kind.TEXT, 1, when=_block_scheme),
         _key("zmk", when=lambda v: v.get("mode") == "1"),
         Field("zmk_scheme", Kind.TEXT, 1, when=lambda v: v.get("mode") == "1"),
     )
@@ -836,6 +871,11 @@ def _encode_field(msg: Message, entry: _Compiled, values: dict[str, Any]) -> byt
             return None
         raise LocalProtocolError(f"{msg.CODE}: field {name} is required")
     values[name] = value
+    if code == _K_KEY:
+        raw = value.encode("ascii") if isinstance(value, str) and value.isascii() else b""
+        if not raw or not _is_key(raw) or (raw[:1] != b"S" and len(raw) != f.size(values)):
+            raise LocalProtocolError(f"{msg.CODE}: field {name} must be a key")
+        return raw
     if code in (_K_TEXT, _K_PAN):
         raw = value.encode("ascii") if isinstance(value, str) and value.isascii() else b""
         if size < 0:
@@ -869,9 +909,8 @@ def _text_problem(f: Field, raw: bytes, values: Mapping[str, Any]) -> str | None
     if kind is Kind.HEX:
         if not _HEXB.issuperset(raw):
             return f"field {f.name} must be hex"
-    elif kind is Kind.KEY:
-        if raw[0] not in _KEY_SCHEMES or not _HEXB.issuperset(raw[1:]):
-            return f"field {f.name} must be a key ('U' or 'X' and 32 hex)"
+    elif kind is Kind.KEY and not _is_key(raw):
+        return f"field {f.name} must be a key ('U' or 'X' and hex, or 'S' and a key block)"
     elif kind is Kind.NUMERIC:
         if not raw.isdigit():
             return f"field {f.name} must be digits"
@@ -881,7 +920,18 @@ def _text_problem(f: Field, raw: bytes, values: Mapping[str, Any]) -> str | None
 
 
 def _is_key(raw: bytes) -> bool:
-    return raw[:1] in (b"U", b"X") and _HEXB.issuperset(raw[1:])
+    """``U``/``X`` + hex (variant form), or ``S`` + a whole TR-31 key block (its header's
+    length digits matching, upper-case letters and digits only)."""
+    if raw[:1] == b"S":
+        digits = raw[2:6]
+        return (
+            digits.isdigit()
+            and 1 + int(digits) == len(raw) >= _MIN_KEY_BLOCK
+            and raw.isalnum()
+            and raw.isascii()
+            and raw.upper() == raw
+        )
+    return raw[:1] in (b"U", b"X") and len(raw) > 1 and _HEXB.issuperset(raw[1:])
 
 
 def _is_text(raw: bytes) -> bool:
@@ -902,7 +952,7 @@ _VALID: Final[dict[Kind, Callable[[bytes], bool]]] = {
 }
 
 
-_K_TEXT, _K_BINARY, _K_VAR, _K_PAN, _K_LITERAL = range(5)
+_K_TEXT, _K_BINARY, _K_VAR, _K_PAN, _K_LITERAL, _K_KEY = range(6)
 _Compiled = tuple[
     Field,
     str,
@@ -941,6 +991,8 @@ _CACHED_FIELDS: Final = frozenset(
     }
 )
 _CACHE_SIZE: Final = 4096
+#: Checked keys (variant or key block) by their bytes: they repeat on every command.
+_KEYS: dict[bytes, str] = {}
 
 
 class _Run:
@@ -977,6 +1029,7 @@ def _plan(layout: tuple[Field, ...]) -> _Plan:
     items: list[_Compiled] = []
     for f in layout:
         code = {
+            Kind.KEY: _K_KEY,
             Kind.BINARY: _K_BINARY,
             Kind.VAR_BINARY: _K_VAR,
             Kind.PAN: _K_PAN,
@@ -991,7 +1044,7 @@ def _plan(layout: tuple[Field, ...]) -> _Plan:
     run: list[int] = []
     for i, (f, name, code, size, when, optional, _) in enumerate(compiled):
         if (
-            code == _K_TEXT
+            code in (_K_TEXT, _K_KEY)
             and size >= 0
             and when is None
             and not optional
@@ -1032,7 +1085,10 @@ def _decode_fields(
             continue
         for i in run.indexes:
             pos = _decode_field(data, pos, end, compiled[i], values, make_error)
-        if len(run.decoded) < _CACHE_SIZE:
+        # A key block (``S``) is longer than a variant key: such a run is not remembered by
+        # its first ``run.size`` bytes. (Nor can it hit an entry: those have ``U``/``X`` where
+        # its first key block has ``S``.)
+        if pos == nxt and len(run.decoded) < _CACHE_SIZE:
             run.decoded[raw] = tuple(values[name] for name in run.names)
     if pos != end:
         raise make_error("unexpected data after the last field", None)
@@ -1054,6 +1110,27 @@ def _decode_field(
         return pos
     if optional and pos == end:
         return -1
+    if code == _K_KEY:
+        if data[pos : pos + 1] == b"S":
+            digits = data[pos + 2 : pos + 6]
+            if len(digits) != 4 or not digits.isdigit():
+                raise make_error(f"field {name}: key block length missing", name)
+            size = 1 + int(digits)
+        elif size < 0:
+            size = f.size(values)
+        nxt = pos + size
+        raw = data[pos:nxt]
+        known = _KEYS.get(raw)
+        if known is None:
+            if len(raw) != size:
+                raise make_error(f"message too short for field {name}", name)
+            if not _is_key(raw):
+                raise make_error(_text_problem(f, raw, values) or "invalid key", name)
+            known = raw.decode("ascii")
+            if len(_KEYS) < _CACHE_SIZE:
+                _KEYS[raw] = known
+        values[name] = known
+        return nxt
     if code in (_K_TEXT, _K_BINARY):
         if size < 0:
             size = f.size(values)
@@ -1103,6 +1180,17 @@ def _read_prefix(payload: bytes) -> tuple[str, str]:
     return head[:HEADER_LENGTH].decode("ascii"), head[HEADER_LENGTH:].decode("ascii")
 
 
+def _is_error_code(value: str) -> bool:
+    """Two digits, or payShield's key-block codes: a capital letter and a digit or capital."""
+    return (
+        len(value) == 2
+        and value.isascii()
+        and value.isalnum()
+        and value.upper() == value
+        and (value.isdigit() or value[0].isalpha())
+    )
+
+
 def check_header(header: str) -> None:
     """Raise LocalProtocolError unless ``header`` is 4 printable ASCII characters."""
     if len(header) != HEADER_LENGTH or not header.isascii() or not header.isprintable():
@@ -1144,7 +1232,7 @@ def decode_request(payload: bytes) -> tuple[str, Request]:
 def encode_response(header: str, code: str, error_code: str, body: Message | None = None) -> bytes:
     """The payload of a response; ``body`` only with error code ``00``."""
     check_header(header)
-    if len(code) != 2 or len(error_code) != 2 or not error_code.isdigit():
+    if len(code) != 2 or not _is_error_code(error_code):
         raise LocalProtocolError("response code and error code are 2 characters each")
     out = (header + code + error_code).encode("ascii")
     if body is not None and error_code == OK:
@@ -1176,14 +1264,18 @@ def decode_response(payload: bytes) -> HsmResponse:
     """Decode a response; a malformed one raises :class:`HsmProtocolError`."""
     head = payload[: HEADER_LENGTH + 4]
     # The usual case in one decode: printable header and code, then two ASCII digits.
-    if len(head) == HEADER_LENGTH + 4 and head.isascii() and head[HEADER_LENGTH + 2 :].isdigit():
+    if (
+        len(head) == HEADER_LENGTH + 4
+        and head.isascii()
+        and _is_error_code(head[HEADER_LENGTH + 2 :].decode("ascii"))
+    ):
         text = head.decode("ascii")
         if not text.isprintable():
             _read_prefix(payload)  # raises: no printable header and command code
         header, code, error_code = text[:HEADER_LENGTH], text[HEADER_LENGTH:-2], text[-2:]
     else:
         header, code = _read_prefix(payload)
-        raise HsmProtocolError("error code missing or not 2 digits", header=header, command=code)
+        raise HsmProtocolError("error code missing or malformed", header=header, command=code)
     if error_code != OK:
         if len(payload) != HEADER_LENGTH + 4:
             raise HsmProtocolError("error response with fields", header=header, command=code)

@@ -284,6 +284,7 @@ async def running_stack(
     framings: dict[str, str] | None = None,
     link_options: dict[str, dict[str, Any]] | None = None,
     clock: Callable[[], dt.datetime] = utcnow,
+    key_blocks: bool = False,
     **gateway_options: Any,
 ) -> AsyncIterator[Stack]:
     """Gateway + the three issuer simulators on 127.0.0.1; ``risk`` is relative to conf/demo
@@ -296,7 +297,9 @@ async def running_stack(
     ``dialects`` sets an issuer's link dialect on both ends (default: the terminal dialect),
     ``headers`` its static link header,
     ``issuer_translations`` an issuer simulator's own translation overrides,
-    ``link_options`` more ``[[links]]`` settings per issuer; ``clock`` the gateway's."""
+    ``link_options`` more ``[[links]]`` settings per issuer; ``clock`` the gateway's;
+    ``key_blocks`` holds the dataset's keys as TR-31 key blocks under the LMK (``[hsm]
+    key_blocks``)."""
     framings = framings or {}
     dataset = dataset or demo_dataset()
     async with anyio.create_task_group() as tg:
@@ -362,6 +365,7 @@ async def running_stack(
             hsm=HsmConfig(
                 endpoints=(f"127.0.0.1:{hsm_sim.port}",) if hsm_sim else (),
                 tls=hsm_tls is not None,
+                key_blocks=key_blocks,
             ),
             log=LogConfig(level="warning"),
             journal=str(journal),

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from gateway.risk import RiskDecision
     from gateway.risk.verification import QrVerification
     from gateway.upstream.links import IssuerPool
+    from kit.keys import IssuerKeys
 
 
 @dataclass(slots=True)
@@ -50,6 +51,9 @@ class Context:
     expiry: str | None = None
     issuer: str | None = None
     pool: IssuerPool | None = None
+    link_keys: IssuerKeys | None = field(default=None, repr=False)
+    """The issuer link's key generation this transaction uses (taken at its first PIN or MAC
+    operation): a key change meanwhile does not move it to the new keys half-way."""
     entry: TxnEntry | None = None
     original: TxnEntry | None = None
     replay: Message | None = None

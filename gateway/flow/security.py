@@ -48,7 +48,7 @@ from gateway.upstream.hsm_client import (
     HsmUnavailableError,
     PinTranslation,
 )
-from kit.keys import KeyStore, TerminalKeys
+from kit.keys import IssuerKeys, KeyStore, TerminalKeys
 from kit.logs import get_logger
 from protocols.bounded import BoundedFifo
 from protocols.errors import ProtocolError
@@ -250,7 +250,7 @@ class TranslatePin(_HsmStage):
         if hsm is None:
             return self._fail(ctx, "96", "hsm_disabled", "PIN block but no HSM configured")
         terminal = self.keys.terminal(req.fields.get("41", ""))
-        issuer = self.keys.issuer(ctx.issuer)
+        issuer = link_keys(ctx, self.keys, ctx.issuer)
         if terminal is None:
             return self._fail(ctx, "96", "no_key", "no keys for this terminal")
         if issuer is None or issuer.zpk is None:
@@ -366,6 +366,17 @@ class TranslatePin(_HsmStage):
         self.metrics.count(self.check, "ok")
 
 
+def link_keys(ctx: Context, keys: KeyStore, issuer: str) -> IssuerKeys | None:
+    """The issuer link's keys for this transaction: the generation it took first, else the
+    current one (which it then keeps: its answer is checked with the key its request used)."""
+    held = ctx.link_keys
+    if held is not None and held.issuer == issuer:
+        return held
+    current = keys.issuer(issuer)
+    ctx.link_keys = current
+    return current
+
+
 async def _to_issuer(
     hsm: HsmClient, zpk: str, first: First, pan: str, funding_pan: str
 ) -> PinTranslation:
@@ -393,13 +404,13 @@ class IssuerLinkMac(_HsmStage):
     name = "issuer-mac"
     check = "issuer_mac"
 
-    def _zak(self, issuer: str) -> str | None:
-        keys = self.keys.issuer(issuer)
+    def _zak(self, ctx: Context, issuer: str) -> str | None:
+        keys = link_keys(ctx, self.keys, issuer)
         return keys.zak if keys is not None else None
 
     async def seal(self, ctx: Context, pool: IssuerPool, msg: Message) -> str | None:
         """Add the MAC to ``msg``; a response code when it cannot be done (nothing is sent)."""
-        zak = self._zak(pool.issuer)
+        zak = self._zak(ctx, pool.issuer)
         if zak is None:
             return None
         if self.hsm is None:
@@ -416,7 +427,7 @@ class IssuerLinkMac(_HsmStage):
     async def check_answer(self, ctx: Context, pool: IssuerPool, answer: Message) -> str | None:
         """``None`` when the answer may be used; ``96`` when its MAC does not verify or could
         not be verified (then ``ctx.answer_rejected`` says why, and the answer is reversed)."""
-        zak = self._zak(pool.issuer)
+        zak = self._zak(ctx, pool.issuer)
         if zak is None:
             return None
         field = mac_field(answer.fields)

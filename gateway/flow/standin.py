@@ -51,7 +51,7 @@ from gateway.upstream.hsm_client import HsmClient, HsmError
 from gateway.upstream.links import IssuerPool
 from kit.conf import ConfigError
 from kit.dataset import Dataset
-from kit.keys import KeyLoadError, KeyStore, dataset_lmk, key_under_lmk
+from kit.keys import KeyLoadError, KeyStore, dataset_lmk, key_under_lmk_as
 from kit.logs import get_logger
 from protocols import emv
 from protocols.bounded import BoundedFifo
@@ -107,14 +107,23 @@ class _Cryptogram:
     currency: int
 
 
-def _issuer_keys(dataset: Dataset, kind: Literal["pvk", "imk_ac"], event: str) -> dict[str, str]:
-    """One kind of issuer key under the LMK, by issuer. An unusable key is logged and ends the
-    loading (the issuers read before it keep theirs): stand-in then declines what needs it."""
+def _issuer_keys(
+    dataset: Dataset, kind: Literal["pvk", "imk_ac"], event: str, *, key_blocks: bool = False
+) -> dict[str, str]:
+    """One kind of issuer key under the LMK (as key blocks with ``key_blocks``), by issuer. An
+    unusable key is logged and ends the loading (the issuers read before it keep theirs):
+    stand-in then declines what needs it."""
     keys: dict[str, str] = {}
     try:
         lmk = dataset_lmk(dataset)
         for issuer in dataset.issuers:
-            key = key_under_lmk(lmk, getattr(issuer, kind), f"issuer {issuer.id} {kind}")
+            key = key_under_lmk_as(
+                lmk,
+                getattr(issuer, kind),
+                f"issuer {issuer.id} {kind}",
+                kind,
+                key_blocks=key_blocks,
+            )
             if key is not None:
                 keys[issuer.id] = key
     except KeyLoadError as exc:
@@ -148,6 +157,7 @@ class StandIn(BaseParticipant):
         keys: KeyStore | None = None,
         acquirer_id: str = "00000000001",
         risk: RiskEngine | None = None,
+        key_blocks: bool = False,
     ) -> None:
         check_limit_currency(cfg, risk.config if risk is not None else None)
         self.cfg = cfg
@@ -161,8 +171,8 @@ class StandIn(BaseParticipant):
         self.limits: Mapping[str, StandInLimit] = {lim.issuer: lim for lim in cfg.limits}
         self.breakers: dict[str, CircuitBreaker] = {}
         # Without them, stand-in answers 91 to PINs (PVK) and to cryptograms (IMK-AC).
-        self.pvks = _issuer_keys(dataset, "pvk", "standin_no_pvk")
-        self.imk_acs = _issuer_keys(dataset, "imk_ac", "standin_no_imk_ac")
+        self.pvks = _issuer_keys(dataset, "pvk", "standin_no_pvk", key_blocks=key_blocks)
+        self.imk_acs = _issuer_keys(dataset, "imk_ac", "standin_no_imk_ac", key_blocks=key_blocks)
         self._usage: dict[tuple[str, bytes], _Usage] = {}
         self._last_atc: BoundedFifo[bytes, int] = BoundedFifo(_ATC_CARDS)
         self._card_key = os.urandom(32)
@@ -385,7 +395,13 @@ class StandIn(BaseParticipant):
 
     async def _verify_pin(self, ctx: Context, issuer: str) -> str | None:
         pvk = self.pvks.get(issuer)
-        issuer_keys = self.keys.issuer(issuer) if self.keys is not None else None
+        # The ZPK the PIN block was translated under (a key change meanwhile does not matter).
+        held = ctx.link_keys
+        issuer_keys = (
+            held
+            if held is not None and held.issuer == issuer
+            else (self.keys.issuer(issuer) if self.keys is not None else None)
+        )
         zpk = issuer_keys.zpk if issuer_keys is not None else None
         found = pvv_from_track2(ctx.request.fields.get("35"))
         block = ctx.pin_block

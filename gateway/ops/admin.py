@@ -1,4 +1,5 @@
-"""Admin HTTP endpoint: /healthz, /readyz, /metrics, /status, /alerts, POST /admin/reload.
+"""Admin HTTP endpoint: /healthz, /readyz, /metrics, /status, /alerts, POST /admin/reload,
+POST /admin/links/{issuer}/rotate-keys.
 
 Access control is one ASGI middleware (:class:`AdminAccess`) in front of every route, keyed by
 path and method (:class:`AccessPolicy`), default-deny: only the public paths (/healthz,
@@ -29,7 +30,7 @@ import hmac
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -63,6 +64,7 @@ ADMIN_TOO_MANY_FAILURES: Final = ProblemType(
 ADMIN_AUDIT_UNAVAILABLE: Final = ProblemType(
     "admin-audit-unavailable", "Audit record could not be written; action not performed", 503
 )
+ADMIN_NO_SUCH_LINK: Final = ProblemType("admin-no-such-link", "No such issuer link", 404)
 REALM: Final = 'Bearer realm="payswitch-admin"'
 _SAFE_METHODS: Final = frozenset({"GET", "HEAD"})
 
@@ -410,10 +412,12 @@ def admin_app(
     *,
     access: AdminAccess | None = None,
     extra_routes: Sequence[BaseRoute] = (),
+    rotate_keys: Callable[[str], Awaitable[dict[str, Any] | None]] | None = None,
 ) -> ASGIApp:
     """The admin ASGI app; ``extra_routes`` (pages of other modules) get the same access
     policy: a route not public needs a viewer token by default. ``access`` None: the open,
-    unaudited app (tests of the views only)."""
+    unaudited app (tests of the views only). ``rotate_keys(issuer)`` changes an issuer link's
+    working keys (None when there is no such link)."""
 
     async def healthz(_: Request) -> Response:
         return PlainTextResponse("ok\n")
@@ -443,10 +447,21 @@ def admin_app(
         audit_detail(request, **result)
         return JSONResponse(result, status_code=200 if result["reloaded"] else 422)
 
+    async def rotate_keys_view(request: Request) -> Response:
+        issuer = str(request.path_params["issuer"])
+        result = None if rotate_keys is None else await rotate_keys(issuer)
+        if result is None:
+            audit_detail(request, issuer=issuer, rotated=False, reason="no such link")
+            problem = Problem(ADMIN_NO_SUCH_LINK, f"no issuer link {issuer!r} with keys")
+            return problem.response(request.url.path)
+        audit_detail(request, **result)
+        return JSONResponse(result, status_code=200 if result["rotated"] else 409)
+
     app = Starlette(
         routes=[
             Route("/alerts", alerts_view),
             Route("/admin/reload", reload_view, methods=["POST"]),
+            Route("/admin/links/{issuer}/rotate-keys", rotate_keys_view, methods=["POST"]),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics_view),

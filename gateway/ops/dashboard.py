@@ -295,12 +295,35 @@ class Dashboard:
                     "saf_delivered": int(_number(delivered.get(name))),
                     "p99_ms": quantile_ms(0.99, lat),
                     "failures": round(failures),
+                    **_link_keys(link.get("key_lifecycle")),
                 }
             )
         return out
 
     def _recent_alerts(self) -> list[dict[str, Any]]:
         return [safe_alert(a) for a in self._alerts(ALERTS_SHOWN) if isinstance(a, Mapping)]
+
+
+def _link_keys(keys: object) -> dict[str, Any]:
+    """A link's key lifecycle for the page: generation, check values (never a key), last and
+    next change, changes and refusals; copied field by field, so nothing else can leak."""
+    k = _dict(keys)
+
+    def text(name: str) -> str | None:
+        value = k.get(name)
+        return value if isinstance(value, str) and len(value) <= 64 else None
+
+    return {
+        "key_exchange": bool(k.get("exchange")),
+        "key_generation": int(_number(k.get("generation"))),
+        "zpk_kcv": text("zpk_kcv"),
+        "zak_kcv": text("zak_kcv"),
+        "key_last_change": text("last_change"),
+        "key_next_change": text("next_change"),
+        "key_changes": int(_number(k.get("changes"))),
+        "key_refusals": int(_number(k.get("refusals"))),
+        "key_last_refusal": text("last_refusal"),
+    }
 
 
 def _verification(sample: Sample) -> dict[str, Any]:
@@ -421,6 +444,16 @@ function render(d) {
     [(i) => [fmt(i.p99_ms, 1)], "n"], [(i) => [i.failures], "n"],
     [(i) => [i.saf_depth, i.saf_depth ? "warn" : ""], "n"], [(i) => [fmt(i.saf_oldest_s, 1)], "n"],
     [(i) => [i.saf_delivered], "n"]]);
+  rows("linkkeys", d.issuers, [
+    [(i) => [i.issuer]],
+    [(i) => [i.key_exchange ? "under ZMK" : "fixed", i.key_exchange ? "ok" : "dim"]],
+    [(i) => [i.key_generation], "n"],
+    [(i) => [i.zpk_kcv || "\u2014"]], [(i) => [i.zak_kcv || "\u2014"]],
+    [(i) => [i.key_last_change || "at start", i.key_last_change ? "" : "dim"]],
+    [(i) => [i.key_next_change || "not scheduled", i.key_next_change ? "" : "dim"]],
+    [(i) => [i.key_changes], "n"],
+    [(i) => [i.key_refusals, i.key_refusals ? "bad" : ""], "n"],
+    [(i) => [i.key_last_refusal || "", "dim"]]]);
   $("standin").textContent = d.stand_in_approved;
   const j = d.journal;
   $("journal").textContent = j ? j.backend + (j.open ? "" : " (closed)") + ": " + j.records +
@@ -498,6 +531,10 @@ placeholder="admin token (viewer)" aria-label="admin token"><button>use</button>
 <th class="n">SAF depth</th><th class="n">SAF oldest s</th><th class="n">SAF delivered</th>
 </tr></thead><tbody id="issuers"></tbody></table>
 <div class="dim">stand-in approvals: <b id="standin">0</b></div></section>
+<section class="wide"><h2>Link keys</h2><table><thead><tr><th>issuer</th><th>exchange</th>
+<th class="n">generation</th><th>ZPK KCV</th><th>ZAK KCV</th><th>last change</th>
+<th>next change</th><th class="n">changes</th><th class="n">refusals</th><th>last refusal</th>
+</tr></thead><tbody id="linkkeys"></tbody></table></section>
 <section><h2>Journal</h2><div id="journal">&mdash;</div></section>
 <section><h2>HSM</h2><div id="hsm">&mdash;</div></section>
 <section><h2>Verification tiers (since start)</h2><table><thead><tr><th>tier</th>

@@ -6,7 +6,8 @@ its answer is matched by that header, in whatever order answers come), bounds ev
 with a timeout, and fails over to the next endpoint when one cannot be reached or times out.
 Commands are pure crypto without side effects, so a request that failed on one HSM is simply
 sent again to the next. Keys are passed as the ``U`` + 32 hex form under the HSM's LMK
-(:func:`hsm_sim.lmk.encrypt_under_lmk` makes them from the demo's clear test keys).
+(:func:`hsm_sim.lmk.encrypt_under_lmk` makes them from the demo's clear test keys) or as
+``S`` + a TR-31 key block under it (the HSM enforces its header).
 
 Lifecycle: ``async with HsmClient([...]) as hsm:`` or ``await tg.start(hsm.run)``. Nothing
 logged here carries keys, PIN blocks or PANs. The connections themselves (an asyncio Protocol
@@ -401,6 +402,62 @@ class HsmClient:
         request = proto.GenerateKey(key_type=key_type)
         body = _body(request, await self.request(request), proto.GeneratedKey)
         return body.key, body.kcv
+
+    async def generate_key_block(
+        self,
+        usage: str,
+        *,
+        algorithm: str = "T",
+        mode_of_use: str = "B",
+        exportability: str = "E",
+        zmk: str | None = None,
+        zmk_scheme: str = proto.KEY_BLOCK_SCHEME,
+    ) -> tuple[str, str, str | None]:
+        """A0 in key-block form: a new key as ``S`` + key block under the LMK with this header,
+        also under ``zmk`` when given (a key block by default): (key, KCV, key under ZMK)."""
+        request = proto.GenerateKey(
+            "FFF",
+            "1" if zmk is not None else "0",
+            proto.KEY_BLOCK_SCHEME,
+            zmk,
+            zmk_scheme if zmk is not None else None,
+            usage,
+            algorithm,
+            mode_of_use,
+            "00",
+            exportability,
+        )
+        body = _body(request, await self.request(request), proto.GeneratedKey)
+        return body.key, body.kcv, body.key_under_zmk
+
+    async def import_key(
+        self,
+        zmk: str,
+        key_under_zmk: str,
+        *,
+        key_type: str = "FFF",
+        key_scheme: str = proto.KEY_BLOCK_SCHEME,
+    ) -> tuple[str, str]:
+        """A6: a key received under a ZMK (``S`` + key block, or the variant form) into the
+        LMK: (key under the LMK, KCV). A block that does not authenticate raises
+        :class:`HsmCommandError` with ``A4``."""
+        request = proto.ImportKey(zmk, key_under_zmk, key_type, key_scheme)
+        body = _body(request, await self.request(request), proto.ImportedKey)
+        return body.key, body.kcv
+
+    async def export_key(
+        self,
+        zmk: str,
+        key: str,
+        *,
+        key_type: str = "FFF",
+        key_scheme: str = proto.KEY_BLOCK_SCHEME,
+    ) -> tuple[str, str]:
+        """A8: a key under the LMK re-wrapped under a ZMK: (key under ZMK, KCV); ``AA`` when the
+        key is not exportable."""
+        request = proto.ExportKey(zmk, key, key_type, key_scheme)
+        body = _body(request, await self.request(request), proto.ExportedKey)
+        return body.key_under_zmk, body.kcv
 
     async def key_check_value(self, key: str) -> str:
         """BU: the 6-hex check value of a key under the LMK."""

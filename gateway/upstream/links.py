@@ -11,7 +11,7 @@ import datetime as dt
 import random
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import anyio
@@ -21,6 +21,7 @@ from gateway.config import LinkConfig
 from kit import fastio
 from kit.framed import StalledFrameError
 from kit.logs import get_logger
+from protocols import keychange
 from protocols.business_day import settlement_mmdd
 from protocols.codec import Codec
 from protocols.errors import LocalProtocolError, ProtocolError
@@ -118,6 +119,7 @@ class IssuerConnection:
         self._loop: asyncio.AbstractEventLoop | None = None  # set on asyncio (fast path)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = _NEVER
+        self._tg: anyio.abc.TaskGroup | None = None
         self.connects = 0
 
     @property
@@ -175,6 +177,7 @@ class IssuerConnection:
         signed_on = False
         try:
             async with anyio.create_task_group() as tg:
+                self._tg = tg
                 tg.start_soon(self._read_loop, framed, tg.cancel_scope)
                 answer = await self._exchange(self.pool.network_message("001"), cfg.sign_on_timeout)
                 if answer.get("39") != "00":
@@ -187,15 +190,19 @@ class IssuerConnection:
                     tg.cancel_scope.cancel()
                     return False
                 signed_on = True
+                first = not self.pool.ready  # the link's first connection up: a sign-on
                 self.state = "up"
                 self.pool.on_state_change()
                 log.info("link_up", issuer=cfg.issuer, conn=self.index, endpoint=self.endpoint)
                 tg.start_soon(self._echo_loop, tg.cancel_scope)
+                if first and self.pool.on_sign_on is not None:
+                    tg.start_soon(self.pool.on_sign_on)
         except (*_LINK_ERRORS, IssuerTimeout, LinkUnavailable) as exc:
             log.warning("link_down", issuer=cfg.issuer, conn=self.index, error=type(exc).__name__)
         finally:
             self.state = "down"
             self._framed = None
+            self._tg = None
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer, self._timer_at = None, _NEVER
@@ -238,9 +245,15 @@ class IssuerConnection:
             scope.cancel()
 
     async def _answer_peer_request(self, msg: Message) -> None:
-        # An issuer may echo us too: answer network management, refuse anything else.
+        # An issuer may echo us or change keys too: answer network management, refuse the rest.
         if msg.mti != "0800" or self._framed is None:
             log.warning("link_unexpected_request", issuer=self.pool.cfg.issuer, mti=msg.mti)
+            return
+        if keychange.is_key_change(msg):
+            # Its own task: the import awaits the HSM, and a key change of ours may be waiting
+            # on this very read loop for its 0810.
+            if self._tg is not None:
+                self._tg.start_soon(self._answer_key_change, msg)
             return
         reply = Message(
             response_mti(msg.mti),
@@ -255,6 +268,19 @@ class IssuerConnection:
             )
             self.pool.cutovers_received += 1
         await self._framed.send_frame(self.pool.codec.encode(reply))
+
+    async def _answer_key_change(self, msg: Message) -> None:
+        key_change = self.pool.on_key_change
+        if key_change is None:
+            reply = keychange.answer(msg, keychange.REFUSED)
+        else:
+            reply = await key_change(msg)
+        framed = self._framed
+        if framed is not None:
+            try:
+                await framed.send_frame(self.pool.codec.encode(reply))
+            except _LINK_ERRORS:
+                log.warning("link_key_change_answer_lost", issuer=self.pool.cfg.issuer)
 
     async def _echo_loop(self, scope: anyio.CancelScope) -> None:
         interval = self.pool.cfg.echo_interval
@@ -351,6 +377,12 @@ class IssuerPool:
         self._on_state = on_state
         self.cutovers_received = 0
         """0800/201 the issuer sent us (answered 00)."""
+        self.on_sign_on: Callable[[], Coroutine[Any, Any, Any]] | None = None
+        """Run when the link signs on (its first connection up): the key exchange."""
+        self.on_key_change: Callable[[Message], Awaitable[Message]] | None = None
+        """Answers the issuer's key-change 0800 (``protocols.keychange``); None: refused."""
+        self.key_status: Callable[[], dict[str, Any]] | None = None
+        """The link's key lifecycle for :meth:`status` (generation, KCVs, changes)."""
 
     @property
     def issuer(self) -> str:
@@ -438,4 +470,5 @@ class IssuerPool:
                 {"index": c.index, "state": c.state, "endpoint": c.endpoint, "connects": c.connects}
                 for c in self.connections
             ],
+            "key_lifecycle": None if self.key_status is None else self.key_status(),
         }

@@ -534,3 +534,38 @@ def test_audited_poll_slots_are_bounded_oldest_first(monkeypatch: pytest.MonkeyP
     assert list(access._polls) == [("429:/status", "b"), ("429:/status", "c")]
     assert access._recently_polled("429:/status", None, 200, key="c")  # still sampled
     assert not access._recently_polled("429:/status", None, 200, key="a")  # audited again
+
+
+async def test_rotate_keys_needs_the_operator_and_is_audited(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    async def rotate(issuer: str) -> dict[str, Any] | None:
+        calls.append(issuer)
+        if issuer != "alpha":
+            return None
+        return {"issuer": "alpha", "rotated": True, "generation": 3, "results": ["zpk: changed"]}
+
+    cfg = AdminConfig(tokens=TOKENS, audit_file="audit.log")
+    access = AdminAccess.from_config(cfg, tmp_path)
+    app = admin_app(Metrics(), _status, None, access=access, rotate_keys=rotate)
+    transport = httpx.ASGITransport(app=app, client=("192.0.2.7", 41000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://admin") as http:
+        denied = await http.post("/admin/links/alpha/rotate-keys", headers=bearer(VIEWER))
+        ok = await http.post("/admin/links/alpha/rotate-keys", headers=bearer(OPERATOR))
+        missing = await http.post("/admin/links/omega/rotate-keys", headers=bearer(OPERATOR))
+    assert denied.status_code == 403
+    assert (ok.status_code, ok.json()["generation"]) == (200, 3)
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == "application/problem+json"
+    assert calls == ["alpha", "omega"]  # the viewer's request never reached it
+    records = [r for r in _audit(tmp_path) if r.get("path", "").endswith("/rotate-keys")]
+    done = [r for r in records if r.get("status") == 200]
+    assert len(done) == 1
+    assert done[0]["token_id"] == "ops-alice"
+    assert done[0]["detail"] == {
+        "issuer": "alpha",
+        "rotated": True,
+        "generation": 3,
+        "results": ["zpk: changed"],
+    }
+    assert any(r.get("status") == 403 and r["token_id"] == "ops-bob" for r in records)

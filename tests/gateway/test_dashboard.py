@@ -53,6 +53,15 @@ ISSUER_KEYS = {
     "saf_delivered",
     "p99_ms",
     "failures",
+    "key_exchange",
+    "key_generation",
+    "zpk_kcv",
+    "zak_kcv",
+    "key_last_change",
+    "key_next_change",
+    "key_changes",
+    "key_refusals",
+    "key_last_refusal",
 }
 
 
@@ -425,3 +434,43 @@ async def test_with_the_real_gateway(pki_dir: Path, tmp_path: Path) -> None:
     [decline] = [a for a in after["alerts"] if a["rc"] == "61"]
     assert decline["masked_pan"] == MASKED_PAN
     assert decline["amount"] == 6_000_000
+
+
+@pytest.mark.anyio
+async def test_link_keys_show_generation_and_check_values_never_keys() -> None:
+    secret = "SD0112P0TB00E0000" + "A" * 96  # what a careless status could carry
+
+    def status() -> dict[str, Any]:
+        st = gateway_status()
+        st["links"][0]["key_lifecycle"] = {
+            "exchange": True,
+            "generation": 3,
+            "zpk_kcv": "21D805",
+            "zak_kcv": "B704C2",
+            "last_change": "2026-12-07T05:40:00+00:00",
+            "next_change": "2026-12-07T06:40:00+00:00",
+            "rotation_interval": 3600.0,
+            "changes": 6,
+            "refusals": 1,
+            "last_refusal": "zpk: kcv_mismatch (by switch)",
+            "zpk": secret,
+        }
+        return st
+
+    async with make_client(Metrics(), Clock(), status=status) as client:
+        resp = await client.get("/dashboard/data")
+        page = await client.get("/dashboard")
+    assert secret not in resp.text
+    alpha, beta = resp.json()["issuers"]
+    assert set(alpha) == ISSUER_KEYS
+    assert (alpha["key_generation"], alpha["zpk_kcv"], alpha["zak_kcv"]) == (3, "21D805", "B704C2")
+    assert alpha["key_next_change"] == "2026-12-07T06:40:00+00:00"
+    assert (alpha["key_changes"], alpha["key_refusals"]) == (6, 1)
+    assert alpha["key_last_refusal"] == "zpk: kcv_mismatch (by switch)"
+    # A link without key exchange: generation 0, nothing scheduled.
+    assert (beta["key_exchange"], beta["key_generation"], beta["key_next_change"]) == (
+        False,
+        0,
+        None,
+    )
+    assert 'id="linkkeys"' in page.text

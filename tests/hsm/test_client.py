@@ -376,3 +376,30 @@ async def test_not_running_is_an_error() -> None:
     with pytest.raises(HsmUnavailableError):
         await HsmClient(["127.0.0.1:1"]).diagnostics()
     assert proto.response_code("CA") == "CB"
+
+
+async def test_key_block_exchange_through_the_client() -> None:
+    """A0 with export, A6 and A8 in key-block form over a real socket; refusals are
+    HsmCommandError with payShield's key-block codes (A4 tampered, AA not exportable)."""
+    async with running_server() as server, HsmClient([("127.0.0.1", server.port or 0)]) as hsm:
+        zmk, _, _ = await hsm.generate_key_block("K0", mode_of_use="B")
+        zpk, kcv, under_zmk = await hsm.generate_key_block("P0", zmk=zmk)
+        assert zpk.startswith("SD")
+        assert under_zmk is not None
+        assert under_zmk.startswith("SB")
+        assert await hsm.key_check_value(zpk) == kcv
+        imported, imported_kcv = await hsm.import_key(zmk, under_zmk, key_type="001")
+        assert imported_kcv == kcv
+        exported, exported_kcv = await hsm.export_key(zmk, zpk)
+        assert exported_kcv == kcv
+        assert exported.startswith("SB")
+        tampered = under_zmk[:20] + ("0" if under_zmk[20] != "0" else "1") + under_zmk[21:]
+        with pytest.raises(HsmCommandError) as info:
+            await hsm.import_key(zmk, tampered)
+        assert info.value.error_code == "A4"
+        with pytest.raises(HsmCommandError) as info:
+            await hsm.export_key(zmk, imported)  # received keys are not exportable again
+        assert info.value.error_code == "AA"
+        with pytest.raises(HsmCommandError) as info:
+            await hsm.generate_mac(imported, b"data")  # a PIN key computes no MAC
+        assert info.value.error_code == "A6"

@@ -15,7 +15,13 @@ from protocols.errors import LocalProtocolError, RemoteProtocolError
 from tests.hsm.conftest import LMK_HEX
 
 hexs = st.text("0123456789ABCDEF", min_size=32, max_size=32)
-key = hexs.map(lambda h: "U" + h)
+variant_key = hexs.map(lambda h: "U" + h)
+# ``S`` + a key block: its header's length digits give its length (the codec reads them).
+_block_body = st.text("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", min_size=32, max_size=160)
+key_block = st.tuples(st.sampled_from(["D", "B"]), _block_body).map(
+    lambda vb: f"S{vb[0]}{16 + len(vb[1]):04d}P0TB00E0000{vb[1]}"
+)
+key = st.one_of(variant_key, key_block)
 aes256_key = st.text("0123456789ABCDEF", min_size=64, max_size=64).map(lambda h: "U" + h)
 digits = st.text("0123456789", min_size=12, max_size=19)
 
@@ -32,6 +38,19 @@ fmt = st.sampled_from(["01", "05", "47"])
 REQUESTS = st.one_of(
     st.just(hsm.Diagnostics()),
     st.builds(hsm.GenerateKey, key_type=h(3), mode=st.just("0")),
+    st.builds(
+        hsm.GenerateKey,
+        key_type=st.just("FFF"),
+        mode=st.just("1"),
+        key_scheme=st.just("S"),
+        zmk=key,
+        zmk_scheme=st.just("S"),
+        key_usage=st.sampled_from(["P0", "M3", "K0"]),
+        algorithm=st.sampled_from(["T", "A"]),
+        mode_of_use=st.sampled_from(["B", "C", "E"]),
+        key_version=n(2),
+        exportability=st.sampled_from(["E", "N", "S"]),
+    ),
     st.builds(hsm.GenerateKey, key_type=h(3), mode=st.just("1"), zmk=key, zmk_scheme=st.just("X")),
     st.builds(hsm.KeyCheckValue, key=key),
     st.builds(hsm.ImportKey, zmk=key, key_under_zmk=key),
@@ -245,7 +264,7 @@ def test_random_bytes_get_an_error_response(payload: bytes) -> None:
         hsm.decode_request(payload)
     out = CORE.process(payload)
     assert len(out) >= 8
-    assert out[6:8].isdigit()
+    assert out[6:8].isalnum()
 
 
 @settings(max_examples=300)

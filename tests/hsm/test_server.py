@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 
 from hsm_sim import cli
 from hsm_sim.config import HsmConfig, HsmConfigError, load_config, parse_config
+from hsm_sim.core import HsmCore
+from hsm_sim.lmk import kcv_hex
 from kit.pki import certificate_identity, client_allowed
 from protocols import hsm as proto
 from protocols.framing import Framer, encode_frame
@@ -179,6 +181,16 @@ def test_cli_encrypt_key(capsys: pytest.CaptureFixture[str]) -> None:
     assert key.startswith("U")
     assert kcv == "26777F"
     assert cli.main(["encrypt-key", "--lmk", LMK_HEX, "zz"]) == 2
+
+
+def test_cli_encrypt_key_as_a_key_block(capsys: pytest.CaptureFixture[str]) -> None:
+    key = "6D61BA0EAED6548F1A86086208A886AB"
+    assert cli.main(["encrypt-key", "--lmk", LMK_HEX, "--block", "p0:d", key]) == 0
+    block, kcv = capsys.readouterr().out.split()
+    header, clear = HsmCore(LMK_HEX).blocks.unwrap(block)
+    assert (header.key_usage, header.mode_of_use, header.exportability) == ("P0", "D", "N")
+    assert (clear.hex().upper(), kcv) == (key, kcv_hex(clear))
+    assert cli.main(["encrypt-key", "--lmk", LMK_HEX, "--block", "P0:?", key]) == 2
 
 
 @pytest.mark.slow

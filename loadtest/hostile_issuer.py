@@ -63,9 +63,11 @@ class HostileThread:
         configure("critical")  # its complaints about the switch are not this run's findings
         cfg = load(IssuerSimConfig, conf / "issuer-sim.toml")
         self.server = build_server(cfg, conf, issuer, port)
-        # Signals reach the main thread only: no SIGUSR1 postings, no SIGUSR2 cutover here.
+        # Signals reach the main thread only: no SIGUSR1 postings, SIGUSR2 cutover or SIGHUP
+        # key change here.
         self.server.postings_file = None
         self.server.cutover_signal = False
+        self.server.key_change_signal = False
         self.hostile = HostileAnswers(self.server, ratio=ratio, seed=seed)
         self._stop = threading.Event()
         self._started = threading.Event()

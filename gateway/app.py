@@ -118,7 +118,9 @@ class Gateway:
         self.metrics.watch_links(lambda: [p.status() for p in self.pools.values()])
         self.metrics.watch_status(self.status)
         self.bins = BinTable((b, i.id) for i in self.dataset.issuers for b in i.bins)
-        self.recent = RecentTransactions(window=cfg.duplicate_window)
+        self.recent = RecentTransactions(
+            window=cfg.duplicate_window, max_entries=cfg.duplicate_max_entries
+        )
         self.risk_path = (base_dir / cfg.risk) if cfg.risk else None
         self.risk: RiskEngine | None = None
         if self.risk_path is not None:
@@ -202,7 +204,7 @@ class Gateway:
             Route(self.bins, self.pools),
             *([JournalReceive(rt, started)] if journaled else []),
             *([CheckRisk(self.risk)] if self.risk is not None else []),
-            TranslatePin(*security),
+            TranslatePin(*security, memory=cfg.ksn_memory),
             *([self.standin] if self.standin is not None else []),
             query,
         ]

@@ -122,6 +122,16 @@ class TerminalConfig:
                 )
         if self.frame_deadline < self.partial_frame_timeout:
             raise ValueError("frame_deadline must not be shorter than partial_frame_timeout")
+        if self.idle_timeout <= self.request_timeout:
+            # The one pair of timeouts whose order matters: the idle timer runs while the
+            # switch works on a request (a terminal waiting for its answer sends nothing).
+            # The HTTP APIs' header_timeout does not run during a request (hypercorn stops
+            # its keep-alive timer), so it needs no order with body_timeout.
+            raise ValueError(
+                f"terminal.idle_timeout ({self.idle_timeout:g} s) must be greater than"
+                f" terminal.request_timeout ({self.request_timeout:g} s): a terminal waiting"
+                " for its answer sends nothing, and would be cut off before it is answered"
+            )
         if self.max_connections_per_address > self.max_connections:
             raise ValueError("max_connections_per_address must not exceed max_connections")
 
@@ -139,6 +149,17 @@ class HttpLimits:
     keep-alive requests (hypercorn's ``keep_alive_timeout``: it closes without an answer)."""
     max_header_bytes: int = Field(default=16384, ge=1024)
     """Largest request head (hypercorn's ``h11_max_incomplete_size``); beyond, refused."""
+    max_connections: int = Field(default=1024, ge=1)
+    """Open connections (per process); beyond, a new one gets 503 and is closed at once
+    (counted, logged). Bounds the file descriptors and tasks a flood can take."""
+    max_connections_per_address: int = Field(default=256, ge=1)
+    """Open connections from one source address; beyond, 503 and closed, so one machine
+    cannot take them all. Not small: an acquirer's host pools connections, possibly behind
+    one NAT address."""
+
+    def __post_init__(self) -> None:
+        if self.max_connections_per_address > self.max_connections:
+            raise ValueError("max_connections_per_address must not exceed max_connections")
 
 
 @dataclass(config=FROZEN)
@@ -449,6 +470,12 @@ class GatewayConfig:
     """Risk and limits rules (gateway.risk), relative to this file; empty disables the stage."""
     duplicate_window: float = 86400.0
     """Seconds a request's answer is kept for duplicate transmissions."""
+    duplicate_max_entries: int = Field(default=500_000, ge=1)
+    """Transactions the in-memory duplicate window holds (about 820 bytes each: 500,000 is
+    about 400 MiB); past it the oldest go first and the journal answers for them."""
+    ksn_memory: int = Field(default=500_000, ge=1)
+    """DUKPT KSNs remembered per BDK to refuse a replayed PIN block (and AES DUKPT devices
+    whose last counter is kept), oldest forgotten first."""
     journal: str = ""
     """Journal and store-and-forward config (gateway.journal TOML), relative to this file;
     empty runs without a journal (no SAF, no stand-in, no crash recovery)."""

@@ -50,7 +50,10 @@ def build_server(cfg: IssuerSimConfig, base: Path, issuer: str, port: int | None
     )
     if security is not None:
         security.codec = codec  # link MACs over the dialect's bytes
-    host = IssuerHost(book, emv=EmvAuthenticator.for_issuer(data, issuer))
+    book.max_synthetic = cfg.max_synthetic_accounts
+    host = IssuerHost(
+        book, max_records=cfg.max_records, emv=EmvAuthenticator.for_issuer(data, issuer)
+    )
     postings = (base / cfg.postings_file.format(issuer=issuer)) if cfg.postings_file else None
     return IssuerServer(
         host,

@@ -100,6 +100,10 @@ class IssuerSimConfig:
     issuers: tuple[IssuerEndpoint, ...] = ()
     faults: Faults = Field(default_factory=Faults)
     log_level: str = "info"
+    max_records: int = Field(default=1_000_000, ge=1)
+    """Postings and answers (for repeats and reversals) kept per issuer, oldest first out."""
+    max_synthetic_accounts: int = Field(default=1_000_000, ge=1)
+    """Accounts of synthetic load-test cards kept per issuer, oldest first out."""
     postings_file: str = ""
     """Posting file written on ``SIGUSR1`` (``{issuer}`` is replaced by the issuer id; relative
     to this file); empty: no export. See ``issuer_sim/postings.py``."""

@@ -18,7 +18,7 @@ from protocols import keychange
 from protocols.bounded import BoundedFifo
 from protocols.message import Message
 from protocols.mti import response_mti
-from protocols.validate import card_of
+from protocols.validate import card_of, format_issue
 
 ECHO = ("2", "3", "4", "7", "11", "12", "13", "15", "32", "37", "41", "42", "49")
 _RESPONSE_MTI: dict[str, str] = {}
@@ -81,6 +81,13 @@ class IssuerHost:
 
     def handle(self, msg: Message, now: dt.datetime) -> Message:
         security = self.book.security
+        if format_issue(msg.fields) is not None:
+            # A field that breaks its format (amount with a control byte...) is a format
+            # error, 30, before anything reads a number out of it; its answer echoes only the
+            # well-formed fields, so it encodes.
+            good = {k: v for k, v in msg.fields.items() if format_issue({k: v}) is None}
+            answer = self._answer(Message(msg.mti, good), "30")
+            return security.seal(answer) if security is not None else answer
         if security is not None and (bad_mac := security.check_mac(msg)) is not None:
             # Not remembered: a retransmission with the right MAC is processed normally.
             return security.seal(self._answer(msg, bad_mac))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from typing import Any, cast
 
 from pydantic import Field
 from pydantic.dataclasses import dataclass
@@ -19,6 +20,7 @@ from kit.conf import FROZEN
 from protocols.codec import Codec
 from protocols.dialects import DIALECTS, get_dialect
 from protocols.fastcodec import best_codec
+from protocols.message import Message
 from protocols.translate import DIALECT_VERSIONS, Fallback, LinkCodec, Table, Translator
 
 MAX_HEADER = 32
@@ -86,9 +88,34 @@ def link_codec(
 ) -> Codec:
     """The codec of a link: canonical messages in and out, the link's dialect on the wire."""
     inner = best_codec(get_dialect(dialect))
+    if get_dialect(dialect).get("35", {}).get("data_enc") == "b":
+        inner = cast(Codec, Track2Nibbles(inner))
     if DIALECT_VERSIONS.get(dialect) == "1993":
         translator = Translator(table_for(translation), on_fallback)
         return LinkCodec(inner, translator, header=header.encode("ascii"), clock=clock)
     if header:
         return LinkCodec(inner, header=header.encode("ascii"), clock=clock)
     return inner
+
+
+class Track2Nibbles:
+    """A dialect whose track 2 (35) travels as BCD nibbles has ``D`` for its separator: a
+    canonical track 2 from SPEC's ASCII terminals (``PAN=YYMM...``) gets it on the way out.
+    Without it such a purchase could not be encoded for the link, which the switch took for
+    an unavailable issuer (91, then stand-in once the breaker opened); found by ``loadtest
+    fuzz-live``'s checks. Decoding is the inner codec's (the ``D`` stays: every reader of
+    track 2 takes either separator). Everything else is the inner codec's."""
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, inner: Codec) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def encode(self, msg: Message) -> bytes:
+        track2 = msg.fields.get("35")
+        if track2 is not None and "=" in track2:
+            msg = Message(msg.mti, {**msg.fields, "35": track2.replace("=", "D")})
+        return self._inner.encode(msg)

@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -157,6 +157,17 @@ def dump_toml(doc: Mapping[str, Any], prefix: str = "") -> str:
     return "\n".join(line for line in lines if line)
 
 
+def merge(doc: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``doc`` with ``extra``'s keys set, tables merged key by key."""
+    out = dict(doc)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 # -- processes --------------------------------------------------------------------------
 
 
@@ -171,6 +182,8 @@ class Service:
 class Stack:
     services: list[Service] = field(default_factory=list)
     terminal_port: int = 0
+    terminal_tls_port: int = 0
+    """0: no TLS terminal listener (``start_stack(terminal_tls=False)``)."""
     admin_port: int = 0
     admin_token: str = ""
     """Bearer token (viewer) of the gateway's admin API."""
@@ -178,6 +191,11 @@ class Stack:
     issuer_ports: dict[str, int] = field(default_factory=dict)
     hsm_port: int = 0
     pki_dir: Path = ROOT / "var" / "certs"
+    log: Path | None = None
+    """The file every service's output goes to."""
+    ports: dict[int, int] = field(default_factory=dict)
+    """The profile's ports and the free ones used instead (-1: listener off), also of the
+    services not started (``hsm=False``: the HSM endpoint the gateway is given)."""
 
     def stop(self) -> None:
         for s in self.services:
@@ -238,17 +256,34 @@ def start_stack(
     log_transactions: bool = False,
     workers: int = 1,
     writer: str = "",
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    terminal_tls: bool = False,
+    log_level: str = "warning",
+    before_gateway: Callable[[Stack], None] | None = None,
+    further_listeners: bool = False,
 ) -> Iterator[Stack]:
     """The demo profile's processes on free ports; stopped (SIGTERM) on exit. ``workers``
     and ``writer`` (the journal's: ``loop`` or ``process``; empty: the profile's) override
-    the profile."""
+    the profile; ``overrides`` maps a profile file (``gateway.toml``, ``issuer-sim.toml``,
+    ``risk.toml``, ``journal.toml``, ``hsm.toml``) to keys merged into it (the soak's
+    lowered caps). ``terminal_tls`` keeps the TLS terminal listener (the bench drives TCP
+    only); ``log_level`` is the gateway's and the issuer simulators'. ``before_gateway`` is
+    called once the simulators listen, before the gateway starts (an issuer of the caller's
+    own, on a port of ``issuer_ports`` whose simulator ``issuers`` left out).
+    ``further_listeners`` keeps the profile's further terminal listener (8585, UnionPay
+    style) on a free port (``ports[8585]``)."""
+    extra = dict(overrides or {})
     from kit import pki
 
     gw_doc = materialize(conf / "gateway.toml", "gateway.config", "GatewayConfig")
     sim_doc = materialize(conf / "issuer-sim.toml", "issuer_sim.config", "IssuerSimConfig")
     wanted = list(issuers) if issuers is not None else [i["id"] for i in sim_doc["issuers"]]
-    # No TLS or UnionPay-style (8585) terminal listener: the bench drives TCP on 8583.
-    ports: dict[int, int] = {8584: -1, 8585: -1}
+    # No TLS terminal listener unless asked, no UnionPay-style one (8585): the bench drives
+    # TCP on 8583.
+    ports: dict[int, int] = {
+        8584: free_port() if terminal_tls else -1,
+        8585: free_port() if further_listeners else -1,
+    }
     stack = Stack(pki_dir=(conf / gw_doc.get("pki_dir", "../../var/certs")).resolve())
     for demo_port in (8583, 9090, 8080, 1500):
         ports[demo_port] = free_port()
@@ -260,18 +295,24 @@ def start_stack(
 
     # Files the configs name by default (risk.toml, ...) resolve next to the rewritten ones.
     for entry in conf.iterdir():
-        if entry.name not in ("gateway.toml", "issuer-sim.toml", "hsm.toml", "journal.toml"):
+        if entry.name in ("gateway.toml", "issuer-sim.toml", "hsm.toml", "journal.toml"):
+            continue
+        if entry.name in extra:
+            doc = relocate(tomllib.loads(entry.read_text()), conf, ports)
+            (tmp / entry.name).write_text(dump_toml(merge(doc, extra[entry.name])))
+        else:
             (tmp / entry.name).symlink_to(entry.resolve())
     gw_doc.setdefault("pki_dir", str(stack.pki_dir))
     sim_doc.setdefault("pki_dir", str(stack.pki_dir))
     sim = relocate(sim_doc, conf, ports)
-    sim["log_level"] = "warning"
+    sim["log_level"] = log_level
     sim["issuers"] = [i for i in sim["issuers"] if i["id"] in wanted]
     if not gateway:
         sim["issuers"] = [spoken_by_the_load_client(i) for i in sim["issuers"]]
+    sim = merge(sim, extra.get("issuer-sim.toml", {}))
     (tmp / "issuer-sim.toml").write_text(dump_toml(sim))
     gw = relocate(gw_doc, conf, ports)
-    gw.setdefault("log", {}).update(level="warning", transactions=log_transactions)
+    gw.setdefault("log", {}).update(level=log_level, transactions=log_transactions)
     if workers > 1:
         gw["workers"] = workers
     # The admin API wants a bearer token for /status: a viewer token of this bench only,
@@ -295,22 +336,28 @@ def start_stack(
             jdoc["journal"]["path"] = str(tmp / "journal.sqlite3")
             if writer:
                 jdoc["journal"]["writer"] = writer
+        jdoc = merge(jdoc, extra.get("journal.toml", {}))
         (tmp / "journal.toml").write_text(dump_toml(jdoc))
         gw["journal"] = "journal.toml"
+    gw = merge(gw, extra.get("gateway.toml", {}))
     (tmp / "gateway.toml").write_text(dump_toml(gw))
+    stack.ports = ports
     stack.terminal_port = ports[8583]
+    stack.terminal_tls_port = max(0, ports[8584])
     stack.admin_port = ports[9090]
     qr_port = gw.get("qr_api", {}).get("port", -1)
     if isinstance(qr_port, int) and qr_port > 0:
         stack.qr_url = f"http://127.0.0.1:{qr_port}"
 
     log = tmp / "services.log"
+    stack.log = log
     back = ["--backend", backend]
     try:
         hsm_conf = conf / "hsm.toml"
         if hsm and hsm_conf.exists() and (BIN / "hsm-sim").exists():
             doc = relocate(materialize(hsm_conf, "hsm_sim.config", "HsmConfig"), conf, ports)
             doc["backend"] = "asyncio"  # hsm-sim picks uvloop itself when installed
+            doc = merge(doc, extra.get("hsm.toml", {}))
             (tmp / "hsm.toml").write_text(dump_toml(doc))
             svc = _spawn(
                 "hsm-sim", [str(BIN / "hsm-sim"), "run", "--conf", str(tmp / "hsm.toml")],
@@ -325,6 +372,8 @@ def start_stack(
             stack.services.append(svc)
         for svc in stack.services:
             _wait_port(svc)
+        if before_gateway is not None:
+            before_gateway(stack)
         if gateway:
             cmd = [str(BIN / "gateway"), "run", "--conf", str(tmp / "gateway.toml"), *back]
             svc = _spawn("gateway", cmd, stack.terminal_port, log)

@@ -3,6 +3,8 @@
     loadtest --rate 2000 --duration 30 --mix mixed --json var/run.json      # open loop
     loadtest --in-flight 64 --connections 4 --duration 30 --mix plain       # closed loop
     loadtest bench --scenario plain --duration 10                           # see loadtest.bench
+    loadtest soak --minutes 60 --markdown var/soak.md                       # see loadtest.soak
+    loadtest fuzz-live --stack --batches 5 --count 200                      # loadtest.fuzz_live
 
 A progress line is printed on stderr every second; the report (TPS, p50/p90/p99/p99.9,
 response codes per kind, errors, mix items left out and why) on stdout; ``--json`` writes the
@@ -138,6 +140,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from loadtest.bench import main as bench_main
 
         return bench_main(args[1:])
+    if args[:1] == ["fuzz-live"]:
+        from loadtest.fuzz_live import main as fuzz_live_main
+
+        return fuzz_live_main(args[1:])
+    if args[:1] == ["soak"]:
+        from loadtest.soak import main as soak_main
+
+        return soak_main(args[1:])
     if args[:1] == ["run"]:
         args = args[1:]
     return _run(args)

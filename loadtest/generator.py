@@ -173,6 +173,12 @@ class LoadGenerator:
     def open_loop(self) -> bool:
         return self.cfg.rate > 0
 
+    @property
+    def window(self) -> tuple[float, float]:
+        """The measured window (``perf_counter`` times), infinite until :meth:`run` starts it:
+        what a sampler beside the run (``loadtest soak``) aligns its rows to."""
+        return self._window
+
     # -- setup ------------------------------------------------------------------------
 
     async def _check_prerequisites(self) -> None:

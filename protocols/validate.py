@@ -3,6 +3,7 @@ content formats, Luhn. Pure functions that say which field is wrong and which co
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from protocols.currency import is_payment_currency
@@ -103,7 +104,7 @@ def _format_ok(value: str, rule: tuple[int, int, str]) -> bool:
     if not lo <= len(value) <= hi:
         return False
     if kind == "digits":
-        return value.isdigit()
+        return value.isascii() and value.isdigit()
     if kind == "hex":
         return _HEX.issuperset(value)
     if kind == "HEX":
@@ -127,6 +128,27 @@ def _datetime_ok(mmddhhmmss: str) -> bool:
     return ok
 
 
+def format_issue(fields: Mapping[str, str]) -> FieldIssue | None:
+    """The first field whose content breaks its format (digits, hex, track 2, text and their
+    lengths), as ``30``; ``None`` when every known field is well formed. What a host checks
+    before it reads a number out of a field (the issuer simulator, the switch's terminals)."""
+    formats = _FORMATS
+    for number, value in fields.items():
+        rule = formats.get(number)
+        if rule is None:
+            continue
+        # _format_ok inlined for the common case (digits of the right length): a call per
+        # field was most of this function's cost.
+        # isdigit() alone takes '²' or '٣', which int() then refuses or reads as 3.
+        if rule[2] == "digits":
+            if rule[0] <= len(value) <= rule[1] and value.isascii() and value.isdigit():
+                continue
+        elif _format_ok(value, rule):
+            continue
+        return FieldIssue(number, "30", "bad content")
+    return None
+
+
 def check_request(msg: Message) -> FieldIssue | None:
     """First problem with a terminal request, or ``None``. Order: MTI, presence, format,
     processing code, card number, amount."""
@@ -141,19 +163,9 @@ def check_request(msg: Message) -> FieldIssue | None:
                 return FieldIssue(number, "30", "mandatory field missing")
     if mti in _NEEDS_CARD and "2" not in fields and "35" not in fields:
         return FieldIssue("2", "30", "neither PAN (2) nor track 2 (35) present")
-    formats = _FORMATS
-    for number, value in fields.items():
-        rule = formats.get(number)
-        if rule is None:
-            continue
-        # _format_ok inlined for the common case (digits of the right length): a call per
-        # field was most of this function's cost.
-        if rule[2] == "digits":
-            if rule[0] <= len(value) <= rule[1] and value.isdigit():
-                continue
-        elif _format_ok(value, rule):
-            continue
-        return FieldIssue(number, "30", "bad content")
+    issue = format_issue(fields)
+    if issue is not None:
+        return issue
     if "7" in fields and not _datetime_ok(fields["7"]):
         return FieldIssue("7", "30", "not a valid MMDDhhmmss")
     # 3 digits are not enough: 000, 999 (XXX) or an unassigned code would open a new total
@@ -168,7 +180,7 @@ def check_request(msg: Message) -> FieldIssue | None:
         return FieldIssue("3", "12", "processing code not allowed for this MTI")
     if mti in _NEEDS_CARD:
         pan = fields["2"] if "2" in fields else split_track2(fields["35"])[0]
-        if not 12 <= len(pan) <= 19 or not pan.isdigit():
+        if not 12 <= len(pan) <= 19 or not (pan.isascii() and pan.isdigit()):
             return FieldIssue("35", "30", "bad PAN in track 2")
         if not luhn_ok(pan):
             return FieldIssue("2", "14", "PAN fails the Luhn check")

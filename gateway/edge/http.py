@@ -1,9 +1,11 @@
 """Run an ASGI app with hypercorn on the current AnyIO backend (asyncio or trio); what the
 HTTP APIs (admin, QR) share: middleware for what hypercorn leaves to the app
-(:class:`DrainBody`), the throttle of failed authentications (:class:`AuthFailures`)."""
+(:class:`DrainBody`), the throttle of failed authentications (:class:`AuthFailures`), the caps
+on open connections (:class:`ConnectionGate`)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import socket
@@ -73,10 +75,13 @@ async def serve_asgi(
     config.keep_alive_timeout = limits.header_timeout
     config.h11_max_incomplete_size = limits.max_header_bytes
     app = BodyDeadline(app, timeout=limits.body_timeout, refused=refused)
+    gate = ConnectionGate(limits.max_connections, limits.max_connections_per_address, refused)
+    setattr(config, _GATE, gate)  # hypercorn's Config has no field of ours
     stop = anyio.Event()
     bound: int = sock.getsockname()[1]
     try:
         async with anyio.create_task_group() as tg:
+            _gate_connections()
             if sniffio.current_async_library() == "trio":
                 from hypercorn.trio import serve as trio_serve
 
@@ -103,6 +108,129 @@ async def _run(serve: Any, app: Any, config: Config, stop: anyio.Event) -> None:
 
 Refused = Callable[[str, str], object]
 """Told of each request refused by a limit: (peer ``host:port``, reason)."""
+
+_GATE: Final = "payswitch_connection_gate"
+_REFUSAL_BODY: Final = orjson.dumps(
+    {"title": "Service Unavailable", "status": 503, "detail": "too many connections"}
+)
+_REFUSAL: Final = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\n"
+    b"retry-after: 1\r\nconnection: close\r\n"
+    + f"content-length: {len(_REFUSAL_BODY)}\r\n\r\n".encode()
+    + _REFUSAL_BODY
+)
+
+
+class ConnectionGate:
+    """Open connections of one HTTP listener, in all and per source address; one past a cap
+    is refused (503, closed) and told to ``refused`` (reasons ``max_connections``,
+    ``max_per_address``): counted and logged, never silent."""
+
+    def __init__(self, max_connections: int, per_address: int, refused: Refused | None) -> None:
+        self.max_connections = max_connections
+        self.per_address = per_address
+        self.refused = refused
+        self.open = 0
+        self.by_address: dict[str, int] = {}
+
+    def enter(self, host: str) -> str | None:
+        """Count a new connection from ``host`` in; the reason it is refused, or ``None``."""
+        if self.open >= self.max_connections:
+            return "max_connections"
+        held = self.by_address.get(host, 0)
+        if held >= self.per_address:
+            return "max_per_address"
+        self.open += 1
+        self.by_address[host] = held + 1
+        return None
+
+    def leave(self, host: str) -> None:
+        self.open -= 1
+        held = self.by_address[host] - 1
+        if held:
+            self.by_address[host] = held
+        else:
+            del self.by_address[host]  # bounded by the addresses connected now
+
+
+_gated = False
+
+
+def _gate_connections() -> None:
+    """Wrap hypercorn's per-connection server (both backends) so each connection passes its
+    listener's :class:`ConnectionGate` first: hypercorn accepts on its own and offers no hook
+    (tests/gateway/test_http_limits.py fails if an upgrade moves what is wrapped here)."""
+    global _gated
+    if _gated:
+        return
+    import hypercorn.asyncio.run as asyncio_run
+    from hypercorn.asyncio.tcp_server import TCPServer as AsyncioServer
+
+    # setattr: the name is what hypercorn's run module imported, not an attribute it exports.
+    setattr(asyncio_run, "TCPServer", _gated_server(AsyncioServer))  # noqa: B010
+    with contextlib.suppress(ImportError):  # trio is optional
+        import hypercorn.trio.run as trio_run
+        from hypercorn.trio.tcp_server import TCPServer as TrioServer
+
+        setattr(trio_run, "TCPServer", _gated_server(TrioServer))  # noqa: B010
+    _gated = True
+
+
+def _gated_server(base: type[Any]) -> type[Any]:
+    class GatedTCPServer(base):  # type: ignore[misc]
+        async def run(self) -> None:
+            gate: ConnectionGate | None = getattr(self.config, _GATE, None)
+            try:
+                host, port = _peer(self)[:2]
+            except OSError:
+                host = ""  # already gone: hypercorn's own run ends it
+            if gate is None or not host:
+                await super().run()
+                return
+            reason = gate.enter(host)
+            if reason is None:
+                try:
+                    await super().run()
+                finally:
+                    gate.leave(host)
+                return
+            if gate.refused is not None:
+                gate.refused(f"{host}:{port}", reason)
+            await _refuse(self)
+
+    return GatedTCPServer
+
+
+def _peer(server: Any) -> tuple[str, int]:
+    writer = getattr(server, "writer", None)
+    if writer is not None:  # asyncio
+        peer = writer.get_extra_info("peername")
+        if peer is None:
+            raise OSError("no peer")
+        return peer[0], peer[1]
+    stream = server.stream  # trio: a SocketStream (no TLS on these APIs)
+    sock = getattr(stream, "socket", None) or stream.transport_stream.socket
+    peer = sock.getpeername()
+    return peer[0], peer[1]
+
+
+async def _refuse(server: Any) -> None:
+    """503 and close, without reading the request (at most a second to write it)."""
+    with anyio.move_on_after(1.0), contextlib.suppress(Exception):
+        writer = getattr(server, "writer", None)
+        if writer is not None:
+            writer.write(_REFUSAL)
+            await writer.drain()
+        else:
+            await server.stream.send_all(_REFUSAL)
+    with contextlib.suppress(Exception):
+        writer = getattr(server, "writer", None)
+        if writer is not None:
+            writer.close()
+        else:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+                await server.stream.aclose()
+
 
 _TIMEOUT_BODY: Final = orjson.dumps(
     {"title": "Request Timeout", "status": 408, "detail": "the request body came too slowly"}

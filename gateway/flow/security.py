@@ -227,11 +227,16 @@ class TranslatePin(_HsmStage):
     check = "pin_translation"
 
     def __init__(
-        self, hsm: HsmClient | None, keys: KeyStore, metrics: SecurityMetrics | None = None
+        self,
+        hsm: HsmClient | None,
+        keys: KeyStore,
+        metrics: SecurityMetrics | None = None,
+        *,
+        memory: int = KSN_MEMORY,
     ) -> None:
         super().__init__(hsm, keys, metrics)
-        self._ksns: BoundedFifo[tuple[str, str], None] = BoundedFifo(KSN_MEMORY)
-        self._aes_counters: BoundedFifo[tuple[str, str], int] = BoundedFifo(KSN_MEMORY)
+        self._ksns: BoundedFifo[tuple[str, str], None] = BoundedFifo(memory)
+        self._aes_counters: BoundedFifo[tuple[str, str], int] = BoundedFifo(memory)
 
     async def prepare(self, ctx: Context) -> str | None:
         req = ctx.request

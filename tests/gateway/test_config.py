@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,34 @@ def test_check_config_refuses_stand_in_and_risk_limits_in_two_currencies(
     assert 'limit_currency "840"' in err
     conf.write_text(head + 'limit_currency = "840"\n')
     assert gateway_main(["check-config", "--conf", str(conf)]) == 0
+
+
+@pytest.mark.parametrize(
+    ("toml", "refused"),
+    [
+        (
+            "[terminal]\nidle_timeout = 30.0\nrequest_timeout = 30.0\n",
+            r"terminal: .*terminal\.idle_timeout \(30 s\) must be greater than"
+            r" terminal\.request_timeout \(30 s\): a terminal waiting for its answer sends nothing",
+        ),
+        (
+            "[qr_api.limits]\nmax_connections = 10\nmax_connections_per_address = 11\n",
+            r"qr_api\.limits: .*max_connections_per_address must not exceed max_connections",
+        ),
+        ("[admin.limits]\nmax_connections = 0\n", r"admin\.limits\.max_connections: .*equal to 1"),
+        ("duplicate_max_entries = 0\n", r"duplicate_max_entries: .*equal to 1"),
+        ("ksn_memory = -5\n", r"ksn_memory: .*equal to 1"),
+    ],
+)
+def test_check_config_refuses_limits_that_cannot_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], toml: str, refused: str
+) -> None:
+    """Refused with the key's path and why (issue 15: the limits and the soak's caps)."""
+    bad = tmp_path / "gateway.toml"
+    bad.write_text(toml)
+    assert gateway_main(["check-config", "--conf", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(refused, err), err
 
 
 def test_link_key_settings_are_checked_with_their_path(tmp_path: Path) -> None:

@@ -322,6 +322,27 @@ async def test_translate_pin_tpk_and_dukpt_to_the_issuer_zpk() -> None:
 
 
 @pytest.mark.anyio
+async def test_a_replayed_ksn_is_refused_while_remembered_and_ksn_memory_bounds_it() -> None:
+    """``ksn_memory`` (gateway config) caps the KSNs remembered per BDK, oldest out first."""
+    hsm: Any = MemoryHsm()
+    translate = TranslatePin(hsm, KEYS, SecurityMetrics(), memory=2)
+    ksns = [pinpad.next_ksn(INITIAL_KSN)]
+    for _ in range(2):
+        ksns.append(pinpad.next_ksn(ksns[-1]))
+
+    def ctx_of(ksn: str) -> Context:
+        req = purchase(PAN, 1, terminal_id="T0000002")
+        add_pin_block(req, T2, PIN, PAN, ksn)
+        return ctx_for(req, T2)
+
+    assert await translate.prepare(ctx_of(ksns[0])) is None
+    assert await translate.prepare(ctx_of(ksns[0])) == "63"
+    assert await translate.prepare(ctx_of(ksns[1])) is None
+    assert await translate.prepare(ctx_of(ksns[2])) is None  # the first KSN is forgotten
+    assert await translate.prepare(ctx_of(ksns[0])) is None
+
+
+@pytest.mark.anyio
 async def test_translate_pin_failures() -> None:
     req = purchase(PAN, 1, terminal_id="T0000002")
     add_pin_block(req, T2, PIN, PAN, pinpad.next_ksn(INITIAL_KSN))

@@ -256,3 +256,27 @@ async def test_a_1993_link_in_another_framing(pki_dir: Path, framing: str) -> No
             assert (await term.exchange(reversal_of(req)))["39"] == "00"
         assert stack.account_balance("gamma", pan) == before
     assert [frame[:2].hex() for frame, _ in tap] == ["1200", "1420"]
+
+
+@pytest.mark.parametrize("issuer", sorted(DIALECTS))
+async def test_a_track2_purchase_reaches_the_issuer_on_each_dialect(
+    stack: Stack, issuer: str
+) -> None:
+    """Track 2 from an ASCII terminal (``PAN=YYMM...``) travels as BCD nibbles on a BCD link,
+    whose separator is ``D``: before, the switch could not encode it for beta's iso87-bcd link,
+    answered 91 as if beta were down and stood in once its breaker opened (found by
+    ``loadtest fuzz-live``'s checks: every magstripe purchase of the demo's beta)."""
+    pan, _ = CARDS[issuer]
+    card = next(c for c in DATA.cards if c.pan == pan)
+    tap = wiretap(stack.issuers[issuer])
+    track2 = f"{pan}={card.expiry}1010000000000"
+    request = purchase(pan, 1000, terminal_id=TERMINAL.id, merchant=TERMINAL.merchant)
+    del request.fields["2"]
+    request.fields["35"] = track2
+    async with terminal(stack.port) as term:
+        answer = await term.exchange(request)
+    assert answer["39"] == "00"
+    sent = [m for _, m in tap if m.mti in ("0200", "1200")]
+    assert len(sent) == 1  # the issuer answered, not the stand-in
+    separator = "D" if issuer == "beta" else "="
+    assert sent[0]["35"] == track2.replace("=", separator)

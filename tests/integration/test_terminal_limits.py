@@ -66,7 +66,8 @@ def warnings(
 
 
 async def test_a_silent_connection_is_closed_after_the_idle_timeout(pki_dir: Any) -> None:
-    options = {"idle_timeout": 0.3}
+    # The idle timeout must exceed the request budget (check-config refuses otherwise).
+    options = {"idle_timeout": 0.3, "request_timeout": 0.25}
     with structlog.testing.capture_logs() as logs:
         async with running_stack(pki_dir, hsm=False, terminal_options=options) as stack:
             async with connection(stack.port) as silent, connection(stack.port) as talking:

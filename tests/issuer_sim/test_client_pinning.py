@@ -117,3 +117,19 @@ def test_the_demo_issuers_pin_the_gateways_link_certificate() -> None:
         issuer: (cert,) for issuer, cert in clients.items()
     }
     assert clients["beta"] == "switch"
+
+
+def test_issuer_sim_keeps_at_most_its_configured_records_and_accounts(pki_dir: Path) -> None:
+    """``max_records`` and ``max_synthetic_accounts`` reach the host (``loadtest soak`` lowers
+    them so that a short run fills them)."""
+    cfg = _sim(allowed_clients=["switch"], port=0)
+    cfg = dataclasses.replace(
+        cfg,
+        data=str(DEMO_CONF / "data.toml"),
+        pki_dir=str(pki_dir),
+        max_records=7,
+        max_synthetic_accounts=9,
+    )
+    host = build_server(cfg, DEMO_CONF, "beta", None).host
+    assert host.postings.cap == host.answers.cap == 7
+    assert host.book.max_synthetic == 9

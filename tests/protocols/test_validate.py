@@ -14,6 +14,7 @@ from protocols.validate import (
     Field48Error,
     card_of,
     check_request,
+    format_issue,
     luhn_ok,
     parse_field48,
     split_track2,
@@ -37,6 +38,20 @@ def req(**fields: str) -> Message:
 
 def test_valid_purchase() -> None:
     assert check_request(req()) is None
+
+
+@pytest.mark.parametrize(
+    ("number", "value"),
+    [("4", "00000000000\u00b2"), ("4", "0000000001\u0663\u0660"), ("11", "00000\u00b9"),
+     ("2", "476173000000001\u00b9")],
+)  # fmt: skip
+def test_non_ascii_digits_are_a_format_error_not_a_crash(number: str, value: str) -> None:
+    """str.isdigit() takes superscripts (which int() refuses) and other scripts' digits (which
+    int() reads): an amount of '00000000000²' crashed check_request with a ValueError."""
+    issue = check_request(req(**{number: value}))
+    assert issue is not None
+    assert (issue.field, issue.rc) == (number, "30")
+    assert format_issue({number: value}) == issue
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,6 @@ import datetime as dt
 
 import pytest
 
-from gateway.flow import security
 from gateway.flow.pipeline import Context
 from gateway.flow.security import SecurityMetrics, TranslatePin
 from gateway.flow.tokens import Detokenize, PanCipher, TokenVault
@@ -216,11 +215,8 @@ async def test_a_failed_dukpt_token_translation_does_not_consume_the_ksn(
     assert len(translate._ksns) == 1
 
 
-async def test_dukpt_ksns_are_remembered_up_to_the_bound_oldest_forgotten_first(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(security, "KSN_MEMORY", 2)
-    translate = stage(CoreClient())
+async def test_dukpt_ksns_are_remembered_up_to_the_bound_oldest_forgotten_first() -> None:
+    translate = TranslatePin(CoreClient(), KEYS, SecurityMetrics(), memory=2)  # ksn_memory
 
     async def translated(ksn: str) -> str | None:
         req = pin_request(FUNDING, DUKPT_TERMINAL, ksn=ksn)

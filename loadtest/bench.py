@@ -312,6 +312,16 @@ def start_stack(
     sim = merge(sim, extra.get("issuer-sim.toml", {}))
     (tmp / "issuer-sim.toml").write_text(dump_toml(sim))
     gw = relocate(gw_doc, conf, ports)
+    # relocate made every file the gateway names absolute, to the profile's own copy: one the
+    # caller overrides (the soak's lowered risk.toml caps) must be the rewritten copy instead.
+    for key in PATH_KEYS:
+        named = gw.get(key)
+        if (
+            isinstance(named, str)
+            and Path(named).name in extra
+            and Path(named).resolve() == (conf / Path(named).name).resolve()
+        ):
+            gw[key] = str(tmp / Path(named).name)
     gw.setdefault("log", {}).update(level=log_level, transactions=log_transactions)
     if workers > 1:
         gw["workers"] = workers

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from loadtest.bench import DEMO, materialize, relocate
+from loadtest.bench import DEMO, materialize, relocate, start_stack
 
 
 def _strings(doc: Any, key: str = "") -> list[tuple[str, str]]:
@@ -57,3 +57,21 @@ def test_the_issuer_alone_speaks_what_the_load_client_writes() -> None:
         assert plain["dialect"] == "terminal"
         assert plain["id"] == issuer["id"]
         assert "translation" not in plain
+
+
+def test_an_overridden_profile_file_is_the_one_the_gateway_reads(tmp_path: Path) -> None:
+    """The soak lowers risk.toml's memory_max_cards: the gateway must read the rewritten copy,
+    not the profile's (the path was made absolute to the profile's, and the soak's first hour
+    ran with the default cap: RSS grew with every new card and looked like a leak)."""
+    import tomllib
+
+    overrides = {"risk.toml": {"memory_max_cards": 1234}}
+    with start_stack(
+        DEMO, tmp_path, backend="asyncio", issuers=[], gateway=False, hsm=False,
+        overrides=overrides,
+    ):  # fmt: skip
+        gw = tomllib.loads((tmp_path / "gateway.toml").read_text())
+        risk = Path(gw["risk"])
+        assert risk == tmp_path / "risk.toml"
+        assert tomllib.loads(risk.read_text())["memory_max_cards"] == 1234
+        assert Path(gw["data"]) == (DEMO / "data.toml").resolve()  # not overridden: the profile's

@@ -405,11 +405,25 @@ class MemoryCounterStore:
         bucket = self._days.get(day)
         if bucket is None:
             return
+        # A total given back to zero is dropped: a missing entry reads as zero, so nothing
+        # changes for the limits, and a day's memory holds only cards that still owe it
+        # something (a flood of declined made-up card numbers leaves nothing behind).
         akey = (card_key, currency)
-        if akey in bucket.amounts:
-            bucket.amounts[akey] = max(0, bucket.amounts[akey] - amount)
-        if count and card_key in bucket.counts:
-            bucket.counts[card_key] = max(0, bucket.counts[card_key] - count)
+        amounts = bucket.amounts
+        held = amounts.get(akey)
+        if held is not None:
+            if held > amount:
+                amounts[akey] = held - amount
+            else:
+                del amounts[akey]
+        if count:
+            counts = bucket.counts
+            n = counts.get(card_key)
+            if n is not None:
+                if n > count:
+                    counts[card_key] = n - count
+                else:
+                    del counts[card_key]
 
     async def record_approval(
         self, card_key: str, country: str, amount: int, samples: int, ttl_seconds: int

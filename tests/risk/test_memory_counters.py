@@ -69,6 +69,28 @@ async def test_a_past_days_counters_are_dropped_once_it_expires() -> None:
     assert await store.usage("card6", "156", DAY_4) == (1000, 1)
 
 
+async def test_a_total_given_back_to_zero_leaves_nothing_in_the_day() -> None:
+    """A flood of made-up card numbers, each reserved then released (declined by the issuer),
+    must not grow the day's memory: totals back at zero are dropped (a missing one reads 0);
+    a card still owing something stays, and the limits do not move."""
+    store = MemoryCounterStore(max_cards=10)
+    for i in range(500):
+        await store.reserve(request(f"fake{i}", f"t{i}", DAY_1, EXPIRES_1, T1 + i))
+        await store.release(f"fake{i}", "156", DAY_1, 1000, 1)
+    await store.reserve(request("real", "r1", DAY_1, EXPIRES_1, T1 + 600))
+    await store.reserve(request("real", "r2", DAY_1, EXPIRES_1, T1 + 601))
+    await store.release("real", "156", DAY_1, 1000, 1)  # one of two given back
+    bucket = store._days[DAY_1]
+    assert bucket.amounts == {("real", "156"): 1000}
+    assert bucket.counts == {"real": 1}
+    assert await store.usage("fake7", "156", DAY_1) == (0, 0)
+    assert await store.usage("real", "156", DAY_1) == (1000, 1)
+    await store.release("real", "156", DAY_1, 5000, 3)  # more than held: floors at zero
+    assert await store.usage("real", "156", DAY_1) == (0, 0)
+    assert bucket.amounts == {}
+    assert bucket.counts == {}
+
+
 async def test_a_card_made_on_first_use_reports_as_before() -> None:
     store = MemoryCounterStore()
     # No velocity and no travel rules: nothing recorded for them.

@@ -163,9 +163,13 @@ class TxnFactory:
         rnd: random.Random | None = None,
         no_cvm_max: int | None = DEMO_NO_CVM_MAX,
         qr_verification: tuple[str, ...] = (),
+        cards: int = 0,
     ) -> None:
         """``no_cvm_max``: taps above it carry a consumer-device CVM (None: never);
-        ``qr_verification``: the factors QR payments state (empty: the member is left out)."""
+        ``qr_verification``: the factors QR payments state (empty: the member is left out);
+        ``cards``: a population of that many card numbers per synthetic range, drawn at random
+        (0: a fresh card per request). A real switch sees its cards again; per-card state (the
+        risk engine's day totals, its card map) then levels off as it does in production."""
         self.dataset = dataset
         self.no_cvm_max = no_cvm_max
         self.qr_verification = list(qr_verification)
@@ -190,6 +194,8 @@ class TxnFactory:
         if not chosen:
             raise MixError("the dataset has no issuer_behaviour.synthetic card range")
         self.ranges: list[SyntheticRange] = chosen
+        self.cards = cards
+        self._pools: dict[str, list[str]] = {}
         imks = {i.id: i.imk_ac.key for i in dataset.issuers if i.imk_ac is not None}
         self._imk = imks
         self.chip_ranges = [r for r in chosen if r.issuer in imks]
@@ -305,13 +311,21 @@ class TxnFactory:
             "49": self.currency,
         }
 
+    def _pan(self, prefix: str) -> str:
+        if not self.cards:
+            return fresh_pan(prefix, self.rnd)
+        pool = self._pools.get(prefix)
+        if pool is None:
+            pool = self._pools[prefix] = [fresh_pan(prefix, self.rnd) for _ in range(self.cards)]
+        return self.rnd.choice(pool)
+
     def _amount(self) -> int:
         lo, hi = self.amount
         return lo if lo >= hi else self.rnd.randint(lo, hi)
 
     def _card_present(self, kind: str, terminal: Terminal, *, pin: bool) -> Txn:
         card = self.rnd.choice(self.ranges)
-        pan = fresh_pan(card.prefix, self.rnd)
+        pan = self._pan(card.prefix)
         fields = self._base(terminal, "021", self._amount())
         fields["35"] = f"{pan}={card.expiry}1010000000000"
         if pin:
@@ -339,7 +353,7 @@ class TxnFactory:
 
         terminal = self._terminal(self.nfc_terminal_id)
         card = self.rnd.choice(self.chip_ranges)
-        pan = fresh_pan(card.prefix, self.rnd)
+        pan = self._pan(card.prefix)
         amount = self._amount()
         fields = self._base(terminal, "071", amount)
         psn = "01"
@@ -397,7 +411,7 @@ class TxnFactory:
         from protocols import qr_cpm
 
         card = self.rnd.choice(self.ranges)
-        pan = fresh_pan(card.prefix, self.rnd)
+        pan = self._pan(card.prefix)
         payload = qr_cpm.build(aid=_AIDS.get(pan[0], "A0000000031010"), pan=pan, expiry=card.expiry)
         body: dict[str, Any] = {
             "qr": payload,

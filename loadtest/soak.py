@@ -582,6 +582,7 @@ def run_soak(args: argparse.Namespace, tmp: Path) -> int:
             prefixes=cfg.prefixes,
             amount=(100, 5000),
             rnd=random.Random(cfg.seed),
+            cards=args.cards,
         )
         # Reversals take the oldest approved purchase still queued: a queue of one second of
         # traffic keeps their originals within the issuer-sim's lowered max_records (a longer
@@ -676,6 +677,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=10.0)
     parser.add_argument("--max-in-flight", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--cards",
+        type=int,
+        default=0,
+        help="card numbers per synthetic range, reused at random (0: a fresh one per request)",
+    )
     parser.add_argument("--backend", choices=("uvloop", "asyncio", "trio"), default="uvloop")
     parser.add_argument("--conf", type=Path, default=DEMO, help="profile directory")
     parser.add_argument("--tps-tolerance", type=float, default=Tolerances.tps)

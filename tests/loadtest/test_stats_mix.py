@@ -86,6 +86,23 @@ def test_pans_are_fresh_luhn_valid_and_in_range() -> None:
     assert all(luhn_ok(p) and p.startswith("4761739") and len(p) == 16 for p in pans)
 
 
+def test_a_card_population_is_reused_and_fresh_cards_are_not() -> None:
+    codec = Codec(get_dialect("terminal"))
+
+    def pans(factory: TxnFactory) -> list[str]:
+        out = []
+        for _ in range(300):
+            msg = codec.decode(factory.build("magstripe").payload)
+            out.append(msg.fields["35"].split("=")[0])
+        return out
+
+    pool = pans(TxnFactory(load_data(), rnd=random.Random(3), cards=5))
+    ranges = len(TxnFactory(load_data()).ranges)
+    assert len(set(pool)) <= 5 * ranges
+    assert all(luhn_ok(p) for p in pool)
+    assert len(set(pans(TxnFactory(load_data(), rnd=random.Random(3))))) == 300
+
+
 @pytest.fixture
 def factory() -> TxnFactory:
     return TxnFactory(load_data(), rnd=random.Random(11))

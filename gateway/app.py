@@ -21,6 +21,7 @@ from gateway.edge.draining import DrainingSwitch
 from gateway.edge.http import Rejections, serve_asgi
 from gateway.edge.terminals import Listener, TerminalServer
 from gateway.flow.emv_check import CheckEmv
+from gateway.flow.evicted import EvictedKeys
 from gateway.flow.journal_stage import (
     JournalCheckDuplicate,
     JournalFindOriginal,
@@ -119,7 +120,13 @@ class Gateway:
         self.metrics.watch_status(self.status)
         self.bins = BinTable((b, i.id) for i in self.dataset.issuers for b in i.bins)
         self.recent = RecentTransactions(
-            window=cfg.duplicate_window, max_entries=cfg.duplicate_max_entries
+            window=cfg.duplicate_window,
+            max_entries=cfg.duplicate_max_entries,
+            evicted=EvictedKeys(
+                window=cfg.duplicate_window,
+                first_capacity=cfg.duplicate_max_entries,
+                max_bytes=int(cfg.duplicate_filter_max_mib * 2**20),
+            ),
         )
         self.risk_path = (base_dir / cfg.risk) if cfg.risk else None
         self.risk: RiskEngine | None = None

@@ -473,6 +473,12 @@ class GatewayConfig:
     duplicate_max_entries: int = Field(default=500_000, ge=1)
     """Transactions the in-memory duplicate window holds (about 820 bytes each: 500,000 is
     about 400 MiB); past it the oldest go first and the journal answers for them."""
+    duplicate_filter_max_mib: float = Field(default=64.0, gt=0)
+    """Memory for the keys evicted from the window above while still inside its time
+    (Bloom filters, about 1.5 bytes per key: 64 MiB holds about 44 million, 24 hours at 500 TPS
+    beyond the window's count), so only a request whose key may be one of them asks the
+    journal. Past it, every request memory lacks asks the journal (correct, slower), logged as
+    ``duplicate_filter_full``."""
     ksn_memory: int = Field(default=500_000, ge=1)
     """DUKPT KSNs remembered per BDK to refuse a replayed PIN block (and AES DUKPT devices
     whose last counter is kept), oldest forgotten first."""

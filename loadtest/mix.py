@@ -201,6 +201,9 @@ class TxnFactory:
         self.chip_ranges = [r for r in chosen if r.issuer in imks]
         self._stan = itertools.count(self.rnd.randrange(999999))
         self._atc = itertools.count(self.rnd.randrange(1, 0xFFFF))
+        self._card_atc: dict[str, int] = {}
+        """With a card population: each chip card's own ATC, rising by one per use (an issuer
+        declines an ATC not above the last it saw; one shared counter wraps at 65535)."""
         self._ksn = ksn or self._random_ksn(DEFAULT_KSN)
         self._clock_second = -1
         self._clock_value = ("", "", "", "")
@@ -357,7 +360,11 @@ class TxnFactory:
         amount = self._amount()
         fields = self._base(terminal, "071", amount)
         psn = "01"
-        atc = (next(self._atc) % 0xFFFF + 1).to_bytes(2, "big")
+        if self.cards:
+            count = self._card_atc[pan] = min(self._card_atc.get(pan, 0) + 1, 0xFFFF)
+        else:
+            count = next(self._atc) % 0xFFFF + 1
+        atc = count.to_bytes(2, "big")
         currency = bytes.fromhex(self.currency.rjust(4, "0"))
         tags: dict[str, bytes] = {
             "9F02": bytes.fromhex(f"{amount:012d}"),

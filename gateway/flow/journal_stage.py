@@ -523,12 +523,10 @@ class JournalCheckDuplicate(CheckDuplicate):
     async def prepare(self, ctx: Context) -> str | None:
         journal = self.runtime.journal
         key = duplicate_key(ctx.request)
-        if len(self.recent) >= self.recent.max_entries:
-            self.runtime.known = None  # memory evicts: it no longer holds every new key
         if (
             journal is not None
             and self.recent.get(key, ctx.received) is None
-            and self.runtime.may_know(key)
+            and self._may_know(key, ctx.received)
         ):
             f = ctx.request.fields
             try:
@@ -544,6 +542,16 @@ class JournalCheckDuplicate(CheckDuplicate):
                     entry.response = _crash_answer(ctx, stored)
                 _prime(self.recent, key, entry)
         return await super().prepare(ctx)
+
+    def _may_know(self, key: DuplicateKey, now: float) -> bool:
+        """Can the journal hold ``key`` when memory does not? False only when certain: not
+        among the keys it held at start, and not evicted from memory within the window."""
+        if self.runtime.may_know(key):
+            return True
+        recent = self.recent
+        if recent.evicted is None:  # no record of what memory evicted: once full, ask
+            return len(recent) >= recent.max_entries
+        return recent.evicted.may_contain(key, now)
 
     @staticmethod
     def _retry_allowed(journal: Journal, stored: StoredTxn) -> bool:

@@ -32,6 +32,7 @@ from collections import deque
 import anyio
 import orjson
 
+from gateway.flow.evicted import EvictedKeys
 from protocols.keys import DuplicateKey
 from protocols.message import Message
 
@@ -198,9 +199,14 @@ class RecentTransactions:
     its key): the oldest is evicted first. An entry made again under its key leaves its old
     one in the deque, skipped when it comes first."""
 
-    def __init__(self, *, window: float, max_entries: int = 500_000) -> None:
+    def __init__(
+        self, *, window: float, max_entries: int = 500_000, evicted: EvictedKeys | None = None
+    ) -> None:
         self.window = window
         self.max_entries = max_entries
+        self.evicted = evicted
+        """Where keys evicted by count (still inside the window) are remembered, if anywhere:
+        the journal is asked about a key memory lacks only when it may be one of them."""
         self._entries: dict[DuplicateKey, TxnEntry] = {}
         self._order: deque[TxnEntry] = deque()
         self._head_created = 0.0
@@ -242,9 +248,14 @@ class RecentTransactions:
             key = oldest.key
             if entries.get(key) is not oldest:
                 order.popleft()  # made again since: its entry is further on
-            elif len(entries) > self.max_entries or now - oldest.created > self.window:
+            elif now - oldest.created > self.window:
                 order.popleft()
                 del entries[key]
+            elif len(entries) > self.max_entries:
+                order.popleft()
+                del entries[key]
+                if self.evicted is not None:
+                    self.evicted.add(key, oldest.created)
             else:
                 self._head_created = oldest.created
                 return

@@ -41,6 +41,7 @@ from kit.logs import get_logger
 from protocols import keychange
 from protocols.errors import ProtocolError
 from protocols.message import Message
+from protocols.translate import LinkCodec
 
 log = get_logger("gateway.upstream.link_keys")
 
@@ -315,7 +316,11 @@ class LinkKeyExchange:
 
 def _dialect_carries_key_changes(pool: IssuerPool) -> bool:
     """Whether the link's dialect carries a key-change 0800 whole (48 and 53 as text, 70):
-    encoded then decoded, the fields come back unchanged."""
+    encoded then decoded, the fields come back unchanged. A translated (1993) link does not:
+    the table has no key-change row (70 means something else there), and trying it would
+    log and count translation fallbacks for a message never sent."""
+    if isinstance(pool.codec, LinkCodec) and pool.codec.translator is not None:
+        return False
     sample = Message(
         "0800",
         {

@@ -261,6 +261,37 @@ async def test_restart_keeps_duplicate_detection(stack: Stack) -> None:
     assert stack.account_balance("beta", BETA_PAN) == before - 800
 
 
+async def test_a_full_memory_window_asks_the_journal_only_for_evicted_keys(
+    stack: Stack, journal: JournalSetup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first 1-hour soak collapsed (717 -> 18 TPS) once the window was full: every new
+    # request asked the journal. Now only a key memory evicted is looked up there.
+    gw = stack.gateway
+    gw.recent.max_entries = 3
+    runtime = gw.journal_runtime
+    assert runtime.journal is not None
+    asked: list[tuple[object, ...]] = []
+    find = runtime.journal.find_duplicate
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        asked.append(args)
+        return await find(*args, **kwargs)
+
+    monkeypatch.setattr(runtime.journal, "find_duplicate", counted)
+    beta = stack.issuers["beta"]
+    reqs = [purchase(BETA_PAN, 100 + i) for i in range(8)]
+    async with terminal(stack.port) as term:
+        answers = [await term.exchange(r) for r in reqs]
+        assert [a["39"] for a in answers] == ["00"] * 8
+        # PostgreSQL: other nodes write too, so a miss always asks (as before).
+        assert len(asked) == (0 if journal.backend == "sqlite" else 8)
+        seen = beta.by_mti.get("0200", 0)
+        again = await term.exchange(reqs[0])  # evicted from memory: the journal answers
+    assert (again["39"], again["37"], again["38"]) == ("00", answers[0]["37"], answers[0]["38"])
+    assert len(asked) == (1 if journal.backend == "sqlite" else 9)
+    assert beta.by_mti.get("0200", 0) == seen
+
+
 async def test_reversal_after_restart_finds_its_original_in_the_journal(stack: Stack) -> None:
     before = stack.account_balance("beta", BETA_PAN)
     req = purchase(BETA_PAN, 650)

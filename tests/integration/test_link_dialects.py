@@ -118,6 +118,20 @@ async def test_purchase_pin_purchase_reversal_balance_on_each_dialect(
     assert [m for m in on_wire if m not in ("0800", "1804")] == expected[issuer]
 
 
+async def test_starting_counts_no_translation_fallback(stack: Stack) -> None:
+    # The key-exchange probe once encoded a key-change 0800 through the 1993 translator at
+    # start: two fallback warnings and counts (70 and 53) for a message never sent.
+    registry = stack.gateway.metrics.registry
+    counted = [
+        s
+        for m in registry.collect()
+        if m.name == "switch_translation_fallbacks"
+        for s in m.samples
+        if s.name.endswith("_total") and s.value
+    ]
+    assert counted == []
+
+
 async def test_unmapped_action_code_becomes_the_fallback_with_a_log_and_a_count(
     stack: Stack,
 ) -> None:

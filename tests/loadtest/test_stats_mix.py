@@ -3,6 +3,7 @@ HSM simulator's crypto (PIN blocks, DUKPT, MAC, ARQC)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
@@ -101,6 +102,22 @@ def test_a_card_population_is_reused_and_fresh_cards_are_not() -> None:
     assert len(set(pool)) <= 5 * ranges
     assert all(luhn_ok(p) for p in pool)
     assert len(set(pans(TxnFactory(load_data(), rnd=random.Random(3))))) == 300
+
+
+def test_a_reused_chip_card_sends_a_rising_atc() -> None:
+    # The soak's card population once shared one ATC counter: it wrapped at 65535 and the
+    # issuer declined each lower ATC (05, "ATC not above the last used").
+    codec = Codec(get_dialect("terminal"))
+    factory = TxnFactory(load_data(), rnd=random.Random(5), cards=2)
+    factory._atc = itertools.count(0xFFFE)  # the shared counter, about to wrap
+    last: dict[str, int] = {}
+    for _ in range(40):
+        msg = codec.decode(factory.build("contactless").payload)
+        raw = tlv.decode(bytes.fromhex(msg.fields["55"])).get("9F36")
+        assert raw is not None
+        atc = int.from_bytes(raw, "big")
+        assert atc > last.get(msg.fields["2"], 0)
+        last[msg.fields["2"]] = atc
 
 
 @pytest.fixture

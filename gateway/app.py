@@ -512,7 +512,9 @@ class Gateway:
                     now=self.clock(),
                     node=self.cfg.node,
                 )
-                await self.journal_runtime.load_known(self.clock(), self.recent.max_entries)
+                await self.journal_runtime.load_known(
+                    self.clock(), self.recent.max_entries, self.recent.evicted
+                )
                 self.saf = SafService(
                     self.journal_runtime,
                     journal,

@@ -87,6 +87,10 @@ class EvictedKeys:
     def nbytes(self) -> int:
         return sum(len(g.bits) for g in self._gens)
 
+    def key_budget(self) -> int:
+        """Keys these filters take before memory runs out (with room for the doubling)."""
+        return int(self.max_bytes * 8 / BITS_PER_KEY * 0.8)
+
     def add(self, key: str, created: float) -> None:
         """``key`` (made at ``created``) left memory while still inside the window."""
         gen = self._gens[-1] if self._gens else None

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from gateway.flow.evicted import EvictedKeys
 from gateway.flow.participants import REVERSALS, CheckDuplicate, FindOriginal, IssuerMessageHook
 from gateway.flow.pipeline import BaseParticipant, Context
 from gateway.flow.recent import RecentTransactions, TxnEntry
@@ -144,30 +145,59 @@ class JournalRuntime:
         self.opened_at = anyio.current_time()
         self.known = None
 
-    async def load_known(self, now: dt.datetime, limit: int) -> None:
+    async def load_known(
+        self, now: dt.datetime, limit: int, evicted: EvictedKeys | None = None
+    ) -> None:
         """SQLite (one node): the duplicate keys the journal holds for the window, read once
         at start from the index's clear columns (terminal, STAN, field 7, MTI class; never
         card data). Requests since start are all in memory, so a memory miss needs the
-        journal only for a key in this set. PostgreSQL (other nodes write too): unknown."""
+        journal only for a key read here. PostgreSQL (other nodes write too): unknown.
+
+        Up to ``limit`` keys are kept in a set. Beyond (a busy switch's day), with ``evicted``
+        they go into its Bloom filters as keys memory no longer holds, newest first up to
+        what its memory takes (older ones: the filter is blind, always asking, until they
+        leave the window); without, every miss asks the journal. Before this, a restart
+        with more than ``limit`` keys in the window made every request ask the journal
+        for the rest of the process's life."""
         journal = self.journal
         if journal is None or journal.config.backend != "sqlite":
             return
         since = int((now - dt.timedelta(seconds=self.window)).timestamp() * 1_000_000)
+        now_us = int(now.timestamp() * 1_000_000)
+        mono = anyio.current_time()
         path = journal.config.path
+        window = self.window
 
         def read() -> set[DuplicateKey] | None:
             con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
             try:
-                rows = con.execute(
-                    "SELECT substr(mti, 2, 1), terminal_id, stan, transmission FROM txns "
-                    "WHERE created_us >= ? AND mti IS NOT NULL LIMIT ?",
-                    (since, limit + 1),
-                ).fetchall()
+                sql = (
+                    "SELECT substr(mti, 2, 1), terminal_id, stan, transmission, created_us "
+                    "FROM txns WHERE created_us >= ? AND mti IS NOT NULL ORDER BY created_us"
+                )
+                rows = con.execute(sql + " LIMIT ?", (since, limit + 1)).fetchall()
+                if len(rows) <= limit:
+                    return {key_of(r[0], r[1] or "", r[2] or "", r[3] or "") for r in rows}
+                if evicted is None:
+                    return None  # too many to hold: ask the journal on every miss
+                first = since
+                budget = evicted.key_budget()
+                older = con.execute(
+                    "SELECT created_us FROM txns WHERE created_us >= ? AND mti IS NOT NULL "
+                    "ORDER BY created_us DESC LIMIT 1 OFFSET ?",
+                    (since, budget),
+                ).fetchone()
+                if older is not None:  # more than the filter holds: blind for the oldest
+                    first = older[0] + 1
+                    evicted.blind_until = mono - (now_us - older[0]) / 1e6 + window
+                cur = con.execute(sql, (first,))
+                while batch := cur.fetchmany(10_000):
+                    for r in batch:
+                        key = key_of(r[0], r[1] or "", r[2] or "", r[3] or "")
+                        evicted.add(key, mono - (now_us - r[4]) / 1e6)
+                return set()
             finally:
                 con.close()
-            if len(rows) > limit:
-                return None  # too many to hold: ask the journal on every miss
-            return {key_of(r[0], r[1] or "", r[2] or "", r[3] or "") for r in rows}
 
         self.known = await anyio.to_thread.run_sync(read)
 

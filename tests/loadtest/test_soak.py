@@ -4,6 +4,7 @@ of the real command (the demo stack for about 25 s at a low rate, a row every 3 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import tomllib
@@ -15,6 +16,7 @@ from loadtest.soak import (
     Row,
     Soak,
     Tolerances,
+    lifted_limits,
     lowered_caps,
     overrides,
     saf_depth,
@@ -67,6 +69,24 @@ def test_the_overrides_are_keys_each_config_class_accepts(tmp_path: Path) -> Non
         load_config(tmp_path / "risk.toml").memory_max_cards
         == extra["risk.toml"]["memory_max_cards"]
     )
+
+
+def test_a_reused_card_population_lifts_the_daily_count_above_its_use(tmp_path: Path) -> None:
+    risk = tomllib.loads((DEMO / "risk.toml").read_text())
+    assert risk["daily_count_per_card"] == 20
+    # 669 TPS for an hour over 2 x 50,000 cards: about 22 card transactions each (90 % of
+    # the mix: QR payments and reversals name no card of the population).
+    [cap] = lifted_limits("mixed", 669.0, 3600.0, 50_000, 2, risk)
+    uses = 669.0 * 3600.0 * 0.90 / 100_000
+    assert cap.key == "risk.toml daily_count_per_card"
+    assert (cap.value, cap.default) == (math.ceil(uses * 4), 20)
+    assert lifted_limits("mixed", 669.0, 3600.0, 0, 2, risk) == []  # fresh cards: no reuse
+    assert lifted_limits("mixed", 10.0, 60.0, 50_000, 2, risk) == []  # never lowered
+    from gateway.risk.config import load_config
+
+    merged = merge(risk, overrides([cap])["risk.toml"])
+    (tmp_path / "risk.toml").write_text(dump_toml(merged))
+    assert load_config(tmp_path / "risk.toml").daily_count_per_card == cap.value
 
 
 def test_saf_depth_sums_every_issuer_of_the_exposition() -> None:

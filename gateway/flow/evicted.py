@@ -83,10 +83,6 @@ class EvictedKeys:
     def __len__(self) -> int:
         return sum(g.count for g in self._gens)
 
-    @property
-    def nbytes(self) -> int:
-        return sum(len(g.bits) for g in self._gens)
-
     def key_budget(self) -> int:
         """Keys these filters take before memory runs out (with room for the doubling)."""
         return int(self.max_bytes * 8 / BITS_PER_KEY * 0.8)

@@ -248,13 +248,10 @@ class RecentTransactions:
             key = oldest.key
             if entries.get(key) is not oldest:
                 order.popleft()  # made again since: its entry is further on
-            elif now - oldest.created > self.window:
+            elif (aged := now - oldest.created > self.window) or len(entries) > self.max_entries:
                 order.popleft()
                 del entries[key]
-            elif len(entries) > self.max_entries:
-                order.popleft()
-                del entries[key]
-                if self.evicted is not None:
+                if not aged and self.evicted is not None:  # by count, still inside the window
                     self.evicted.add(key, oldest.created)
             else:
                 self._head_created = oldest.created

@@ -40,6 +40,7 @@ from gateway.journal.model import (
     VerifyResult,
 )
 from gateway.journal.rows import (
+    Prepared,
     from_us,
     prepare_advice,
     prepare_event,
@@ -172,6 +173,11 @@ class JournalBase(abc.ABC):
 
     # -- writes -----------------------------------------------------------------------------
 
+    def _prepare_event(self, event: JournalEvent) -> Prepared:
+        """The record to commit: encrypted here (a backend with a writer process of its own
+        may hand that work to it: :func:`.rows.defer_event`)."""
+        return prepare_event(event, self._protector)
+
     async def append(self, event: JournalEvent, *, durable: bool = True) -> int:
         """Append one state change; returns its sequence number once committed.
 
@@ -181,7 +187,7 @@ class JournalBase(abc.ABC):
         harmless. Raises :class:`JournalWriteError` if the record could not be committed.
         """
         committer = self._require()
-        op = Op(OpKind.APPEND, (prepare_event(event, self._protector), None), durable=durable)
+        op = Op(OpKind.APPEND, (self._prepare_event(event), None), durable=durable)
         result: tuple[int, int | None] = await committer.submit(op)
         return result[0]
 
@@ -193,7 +199,7 @@ class JournalBase(abc.ABC):
         E.g. ``timed_out`` plus the 0420 to send: a crash cannot keep one without the other.
         """
         committer = self._require()
-        args = (prepare_event(event, self._protector), prepare_advice(advice, self._protector))
+        args = (self._prepare_event(event), prepare_advice(advice, self._protector))
         result: tuple[int, int] = await committer.submit(Op(OpKind.APPEND, args, durable=durable))
         return result
 

@@ -38,7 +38,7 @@ class DecryptionError(JournalError):
 class DataProtector:
     """Encrypts payloads and PANs, hashes PANs for lookups. Holds key material: never log it."""
 
-    __slots__ = ("_active", "_active_id", "_aead", "_header", "_lookup")
+    __slots__ = ("_active", "_active_id", "_aead", "_header", "_lookup", "_material")
 
     def __init__(self, keys: Mapping[str, bytes], active_key_id: str, lookup_key: bytes) -> None:
         if active_key_id not in keys:
@@ -59,6 +59,12 @@ class DataProtector:
         self._header = bytes([_VERSION, len(active_id)]) + active_id
         self._active = aead[active_key_id]
         self._lookup = HmacSha256(lookup_key)
+        self._material = (dict(keys), active_key_id, bytes(lookup_key))
+
+    def __reduce__(self) -> tuple[type[DataProtector], tuple[dict[str, bytes], str, bytes]]:
+        # Pickled only down the pipe to the gateway's own journal writer process, which
+        # prepares (encrypts) the records there, off the event loop.
+        return (DataProtector, self._material)
 
     def __repr__(self) -> str:
         return f"DataProtector(key_ids={sorted(self._aead)}, active={self._active_id!r})"

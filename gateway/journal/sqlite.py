@@ -47,7 +47,8 @@ from gateway.journal.archive import ArchiveInfo, read_rows
 from gateway.journal.base import JournalBase, Reader
 from gateway.journal.errors import JournalClosedError, JournalStateError
 from gateway.journal.groupcommit import Op, OpKind
-from gateway.journal.rows import txn_params, upsert_groups
+from gateway.journal.model import JournalEvent
+from gateway.journal.rows import Prepared, defer_event, prepare_event, txn_params, upsert_groups
 from gateway.journal.sql import Sql
 from gateway.journal.writerproc import WriterProcess
 from kit.logs import get_logger
@@ -219,7 +220,7 @@ class SqliteJournal(JournalBase):
     async def _open_backend(self) -> None:
         if self.config.writer == "process":
             process = WriterProcess()
-            await process.start(self.config, self._chain)
+            await process.start(self.config, self._chain, self._protector)
             self._process = process
             self._commit_depth = PIPELINE_DEPTH
             try:
@@ -249,6 +250,12 @@ class SqliteJournal(JournalBase):
         await anyio.to_thread.run_sync(self._close_sync, limiter=self._write_limiter)
 
     # -- writes -----------------------------------------------------------------------------
+
+    def _prepare_event(self, event: JournalEvent) -> Prepared:
+        if self._process is not None:
+            # The writer process encrypts it, on the other core (it holds the data keys).
+            return defer_event(event)
+        return prepare_event(event, self._protector)
 
     async def _commit(self, ops: list[Op]) -> None:
         if self._process is not None:

@@ -13,8 +13,11 @@ from typing import Any, BinaryIO
 from gateway.journal.config import JournalKeys
 from gateway.journal.groupcommit import Op, OpKind
 from gateway.journal.protect import DataProtector
+from gateway.journal.rows import DEFERRED, prepare_deferred
 from gateway.journal.sqlite import CHECKPOINT_RECORDS, SqliteJournal
 from gateway.journal.writerproc import HEADER, frame, loads
+
+_APPEND = OpKind.APPEND.value
 
 
 def _read_exact(src: BinaryIO, size: int) -> bytes | None:
@@ -38,10 +41,9 @@ def _read_frame(src: BinaryIO) -> Any:
 class _Child:
     """Applies batches with the same code as the in-loop writer, synchronously."""
 
-    def __init__(self, config: Any, chain: Any) -> None:
-        # The writer only chains and stores rows the gateway prepared: it never encrypts or
-        # decrypts, so its protector holds a throw-away key, never the data keys.
-        protector = DataProtector({"writer": os.urandom(32)}, "writer", os.urandom(32))
+    def __init__(self, config: Any, chain: Any, protector: DataProtector) -> None:
+        # The data keys encrypt the events the gateway deferred (it never decrypts here).
+        self.protector = protector
         self.journal = SqliteJournal(config, keys=JournalKeys(protector, chain))
         self.every = CHECKPOINT_RECORDS
         self.since = 0
@@ -67,7 +69,12 @@ class _Child:
             # As in the loop writer: a short pass with no write running lets the WAL restart.
             self.catch_up = False
             journal._checkpoint_sync()
-        ops = [Op(OpKind(kind), args, durable=durable) for kind, args, durable in batch]
+        protector = self.protector
+        ops = []
+        for kind, args, durable in batch:
+            if kind == _APPEND and args[0][0] == DEFERRED:
+                args = (prepare_deferred(args[0], protector), args[1])
+            ops.append(Op(OpKind(kind), args, durable=durable))
         journal._commit_sync(ops, waiting=True)
         fd = journal._wal_fd
         if journal.config.synchronous == "FULL" and fd is not None and any(o.durable for o in ops):

@@ -3,12 +3,15 @@ gateway's side. The child is :mod:`gateway.journal.writer`.
 
 Why: with the journal on, a third of the gateway's CPU per transaction went to the journal's
 batches (SQL, the chain's HMACs, index upserts, the WAL fsync and checkpoints), all on the one
-core the event loop runs on. Here a child process does that part: the gateway still prepares
-each record (encryption, canonical payload: the child never sees a clear PAN) and batches
-records by group commit; each batch travels down a pipe as one pickled frame, the child
-chains, writes, commits and syncs it exactly as :meth:`SqliteJournal._commit_sync` does, and
-answers with each op's result. A writer is released only after its batch is on disk, as
-before: the guarantees do not change, the work moves to the other core.
+core the event loop runs on. Here a child process does that part, and since 2026-12-07 the
+records' encryption and PAN hash too (the child was two-thirds idle): the gateway validates
+each event and strips it of sensitive authentication data (:class:`JournalEvent`), hands it
+down as a plain tuple (:func:`.rows.defer_event`; the child, our own process behind our own
+pipe, holds the data keys as it already held the chain key) and batches records by group
+commit; each batch travels down a pipe as one pickled frame, the child encrypts, chains,
+writes, commits and syncs it exactly as :meth:`SqliteJournal._commit_sync` does, and answers
+with each op's result. A writer is released only after its batch is on disk, as before: the
+guarantees do not change, the work moves to the other core.
 
 Reads stay in the gateway on its own WAL reader connections (readers never block the writer,
 in another process either). The child ends when its standard input closes: the gateway
@@ -17,8 +20,9 @@ batch it is writing. It never restarts on its own: a journal that cannot write i
 the gateway reports (``96``), as with a failing disk.
 
 Wire: 4-byte big-endian length + pickle, both ways (our own child, over our own pipe). The
-first frame down is ``(config, chain)``; the child answers ``("ready",)`` once the file is
-open, then one answer per batch: ``("ok", results)`` or ``("error", type name, message)``.
+first frame down is ``(config, chain, protector)``; the child answers ``("ready",)`` once the
+file is open, then one answer per batch: ``("ok", results)`` or ``("error", type name,
+message)``.
 """
 
 from __future__ import annotations
@@ -63,13 +67,13 @@ class WriterProcess:
         self._sending = anyio.Lock()  # one frame at a time, in the order answers come back
         self._reading = anyio.Lock()
 
-    async def start(self, config: Any, chain: Any) -> None:
+    async def start(self, config: Any, chain: Any, protector: Any) -> None:
         proc = await anyio.open_process(
             [sys.executable, "-m", "gateway.journal.writer"], stderr=None
         )
         self._proc = proc
         try:
-            await self._send(frame((config, chain)))
+            await self._send(frame((config, chain, protector)))
             answer = await self._receive()
             if answer[0] != "ready":
                 raise JournalWriteError(f"journal writer did not start: {answer[1]}: {answer[2]}")

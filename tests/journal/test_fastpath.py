@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import pickle
 from datetime import UTC, date, datetime, timedelta, timezone
 
 import anyio
@@ -17,7 +18,7 @@ from gateway.journal.errors import JournalClosedError, JournalWriteError
 from gateway.journal.groupcommit import GroupCommitter, Op, OpKind
 from gateway.journal.keyed import HmacSha256
 from gateway.journal.protect import DataProtector
-from gateway.journal.rows import aad, from_us, prepare_event, to_us
+from gateway.journal.rows import aad, defer_event, from_us, prepare_deferred, prepare_event, to_us
 from gateway.journal.sensitive import strip_sensitive
 from tests.journal.conftest import NOW, PAN, Backend, answered, purchase
 
@@ -52,7 +53,14 @@ def test_microseconds_are_exact(moment: datetime) -> None:
     assert from_us(expected) == moment
 
 
-def test_prepared_event_follows_the_column_order() -> None:
+def _deferred_in_a_writer(event: JournalEvent, protector: DataProtector) -> tuple[object, ...]:
+    """As the writer process does it: the tuple and the protector travel pickled."""
+    child = pickle.loads(pickle.dumps(protector))
+    return prepare_deferred(pickle.loads(pickle.dumps(defer_event(event))), child)
+
+
+@pytest.mark.parametrize("prepare", [prepare_event, _deferred_in_a_writer])
+def test_prepared_event_follows_the_column_order(prepare: object) -> None:
     protector = DataProtector({"k": os.urandom(32)}, "k", os.urandom(32))
     values: dict[str, object] = {c: f"v-{c}" for c in DATA_COLUMNS if not c.startswith("pan")}
     values.update(
@@ -73,7 +81,7 @@ def test_prepared_event_follows_the_column_order() -> None:
         **values,  # type: ignore[arg-type]
     )
     columns = ("txn_id", "state", "at_us", *DATA_COLUMNS)
-    row = dict(zip(columns, prepare_event(event, protector), strict=True))
+    row = dict(zip(columns, prepare(event, protector), strict=True))  # type: ignore[operator]
     assert (row["txn_id"], row["state"], row["at_us"]) == ("T1", "answered", to_us(at))
     for column, value in values.items():
         assert row[column] == value
@@ -85,6 +93,42 @@ def test_prepared_event_follows_the_column_order() -> None:
     assert request == {"2": "4761730000000011"}  # the PIN block never reaches the row
     assert protector.decrypt_fields(row["response_enc"], aad("response", "T1")) == {"39": "00"}
     assert DataProtector.key_id_of(row["pan_enc"]) == "k"
+
+
+def test_a_deferred_event_is_the_same_row_as_a_prepared_one() -> None:
+    protector = DataProtector({"k": os.urandom(32)}, "k", os.urandom(32))
+    for event in (
+        purchase("T2", "000002"),
+        answered("T2", "000002"),
+        JournalEvent(txn_id="T3", state=TxnState.REVERSED, at=NOW),
+    ):
+        direct, deferred = prepare_event(event, protector), _deferred_in_a_writer(event, protector)
+        assert len(direct) == len(deferred)
+        columns = ("txn_id", "state", "at_us", *DATA_COLUMNS)
+        for column, a, b in zip(columns, direct, deferred, strict=True):
+            if column.endswith("_enc") and a is not None:
+                assert isinstance(b, bytes)  # fresh nonces: compare what they decrypt to
+                purpose = column.removesuffix("_enc")
+                assert protector.decrypt(a, aad(purpose, event.txn_id)) == protector.decrypt(
+                    b, aad(purpose, event.txn_id)
+                )
+            else:
+                assert a == b, column
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("stan", "12345", "stan must be 6 digits"),
+        ("orig_transmission", "031412000x", "orig_transmission must be 10 digits"),
+        ("currency", "\u0661\u0665\u0666", "currency must be 3 digits"),
+        ("note", "x" * 65, "note must be at most 64 printable chars"),
+        ("terminal_id", "TERM\n001", "terminal_id must be at most 64 printable chars"),
+    ],
+)
+def test_each_bad_field_is_named(field: str, value: str, message: str) -> None:
+    with pytest.raises(JournalValueError, match=message):
+        JournalEvent(txn_id="T1", state=TxnState.ANSWERED, at=NOW, mti="0200", **{field: value})  # type: ignore[arg-type]
 
 
 def test_payload_keys_with_trailing_newline_or_zeros_are_refused() -> None:

@@ -26,7 +26,7 @@ from gateway.journal.archive import ArchiveInfo, ArchiveWriter, verify_archive
 from gateway.journal.chain import GENESIS, ChainVerifier
 from gateway.journal.config import JournalConfig, JournalKeys, resolve_keys
 from gateway.journal.errors import ArchiveFormatError, JournalClosedError, JournalStateError
-from gateway.journal.groupcommit import GroupCommitter, Op, OpKind
+from gateway.journal.groupcommit import GroupCommitter, Op, OpKind, SendFn
 from gateway.journal.model import (
     Advice,
     ArchiveResult,
@@ -135,6 +135,7 @@ class JournalBase(abc.ABC):
             max_delay=self.config.group_commit_max_delay_ms / 1000.0,
             queue_size=self.config.queue_size,
             depth=self._commit_depth,
+            send=self._sender(),
         )
         tg = anyio.create_task_group()
         await tg.__aenter__()
@@ -172,6 +173,10 @@ class JournalBase(abc.ABC):
         return self._require().statistics()
 
     # -- writes -----------------------------------------------------------------------------
+
+    def _sender(self) -> SendFn | None:
+        """A backend that can start a commit without awaiting (see ``GroupCommitter``)."""
+        return None
 
     def _prepare_event(self, event: JournalEvent) -> Prepared:
         """The record to commit: encrypted here (a backend with a writer process of its own

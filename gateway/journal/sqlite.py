@@ -46,7 +46,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from gateway.journal.archive import ArchiveInfo, read_rows
 from gateway.journal.base import JournalBase, Reader
 from gateway.journal.errors import JournalClosedError, JournalStateError
-from gateway.journal.groupcommit import Op, OpKind
+from gateway.journal.groupcommit import Op, OpKind, SendFn
 from gateway.journal.model import JournalEvent
 from gateway.journal.rows import Prepared, defer_event, prepare_event, txn_params, upsert_groups
 from gateway.journal.sql import Sql
@@ -250,6 +250,10 @@ class SqliteJournal(JournalBase):
         await anyio.to_thread.run_sync(self._close_sync, limiter=self._write_limiter)
 
     # -- writes -----------------------------------------------------------------------------
+
+    def _sender(self) -> SendFn | None:
+        process = self._process
+        return process.send if process is not None and process.sends else None
 
     def _prepare_event(self, event: JournalEvent) -> Prepared:
         if self._process is not None:

@@ -27,17 +27,20 @@ message)``.
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 import struct
+import subprocess
 import sys
 from collections import deque
 from typing import Any
 
 import anyio
+import sniffio
 from anyio.abc import ByteReceiveStream, ByteSendStream, Process
 
 from gateway.journal.errors import JournalClosedError, JournalWriteError
-from gateway.journal.groupcommit import Op
+from gateway.journal.groupcommit import Done, Op
 
 HEADER = struct.Struct(">I")
 
@@ -56,9 +59,11 @@ class WriterProcess:
     """The gateway's side: starts the child, sends batches, hands back their results.
 
     Several batches may be on their way (the group committer's ``depth``): the child answers
-    them in the order they were sent. A batch waiting for its answer reads answers (one
-    reader at a time) and hands each to the oldest batch sent until its own has come: no
-    reader task of its own to own and stop."""
+    them in the order they were sent. On asyncio the child's pipes are a protocol: a batch
+    is written without awaiting (:meth:`send`) and its answer settles it from the pipe's
+    read callback, with no task to wake (see :class:`.groupcommit.GroupCommitter`). On trio,
+    AnyIO's process streams: a batch waiting for its answer reads answers (one reader at a
+    time) and hands each to the oldest batch sent until its own has come."""
 
     def __init__(self) -> None:
         self._proc: Process | None = None
@@ -66,14 +71,37 @@ class WriterProcess:
         self._waiting: deque[_Pending] = deque()
         self._sending = anyio.Lock()  # one frame at a time, in the order answers come back
         self._reading = anyio.Lock()
+        # asyncio
+        self._transport: asyncio.SubprocessTransport | None = None
+        self._stdin: Any = None  # asyncio.WriteTransport-like (uvloop's is not a subclass)
+        self._answers: _Answers | None = None
+        self._callbacks: deque[tuple[list[Op], Done]] = deque()
+        self._first: asyncio.Future[Any] | None = None
+        self._gone = False
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id while it runs."""
+        if self._transport is not None:
+            return self._transport.get_pid()
+        return None if self._proc is None else self._proc.pid
+
+    @property
+    def sends(self) -> bool:
+        """:meth:`send` works (asyncio)."""
+        return self._stdin is not None
 
     async def start(self, config: Any, chain: Any, protector: Any) -> None:
+        hello = frame((config, chain, protector))
+        if sniffio.current_async_library() == "asyncio":
+            await self._start_asyncio(hello)
+            return
         proc = await anyio.open_process(
             [sys.executable, "-m", "gateway.journal.writer"], stderr=None
         )
         self._proc = proc
         try:
-            await self._send(frame((config, chain, protector)))
+            await self._send(hello)
             answer = await self._receive()
             if answer[0] != "ready":
                 raise JournalWriteError(f"journal writer did not start: {answer[1]}: {answer[2]}")
@@ -81,8 +109,58 @@ class WriterProcess:
             await self.aclose()
             raise
 
+    async def _start_asyncio(self, hello: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        self._first = loop.create_future()
+        transport, answers = await loop.subprocess_exec(
+            lambda: _Answers(self, loop),
+            sys.executable,
+            "-m",
+            "gateway.journal.writer",
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=None,
+        )
+        self._transport, self._answers = transport, answers
+        stdin: Any = transport.get_pipe_transport(0)  # uvloop's: no asyncio.WriteTransport
+        if stdin is None:
+            transport.close()
+            raise JournalWriteError("journal writer did not start: no input pipe")
+        self._stdin = stdin
+        try:
+            stdin.write(hello)
+            answer = await self._first
+            if answer[0] != "ready":
+                raise JournalWriteError(f"journal writer did not start: {answer[1]}: {answer[2]}")
+        except BaseException:
+            await self.aclose()
+            raise
+
+    def send(self, ops: list[Op], done: Done) -> None:
+        """asyncio: write one batch now; ``done`` is called when its answer is read."""
+        stdin = self._stdin
+        if stdin is None or self._gone or stdin.is_closing():
+            raise JournalClosedError("the journal writer process is gone")
+        data = frame([(op.kind.value, op.args, op.durable) for op in ops])
+        self._callbacks.append((ops, done))
+        stdin.write(data)
+
     async def commit(self, ops: list[Op]) -> None:
         """One batch, all or nothing: each op's ``result`` set, or an error raised."""
+        if self._stdin is not None:
+            settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            def done(error: BaseException | None) -> None:
+                if settled.done():
+                    return
+                if error is None:
+                    settled.set_result(None)
+                else:
+                    settled.set_exception(error)
+
+            self.send(ops, done)
+            await settled
+            return
         pending = _Pending()
         data = frame([(op.kind.value, op.args, op.durable) for op in ops])
         async with self._sending:
@@ -97,8 +175,53 @@ class WriterProcess:
         for op, result in zip(ops, answer[1], strict=True):
             op.result = result
 
+    def _answered(self, answer: Any) -> None:
+        """asyncio: one answer read from the child, for the oldest batch sent."""
+        first = self._first
+        if first is not None:
+            self._first = None
+            if not first.done():
+                first.set_result(answer)
+            return
+        if not self._callbacks:
+            return  # nothing asked: ignore (never happens with our own child)
+        ops, done = self._callbacks.popleft()
+        if answer[0] != "ok":
+            done(JournalWriteError(f"journal writer: {answer[1]}: {answer[2]}"))
+            return
+        for op, result in zip(ops, answer[1], strict=True):
+            op.result = result
+        done(None)
+
+    def _lost(self) -> None:
+        """asyncio: the child's output ended (it exited, or was killed)."""
+        self._gone = True
+        error = JournalClosedError("the journal writer process is gone")
+        first, self._first = self._first, None
+        if first is not None and not first.done():
+            first.set_exception(error)
+        while self._callbacks:
+            _, done = self._callbacks.popleft()
+            done(error)
+
     async def aclose(self) -> None:
         """Close the child's input (it finishes, closes the file and exits) and reap it."""
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            answers = self._answers
+            assert answers is not None
+            with anyio.CancelScope(shield=True):
+                if self._stdin is not None:
+                    self._stdin.close()
+                with anyio.move_on_after(30):
+                    await answers.exited
+                if not answers.exited.done():
+                    transport.kill()
+                    await answers.exited
+                transport.close()
+            self._stdin = None
+            self._lost()
+            return
         proc, self._proc = self._proc, None
         if proc is None:
             return
@@ -144,6 +267,38 @@ class WriterProcess:
         if self._proc is None:
             raise JournalClosedError("the journal writer process is not running")
         return self._proc
+
+
+class _Answers(asyncio.SubprocessProtocol):
+    """asyncio: the child's answers, parsed as they arrive and handed to the owner."""
+
+    def __init__(self, owner: WriterProcess, loop: asyncio.AbstractEventLoop) -> None:
+        self.owner = owner
+        self.buf = b""
+        self.exited: asyncio.Future[None] = loop.create_future()
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        if fd != 1:
+            return
+        buf = self.buf + data if self.buf else data
+        pos, size = 0, len(buf)
+        while size - pos >= HEADER.size:
+            end = pos + HEADER.size + HEADER.unpack_from(buf, pos)[0]
+            if end > size:
+                break
+            self.owner._answered(loads(buf[pos + HEADER.size : end]))
+            pos = end
+        self.buf = buf[pos:]
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd == 1:
+            self.owner._lost()
+
+    def process_exited(self) -> None:
+        # Not lost yet: answers it wrote before exiting may still be unread (the pipe's end,
+        # ``pipe_connection_lost``, comes after them).
+        if not self.exited.done():
+            self.exited.set_result(None)
 
 
 class _Pending:

@@ -30,9 +30,9 @@ def _config(path: Path, table: dict[str, Any] | None = None) -> Any:
 def _child_pid(journal: Any) -> int:
     assert isinstance(journal, SqliteJournal)
     assert journal._process is not None
-    proc = journal._process._proc
-    assert proc is not None
-    return int(proc.pid)
+    pid = journal._process.pid
+    assert pid is not None
+    return pid
 
 
 def _gone(pid: int, within: float) -> bool:
@@ -89,7 +89,7 @@ def test_the_writer_ends_with_a_killed_gateway_and_keeps_what_it_acknowledged(
             async with open_journal(config) as journal:
                 for i in range(50):
                     await journal.append(purchase(f"t{{i}}", f"{{i:06d}}"))
-                print(journal._process._proc.pid, flush=True)
+                print(journal._process.pid, flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
 
         anyio.run(main)

@@ -168,6 +168,10 @@ class GroupCommitter:
                 if remaining <= 0:
                     break
                 await self._wait_for_work(remaining)
+        return self._take()
+
+    def _take(self) -> tuple[list[Op], anyio.Event]:
+        queue = self._queue
         first = queue.popleft()
         batch = [first]
         if not first.exclusive:
@@ -270,6 +274,7 @@ class GroupCommitter:
             if error is None:
                 self._finish(batch, taken)
                 self._slot_done()
+                self._send_next()
                 return
             self._failed += 1
             if self._tg is None:
@@ -284,6 +289,21 @@ class GroupCommitter:
             self._send(batch, done)
         except Exception as exc:  # not even sent (the writer is gone)
             done(exc)
+
+    def _send_next(self) -> None:
+        """From an answer's callback: what queued while every slot was busy leaves now,
+        not one loop iteration later when the committer task would wake up for it."""
+        queue = self._queue
+        if (
+            queue
+            and self._in_flight < self._depth
+            and self._tg is not None
+            and not self._closed
+            and not self._max_delay
+            and not queue[0].exclusive
+        ):
+            self._in_flight += 1
+            self._send_batch(*self._take())
 
     async def _isolate(self, batch: list[Op], taken: anyio.Event, error: BaseException) -> None:
         """A failed batch: each op again alone, so one bad record fails only its writer."""

@@ -386,3 +386,94 @@ async def test_group_commit_depth_two_overlaps_batches_and_exclusive_waits_for_n
         committer.close()
     assert results == {"a": "a", "b": "b", "x": "x"}
     assert most[0] == 2
+
+
+class _FakeWriter:
+    """An in-memory writer process: answers the batches sent to it in order, when told."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[list[Op], object]] = []
+        self.batches: list[list[object]] = []
+
+    def send(self, ops: list[Op], done: object) -> None:
+        self.sent.append((ops, done))
+
+    def answer(self, error: BaseException | None = None) -> None:
+        ops, done = self.sent.pop(0)
+        if error is None:
+            self.batches.append([op.args for op in ops])
+            for op in ops:
+                op.result = op.args
+        done(error)  # type: ignore[operator]
+
+    async def commit(self, ops: list[Op]) -> None:  # the retry path: one op at a time
+        if any(op.args == "bad" for op in ops):
+            raise ValueError("bad record")
+        self.batches.append([op.args for op in ops])
+        for op in ops:
+            op.result = op.args
+
+
+@pytest.mark.anyio
+async def test_sent_batches_are_answered_by_callback_in_order() -> None:
+    """The writer-process path: batches handed over without a task, ``depth`` at a time; an
+    answer sends what queued meanwhile at once; a failed batch is retried op by op."""
+    writer = _FakeWriter()
+    committer = GroupCommitter(
+        writer.commit, max_batch=3, max_delay=0.0, queue_size=100, depth=2, send=writer.send
+    )
+    results: dict[object, object] = {}
+
+    async def write(value: object) -> None:
+        try:
+            results[value] = await committer.submit(Op(OpKind.APPEND, value))
+        except JournalWriteError as exc:
+            results[value] = exc
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(committer.run)
+        for i in range(8):
+            tg.start_soon(write, i)
+        await anyio.wait_all_tasks_blocked()
+        assert len(writer.sent) == 2  # depth 2: two batches out, the rest queued
+        writer.answer()  # the answer's callback sends the next batch itself
+        assert len(writer.sent) == 2
+        await anyio.wait_all_tasks_blocked()
+        assert all(results[v] == v for v in writer.batches[0])
+        tg.start_soon(write, "bad")
+        await anyio.wait_all_tasks_blocked()
+        while writer.sent:
+            failing = any(op.args == "bad" for op in writer.sent[0][0])
+            writer.answer(ValueError("bad record") if failing else None)
+            await anyio.wait_all_tasks_blocked()
+        committer.close()
+    assert all(results[i] == i for i in range(8))
+    assert isinstance(results["bad"], JournalWriteError)
+    assert all(len(b) <= 3 for b in writer.batches)
+    with pytest.raises(JournalClosedError):
+        await committer.submit(Op(OpKind.APPEND, 99))
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_committer_fails_the_batches_it_sent() -> None:
+    writer = _FakeWriter()
+    committer = GroupCommitter(
+        writer.commit, max_batch=10, max_delay=0.0, queue_size=100, depth=2, send=writer.send
+    )
+    errors: list[BaseException] = []
+
+    async def write(value: int) -> None:
+        try:
+            await committer.submit(Op(OpKind.APPEND, value))
+        except JournalClosedError as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as outer, anyio.create_task_group() as inner:
+        await inner.start(committer.run)
+        for i in range(3):
+            outer.start_soon(write, i)
+        await anyio.wait_all_tasks_blocked()
+        assert writer.sent
+        inner.cancel_scope.cancel()
+    assert len(errors) == 3  # never answered: no writer takes its record as committed
+    writer.answer()  # a late answer changes nothing

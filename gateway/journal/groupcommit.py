@@ -253,16 +253,15 @@ class GroupCommitter:
                 while self._sent:
                     sent = self._sent.popleft()
                     sent.settled = True
-                    for op in sent.batch:
-                        op.error = JournalClosedError("the journal closed during the write")
+                    self._closed_during_write(sent.batch)
                     self._finish(sent.batch, sent.taken)
                 self._tg = None
 
     def _send_batch(self, batch: list[Op], taken: anyio.Event) -> None:
         assert self._send is not None
-        self._batches += 1
-        self._ops += len(batch)
-        self._largest = max(self._largest, len(batch))
+        tg = self._tg
+        assert tg is not None  # set for as long as batches are sent (see _run_pipelined)
+        self._count(batch)
         sent = _Sent(batch, taken)
         self._sent.append(sent)
 
@@ -277,13 +276,9 @@ class GroupCommitter:
                 self._send_next()
                 return
             self._failed += 1
-            if self._tg is None:
-                for op in batch:
-                    op.error = error
-                self._finish(batch, taken)
-                self._slot_done()
-                return
-            self._tg.start_soon(self._isolate, batch, taken, error)
+            # The committer's task group outlives every batch it sent: at its end those not
+            # answered are settled (failed) above, and a late answer returns at ``settled``.
+            tg.start_soon(self._isolate, batch, taken, error)
 
         try:
             self._send(batch, done)
@@ -310,13 +305,22 @@ class GroupCommitter:
         try:
             await self._retry_each(batch, error)
         except BaseException:
-            for op in batch:  # cancelled mid-retry: no writer may take it as committed
-                if op.error is None:
-                    op.error = JournalClosedError("the journal closed during the write")
+            self._closed_during_write(batch)
             raise
         finally:
             self._finish(batch, taken)
             self._slot_done()
+
+    def _count(self, batch: list[Op]) -> None:
+        self._batches += 1
+        self._ops += len(batch)
+        self._largest = max(self._largest, len(batch))
+
+    @staticmethod
+    def _closed_during_write(batch: list[Op]) -> None:
+        for op in batch:  # cancelled mid-write: no writer may take it as committed
+            if op.error is None:
+                op.error = JournalClosedError("the journal closed during the write")
 
     def _slot_done(self) -> None:
         self._in_flight -= 1
@@ -334,9 +338,7 @@ class GroupCommitter:
             self._slot_done()
 
     async def _run_batch(self, batch: list[Op], taken: anyio.Event | None = None) -> None:
-        self._batches += 1
-        self._ops += len(batch)
-        self._largest = max(self._largest, len(batch))
+        self._count(batch)
         try:
             try:
                 await self._commit(batch)
@@ -344,9 +346,7 @@ class GroupCommitter:
                 self._failed += 1
                 await self._retry_each(batch, exc)
         except BaseException:
-            for op in batch:  # cancelled mid-commit: no writer may take it as committed
-                if op.error is None:
-                    op.error = JournalClosedError("the journal closed during the write")
+            self._closed_during_write(batch)
             raise
         finally:
             self._finish(batch, taken)

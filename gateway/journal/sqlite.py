@@ -50,7 +50,7 @@ from gateway.journal.groupcommit import Op, OpKind, SendFn
 from gateway.journal.model import JournalEvent
 from gateway.journal.rows import Prepared, defer_event, prepare_event, txn_params, upsert_groups
 from gateway.journal.sql import Sql
-from gateway.journal.writerproc import WriterProcess
+from gateway.journal.writerproc import WriterProcess, settle
 from kit.logs import get_logger
 
 log = get_logger("gateway.journal")
@@ -522,16 +522,7 @@ class _Syncer:
             except BaseException as exc:  # handed to the waiting batch
                 error = exc
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
-                loop.call_soon_threadsafe(_settle, done, error)
-
-
-def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
-    if done.done():
-        return
-    if error is None:
-        done.set_result(None)
-    else:
-        done.set_exception(error)
+                loop.call_soon_threadsafe(settle, done, error)
 
 
 class _WriterBusy(Exception):

@@ -13,7 +13,7 @@ from typing import Any, BinaryIO
 from gateway.journal.config import JournalKeys
 from gateway.journal.groupcommit import Op, OpKind
 from gateway.journal.protect import DataProtector
-from gateway.journal.rows import DEFERRED, prepare_deferred
+from gateway.journal.rows import prepare_deferred
 from gateway.journal.sqlite import CHECKPOINT_RECORDS, SqliteJournal
 from gateway.journal.writerproc import HEADER, frame, loads
 
@@ -72,7 +72,7 @@ class _Child:
         protector = self.protector
         ops = []
         for kind, args, durable in batch:
-            if kind == _APPEND and args[0][0] == DEFERRED:
+            if kind == _APPEND:  # every event comes deferred (SqliteJournal._prepare_event)
                 args = (prepare_deferred(args[0], protector), args[1])
             ops.append(Op(OpKind(kind), args, durable=durable))
         journal._commit_sync(ops, waiting=True)

@@ -28,6 +28,7 @@ message)``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import pickle
 import struct
 import subprocess
@@ -48,6 +49,29 @@ HEADER = struct.Struct(">I")
 def frame(obj: object) -> bytes:
     data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     return HEADER.pack(len(data)) + data
+
+
+def settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    """Resolve ``future`` with ``error`` (or success), unless something already did."""
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+def _batch(ops: list[Op]) -> bytes:
+    return frame([(op.kind.value, op.args, op.durable) for op in ops])
+
+
+def _apply_answer(ops: list[Op], answer: Any) -> JournalWriteError | None:
+    """Each op's result from a batch's answer, or the error the answer reports."""
+    if answer[0] != "ok":
+        return JournalWriteError(f"journal writer: {answer[1]}: {answer[2]}")
+    for op, result in zip(ops, answer[1], strict=True):
+        op.result = result
+    return None
 
 
 def loads(data: bytes) -> Any:
@@ -141,7 +165,7 @@ class WriterProcess:
         stdin = self._stdin
         if stdin is None or self._gone or stdin.is_closing():
             raise JournalClosedError("the journal writer process is gone")
-        data = frame([(op.kind.value, op.args, op.durable) for op in ops])
+        data = _batch(ops)
         self._callbacks.append((ops, done))
         stdin.write(data)
 
@@ -149,31 +173,20 @@ class WriterProcess:
         """One batch, all or nothing: each op's ``result`` set, or an error raised."""
         if self._stdin is not None:
             settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-            def done(error: BaseException | None) -> None:
-                if settled.done():
-                    return
-                if error is None:
-                    settled.set_result(None)
-                else:
-                    settled.set_exception(error)
-
-            self.send(ops, done)
+            self.send(ops, functools.partial(settle, settled))
             await settled
             return
         pending = _Pending()
-        data = frame([(op.kind.value, op.args, op.durable) for op in ops])
+        data = _batch(ops)
         async with self._sending:
             self._waiting.append(pending)
             await self._send(data)
         async with self._reading:
             while not pending.settled:
                 self._waiting.popleft().settle(await self._receive())
-        answer = pending.answer
-        if answer[0] != "ok":
-            raise JournalWriteError(f"journal writer: {answer[1]}: {answer[2]}")
-        for op, result in zip(ops, answer[1], strict=True):
-            op.result = result
+        error = _apply_answer(ops, pending.answer)
+        if error is not None:
+            raise error
 
     def _answered(self, answer: Any) -> None:
         """asyncio: one answer read from the child, for the oldest batch sent."""
@@ -186,12 +199,7 @@ class WriterProcess:
         if not self._callbacks:
             return  # nothing asked: ignore (never happens with our own child)
         ops, done = self._callbacks.popleft()
-        if answer[0] != "ok":
-            done(JournalWriteError(f"journal writer: {answer[1]}: {answer[2]}"))
-            return
-        for op, result in zip(ops, answer[1], strict=True):
-            op.result = result
-        done(None)
+        done(_apply_answer(ops, answer))
 
     def _lost(self) -> None:
         """asyncio: the child's output ended (it exited, or was killed)."""

@@ -51,7 +51,7 @@ import orjson
 
 from loadtest.generator import LoadConfig
 from loadtest.mix import SCENARIOS
-from loadtest.procstat import cpu_seconds, descendants, free_port, peak_rss_kib
+from loadtest.procstat import cpu_seconds, cpu_wait_seconds, descendants, free_port, peak_rss_kib
 from loadtest.runs import backend_args, run_generator
 from loadtest.stats import RunStats, format_report
 
@@ -408,6 +408,13 @@ def _cpu(pid: int) -> float:
         return 0.0
 
 
+def _wait(pid: int, *, children: bool = True) -> float:
+    try:
+        return cpu_wait_seconds(pid, children=children and pid != os.getpid())
+    except OSError:
+        return 0.0
+
+
 def measure(
     stack: Stack, cfg: LoadConfig, backend: str, *, progress: bool
 ) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
@@ -421,6 +428,8 @@ def measure(
     }
     before = {name: _cpu(pid) for name, pid in pids.items()}
     before.update({name: _own_cpu(pid) for name, pid in parts.items()})
+    waited = {name: _wait(pid) for name, pid in pids.items()}
+    waited.update({name: _wait(pid, children=False) for name, pid in parts.items()})
     wall0 = time.monotonic()
     name, options = backend_args(backend)
     summary: dict[str, Any] = anyio.run(
@@ -438,6 +447,7 @@ def measure(
         procs[pname] = {
             "cpu_us_per_txn": round(used / count * 1e6, 1),
             "cpu_percent": round(100 * used / wall, 1),
+            "wait_percent": round(100 * (_wait(pid) - waited[pname]) / wall, 1),
             "peak_rss_mib": round(rss, 1),
         }
     for pname, pid in parts.items():
@@ -445,6 +455,7 @@ def measure(
         procs[pname] = {
             "cpu_us_per_txn": round(used / count * 1e6, 1),
             "cpu_percent": round(100 * used / wall, 1),
+            "wait_percent": round(100 * (_wait(pid, children=False) - waited[pname]) / wall, 1),
             "peak_rss_mib": 0.0,
         }
     return summary, procs
@@ -470,11 +481,13 @@ def _role(pid: int) -> str:
 
 def _print_run(summary: dict[str, Any], procs: Mapping[str, Mapping[str, float]]) -> None:
     print(format_report(summary))
-    print(f"\n{'process':<20} {'CPU us/txn':>11} {'CPU %':>7} {'peak RSS MiB':>13}")
+    # "wait %": runnable but waiting for a CPU (the machine is short of cores for it).
+    print(f"\n{'process':<20} {'CPU us/txn':>11} {'CPU %':>7} {'wait %':>7} {'peak RSS MiB':>13}")
     for name, p in procs.items():
         shown = f"  of which {name.partition('/')[2]}" if "/" in name else name
         print(
-            f"{shown:<20} {p['cpu_us_per_txn']:>11} {p['cpu_percent']:>7} {p['peak_rss_mib']:>13}"
+            f"{shown:<20} {p['cpu_us_per_txn']:>11} {p['cpu_percent']:>7}"
+            f" {p.get('wait_percent', 0.0):>7} {p['peak_rss_mib']:>13}"
         )
     # A service's children are in its own figure already.
     total = sum(p["cpu_us_per_txn"] for n, p in procs.items() if "/" not in n)
@@ -501,7 +514,7 @@ def _median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
             continue  # a child process that was not there in every run (restarted)
         out["processes"][name] = {
             k: med([r["processes"][name][k] for r in runs])
-            for k in ("cpu_us_per_txn", "cpu_percent", "peak_rss_mib")
+            for k in ("cpu_us_per_txn", "cpu_percent", "wait_percent", "peak_rss_mib")
         }
     return out
 
@@ -514,7 +527,10 @@ def _print_median(label: str, med: Mapping[str, Any]) -> None:
         f"  p99.9 {lat['p99.9']} ms  errors {med['errors']}"
     )
     for name, p in med["processes"].items():
-        print(f"   {name:<20} {p['cpu_us_per_txn']:>9} us/txn  {p['peak_rss_mib']:>7} MiB peak RSS")
+        print(
+            f"   {name:<20} {p['cpu_us_per_txn']:>9} us/txn  {p['wait_percent']:>5} % waiting"
+            f" for a CPU  {p['peak_rss_mib']:>7} MiB peak RSS"
+        )
     print(flush=True)
 
 

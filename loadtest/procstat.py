@@ -1,5 +1,5 @@
-"""CPU time and peak RSS of a process from /proc (Linux), for per-transaction CPU figures, and
-free loopback ports for the processes a benchmark starts."""
+"""CPU time, time waiting for a CPU and peak RSS of a process from /proc (Linux), for
+per-transaction CPU figures, and free loopback ports for the processes a benchmark starts."""
 
 from __future__ import annotations
 
@@ -23,6 +23,27 @@ def cpu_seconds(pid: int, *, children: bool = True) -> float:
             continue  # a child that just ended
         total += (int(fields[11]) + int(fields[12])) / _TICK
     return total
+
+
+def cpu_wait_seconds(pid: int, *, children: bool = True) -> float:
+    """Seconds ``pid``'s threads (and ``children``'s) spent runnable but waiting for a CPU
+    (field 2 of ``/proc/PID/task/TID/schedstat``). Beside the CPU time it tells a process
+    that is short of cores (it waits to run) from one that waits for its peers (it sleeps):
+    only the first gets faster with less CPU spent elsewhere on the machine."""
+    total = 0
+    for proc in (pid, *(descendants(pid) if children else ())):
+        try:
+            tasks = list(Path(f"/proc/{proc}/task").iterdir())
+        except OSError:
+            if proc == pid:
+                raise
+            continue
+        for task in tasks:
+            try:
+                total += int((task / "schedstat").read_text().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # a thread that just ended, or a kernel without schedstats
+    return total / 1e9
 
 
 def descendants(pid: int) -> list[int]:

@@ -12,8 +12,9 @@ quiet logs). It warms up, then runs the scenario (plain: magstripe purchases; pi
 purchases under the TPK; mixed: every kind, see loadtest.mix.SCENARIOS) in closed loop
 (``--in-flight`` over ``--connections``) or open loop (``--rate``) for ``--duration`` seconds,
 ``--repeat`` times, and prints for each process (gateway, each issuer-sim, hsm-sim, this load
-generator) CPU microseconds per transaction and peak RSS, with end-to-end TPS and latency
-percentiles, and the median over the repeats.
+generator) CPU microseconds per transaction, the time it waited for a CPU (runnable, not
+running) and peak RSS, with end-to-end TPS and latency percentiles, and the median over the
+repeats.
 
 ``issuer`` drives one issuer simulator directly over mutual TLS (as the gateway's links do);
 ``hsm`` drives the HSM simulator with CA PIN translations through the gateway's HsmClient.

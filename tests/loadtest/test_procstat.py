@@ -13,8 +13,8 @@ import pytest
 from loadtest.procstat import cpu_seconds, cpu_wait_seconds
 
 pytestmark = pytest.mark.skipif(
-    not Path("/proc/self/task").is_dir() or not hasattr(os, "sched_setaffinity"),
-    reason="Linux /proc and CPU affinity only",
+    not Path("/proc/self/schedstat").is_file() or not hasattr(os, "sched_setaffinity"),
+    reason="Linux /proc with scheduler statistics, and CPU affinity, only",
 )
 
 _SPIN = "import time\nend = time.monotonic() + {secs}\nwhile time.monotonic() < end: pass\n"

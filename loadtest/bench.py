@@ -402,18 +402,17 @@ def start_stack(
 
 
 def _cpu(pid: int) -> float:
-    try:
-        # This process (the load generator) started the services: its own CPU only.
-        return cpu_seconds(pid, children=pid != os.getpid())
-    except OSError:
-        return 0.0
+    return _usage(pid, True)[0]
 
 
-def _wait(pid: int, *, children: bool = True) -> float:
+def _usage(pid: int, children: bool) -> tuple[float, float]:
+    """(CPU seconds, seconds waiting for a CPU) of ``pid`` (with ``children``: its
+    descendants too, never this process's: it started the services); 0 for one gone."""
+    children = children and pid != os.getpid()
     try:
-        return cpu_wait_seconds(pid, children=children and pid != os.getpid())
+        return cpu_seconds(pid, children=children), cpu_wait_seconds(pid, children=children)
     except OSError:
-        return 0.0
+        return 0.0, 0.0
 
 
 def measure(
@@ -422,15 +421,14 @@ def measure(
     """One measured run: the generator's summary and per-process CPU/RSS figures."""
     pids = {s.name: s.proc.pid for s in stack.services}
     pids["loadgen"] = os.getpid()
-    parts = {
-        f"{name}/{_role(child)}-{i}": child
-        for name, pid in list(pids.items())
+    # Each service with its children counted in, then each child on its own ("of which").
+    watched = {name: (pid, True) for name, pid in pids.items()}
+    watched.update(
+        (f"{name}/{_role(child)}-{i}", (child, False))
+        for name, pid in pids.items()
         for i, child in enumerate(descendants(pid) if pid != os.getpid() else ())
-    }
-    before = {name: _cpu(pid) for name, pid in pids.items()}
-    before.update({name: _own_cpu(pid) for name, pid in parts.items()})
-    waited = {name: _wait(pid) for name, pid in pids.items()}
-    waited.update({name: _wait(pid, children=False) for name, pid in parts.items()})
+    )
+    before = {name: _usage(*how) for name, how in watched.items()}
     wall0 = time.monotonic()
     name, options = backend_args(backend)
     summary: dict[str, Any] = anyio.run(
@@ -439,34 +437,20 @@ def measure(
     wall = time.monotonic() - wall0
     count = max(1, summary["transactions"])
     procs: dict[str, dict[str, float]] = {}
-    for pname, pid in pids.items():
-        used = _cpu(pid) - before[pname]
-        try:
-            rss = peak_rss_kib(pid) / 1024
-        except OSError:
-            rss = 0.0
+    for pname, (pid, whole) in watched.items():
+        cpu, wait = _usage(pid, whole)
+        rss = 0.0
+        if whole:
+            with contextlib.suppress(OSError):  # gone: no figure
+                rss = peak_rss_kib(pid) / 1024
+        used = cpu - before[pname][0]
         procs[pname] = {
             "cpu_us_per_txn": round(used / count * 1e6, 1),
             "cpu_percent": round(100 * used / wall, 1),
-            "wait_percent": round(100 * (_wait(pid) - waited[pname]) / wall, 1),
+            "wait_percent": round(100 * (wait - before[pname][1]) / wall, 1),
             "peak_rss_mib": round(rss, 1),
         }
-    for pname, pid in parts.items():
-        used = _own_cpu(pid) - before[pname]
-        procs[pname] = {
-            "cpu_us_per_txn": round(used / count * 1e6, 1),
-            "cpu_percent": round(100 * used / wall, 1),
-            "wait_percent": round(100 * (_wait(pid, children=False) - waited[pname]) / wall, 1),
-            "peak_rss_mib": 0.0,
-        }
     return summary, procs
-
-
-def _own_cpu(pid: int) -> float:
-    try:
-        return cpu_seconds(pid, children=False)
-    except OSError:
-        return 0.0
 
 
 def _role(pid: int) -> str:
@@ -488,7 +472,7 @@ def _print_run(summary: dict[str, Any], procs: Mapping[str, Mapping[str, float]]
         shown = f"  of which {name.partition('/')[2]}" if "/" in name else name
         print(
             f"{shown:<20} {p['cpu_us_per_txn']:>11} {p['cpu_percent']:>7}"
-            f" {p.get('wait_percent', 0.0):>7} {p['peak_rss_mib']:>13}"
+            f" {p['wait_percent']:>7} {p['peak_rss_mib']:>13}"
         )
     # A service's children are in its own figure already.
     total = sum(p["cpu_us_per_txn"] for n, p in procs.items() if "/" not in n)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -13,16 +14,12 @@ _TICK = os.sysconf("SC_CLK_TCK")
 def cpu_seconds(pid: int, *, children: bool = True) -> float:
     """User + system CPU seconds consumed so far by ``pid`` and (``children``) its live
     descendants (a gateway with ``workers > 1`` is a supervisor: its workers do the work)."""
-    total = 0.0
-    for proc in (pid, *(descendants(pid) if children else ())):
-        try:
-            fields = Path(f"/proc/{proc}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            if proc == pid:
-                raise
-            continue  # a child that just ended
-        total += (int(fields[11]) + int(fields[12])) / _TICK
-    return total
+
+    def used(proc: int) -> float:
+        fields = Path(f"/proc/{proc}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK
+
+    return _summed(pid, children, used)
 
 
 def cpu_wait_seconds(pid: int, *, children: bool = True) -> float:
@@ -30,20 +27,30 @@ def cpu_wait_seconds(pid: int, *, children: bool = True) -> float:
     (field 2 of ``/proc/PID/task/TID/schedstat``). Beside the CPU time it tells a process
     that is short of cores (it waits to run) from one that waits for its peers (it sleeps):
     only the first gets faster with less CPU spent elsewhere on the machine."""
-    total = 0
-    for proc in (pid, *(descendants(pid) if children else ())):
-        try:
-            tasks = list(Path(f"/proc/{proc}/task").iterdir())
-        except OSError:
-            if proc == pid:
-                raise
-            continue
-        for task in tasks:
+
+    def waited(proc: int) -> float:
+        total = 0
+        for task in Path(f"/proc/{proc}/task").iterdir():
             try:
                 total += int((task / "schedstat").read_text().split()[1])
             except (OSError, IndexError, ValueError):
                 continue  # a thread that just ended, or a kernel without schedstats
-    return total / 1e9
+        return total / 1e9
+
+    return _summed(pid, children, waited)
+
+
+def _summed(pid: int, children: bool, read: Callable[[int], float]) -> float:
+    """``read`` of ``pid`` plus, with ``children``, of its live descendants: ``pid`` gone
+    raises ``OSError``, a child that just ended counts for nothing."""
+    total = 0.0
+    for proc in (pid, *(descendants(pid) if children else ())):
+        try:
+            total += read(proc)
+        except OSError:
+            if proc == pid:
+                raise
+    return total
 
 
 def descendants(pid: int) -> list[int]:

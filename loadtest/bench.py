@@ -624,7 +624,7 @@ def spoken_by_the_load_client(issuer: dict[str, Any]) -> dict[str, Any]:
     without the gateway (``--target issuer``), a host on another dialect (the demo's beta is
     ``iso87-bcd``, gamma ``iso93-bcd``) would not read its requests. The figure is the host's
     own cost, as it was before the demo's links had dialects."""
-    plain = {k: v for k, v in issuer.items() if k not in ("header", "translation")}
+    plain = {k: v for k, v in issuer.items() if k not in ("header", "translation", "also_accept")}
     plain["dialect"] = "terminal"
     return plain
 

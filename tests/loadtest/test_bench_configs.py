@@ -47,6 +47,8 @@ def test_every_file_a_demo_config_names_is_made_absolute(name: str, module: str,
 def test_the_issuer_alone_speaks_what_the_load_client_writes() -> None:
     """``--target issuer`` drives issuer-sim with the load generator, which writes SPEC's
     dialect: the demo's beta (iso87-bcd) and gamma (iso93-bcd) are benched on it."""
+    from issuer_sim.config import IssuerSimConfig
+    from kit.conf import build
     from loadtest.bench import spoken_by_the_load_client
 
     doc = materialize(DEMO / "issuer-sim.toml", "issuer_sim.config", "IssuerSimConfig")
@@ -57,6 +59,9 @@ def test_the_issuer_alone_speaks_what_the_load_client_writes() -> None:
         assert plain["dialect"] == "terminal"
         assert plain["id"] == issuer["id"]
         assert "translation" not in plain
+        # A valid issuer-sim config as rewritten (beta's also_accept = "iso87-ascii" beside
+        # the terminal dialect was refused: `loadtest bench --target issuer` did not start).
+        build(IssuerSimConfig, {**doc, "issuers": [plain]}, "rewritten")
 
 
 def test_an_overridden_profile_file_is_the_one_the_gateway_reads(tmp_path: Path) -> None:
